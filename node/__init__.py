@@ -1,0 +1,1 @@
+"""budgetnode: agents that act only within a budget the whole network can verify."""

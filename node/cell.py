@@ -1,0 +1,122 @@
+"""One agent's writer: pre-flight, sign, self-validate, compare-and-swap append.
+
+Everything that decides *whether* and *what* to write is the pure core
+(budget.charge/claim, validate_next); this class only orders it under a lock and
+persists it.
+"""
+from __future__ import annotations
+
+import trio
+
+from .core import budget
+from .core.action import Signed, entry_bytes, grant_hash
+from .core.app import App
+from .core.crypto import SigningKey, blake2b_256, to_text
+from .core.dna import Dna
+from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, NotAuthorized
+from .core.validate import ChainState, validate_genesis, validate_next
+from .store import Store
+
+CAS_RETRIES = 3
+
+
+class Cell:
+    def __init__(self, key: SigningKey, state: ChainState, store: Store, dna: Dna, app: App,
+                 now_us):
+        self.key = key
+        self.state = state
+        self.store = store
+        self.dna = dna
+        self.app = app
+        self.now_us = now_us
+        self.lock = trio.Lock()
+
+    @property
+    def agent_id(self) -> str:
+        return to_text("agent", self.key.public)
+
+    @classmethod
+    def create(cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us,
+               meta: dict | None = None) -> "Cell":
+        g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None,
+                         "ts": now_us(), "dna": dna.hash}, key)
+        state = validate_genesis(g, dna, verify_sig=False)
+        store.append(g, None, None, meta=meta)
+        return cls(key, state, store, dna, app, now_us)
+
+    def budget_status(self) -> budget.BudgetStatus:
+        return budget.status(self.state.budget, max(self.now_us(), self.state.ts), self.dna)
+
+    # -- the three kinds of budgeted append
+    async def create_entry(self, entry_type: str, content: dict) -> bytes:
+        edef = self.app.entry_def(entry_type)
+        edef.validate(content)  # bad input is refused before the budget is even looked at
+        body = entry_bytes(entry_type, content)
+        eh = blake2b_256(body)
+        cost = self.dna.cost(edef.op)
+
+        def build(ts):
+            b = budget.charge(self.state.budget, cost, ts, self.dna)
+            return ({"type": "create", "entry_type": entry_type, "entry": eh,
+                     "budget": {"op": edef.op, "cost": cost, "ws": b.window_start_us,
+                                "rem": b.remaining_mru}},
+                    (eh, body), edef.index(content))
+        return await self._append(build)
+
+    async def charge_results(self, op: str, count: int) -> bytes | None:
+        if count == 0:
+            return None
+        cost = self.dna.cost(op, count)
+
+        def build(ts):
+            b = budget.charge(self.state.budget, cost, ts, self.dna)
+            return ({"type": "charge", "count": count,
+                     "budget": {"op": op, "cost": cost, "ws": b.window_start_us,
+                                "rem": b.remaining_mru}}, None, ())
+        return await self._append(build)
+
+    async def claim(self, grant: dict, sig: bytes) -> int:
+        """Claim a steward's grant; returns the milli-RU actually granted (the cap may cut it)."""
+        if grant.get("grantee") != self.key.public:
+            raise NotAuthorized("this grant names another agent")
+        gh = grant_hash(grant)
+        result = {}
+
+        def build(ts):
+            if gh in self.state.claimed:
+                raise GrantAlreadyClaimed(f"grant {to_text('grant', gh)} was already claimed")
+            b, granted = budget.claim(self.state.budget, grant["amount"], ts, self.dna)
+            result["granted"] = granted
+            return ({"type": "claim", "grant": grant, "grant_sig": sig,
+                     "budget": {"op": "claim_allocation", "cost": 0, "granted": granted,
+                                "ws": b.window_start_us, "rem": b.remaining_mru}}, None, ())
+        try:
+            await self._append(build)
+        except InvalidChain as e:  # a grant that does not verify never reaches the store
+            raise NotAuthorized(f"grant refused: {e.reason}") from None
+        return result["granted"]
+
+    async def _append(self, build) -> bytes:
+        async with self.lock:
+            for _ in range(CAS_RETRIES):
+                cs = self.state
+                ts = max(self.now_us(), cs.ts)
+                action, entry, index = build(ts)
+                action.update(author=self.key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
+                s = Signed.sign(action, self.key)
+                new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
+                try:
+                    self.store.append(s, cs.seq, cs.hash, entry, index)
+                except HeadMoved:
+                    self.reload()  # another process wrote; re-derive and try again
+                    continue
+                self.state = new_state
+                return s.hash
+            raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
+
+    def reload(self) -> None:
+        """Catch up with actions another process appended, validating each."""
+        entries = self.store.entries_of(self.key.public)
+        for s in self.store.chain(self.key.public, self.state.seq):
+            e = entries.get(s.action.get("entry")) if s.action.get("type") == "create" else None
+            self.state = validate_next(self.state, s, self.dna, self.app, e)

@@ -1,0 +1,43 @@
+"""What a coordinator zome function sees: its agent, local reads, and budgeted writes
+routed through the agent's Cell (so the zome never touches the budget engine)."""
+from __future__ import annotations
+
+from .core.crypto import to_text
+from .core.errors import UnknownAgent
+from .records import record_dict
+
+
+class ZomeContext:
+    def __init__(self, node, cell):
+        self._node = node
+        self._cell = cell
+        self.author = cell.key.public
+        self.agent_id = cell.agent_id
+        self.max_results = node.dna.max_results
+        self.cap_mru = node.dna.cap_mru
+        self.is_steward = self.author in node.dna.stewards
+
+    async def create(self, entry_type: str, content: dict) -> str:
+        return to_text("action", await self._cell.create_entry(entry_type, content))
+
+    async def charge_results(self, op: str, count: int) -> None:
+        await self._cell.charge_results(op, count)
+
+    def budget_status(self):
+        return self._cell.budget_status()
+
+    def _records(self, hashes) -> list[dict]:
+        return [record_dict(*self._node.store.record(h)) for h in hashes]
+
+    def find(self, kind: str, key: str, limit: int) -> list[dict]:
+        return self._records(self._node.store.find(kind, key, limit))
+
+    def records_of_type(self, entry_type: str, limit: int, author: bytes | None = None):
+        return self._records(self._node.store.of_type(entry_type, limit, author))
+
+    def require_agent(self, agent: bytes) -> None:
+        if self._node.store.head(agent) is None:
+            raise UnknownAgent(f"no chain for {to_text('agent', agent)} is known to this node")
+
+    async def allocate(self, grantee: bytes, amount_mru: int):
+        return await self._node.allocate(self._cell, grantee, amount_mru)

@@ -1,0 +1,68 @@
+"""Canonical CBOR for everything hashed, signed or sent; strict, size-limited decoding.
+
+Only plain data crosses this boundary (maps with text keys, arrays, text, bytes,
+integers, booleans, null). Floats and tags are refused: money is integer milli-RU
+and hashes must not depend on a float's spelling.
+"""
+from __future__ import annotations
+
+import io
+
+import cbor2
+
+from .errors import MalformedInput, TooLarge
+
+MAX_MESSAGE_BYTES = 1 << 20  # one action, entry or message
+MAX_DEPTH = 32
+MAX_ITEMS = 10_000
+
+
+def encode(obj) -> bytes:
+    _check(obj, 0, [0])
+    return cbor2.dumps(obj, canonical=True)
+
+
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES):
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedInput(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise TooLarge(f"{len(data)} bytes exceeds the limit of {max_bytes}")
+    if len(data) == 0:
+        raise MalformedInput("empty input")
+    buf = io.BytesIO(bytes(data))
+    try:
+        obj = cbor2.CBORDecoder(buf).decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
+            EOFError, MemoryError, UnicodeDecodeError) as e:
+        raise MalformedInput(f"invalid CBOR: {e}") from None
+    if buf.tell() != len(data):
+        raise MalformedInput(f"{len(data) - buf.tell()} trailing bytes after CBOR item")
+    _check(obj, 0, [0])
+    if encode(obj) != bytes(data):
+        raise MalformedInput("not canonical CBOR")
+    return obj
+
+
+def _check(obj, depth: int, count: list[int]) -> None:
+    count[0] += 1
+    if count[0] > MAX_ITEMS:
+        raise TooLarge(f"more than {MAX_ITEMS} items")
+    if depth > MAX_DEPTH:
+        raise MalformedInput(f"nesting deeper than {MAX_DEPTH}")
+    if obj is None or isinstance(obj, (bool, str, bytes)):
+        return
+    if isinstance(obj, int):
+        if not -(1 << 64) < obj < (1 << 64):
+            raise MalformedInput("integer out of range")
+        return
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            _check(item, depth + 1, count)
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise MalformedInput("map keys must be text")
+            _check(v, depth + 1, count)
+        return
+    raise MalformedInput(f"type {type(obj).__name__} is not allowed")

@@ -1,0 +1,200 @@
+"""The chain validator: a pure function of (actions, DNA, app) that re-derives every
+BudgetState. The author's node runs it on open and before each append; authorities
+run the same steps on every op they receive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import budget
+from .action import Signed, grant_hash
+from .app import App
+from .budget import BudgetState, InsufficientRU
+from .crypto import blake2b_256, verify
+from .dna import Dna
+from .encoding import decode, encode
+from .errors import BudgetError, InvalidChain
+
+MAX_CHAIN = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    """What a validator remembers about a chain after its last valid action."""
+    author: bytes
+    seq: int
+    hash: bytes
+    ts: int
+    budget: BudgetState
+    claimed: frozenset  # grant hashes already claimed on this chain
+
+
+def _get(action: dict, key: str, typ, seq):
+    v = action.get(key)
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise InvalidChain("malformed", seq, f"field {key!r} missing or of the wrong type")
+    return v
+
+
+def _header(action: dict, seq_hint):
+    seq = _get(action, "seq", int, seq_hint)
+    author = _get(action, "author", bytes, seq)
+    ts = _get(action, "ts", int, seq)
+    typ = _get(action, "type", str, seq)
+    if len(author) != 32:
+        raise InvalidChain("malformed", seq, "author is not a 32-byte key")
+    return seq, author, ts, typ
+
+
+def _check_sig(s: Signed, author: bytes, seq: int) -> None:
+    if not verify(author, s.sig, s.body):
+        raise InvalidChain("bad_signature", seq)
+
+
+def validate_genesis(s: Signed, dna: Dna, verify_sig: bool = True) -> ChainState:
+    seq, author, ts, typ = _header(s.action, 0)
+    if typ != "genesis" or seq != 0 or s.action.get("prev") is not None:
+        raise InvalidChain("bad_genesis", seq)
+    if s.action.get("dna") != dna.hash:
+        raise InvalidChain("wrong_dna", seq)
+    if verify_sig:
+        _check_sig(s, author, seq)
+    return ChainState(author, 0, s.hash, ts, budget.initial(ts, dna), frozenset())
+
+
+def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | None = None,
+                  verify_sig: bool = True, now_us: int | None = None) -> ChainState:
+    a = s.action
+    seq, author, ts, typ = _header(a, cs.seq + 1)
+    if author != cs.author:
+        raise InvalidChain("wrong_author", seq)
+    if seq != cs.seq + 1:
+        raise InvalidChain("bad_seq", seq, f"expected {cs.seq + 1}")
+    if a.get("prev") != cs.hash:
+        raise InvalidChain("bad_prev", seq)
+    if ts < cs.ts:
+        raise InvalidChain("timestamp_backwards", seq)
+    if now_us is not None and ts > now_us + dna.max_future_us:
+        raise InvalidChain("future_timestamp", seq)
+    if verify_sig:
+        _check_sig(s, author, seq)
+
+    rec = a.get("budget")
+    if not isinstance(rec, dict):
+        raise InvalidChain("not_paid", seq, f"{typ} action carries no BudgetState")
+    claimed = cs.claimed
+    if typ == "create":
+        et = _get(a, "entry_type", str, seq)
+        eh = _get(a, "entry", bytes, seq)
+        edef = app.entry_def(et)
+        if edef is None:
+            raise InvalidChain("unknown_entry_type", seq, et)
+        op = rec.get("op")
+        if op != edef.op:
+            raise InvalidChain("not_paid", seq, f"{et} is paid by {edef.op}, not {op!r}")
+        expected_cost = dna.cost(op)
+        if entry is not None:
+            _check_entry(entry, eh, et, edef, seq)
+    elif typ == "charge":
+        op = rec.get("op")
+        count = _get(a, "count", int, seq)
+        if op not in dna.per_result:
+            raise InvalidChain("not_paid", seq, f"{op!r} is not a per-result charge")
+        if not 1 <= count <= dna.max_results:
+            raise InvalidChain("malformed", seq, "charge count out of range")
+        expected_cost = dna.cost(op, count)
+    elif typ == "claim":
+        expected_cost = 0
+        if rec.get("op") != "claim_allocation":
+            raise InvalidChain("not_paid", seq, "a claim is recorded as claim_allocation")
+        amount, gh = _check_grant(a, author, dna, seq)
+        if gh in claimed:
+            raise InvalidChain("grant_claimed_twice", seq)
+        claimed = claimed | {gh}
+    else:
+        raise InvalidChain("unknown_action_type", seq, typ)
+
+    new_budget = _derive(cs.budget, rec, expected_cost, ts, dna, seq,
+                         amount if typ == "claim" else None)
+    return ChainState(author, seq, s.hash, ts, new_budget, claimed)
+
+
+def _derive(prev: BudgetState, rec: dict, cost: int, ts: int, dna: Dna, seq: int,
+            grant_mru: int | None) -> BudgetState:
+    for k in ("cost", "ws", "rem"):
+        if not isinstance(rec.get(k), int) or isinstance(rec.get(k), bool):
+            raise InvalidChain("malformed", seq, f"BudgetState field {k!r}")
+    if rec["cost"] != cost:
+        raise InvalidChain("wrong_cost", seq, f"recorded {rec['cost']} mRU, the DNA says {cost}")
+    rolled = budget.roll(prev, ts, dna)
+    if rec["ws"] != rolled.window_start_us:
+        early = rec["ws"] > prev.window_start_us and ts < prev.window_start_us + dna.window_us
+        raise InvalidChain("early_window_reset" if early else "wrong_window", seq)
+    if grant_mru is None:
+        try:
+            derived = budget.charge(prev, cost, ts, dna)
+        except InsufficientRU as e:
+            raise InvalidChain("over_spend", seq, str(e)) from None
+    else:
+        derived, granted = budget.claim(prev, grant_mru, ts, dna)
+        if rec.get("granted") != granted:
+            raise InvalidChain("wrong_remaining", seq, "granted amount does not match the cap")
+    if rec["rem"] != derived.remaining_mru:
+        raise InvalidChain("wrong_remaining", seq,
+                           f"recorded {rec['rem']} mRU, re-derived {derived.remaining_mru}")
+    return derived
+
+
+def _check_grant(a: dict, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes]:
+    g = a.get("grant")
+    sig = a.get("grant_sig")
+    if not isinstance(g, dict) or not isinstance(sig, bytes):
+        raise InvalidChain("malformed", seq, "claim without a signed grant")
+    steward = g.get("steward")
+    amount = g.get("amount")
+    if not isinstance(steward, bytes) or not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidChain("malformed", seq, "grant fields")
+    if steward not in dna.stewards:
+        raise InvalidChain("grant_not_by_steward", seq)
+    if not verify(steward, sig, encode(g)):
+        raise InvalidChain("grant_not_by_steward", seq, "the steward's signature does not verify")
+    if g.get("dna") != dna.hash:
+        raise InvalidChain("wrong_dna", seq, "grant made for another network")
+    if g.get("grantee") != author:
+        raise InvalidChain("grant_wrong_grantee", seq)
+    if not 0 < amount <= dna.cap_mru:
+        raise InvalidChain("malformed", seq, "grant amount out of range")
+    return amount, grant_hash(g)
+
+
+def _check_entry(body: bytes, eh: bytes, et: str, edef, seq: int) -> None:
+    if blake2b_256(body) != eh:
+        raise InvalidChain("entry_mismatch", seq, "entry bytes do not hash to the action's entry")
+    try:
+        e = decode(body)
+        if not isinstance(e, dict) or e.get("type") != et:
+            raise InvalidChain("entry_mismatch", seq, "entry type differs from the action's")
+        edef.validate(e.get("content"))
+    except InvalidChain:
+        raise
+    except BudgetError as err:
+        raise InvalidChain("entry_invalid", seq, str(err)) from None
+
+
+def validate_chain(actions: list[Signed], dna: Dna, app: App, entries: dict | None = None,
+                   now_us: int | None = None) -> ChainState:
+    """Validate a whole chain from genesis; `entries` (hash -> bytes), when given, must hold
+    every created entry. Returns the state after the last action."""
+    if not actions:
+        raise InvalidChain("empty_chain")
+    if len(actions) > MAX_CHAIN:
+        raise InvalidChain("chain_too_long")
+    cs = validate_genesis(actions[0], dna)
+    for s in actions[1:]:
+        entry = None
+        if entries is not None and s.action.get("type") == "create":
+            entry = entries.get(s.action.get("entry"))
+            if entry is None:
+                raise InvalidChain("entry_missing", s.action.get("seq"))
+        cs = validate_next(cs, s, dna, app, entry, now_us=now_us)
+    return cs

@@ -1,0 +1,11 @@
+"""The agent SDK: what agent code imports."""
+from .core.budget import BudgetStatus, InsufficientRU
+from .core.errors import (BudgetError, GrantAlreadyClaimed, HeadMoved, InvalidInput, MalformedInput,
+                          NotAuthorized, NotFound, StoreCorrupted, TooLarge, UnknownAgent,
+                          UnknownFunction)
+from .local_node import AgentClient, AllocationResult, LocalNode
+
+__all__ = ["LocalNode", "AgentClient", "AllocationResult", "BudgetStatus", "BudgetError",
+           "InsufficientRU", "NotAuthorized", "InvalidInput", "MalformedInput", "TooLarge",
+           "UnknownFunction", "UnknownAgent", "NotFound", "HeadMoved", "GrantAlreadyClaimed",
+           "StoreCorrupted"]

@@ -1,0 +1,26 @@
+"""budget functions: budget_status (free) and allocate_budget (stewards only)."""
+from decimal import Decimal, InvalidOperation
+
+from node.core.crypto import from_text
+from node.core.dna import MRU_PER_RU
+from node.core.errors import InvalidInput, NotAuthorized
+from zomes.hdk import zome_fn
+
+
+@zome_fn("budget", writes=False)
+async def budget_status(ctx):
+    return ctx.budget_status()
+
+
+@zome_fn("budget")
+async def allocate_budget(ctx, agent_id, ru):
+    grantee = from_text("agent", agent_id)
+    if not ctx.is_steward:
+        raise NotAuthorized("only a steward listed in the DNA can allocate RU")
+    try:
+        mru = int(Decimal(str(ru)) * MRU_PER_RU)
+    except (InvalidOperation, ValueError):
+        raise InvalidInput("ru must be a number") from None
+    if isinstance(ru, bool) or not 0 < mru <= ctx.cap_mru:
+        raise InvalidInput(f"ru must be more than 0 and at most {ctx.cap_mru / MRU_PER_RU:g}")
+    return await ctx.allocate(grantee, mru)
