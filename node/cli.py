@@ -1,0 +1,128 @@
+"""The `budgetnode` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import trio
+
+from .core.errors import BudgetError
+from .store import store_path
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def _jsonable(v):
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _emit(value, as_json: bool) -> None:
+    if as_json or not isinstance(value, str):
+        print(json.dumps(_jsonable(value), indent=None if as_json else 2, sort_keys=True))
+    else:
+        print(value)
+
+
+def _open(args, create: bool = False):
+    from .sdk import LocalNode
+    if not create and not os.path.exists(store_path(args.path)):
+        raise SystemExit(f"budgetnode: no node store at {args.path} "
+                         f"(create one with: budgetnode init --path {args.path})")
+    return LocalNode.open(path=args.path, durability=args.durability)
+
+
+async def _init(args):
+    async with _open(args, create=True) as node:
+        _emit({"dna": node.dna.hash_text, "path": node.directory,
+               "steward": node.steward.agent_id if node.steward else None}, args.json)
+
+
+async def _new_agent(args):
+    async with _open(args) as node:
+        a = await node.new_agent()
+        _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
+
+
+async def _status(args):
+    async with _open(args) as node:
+        st = node.status()
+        if args.json:
+            _emit(st, True)
+            return
+        print(f"network {st['dna']}   store {st['path']}")
+        print(f"{'agent':<48} {'remaining RU':>12} {'used RU':>8} {'resets_at':>11}  actions")
+        for a in st["agents"]:
+            tag = " (steward)" if a["steward"] else ""
+            print(f"{a['agent_id']:<48} {a['remaining_ru']:>12.2f} {a['used_ru']:>8.2f} "
+                  f"{a['resets_at']:>11}  {a['seq'] + 1}{tag}")
+
+
+async def _call(args):
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as e:
+        raise BudgetError(f"payload is not JSON: {e}") from None
+    async with _open(args) as node:
+        agent = await node.agent(args.agent)
+        _emit(await agent.call(args.zome, args.fn, payload), args.json)
+
+
+async def _demo(args):
+    from .demo import run
+    await run(path=args.path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="budgetnode",
+                                description="Agents that act only within a budget the network can verify.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_store(sp, required=True):
+        sp.add_argument("--path", required=required, help="the node's data directory")
+        sp.add_argument("--durability", choices=("process", "power"), default="process",
+                        help="process: commits survive a killed process; power: also power loss "
+                             "(an fsync per commit)")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        return sp
+
+    d = sub.add_parser("demo", help="a scripted day of three agents on one node (virtual clock)")
+    d.add_argument("--path", default=None, help="keep the demo's store here (default: temporary)")
+    d.set_defaults(run=_demo)
+    with_store(sub.add_parser("init", help="create a node store and a new network with one steward")
+               ).set_defaults(run=_init)
+    with_store(sub.add_parser("new-agent", help="create an agent on a node")).set_defaults(run=_new_agent)
+    with_store(sub.add_parser("status", help="agents, remaining RU, resets_at")).set_defaults(run=_status)
+    c = with_store(sub.add_parser("call", help="call a zome function as an agent"))
+    c.add_argument("--agent", required=True, help="agent id")
+    c.add_argument("zome")
+    c.add_argument("fn")
+    c.add_argument("payload", nargs="?", default="{}", help="JSON object of the SDK's parameter names")
+    c.set_defaults(run=_call)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        trio.run(args.run, args)
+    except BudgetError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The `budgetnode` command line, run as a user runs it."""
+import json
+import re
+import subprocess
+import sys
+
+
+def bn(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
+                       timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"budgetnode {args} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def test_init_call_status_and_refusal(tmp_path):
+    d = str(tmp_path / "node")
+    info = json.loads(bn("init", "--path", d, "--json").stdout)
+    assert info["steward"].startswith("ag") and info["dna"].startswith("dn")
+    agent = json.loads(bn("new-agent", "--path", d, "--json").stdout)["agent_id"]
+    for i in range(3):
+        h = json.loads(bn("call", "--path", d, "--agent", agent, "rose_forest", "add_knowledge",
+                          json.dumps({"content": f"fact {i}", "tags": ["t"]}), "--json").stdout)
+        assert h.startswith("ac")
+    p = bn("call", "--path", d, "--agent", agent, "rose_forest", "add_knowledge",
+           '{"content": "one too many"}', check=False)
+    assert p.returncode == 1 and p.stdout == ""
+    assert re.fullmatch(r"E_INSUFFICIENT_RU: need 33\.00 RU, have 1\.00 RU\. Budget resets at \d+\n",
+                        p.stderr)
+    st = json.loads(bn("status", "--path", d, "--json").stdout)
+    me = next(a for a in st["agents"] if a["agent_id"] == agent)
+    assert (me["remaining_ru"], me["used_ru"], me["seq"]) == (1.0, 99.0, 3)
+    assert me["resets_at"] - me["window_start"] in (86_400, 86_401)  # resets_at rounds up
+    table = bn("status", "--path", d).stdout
+    assert agent in table and "1.00" in table
+    rows = json.loads(bn("call", "--path", d, "--agent", agent, "budget", "budget_status",
+                         "--json").stdout)
+    assert rows["remaining_ru"] == 1.0
+
+
+def test_bad_calls_exit_nonzero_with_a_clear_line(tmp_path):
+    d = str(tmp_path / "node")
+    bn("init", "--path", d)
+    agent = bn("new-agent", "--path", d).stdout.strip()
+    cases = [
+        (("memory", "nope", "{}"), "E_UNKNOWN_FUNCTION"),
+        (("memory", "transmit_understanding", "{not json"), "payload is not JSON"),
+        (("memory", "transmit_understanding", '{"subject": "s"}'), "E_INVALID_INPUT"),
+    ]
+    for args, expect in cases:
+        p = bn("call", "--path", d, "--agent", agent, *args, check=False)
+        assert p.returncode == 1 and expect in p.stderr, (args, p.stderr)
+    p = bn("call", "--path", d, "--agent", "ag" + "A" * 43, "budget", "budget_status", check=False)
+    assert p.returncode == 1 and "E_UNKNOWN_AGENT" in p.stderr
+    p = bn("status", "--path", str(tmp_path / "missing"), check=False)
+    assert p.returncode != 0 and "no node store" in p.stderr
+
+
+def test_demo_runs_its_scripted_day(tmp_path):
+    out = bn("demo", "--path", str(tmp_path / "demo")).stdout
+    assert "refused: E_INSUFFICIENT_RU: need 33.00 RU, have 31.00 RU. Budget resets at 1730764800" in out
+    assert "granted 109.00 RU" in out
+    assert out.rstrip().endswith("demo ok")
