@@ -20,9 +20,14 @@ DAY_S = 86_400
 perf = time.perf_counter
 
 
+# One window plus a second: a window rolls at the first event at (or, in some revisions of
+# budget.roll, strictly after) its end, so a jump of exactly 86,400 s is not always enough.
+WINDOW_JUMP_S = DAY_S + 1
+
+
 class FakeClock:
-    """Injected node clock. The benchmark advances it a whole budget window every
-    `every` writes, so the 100 RU base budget never refuses (30 x 3 RU = 90 RU)."""
+    """Injected node clock. The benchmark advances it past a whole budget window every
+    30 writes, so the 100 RU base budget never refuses (30 x 3 RU = 90 RU)."""
 
     def __init__(self, start: float = START_S):
         self.t = float(start)
@@ -30,7 +35,7 @@ class FakeClock:
     def __call__(self) -> float:
         return self.t
 
-    def advance(self, seconds: float = DAY_S) -> None:
+    def advance(self, seconds: float = WINDOW_JUMP_S) -> None:
         self.t += seconds
 
 

@@ -15,9 +15,14 @@ from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
 from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, NotAuthorized
 from .core.validate import ChainState, validate_genesis, validate_next
+from .core.warrant import Warranted
 from .store import Store
 
 CAS_RETRIES = 3
+
+# Adversarial test modes (off unless a test or simulation asks): each makes the author's node
+# write something honest validators must reject, proving that they, not authors, enforce budgets.
+ROGUE_MODES = frozenset({"skip_preflight", "forge_budget", "wrong_cost", "bad_signature"})
 
 
 class Cell:
@@ -30,6 +35,9 @@ class Cell:
         self.app = app
         self.now_us = now_us
         self.lock = trio.Lock()
+        self.on_commit = None      # called with each appended Signed action (the network publishes)
+        self.warrant = None        # set when the network has warranted this agent
+        self.rogue = frozenset()
 
     @property
     def agent_id(self) -> str:
@@ -56,9 +64,9 @@ class Cell:
         cost = self.dna.cost(edef.op)
 
         def build(ts):
-            b = budget.charge(self.state.budget, cost, ts, self.dna)
+            b, recorded_cost = self._charge(cost, ts)
             return ({"type": "create", "entry_type": entry_type, "entry": eh,
-                     "budget": {"op": edef.op, "cost": cost, "ws": b.window_start_us,
+                     "budget": {"op": edef.op, "cost": recorded_cost, "ws": b.window_start_us,
                                 "rem": b.remaining_mru}},
                     (eh, body), edef.index(content))
         return await self._append(build)
@@ -69,9 +77,9 @@ class Cell:
         cost = self.dna.cost(op, count)
 
         def build(ts):
-            b = budget.charge(self.state.budget, cost, ts, self.dna)
+            b, recorded_cost = self._charge(cost, ts)
             return ({"type": "charge", "count": count,
-                     "budget": {"op": op, "cost": cost, "ws": b.window_start_us,
+                     "budget": {"op": op, "cost": recorded_cost, "ws": b.window_start_us,
                                 "rem": b.remaining_mru}}, None, ())
         return await self._append(build)
 
@@ -96,23 +104,53 @@ class Cell:
             raise NotAuthorized(f"grant refused: {e.reason}") from None
         return result["granted"]
 
+    def _charge(self, cost: int, ts: int) -> tuple[budget.BudgetState, int]:
+        """The pre-flight (raises InsufficientRU); rogue modes cheat here and only here."""
+        if not self.rogue:
+            return budget.charge(self.state.budget, cost, ts, self.dna), cost
+        s = budget.roll(self.state.budget, ts, self.dna)
+        if "forge_budget" in self.rogue:
+            return budget.BudgetState(s.window_start_us, self.dna.base_mru, 0), cost
+        if "wrong_cost" in self.rogue:
+            return s, 0
+        if "skip_preflight" in self.rogue:
+            return budget.BudgetState(s.window_start_us, s.remaining_mru - cost,
+                                      s.used_mru + cost), cost
+        return budget.charge(self.state.budget, cost, ts, self.dna), cost
+
     async def _append(self, build) -> bytes:
         async with self.lock:
+            if self.warrant is not None:
+                raise Warranted(f"{self.agent_id} is warranted by the network "
+                                f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
+                                f"its writes are refused everywhere")
             for _ in range(CAS_RETRIES):
                 cs = self.state
                 ts = max(self.now_us(), cs.ts)
                 action, entry, index = build(ts)
                 action.update(author=self.key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
                 s = Signed.sign(action, self.key)
-                new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
+                if self.rogue:
+                    new_state = self._unchecked_state(s)
+                else:
+                    new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
                 try:
                     self.store.append(s, cs.seq, cs.hash, entry, index)
                 except HeadMoved:
                     self.reload()  # another process wrote; re-derive and try again
                     continue
                 self.state = new_state
+                if self.on_commit is not None:
+                    self.on_commit(s)
                 return s.hash
             raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
+
+    def _unchecked_state(self, s: Signed) -> ChainState:
+        rec = s.action["budget"]
+        b = budget.BudgetState(rec["ws"], rec["rem"], self.state.budget.used_mru + rec["cost"])
+        if "bad_signature" in self.rogue:
+            object.__setattr__(s, "sig", bytes([s.sig[0] ^ 1]) + s.sig[1:])
+        return ChainState(s.author, s.seq, s.hash, s.ts, b, self.state.claimed)
 
     def reload(self) -> None:
         """Catch up with actions another process appended, validating each."""

@@ -3,7 +3,6 @@ routed through the agent's Cell (so the zome never touches the budget engine).""
 from __future__ import annotations
 
 from .core.crypto import to_text
-from .core.errors import UnknownAgent
 from .records import record_dict
 
 
@@ -35,9 +34,8 @@ class ZomeContext:
     def records_of_type(self, entry_type: str, limit: int, author: bytes | None = None):
         return self._records(self._node.store.of_type(entry_type, limit, author))
 
-    def require_agent(self, agent: bytes) -> None:
-        if self._node.store.head(agent) is None:
-            raise UnknownAgent(f"no chain for {to_text('agent', agent)} is known to this node")
+    async def require_agent(self, agent: bytes) -> None:
+        await self._node.ensure_agent(agent)
 
     async def allocate(self, grantee: bytes, amount_mru: int):
         return await self._node.allocate(self._cell, grantee, amount_mru)

@@ -30,6 +30,7 @@ class AllocationResult:
     granted_ru: float
     grant: str           # the grant's hash, text form
     allocation: str      # the steward's action recording it
+    claimed: bool = True  # False while a grant to an unreachable agent waits to be claimed
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -50,11 +51,11 @@ class LocalNode:
     @classmethod
     @asynccontextmanager
     async def open(cls, path: str | None = None, clock=None, *, durability: str = "process",
-                   randbytes=os.urandom):
+                   randbytes=os.urandom, dna: Dna | None = None):
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
-        node = cls.load(path, clock or time.time, durability, randbytes)
+        node = cls.load(path, clock or time.time, durability, randbytes, dna)
         try:
             await node._claim_recovered_grants()
             yield node
@@ -64,16 +65,26 @@ class LocalNode:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom):
+    def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
+             dna: Dna | None = None):
+        """Open the store at `path`. A new store starts a new network (with a steward of its
+        own), or joins the network `dna` names."""
         os.makedirs(path, exist_ok=True)
         store = Store(store_path(path), durability)
         try:
             keystore = Keystore(os.path.join(path, "keystore.cbor"))
             raw = store.get_meta("dna")
-            if raw is None:
+            if raw is None and dna is None:
                 node = cls._new_network(path, store, keystore, clock, randbytes)
             else:
-                node = cls(path, store, keystore, Dna.from_dict(decode(raw)), clock, randbytes)
+                if raw is None:
+                    store.init_meta("dna", dna.encoded())
+                    raw = dna.encoded()
+                stored = Dna.from_dict(decode(raw))
+                if dna is not None and stored.hash != dna.hash:
+                    raise InvalidInput(f"the store at {path} belongs to network "
+                                       f"{stored.hash_text}, not {dna.hash_text}")
+                node = cls(path, store, keystore, stored, clock, randbytes)
                 node._verify_and_load()
         except BaseException:
             store.close()
@@ -133,6 +144,11 @@ class LocalNode:
 
     async def agent(self, agent_id: str) -> "AgentClient":
         return AgentClient(self, self._cell(from_text("agent", agent_id)))
+
+    async def ensure_agent(self, pub: bytes) -> None:
+        """Make sure this node holds a validated chain for `pub` (the network fetches it)."""
+        if not self.store.has_author(pub):
+            raise UnknownAgent(f"no chain for {to_text('agent', pub)} is known to this node")
 
     def _cell(self, pub: bytes) -> Cell:
         cell = self.cells.get(pub)

@@ -9,3 +9,8 @@ __all__ = ["LocalNode", "AgentClient", "AllocationResult", "BudgetStatus", "Budg
            "InsufficientRU", "NotAuthorized", "InvalidInput", "MalformedInput", "TooLarge",
            "UnknownFunction", "UnknownAgent", "NotFound", "HeadMoved", "GrantAlreadyClaimed",
            "StoreCorrupted"]
+from .core.warrant import Warranted  # noqa: E402
+from .net.cluster import ConsistencyTimeout, LocalCluster  # noqa: E402
+from .net.node import NetNode  # noqa: E402
+
+__all__ += ["LocalCluster", "NetNode", "ConsistencyTimeout", "Warranted"]

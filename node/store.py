@@ -9,7 +9,8 @@ import os
 import sqlite3
 
 from .core.action import Signed
-from .core.errors import HeadMoved, StoreCorrupted
+from .core.crypto import to_text
+from .core.errors import BudgetError, HeadMoved, StoreCorrupted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -33,8 +34,8 @@ class Store:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}")
         self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self.db.execute("PRAGMA busy_timeout=5000")
@@ -42,8 +43,11 @@ class Store:
             if ok != "ok":
                 raise StoreCorrupted(f"{path}: {ok}")
             self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise StoreCorrupted(f"{path}: {e}") from None
+        except BaseException as e:
+            self.db.close()  # a refused store leaves no open connection behind
+            if isinstance(e, sqlite3.DatabaseError):
+                raise StoreCorrupted(f"{path}: {e}") from None
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -52,6 +56,9 @@ class Store:
     def get_meta(self, k: str) -> bytes | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
+
+    def init_meta(self, k: str, v: bytes) -> None:
+        self.db.execute("INSERT INTO meta VALUES (?,?)", (k, v))
 
     # -- writes
     def append(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
@@ -89,19 +96,53 @@ class Store:
 
     # -- reads
     def authors(self) -> list[bytes]:
-        return [r[0] for r in self.db.execute("SELECT author FROM heads ORDER BY rowid")]
+        """Every author with a head, then any author with actions but no head (which chain()
+        reports as corrupted): a deleted head row must not make a chain silently vanish."""
+        out = [r[0] for r in self.db.execute("SELECT author FROM heads ORDER BY rowid")]
+        known = set(out)
+        out += [r[0] for r in self.db.execute("SELECT DISTINCT author FROM actions")
+                if r[0] not in known]
+        return out
+
+    def has_author(self, author: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM actions WHERE author=? LIMIT 1",
+                               (author,)).fetchone() is not None
 
     def head(self, author: bytes):
         return self.db.execute("SELECT seq, hash FROM heads WHERE author=?", (author,)).fetchone()
 
     def chain(self, author: bytes, after_seq: int = -1) -> list[Signed]:
+        """The author's actions after `after_seq`. A stored action that does not parse or does
+        not hash to its key, or a chain that does not reach the recorded head, is reported as
+        StoreCorrupted naming the agent, never returned."""
+        who = to_text("agent", author) if isinstance(author, bytes) else repr(author)
+        own_txn = not self.db.in_transaction
+        if own_txn:
+            self.db.execute("BEGIN")  # one snapshot: the head row and the actions agree
+        try:
+            head = self.head(author)
+            rows = self.db.execute(
+                "SELECT seq, hash, body, sig FROM actions WHERE author=? AND seq>? ORDER BY seq",
+                (author, after_seq)).fetchall()
+        finally:
+            if own_txn:
+                self.db.execute("COMMIT")
+        if head is None:
+            if rows:
+                raise StoreCorrupted(f"chain of {who}: actions stored without a chain head")
+        elif (rows[-1][:2] != tuple(head)) if rows else head[0] > after_seq:
+            raise StoreCorrupted(f"chain of {who}: the stored actions do not end at the "
+                                 f"recorded head (seq {head[0]})")
         out = []
-        for h, body, sig in self.db.execute(
-                "SELECT hash, body, sig FROM actions WHERE author=? AND seq>? ORDER BY seq",
-                (author, after_seq)):
-            s = Signed.from_wire(body, sig)
+        for _, h, body, sig in rows:
+            try:
+                s = Signed.from_wire(body, sig)
+            except BudgetError as e:
+                raise StoreCorrupted(f"chain of {who}: stored action {_hex(h)} is "
+                                     f"unreadable: {e}") from None
             if s.hash != h:
-                raise StoreCorrupted(f"action stored under {h.hex()} does not hash to it")
+                raise StoreCorrupted(f"chain of {who}: action stored under {_hex(h)} "
+                                     f"does not hash to it")
             out.append(s)
         return out
 
@@ -129,6 +170,10 @@ class Store:
             q = ("SELECT hash FROM actions WHERE entry_type=? AND author=? ORDER BY id DESC LIMIT ?",
                  (entry_type, author, limit))
         return [r[0] for r in self.db.execute(*q)]
+
+
+def _hex(h) -> str:
+    return h.hex() if isinstance(h, bytes) else repr(h)
 
 
 def store_path(directory: str) -> str:

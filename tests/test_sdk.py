@@ -131,7 +131,7 @@ async def test_allocation_cap_and_authority(clock):
         with pytest.raises(NotAuthorized) as e:
             await bob.allocate_budget(alice.agent_id, 10)
         assert e.value.code == "E_NOT_AUTHORIZED" and chain_len(node, bob) == n
-        for bad in (0, -5, 201, "lots", True):
+        for bad in (0, -5, 201, "lots", "50", True, float("inf"), float("nan"), 1e308):
             with pytest.raises(InvalidInput):
                 await steward.allocate_budget(alice.agent_id, bad)
         with pytest.raises(InvalidInput):

@@ -92,6 +92,9 @@ def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | 
         op = rec.get("op")
         if op != edef.op:
             raise InvalidChain("not_paid", seq, f"{et} is paid by {edef.op}, not {op!r}")
+        if op == "allocate_budget" and author not in dna.stewards:
+            # free only because only a steward records its grants; anyone else would write for nothing
+            raise InvalidChain("not_paid", seq, "only a steward may record an allocation")
         expected_cost = dna.cost(op)
         if entry is not None:
             _check_entry(entry, eh, et, edef, seq)
@@ -193,8 +196,10 @@ def validate_chain(actions: list[Signed], dna: Dna, app: App, entries: dict | No
     for s in actions[1:]:
         entry = None
         if entries is not None and s.action.get("type") == "create":
-            entry = entries.get(s.action.get("entry"))
-            if entry is None:
-                raise InvalidChain("entry_missing", s.action.get("seq"))
+            eh = s.action.get("entry")
+            if isinstance(eh, bytes):  # any other hash is refused as malformed by validate_next
+                entry = entries.get(eh)
+                if entry is None:
+                    raise InvalidChain("entry_missing", s.action.get("seq"))
         cs = validate_next(cs, s, dna, app, entry, now_us=now_us)
     return cs

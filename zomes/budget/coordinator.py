@@ -1,5 +1,5 @@
 """budget functions: budget_status (free) and allocate_budget (stewards only)."""
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from node.core.crypto import from_text
 from node.core.dna import MRU_PER_RU
@@ -17,10 +17,12 @@ async def allocate_budget(ctx, agent_id, ru):
     grantee = from_text("agent", agent_id)
     if not ctx.is_steward:
         raise NotAuthorized("only a steward listed in the DNA can allocate RU")
-    try:
-        mru = int(Decimal(str(ru)) * MRU_PER_RU)
-    except (InvalidOperation, ValueError):
-        raise InvalidInput("ru must be a number") from None
-    if isinstance(ru, bool) or not 0 < mru <= ctx.cap_mru:
+    if isinstance(ru, bool) or not isinstance(ru, (int, float)):
+        raise InvalidInput("ru must be a number")
+    d = Decimal(str(ru))
+    if not d.is_finite():
+        raise InvalidInput("ru must be a finite number")
+    mru = int(d * MRU_PER_RU)
+    if not 0 < mru <= ctx.cap_mru:
         raise InvalidInput(f"ru must be more than 0 and at most {ctx.cap_mru / MRU_PER_RU:g}")
     return await ctx.allocate(grantee, mru)

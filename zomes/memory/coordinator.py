@@ -37,7 +37,7 @@ async def recall_understandings(ctx, subject=None, limit=100):
 @zome_fn("memory")
 async def compose_memories(ctx, other_agent_id):
     other = from_text("agent", other_agent_id)
-    ctx.require_agent(other)
+    await ctx.require_agent(other)
     refs = [from_text("action", r["hash"])
             for r in ctx.records_of_type("understanding", MAX_REFS, author=other)]
     return await ctx.create("composed_memory", {"agent": other, "refs": refs})

@@ -1,0 +1,1 @@
+"""Hand-run benchmarks (not part of the test suite); see README.md."""

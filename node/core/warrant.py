@@ -1,0 +1,141 @@
+"""Warrants: signed, checkable claims that an agent broke the rules.
+
+A fork warrant proves itself (two actions by one author at one seq). An invalid-action
+warrant carries the action; a receiver re-runs the validator on it against its own
+view of the author's chain before it believes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .action import Signed
+from .crypto import SigningKey, blake2b_256, to_text, verify
+from .encoding import encode
+from .errors import BudgetError
+
+# Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
+RETRYABLE = frozenset({"future_timestamp"})
+
+
+class Warranted(BudgetError):
+    code = "E_WARRANTED"
+
+
+@dataclass(frozen=True)
+class Warrant:
+    body: dict
+    sig: bytes
+    hash: bytes
+
+    @property
+    def offender(self) -> bytes:
+        return self.body["offender"]
+
+    @property
+    def agent_id(self) -> str:
+        return to_text("agent", self.offender)
+
+    @property
+    def reason(self) -> str:
+        return self.body["reason"]
+
+    @property
+    def kind(self) -> str:
+        return self.body["kind"]
+
+    @property
+    def issuer(self) -> bytes:
+        return self.body["issuer"]
+
+    def evidence(self) -> list[Signed]:
+        return [Signed.from_wire(b, s) for b, s in self.body["evidence"]]
+
+    def to_wire(self) -> dict:
+        return {"body": self.body, "sig": self.sig}
+
+    def to_dict(self) -> dict:
+        return {"agent_id": self.agent_id, "kind": self.kind, "reason": self.reason,
+                "issuer": to_text("agent", self.issuer), "seq": self.body["seq"]}
+
+
+KINDS = ("fork", "invalid", "peer")
+
+
+def make(kind: str, offender: bytes, reason: str, seq: int, evidence: list[Signed],
+         issuer: SigningKey, ts_us: int, entry: bytes | None = None,
+         batch: dict | None = None) -> Warrant:
+    """`entry` lets a receiver re-validate an invalid create; `batch` is a peer's signed
+    publish batch (the proof that the peer itself sent an action with a forged signature)."""
+    body = {"kind": kind, "offender": offender, "reason": reason, "seq": seq,
+            "evidence": [[s.body, s.sig] for s in evidence], "issuer": issuer.public,
+            "ts": ts_us, "entry": entry, "batch": batch}
+    raw = encode(body)
+    return Warrant(body, issuer.sign(raw), blake2b_256(raw))
+
+
+def from_wire(w) -> Warrant | None:
+    """Check shape and the issuer's signature; the evidence is checked by the caller."""
+    if not isinstance(w, dict) or not isinstance(w.get("body"), dict):
+        return None
+    body, sig = w["body"], w.get("sig")
+    try:
+        if body["kind"] not in KINDS or not isinstance(sig, bytes):
+            return None
+        if not isinstance(body["offender"], bytes) or not isinstance(body["reason"], str):
+            return None
+        if not isinstance(body["seq"], int) or not isinstance(body["evidence"], list):
+            return None
+        if not 1 <= len(body["evidence"]) <= 2:
+            return None
+        raw = encode(body)
+        if not verify(body["issuer"], sig, raw):
+            return None
+        warrant = Warrant(body, sig, blake2b_256(raw))
+        ev = warrant.evidence()
+    except (KeyError, TypeError, BudgetError):
+        return None
+    if warrant.kind != "peer" and any(
+            s.action.get("author") != warrant.offender or s.action.get("seq") != body["seq"]
+            for s in ev):
+        return None
+    return warrant
+
+
+def batch_digest(ops: list) -> list[bytes]:
+    return [blake2b_256(body + sig) for body, sig, _ in ops]
+
+
+def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
+    """A publisher signs what it sends, so a forged action it relays is provably its own doing."""
+    b = {"hashes": batch_digest(ops), "to": to, "ts": ts_us}
+    return {**b, "sig": key.sign(encode(b))}
+
+
+def batch_ok(batch, sender: bytes) -> bool:
+    if not isinstance(batch, dict) or not isinstance(batch.get("sig"), bytes):
+        return False
+    b = {k: batch.get(k) for k in ("hashes", "to", "ts")}
+    if not isinstance(b["hashes"], list):
+        return False
+    try:
+        return verify(sender, batch["sig"], encode(b))
+    except BudgetError:
+        return False
+
+
+def peer_proven(w: Warrant) -> bool:
+    """The offending peer signed a batch naming an action whose own signature is forged."""
+    ev = w.evidence()
+    if w.kind != "peer" or len(ev) != 1 or not batch_ok(w.body.get("batch"), w.offender):
+        return False
+    s = ev[0]
+    if blake2b_256(s.body + s.sig) not in w.body["batch"]["hashes"]:
+        return False
+    author = s.action.get("author")
+    return not (isinstance(author, bytes) and verify(author, s.sig, s.body))
+
+
+def fork_proven(w: Warrant) -> bool:
+    ev = w.evidence()
+    return (w.kind == "fork" and len(ev) == 2 and ev[0].hash != ev[1].hash
+            and all(verify(w.offender, s.sig, s.body) for s in ev))

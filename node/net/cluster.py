@@ -1,0 +1,97 @@
+"""Several network nodes in one process: real libp2p hosts on 127.0.0.1, or the in-memory
+transport for fast tests."""
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+
+from ..core import dht
+from ..core.crypto import to_text
+from ..core.errors import BudgetError
+from .memory import MemoryNetwork
+from .node import NetNode
+
+
+class ConsistencyTimeout(BudgetError):
+    code = "E_NOT_CONSISTENT"
+
+
+def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0"):
+    from .libp2p_transport import open_libp2p_transport  # libp2p costs ~0.7 s to import
+
+    def factory(seed, handler):
+        return open_libp2p_transport(seed, handler, listen=(listen,))
+    return factory
+
+
+class LocalCluster:
+    def __init__(self, nodes: list[NetNode], network: MemoryNetwork | None):
+        self.nodes = nodes
+        self.network = network
+        self._change = trio.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, n: int = 3, clock=None, *, rogue=(), transport: str = "libp2p",
+                   r: int = dht.DEFAULT_R, gossip_interval: float = 0.5,
+                   publish_interval: float = 0.5, paths=None, rogue_modes=("skip_preflight",)):
+        """`rogue=(2,)` starts node 2 in adversarial mode (it skips its own pre-flight)."""
+        network = MemoryNetwork() if transport == "memory" else None
+        factory = network.transport if network is not None else libp2p_factory()
+        async with AsyncExitStack() as stack:
+            nodes: list[NetNode] = []
+            for i in range(n):
+                bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
+                node = await stack.enter_async_context(NetNode.open(
+                    factory, path=paths[i] if paths else None, clock=clock, bootstrap=bootstrap,
+                    r=r, rogue=rogue_modes if i in rogue else (), gossip_interval=gossip_interval,
+                    publish_interval=publish_interval, dna=nodes[0].dna if nodes else None))
+                nodes.append(node)
+            cluster = cls(nodes, network)
+            for node in nodes:
+                node.on_change = cluster._changed
+            # Peers learnt after a node joined reach it by the next refresh; make it immediate.
+            for node in nodes:
+                for other in nodes:
+                    if other is not node and other.id not in node.peers:
+                        await node.join(other.transport.listen_addrs()[0])
+            yield cluster
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+
+    def lagging(self) -> list[str]:
+        """What keeps the cluster from being consistent; empty when it is."""
+        ids = [n.id for n in self.nodes]
+        offenders = set().union(*(n.warranted for n in self.nodes))
+        problems = []
+        for i, host in enumerate(self.nodes):
+            for pub, cell in host.cells.items():
+                if pub in offenders:
+                    continue
+                want = (cell.state.seq, cell.state.hash)
+                for j, node in enumerate(self.nodes):
+                    if node.id in dht.nearest(pub, ids, node.r) and node._head(pub) != want:
+                        have = node._head(pub)
+                        problems.append(f"node {j} holds {to_text('agent', pub)[:12]}… at seq "
+                                        f"{None if have is None else have[0]}, node {i} is at {want[0]}")
+            if host.dht.unpublished(1):
+                problems.append(f"node {i} has actions not yet published")
+        for j, node in enumerate(self.nodes):
+            missing = offenders - set(node.warranted)
+            if missing:
+                problems.append(f"node {j} lacks warrants for {len(missing)} agent(s)")
+        return problems
+
+    async def await_consistency(self, timeout: float = 10.0) -> None:
+        """Wait until every authority holds every honest head and every node every warrant."""
+        with trio.move_on_after(timeout):
+            while self.lagging():
+                await self._change.wait()
+            return
+        raise ConsistencyTimeout(f"not consistent after {timeout} s: " + "; ".join(self.lagging()[:8]))
+
+    def state_hashes(self) -> list[bytes]:
+        return [n.state_hash() for n in self.nodes]

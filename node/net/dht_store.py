@@ -1,0 +1,92 @@
+"""What a network node keeps beyond its own chains: other authors' validated actions (in the
+same `actions` table, without a `heads` row), warrants, and which own actions are published."""
+from __future__ import annotations
+
+import sqlite3
+
+from ..core.action import Signed
+from ..core.encoding import decode
+from ..store import Store
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL, wire BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS published(hash BLOB PRIMARY KEY, receipts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL, sig BLOB NOT NULL,
+                                    PRIMARY KEY(hash, validator));
+"""
+
+
+class DhtStore:
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+        self.db.executescript(SCHEMA)
+
+    def set_meta(self, k: str, v: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
+
+    def held_authors(self) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT author FROM actions")]
+
+    def foreign_authors(self) -> list[bytes]:
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM heads)")]
+
+    def action_at(self, author: bytes, seq: int) -> Signed | None:
+        row = self.db.execute("SELECT body, sig FROM actions WHERE author=? AND seq=?",
+                              (author, seq)).fetchone()
+        return None if row is None else Signed.from_wire(*row)
+
+    def has_action(self, h: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
+
+    def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
+        """[body, sig, entry-or-None] for seq >= from_seq, in order."""
+        return [[b, s, e] for b, s, e in self.db.execute(
+            "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
+            "WHERE a.author=? AND a.seq>=? ORDER BY a.seq LIMIT ?", (author, from_seq, limit))]
+
+    def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
+                             "VALUES (?,?,?,?,?,?,?)",
+                             (s.hash, s.author, s.seq, s.action.get("entry_type"),
+                              s.action.get("entry"), s.body, s.sig))
+            if entry is not None:
+                db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+            if index:
+                db.executemany("INSERT INTO idx VALUES (?,?,?)",
+                               [(k, key, cur.lastrowid) for k, key in index])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- warrants
+    def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:
+        self.db.execute("INSERT OR IGNORE INTO warrants VALUES (?,?,?)", (h, offender, wire))
+
+    def warrants(self) -> list[dict]:
+        return [decode(r[0]) for r in self.db.execute("SELECT wire FROM warrants ORDER BY rowid")]
+
+    # -- publishing own actions
+    def unpublished(self, limit: int) -> list[Signed]:
+        return [Signed.from_wire(b, s) for b, s in self.db.execute(
+            "SELECT a.body, a.sig FROM actions a JOIN heads h ON a.author=h.author "
+            "WHERE a.hash NOT IN (SELECT hash FROM published) ORDER BY a.id LIMIT ?", (limit,))]
+
+    def add_receipt(self, h: bytes, validator: bytes, sig: bytes) -> int:
+        try:
+            self.db.execute("INSERT INTO receipts VALUES (?,?,?)", (h, validator, sig))
+        except sqlite3.IntegrityError:
+            pass
+        return self.db.execute("SELECT count(*) FROM receipts WHERE hash=?", (h,)).fetchone()[0]
+
+    def mark_published(self, h: bytes, receipts: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts))
+
+    def entry(self, h: bytes) -> bytes | None:
+        row = self.db.execute("SELECT body FROM entries WHERE hash=?", (h,)).fetchone()
+        return row[0] if row else None

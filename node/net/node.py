@@ -1,0 +1,733 @@
+"""A network node: a LocalNode whose chains are published to DHT authorities, which
+re-derive every budget, gossip what publishing missed, and warrant rule-breakers.
+
+Every action that reaches this node from outside (publish, gossip, query, warrant
+evidence) goes through one path, `_accept`, which validates it against this node's own
+view of the author's chain, fetching missing history from the peer that sent it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+
+import trio
+
+from zomes import APP
+
+from ..core import budget, dht, warrant
+from ..core.action import Signed, grant_body, grant_hash
+from ..core.crypto import SigningKey, from_text, to_text, verify
+from ..core.encoding import decode, encode
+from ..core.dna import MRU_PER_RU
+from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, UnknownAgent
+from ..core.validate import ChainState, validate_chain, validate_genesis, validate_next
+from ..core.warrant import RETRYABLE, Warrant, Warranted
+from ..local_node import AllocationResult, LocalNode
+from ..records import record_dict
+from . import protocol as P
+from .dht_store import DhtStore
+from .transport import PeerUnreachable
+
+MAX_PEERS = 256
+MAX_LIMBO = 4096
+LIMBO_ATTEMPTS = 30
+MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
+MAX_PARALLEL_FETCHES = 8
+
+
+class NetNode(LocalNode):
+    # -- lifecycle
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, transport_factory, path: str | None = None, clock=None, *,
+                   bootstrap=(), r: int = dht.DEFAULT_R, rogue=(), gossip_interval: float = 1.0,
+                   publish_interval: float = 1.0, durability: str = "process",
+                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None):
+        tmp = None
+        if path is None:
+            path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
+        node = cls.load(path, clock or time.time, durability, randbytes, dna)
+        try:
+            node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+            await node._claim_recovered_grants()
+            async with transport_factory(node.node_key.seed, node._handle) as transport:
+                node.transport = transport
+                async with trio.open_nursery() as nursery:
+                    node._nursery = nursery
+                    nursery.start_soon(node._publisher)
+                    nursery.start_soon(node._gossiper)
+                    nursery.start_soon(node._limbo_worker)
+                    for addr in bootstrap:
+                        await node.join(addr)
+                    try:
+                        yield node
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            node.close()
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
+        self.dht = DhtStore(self.store)
+        raw = self.store.get_meta("node_key")
+        if raw is None or self.keystore.get(raw) is None:
+            key = SigningKey.generate(self.randbytes)
+            self.keystore.add(key)
+            self.dht.set_meta("node_key", key.public)
+        else:
+            key = self.keystore.get(raw)
+        self.node_key = key
+        self.id = key.public
+        self.r = r
+        self.rogue = frozenset(rogue)
+        self.gossip_interval = gossip_interval
+        self.publish_interval = publish_interval
+        self.request_timeout = request_timeout
+        self.rng = random.Random(key.public)
+        self.metrics = Counter()
+        self.peers: dict[bytes, dict] = {}        # peer id -> signed peer info
+        self.agent_hosts: dict[bytes, bytes] = {}  # agent -> peer id hosting it
+        self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
+        self.limbo: dict[bytes, tuple] = {}
+        self.warrants_by_hash: dict[bytes, Warrant] = {}
+        self.warranted: dict[bytes, Warrant] = {}
+        self._fetching: set[bytes] = set()
+        self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
+        self._publish_kick = trio.Event()
+        self._change = trio.Event()
+        self.on_change = None
+        for pub, cell in self.cells.items():
+            self._wire_cell(cell)
+        for author in self.dht.foreign_authors():
+            self.chains[author] = validate_chain(self.store.chain(author), self.dna, APP,
+                                                 self.store.entries_of(author))
+        for wire in self.dht.warrants():
+            w = warrant.from_wire(wire)
+            if w is not None:
+                self._remember_warrant(w)
+
+    def _add_cell(self, cell):
+        if hasattr(self, "dht"):
+            self._wire_cell(cell)
+        return super()._add_cell(cell)
+
+    def _wire_cell(self, cell) -> None:
+        cell.rogue = self.rogue
+        cell.on_commit = self._on_local_commit
+        cell.warrant = self.warranted.get(cell.key.public) if hasattr(self, "warranted") else None
+
+    async def new_agent(self):
+        agent = await super().new_agent()
+        self._spawn(self._announce)  # peers learn where the agent lives
+        return agent
+
+    async def _announce(self) -> None:
+        for peer in list(self.peers):
+            try:
+                await self._hello(peer)
+            except BudgetError:
+                pass
+
+    def _on_local_commit(self, s: Signed) -> None:
+        self._changed()
+        self._publish_kick.set()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    async def wait_changed(self) -> None:
+        await self._change.wait()
+
+    # -- peers
+    def _my_info(self) -> dict:
+        # Strictly increasing, even on a frozen or skewed clock, so peers never take a fresh
+        # info for a replay.
+        self._info_ts = max(self.now_us(), getattr(self, "_info_ts", 0) + 1)
+        return dht.peer_info(self.node_key, self.dna.hash, self.transport.listen_addrs(),
+                             list(self.cells), self._info_ts)
+
+    def _spawn(self, fn, *args) -> None:
+        """Background work; a node that is shutting down starts none."""
+        try:
+            self._nursery.start_soon(fn, *args)
+        except RuntimeError:
+            self.metrics["spawn_refused_closing"] += 1
+
+    def _add_peer(self, info) -> bytes | None:
+        body = dht.check_peer_info(info, self.dna.hash)
+        if body is None or body["peer"] == self.id or body["peer"] in self.warranted:
+            return None
+        peer = body["peer"]
+        old = self.peers.get(peer)
+        if old is not None and old["body"]["ts"] >= body["ts"]:
+            return peer  # a replayed or older info changes nothing
+        if old is None and len(self.peers) >= MAX_PEERS:
+            oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
+            del self.peers[oldest]
+        self.peers[peer] = info
+        self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
+        for agent in body["agents"]:
+            if isinstance(agent, bytes):
+                self.agent_hosts[agent] = peer
+        if old is None:
+            self._publish_kick.set()  # a new peer may be an authority for pending ops
+        return peer
+
+    async def join(self, addr: str) -> bytes | None:
+        """Dial a peer, exchange signed peer infos, and learn its peers."""
+        try:
+            peer = await self.transport.connect(addr)
+            await self._hello(peer)
+            await self._refresh_peers(peer)
+            return peer
+        except (PeerUnreachable, BudgetError) as e:
+            self.metrics["join_failures"] += 1
+            self.last_join_error = str(e)
+            return None
+
+    async def _hello(self, peer: bytes) -> None:
+        rep = await self._request(peer, "hello", info=self._my_info())
+        self._add_peer(rep.get("info"))
+
+    async def _refresh_peers(self, peer: bytes) -> None:
+        rep = await self._request(peer, "peers")
+        for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE]:
+            new = self._add_peer(info)
+            if new is not None and new not in self._greeted:
+                self._greeted.add(new)
+                try:
+                    await self._hello(new)
+                except BudgetError:
+                    pass
+
+    _greeted: set = set()
+
+    def peer_ids(self) -> list[bytes]:
+        return list(self.peers)
+
+    async def _request(self, peer: bytes, t: str, **fields) -> dict:
+        self.metrics["messages_sent"] += 1
+        raw = await self.transport.request(peer, P.request(t, self.dna.hash, **fields),
+                                           self.request_timeout)
+        return P.parse_reply(raw)
+
+    # -- serving requests
+    async def _handle(self, peer: bytes, raw: bytes) -> bytes:
+        self.metrics["messages_received"] += 1
+        try:
+            if peer in self.warranted:
+                raise Warranted("this node's operator is warranted; requests are refused")
+            msg = P.parse_request(raw, self.dna.hash)
+            return await getattr(self, "_on_" + msg["t"])(peer, msg)
+        except BudgetError as e:
+            self.metrics["messages_refused"] += 1
+            return P.error_reply(e)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            self.metrics["messages_refused"] += 1
+            return P.error_reply(MalformedInput(f"malformed request ({type(e).__name__})"))
+        except Exception as e:  # a bug in one handler must not take the node down
+            self.metrics["handler_errors"] += 1
+            self.last_handler_error = repr(e)
+            return P.error_reply(P.InternalError(type(e).__name__))
+
+    async def _on_hello(self, peer, msg):
+        info = msg["info"]
+        if dht.check_peer_info(info, self.dna.hash) is None or info["body"]["peer"] != peer:
+            raise MalformedInput("peer info is not signed by the sending peer")
+        self._add_peer(info)
+        self._greeted.add(peer)
+        return P.reply(info=self._my_info())
+
+    async def _on_peers(self, peer, msg):
+        infos = list(self.peers.values())
+        self.rng.shuffle(infos)
+        return P.reply(infos=infos[:P.MAX_PEERS_PER_MESSAGE])
+
+    async def _on_publish(self, peer, msg):
+        ops = msg["ops"]
+        if not isinstance(ops, list) or len(ops) > P.MAX_OPS_PER_MESSAGE:
+            raise MalformedInput(f"a publish carries 1-{P.MAX_OPS_PER_MESSAGE} ops")
+        batch = msg.get("batch")
+        if not warrant.batch_ok(batch, peer) or batch["to"] != self.id or \
+                batch["hashes"] != warrant.batch_digest(ops):
+            raise MalformedInput("publish batch is not signed by the sending peer for this node")
+        results = []
+        for op in ops:
+            body, sig, entry = op
+            self.metrics["ops_received"] += 1
+            s = Signed.from_wire(body, sig)
+            if entry is not None and not isinstance(entry, bytes):
+                raise MalformedInput("entry must be bytes")
+            if not verify(s.action.get("author", b""), s.sig, s.body) \
+                    if isinstance(s.action.get("author"), bytes) else True:
+                self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+                results.append([s.hash, "invalid", None])
+                continue
+            status = await self._accept(s, entry, peer)
+            receipt = dht.sign_receipt(s.hash, self.node_key) if status == "valid" else None
+            results.append([s.hash, status, receipt])
+        return P.reply(results=results)
+
+    async def _on_chain(self, peer, msg):
+        author, start, limit = msg["author"], msg["from"], msg["limit"]
+        if not isinstance(author, bytes) or not isinstance(start, int) or not isinstance(limit, int):
+            raise MalformedInput("chain takes author, from, limit")
+        limit = max(1, min(limit, P.MAX_OPS_PER_MESSAGE))
+        return P.reply(records=self.dht.records(author, max(0, start), limit))
+
+    async def _on_record(self, peer, msg):
+        found = self.store.record(msg["hash"]) if isinstance(msg["hash"], bytes) else None
+        if found is None:
+            return P.reply(record=None)
+        s, entry = found
+        return P.reply(record=[s.body, s.sig, entry])
+
+    async def _on_summary(self, peer, msg):
+        theirs = self._parse_heads(msg["heads"])
+        mine = self._heads()
+        for author, (seq, h) in theirs.items():
+            have = mine.get(author)
+            if self._should_hold(author) and (have is None or seq > have[0] or
+                                              (seq == have[0] and h != have[1])):
+                self._spawn_fetch(author, peer, seq)
+        known = set(msg["warrants"]) if isinstance(msg["warrants"], list) else set()
+        missing = [w.to_wire() for h, w in self.warrants_by_hash.items() if h not in known]
+        heads = [[a, s, h] for a, (s, h) in mine.items()]
+        self.rng.shuffle(heads)
+        return P.reply(heads=heads[:P.MAX_SUMMARY_AUTHORS],
+                       warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE])
+
+    async def _on_warrants(self, peer, msg):
+        for wire in msg["warrants"][:P.MAX_WARRANTS_PER_MESSAGE]:
+            await self._receive_warrant(wire, peer)
+        return P.reply(ok=True)
+
+    async def _on_grant(self, peer, msg):
+        grant, sig = msg["grant"], msg["sig"]
+        cell = self.cells.get(grant.get("grantee")) if isinstance(grant, dict) else None
+        if cell is None:
+            raise UnknownAgent("the grantee is not an agent of this node")
+        try:
+            return P.reply(granted=await cell.claim(grant, sig))
+        except GrantAlreadyClaimed:  # the published record got here first and was claimed
+            return P.reply(granted=self._claimed_amount(cell, grant_hash(grant)))
+
+    def _claimed_amount(self, cell, gh: bytes) -> int | None:
+        for s in reversed(self.store.chain(cell.key.public)):
+            if s.action.get("type") == "claim" and grant_hash(s.action["grant"]) == gh:
+                return s.action["budget"]["granted"]
+        return None
+
+    # -- the one way in for other authors' actions
+    def _head(self, author: bytes):
+        cell = self.cells.get(author)
+        cs = cell.state if cell is not None else self.chains.get(author)
+        return None if cs is None else (cs.seq, cs.hash)
+
+    def _heads(self) -> dict:
+        out = {pub: (c.state.seq, c.state.hash) for pub, c in self.cells.items()
+               if pub not in self.warranted}
+        out.update({a: (cs.seq, cs.hash) for a, cs in self.chains.items()
+                    if a not in self.warranted})
+        return out
+
+    def _parse_heads(self, heads) -> dict:
+        out = {}
+        for item in heads[:P.MAX_SUMMARY_AUTHORS]:
+            a, seq, h = item
+            if isinstance(a, bytes) and isinstance(seq, int) and isinstance(h, bytes):
+                out[a] = (seq, h)
+        return out
+
+    def _should_hold(self, author: bytes) -> bool:
+        if author in self.cells or author in self.chains:
+            return True
+        return self.id in dht.nearest(author, [self.id, *self.peers], self.r)
+
+    async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
+                      fetch: bool = True) -> str:
+        """Validate and store one action; returns valid, invalid, warranted, pending or busy."""
+        author, seq = s.action.get("author"), s.action.get("seq")
+        if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
+            return "invalid"
+        if self.dht.has_action(s.hash):
+            return "valid"
+        if author in self.warranted:
+            return "warranted"
+        if author in self.cells:
+            return "invalid"  # someone else's copy of our own agent's chain: never ours to take
+        cs = self.chains.get(author)
+        if cs is not None and seq <= cs.seq:
+            existing = self.dht.action_at(author, seq)
+            if existing is not None and verify(author, s.sig, s.body):
+                self._issue("fork", author, "fork", seq, [existing, s])
+            return "invalid"
+        if seq > (0 if cs is None else cs.seq + 1):
+            if fetch and peer is not None:
+                await self._fetch_chain(author, peer, seq - 1)
+                cs = self.chains.get(author)
+            if author in self.warranted:
+                return "warranted"
+            if seq > (0 if cs is None else cs.seq + 1):
+                return self._to_limbo(s, entry, peer)
+        is_create = s.action.get("type") == "create"
+        if is_create and entry is None:
+            return self._to_limbo(s, entry, peer)
+        try:
+            if cs is None:
+                new = validate_genesis(s, self.dna)
+            else:
+                new = validate_next(cs, s, self.dna, APP, entry if is_create else None,
+                                    now_us=self.now_us())
+        except InvalidChain as e:
+            if e.reason in RETRYABLE:
+                return self._to_limbo(s, entry, peer)
+            self.metrics["ops_rejected"] += 1
+            if e.reason != "bad_signature":  # a forged signature proves nothing about the author
+                self._issue("invalid", author, e.reason, seq, [s], entry=entry)
+            return "invalid"
+        index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
+            if is_create else ()
+        self.dht.put_foreign(s, entry, index)
+        self.chains[author] = new
+        self.limbo.pop(s.hash, None)
+        self.metrics["ops_validated"] += 1
+        self._changed()
+        if is_create and s.action["entry_type"] == "allocation":
+            self._spawn(self._claim_if_local, decode(entry)["content"])
+        return "valid"
+
+    def _to_limbo(self, s: Signed, entry, peer) -> str:
+        if s.hash in self.limbo:
+            return "pending"
+        if len(self.limbo) >= MAX_LIMBO:
+            self.metrics["limbo_full"] += 1
+            return "busy"  # the sender keeps it and retries: nothing is dropped silently
+        self.limbo[s.hash] = (s, entry, peer, 0)
+        return "pending"
+
+    async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
+        """Fetch and validate `author`'s actions after our head, from `peer`, up to `upto`."""
+        for _ in range(MAX_FETCH_ROUNDS):
+            head = self._head(author)
+            start = 0 if head is None else head[0] + 1
+            if upto is not None and start > upto:
+                return
+            limit = P.MAX_OPS_PER_MESSAGE if upto is None else min(P.MAX_OPS_PER_MESSAGE,
+                                                                  upto - start + 1)
+            try:
+                rep = await self._request(peer, "chain", author=author, **{"from": start},
+                                          limit=limit)
+            except BudgetError:
+                return
+            records = rep.get("records", [])
+            for body, sig, entry in records[:limit]:
+                self.metrics["history_fetched"] += 1
+                status = await self._accept(Signed.from_wire(body, sig), entry, peer, fetch=False)
+                if status != "valid":
+                    return
+            if len(records) < limit:
+                return
+
+    def _spawn_fetch(self, author: bytes, peer: bytes, seq: int) -> None:
+        if author in self._fetching or len(self._fetching) >= 4 * MAX_PARALLEL_FETCHES:
+            return
+        self._fetching.add(author)
+
+        async def run():
+            try:
+                async with self._fetch_limit:
+                    await self._fetch_chain(author, peer, seq)
+                    head = self._head(author)
+                    if head is not None and head[0] >= seq:
+                        await self._check_fork_at(author, peer, seq)
+            finally:
+                self._fetching.discard(author)
+        self._spawn(run)
+
+    async def _check_fork_at(self, author: bytes, peer: bytes, seq: int) -> None:
+        try:
+            rep = await self._request(peer, "chain", author=author, **{"from": seq}, limit=1)
+        except BudgetError:
+            return
+        for body, sig, entry in rep.get("records", [])[:1]:
+            await self._accept(Signed.from_wire(body, sig), entry, peer, fetch=False)
+
+    async def _claim_if_local(self, content: dict) -> None:
+        cell = self.cells.get(content["grant"].get("grantee"))
+        if cell is None:
+            return
+        if grant_hash(content["grant"]) in cell.state.claimed:
+            return
+        try:
+            await cell.claim(content["grant"], content["sig"])
+        except BudgetError:
+            self.metrics["grant_claims_failed"] += 1
+
+    # -- warrants
+    def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
+               entry=None, batch=None) -> None:
+        w = warrant.make(kind, offender, reason, seq, evidence, self.node_key, self.now_us(),
+                         entry=entry, batch=batch)
+        if self._remember_warrant(w):
+            self.metrics["warrants_issued"] += 1
+            self._spawn(self._broadcast_warrant, w)
+
+    def _remember_warrant(self, w: Warrant) -> bool:
+        if w.hash in self.warrants_by_hash:
+            return False
+        self.warrants_by_hash[w.hash] = w
+        self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
+        if w.offender not in self.warranted:
+            self.warranted[w.offender] = w
+            self.peers.pop(w.offender, None)
+            cell = self.cells.get(w.offender)
+            if cell is not None:
+                cell.warrant = w  # this node is told why its agent is refused everywhere
+        self._changed()
+        return True
+
+    async def _broadcast_warrant(self, w: Warrant) -> None:
+        for peer in list(self.peers):
+            try:
+                await self._request(peer, "warrants", warrants=[w.to_wire()])
+            except BudgetError:
+                pass  # gossip carries it there later
+
+    async def _receive_warrant(self, wire, peer: bytes) -> bool:
+        w = warrant.from_wire(wire)
+        if w is None:
+            self.metrics["warrants_refused"] += 1
+            return False
+        if w.hash in self.warrants_by_hash:
+            return True
+        if w.kind == "fork":
+            ok = warrant.fork_proven(w)
+        elif w.kind == "peer":
+            ok = warrant.peer_proven(w)
+        else:
+            ok = await self._invalid_proven(w, peer)
+        if not ok:
+            self.metrics["warrants_refused"] += 1
+            return False
+        self.metrics["warrants_received"] += 1
+        self._remember_warrant(w)
+        return True
+
+    async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
+        """Re-run the validator on the evidence against the offender's chain before it."""
+        s = w.evidence()[0]
+        seq = s.seq
+        records = self.dht.records(w.offender, 0, seq)
+        if len(records) < seq:
+            records = []
+            while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
+                try:
+                    rep = await self._request(peer, "chain", author=w.offender,
+                                              **{"from": len(records)},
+                                              limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+                except BudgetError:
+                    return False
+                got = rep.get("records", [])
+                if not got:
+                    return False
+                records.extend(got[:seq - len(records)])
+        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records[:seq]]
+        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
+        try:
+            cs = validate_chain(prefix, self.dna, APP, entries) if prefix else None
+            if cs is None:
+                validate_genesis(s, self.dna)
+            else:
+                validate_next(cs, s, self.dna, APP, w.body.get("entry"))
+        except InvalidChain as e:
+            return e.reason not in RETRYABLE and e.reason != "bad_signature" or \
+                (e.seq is not None and e.seq < seq)
+        return False
+
+    def warrants(self) -> list[Warrant]:
+        return list(self.warrants_by_hash.values())
+
+    # -- background work
+    async def _publisher(self) -> None:
+        while True:
+            pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
+            if pending and self.peers:
+                await self._publish_round(pending)
+            with trio.move_on_after(self.publish_interval):
+                await self._publish_kick.wait()
+            self._publish_kick = trio.Event()
+
+    async def _publish_round(self, pending: list[Signed]) -> None:
+        everyone = [self.id, *self.peers]
+        targets = {s.hash: dht.authorities(s, everyone, self.r) - {self.id} for s in pending}
+        by_peer: dict[bytes, list[Signed]] = {}
+        for s in pending:
+            for p in targets[s.hash]:
+                by_peer.setdefault(p, []).append(s)
+        outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
+
+        async def send(peer, batch):
+            ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
+                    if s.action.get("type") == "create" else None] for s in batch]
+            signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            try:
+                rep = await self._request(peer, "publish", ops=ops, batch=signed)
+            except BudgetError:
+                return
+            self.metrics["ops_published"] += len(ops)
+            for h, status, receipt in rep.get("results", [])[:len(ops)]:
+                if h in outcome:
+                    if status == "valid" and not (isinstance(receipt, bytes) and
+                                                  dht.check_receipt(h, peer, receipt)):
+                        continue
+                    outcome[h][peer] = status
+                    if status == "valid":
+                        self.dht.add_receipt(h, peer, receipt)
+                        self.metrics["receipts"] += 1
+
+        async with trio.open_nursery() as n:
+            for peer, batch in by_peer.items():
+                n.start_soon(send, peer, batch)
+        for s in pending:
+            got = outcome[s.hash]
+            valid = sum(1 for v in got.values() if v == "valid")
+            refused = any(v in ("invalid", "warranted") for v in got.values())
+            if valid >= min(self.r, len(targets[s.hash])) or refused:
+                self.dht.mark_published(s.hash, valid)
+                if refused:
+                    self.metrics["own_ops_refused"] += 1
+                self._changed()
+
+    async def _gossiper(self) -> None:
+        rounds = 0
+        while True:
+            await trio.sleep(self.gossip_interval * (0.5 + self.rng.random()))
+            peers = sorted(self.peers)
+            if not peers:
+                continue
+            peer = self.rng.choice(peers)
+            rounds += 1
+            try:
+                if rounds % 5 == 0:
+                    await self._refresh_peers(peer)
+                await self._gossip_with(peer)
+            except BudgetError:
+                self.metrics["gossip_failures"] += 1
+
+    async def _gossip_with(self, peer: bytes) -> None:
+        mine = self._heads()
+        heads = [[a, s, h] for a, (s, h) in mine.items()]
+        self.rng.shuffle(heads)
+        rep = await self._request(peer, "summary", heads=heads[:P.MAX_SUMMARY_AUTHORS],
+                                  warrants=list(self.warrants_by_hash)[:4096])
+        self.metrics["gossip_rounds"] += 1
+        for wire in rep.get("warrants", [])[:P.MAX_WARRANTS_PER_MESSAGE]:
+            await self._receive_warrant(wire, peer)
+        for author, (seq, h) in self._parse_heads(rep.get("heads", [])).items():
+            have = self._head(author)
+            if author in self.warranted or not self._should_hold(author):
+                continue
+            if have is None or seq > have[0]:
+                self.metrics["gossip_lag_ops"] += seq - (-1 if have is None else have[0])
+                self._spawn_fetch(author, peer, seq)
+            elif seq == have[0] and h != have[1]:
+                self._spawn_fetch(author, peer, seq)
+
+    async def _limbo_worker(self) -> None:
+        while True:
+            await trio.sleep(self.publish_interval)
+            for h, (s, entry, peer, tries) in list(self.limbo.items())[:256]:
+                self.limbo.pop(h, None)
+                status = await self._accept(s, entry, peer)
+                if status == "pending" and h in self.limbo:
+                    if tries + 1 >= LIMBO_ATTEMPTS:
+                        self.limbo.pop(h)
+                        self.metrics["limbo_expired"] += 1  # gossip will bring it again
+                    else:
+                        self.limbo[h] = (s, entry, peer, tries + 1)
+
+    # -- queries and cross-node calls
+    async def ensure_agent(self, pub: bytes) -> None:
+        if pub in self.cells or pub in self.chains:
+            return
+        candidates = dht.nearest(pub, list(self.peers), self.r)
+        host = self.agent_hosts.get(pub)
+        if host is not None and host not in candidates:
+            candidates.append(host)
+        for peer in candidates:
+            await self._fetch_chain(pub, peer)
+            if pub in self.chains:
+                return
+        raise UnknownAgent(f"no chain for {to_text('agent', pub)} was found on the network")
+
+    async def get_budget_state(self, agent_id: str) -> budget.BudgetStatus:
+        """An agent's budget, re-derived by this node from the agent's signed chain."""
+        pub = from_text("agent", agent_id)
+        await self.ensure_agent(pub)
+        cell = self.cells.get(pub)
+        cs = cell.state if cell is not None else self.chains[pub]
+        return budget.status(cs.budget, max(self.now_us(), cs.ts), self.dna)
+
+    async def agent_activity(self, agent_id: str, limit: int = 1000) -> list[dict]:
+        pub = from_text("agent", agent_id)
+        await self.ensure_agent(pub)
+        return [record_dict(Signed.from_wire(b, s), e)
+                for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
+
+    async def fetch_record(self, action_hash: str) -> dict:
+        """A record by hash: from this node, or from the authorities of that hash."""
+        h = from_text("action", action_hash)
+        if self.store.record(h) is None:
+            for peer in dht.nearest(h, list(self.peers), self.r):
+                try:
+                    rep = await self._request(peer, "record", hash=h)
+                except BudgetError:
+                    continue
+                if rep.get("record"):
+                    body, sig, entry = rep["record"]
+                    s = Signed.from_wire(body, sig)
+                    await self._fetch_chain(s.author, peer, s.seq)
+                    if self.store.record(h) is not None:
+                        break
+        return self.get_record(action_hash)
+
+    async def allocate(self, steward, grantee: bytes, amount_mru: int) -> AllocationResult:
+        if grantee in self.cells:
+            return await super().allocate(steward, grantee, amount_mru)
+        await self.ensure_agent(grantee)  # before anything is written
+        grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
+                           self.now_us(), self.randbytes(16))
+        sig = steward.key.sign(encode(grant))
+        allocation = await steward.create_entry("allocation", {"grant": grant, "sig": sig})
+        granted = None
+        host = self.agent_hosts.get(grantee)
+        if host is not None:
+            try:
+                granted = (await self._request(host, "grant", grant=grant, sig=sig))["granted"]
+            except BudgetError:
+                granted = None  # the grantee's node claims it when the record reaches it
+        return AllocationResult(amount_mru / MRU_PER_RU,
+                                None if granted is None else granted / MRU_PER_RU,
+                                to_text("grant", grant_hash(grant)), to_text("action", allocation),
+                                claimed=granted is not None)
+
+    # -- observability
+    def state_hash(self) -> bytes:
+        from ..core.crypto import blake2b_256
+        heads = sorted([a, s, h] for a, (s, h) in self._heads().items())
+        return blake2b_256(encode({"heads": heads, "warranted": sorted(self.warranted)}))
+
+    def metrics_snapshot(self) -> dict:
+        return {**self.metrics, "peers": len(self.peers), "limbo": len(self.limbo),
+                "unpublished": len(self.dht.unpublished(1 << 20)),
+                "warrants": len(self.warrants_by_hash), "held_authors": len(self._heads())}
