@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS heads(author BLOB PRIMARY KEY, seq INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS actions(
     id INTEGER PRIMARY KEY, hash BLOB UNIQUE NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
     entry_type TEXT, entry BLOB, body BLOB NOT NULL, sig BLOB NOT NULL, UNIQUE(author, seq));
+CREATE TABLE IF NOT EXISTS held(author BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS entries(hash BLOB PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS idx(kind TEXT NOT NULL, key TEXT NOT NULL, action_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_kk ON idx(kind, key, action_id);
@@ -96,13 +97,18 @@ class Store:
 
     # -- reads
     def authors(self) -> list[bytes]:
-        """Every author with a head, then any author with actions but no head (which chain()
-        reports as corrupted): a deleted head row must not make a chain silently vanish."""
+        """Every local author (with a head), then any author with actions but neither a head nor
+        a `held` row (which chain() reports as corrupted): a deleted head row must not make a
+        chain silently vanish. Other authors' chains held for the network are in `held`."""
         out = [r[0] for r in self.db.execute("SELECT author FROM heads ORDER BY rowid")]
         known = set(out)
-        out += [r[0] for r in self.db.execute("SELECT DISTINCT author FROM actions")
+        out += [r[0] for r in self.db.execute(
+                "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM held)")
                 if r[0] not in known]
         return out
+
+    def held_authors(self) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT author FROM held ORDER BY rowid")]
 
     def has_author(self, author: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE author=? LIMIT 1",
@@ -128,7 +134,8 @@ class Store:
             if own_txn:
                 self.db.execute("COMMIT")
         if head is None:
-            if rows:
+            if rows and not self.db.execute("SELECT 1 FROM held WHERE author=?",
+                                            (author,)).fetchone():
                 raise StoreCorrupted(f"chain of {who}: actions stored without a chain head")
         elif (rows[-1][:2] != tuple(head)) if rows else head[0] > after_seq:
             raise StoreCorrupted(f"chain of {who}: the stored actions do not end at the "

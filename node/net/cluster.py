@@ -62,6 +62,10 @@ class LocalCluster:
         self._change.set()
         self._change = trio.Event()
 
+    async def wait_changed(self) -> None:
+        """Until any node stores, publishes or learns something."""
+        await self._change.wait()
+
     def lagging(self) -> list[str]:
         """What keeps the cluster from being consistent; empty when it is."""
         ids = [n.id for n in self.nodes]

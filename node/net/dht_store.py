@@ -25,12 +25,8 @@ class DhtStore:
     def set_meta(self, k: str, v: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
 
-    def held_authors(self) -> list[bytes]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT author FROM actions")]
-
     def foreign_authors(self) -> list[bytes]:
-        return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM heads)")]
+        return self.store.held_authors()
 
     def action_at(self, author: bytes, seq: int) -> Signed | None:
         row = self.db.execute("SELECT body, sig FROM actions WHERE author=? AND seq=?",
@@ -50,6 +46,7 @@ class DhtStore:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
             cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
                              "VALUES (?,?,?,?,?,?,?)",
                              (s.hash, s.author, s.seq, s.action.get("entry_type"),
