@@ -150,7 +150,10 @@ class Cell:
         b = budget.BudgetState(rec["ws"], rec["rem"], self.state.budget.used_mru + rec["cost"])
         if "bad_signature" in self.rogue:
             object.__setattr__(s, "sig", bytes([s.sig[0] ^ 1]) + s.sig[1:])
-        return ChainState(s.author, s.seq, s.hash, s.ts, b, self.state.claimed)
+        claimed = self.state.claimed
+        if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
+            claimed = claimed | {grant_hash(s.action["grant"])}
+        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed)
 
     def reload(self) -> None:
         """Catch up with actions another process appended, validating each."""

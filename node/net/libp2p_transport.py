@@ -1,0 +1,332 @@
+"""The libp2p implementation of the Transport seam (py-libp2p 0.8.1: TCP + Noise + Yamux).
+
+One request = one new stream on `protocol`: the requester writes one frame, the
+responder writes one frame back, both close. A frame is a 4-byte big-endian length
+followed by that many bytes; a declared length above MAX_FRAME is refused before the
+body is read. Peer ids are raw 32-byte Ed25519 public keys, the same key that signs the
+node's records; the libp2p peer id inlines that key (identity multihash), and Noise
+proves the remote owns it, so the key handed to the handler is authenticated.
+
+Only this module imports libp2p. See /work/shared/LIBP2P-NOTES.md for the traps the
+choices below avoid (numbers refer to it).
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Sequence
+
+import trio
+
+from .transport import MAX_FRAME, Handler, PeerUnreachable
+
+import multiaddr  # noqa: E402  (libp2p dependency)
+from libp2p import new_host  # noqa: E402
+from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair  # noqa: E402
+from libp2p.crypto.keys import KeyType  # noqa: E402
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair  # noqa: E402
+from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.network.config import ConnectionConfig, RetryConfig  # noqa: E402
+from libp2p.peer.id import ID  # noqa: E402
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr  # noqa: E402
+from libp2p.security.noise.transport import (  # noqa: E402
+    PROTOCOL_ID as NOISE_PROTOCOL_ID,
+    Transport as NoiseTransport,
+)
+from libp2p.stream_muxer.yamux.yamux import (  # noqa: E402
+    PROTOCOL_ID as YAMUX_PROTOCOL_ID,
+    Yamux,
+)
+
+# Trap 7: libp2p logs a lot (and at ERROR for ordinary refused streams); keep it quiet.
+logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+logging.getLogger("multiaddr").setLevel(logging.ERROR)
+
+_HEADER = struct.Struct(">I")
+ADDR_TTL = 3600  # seconds a learnt address stays in the peerstore
+
+
+class _FrameError(Exception):
+    """The remote sent an oversized, truncated or otherwise bad frame."""
+
+
+async def _read_exactly(stream, n: int) -> bytes:
+    """Read exactly n bytes: streams do not keep message boundaries (trap 2)."""
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = await stream.read(n - len(buf))
+        except Exception as e:  # StreamEOF / StreamReset / StreamError
+            raise _FrameError(f"stream ended after {len(buf)} of {n} bytes ({type(e).__name__})") from e
+        if not chunk:
+            raise _FrameError(f"stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def _read_frame(stream) -> bytes:
+    (length,) = _HEADER.unpack(await _read_exactly(stream, _HEADER.size))
+    if length > MAX_FRAME:
+        raise _FrameError(f"declared frame of {length} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+    return await _read_exactly(stream, length) if length else b""
+
+
+def _frame(payload: bytes) -> bytes:
+    # One write per frame: per-write cost dominates (trap 3).
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _key_of(pid: ID) -> bytes | None:
+    """The raw Ed25519 key inlined in a libp2p peer id, or None for other key types."""
+    pub = pid.extract_public_key()
+    if pub is None or pub.get_type() != KeyType.Ed25519:
+        return None
+    raw = pub.to_bytes()
+    return raw if len(raw) == 32 else None
+
+
+def _id_of(key: bytes) -> ID:
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(key))
+
+
+async def _reset(stream) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+class Libp2pTransport:
+    """Satisfies node.net.transport.Transport. Made by open_libp2p_transport."""
+
+    def __init__(self, host, key_pair, protocol: str, handler: Handler, *,
+                 max_inbound: int, inbound_timeout: float):
+        self.host = host  # the libp2p host; exposed for tests and diagnostics only
+        self.peer_id: bytes = key_pair.public_key.to_bytes()
+        self.libp2p_id: ID = host.get_id()
+        self.protocol = TProtocol(protocol)
+        self._handler = handler
+        self._limiter = trio.CapacityLimiter(max_inbound)
+        self._inbound_timeout = inbound_timeout
+        self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
+        self._addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
+        self._closed = False
+
+    # ---- addresses and peers -------------------------------------------------
+
+    def listen_addrs(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    def peers(self) -> list[bytes]:
+        out = []
+        for pid in self.host.get_connected_peers():
+            key = _key_of(pid)
+            if key is not None:
+                out.append(key)
+        return out
+
+    def add_peer_addrs(self, peer: bytes, addrs: Sequence[str]) -> None:
+        """Teach addresses learnt elsewhere (gossip, DHT). Bad addresses are skipped.
+
+        An address may carry /p2p/<id>; if it names a different peer it is ignored.
+        """
+        if len(peer) != 32 or peer == self.peer_id:
+            return
+        pid = self._ids.get(peer) or _id_of(peer)
+        good: list[multiaddr.Multiaddr] = []
+        for a in addrs:
+            try:
+                ma = multiaddr.Multiaddr(a)
+                p2p = ma.get_peer_id()
+                if p2p is not None:
+                    if ID.from_string(p2p) != pid:
+                        continue
+                    ma = ma.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}"))
+            except Exception:
+                continue
+            good.append(ma)
+        self._ids[peer] = pid
+        if good:
+            known = self._addrs.setdefault(peer, [])
+            for ma in good:
+                if ma not in known:
+                    known.append(ma)
+            self.host.get_peerstore().add_addrs(pid, good, ADDR_TTL)
+            # New addresses: let the next dial try them even if the last one failed.
+            self.host.get_network().unblock_peer(pid)
+
+    def _known_addrs(self, pid: ID) -> list:
+        try:
+            return list(self.host.get_peerstore().addrs(pid))
+        except Exception:  # PeerStoreError: never heard of it
+            return []
+
+    # ---- outbound -----------------------------------------------------------
+
+    async def connect(self, addr: str, timeout: float = 10.0) -> bytes:
+        """Dial a multiaddr ending in /p2p/<id>; return the remote's proven Ed25519 key."""
+        if self._closed:
+            raise PeerUnreachable("transport is closed")
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as e:
+            raise PeerUnreachable(f"bad address {addr!r}: needs /p2p/<peer id> ({e})") from None
+        key = _key_of(info.peer_id)
+        if key is None:
+            raise PeerUnreachable(f"{addr!r}: peer id is not an inlined Ed25519 key")
+        if key == self.peer_id:
+            raise PeerUnreachable(f"{addr!r} is this node")
+        self.add_peer_addrs(key, [addr])
+        try:
+            with trio.fail_after(timeout):
+                await self.host.connect(PeerInfo(info.peer_id, info.addrs))
+        except trio.TooSlowError:
+            raise PeerUnreachable(f"connect to {addr} timed out after {timeout}s") from None
+        except Exception as e:
+            raise PeerUnreachable(f"connect to {addr} failed: {_describe(e)}") from None
+        # Noise verified the remote's key against the id we dialed (PeerIDMismatchesPubkey
+        # otherwise), so `key` is proven.
+        return key
+
+    async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
+        """One framed request, one framed reply, on a fresh stream. PeerUnreachable on any failure."""
+        if self._closed:
+            raise PeerUnreachable("transport is closed")
+        if len(payload) > MAX_FRAME:
+            raise PeerUnreachable(f"request of {len(payload)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+        pid = self._ids.get(peer)
+        if pid is None:
+            if len(peer) != 32:
+                raise PeerUnreachable("peer id must be a 32-byte Ed25519 key")
+            pid = _id_of(peer)  # it may be connected to us (an inbound connection)
+        who = peer.hex()[:12]
+        stream = None
+        try:
+            with trio.fail_after(timeout):
+                if not self.host.get_network().get_connections(pid):
+                    if not self._known_addrs(pid):
+                        raise PeerUnreachable(f"peer {who}: not connected and no known address")
+                    self.host.get_network().unblock_peer(pid)  # retry policy is the caller's
+                    await self.host.connect(PeerInfo(pid, []))
+                stream = await self.host.new_stream(pid, [self.protocol])
+                await stream.write(_frame(payload))
+                reply = await _read_frame(stream)
+        except PeerUnreachable:
+            if stream is not None:
+                await _reset(stream)
+            raise
+        except trio.TooSlowError:
+            if stream is not None:
+                await _reset(stream)
+            raise PeerUnreachable(f"request to {who} timed out after {timeout}s") from None
+        except BaseException as e:
+            if stream is not None:
+                await _reset(stream)
+            if isinstance(e, Exception):
+                raise PeerUnreachable(f"request to {who} failed: {_describe(e)}") from None
+            raise  # Cancelled, KeyboardInterrupt
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.close()
+            except Exception:
+                pass
+        return reply
+
+    # ---- inbound ------------------------------------------------------------
+
+    async def _on_stream(self, stream) -> None:
+        try:
+            remote = _key_of(stream.muxed_conn.peer_id)
+        except Exception:
+            remote = None
+        if remote is None or self._closed:
+            await _reset(stream)
+            return
+        try:
+            async with self._limiter:
+                try:
+                    with trio.fail_after(self._inbound_timeout):
+                        payload = await _read_frame(stream)
+                except (_FrameError, trio.TooSlowError):
+                    await _reset(stream)  # malformed, oversized or too slow: drop it
+                    return
+                try:
+                    reply = await self._handler(remote, payload)
+                    if not isinstance(reply, (bytes, bytearray)) or len(reply) > MAX_FRAME:
+                        raise ValueError("handler reply is not bytes within MAX_FRAME")
+                except Exception:
+                    # The handler failed: no reply. The requester sees a reset stream
+                    # (PeerUnreachable); the host keeps serving.
+                    await _reset(stream)
+                    return
+                await stream.write(_frame(bytes(reply)))
+                await stream.close()
+        except Exception:
+            await _reset(stream)
+
+
+def _describe(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause) and str(cause) not in msg:
+        msg += f" ({str(cause)[:200]})"
+    return msg[:400]
+
+
+@asynccontextmanager
+async def open_libp2p_transport(
+    seed: bytes,
+    handler: Handler,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    protocol: str = "/budgetnode/1.0.0",
+    *,
+    max_inbound: int = 64,
+    inbound_timeout: float = 30.0,
+    dial_timeout: float = 10.0,
+) -> AsyncIterator[Libp2pTransport]:
+    """Run a libp2p host whose identity is the Ed25519 key made from the 32-byte `seed`.
+
+    Enter it outside any trio.fail_after/move_on_after (trap 6). On exit the host is
+    closed explicitly and shielded, so no socket outlives the context (trap 5).
+    """
+    if len(seed) != 32:
+        raise ValueError("seed must be 32 bytes")
+    key_pair = create_new_key_pair(seed)
+    config = ConnectionConfig(
+        max_connections_per_peer=1,  # trap 1: otherwise every connect waits 250 ms
+        dial_timeout=dial_timeout,
+    )
+    host = new_host(
+        key_pair=key_pair,
+        # Noise only. The default also offers TLS, SECIO and *plaintext*, where the
+        # peer's identity is merely claimed; a dialer could then impersonate any key.
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
+            key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=[multiaddr.Multiaddr(a) for a in listen],
+        connection_config=config,
+    )
+    swarm = host.get_network()
+    # One quick retry; the node decides its own retry policy above this seam.
+    swarm.retry_config = RetryConfig(max_retries=1, initial_delay=0.05, max_delay=0.5)
+    # Trap 8: the swarm's AutoConnector dials every peer in the peerstore until it has
+    # ~200 connections. Keep it from starting: the node decides whom to dial.
+    swarm.auto_connector.start = _no_autoconnect  # type: ignore[method-assign]
+
+    t = Libp2pTransport(host, key_pair, protocol, handler,
+                        max_inbound=max_inbound, inbound_timeout=inbound_timeout)
+    host.set_stream_handler(t.protocol, t._on_stream)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
+        try:
+            yield t
+        finally:
+            t._closed = True
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(10):
+                    await host.close()
+
+
+async def _no_autoconnect() -> None:
+    return None
