@@ -10,6 +10,7 @@ import trio
 
 from .core import budget
 from .core.action import Signed, entry_bytes, grant_hash
+from .core.budget import InsufficientRU
 from .core.app import App
 from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
@@ -53,6 +54,7 @@ class Cell:
         return cls(key, state, store, dna, app, now_us)
 
     def budget_status(self) -> budget.BudgetStatus:
+        self._catch_up()
         return budget.status(self.state.budget, max(self.now_us(), self.state.ts), self.dna)
 
     # -- the three kinds of budgeted append
@@ -127,7 +129,12 @@ class Cell:
             for _ in range(CAS_RETRIES):
                 cs = self.state
                 ts = max(self.now_us(), cs.ts)
-                action, entry, index = build(ts)
+                try:
+                    action, entry, index = build(ts)
+                except InsufficientRU:
+                    if not self._catch_up():  # a grant claimed by another process may cover it
+                        raise
+                    continue
                 action.update(author=self.key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
                 s = Signed.sign(action, self.key)
                 if self.rogue:
@@ -154,6 +161,14 @@ class Cell:
         if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
             claimed = claimed | {grant_hash(s.action["grant"])}
         return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed)
+
+    def _catch_up(self) -> bool:
+        """Reload if another process (sharing this store) moved the head; True if it did."""
+        head = self.store.head(self.key.public)
+        if head is None or (head[0], head[1]) == (self.state.seq, self.state.hash):
+            return False
+        self.reload()
+        return True
 
     def reload(self) -> None:
         """Catch up with actions another process appended, validating each."""

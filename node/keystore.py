@@ -67,4 +67,8 @@ class Keystore:
             os.close(lfd)  # releases the lock
 
     def get(self, public: bytes) -> SigningKey | None:
-        return self.keys.get(public)
+        key = self.keys.get(public)
+        if key is None and os.path.exists(self.path):
+            self.keys = {**self._read(), **self.keys}  # another process may have added it
+            key = self.keys.get(public)
+        return key

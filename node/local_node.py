@@ -16,7 +16,7 @@ from .core.action import grant_body, grant_hash
 from .core.crypto import SigningKey, from_text, to_text
 from .core.dna import MRU_PER_RU, Dna
 from .core.encoding import decode, encode
-from .core.errors import (InvalidChain, InvalidInput, NotFound, StoreCorrupted,
+from .core.errors import (BudgetError, InvalidChain, InvalidInput, NotFound, StoreCorrupted,
                           UnknownAgent, UnknownFunction)
 from .core.validate import validate_chain
 from .keystore import Keystore
@@ -74,13 +74,20 @@ class LocalNode:
         try:
             keystore = Keystore(os.path.join(path, "keystore.cbor"))
             raw = store.get_meta("dna")
+            if raw is None and keystore.keys:
+                raise StoreCorrupted(f"{path}: the keystore holds {len(keystore.keys)} keys but "
+                                     f"the chain store is missing or empty; refusing to start a "
+                                     f"new network over them")
             if raw is None and dna is None:
                 node = cls._new_network(path, store, keystore, clock, randbytes)
             else:
                 if raw is None:
                     store.init_meta("dna", dna.encoded())
                     raw = dna.encoded()
-                stored = Dna.from_dict(decode(raw))
+                try:
+                    stored = Dna.from_dict(decode(raw))
+                except (BudgetError, KeyError, TypeError, ValueError) as e:
+                    raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
                 if dna is not None and stored.hash != dna.hash:
                     raise InvalidInput(f"the store at {path} belongs to network "
                                        f"{stored.hash_text}, not {dna.hash_text}")
@@ -152,6 +159,11 @@ class LocalNode:
 
     def _cell(self, pub: bytes) -> Cell:
         cell = self.cells.get(pub)
+        if cell is None and self.store.head(pub) is not None and self.keystore.get(pub):
+            # created by another process sharing this store: verify it like any chain on open
+            state = validate_chain(self.store.chain(pub), self.dna, APP, self.store.entries_of(pub))
+            cell = self._add_cell(Cell(self.keystore.get(pub), state, self.store, self.dna, APP,
+                                       self.now_us))
         if cell is None:
             raise UnknownAgent(f"{to_text('agent', pub)} is not an agent of this node")
         return cell
