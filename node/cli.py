@@ -78,9 +78,17 @@ async def _call(args):
         _emit(await agent.call(args.zome, args.fn, payload), args.json)
 
 
+async def _up(args):
+    from .up import run
+    await run(args)
+
+
 async def _demo(args):
-    from .demo import run
-    await run(path=args.path)
+    from . import demo
+    if args.single:
+        await demo.run_single(path=args.path)
+    else:
+        await demo.run_cluster(nodes=args.nodes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,9 +104,20 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print JSON")
         return sp
 
-    d = sub.add_parser("demo", help="a scripted day of three agents on one node (virtual clock)")
-    d.add_argument("--path", default=None, help="keep the demo's store here (default: temporary)")
+    d = sub.add_parser("demo", help="a scripted day on a local cluster of real libp2p nodes")
+    d.add_argument("--nodes", type=int, default=3, help="cluster size (at least 3)")
+    d.add_argument("--single", action="store_true", help="one in-process node instead")
+    d.add_argument("--path", default=None, help="with --single: keep the store here")
     d.set_defaults(run=_demo)
+    u = sub.add_parser("up", help="run a local cluster, or one node joining others, until stopped")
+    u.add_argument("--nodes", type=int, default=3, help="local cluster size (without --listen)")
+    u.add_argument("--listen", help="run one node listening here, e.g. /ip4/0.0.0.0/tcp/4001")
+    u.add_argument("--bootstrap", action="append", default=[], help="a peer's multiaddr (repeatable)")
+    u.add_argument("--path", help="data directory (a cluster keeps node0, node1, … inside)")
+    u.add_argument("--dna-hash", help="refuse to join unless the network has this DNA hash")
+    u.add_argument("--rogue", action="store_true", help="adversarial test mode: skip pre-flight")
+    u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
+    u.set_defaults(run=_up)
     with_store(sub.add_parser("init", help="create a node store and a new network with one steward")
                ).set_defaults(run=_init)
     with_store(sub.add_parser("new-agent", help="create an agent on a node")).set_defaults(run=_new_agent)
@@ -118,6 +137,12 @@ def main(argv=None) -> int:
         trio.run(args.run, args)
     except BudgetError as e:
         print(str(e), file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as e:  # noqa: BLE001 - the demo's own checks, said plainly
+        from .demo import DemoFailed
+        if not isinstance(e, DemoFailed):
+            raise
+        print(f"demo failed: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -1,6 +1,8 @@
-"""`budgetnode demo`: one in-process node, three agents, a scripted day on a virtual clock.
+"""`budgetnode demo`: a scripted day on a local cluster of real libp2p nodes (or, with
+--single, on one in-process node). Budgets run on a virtual clock so the day fits in
+seconds; the network is real.
 
-Each step checks what it shows; the demo exits non-zero if the node ever disagrees
+Each step checks what it shows; the demo exits non-zero if any node ever disagrees
 with the budget rules, so it doubles as a smoke test of an install.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ def _expect(cond: bool, what: str) -> None:
         raise DemoFailed(what)
 
 
-async def run(out=print, path: str | None = None) -> None:
+async def run_single(out=print, path: str | None = None) -> None:
     now = [float(START)]
     async with LocalNode.open(path=path, clock=lambda: now[0]) as node:
         steward = node.steward
@@ -95,3 +97,94 @@ async def run(out=print, path: str | None = None) -> None:
             out(f"  {names.get(agent, 'steward'):<6} {cs.seq + 1:3d} actions valid, "
                 f"{cs.budget.remaining_mru / 1000:6.2f} RU remaining")
         out("\ndemo ok")
+
+
+async def run_cluster(out=print, nodes: int = 3) -> None:
+    from .core.crypto import to_text
+    from .sdk import LocalCluster, Warranted
+
+    now = [float(START)]
+    out(f"starting {nodes} libp2p nodes on 127.0.0.1 (Noise, Yamux); node {nodes - 1} runs in "
+        f"adversarial mode: it skips its own pre-flight budget check")
+    async with LocalCluster.open(n=nodes, clock=lambda: now[0], rogue=(nodes - 1,)) as c:
+        for i, node in enumerate(c.nodes):
+            out(f"  node {i}  {node.transport.listen_addrs()[0]}")
+        alice = await c.nodes[0].new_agent()
+        bob = await c.nodes[1].new_agent()
+        mallory = await c.nodes[nodes - 1].new_agent()
+        names = {alice.agent_id: "alice@0", bob.agent_id: "bob@1",
+                 mallory.agent_id: f"mallory@{nodes - 1}"}
+        out(f"network {c.nodes[0].dna.hash_text}; steward on node 0")
+
+        async def seen(agent, what: str, honest_only: bool = False) -> None:
+            await c.await_consistency(timeout=30)
+            nodes_ = c.nodes[:nodes - 1] if honest_only else c.nodes
+            views = [await n.get_budget_state(agent.agent_id) for n in nodes_]
+            _expect(len({v.remaining_mru for v in views}) == 1,
+                    "every node must re-derive the same budget")
+            who = "every honest node sees" if honest_only else "every node sees"
+            out(f"  {names[agent.agent_id]:<10} {what:<40} {who} "
+                f"{views[0].remaining_ru:6.2f} RU left")
+
+        out("\n08:00  writes on one node, BudgetState re-derived on every node")
+        now[0] = START + 8 * 3600
+        k1 = await alice.add_knowledge("Mycorrhizal networks share carbon", tags=["ecology"])
+        await seen(alice, "add_knowledge (33 RU)")
+        k2 = await alice.add_knowledge("Old trees feed seedlings", tags=["ecology"])
+        await alice.link_edge(from_hash=k2, to_hash=k1, relation="supports")
+        await seen(alice, "add_knowledge + link_edge (36 RU)")
+        for obj in ("carbon", "nitrogen", "water"):
+            await bob.transmit_understanding("mycorrhiza", "transports", obj)
+        await seen(bob, "transmit_understanding x3 (9 RU)")
+        await alice.compose_memories(other_agent_id=bob.agent_id)
+        await seen(alice, "compose_memories of bob's (5 RU)")
+
+        out("\n14:00  alice over-spends: refused before anything is written")
+        now[0] = START + 14 * 3600
+        try:
+            await alice.add_knowledge("A third idea")
+            raise DemoFailed("the over-spend was accepted")
+        except InsufficientRU as e:
+            out(f"  refused: {e}")
+
+        out("\n15:00  the steward on node 0 grants bob (node 1) 150 RU; the cap is 200")
+        g = await c.nodes[0].steward.allocate_budget(bob.agent_id, 150)
+        _expect(g.claimed and g.granted_ru == 109.0, "the grant should cross and be capped")
+        out(f"  granted {g.granted_ru:.2f} RU, claimed on node 1")
+        await seen(bob, "after the grant")
+
+        out(f"\n16:00  mallory's node {nodes - 1} lets her over-spend; the validators refuse it")
+        for i in range(4):
+            try:
+                await mallory.add_knowledge(f"mallory's note {i}")
+                out(f"  mallory add_knowledge #{i + 1} accepted by her own node")
+            except Warranted as e:
+                out(f"  mallory refused: {e}")
+                break
+        await c.await_consistency(timeout=30)
+        for i, node in enumerate(c.nodes[:nodes - 1]):
+            ws = [w for w in node.warrants() if w.agent_id == mallory.agent_id]
+            _expect(bool(ws), f"node {i} should hold a warrant for mallory")
+            out(f"  node {i} holds {len(ws)} warrant(s) for mallory: {ws[0].reason} at seq "
+                f"{ws[0].body['seq']}, issued by {to_text('agent', ws[0].issuer)[:14]}…")
+        _expect(all(w.agent_id == mallory.agent_id for n in c.nodes for w in n.warrants()),
+                "no honest agent may be warranted")
+        try:
+            await mallory.transmit_understanding("x", "y", "z")
+            raise DemoFailed("a warranted agent wrote")
+        except Warranted as e:
+            out(f"  mallory's node is told why: {e}")
+        await seen(mallory, "her valid history, re-derived", honest_only=True)
+
+        out("\n+24 h  a new window opens at the first call after the reset")
+        now[0] = START + DAY + 9 * 3600
+        await alice.add_knowledge("A third idea")
+        await seen(alice, "add_knowledge succeeds again")
+
+        out("\nper node: ops published / validated / rejected, receipts, gossip rounds, warrants")
+        for i, node in enumerate(c.nodes):
+            m = node.metrics
+            out(f"  node {i}  {m['ops_published']:4d} {m['ops_validated']:4d} "
+                f"{m['ops_rejected']:3d} {m['receipts']:4d} {m['gossip_rounds']:4d} "
+                f"{len(node.warrants()):3d}")
+    out("\ndemo ok")

@@ -56,8 +56,50 @@ def test_bad_calls_exit_nonzero_with_a_clear_line(tmp_path):
     assert p.returncode != 0 and "no node store" in p.stderr
 
 
-def test_demo_runs_its_scripted_day(tmp_path):
-    out = bn("demo", "--path", str(tmp_path / "demo")).stdout
+def test_single_node_demo_runs_its_scripted_day(tmp_path):
+    out = bn("demo", "--single", "--path", str(tmp_path / "demo")).stdout
     assert "refused: E_INSUFFICIENT_RU: need 33.00 RU, have 31.00 RU. Budget resets at 1730764800" in out
     assert "granted 109.00 RU" in out
     assert out.rstrip().endswith("demo ok")
+
+
+def test_cluster_demo_over_libp2p():
+    out = bn("demo").stdout
+    assert "/ip4/127.0.0.1/tcp/" in out
+    assert "refused: E_INSUFFICIENT_RU: need 33.00 RU, have 26.00 RU. Budget resets at 1730764800" in out
+    assert "granted 109.00 RU, claimed on node 1" in out
+    assert "warrant(s) for mallory: over_spend" in out
+    assert out.rstrip().endswith("demo ok")
+
+
+def test_up_cluster_and_a_joining_node_shut_down_cleanly(tmp_path):
+    import signal
+
+    def start(*args):
+        p = subprocess.Popen([sys.executable, "-m", "node.cli", "up", *args, "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stdout.readline()  # waits for the node to be up; no sleeping
+        assert line, p.stderr.read()
+        return p, json.loads(line)
+
+    cluster, info = start("--nodes", "3", "--path", str(tmp_path / "cluster"))
+    try:
+        assert len(info["nodes"]) == 3 and len({n["dna"] for n in info["nodes"]}) == 1
+        assert all(n["listen"][0].startswith("/ip4/127.0.0.1/tcp/") for n in info["nodes"])
+        joiner, jinfo = start("--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap",
+                              info["nodes"][1]["listen"][0], "--path", str(tmp_path / "joiner"),
+                              "--dna-hash", info["nodes"][0]["dna"])
+        assert jinfo["nodes"][0]["dna"] == info["nodes"][0]["dna"]
+        joiner.send_signal(signal.SIGTERM)
+        assert joiner.wait(timeout=30) == 0
+        # a joiner pinned to another network refuses to start
+        bad = subprocess.run([sys.executable, "-m", "node.cli", "up", "--listen",
+                              "/ip4/127.0.0.1/tcp/0", "--bootstrap", info["nodes"][0]["listen"][0],
+                              "--path", str(tmp_path / "bad"), "--dna-hash", "dn" + "A" * 43],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "not the one expected" in bad.stderr
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        assert cluster.wait(timeout=30) == 0
+    st = json.loads(bn("status", "--path", str(tmp_path / "joiner"), "--json").stdout)
+    assert st["dna"] == info["nodes"][0]["dna"]

@@ -10,7 +10,7 @@ from ..core import dht
 from ..core.crypto import to_text
 from ..core.errors import BudgetError
 from .memory import MemoryNetwork
-from .node import NetNode
+from .node import NetNode, unwrap_single_errors
 
 
 class ConsistencyTimeout(BudgetError):
@@ -39,24 +39,25 @@ class LocalCluster:
         """`rogue=(2,)` starts node 2 in adversarial mode (it skips its own pre-flight)."""
         network = MemoryNetwork() if transport == "memory" else None
         factory = network.transport if network is not None else libp2p_factory()
-        async with AsyncExitStack() as stack:
-            nodes: list[NetNode] = []
-            for i in range(n):
-                bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
-                node = await stack.enter_async_context(NetNode.open(
-                    factory, path=paths[i] if paths else None, clock=clock, bootstrap=bootstrap,
-                    r=r, rogue=rogue_modes if i in rogue else (), gossip_interval=gossip_interval,
-                    publish_interval=publish_interval, dna=nodes[0].dna if nodes else None))
-                nodes.append(node)
-            cluster = cls(nodes, network)
-            for node in nodes:
-                node.on_change = cluster._changed
-            # Peers learnt after a node joined reach it by the next refresh; make it immediate.
-            for node in nodes:
-                for other in nodes:
-                    if other is not node and other.id not in node.peers:
-                        await node.join(other.transport.listen_addrs()[0])
-            yield cluster
+        with unwrap_single_errors():
+            async with AsyncExitStack() as stack:
+                nodes: list[NetNode] = []
+                for i in range(n):
+                    bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
+                    node = await stack.enter_async_context(NetNode.open(
+                        factory, path=paths[i] if paths else None, clock=clock, bootstrap=bootstrap,
+                        r=r, rogue=rogue_modes if i in rogue else (), gossip_interval=gossip_interval,
+                        publish_interval=publish_interval, dna=nodes[0].dna if nodes else None))
+                    nodes.append(node)
+                cluster = cls(nodes, network)
+                for node in nodes:
+                    node.on_change = cluster._changed
+                # Peers learnt after a node joined reach it by the next refresh; make it immediate.
+                for node in nodes:
+                    for other in nodes:
+                        if other is not node and other.id not in node.peers:
+                            await node.join(other.transport.listen_addrs()[0])
+                yield cluster
 
     def _changed(self) -> None:
         self._change.set()

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 
@@ -40,6 +40,39 @@ MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fe
 MAX_PARALLEL_FETCHES = 8
 
 
+@contextmanager
+def unwrap_single_errors():
+    """Nurseries (ours and libp2p's) wrap an error from the caller's `async with` body in
+    nested one-element groups; give the caller back the error it raised."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        inner = eg
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is eg or isinstance(inner, BaseExceptionGroup):
+            raise
+        raise inner from None
+
+
+async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
+    """Ask a peer which network it is on (for a node whose store is new)."""
+    from ..core.dna import Dna
+
+    async def refuse(peer, raw):
+        return P.error_reply(P.ProtocolError("not serving yet"))
+    async with transport_factory(os.urandom(32), refuse) as t:
+        peer = await t.connect(addr)
+        rep = P.parse_reply(await t.request(peer, P.request("dna", b""), 10.0))
+    try:
+        dna = Dna.from_dict(decode(rep["dna"]))
+    except (KeyError, TypeError, ValueError, BudgetError) as e:
+        raise P.ProtocolError(f"the peer's DNA is unreadable: {e}") from None
+    if expect_hash is not None and dna.hash != expect_hash:
+        raise P.ProtocolError(f"the peer is on network {dna.hash_text}, not the one expected")
+    return dna
+
+
 class NetNode(LocalNode):
     # -- lifecycle
     @classmethod
@@ -53,21 +86,22 @@ class NetNode(LocalNode):
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         node = cls.load(path, clock or time.time, durability, randbytes, dna)
         try:
-            node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
-            await node._claim_recovered_grants()
-            async with transport_factory(node.node_key.seed, node._handle) as transport:
-                node.transport = transport
-                async with trio.open_nursery() as nursery:
-                    node._nursery = nursery
-                    nursery.start_soon(node._publisher)
-                    nursery.start_soon(node._gossiper)
-                    nursery.start_soon(node._limbo_worker)
-                    for addr in bootstrap:
-                        await node.join(addr)
-                    try:
-                        yield node
-                    finally:
-                        nursery.cancel_scope.cancel()
+            with unwrap_single_errors():
+                node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+                await node._claim_recovered_grants()
+                async with transport_factory(node.node_key.seed, node._handle) as transport:
+                    node.transport = transport
+                    async with trio.open_nursery() as nursery:
+                        node._nursery = nursery
+                        nursery.start_soon(node._publisher)
+                        nursery.start_soon(node._gossiper)
+                        nursery.start_soon(node._limbo_worker)
+                        for addr in bootstrap:
+                            await node.join(addr)
+                        try:
+                            yield node
+                        finally:
+                            nursery.cancel_scope.cancel()
         finally:
             node.close()
             if tmp:
@@ -238,6 +272,9 @@ class NetNode(LocalNode):
             self.metrics["handler_errors"] += 1
             self.last_handler_error = repr(e)
             return P.error_reply(P.InternalError(type(e).__name__))
+
+    async def _on_dna(self, peer, msg):
+        return P.reply(dna=self.dna.encoded())
 
     async def _on_hello(self, peer, msg):
         info = msg["info"]

@@ -10,7 +10,7 @@ MAX_SUMMARY_AUTHORS = 2048     # heads in one gossip summary
 MAX_WARRANTS_PER_MESSAGE = 64
 MAX_PEERS_PER_MESSAGE = 64
 
-REQUESTS = frozenset({"hello", "peers", "publish", "chain", "record", "summary", "warrants",
+REQUESTS = frozenset({"dna", "hello", "peers", "publish", "chain", "record", "summary", "warrants",
                       "grant"})
 
 
@@ -30,6 +30,8 @@ def parse_request(raw: bytes, dna: bytes) -> dict:
     msg = decode(raw, MAX_FRAME)
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise MalformedInput("a request is a map with a text 't'")
+    if msg["t"] == "dna":
+        return msg  # a newcomer asks which network this is before it can name it
     if msg.get("dna") != dna:
         raise ProtocolError("this node is on another network (DNA hash differs)")
     if msg["t"] not in REQUESTS:
