@@ -388,7 +388,7 @@ class NetNode(LocalNode):
     def _should_hold(self, author: bytes) -> bool:
         if author in self.cells or author in self.chains:
             return True
-        return self.id in dht.nearest(author, [self.id, *self.peers], self.r)
+        return self._should_hold_as_authority(author)
 
     async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
                       fetch: bool = True) -> str:
@@ -707,10 +707,25 @@ class NetNode(LocalNode):
                 return
         raise UnknownAgent(f"no chain for {to_text('agent', pub)} was found on the network")
 
+    async def refresh_agent(self, pub: bytes) -> None:
+        """A node that is not one of the agent's authorities may hold an old copy of its chain:
+        catch up from an authority before answering from it."""
+        if pub in self.cells or self._should_hold_as_authority(pub):
+            return
+        for peer in dht.nearest(pub, list(self.peers), self.r):
+            before = self._head(pub)
+            await self._fetch_chain(pub, peer)
+            if self._head(pub) != before or before is not None:
+                return
+
+    def _should_hold_as_authority(self, pub: bytes) -> bool:
+        return self.id in dht.nearest(pub, [self.id, *self.peers], self.r)
+
     async def get_budget_state(self, agent_id: str) -> budget.BudgetStatus:
         """An agent's budget, re-derived by this node from the agent's signed chain."""
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
+        await self.refresh_agent(pub)
         cell = self.cells.get(pub)
         cs = cell.state if cell is not None else self.chains[pub]
         return budget.status(cs.budget, max(self.now_us(), cs.ts), self.dna)
@@ -718,6 +733,7 @@ class NetNode(LocalNode):
     async def agent_activity(self, agent_id: str, limit: int = 1000) -> list[dict]:
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
+        await self.refresh_agent(pub)
         return [record_dict(Signed.from_wire(b, s), e)
                 for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
 
