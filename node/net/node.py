@@ -132,6 +132,7 @@ class NetNode(LocalNode):
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
+        self._greeted: set[bytes] = set()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._publish_kick = trio.Event()
         self._change = trio.Event()
@@ -243,8 +244,6 @@ class NetNode(LocalNode):
                 except BudgetError:
                     pass
 
-    _greeted: set = set()
-
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
 
@@ -304,12 +303,10 @@ class NetNode(LocalNode):
             s = Signed.from_wire(body, sig)
             if entry is not None and not isinstance(entry, bytes):
                 raise MalformedInput("entry must be bytes")
-            if not verify(s.action.get("author", b""), s.sig, s.body) \
-                    if isinstance(s.action.get("author"), bytes) else True:
-                self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
-                results.append([s.hash, "invalid", None])
-                continue
             status = await self._accept(s, entry, peer)
+            if status == "forged":  # the sender signed the batch that carried it: its doing
+                self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+                status = "invalid"
             receipt = dht.sign_receipt(s.hash, self.node_key) if status == "valid" else None
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
@@ -392,7 +389,8 @@ class NetNode(LocalNode):
 
     async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
                       fetch: bool = True) -> str:
-        """Validate and store one action; returns valid, invalid, warranted, pending or busy."""
+        """Validate and store one action; returns valid, invalid, forged (its signature does not
+        verify), warranted, pending or busy."""
         author, seq = s.action.get("author"), s.action.get("seq")
         if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
             return "invalid"
@@ -404,8 +402,10 @@ class NetNode(LocalNode):
             return "invalid"  # someone else's copy of our own agent's chain: never ours to take
         cs = self.chains.get(author)
         if cs is not None and seq <= cs.seq:
+            if not verify(author, s.sig, s.body):
+                return "forged"
             existing = self.dht.action_at(author, seq)
-            if existing is not None and verify(author, s.sig, s.body):
+            if existing is not None:
                 self._issue("fork", author, "fork", seq, [existing, s])
             return "invalid"
         if seq > (0 if cs is None else cs.seq + 1):
@@ -429,8 +429,9 @@ class NetNode(LocalNode):
             if e.reason in RETRYABLE:
                 return self._to_limbo(s, entry, peer)
             self.metrics["ops_rejected"] += 1
-            if e.reason != "bad_signature":  # a forged signature proves nothing about the author
-                self._issue("invalid", author, e.reason, seq, [s], entry=entry)
+            if e.reason == "bad_signature":  # proves nothing against the named author
+                return "forged"
+            self._issue("invalid", author, e.reason, seq, [s], entry=entry)
             return "invalid"
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
