@@ -38,6 +38,7 @@ MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
 MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
 MAX_PARALLEL_FETCHES = 8
+MAX_WARRANTS_PER_OFFENDER = 3
 
 
 @contextmanager
@@ -523,6 +524,10 @@ class NetNode(LocalNode):
     def _remember_warrant(self, w: Warrant) -> bool:
         if w.hash in self.warrants_by_hash:
             return False
+        if w.offender in self.warranted and sum(
+                1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
+                >= MAX_WARRANTS_PER_OFFENDER:
+            return False  # enough proof kept; more issuers' copies add nothing
         self.warrants_by_hash[w.hash] = w
         self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
         if w.offender not in self.warranted:
