@@ -46,34 +46,49 @@ def _payload(i: int) -> dict:
             "object": f"object-{i}", "context": "benchmark"}
 
 
-async def _sdk_round(mode: str, seconds: float, warmup: int = 50) -> tuple[int, float, float]:
-    """(commits, elapsed, mean action body bytes) for one fresh node."""
+async def _sdk_round(mode: str, seconds: float, warmup: int = 50,
+                     writers: int = 1) -> tuple[int, float, float]:
+    """(commits, elapsed, mean action body bytes) for one fresh node; `writers` agents each
+    write in a loop of their own, all at once (concurrent tasks on one node)."""
     d = tempfile.mkdtemp(prefix="bench-commits-", dir=bench_dir())
     clock = FakeClock()
     try:
         async with LocalNode.open(path=d, clock=clock, durability=mode) as node:
-            agent = await node.new_agent()
-            i = 0
-            for _ in range(warmup):
-                if i % WRITES_PER_WINDOW == 0:
-                    clock.advance()
-                await agent.transmit_understanding(**_payload(i))
-                i += 1
-            n = 0
+            agents = [await node.new_agent() for _ in range(writers)]
+            count = [0]   # writes so far, all agents: the clock jumps every 30 of them
+            stop = [False]
+            measured = [0]
+
+            async def loop(agent, quota=None):
+                while not stop[0] and (quota is None or quota > 0):
+                    i = count[0]
+                    count[0] += 1
+                    if i % WRITES_PER_WINDOW == 0:
+                        clock.advance()
+                    await agent.transmit_understanding(**_payload(i))
+                    measured[0] += 1
+                    if quota is not None:
+                        quota -= 1
+
+            async with trio.open_nursery() as nursery:  # warm-up
+                for agent in agents:
+                    nursery.start_soon(loop, agent, max(1, warmup // writers))
+            measured[0] = 0
             t0 = perf()
-            deadline = t0 + seconds
-            while True:
-                if i % WRITES_PER_WINDOW == 0:
-                    clock.advance()
-                await agent.transmit_understanding(**_payload(i))
-                i += 1
-                n += 1
-                if perf() >= deadline:
-                    break
+
+            async def stopper():
+                while perf() - t0 < seconds:
+                    await trio.sleep(0.01)
+                stop[0] = True
+
+            async with trio.open_nursery() as nursery:
+                for agent in agents:
+                    nursery.start_soon(loop, agent)
+                nursery.start_soon(stopper)
             elapsed = perf() - t0
             body_len = node.store.db.execute(
                 "SELECT avg(length(body)) FROM actions WHERE seq > 0").fetchone()[0]
-            return n, elapsed, body_len
+            return measured[0], elapsed, body_len
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -126,25 +141,26 @@ def _probe_body_len() -> int:
     return int(round(trio.run(probe)))
 
 
-def run_mode(mode: str, seconds: float, rounds: int, body_len: int) -> dict:
+def run_mode(mode: str, seconds: float, rounds: int, body_len: int, writers: int = 1) -> dict:
     sdk, floor, paired = [], [], []
     for r in range(rounds):
         order = ("sdk", "floor") if r % 2 == 0 else ("floor", "sdk")
         got = {}
         for which in order:
             if which == "sdk":
-                n, el, _ = trio.run(_sdk_round, mode, seconds)
+                n, el, _ = trio.run(_sdk_round, mode, seconds, 50, writers)
             else:
                 n, el = _floor_round(mode, seconds, body_len)
             got[which] = n / el
         sdk.append(got["sdk"])
         floor.append(got["floor"])
         paired.append(got["sdk"] / got["floor"])
-        log(f"  {mode:7s} round {r + 1}/{rounds}: sdk {got['sdk']:9.1f}/s  "
+        log(f"  {mode:7s} x{writers} round {r + 1}/{rounds}: sdk {got['sdk']:9.1f}/s  "
             f"floor {got['floor']:9.1f}/s  ratio {paired[-1]:.3f}")
     rate, fl = statistics.median(sdk), statistics.median(floor)
     ratio = rate / fl
-    return {"bench": "commits", "mode": mode, "synchronous": DURABILITY[mode],
+    return {"bench": "commits", "mode": mode, "writers": writers,
+            "synchronous": DURABILITY[mode],
             "rate": round(rate, 1), "floor": round(fl, 1), "ratio": round(ratio, 4),
             "paired_ratio_median": round(statistics.median(paired), 4),
             "us_per_commit": round(1e6 / rate, 1), "us_per_floor_op": round(1e6 / fl, 1),
@@ -159,14 +175,17 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode (default 3)")
     p.add_argument("--modes", default="process,power")
+    p.add_argument("--writers", default="1,8",
+                   help="agents writing at once on one node, one run per value (default 1,8)")
     a = p.parse_args(argv)
     body_len = _probe_body_len()
     log(f"commits: action body ~{body_len} bytes; db dir {bench_dir() or tempfile.gettempdir()}; "
         f"{env()}")
     for mode in a.modes.split(","):
-        res = run_mode(mode.strip(), a.seconds, a.rounds, body_len)
-        res["env"] = env()
-        emit(res)
+        for writers in a.writers.split(","):
+            res = run_mode(mode.strip(), a.seconds, a.rounds, body_len, int(writers))
+            res["env"] = env()
+            emit(res)
     return 0
 
 

@@ -13,7 +13,7 @@ Two systems are opened in the same process and kept open for the whole run:
          Publishers rotate over the ten hosts.
 
 Both are paced: the next message leaves `--gap` seconds after the previous one completed
-(default 0.15 s: under GossipSub's default spam limit of 10 msg/s per topic per forwarder,
+(default 0.1 s: under GossipSub's default spam limit of 10 msg/s per topic per forwarder,
 and under the 32-message subscription queue; LIBP2P-NOTES trap 4). Rounds alternate the
 order (ABBA). Headline: p50/p99 of each, and node/floor ratios. Goal: node p99 <= 1 s and
 <= 2x the GossipSub p99.
@@ -202,23 +202,28 @@ async def run(a) -> dict:
     t_setup = perf()
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
-        c = await stack.enter_async_context(LocalCluster.open(
-            n=N, transport="libp2p", r=N, gossip_interval=a.gossip_interval,
-            publish_interval=a.publish_interval))
-        node = NodeSide(c)
-        await node.open()
-        log(f"  node cluster up ({perf() - t_setup:.1f}s)")
-        floor = GossipFloor()
-        await floor.open(stack, nursery)
-        log(f"  gossipsub floor up ({perf() - t_setup:.1f}s)")
+        stack.callback(nursery.cancel_scope.cancel)  # runs first on exit: stops the receivers
+        sides = {}
+        c = None
+        if a.only in (None, "node"):
+            c = await stack.enter_async_context(LocalCluster.open(
+                n=N, transport="libp2p", r=N, gossip_interval=a.gossip_interval,
+                publish_interval=a.publish_interval))
+            sides["node"] = node = NodeSide(c)
+            await node.open()
+            log(f"  node cluster up ({perf() - t_setup:.1f}s)")
+        if a.only in (None, "floor"):
+            sides["floor"] = floor = GossipFloor()
+            await floor.open(stack, nursery)
+            log(f"  gossipsub floor up ({perf() - t_setup:.1f}s)")
 
-        sides = {"node": node, "floor": floor}
         # Warm-up: one message per sender on each side.
         for name, side in sides.items():
             for i in range(N):
                 await side.send(i)
                 await trio.sleep(a.gap)
-        before = {j: n.metrics_snapshot() for j, n in enumerate(c.nodes)}
+        nodes = c.nodes if c is not None else []
+        before = {j: n.metrics_snapshot() for j, n in enumerate(nodes)}
         lat = {k: [] for k in sides}
         per_node = {k: [] for k in sides}
         per_round = a.writes // a.rounds
@@ -236,25 +241,35 @@ async def run(a) -> dict:
             log(f"  round {r + 1}/{a.rounds}: " + "  ".join(
                 f"{k} p50 {pct(lat[k], 50) * 1e3:7.2f} ms p99 {pct(lat[k], 99) * 1e3:7.2f} ms"
                 for k in sides if lat[k]))
-        after = {j: n.metrics_snapshot() for j, n in enumerate(c.nodes)}
+        after = {j: n.metrics_snapshot() for j, n in enumerate(nodes)}
         meas_s = perf() - t_meas
         delta = {k: sum(after[j].get(k, 0) - before[j].get(k, 0) for j in after)
                  for k in ("messages_sent", "ops_published", "ops_validated", "gossip_rounds",
                            "history_fetched", "gossip_lag_ops")}
-        return {"lat": lat, "per_node": per_node, "node_timeouts": node.timeouts,
-                "floor_lost": floor.lost, "cluster_metrics_delta": delta, "measure_s": meas_s}
+        nursery.cancel_scope.cancel()
+        return {"lat": lat, "per_node": per_node,
+                "node_timeouts": sides["node"].timeouts if "node" in sides else None,
+                "floor_lost": sides["floor"].lost if "floor" in sides else None, "cluster_metrics_delta": delta, "measure_s": meas_s}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--writes", type=int, default=100)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--gap", type=float, default=0.15)
+    p.add_argument("--gap", type=float, default=0.1)
     p.add_argument("--publish-interval", type=float, default=0.5)
     p.add_argument("--gossip-interval", type=float, default=0.5)
+    p.add_argument("--only", choices=("node", "floor"), default=None,
+                   help="diagnostic: run one side alone (no ratio)")
     a = p.parse_args(argv)
     t0 = perf()
     res = trio.run(run, a)
+    if a.only:
+        emit({"bench": "net_latency", "only": a.only, a.only: stats_ms(res["lat"][a.only]),
+              "per_receiver": stats_ms(res["per_node"][a.only]),
+              "cluster_metrics_delta": res["cluster_metrics_delta"],
+              "wall_s": round(perf() - t0, 1)})
+        return 0
     node, floor = stats_ms(res["lat"]["node"]), stats_ms(res["lat"]["floor"])
     r50, r99 = node["p50_ms"] / floor["p50_ms"], node["p99_ms"] / floor["p99_ms"]
     emit({"bench": "net_latency", "nodes": N, "r": N, "writes": len(res["lat"]["node"]),

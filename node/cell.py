@@ -14,6 +14,7 @@ from .core.budget import InsufficientRU
 from .core.app import App
 from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
+from .core.encoding import encode_trusted
 from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, NotAuthorized
 from .core.validate import ChainState, validate_genesis, validate_next
 from .core.warrant import Warranted
@@ -23,7 +24,9 @@ CAS_RETRIES = 3
 
 # Adversarial test modes (off unless a test or simulation asks): each makes the author's node
 # write something honest validators must reject, proving that they, not authors, enforce budgets.
-ROGUE_MODES = frozenset({"skip_preflight", "forge_budget", "wrong_cost", "bad_signature"})
+# "fork" writes an honest chain but its node publishes a second, differently-stamped action at
+# the same seq to half of each action's authorities (see NetNode._rogue_fork).
+ROGUE_MODES = frozenset({"skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "fork"})
 
 
 class Cell:
@@ -39,10 +42,14 @@ class Cell:
         self.on_commit = None      # called with each appended Signed action (the network publishes)
         self.warrant = None        # set when the network has warranted this agent
         self.rogue = frozenset()
+        self._writing = 0          # tasks inside _append (store.writers counts busy cells)
+        self._agent_id = None
 
     @property
     def agent_id(self) -> str:
-        return to_text("agent", self.key.public)
+        if self._agent_id is None:
+            self._agent_id = to_text("agent", self.key.public)
+        return self._agent_id
 
     @classmethod
     def create(cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us,
@@ -121,36 +128,55 @@ class Cell:
         return budget.charge(self.state.budget, cost, ts, self.dna), cost
 
     async def _append(self, build) -> bytes:
-        async with self.lock:
-            if self.warrant is not None:
-                raise Warranted(f"{self.agent_id} is warranted by the network "
-                                f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
-                                f"its writes are refused everywhere")
-            for _ in range(CAS_RETRIES):
-                cs = self.state
-                ts = max(self.now_us(), cs.ts)
-                try:
-                    action, entry, index = build(ts)
-                except InsufficientRU:
-                    if not self._catch_up():  # a grant claimed by another process may cover it
-                        raise
-                    continue
-                action.update(author=self.key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
-                s = Signed.sign(action, self.key)
-                if self.rogue:
-                    new_state = self._unchecked_state(s)
-                else:
-                    new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
-                try:
-                    self.store.append(s, cs.seq, cs.hash, entry, index)
-                except HeadMoved:
-                    self.reload()  # another process wrote; re-derive and try again
-                    continue
-                self.state = new_state
-                if self.on_commit is not None:
-                    self.on_commit(s)
-                return s.hash
-            raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
+        store = self.store
+        self._writing += 1
+        if self._writing == 1:
+            store.writers += 1
+        try:
+            async with self.lock:
+                return await self._append_locked(build, store)
+        finally:
+            self._writing -= 1
+            if self._writing == 0:
+                store.writers -= 1
+
+    async def _append_locked(self, build, store: Store) -> bytes:
+        if self.warrant is not None:
+            raise Warranted(f"{self.agent_id} is warranted by the network "
+                            f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
+                            f"its writes are refused everywhere")
+        key = self.key
+        for _ in range(CAS_RETRIES):
+            cs = self.state
+            ts = max(self.now_us(), cs.ts)
+            try:
+                action, entry, index = build(ts)
+            except InsufficientRU:
+                if not self._catch_up():  # a grant claimed by another process may cover it
+                    raise
+                continue
+            action.update(author=key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
+            if action["type"] == "create":
+                # every field was built here from validated values (the content itself is
+                # only referenced by hash, and was walked by entry_bytes): skip the walk
+                body = encode_trusted(action)
+                s = Signed(action, body, key.sign(body), blake2b_256(body))
+            else:  # a claim's grant or a charge's count came from a caller: check it all
+                s = Signed.sign(action, key)
+            if self.rogue:
+                new_state = self._unchecked_state(s)
+            else:
+                new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
+            try:
+                await store.commit(s, cs.seq, cs.hash, entry, index)
+            except HeadMoved:
+                self.reload()  # another process wrote; re-derive and try again
+                continue
+            self.state = new_state
+            if self.on_commit is not None:
+                self.on_commit(s)
+            return s.hash
+        raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
 
     def _unchecked_state(self, s: Signed) -> ChainState:
         rec = s.action["budget"]

@@ -49,23 +49,61 @@ async def _init(args):
 
 
 async def _new_agent(args):
+    if _remote(args):
+        from .app.client import connect
+        async with connect(args.url, token=_token(args)) as a:
+            _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
+        return
     async with _open(args) as node:
         a = await node.new_agent()
         _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
 
 
+def _remote(args):
+    """--url given: the node's app socket; else the store at --path."""
+    if args.url and args.path:
+        raise SystemExit("budgetnode: give --url or --path, not both")
+    if not args.url and not args.path:
+        raise SystemExit("budgetnode: give --path DIR (a store) or --url URL (a running node)")
+    return bool(args.url)
+
+
+def _token(args) -> str:
+    from .app.client import TOKEN_ENV
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise SystemExit(f"budgetnode: --url needs the node's token (--token, or {TOKEN_ENV})")
+    return token
+
+
 async def _status(args):
-    async with _open(args) as node:
-        st = node.status()
-        if args.json:
-            _emit(st, True)
-            return
-        print(f"network {st['dna']}   store {st['path']}")
-        print(f"{'agent':<48} {'remaining RU':>12} {'used RU':>8} {'resets_at':>11}  actions")
-        for a in st["agents"]:
-            tag = " (steward)" if a["steward"] else ""
-            print(f"{a['agent_id']:<48} {a['remaining_ru']:>12.2f} {a['used_ru']:>8.2f} "
-                  f"{a['resets_at']:>11}  {a['seq'] + 1}{tag}")
+    if _remote(args):
+        from .app.client import NodeClient
+        async with NodeClient.connect(args.url, token=_token(args)) as node:
+            st = await node.status()
+    else:
+        async with _open(args) as node:
+            st = node.status()
+    if args.json:
+        _emit(st, True)
+        return
+    print(f"network {st['dna']}   store {st['path']}")
+    print(f"{'agent':<48} {'remaining RU':>12} {'used RU':>8} {'resets_at':>11}  actions")
+    for a in st["agents"]:
+        tag = " (steward)" if a["steward"] else ""
+        print(f"{a['agent_id']:<48} {a['remaining_ru']:>12.2f} {a['used_ru']:>8.2f} "
+              f"{a['resets_at']:>11}  {a['seq'] + 1}{tag}")
+    if "peers" in st:
+        pending = st["ops_pending"]
+        print(f"node {st.get('node')}   peer id {st.get('peer_id')}")
+        print(f"peers {len(st['peers'])}   ops pending {pending['unpublished'] + pending['limbo']} "
+              f"(unpublished {pending['unpublished']}, limbo {pending['limbo']})   "
+              f"warrants {len(st['warrants'])}")
+        for p in st["peers"]:
+            print(f"  peer    {p}")
+        for w in st["warrants"]:
+            print(f"  warrant {w['agent_id']}  {w['kind']}/{w['reason']} at seq {w['seq']}  "
+                  f"by {w['issuer']}")
 
 
 async def _call(args):
@@ -73,6 +111,11 @@ async def _call(args):
         payload = json.loads(args.payload)
     except json.JSONDecodeError as e:
         raise BudgetError(f"payload is not JSON: {e}") from None
+    if _remote(args):
+        from .app.client import connect
+        async with connect(args.url, token=_token(args), agent=args.agent) as agent:
+            _emit(await agent.call(args.zome, args.fn, payload), args.json)
+        return
     async with _open(args) as node:
         agent = await node.agent(args.agent)
         _emit(await agent.call(args.zome, args.fn, payload), args.json)
@@ -96,8 +139,11 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Agents that act only within a budget the network can verify.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def with_store(sp, required=True):
-        sp.add_argument("--path", required=required, help="the node's data directory")
+    def with_store(sp, required=True, url=False):
+        sp.add_argument("--path", required=required and not url, help="the node's data directory")
+        if url:
+            sp.add_argument("--url", help="a running node's app_url (printed by `budgetnode up`)")
+            sp.add_argument("--token", help="with --url: the node's token (or $BUDGETNODE_TOKEN)")
         sp.add_argument("--durability", choices=("process", "power"), default="process",
                         help="process: commits survive a killed process; power: also power loss "
                              "(an fsync per commit)")
@@ -116,13 +162,19 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--path", help="data directory (a cluster keeps node0, node1, … inside)")
     u.add_argument("--dna-hash", help="refuse to join unless the network has this DNA hash")
     u.add_argument("--rogue", action="store_true", help="adversarial test mode: skip pre-flight")
+    u.add_argument("--app-port", type=int, default=0,
+                   help="app server port (agent websocket + /metrics); 0 picks free ports; a "
+                        "cluster uses PORT, PORT+1, …")
+    u.add_argument("--app-host", default="127.0.0.1", help="app server address (default 127.0.0.1)")
+    u.add_argument("--no-app", action="store_true", help="run without app servers")
     u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
     u.set_defaults(run=_up)
     with_store(sub.add_parser("init", help="create a node store and a new network with one steward")
                ).set_defaults(run=_init)
-    with_store(sub.add_parser("new-agent", help="create an agent on a node")).set_defaults(run=_new_agent)
-    with_store(sub.add_parser("status", help="agents, remaining RU, resets_at")).set_defaults(run=_status)
-    c = with_store(sub.add_parser("call", help="call a zome function as an agent"))
+    with_store(sub.add_parser("new-agent", help="create an agent on a node"), url=True).set_defaults(run=_new_agent)
+    with_store(sub.add_parser("status", help="agents, remaining RU, resets_at (with --url: also "
+                                             "peers, ops pending, warrants)"), url=True).set_defaults(run=_status)
+    c = with_store(sub.add_parser("call", help="call a zome function as an agent"), url=True)
     c.add_argument("--agent", required=True, help="agent id")
     c.add_argument("zome")
     c.add_argument("fn")

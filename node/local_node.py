@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -190,8 +192,13 @@ class LocalNode:
             payload = {}
         if not isinstance(payload, dict):
             raise InvalidInput("the payload must be a map of parameter names to values")
-        unknown = set(payload) - set(zf.params)
-        missing = zf.required - set(payload)
+        known = _PARAM_SETS.get(id(zf))
+        if known is None or known[0] is not zf:
+            known = _PARAM_SETS[id(zf)] = (zf, frozenset(zf.params))
+        params = known[1]
+        keys = payload.keys()
+        unknown = keys - params
+        missing = zf.required - keys
         if unknown or missing:
             raise InvalidInput(f"{zome}.{fn} takes {list(zf.params)}; "
                                + (f"unknown {sorted(unknown)} " if unknown else "")
@@ -219,19 +226,20 @@ class LocalNode:
                 await cell.claim(c["grant"], c["sig"])
 
 
-class AgentClient:
-    """One agent's handle: a method per zome function, plus `call(zome, fn, payload)`."""
+_PARAM_SETS: dict = {}  # id(ZomeFn) -> (ZomeFn, frozenset of its parameter names)
 
-    def __init__(self, node: LocalNode, cell: Cell):
-        self._node = node
-        self._cell = cell
-        self.agent_id = cell.agent_id
 
-    def __repr__(self) -> str:
-        return f"AgentClient({self.agent_id})"
+class AgentMethods:
+    """The one method table of an agent handle, shared by the in-process `AgentClient` and the
+    remote client (`AgentClient.connect`), so the two cannot drift: every method is a
+    `call(zome, fn, payload)`; a subclass supplies `call` and `_get_record`."""
+    agent_id: str
 
     async def call(self, zome: str, fn: str, payload: dict | None = None):
-        return await self._node.call(self._cell, zome, fn, payload)
+        raise NotImplementedError
+
+    async def _get_record(self, action_hash: str) -> dict:
+        raise NotImplementedError
 
     async def add_knowledge(self, content: str, tags=()) -> str:
         return await self.call("rose_forest", "add_knowledge", {"content": content, "tags": tags})
@@ -271,4 +279,49 @@ class AgentClient:
         return await self.call("budget", "allocate_budget", {"agent_id": agent_id, "ru": ru})
 
     async def get_record(self, action_hash: str) -> dict:
-        return self._node.get_record(action_hash)
+        return await self._get_record(action_hash)
+
+
+def refusals(node) -> Counter:
+    """Refusals by code of the calls made on `node` (in process and over its app socket)."""
+    c = _REFUSALS.get(node)
+    if c is None:
+        c = _REFUSALS[node] = Counter()
+    return c
+
+
+_REFUSALS: "weakref.WeakKeyDictionary[LocalNode, Counter]" = weakref.WeakKeyDictionary()
+
+
+class AgentClient(AgentMethods):
+    """One agent's handle in process: a method per zome function, plus `call(zome, fn, payload)`.
+    `AgentClient.connect(url, token=...)` gives the same handle over a running node's socket."""
+
+    def __init__(self, node: LocalNode, cell: Cell):
+        self._node = node
+        self._cell = cell
+        self.agent_id = cell.agent_id
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.agent_id})"
+
+    @staticmethod
+    def connect(url: str, *, token: str | None = None, agent: str | None = None, **kw):
+        """`async with AgentClient.connect(url, token=T) as alice:` — an agent of the node at
+        `url` (a new one when `agent` is None). Same methods, results and errors as in process."""
+        from .app.client import connect
+        return connect(url, token=token, agent=agent, **kw)
+
+    async def call(self, zome: str, fn: str, payload: dict | None = None):
+        try:
+            return await self._node.call(self._cell, zome, fn, payload)
+        except BudgetError as e:
+            refusals(self._node)[e.code] += 1
+            raise
+
+    async def _get_record(self, action_hash: str) -> dict:
+        try:
+            return self._node.get_record(action_hash)
+        except BudgetError as e:
+            refusals(self._node)[e.code] += 1
+            raise

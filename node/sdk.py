@@ -14,3 +14,7 @@ from .net.cluster import ConsistencyTimeout, LocalCluster  # noqa: E402
 from .net.node import NetNode  # noqa: E402
 
 __all__ += ["LocalCluster", "NetNode", "ConsistencyTimeout", "Warranted"]
+from .app.client import NodeClient, NodeUnreachable  # noqa: E402
+from .app.wire import ConnectionLost  # noqa: E402
+
+__all__ += ["NodeClient", "NodeUnreachable", "ConnectionLost"]

@@ -1,9 +1,11 @@
-"""`budgetnode up`: run a local cluster, or one node that joins others, until SIGINT/SIGTERM."""
+"""`budgetnode up`: run a local cluster, or one node that joins others, until SIGINT/SIGTERM.
+Every node gets an app server (agent websocket + /metrics) with a fresh token."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -12,32 +14,83 @@ from .net.cluster import LocalCluster, libp2p_factory
 from .net.node import NetNode, fetch_dna
 from .store import store_path
 
+TOKEN_FILE = "app.token"
 
-def _describe(node) -> dict:
+
+def _describe(node, server) -> dict:
     listen = node.transport.listen_addrs()
-    return {"peer_id": listen[0].rsplit("/p2p/", 1)[-1], "node_key": to_text("agent", node.id),
-            "listen": listen, "dna": node.dna.hash_text, "path": node.directory,
-            "agents": node.agents()}
+    d = {"peer_id": listen[0].rsplit("/p2p/", 1)[-1], "node_key": to_text("agent", node.id),
+         "listen": listen, "dna": node.dna.hash_text, "path": node.directory,
+         "agents": node.agents()}
+    if server is not None:
+        d.update(app_url=server.app_url, metrics_url=server.metrics_url, token=server.token)
+    return d
 
 
-def _print(nodes, as_json: bool) -> None:
+def _print(nodes, servers, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"nodes": [_describe(n) for n in nodes]}), flush=True)
+        print(json.dumps({"nodes": [_describe(n, s) for n, s in zip(nodes, servers)]}), flush=True)
         return
-    for i, n in enumerate(nodes):
-        d = _describe(n)
+    for i, (n, s) in enumerate(zip(nodes, servers)):
+        d = _describe(n, s)
         print(f"node {i}  {d['listen'][0]}\n        network {d['dna']}  store {d['path']}",
               flush=True)
+        if s is not None:
+            print(f"        app {s.app_url}  metrics {s.metrics_url}\n        token {s.token}",
+                  flush=True)
     print("running; Ctrl-C stops", flush=True)
 
 
-async def _until_signal() -> None:
+def _write_token(directory: str, token: str) -> str:
+    """DIR/app.token (0600): the operator's copy of this run's token, replaced atomically."""
+    path = os.path.join(directory, TOKEN_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (token + "\n").encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+async def _announce_until_signal(nodes, servers, as_json: bool) -> None:
+    """Print the nodes, then run until SIGINT/SIGTERM. The handlers are in place before the
+    line is printed, so a signal sent as soon as the line is read still stops us cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        _print(nodes, servers, as_json)
         async for _ in signals:
             return
 
 
+@asynccontextmanager
+async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
+    """An AppServer per node (port 0: free ports; else port, port+1, …); None: no servers."""
+    if port is None:
+        yield [None] * len(nodes)
+        return
+    from .app.server import AppServer
+    servers, tokens = [], []
+    async with trio.open_nursery() as nursery:
+        try:
+            for i, node in enumerate(nodes):
+                server = AppServer(node)
+                await nursery.start(server.serve, host, port + i if port else 0)
+                tokens.append(_write_token(node.directory, server.token))
+                servers.append(server)
+            yield servers
+        finally:
+            nursery.cancel_scope.cancel()
+            for path in tokens:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
 async def run(args) -> None:
+    port = None if getattr(args, "no_app", False) else args.app_port
     if args.bootstrap or args.listen:
         factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0")
         dna = None
@@ -46,12 +99,12 @@ async def run(args) -> None:
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
         async with NetNode.open(factory, path=args.path, bootstrap=args.bootstrap,
                                 dna=dna, rogue=("skip_preflight",) if args.rogue else ()) as node:
-            _print([node], args.json)
-            await _until_signal()
+            async with app_servers([node], args.app_host, port) as servers:
+                await _announce_until_signal([node], servers, args.json)
         return
     paths = None
     if args.path:
         paths = [os.path.join(args.path, f"node{i}") for i in range(args.nodes)]
     async with LocalCluster.open(n=args.nodes, paths=paths) as cluster:
-        _print(cluster.nodes, args.json)
-        await _until_signal()
+        async with app_servers(cluster.nodes, args.app_host, port) as servers:
+            await _announce_until_signal(cluster.nodes, servers, args.json)

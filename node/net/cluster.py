@@ -69,26 +69,7 @@ class LocalCluster:
 
     def lagging(self) -> list[str]:
         """What keeps the cluster from being consistent; empty when it is."""
-        ids = [n.id for n in self.nodes]
-        offenders = set().union(*(n.warranted for n in self.nodes))
-        problems = []
-        for i, host in enumerate(self.nodes):
-            for pub, cell in host.cells.items():
-                if pub in offenders:
-                    continue
-                want = (cell.state.seq, cell.state.hash)
-                for j, node in enumerate(self.nodes):
-                    if node.id in dht.nearest(pub, ids, node.r) and node._head(pub) != want:
-                        have = node._head(pub)
-                        problems.append(f"node {j} holds {to_text('agent', pub)[:12]}… at seq "
-                                        f"{None if have is None else have[0]}, node {i} is at {want[0]}")
-            if host.dht.unpublished(1):
-                problems.append(f"node {i} has actions not yet published")
-        for j, node in enumerate(self.nodes):
-            missing = offenders - set(node.warranted)
-            if missing:
-                problems.append(f"node {j} lacks warrants for {len(missing)} agent(s)")
-        return problems
+        return consistency_lag(self.nodes)
 
     async def await_consistency(self, timeout: float = 10.0) -> None:
         """Wait until every authority holds every honest head and every node every warrant."""
@@ -100,3 +81,37 @@ class LocalCluster:
 
     def state_hashes(self) -> list[bytes]:
         return [n.state_hash() for n in self.nodes]
+
+
+def consistency_lag(nodes, labels=None, accountable=None) -> list[str]:
+    """What keeps `nodes` from being consistent; empty when they are. For every agent hosted on an
+    accountable node and not warranted, each of its authorities (the R nearest among nodes not
+    warranted as peers) that does not hold its head; each accountable node with unpublished
+    actions; each accountable node missing a warrant. `accountable` (default: all) lets the
+    simulator leave rogue nodes out; `labels` names nodes in the messages (default: index)."""
+    labels = list(range(len(nodes))) if labels is None else labels
+    acc = {n.id for n in (nodes if accountable is None else accountable)}
+    offenders = set().union(*(n.warranted for n in nodes if n.id in acc))
+    members = {n.id: (label, n) for label, n in zip(labels, nodes) if n.id not in offenders}
+    ids = list(members)
+    problems = []
+    for i, host in zip(labels, nodes):
+        if host.id not in acc:
+            continue
+        for pub, cell in host.cells.items():
+            if pub in offenders:
+                continue
+            want = (cell.state.seq, cell.state.hash)
+            for nid in dht.nearest(pub, ids, host.r):
+                j, node = members[nid]
+                if nid in acc and node._head(pub) != want:
+                    have = node._head(pub)
+                    problems.append(f"node {j} holds {to_text('agent', pub)[:12]}… at seq "
+                                    f"{None if have is None else have[0]}, node {i} is at {want[0]}")
+        if host.dht.unpublished(1):
+            problems.append(f"node {i} has actions not yet published")
+    for j, node in zip(labels, nodes):
+        missing = offenders - set(node.warranted) - {node.id}
+        if node.id in acc and missing:
+            problems.append(f"node {j} lacks warrants for {len(missing)} agent(s)")
+    return problems

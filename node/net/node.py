@@ -412,11 +412,10 @@ class NetNode(LocalNode):
         if seq > (0 if cs is None else cs.seq + 1):
             if fetch and peer is not None:
                 await self._fetch_chain(author, peer, seq - 1)
-                cs = self.chains.get(author)
-            if author in self.warranted:
-                return "warranted"
-            if seq > (0 if cs is None else cs.seq + 1):
-                return self._to_limbo(s, entry, peer)
+                # While we waited, another delivery may have stored this very action: every
+                # check above must run again, or an honest duplicate would look like bad_seq.
+                return await self._accept(s, entry, peer, fetch=False)
+            return self._to_limbo(s, entry, peer)
         is_create = s.action.get("type") == "create"
         if is_create and entry is None:
             return self._to_limbo(s, entry, peer)
@@ -618,6 +617,8 @@ class NetNode(LocalNode):
             for p in targets[s.hash]:
                 by_peer.setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
+        if "fork" in self.rogue:
+            by_peer = self._rogue_fork(by_peer)
 
         async def send(peer, batch):
             ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
@@ -650,6 +651,28 @@ class NetNode(LocalNode):
                 if refused:
                     self.metrics["own_ops_refused"] += 1
                 self._changed()
+
+    def _rogue_fork(self, by_peer: dict) -> dict:
+        """Adversarial test mode "fork" (off unless a test or simulation asks): every other
+        target of each own create action gets a twin instead: same seq, same entry, stamped 1 µs
+        later and signed by the author, so two valid-looking histories split the authorities."""
+        twins = self.__dict__.setdefault("rogue_twins", {})  # original hash -> twin
+        out = {}
+        for i, peer in enumerate(sorted(by_peer)):
+            batch = by_peer[peer]
+            if i % 2:
+                forked = []
+                for s in batch:
+                    cell = self.cells.get(s.author)
+                    if cell is not None and s.seq >= 1 and s.action.get("type") == "create":
+                        if s.hash not in twins:
+                            twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1),
+                                                        cell.key)
+                        s = twins[s.hash]
+                    forked.append(s)
+                batch = forked
+            out[peer] = batch
+        return out
 
     async def _gossiper(self) -> None:
         rounds = 0

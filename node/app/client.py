@@ -1,0 +1,226 @@
+"""The remote client: an agent handle (or an operator's node handle) over a node's app socket.
+
+`AgentClient.connect(url, token=..., agent=None)` returns `connect(...)`: the same methods as the
+in-process AgentClient (one method table, `AgentMethods`), the same return types and the same
+typed errors, rebuilt from the wire by their code.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager, contextmanager
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from ..core.errors import BudgetError, NotAuthorized
+from ..local_node import AgentMethods
+from .events import MAX_QUEUED_EVENTS, DropOldestQueue
+from .wire import ConnectionLost, error_from_wire, from_wire, pack, to_wire, unpack
+
+TOKEN_ENV = "BUDGETNODE_TOKEN"
+
+
+class NodeUnreachable(BudgetError):
+    code = "E_NODE_UNREACHABLE"
+
+
+@contextmanager
+def _unwrap_single_errors():
+    """Nurseries wrap an error raised in the caller's `async with` body in one-element groups;
+    give the caller back the error it raised."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        inner = eg
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is eg or isinstance(inner, BaseExceptionGroup):
+            raise
+        raise inner from None
+
+
+def _why(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    if not str(e) and e.__cause__ is not None:
+        e = e.__cause__
+    return str(e) or type(e).__name__
+
+
+class _Slot:
+    def __init__(self):
+        self.event = trio.Event()
+        self.msg = None
+
+
+class Session:
+    """One websocket: requests matched to replies by id, events routed to subscriptions."""
+
+    def __init__(self, ws, nursery):
+        self.ws = ws
+        self.nursery = nursery
+        self._next_id = 1
+        self._pending: dict[int, _Slot] = {}
+        self.subs: dict[int, DropOldestQueue] = {}
+        self._send_lock = trio.Lock()
+        self.lost: str | None = None
+
+    def new_id(self) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        return rid
+
+    async def reader(self) -> None:
+        try:
+            while True:
+                msg = unpack(await self.ws.get_message())
+                if "sub" in msg and "event" in msg:
+                    q = self.subs.get(msg["sub"])
+                    if q is not None:
+                        q.put(from_wire(msg["event"]))
+                    continue
+                slot = self._pending.pop(msg.get("id"), None)
+                if slot is not None:
+                    slot.msg = msg
+                    slot.event.set()
+                elif "error" in msg:  # about no request of ours: the node refused the socket
+                    self.lost = str(error_from_wire(msg["error"]))
+        except ConnectionClosed as e:
+            r = e.reason
+            self._fail(f"the node closed the connection ({r.code}{' ' + r.reason if r.reason else ''})"
+                       if r is not None else "the connection closed")
+        except BudgetError as e:
+            self._fail(f"the node sent an unreadable message ({e})")
+            await self.ws.aclose()
+
+    def _fail(self, why: str) -> None:
+        self.lost = self.lost or why
+        for slot in self._pending.values():
+            slot.event.set()
+        self._pending.clear()
+        for q in self.subs.values():
+            q.close()
+
+    async def request(self, t: str, rid: int | None = None, **fields):
+        if self.lost:
+            raise ConnectionLost(self.lost)
+        rid = self.new_id() if rid is None else rid
+        raw = pack({"id": rid, "t": t, **fields})  # TooLarge is raised before anything is sent
+        slot = self._pending[rid] = _Slot()
+        try:
+            try:
+                async with self._send_lock:
+                    await self.ws.send_message(raw)
+            except ConnectionClosed:
+                raise ConnectionLost(self.lost or "the connection closed") from None
+            await slot.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+        if slot.msg is None:
+            raise ConnectionLost((self.lost or "the connection closed") + " before the node answered;"
+                                 " the call may have committed")
+        if "error" in slot.msg:
+            raise error_from_wire(slot.msg["error"])
+        return from_wire(slot.msg.get("result"))
+
+    def forget_subscription(self, rid: int) -> None:
+        self.subs.pop(rid, None)
+        if self.lost is None:
+            try:
+                self.nursery.start_soon(self._unsubscribe, rid)
+            except RuntimeError:
+                pass
+
+    async def _unsubscribe(self, rid: int) -> None:
+        try:
+            await self.request("unsubscribe", sub=rid)
+        except BudgetError:
+            pass
+
+
+class _Remote:
+    def __init__(self, session: Session, hello: dict):
+        self._session = session
+        self.node_id = hello.get("node")
+        self.dna = hello.get("dna")
+
+    async def status(self) -> dict:
+        """The node: agents and budgets, peers, ops pending, warrants (as `budgetnode status`)."""
+        return await self._session.request("status")
+
+    async def subscribe(self, maxlen: int = MAX_QUEUED_EVENTS):
+        """Events as dicts with a "type": "budget" (this agent's whole BudgetStatus, first as it
+        is now, then after each change), "warrant" (any warrant the node learns) and
+        "overflow" (`dropped` events were dropped, oldest first, because this consumer lagged)."""
+        s = self._session
+        rid = s.new_id()
+        q = s.subs[rid] = DropOldestQueue(maxlen)
+        try:
+            await s.request("subscribe", rid=rid)
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    raise ConnectionLost(s.lost or "the connection closed")
+                yield ev
+        finally:
+            s.forget_subscription(rid)
+
+
+class RemoteAgentClient(_Remote, AgentMethods):
+    def __init__(self, session: Session, hello: dict):
+        super().__init__(session, hello)
+        self.agent_id = hello["agent_id"]
+
+    def __repr__(self) -> str:
+        return f"RemoteAgentClient({self.agent_id})"
+
+    async def call(self, zome: str, fn: str, payload: dict | None = None):
+        return await self._session.request("call", zome=zome, fn=fn, payload=to_wire(payload))
+
+    async def _get_record(self, action_hash: str) -> dict:
+        return await self._session.request("get_record", hash=action_hash)
+
+
+class NodeClient(_Remote):
+    """An operator's handle on a running node: no agent, just status and warrant events."""
+
+    def __repr__(self) -> str:
+        return f"NodeClient({self.node_id})"
+
+    @staticmethod
+    def connect(url: str, *, token: str | None = None, **kw):
+        return _open(url, token, None, NodeClient, **kw)
+
+
+def connect(url: str, *, token: str | None = None, agent: str | None = None, **kw):
+    """An agent of the node at `url`: a new one when `agent` is None, else the agent `agent`."""
+    return _open(url, token, "new" if agent is None else agent, RemoteAgentClient, **kw)
+
+
+@asynccontextmanager
+async def _open(url, token, agent, cls, *, connect_timeout: float = 10.0):
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise NotAuthorized(f"no token: pass token= (printed by `budgetnode up`) or set {TOKEN_ENV}")
+    with _unwrap_single_errors():
+        try:
+            ws_cm = open_websocket_url(url, max_message_size=1 << 21,
+                                       connect_timeout=connect_timeout, disconnect_timeout=5)
+            ws = await ws_cm.__aenter__()
+        except (OSError, HandshakeError, trio.TooSlowError, ValueError) as e:
+            raise NodeUnreachable(f"cannot open {url}: {_why(e)}") from None
+        except BaseExceptionGroup as eg:
+            raise NodeUnreachable(f"cannot open {url}: {_why(eg)}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                session = Session(ws, nursery)
+                nursery.start_soon(session.reader)
+                try:
+                    hello = await session.request("hello", token=token, agent=agent)
+                    yield cls(session, hello)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseException as e:
+            if not await ws_cm.__aexit__(type(e), e, e.__traceback__):
+                raise
+        else:
+            await ws_cm.__aexit__(None, None, None)
