@@ -384,9 +384,10 @@ class NetNode(LocalNode):
         return out
 
     def _should_hold(self, author: bytes) -> bool:
-        if author in self.cells or author in self.chains:
-            return True
-        return self._should_hold_as_authority(author)
+        """Chains gossip keeps current here: our own agents' and those we are an author-key
+        authority for. Copies held for an action or entry basis are refreshed when queried
+        (refresh_agent), so replication stays O(R), not O(N)."""
+        return author in self.cells or self._should_hold_as_authority(author)
 
     async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
                       fetch: bool = True) -> str:
@@ -602,8 +603,8 @@ class NetNode(LocalNode):
     # -- background work
     async def _publisher(self) -> None:
         while True:
-            pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
-            if pending and self.peers:
+            pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE) if self.peers else []
+            if pending:
                 await self._publish_round(pending)
             with trio.move_on_after(self.publish_interval):
                 await self._publish_kick.wait()
