@@ -43,7 +43,7 @@ def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if r["bench"] == "commits":
-            name = f"commits [{r['mode']}, sync={r['synchronous']}]"
+            name = f"commits [{r['mode']}, sync={r['synchronous']}, x{r.get('writers', 1)}]"
             goal = f"ratio>={r['goal_ratio']}, rate>={r['goal_rate']:,}"
             met = f"ratio {_yes(r['meets_ratio'])}, rate {_yes(r['meets_rate'])}"
         elif r["bench"] == "validate":
