@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="budgetnode",
                                 description="Agents that act only within a budget the network can verify.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    from sims.cli import add_parser as add_sim_parser
+    add_sim_parser(sub)
 
     def with_store(sp, required=True, url=False):
         sp.add_argument("--path", required=required and not url, help="the node's data directory")

@@ -6,6 +6,7 @@ rule is a new network, so no peer can quietly run with cheaper costs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .crypto import blake2b_256, to_text
 from .encoding import encode
@@ -60,8 +61,8 @@ class Dna:
     def encoded(self) -> bytes:
         return encode(self.to_dict())
 
-    @property
-    def hash(self) -> bytes:
+    @cached_property
+    def hash(self) -> bytes:  # read on every message; a frozen DNA's hash never changes
         return blake2b_256(self.encoded())
 
     @property

@@ -97,7 +97,8 @@ class NetNode(LocalNode):
                         nursery.start_soon(node._publisher)
                         nursery.start_soon(node._gossiper)
                         nursery.start_soon(node._limbo_worker)
-                        for addr in bootstrap:
+                        node.bootstrap = tuple(bootstrap)[:16]
+                        for addr in node.bootstrap:
                             await node.join(addr)
                         try:
                             yield node
@@ -134,6 +135,7 @@ class NetNode(LocalNode):
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
         self._greeted: set[bytes] = set()
+        self.bootstrap: tuple = ()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._publish_kick = trio.Event()
         self._change = trio.Event()
@@ -334,8 +336,10 @@ class NetNode(LocalNode):
             if self._should_hold(author) and (have is None or seq > have[0] or
                                               (seq == have[0] and h != have[1])):
                 self._spawn_fetch(author, peer, seq)
-        known = set(msg["warrants"]) if isinstance(msg["warrants"], list) else set()
-        missing = [w.to_wire() for h, w in self.warrants_by_hash.items() if h not in known]
+        # The asker names the offenders it already holds proof for; one proof each of the
+        # others is enough (sending every copy would re-send capped ones every round).
+        known = set(msg["warranted"]) if isinstance(msg["warranted"], list) else set()
+        missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
         heads = [[a, s, h] for a, (s, h) in mine.items()]
         self.rng.shuffle(heads)
         return P.reply(heads=heads[:P.MAX_SUMMARY_AUTHORS],
@@ -432,6 +436,12 @@ class NetNode(LocalNode):
             self.metrics["ops_rejected"] += 1
             if e.reason == "bad_signature":  # proves nothing against the named author
                 return "forged"
+            if e.reason == "bad_prev" and peer is not None and fetch:
+                # It builds on an action we do not hold at seq-1: a fork. Fetch that twin so the
+                # warrant is a self-proving fork warrant every node accepts.
+                await self._check_fork_at(author, peer, seq - 1)
+                if author in self.warranted:
+                    return "warranted"
             self._issue("invalid", author, e.reason, seq, [s], entry=entry)
             return "invalid"
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
@@ -681,6 +691,8 @@ class NetNode(LocalNode):
             await trio.sleep(self.gossip_interval * (0.5 + self.rng.random()))
             peers = sorted(self.peers)
             if not peers:
+                for addr in self.bootstrap:  # a restarted node whose peers were away tries again
+                    await self.join(addr)
                 continue
             peer = self.rng.choice(peers)
             rounds += 1
@@ -696,7 +708,7 @@ class NetNode(LocalNode):
         heads = [[a, s, h] for a, (s, h) in mine.items()]
         self.rng.shuffle(heads)
         rep = await self._request(peer, "summary", heads=heads[:P.MAX_SUMMARY_AUTHORS],
-                                  warrants=list(self.warrants_by_hash)[:4096])
+                                  warranted=list(self.warranted)[:4096])
         self.metrics["gossip_rounds"] += 1
         for wire in rep.get("warrants", [])[:P.MAX_WARRANTS_PER_MESSAGE]:
             await self._receive_warrant(wire, peer)

@@ -1,0 +1,176 @@
+"""The simulated network: a Transport whose requests and replies travel after seeded latency and
+jitter, may be lost, duplicated or reordered, and stop at partitions — all on trio's virtual clock.
+
+Each request is delivered by a task of the network; the destination's handler runs inside the
+destination's own transport nursery (so a node that crashes takes its in-flight handlers down with
+it), and its reply travels back the same way. A lost request or reply leaves the caller waiting
+until its request timeout, then PeerUnreachable, exactly as over a real network.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from contextlib import asynccontextmanager
+
+import trio
+
+from node.core.crypto import SigningKey
+from node.net.transport import MAX_FRAME, PeerUnreachable
+
+REORDER_P = 0.1  # with --reorder, this share of messages is held back by up to 5x the latency
+
+
+class _Reply:
+    __slots__ = ("event", "value")
+
+    def __init__(self):
+        self.event = trio.Event()
+        self.value = None
+
+
+class SimNetwork:
+    def __init__(self, rng: random.Random, *, latency=0.05, jitter=0.02, loss=0.0, dup=0.0,
+                 reorder=False):
+        self.rng = rng
+        self.latency, self.jitter = latency, jitter
+        self.loss, self.dup, self.reorder = loss, dup, reorder
+        self.transports: dict[bytes, "SimTransport"] = {}
+        self.rules: list = []       # active partitions: callables (src, dst) -> blocked?
+        self.nursery: trio.Nursery | None = None
+        self.trace = hashlib.blake2b(digest_size=32)
+        self.stats = Counter()      # requests, replies, bytes, lost, duplicated, unreachable
+        self.delivered = 0          # messages handed to a handler or back to a caller
+        self.on_deliver = None      # called after each delivered message (invariant hooks)
+
+    # -- faults
+    def set_rules(self, rules: list) -> None:
+        self.rules = list(rules)
+
+    def blocked(self, src: bytes, dst: bytes) -> bool:
+        return any(rule(src, dst) for rule in self.rules)
+
+    def quiet(self) -> None:
+        """Liveness phase: no more loss or duplication (latency and jitter stay)."""
+        self.loss = self.dup = 0.0
+        self.rules = []
+
+    def _delay(self) -> float:
+        d = self.latency + (self.rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
+        if self.reorder and self.rng.random() < REORDER_P:
+            d += self.rng.uniform(0, 5 * self.latency)
+        return max(0.0, d)
+
+    def _reachable(self, src: bytes, dst: bytes) -> bool:
+        return dst in self.transports and not self.blocked(src, dst)
+
+    def _record(self, src: bytes, dst: bytes, raw: bytes) -> None:
+        t = int(trio.current_time() * 1_000_000)
+        self.trace.update(t.to_bytes(8, "big") + src[:8] + dst[:8]
+                          + hashlib.blake2b(raw, digest_size=8).digest())
+        self.delivered += 1
+        if self.on_deliver is not None:
+            self.on_deliver()
+
+    def note(self, data: bytes) -> None:
+        """Something else the trace must pin down (a write's result)."""
+        self.trace.update(data)
+
+    def trace_hash(self) -> str:
+        return self.trace.copy().hexdigest()
+
+    # -- the Transport factory NetNode.open takes
+    @asynccontextmanager
+    async def transport(self, seed: bytes, handler):
+        t = SimTransport(self, SigningKey(seed).public, handler)
+        async with trio.open_nursery() as n:
+            t.nursery = n
+            self.transports[t.peer_id] = t
+            try:
+                yield t
+            finally:
+                if self.transports.get(t.peer_id) is t:
+                    del self.transports[t.peer_id]
+                n.cancel_scope.cancel()
+
+    # -- delivery
+    async def _deliver(self, src: "SimTransport", dst_id: bytes, payload: bytes, box: _Reply):
+        await trio.sleep(self._delay())
+        dst = self.transports.get(dst_id)
+        if dst is None or (self.rules and self.blocked(src.peer_id, dst_id)):
+            self.stats["unreachable"] += 1
+            return
+        if self.loss and self.rng.random() < self.loss:
+            self.stats["lost"] += 1
+            return
+        self._record(src.peer_id, dst_id, payload)
+        try:
+            dst.nursery.start_soon(self._serve, src, dst, payload, box)
+        except RuntimeError:  # the destination is shutting down
+            self.stats["unreachable"] += 1
+
+    async def _serve(self, src: "SimTransport", dst: "SimTransport", payload: bytes, box: _Reply):
+        reply = await dst.handler(src.peer_id, payload)
+        if len(reply) > MAX_FRAME:
+            return
+        self.stats["replies"] += 1
+        self.stats["reply_bytes"] += len(reply)
+        await trio.sleep(self._delay())
+        if box.event.is_set() or self.transports.get(src.peer_id) is not src:
+            return
+        if (self.rules and self.blocked(dst.peer_id, src.peer_id)) or \
+                (self.loss and self.rng.random() < self.loss):
+            self.stats["lost"] += 1
+            return
+        self._record(dst.peer_id, src.peer_id, reply)
+        box.value = reply
+        box.event.set()
+
+
+class SimTransport:
+    def __init__(self, net: SimNetwork, peer_id: bytes, handler):
+        self.net = net
+        self.peer_id = peer_id
+        self.handler = handler
+        self.nursery: trio.Nursery | None = None
+
+    def listen_addrs(self) -> list[str]:
+        return ["sim://" + self.peer_id.hex()]
+
+    def add_peer_addrs(self, peer: bytes, addrs) -> None:
+        pass
+
+    def peers(self) -> list[bytes]:
+        return [p for p in self.net.transports if p != self.peer_id]
+
+    async def connect(self, addr: str) -> bytes:
+        await trio.sleep(2 * self.net.latency)  # a dial is a round trip
+        try:
+            peer = bytes.fromhex(addr.removeprefix("sim://"))
+        except ValueError:
+            raise PeerUnreachable(f"bad address {addr}") from None
+        if not self.net._reachable(self.peer_id, peer) or not self.net._reachable(peer, self.peer_id):
+            raise PeerUnreachable(f"no peer at {addr}")
+        return peer
+
+    async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
+        net = self.net
+        if len(payload) > MAX_FRAME:
+            raise PeerUnreachable("request larger than a frame")
+        net.stats["requests"] += 1
+        net.stats["request_bytes"] += len(payload)
+        if peer not in net.transports:  # nobody listens there: refused after one round trip
+            await trio.sleep(2 * net.latency)
+            net.stats["refused"] += 1
+            raise PeerUnreachable(f"peer {peer.hex()[:12]} is not listening")
+        box = _Reply()
+        copies = 2 if net.dup and net.rng.random() < net.dup else 1
+        if copies == 2:
+            net.stats["duplicated"] += 1
+        for _ in range(copies):
+            net.nursery.start_soon(net._deliver, self, peer, payload, box)
+        with trio.move_on_after(timeout):
+            await box.event.wait()
+        if box.value is None:
+            raise PeerUnreachable(f"request to {peer.hex()[:12]} timed out")
+        return box.value

@@ -1,0 +1,125 @@
+"""The network simulator: seeded, replayable runs of real NetNodes under faults."""
+import json
+import os
+import time
+
+import pytest
+
+from node.core.errors import InvalidChain
+from sims import Partition, SimConfig, run
+from sims.cli import main as sim_main
+from sims.config import load_scenario, parse_duration
+from sims.invariants import audit_chain
+
+SCENARIOS = os.path.join(os.path.dirname(__file__), "..", "sims", "scenarios")
+
+
+def small(**kw) -> SimConfig:
+    base = dict(seed=1, nodes=6, agents=12, hours=0.5, warmup=60)
+    base.update(kw)
+    return SimConfig(**base)
+
+
+def test_parsers():
+    assert parse_duration("50ms") == 0.05 and parse_duration("2h") == 7200
+    assert parse_duration("90s") == 90 and parse_duration("1.5h") == 5400 and parse_duration(3) == 3
+    p = Partition.parse("50/50@2h-4h")
+    assert (p.kind, p.start, p.end, p.shares) == ("split", 7200, 14400, (50, 50))
+    assert Partition.parse("30>70@1h-2h").kind == "oneway"
+    iso = Partition.parse("isolate:5@10m-20m")
+    assert (iso.kind, iso.node, iso.start) == ("isolate", 5, 600)
+    for bad in ("50/50", "50/50@2h-1h", "x@1h-2h", "50@1h-2h"):
+        with pytest.raises(ValueError):
+            Partition.parse(bad)
+    for name in os.listdir(SCENARIOS):
+        SimConfig(**load_scenario(os.path.join(SCENARIOS, name)))
+
+
+def test_faults_partition_and_rogues_converge_without_violations():
+    t = time.perf_counter()
+    r = run(SimConfig(seed=3, nodes=8, agents=16, hours=0.75, loss=0.01, dup=0.01, reorder=True,
+                      partitions=[Partition.parse("50/50@10m-20m"),
+                                  Partition.parse("isolate@25m-30m")],
+                      skew=5, rogue=2, churn=0.2, warmup=60))
+    assert r["invariant_violations"] == []
+    assert r["converged"] and r["ok"]
+    assert r["writes"] > 50 and r["refusals"] > 0
+    assert r["rogue_agents"] > 0 and r["warranted_rogue_agents"] == r["rogue_agents"]
+    assert r["convergence_p50_s"] is not None and r["messages_per_write"] > 0
+    assert time.perf_counter() - t < 60
+
+
+def test_same_seed_same_trace_other_seed_other_trace():
+    cfg = small(loss=0.02, dup=0.02, reorder=True, rogue=1,
+                partitions=[Partition.parse("50/50@5m-10m")])
+    a, b = run(cfg), run(cfg)
+    assert a["trace_hash"] == b["trace_hash"]
+    assert (a["writes"], a["refusals"], a["convergence_p99_s"]) == \
+        (b["writes"], b["refusals"], b["convergence_p99_s"])
+    c = run(cfg.replace(seed=2))
+    assert c["trace_hash"] != a["trace_hash"]
+
+
+def test_every_budget_cheat_is_warranted_everywhere():
+    r = run(small(seed=4, nodes=8, agents=16, hours=0.5, rogue=3,
+                  rogue_modes=("skip_preflight", "forge_budget", "wrong_cost")))
+    assert r["ok"], r["invariant_violations"]
+    assert r["rogue_agents"] >= 3 and r["warranted_rogue_agents"] == r["rogue_agents"]
+
+
+def test_fork_is_warranted_everywhere():
+    r = run(small(seed=4, nodes=8, agents=16, hours=0.5, rogue=4,
+                  rogue_modes=("skip_preflight", "forge_budget", "wrong_cost", "fork")))
+    assert r["ok"], r["invariant_violations"]
+    assert r["rogue_agents"] >= 4 and r["warranted_rogue_agents"] == r["rogue_agents"]
+
+
+def test_an_injected_validator_bug_is_caught(monkeypatch):
+    """Authorities that stop checking over-spends must show up as violations, not pass."""
+    import node.net.node as netnode
+    real = netnode.validate_next
+
+    def lenient(cs, s, *a, **kw):
+        try:
+            return real(cs, s, *a, **kw)
+        except InvalidChain as e:
+            if e.reason != "over_spend":
+                raise
+            kw["verify_sig"] = False
+            rec = s.action["budget"]  # accept the author's word: the bug
+            from node.core.budget import BudgetState
+            from node.core.validate import ChainState
+            return ChainState(cs.author, s.seq, s.hash, s.action["ts"],
+                              BudgetState(rec["ws"], rec["rem"], cs.budget.used_mru + rec["cost"]),
+                              cs.claimed)
+    monkeypatch.setattr(netnode, "validate_next", lenient)
+    r = run(small(seed=5, nodes=6, agents=12, hours=0.5, rogue=1, rogue_modes=("skip_preflight",)))
+    assert not r["ok"]
+    assert any("over-spend" in v for v in r["invariant_violations"])
+    assert r["warranted_rogue_agents"] < r["rogue_agents"]
+    assert r["replay"].startswith("PYTHONHASHSEED=0 budgetnode sim --seed 5")
+
+
+def test_audit_catches_forged_budget_state():
+    from node.core.action import Signed
+    from node.core.crypto import SigningKey
+    from node.core.dna import Dna
+    key = SigningKey(b"k" * 32)
+    dna = Dna()
+    g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None, "ts": 0,
+                     "dna": dna.hash}, key)
+    a = Signed.sign({"type": "charge", "author": key.public, "seq": 1, "prev": g.hash, "ts": 1,
+                     "count": 3, "budget": {"op": "recall_understandings", "cost": 300, "ws": 0,
+                                            "rem": 100_000}}, key)
+    problems, _ = audit_chain([g, a], dna)
+    assert problems and "forged BudgetState" in problems[0]
+
+
+def test_ci_sweep(capsys):
+    t = time.perf_counter()
+    code = sim_main(["--seeds", "1-5", "--nodes", "10", "--agents", "20", "--hours", "0.25",
+                     "--loss", "0.01", "--partition", "50/50@10m-15m", "--rogue", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["seeds"] == 5 and out["violations"] == 0 and out["failed"] == []
+    assert time.perf_counter() - t < 90
