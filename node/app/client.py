@@ -7,11 +7,12 @@ typed errors, rebuilt from the wire by their code.
 from __future__ import annotations
 
 import os
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from ..errgroups import unwrap_single_errors
 from ..core.errors import BudgetError, NotAuthorized
 from ..local_node import AgentMethods
 from .events import MAX_QUEUED_EVENTS, DropOldestQueue
@@ -22,21 +23,6 @@ TOKEN_ENV = "BUDGETNODE_TOKEN"
 
 class NodeUnreachable(BudgetError):
     code = "E_NODE_UNREACHABLE"
-
-
-@contextmanager
-def _unwrap_single_errors():
-    """Nurseries wrap an error raised in the caller's `async with` body in one-element groups;
-    give the caller back the error it raised."""
-    try:
-        yield
-    except BaseExceptionGroup as eg:
-        inner = eg
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
-        if inner is eg or isinstance(inner, BaseExceptionGroup):
-            raise
-        raise inner from None
 
 
 def _why(e: BaseException) -> str:
@@ -201,7 +187,7 @@ async def _open(url, token, agent, cls, *, connect_timeout: float = 10.0):
     token = token or os.environ.get(TOKEN_ENV)
     if not token:
         raise NotAuthorized(f"no token: pass token= (printed by `budgetnode up`) or set {TOKEN_ENV}")
-    with _unwrap_single_errors():
+    with unwrap_single_errors():
         try:
             ws_cm = open_websocket_url(url, max_message_size=1 << 21,
                                        connect_timeout=connect_timeout, disconnect_timeout=5)

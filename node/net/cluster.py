@@ -10,7 +10,8 @@ from ..core import dht
 from ..core.crypto import to_text
 from ..core.errors import BudgetError
 from .memory import MemoryNetwork
-from .node import NetNode, unwrap_single_errors
+from ..errgroups import unwrap_single_errors
+from .node import NetNode
 
 
 class ConsistencyTimeout(BudgetError):

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -24,6 +24,7 @@ from ..core.action import Signed, grant_body, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text, verify
 from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
+from ..errgroups import unwrap_single_errors
 from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, UnknownAgent
 from ..core.validate import ChainState, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted
@@ -39,21 +40,6 @@ LIMBO_ATTEMPTS = 30
 MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
 MAX_PARALLEL_FETCHES = 8
 MAX_WARRANTS_PER_OFFENDER = 3
-
-
-@contextmanager
-def unwrap_single_errors():
-    """Nurseries (ours and libp2p's) wrap an error from the caller's `async with` body in
-    nested one-element groups; give the caller back the error it raised."""
-    try:
-        yield
-    except BaseExceptionGroup as eg:
-        inner = eg
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
-        if inner is eg or isinstance(inner, BaseExceptionGroup):
-            raise
-        raise inner from None
 
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
