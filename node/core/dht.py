@@ -1,6 +1,8 @@
 """DHT routing, validation receipts, peer info: pure functions over bytes and keys."""
 from __future__ import annotations
 
+import heapq
+
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, verify
 from .encoding import encode
@@ -15,7 +17,7 @@ def location(key: bytes) -> int:
 
 def nearest(basis: bytes, peers, r: int) -> list[bytes]:
     loc = location(basis)
-    return sorted(peers, key=lambda p: (location(p) ^ loc, p))[:r]
+    return heapq.nsmallest(r, peers, key=lambda p: (location(p) ^ loc, p))
 
 
 def bases(s: Signed) -> list[bytes]:
@@ -55,6 +57,15 @@ def peer_info(key: SigningKey, dna_hash: bytes, addrs: list[str], agents: list[b
 
 def check_peer_info(info, dna_hash: bytes) -> dict | None:
     """The body of a signed peer info for this network, or None."""
+    body = peer_info_body(info, dna_hash)
+    if body is None or not verify(body["peer"], info["sig"], encode(body)):
+        return None
+    return body
+
+
+def peer_info_body(info, dna_hash: bytes) -> dict | None:
+    """The body of a well-formed peer info for this network, its signature NOT yet checked (so a
+    node can skip verifying infos no newer than one it holds), or None."""
     if not isinstance(info, dict) or not isinstance(info.get("body"), dict):
         return None
     body, sig = info["body"], info.get("sig")
@@ -63,6 +74,6 @@ def check_peer_info(info, dna_hash: bytes) -> dict | None:
         return None
     if not isinstance(body.get("addrs"), list) or not isinstance(body.get("agents"), list):
         return None
-    if not isinstance(body.get("ts"), int) or not verify(peer, sig, encode(body)):
+    if not isinstance(body.get("ts"), int):
         return None
     return body

@@ -36,7 +36,8 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES):
         raise TooLarge(f"{len(data)} bytes exceeds the limit of {max_bytes}")
     if len(data) == 0:
         raise MalformedInput("empty input")
-    buf = io.BytesIO(bytes(data))
+    data = bytes(data)
+    buf = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(buf).decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
@@ -45,31 +46,48 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES):
     if buf.tell() != len(data):
         raise MalformedInput(f"{len(data) - buf.tell()} trailing bytes after CBOR item")
     _check(obj, 0, [0])
-    if encode(obj) != bytes(data):
+    if cbor2.dumps(obj, canonical=True) != data:  # the walk above already vetted every item
         raise MalformedInput("not canonical CBOR")
     return obj
 
 
+_SCALARS = frozenset({type(None), bool, str, bytes})
+_INT_LIMIT = 1 << 64
+
+
 def _check(obj, depth: int, count: list[int]) -> None:
+    # Exact type() tests, not isinstance: this walk runs on every message, and the decoder only
+    # ever produces these exact types (a subclass from elsewhere is refused as foreign).
     count[0] += 1
     if count[0] > MAX_ITEMS:
         raise TooLarge(f"more than {MAX_ITEMS} items")
     if depth > MAX_DEPTH:
         raise MalformedInput(f"nesting deeper than {MAX_DEPTH}")
-    if obj is None or isinstance(obj, (bool, str, bytes)):
+    t = type(obj)
+    if t in _SCALARS:
         return
-    if isinstance(obj, int):
-        if not -(1 << 64) < obj < (1 << 64):
+    if t is int:
+        if not -_INT_LIMIT < obj < _INT_LIMIT:
             raise MalformedInput("integer out of range")
         return
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            _check(item, depth + 1, count)
-        return
-    if isinstance(obj, dict):
+    if t is dict:
         for k, v in obj.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise MalformedInput("map keys must be text")
-            _check(v, depth + 1, count)
+            if type(v) in _SCALARS:  # the common leaf, checked without a call
+                count[0] += 1
+            else:
+                _check(v, depth + 1, count)
+        if count[0] > MAX_ITEMS:
+            raise TooLarge(f"more than {MAX_ITEMS} items")
         return
-    raise MalformedInput(f"type {type(obj).__name__} is not allowed")
+    if t is list or t is tuple:
+        for item in obj:
+            if type(item) in _SCALARS:
+                count[0] += 1
+            else:
+                _check(item, depth + 1, count)
+        if count[0] > MAX_ITEMS:
+            raise TooLarge(f"more than {MAX_ITEMS} items")
+        return
+    raise MalformedInput(f"type {t.__name__} is not allowed")

@@ -90,6 +90,12 @@ class DhtStore:
             pass
         return self.db.execute("SELECT count(*) FROM receipts WHERE hash=?", (h,)).fetchone()[0]
 
+    def receipted_by(self, h: bytes) -> set[bytes]:
+        return {r[0] for r in self.db.execute("SELECT validator FROM receipts WHERE hash=?", (h,))}
+
+    def is_published(self, h: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM published WHERE hash=?", (h,)).fetchone() is not None
+
     def mark_published(self, h: bytes, receipts: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts))
 

@@ -34,7 +34,11 @@ from . import protocol as P
 from .dht_store import DhtStore
 from .transport import PeerUnreachable
 
-MAX_PEERS = 256
+MAX_PEERS = 4096              # full membership: authorities are the R nearest of all known peers
+MAX_NEAREST_CACHE = 1 << 16
+MAX_GOSSIP_BACKOFF = 2        # quiet rounds stretch the gossip interval up to this factor
+ANNOUNCE_FANOUT = 8
+DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
 MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
@@ -120,7 +124,15 @@ class NetNode(LocalNode):
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
-        self._greeted: set[bytes] = set()
+        self._near_cache: dict[bytes, tuple] = {}  # basis -> R nearest of self + peers
+        self._republish: set[bytes] = set()  # own agents whose authorities changed
+        self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
+        self._maybe_unpublished = True       # no need to ask the store until something commits
+        self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
+        self._dropped: dict[bytes, int] = {}           # peer -> info ts when it was dropped
+        self._probing: set[bytes] = set()
+        self._gossip_quiet = 0
+        self._membership_changed_at = 0.0
         self.bootstrap: tuple = ()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._publish_kick = trio.Event()
@@ -144,21 +156,29 @@ class NetNode(LocalNode):
     def _wire_cell(self, cell) -> None:
         cell.rogue = self.rogue
         cell.on_commit = self._on_local_commit
+        self._maybe_unpublished = True  # its genesis was written before it was wired
         cell.warrant = self.warranted.get(cell.key.public) if hasattr(self, "warranted") else None
 
     async def new_agent(self):
         agent = await super().new_agent()
-        self._spawn(self._announce)  # peers learn where the agent lives
+        self._spawn(self._announce, agent._cell.key.public)  # peers learn where the agent lives
         return agent
 
-    async def _announce(self) -> None:
-        for peer in list(self.peers):
+    async def _announce(self, pub: bytes) -> None:
+        """Tell the agent's authorities and a few others at once; the rest learn the newer peer
+        info from peer exchanges (an epidemic, not a broadcast to every peer)."""
+        targets = [p for p in self._nearest(pub) if p != self.id]
+        others = sorted(set(self.peers) - set(targets))
+        targets += self.rng.sample(others, min(ANNOUNCE_FANOUT, len(others)))
+        for peer in targets:
             try:
                 await self._hello(peer)
             except BudgetError:
                 pass
 
     def _on_local_commit(self, s: Signed) -> None:
+        self._gossip_quiet = 0
+        self._maybe_unpublished = True
         self._changed()
         self._publish_kick.set()
 
@@ -173,11 +193,17 @@ class NetNode(LocalNode):
 
     # -- peers
     def _my_info(self) -> dict:
-        # Strictly increasing, even on a frozen or skewed clock, so peers never take a fresh
-        # info for a replay.
-        self._info_ts = max(self.now_us(), getattr(self, "_info_ts", 0) + 1)
-        return dht.peer_info(self.node_key, self.dna.hash, self.transport.listen_addrs(),
-                             list(self.cells), self._info_ts)
+        """This node's signed peer info, re-signed only when what it says changes (a new agent,
+        a new address) or on a restart: every re-sign costs each peer a verify."""
+        content = (tuple(self.transport.listen_addrs()), tuple(self.cells))
+        if getattr(self, "_info_content", None) != content:
+            # Strictly increasing, even on a frozen or skewed clock, so peers never take a
+            # fresh info for a replay.
+            self._info_ts = max(self.now_us(), getattr(self, "_info_ts", 0) + 1)
+            self._info = dht.peer_info(self.node_key, self.dna.hash, list(content[0]),
+                                       list(content[1]), self._info_ts)
+            self._info_content = content
+        return self._info
 
     def _spawn(self, fn, *args) -> None:
         """Background work; a node that is shutting down starts none."""
@@ -187,17 +213,23 @@ class NetNode(LocalNode):
             self.metrics["spawn_refused_closing"] += 1
 
     def _add_peer(self, info) -> bytes | None:
-        body = dht.check_peer_info(info, self.dna.hash)
+        body = dht.peer_info_body(info, self.dna.hash)
         if body is None or body["peer"] == self.id or body["peer"] in self.warranted:
             return None
         peer = body["peer"]
         old = self.peers.get(peer)
         if old is not None and old["body"]["ts"] >= body["ts"]:
-            return peer  # a replayed or older info changes nothing
+            return peer  # a replayed or older info changes nothing: not worth a verify
+        if self._dropped.get(peer, -1) >= body["ts"]:
+            return None  # the info of a peer found dead: only a fresher one (it is back) counts
+        if dht.check_peer_info(info, self.dna.hash) is None:
+            return None
         if old is None and len(self.peers) >= MAX_PEERS:
             oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
             del self.peers[oldest]
         self.peers[peer] = info
+        if old is None:
+            self._peer_set_changed()
         self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
         for agent in body["agents"]:
             if isinstance(agent, bytes):
@@ -212,6 +244,14 @@ class NetNode(LocalNode):
             peer = await self.transport.connect(addr)
             await self._hello(peer)
             await self._refresh_peers(peer)
+            # Two more exchanges with peers just learnt: the newcomer is known beyond its
+            # bootstrap node at once, and learns what that node had not heard of yet.
+            others = sorted(set(self.peers) - {peer})
+            for other in self.rng.sample(others, min(2, len(others))):
+                try:
+                    await self._refresh_peers(other)
+                except BudgetError:
+                    pass
             return peer
         except (PeerUnreachable, BudgetError) as e:
             self.metrics["join_failures"] += 1
@@ -222,24 +262,62 @@ class NetNode(LocalNode):
         rep = await self._request(peer, "hello", info=self._my_info())
         self._add_peer(rep.get("info"))
 
-    async def _refresh_peers(self, peer: bytes) -> None:
-        rep = await self._request(peer, "peers")
-        for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE]:
-            new = self._add_peer(info)
-            if new is not None and new not in self._greeted:
-                self._greeted.add(new)
-                try:
-                    await self._hello(new)
-                except BudgetError:
-                    pass
+    async def _refresh_peers(self, peer: bytes) -> int:
+        """Swap peer infos with `peer` (ours goes with the request); returns how many peers
+        were new to us."""
+        before = len(self.peers)
+        rep = await self._request(peer, "peers", info=self._my_info())
+        for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE + 1]:
+            self._add_peer(info)
+        return len(self.peers) - before
+
+    def _nearest(self, basis: bytes) -> tuple:
+        """The R nodes nearest `basis` among this node and its peers: its authorities as this
+        node sees them. Cached until the peer set changes."""
+        near = self._near_cache.get(basis)
+        if near is None:
+            if len(self._near_cache) >= MAX_NEAREST_CACHE:
+                self._near_cache.clear()
+            near = self._near_cache[basis] = tuple(
+                dht.nearest(basis, [self.id, *self.peers], self.r))
+        return near
+
+    def _forget_peer(self, peer: bytes) -> None:
+        if self.peers.pop(peer, None) is not None:
+            self._peer_set_changed()
+
+    def _peer_set_changed(self) -> None:
+        """New authorities may now be nearer to our agents than the ones that stored their
+        heads: queue each head for the publisher, which sends it to the authorities that hold
+        no receipt for it (they fetch the history before it from us)."""
+        self._near_cache.clear()
+        self._gossip_quiet = 0
+        self._membership_changed_at = trio.current_time()
+        self._republish.update(p for p in self.cells if p not in self.warranted)
+        self._publish_kick.set()
 
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
 
     async def _request(self, peer: bytes, t: str, **fields) -> dict:
         self.metrics["messages_sent"] += 1
-        raw = await self.transport.request(peer, P.request(t, self.dna.hash, **fields),
-                                           self.request_timeout)
+        self.metrics["sent_" + t] += 1
+        try:
+            raw = await self.transport.request(peer, P.request(t, self.dna.hash, **fields),
+                                               self.request_timeout)
+        except PeerUnreachable:
+            self._failures[peer] += 1
+            if self._failures[peer] >= DEAD_AFTER_FAILURES and peer in self.peers:
+                # Routing around it: its ops go to the next-nearest authorities, and it comes
+                # back when a fresher peer info (it restarted or re-announced) reaches us.
+                del self._failures[peer]
+                self._dropped[peer] = self.peers[peer]["body"]["ts"]
+                if len(self._dropped) > MAX_PEERS:
+                    self._dropped.pop(next(iter(self._dropped)))
+                self.metrics["peers_dropped"] += 1
+                self._forget_peer(peer)
+            raise
+        self._failures.pop(peer, None)
         return P.parse_reply(raw)
 
     # -- serving requests
@@ -248,6 +326,8 @@ class NetNode(LocalNode):
         try:
             if peer in self.warranted:
                 raise Warranted("this node's operator is warranted; requests are refused")
+            if peer in self._dropped:  # it reached us, so it is back: greet it in return
+                self._spawn(self._probe_dropped, peer)
             msg = P.parse_request(raw, self.dna.hash)
             return await getattr(self, "_on_" + msg["t"])(peer, msg)
         except BudgetError as e:
@@ -269,13 +349,23 @@ class NetNode(LocalNode):
         if dht.check_peer_info(info, self.dna.hash) is None or info["body"]["peer"] != peer:
             raise MalformedInput("peer info is not signed by the sending peer")
         self._add_peer(info)
-        self._greeted.add(peer)
         return P.reply(info=self._my_info())
 
     async def _on_peers(self, peer, msg):
-        infos = list(self.peers.values())
-        self.rng.shuffle(infos)
-        return P.reply(infos=infos[:P.MAX_PEERS_PER_MESSAGE])
+        info = msg.get("info")
+        if info is not None:
+            body = dht.peer_info_body(info, self.dna.hash)
+            if body is None or body["peer"] != peer:
+                raise MalformedInput("peer info is not the sending peer's")
+            self._add_peer(info)
+        # Half the newest infos (joins and restarts are the news worth spreading), half a
+        # random sample (so every peer keeps circulating).
+        half = P.MAX_PEERS_PER_MESSAGE // 2
+        infos = sorted((i for p, i in self.peers.items() if p != peer),
+                       key=lambda i: i["body"]["ts"], reverse=True)
+        rest = infos[half:]
+        infos = infos[:half] + self.rng.sample(rest, min(len(rest), half))
+        return P.reply(infos=[self._my_info(), *infos])
 
     async def _on_publish(self, peer, msg):
         ops = msg["ops"]
@@ -322,14 +412,21 @@ class NetNode(LocalNode):
             if self._should_hold(author) and (have is None or seq > have[0] or
                                               (seq == have[0] and h != have[1])):
                 self._spawn_fetch(author, peer, seq)
+                self._gossip_quiet = 0
         # The asker names the offenders it already holds proof for; one proof each of the
         # others is enough (sending every copy would re-send capped ones every round).
         known = set(msg["warranted"]) if isinstance(msg["warranted"], list) else set()
         missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
-        heads = [[a, s, h] for a, (s, h) in mine.items()]
-        self.rng.shuffle(heads)
-        return P.reply(heads=heads[:P.MAX_SUMMARY_AUTHORS],
+        return P.reply(heads=self._heads_for(peer, mine),
                        warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE])
+
+    def _heads_for(self, peer: bytes, mine: dict) -> list:
+        """The heads `peer` should hold as an author-key authority (as this node sees the ring):
+        a summary's size follows the overlap of two nodes' responsibilities, not all they hold."""
+        heads = [[a, s, h] for a, (s, h) in mine.items() if peer in self._nearest(a)]
+        if len(heads) > P.MAX_SUMMARY_AUTHORS:
+            heads = self.rng.sample(heads, P.MAX_SUMMARY_AUTHORS)
+        return heads
 
     async def _on_warrants(self, peer, msg):
         for wire in msg["warrants"][:P.MAX_WARRANTS_PER_MESSAGE]:
@@ -436,6 +533,7 @@ class NetNode(LocalNode):
         self.chains[author] = new
         self.limbo.pop(s.hash, None)
         self.metrics["ops_validated"] += 1
+        self._gossip_quiet = 0
         self._changed()
         if is_create and s.action["entry_type"] == "allocation":
             self._spawn(self._claim_if_local, decode(entry)["content"])
@@ -528,7 +626,7 @@ class NetNode(LocalNode):
         self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
         if w.offender not in self.warranted:
             self.warranted[w.offender] = w
-            self.peers.pop(w.offender, None)
+            self._forget_peer(w.offender)
             cell = self.cells.get(w.offender)
             if cell is not None:
                 cell.warrant = w  # this node is told why its agent is refused everywhere
@@ -599,19 +697,40 @@ class NetNode(LocalNode):
     # -- background work
     async def _publisher(self) -> None:
         while True:
-            pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE) if self.peers else []
+            pending = []
+            if self.peers and self._maybe_unpublished:
+                pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
+                self._maybe_unpublished = bool(pending)
+            if self.peers and self._republish:
+                have = {s.hash for s in pending}
+                for pub in sorted(self._republish)[:P.MAX_OPS_PER_MESSAGE]:
+                    cell = self.cells.get(pub)
+                    head = self.dht.action_at(pub, cell.state.seq) if cell is not None else None
+                    if head is None or head.hash in have:
+                        self._republish.discard(pub)
+                    else:
+                        self._republish_heads[head.hash] = pub
+                        pending.append(head)
             if pending:
                 await self._publish_round(pending)
-            with trio.move_on_after(self.publish_interval):
+            with trio.move_on_after(self.publish_interval) as idle:
                 await self._publish_kick.wait()
+            if idle.cancelled_caught:  # a quiet interval: look again (another handle on the
+                self._maybe_unpublished = True  # same store may have committed)
             self._publish_kick = trio.Event()
 
     async def _publish_round(self, pending: list[Signed]) -> None:
-        everyone = [self.id, *self.peers]
-        targets = {s.hash: dht.authorities(s, everyone, self.r) - {self.id} for s in pending}
+        # Each op goes to its authorities that have not receipted it yet; it is done when every
+        # authority of its author's key has (they re-derive the budget) and the others have all
+        # been asked, or when anyone refuses it.
+        targets, must, receipted = {}, {}, {}
+        for s in pending:
+            must[s.hash] = set(self._nearest(s.author)) - {self.id}
+            targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
+            receipted[s.hash] = self.dht.receipted_by(s.hash)
         by_peer: dict[bytes, list[Signed]] = {}
         for s in pending:
-            for p in targets[s.hash]:
+            for p in targets[s.hash] - receipted[s.hash]:
                 by_peer.setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
         if "fork" in self.rogue:
@@ -641,13 +760,16 @@ class NetNode(LocalNode):
                 n.start_soon(send, peer, batch)
         for s in pending:
             got = outcome[s.hash]
-            valid = sum(1 for v in got.values() if v == "valid")
+            have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
             refused = any(v in ("invalid", "warranted") for v in got.values())
-            if valid >= min(self.r, len(targets[s.hash])) or refused:
-                self.dht.mark_published(s.hash, valid)
+            asked = targets[s.hash] <= have | set(got)
+            if (must[s.hash] <= have and asked) or refused:
+                self._republish.discard(self._republish_heads.pop(s.hash, None))
+                if not self.dht.is_published(s.hash):
+                    self.dht.mark_published(s.hash, len(have))
+                    self._changed()
                 if refused:
                     self.metrics["own_ops_refused"] += 1
-                self._changed()
 
     def _rogue_fork(self, by_peer: dict) -> dict:
         """Adversarial test mode "fork" (off unless a test or simulation asks): every other
@@ -674,30 +796,66 @@ class NetNode(LocalNode):
     async def _gossiper(self) -> None:
         rounds = 0
         while True:
-            await trio.sleep(self.gossip_interval * (0.5 + self.rng.random()))
-            peers = sorted(self.peers)
-            if not peers:
+            # Rounds that find nothing stretch the interval (up to MAX_GOSSIP_BACKOFF times): an
+            # idle network gossips less, and any change here brings the pace back.
+            stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
+            await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
+            if not self.peers:
                 for addr in self.bootstrap:  # a restarted node whose peers were away tries again
                     await self.join(addr)
                 continue
-            peer = self.rng.choice(peers)
             rounds += 1
+            if self._dropped and rounds % 2 == 0:
+                await self._probe_dropped()
             try:
-                if rounds % 5 == 0:
-                    await self._refresh_peers(peer)
-                await self._gossip_with(peer)
+                settling = trio.current_time() - self._membership_changed_at < \
+                    5 * self.gossip_interval
+                if settling or rounds % 5 == 0:
+                    # while membership is changing, swap peer infos every round
+                    await self._refresh_peers(self._random_peer())
+                await self._gossip_with(self._gossip_partner())
             except BudgetError:
                 self.metrics["gossip_failures"] += 1
 
+    async def _probe_dropped(self, peer: bytes | None = None) -> None:
+        """A dropped peer may be back (a healed partition, a restart nobody told us about):
+        greet it (by default a random one); its reply brings a fresh info, which re-admits it."""
+        if peer is None:
+            peer = self.rng.choice(sorted(self._dropped))
+        elif peer not in self._dropped or peer in self._probing:
+            return
+        self._probing.add(peer)
+        try:
+            rep = await self._request(peer, "hello", info=self._my_info())
+        except BudgetError:
+            return
+        finally:
+            self._probing.discard(peer)
+        self._dropped.pop(peer, None)
+        self._add_peer(rep.get("info"))
+
+    def _random_peer(self) -> bytes:
+        return self.rng.choice(sorted(self.peers))
+
+    def _gossip_partner(self) -> bytes:
+        """Mostly a fellow authority of a chain this node keeps (that is where a summary can
+        find something to repair), sometimes anyone (so warrants and stragglers still meet)."""
+        if self.rng.random() < 0.75:
+            held = [a for a in self._heads() if self._should_hold(a)]
+            if held:
+                others = [p for p in self._nearest(self.rng.choice(held)) if p != self.id]
+                if others:
+                    return self.rng.choice(others)
+        return self._random_peer()
+
     async def _gossip_with(self, peer: bytes) -> None:
         mine = self._heads()
-        heads = [[a, s, h] for a, (s, h) in mine.items()]
-        self.rng.shuffle(heads)
-        rep = await self._request(peer, "summary", heads=heads[:P.MAX_SUMMARY_AUTHORS],
+        rep = await self._request(peer, "summary", heads=self._heads_for(peer, mine),
                                   warranted=list(self.warranted)[:4096])
         self.metrics["gossip_rounds"] += 1
+        found = 0
         for wire in rep.get("warrants", [])[:P.MAX_WARRANTS_PER_MESSAGE]:
-            await self._receive_warrant(wire, peer)
+            found += await self._receive_warrant(wire, peer)
         for author, (seq, h) in self._parse_heads(rep.get("heads", [])).items():
             have = self._head(author)
             if author in self.warranted or not self._should_hold(author):
@@ -705,8 +863,11 @@ class NetNode(LocalNode):
             if have is None or seq > have[0]:
                 self.metrics["gossip_lag_ops"] += seq - (-1 if have is None else have[0])
                 self._spawn_fetch(author, peer, seq)
+                found += 1
             elif seq == have[0] and h != have[1]:
                 self._spawn_fetch(author, peer, seq)
+                found += 1
+        self._gossip_quiet = 0 if found else self._gossip_quiet + 1
 
     async def _limbo_worker(self) -> None:
         while True:
@@ -747,7 +908,7 @@ class NetNode(LocalNode):
                 return
 
     def _should_hold_as_authority(self, pub: bytes) -> bool:
-        return self.id in dht.nearest(pub, [self.id, *self.peers], self.r)
+        return self.id in self._nearest(pub)
 
     async def get_budget_state(self, agent_id: str) -> budget.BudgetStatus:
         """An agent's budget, re-derived by this node from the agent's signed chain."""
