@@ -126,6 +126,7 @@ class NetNode(LocalNode):
         self._fetching: set[bytes] = set()
         self._near_cache: dict[bytes, tuple] = {}  # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
+        self._peer_epoch = 0
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
         self._maybe_unpublished = True       # no need to ask the store until something commits
         self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
@@ -291,6 +292,8 @@ class NetNode(LocalNode):
         heads: queue each head for the publisher, which sends it to the authorities that hold
         no receipt for it (they fetch the history before it from us)."""
         self._near_cache.clear()
+        self._peer_epoch += 1
+        self._changed()
         self._gossip_quiet = 0
         self._membership_changed_at = trio.current_time()
         self._republish.update(p for p in self.cells if p not in self.warranted)
@@ -720,6 +723,7 @@ class NetNode(LocalNode):
             self._publish_kick = trio.Event()
 
     async def _publish_round(self, pending: list[Signed]) -> None:
+        epoch = self._peer_epoch
         # Each op goes to its authorities that have not receipted it yet; it is done when every
         # authority of its author's key has (they re-derive the budget) and the others have all
         # been asked, or when anyone refuses it.
@@ -764,7 +768,9 @@ class NetNode(LocalNode):
             refused = any(v in ("invalid", "warranted") for v in got.values())
             asked = targets[s.hash] <= have | set(got)
             if (must[s.hash] <= have and asked) or refused:
-                self._republish.discard(self._republish_heads.pop(s.hash, None))
+                pub = self._republish_heads.pop(s.hash, None)
+                if epoch == self._peer_epoch:  # else the authorities moved mid-round: again
+                    self._republish.discard(pub)
                 if not self.dht.is_published(s.hash):
                     self.dht.mark_published(s.hash, len(have))
                     self._changed()

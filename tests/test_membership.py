@@ -1,0 +1,96 @@
+"""Membership on the in-memory transport and virtual time: who a node routes to, and how that
+changes as peers join, vanish and come back."""
+import random
+
+import pytest
+import trio
+
+from node.core import dht
+from node.core.crypto import SigningKey, from_text
+from node.net.node import DEAD_AFTER_FAILURES, NetNode
+from node.sdk import LocalCluster
+
+START = 1_730_678_400
+
+
+@pytest.fixture
+def clock():
+    return [float(START)]
+
+
+async def until(node, cond, timeout=120):
+    with trio.fail_after(timeout):
+        while not cond():
+            await node.wait_changed()
+
+
+async def test_a_nearer_newcomer_gets_the_head_without_gossip(clock, autojump_clock):
+    """When a new node becomes an agent's author authority, the agent's node pushes the head
+    to it at once; gossip (here: never within the test) is only the backstop."""
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=1,
+                                 gossip_interval=1e6) as c:
+        a = await c.nodes[0].new_agent()
+        await a.add_knowledge("before the newcomer")
+        await c.await_consistency(timeout=30)
+        pub = from_text("agent", a.agent_id)
+        ids = [n.id for n in c.nodes]
+        # a node key that will be the agent's nearest authority once it joins
+        k = next(k for k in range(1000) if dht.nearest(
+            pub, ids + [SigningKey.generate(random.Random(k).randbytes).public], 1) ==
+            [SigningKey.generate(random.Random(k).randbytes).public])
+        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=1,
+                                gossip_interval=1e6, publish_interval=0.5,
+                                bootstrap=c.nodes[0].transport.listen_addrs(),
+                                dna=c.nodes[0].dna, randbytes=random.Random(k).randbytes) as new:
+            assert dht.nearest(pub, ids + [new.id], 1) == [new.id]
+            await until(new, lambda: new._head(pub) == c.nodes[0]._head(pub))
+            assert new.metrics["gossip_rounds"] == 0 and new.metrics["ops_validated"] >= 2
+            assert new.id in c.nodes[0].dht.receipted_by(c.nodes[0]._head(pub)[1])
+
+
+async def test_a_dead_peer_is_routed_around_and_readmitted_when_back(clock, autojump_clock):
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory", r=2) as c:
+        n0, n2 = c.nodes[0], c.nodes[2]
+        a = await n0.new_agent()
+        await c.await_consistency(timeout=30)
+        c.network.partition([n.id for n in c.nodes[:2]], [n2.id])
+        for i in range(3):
+            await a.add_knowledge(f"while node 2 is away {i}")
+        await until(n0, lambda: n2.id not in n0.peers)
+        assert n0.metrics["peers_dropped"] >= 1 and n0._failures[n2.id] < DEAD_AFTER_FAILURES
+        # Routed around: the two reachable nodes are the agent's authorities now.
+        pub = from_text("agent", a.agent_id)
+        assert set(n0._nearest(pub)) == {n0.id, c.nodes[1].id}
+        await until(n0, lambda: not n0.dht.unpublished(1))
+        c.network.heal()
+        await until(n0, lambda: n2.id in n0.peers and n0.id in n2.peers)
+        await c.await_consistency(timeout=120)
+        assert len({n._head(pub) for n in c.nodes if n.id in dht.nearest(
+            pub, [x.id for x in c.nodes], 2)}) == 1
+
+
+async def test_peer_info_is_resigned_only_when_it_changes(clock, autojump_clock):
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
+        n = c.nodes[0]
+        first = n._my_info()
+        clock[0] += 60
+        assert n._my_info() is first  # peers verify each info once, not on every exchange
+        await n.new_agent()
+        newer = n._my_info()
+        assert newer["body"]["ts"] > first["body"]["ts"] and len(newer["body"]["agents"]) == len(first["body"]["agents"]) + 1
+        await until(c.nodes[1], lambda: c.nodes[1].peers[n.id]["body"]["ts"] >=
+                    newer["body"]["ts"])
+
+
+async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock):
+    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1) as c:
+        for node in c.nodes:
+            await node.new_agent()
+            await node.new_agent()
+        await c.await_consistency(timeout=30)
+        ids = [n.id for n in c.nodes]
+        for node in c.nodes:
+            mine = node._heads()
+            for peer in node.peers:
+                sent = {a for a, _, _ in node._heads_for(peer, mine)}
+                assert sent == {a for a in mine if dht.nearest(a, ids, 1) == [peer]}
