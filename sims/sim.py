@@ -364,8 +364,7 @@ class Simulation:
                 slot = by_id.get(a)
                 if slot is None or slot.node is None:
                     continue
-                hd = slot.node._head(author)
-                if hd is None or hd[0] < seq:
+                if not _holds(slot.node, author, seq, h):
                     ok = False
                     break
             if ok:
@@ -374,7 +373,7 @@ class Simulation:
         for h in done:
             del self.pending[h]
 
-    def _missing(self, p, ids, by_id) -> str:
+    def _missing(self, h, p, ids, by_id) -> str:
         t, author, seq, bases, _, _ = p
         out = []
         names = ("hash", "author", "entry") if len(bases) > 1 else ("author",)
@@ -382,14 +381,14 @@ class Simulation:
             for a in dht.nearest(b, ids, self.cfg.r):
                 slot = by_id.get(a)
                 hd = slot.node._head(author) if slot and slot.node else None
-                if hd is None or hd[0] < seq:
+                if slot is None or slot.node is None or not _holds(slot.node, author, seq, h):
                     out.append(f"node {slot.index if slot else '?'} ({name} basis, has seq "
                                f"{None if hd is None else hd[0]})")
         return ", ".join(out)
 
     def _op_authority_gaps(self, ids, by_id) -> int:
         """Honest writes that some authority of their hash or entry basis never stored (the node
-        stops publishing after R valid receipts, and gossip only repairs author-basis holders)."""
+        were not reachable while it published, and gossip only repairs author-basis holders)."""
         gaps = 0
         cache = {}
         for author, seq, bases in self.all_writes:
@@ -398,7 +397,7 @@ class Simulation:
             for b in bases:
                 if b not in cache:
                     cache[b] = dht.nearest(b, ids, self.cfg.r)
-                if any((by_id[a].node._head(author) or (-1,))[0] < seq for a in cache[b]
+                if any(not _holds(by_id[a].node, author, seq, bases[0]) for a in cache[b]
                        if a in by_id and by_id[a].node is not None):
                     gaps += 1
                     break
@@ -551,7 +550,7 @@ class Simulation:
                                    f"stopped: " + "; ".join(self.lag_left[:5]))
                 for h, p in list(self.pending.items())[:5]:
                     self.violation(f"honest write by {to_text('agent', p[1])[:14]} seq {p[2]} "
-                                   f"never reached all its authorities: {self._missing(p, ids, by_id)}")
+                                   f"never reached all its authorities: {self._missing(h, p, ids, by_id)}")
                 for c in self.cheater_set - warranted_everywhere:
                     self.violation(f"cheater {to_text('agent', c)[:14]} is not warranted at every "
                                    f"honest node")
@@ -563,6 +562,12 @@ class Simulation:
                     s.node._sim_closing = True
                 nodes.cancel_scope.cancel()
             root.cancel_scope.cancel()
+
+
+def _holds(node, author: bytes, seq: int, h: bytes) -> bool:
+    """The node holds this write: in the author's chain up to it, or as a single op."""
+    hd = node._head(author)
+    return (hd is not None and hd[0] >= seq) or node.dht.has_action(h)
 
 
 def Budget_remaining(cell, node) -> int:

@@ -94,15 +94,20 @@ def from_wire(w) -> Warrant | None:
         ev = warrant.evidence()
     except (KeyError, TypeError, BudgetError):
         return None
+    # fork: two actions at the offence's seq; invalid: the action, optionally followed by the
+    # action before it (so the step can be re-checked without the author's chain)
+    seqs = [body["seq"]] * len(ev)
+    if warrant.kind == "invalid" and len(ev) == 2:
+        seqs[1] = body["seq"] - 1
     if warrant.kind != "peer" and any(
-            s.action.get("author") != warrant.offender or s.action.get("seq") != body["seq"]
-            for s in ev):
+            s.action.get("author") != warrant.offender or s.action.get("seq") != q
+            for s, q in zip(ev, seqs)):
         return None
     return warrant
 
 
 def batch_digest(ops: list) -> list[bytes]:
-    return [blake2b_256(body + sig) for body, sig, _ in ops]
+    return [blake2b_256(op[0] + op[1]) for op in ops]
 
 
 def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:

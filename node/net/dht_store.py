@@ -1,5 +1,6 @@
-"""What a network node keeps beyond its own chains: other authors' validated actions (in the
-same `actions` table, without a `heads` row), warrants, and which own actions are published."""
+"""What a network node keeps beyond its own chains: other authors' validated chains (in the
+same `actions` table, without a `heads` row), single ops held for a hash or entry basis (`ops`),
+warrants, receipts, and which own actions are published."""
 from __future__ import annotations
 
 import sqlite3
@@ -10,6 +11,8 @@ from ..store import Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL, wire BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ops(hash BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
+                               body BLOB NOT NULL, sig BLOB NOT NULL, entry BLOB);
 CREATE TABLE IF NOT EXISTS published(hash BLOB PRIMARY KEY, receipts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL, sig BLOB NOT NULL,
                                     PRIMARY KEY(hash, validator));
@@ -35,7 +38,32 @@ class DhtStore:
         return None if row is None else Signed.from_wire(*row)
 
     def has_action(self, h: bytes) -> bool:
+        """Held as part of a chain or as a single op."""
+        return self.db.execute("SELECT 1 FROM actions WHERE hash=? UNION ALL "
+                               "SELECT 1 FROM ops WHERE hash=?", (h, h)).fetchone() is not None
+
+    def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
+
+    def put_op(self, s: Signed, entry: bytes | None) -> None:
+        """An action held for its hash or entry basis: validated against the action before it,
+        kept without the author's chain (the author-key authorities keep that)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
+                       (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")))
+            if entry is not None:
+                db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def op_record(self, h: bytes):
+        row = self.db.execute("SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
+                              "ON e.hash=o.entry WHERE o.hash=?", (h,)).fetchone()
+        return None if row is None else (Signed.from_wire(row[0], row[1]), row[2])
 
     def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
         """[body, sig, entry-or-None] for seq >= from_seq, in order."""

@@ -64,6 +64,26 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
     return dna
 
 
+def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
+    """The chain state right after `prev`, read from the BudgetState `prev` records, if `prev`
+    is the author-signed action `s` builds on; else None. Validating `s` from it checks the one
+    step, not the history before it."""
+    if prev is None or prev.hash != s.action.get("prev") or prev.seq != s.seq - 1 or \
+            prev.action.get("author") != s.author or not verify(s.author, prev.sig, prev.body):
+        return None
+    if prev.seq == 0:
+        try:
+            return validate_genesis(prev, dna, verify_sig=False)
+        except InvalidChain:
+            return None
+    rec, ts = prev.action.get("budget"), prev.action.get("ts")
+    if not isinstance(rec, dict) or type(ts) is not int or \
+            not all(type(rec.get(k)) is int for k in ("ws", "rem")):
+        return None
+    return ChainState(s.author, prev.seq, prev.hash, ts,
+                      budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset())
+
+
 class NetNode(LocalNode):
     # -- lifecycle
     @classmethod
@@ -380,12 +400,13 @@ class NetNode(LocalNode):
             raise MalformedInput("publish batch is not signed by the sending peer for this node")
         results = []
         for op in ops:
-            body, sig, entry = op
+            body, sig, entry = op[:3]
+            prev = op[3] if len(op) > 3 else None
             self.metrics["ops_received"] += 1
             s = Signed.from_wire(body, sig)
             if entry is not None and not isinstance(entry, bytes):
                 raise MalformedInput("entry must be bytes")
-            status = await self._accept(s, entry, peer)
+            status = await self._accept(s, entry, peer, prev=prev, op=True)
             if status == "forged":  # the sender signed the batch that carried it: its doing
                 self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
@@ -401,7 +422,7 @@ class NetNode(LocalNode):
         return P.reply(records=self.dht.records(author, max(0, start), limit))
 
     async def _on_record(self, peer, msg):
-        found = self.store.record(msg["hash"]) if isinstance(msg["hash"], bytes) else None
+        found = self._record(msg["hash"]) if isinstance(msg["hash"], bytes) else None
         if found is None:
             return P.reply(record=None)
         s, entry = found
@@ -480,19 +501,25 @@ class NetNode(LocalNode):
         return author in self.cells or self._should_hold_as_authority(author)
 
     async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
-                      fetch: bool = True) -> str:
+                      fetch: bool = True, prev=None, op: bool = False) -> str:
         """Validate and store one action; returns valid, invalid, forged (its signature does not
-        verify), warranted, pending or busy."""
+        verify), warranted, pending or busy. `op`: it was published to this node as one of its
+        authorities (`prev`, the action before it, may come along)."""
         author, seq = s.action.get("author"), s.action.get("seq")
         if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
             return "invalid"
-        if self.dht.has_action(s.hash):
+        if self.dht.in_chain(s.hash):
             return "valid"
-        if author in self.warranted:
-            return "warranted"
+        if op and self.dht.has_action(s.hash):
+            return "valid"  # held as a single op already
+        w = self.warranted.get(author)
+        if w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"]):
+            return "warranted"  # the history before the offence is still checked and kept
         if author in self.cells:
             return "invalid"  # someone else's copy of our own agent's chain: never ours to take
         cs = self.chains.get(author)
+        if op and (cs is None or seq > cs.seq + 1) and not self._should_hold(author):
+            return await self._accept_op(s, entry, peer, prev)
         if cs is not None and seq <= cs.seq:
             if not verify(author, s.sig, s.body):
                 return "forged"
@@ -517,38 +544,111 @@ class NetNode(LocalNode):
                 new = validate_next(cs, s, self.dna, APP, entry if is_create else None,
                                     now_us=self.now_us())
         except InvalidChain as e:
-            if e.reason in RETRYABLE:
-                return self._to_limbo(s, entry, peer)
-            self.metrics["ops_rejected"] += 1
-            if e.reason == "bad_signature":  # proves nothing against the named author
-                return "forged"
-            if e.reason == "bad_prev" and peer is not None and fetch:
-                # It builds on an action we do not hold at seq-1: a fork. Fetch that twin so the
-                # warrant is a self-proving fork warrant every node accepts.
-                await self._check_fork_at(author, peer, seq - 1)
-                if author in self.warranted:
-                    return "warranted"
-            self._issue("invalid", author, e.reason, seq, [s], entry=entry)
-            return "invalid"
+            return await self._refuse(e, s, entry, peer, fetch)
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
         self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
+        self._stored(s, entry)
+        return "valid"
+
+    def _stored(self, s: Signed, entry) -> None:
         self.limbo.pop(s.hash, None)
         self.metrics["ops_validated"] += 1
         self._gossip_quiet = 0
         self._changed()
-        if is_create and s.action["entry_type"] == "allocation":
+        if s.action.get("type") == "create" and s.action["entry_type"] == "allocation":
             self._spawn(self._claim_if_local, decode(entry)["content"])
+
+    async def _refuse(self, e: InvalidChain, s: Signed, entry, peer, fetch: bool,
+                      op: bool = False, prev: Signed | None = None) -> str:
+        if e.reason in RETRYABLE:
+            return self._to_limbo(s, entry, peer, op)
+        self.metrics["ops_rejected"] += 1
+        if e.reason == "bad_signature":  # proves nothing against the named author
+            return "forged"
+        if e.reason == "bad_prev" and peer is not None and fetch:
+            # It builds on an action we do not hold at seq-1: a fork. Fetch that twin so the
+            # warrant is a self-proving fork warrant every node accepts.
+            await self._check_fork_at(s.author, peer, s.seq - 1)
+            if s.author in self.warranted:
+                return "warranted"
+        # With the action before it as evidence, the warrant proves itself: the author signed
+        # both, and one does not follow from the other.
+        self._issue("invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev],
+                    entry=entry)
+        return "invalid"
+
+    async def _accept_op(self, s: Signed, entry, peer, prev_wire) -> str:
+        """An action published to this node as an authority of its hash or entry, not of its
+        author's key: validated as one step from the signed action before it (whose recorded
+        BudgetState is the starting point) and kept alone, without the author's chain. Every
+        step is also checked by the author-key authorities against the whole chain, so a
+        cheating step is caught where it happens; an invalid action before this one is its own
+        authorities' to warrant. Grants claimed twice are visible only to those holding the
+        whole chain."""
+        is_create = s.action.get("type") == "create"
+        if is_create and entry is None:
+            return self._to_limbo(s, entry, peer, True)
+        prev = None
+        try:
+            if s.seq == 0:
+                validate_genesis(s, self.dna)
+            else:
+                prev = await self._prev_of(s, peer, prev_wire)
+                anchor = step_anchor(prev, s, self.dna)
+                if anchor is None:
+                    return self._to_limbo(s, entry, peer, True)
+                validate_next(anchor, s, self.dna, APP, entry if is_create else None,
+                              now_us=self.now_us())
+        except InvalidChain as e:
+            return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
+        self.dht.put_op(s, entry)
+        self.metrics["ops_held_single"] += 1
+        self._stored(s, entry)
+        self._spawn(self._register_activity, s, entry)
         return "valid"
 
-    def _to_limbo(self, s: Signed, entry, peer) -> str:
+    async def _register_activity(self, s: Signed, entry) -> None:
+        """Show an op held here to the nearest author-key authority, which holds the chain: an
+        author who sends different actions at one seq to different authorities (a fork) is
+        caught there, whichever authorities it chose to show each twin to."""
+        for peer in self._nearest(s.author):
+            if peer == self.id:
+                continue
+            ops = [[s.body, s.sig, entry, None]]
+            batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            try:
+                await self._request(peer, "publish", ops=ops, batch=batch)
+            except BudgetError:
+                pass
+            return
+
+    async def _prev_of(self, s: Signed, peer, prev_wire) -> Signed | None:
+        """The action before `s`: the one sent along if it is that one, else the sender's."""
+        prev = None
+        if isinstance(prev_wire, list) and len(prev_wire) == 2:
+            try:
+                prev = Signed.from_wire(*prev_wire)
+            except (BudgetError, TypeError, ValueError):
+                prev = None
+        if (prev is None or prev.hash != s.action.get("prev")) and peer is not None:
+            self.metrics["op_prev_fetched"] += 1
+            try:
+                rep = await self._request(peer, "chain", author=s.author,
+                                          **{"from": s.seq - 1}, limit=1)
+                prev = Signed.from_wire(*rep["records"][0][:2]) if rep.get("records") else None
+            except (BudgetError, TypeError, ValueError, KeyError, IndexError):
+                return None
+        return prev
+
+    def _to_limbo(self, s: Signed, entry, peer, op: bool = False) -> str:
         if s.hash in self.limbo:
             return "pending"
         if len(self.limbo) >= MAX_LIMBO:
             self.metrics["limbo_full"] += 1
             return "busy"  # the sender keeps it and retries: nothing is dropped silently
-        self.limbo[s.hash] = (s, entry, peer, 0)
+        self.limbo[s.hash] = (s, entry, peer, 0, op)
         return "pending"
 
     async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
@@ -665,8 +765,17 @@ class NetNode(LocalNode):
 
     async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
         """Re-run the validator on the evidence against the offender's chain before it."""
-        s = w.evidence()[0]
+        evidence = w.evidence()
+        s = evidence[0]
         seq = s.seq
+        if len(evidence) == 2:
+            anchor = step_anchor(evidence[1], s, self.dna)
+            if anchor is not None:
+                try:
+                    validate_next(anchor, s, self.dna, APP, w.body.get("entry"))
+                except InvalidChain as e:
+                    return e.reason not in RETRYABLE and e.reason != "bad_signature"
+                return False
         records = self.dht.records(w.offender, 0, seq)
         if len(records) < seq:
             records = []
@@ -740,9 +849,22 @@ class NetNode(LocalNode):
         if "fork" in self.rogue:
             by_peer = self._rogue_fork(by_peer)
 
+        prevs: dict[bytes, list | None] = {}
+
+        def prev_of(s: Signed, peer: bytes):
+            """The action before `s`, for a peer that holds it only as an op authority (it
+            validates the step from it, without fetching the author's history)."""
+            if s.seq == 0 or peer in self._nearest(s.author):
+                return None
+            if s.hash not in prevs:
+                p = self.dht.action_at(s.author, s.seq - 1)
+                prevs[s.hash] = None if p is None else [p.body, p.sig]
+            return prevs[s.hash]
+
         async def send(peer, batch):
             ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
-                    if s.action.get("type") == "create" else None] for s in batch]
+                    if s.action.get("type") == "create" else None, prev_of(s, peer)]
+                   for s in batch]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
             try:
                 rep = await self._request(peer, "publish", ops=ops, batch=signed)
@@ -878,15 +1000,15 @@ class NetNode(LocalNode):
     async def _limbo_worker(self) -> None:
         while True:
             await trio.sleep(self.publish_interval)
-            for h, (s, entry, peer, tries) in list(self.limbo.items())[:256]:
+            for h, (s, entry, peer, tries, op) in list(self.limbo.items())[:256]:
                 self.limbo.pop(h, None)
-                status = await self._accept(s, entry, peer)
+                status = await self._accept(s, entry, peer, op=op)
                 if status == "pending" and h in self.limbo:
                     if tries + 1 >= LIMBO_ATTEMPTS:
                         self.limbo.pop(h)
                         self.metrics["limbo_expired"] += 1  # gossip will bring it again
                     else:
-                        self.limbo[h] = (s, entry, peer, tries + 1)
+                        self.limbo[h] = (s, entry, peer, tries + 1, op)
 
     # -- queries and cross-node calls
     async def ensure_agent(self, pub: bytes) -> None:
@@ -935,7 +1057,7 @@ class NetNode(LocalNode):
     async def fetch_record(self, action_hash: str) -> dict:
         """A record by hash: from this node, or from the authorities of that hash."""
         h = from_text("action", action_hash)
-        if self.store.record(h) is None:
+        if self._record(h) is None:
             for peer in dht.nearest(h, list(self.peers), self.r):
                 try:
                     rep = await self._request(peer, "record", hash=h)
@@ -945,9 +1067,18 @@ class NetNode(LocalNode):
                     body, sig, entry = rep["record"]
                     s = Signed.from_wire(body, sig)
                     await self._fetch_chain(s.author, peer, s.seq)
-                    if self.store.record(h) is not None:
+                    if self._record(h) is not None:
                         break
         return self.get_record(action_hash)
+
+    def _record(self, h: bytes):
+        return self.store.record(h) or self.dht.op_record(h)
+
+    def get_record(self, action_hash: str) -> dict:
+        found = self._record(from_text("action", action_hash))
+        if found is None:
+            return super().get_record(action_hash)  # raises NotFound
+        return record_dict(*found)
 
     async def allocate(self, steward, grantee: bytes, amount_mru: int) -> AllocationResult:
         if grantee in self.cells:

@@ -1,0 +1,64 @@
+"""Authorities of an action's hash or entry (not of its author's key) validate the one step from
+the action before it and keep the action alone; warrants they issue prove themselves."""
+import pytest
+
+from node.core import dht
+from node.core.crypto import from_text, to_text
+from node.net.node import NetNode
+from node.sdk import LocalCluster, Warranted
+
+START = 1_730_678_400
+
+
+@pytest.fixture
+def clock():
+    return [float(START)]
+
+
+async def test_op_authorities_keep_single_actions_without_the_history(clock, autojump_clock):
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
+        a = await c.nodes[0].new_agent()
+        for i in range(6):
+            await a.transmit_understanding("fact", "number", str(i))
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        ids = [n.id for n in c.nodes]
+        by_id = {n.id: n for n in c.nodes}
+        author_auth = dht.nearest(pub, ids, 1)[0]
+        chain = c.nodes[0].store.chain(pub)
+        single = 0
+        for s in chain:
+            for b in dht.bases(s):
+                holder = by_id[dht.nearest(b, ids, 1)[0]]
+                assert holder.dht.has_action(s.hash)
+        for n in c.nodes:
+            if n.id in (author_auth, c.nodes[0].id):
+                continue
+            assert pub not in n.chains  # no copy of the author's history was fetched
+            single += n.metrics["ops_held_single"]
+            assert n.metrics["op_prev_fetched"] == 0  # the publisher sent each prev along
+        assert single > 0
+        hash_auth = by_id[dht.nearest(chain[-1].hash, ids, 1)[0]]
+        rec = hash_auth.get_record(to_text("action", chain[-1].hash))
+        assert rec["content"]["object"] == "5"
+
+
+async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_clock):
+    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1,
+                                 rogue=(4,), rogue_modes=("forge_budget",)) as c:
+        rogue = await c.nodes[4].new_agent()
+        for i in range(8):
+            try:
+                await rogue.add_knowledge(f"free ride {i}")
+            except Warranted:
+                break
+        await c.await_consistency(timeout=60)
+        step = [w for n in c.nodes[:4] for w in n.warrants() if len(w.evidence()) == 2]
+        assert step, "no op authority issued a warrant"
+        w = step[0]
+        assert w.reason == "wrong_remaining"
+        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=1,
+                                dna=c.nodes[0].dna) as fresh:
+            assert w.offender not in fresh.chains
+            assert await fresh._receive_warrant(w.to_wire(), c.nodes[0].id)
+            assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
