@@ -402,17 +402,43 @@ class NetNode(LocalNode):
         for op in ops:
             body, sig, entry = op[:3]
             prev = op[3] if len(op) > 3 else None
+            told = op[4] if len(op) > 4 and isinstance(op[4], list) else None
             self.metrics["ops_received"] += 1
             s = Signed.from_wire(body, sig)
             if entry is not None and not isinstance(entry, bytes):
                 raise MalformedInput("entry must be bytes")
+            fresh = told is not None and not self.dht.in_chain(s.hash)
             status = await self._accept(s, entry, peer, prev=prev, op=True)
+            if fresh and status == "valid" and self.dht.in_chain(s.hash):
+                self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
                 self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
             receipt = dht.sign_receipt(s.hash, self.node_key) if status == "valid" else None
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
+
+    def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
+        """An author-key authority that knows a fellow authority the publisher did not name
+        (the publisher's peer table is behind: it joined late, or the other one did) passes the
+        action on, naming everyone told so far. When the two views agree, nothing is sent."""
+        told = [p for p in told[:4 * self.r] if isinstance(p, bytes)]
+        targets = [p for p in self._nearest(s.author)
+                   if p != self.id and p != sender and p not in told]
+        if not targets:
+            return
+        told = sorted(set(told) | set(self._nearest(s.author)))
+        self.metrics["ops_forwarded"] += len(targets)
+
+        async def send(peer):
+            ops = [[s.body, s.sig, entry, None, told]]
+            batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            try:
+                await self._request(peer, "publish", ops=ops, batch=batch)
+            except BudgetError:
+                pass  # gossip and the publisher's own republish are the backstops
+        for peer in targets:
+            self._spawn(send, peer)
 
     async def _on_chain(self, peer, msg):
         author, start, limit = msg["author"], msg["from"], msg["limit"]
@@ -863,8 +889,8 @@ class NetNode(LocalNode):
 
         async def send(peer, batch):
             ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
-                    if s.action.get("type") == "create" else None, prev_of(s, peer)]
-                   for s in batch]
+                    if s.action.get("type") == "create" else None, prev_of(s, peer),
+                    list(self._nearest(s.author))] for s in batch]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
             try:
                 rep = await self._request(peer, "publish", ops=ops, batch=signed)
