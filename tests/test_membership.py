@@ -94,3 +94,30 @@ async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock
             for peer in node.peers:
                 sent = {a for a, _, _ in node._heads_for(peer, mine)}
                 assert sent == {a for a in mine if dht.nearest(a, ids, 1) == [peer]}
+
+
+async def test_an_authority_forwards_to_one_the_publisher_does_not_know(clock, autojump_clock):
+    """The publisher's peer table is behind (it has not heard of a newcomer that is now one of
+    its agent's authorities): a fellow authority that knows the newcomer passes the action on."""
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory", r=2,
+                                 gossip_interval=1e6) as c:
+        n0 = c.nodes[0]
+        a = await n0.new_agent()
+        await c.await_consistency(timeout=30)
+        pub = from_text("agent", a.agent_id)
+        ids = [n.id for n in c.nodes]
+
+        def key(k):
+            return SigningKey.generate(random.Random(k).randbytes).public
+        k = next(k for k in range(1000) if key(k) in dht.nearest(pub, ids + [key(k)], 2)
+                 and n0.id not in dht.nearest(pub, ids + [key(k)], 2))
+        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=2,
+                                gossip_interval=1e6, publish_interval=0.5,
+                                bootstrap=c.nodes[1].transport.listen_addrs(),
+                                dna=n0.dna, randbytes=random.Random(k).randbytes) as new:
+            other = next(n for n in c.nodes if n.id in dht.nearest(pub, ids + [new.id], 2))
+            await until(other, lambda: new.id in other.peers)
+            n0._forget_peer(new.id)  # the publisher has not heard of it
+            await a.transmit_understanding("seen", "by", "the newcomer")
+            await until(new, lambda: new._head(pub) == n0._head(pub))
+            assert new.id not in n0.peers and other.metrics["ops_forwarded"] >= 1
