@@ -45,7 +45,13 @@ def sweep(budget_s: float, nodes: int):
                         partitions=[Partition.parse("50/50@5m-12m"),
                                     Partition.parse("isolate@15m-20m"),
                                     Partition.parse("30>70@22m-26m")])
-        r = run(cfg)
+        try:
+            r = run(cfg)
+        except Exception as e:  # a crash is a failed seed, reported with its replay command
+            runs += 1
+            bad.append({"seed": seed, "first": f"crashed: {e!r}"[:300],
+                        "replay": cfg.replay_command()})
+            continue
         runs += 1
         violations += len(r["invariant_violations"])
         if not r["ok"]:

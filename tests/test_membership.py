@@ -121,3 +121,16 @@ async def test_an_authority_forwards_to_one_the_publisher_does_not_know(clock, a
             await a.transmit_understanding("seen", "by", "the newcomer")
             await until(new, lambda: new._head(pub) == n0._head(pub))
             assert new.id not in n0.peers and other.metrics["ops_forwarded"] >= 1
+
+
+async def test_a_node_that_loses_its_only_peer_keeps_running_and_rejoins(clock, autojump_clock):
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
+        n0, n1 = c.nodes
+        a = await n0.new_agent()
+        await c.await_consistency(timeout=30)
+        c.network.partition([n0.id], [n1.id])
+        await until(n0, lambda: not n0.peers and not n1.peers)  # both gossipers go on
+        await a.transmit_understanding("alone", "but", "alive")
+        c.network.heal()
+        await until(n0, lambda: n1.id in n0.peers and n0.id in n1.peers)
+        await c.await_consistency(timeout=120)

@@ -964,10 +964,12 @@ class NetNode(LocalNode):
             try:
                 settling = trio.current_time() - self._membership_changed_at < \
                     5 * self.gossip_interval
-                if settling or rounds % 5 == 0:
+                # Every await may drop peers (3 failures in a row): choose after it, not before.
+                if (settling or rounds % 5 == 0) and self.peers:
                     # while membership is changing, swap peer infos every round
                     await self._refresh_peers(self._random_peer())
-                await self._gossip_with(self._gossip_partner())
+                if self.peers:
+                    await self._gossip_with(self._gossip_partner())
             except BudgetError:
                 self.metrics["gossip_failures"] += 1
 
