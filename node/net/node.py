@@ -341,6 +341,7 @@ class NetNode(LocalNode):
                 self._forget_peer(peer)
             raise
         self._failures.pop(peer, None)
+        self._dropped.pop(peer, None)  # it answered: the info it sends is welcome again
         return P.parse_reply(raw)
 
     # -- serving requests
@@ -892,9 +893,17 @@ class NetNode(LocalNode):
                     if s.action.get("type") == "create" else None, prev_of(s, peer),
                     list(self._nearest(s.author))] for s in batch]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
-            try:
-                rep = await self._request(peer, "publish", ops=ops, batch=signed)
-            except BudgetError:
+            rep = None
+            for _ in range(2):  # a lost request or reply is retried at once, not a round later
+                try:
+                    rep = await self._request(peer, "publish", ops=ops, batch=signed)
+                    break
+                except PeerUnreachable:
+                    if peer not in self.peers:
+                        return  # dropped as dead: the next round routes around it
+                except BudgetError:
+                    return
+            if rep is None:
                 return
             self.metrics["ops_published"] += len(ops)
             for h, status, receipt in rep.get("results", [])[:len(ops)]:
@@ -954,13 +963,13 @@ class NetNode(LocalNode):
             # idle network gossips less, and any change here brings the pace back.
             stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
             await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
+            rounds += 1
+            if self._dropped and (rounds % 2 == 0 or not self.peers):
+                await self._probe_dropped()
             if not self.peers:
                 for addr in self.bootstrap:  # a restarted node whose peers were away tries again
                     await self.join(addr)
                 continue
-            rounds += 1
-            if self._dropped and rounds % 2 == 0:
-                await self._probe_dropped()
             try:
                 settling = trio.current_time() - self._membership_changed_at < \
                     5 * self.gossip_interval
