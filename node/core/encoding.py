@@ -71,23 +71,17 @@ def _check(obj, depth: int, count: list[int]) -> None:
             raise MalformedInput("integer out of range")
         return
     if t is dict:
-        for k, v in obj.items():
-            if type(k) is not str:
-                raise MalformedInput("map keys must be text")
-            if type(v) in _SCALARS:  # the common leaf, checked without a call
-                count[0] += 1
-            else:
-                _check(v, depth + 1, count)
-        if count[0] > MAX_ITEMS:
-            raise TooLarge(f"more than {MAX_ITEMS} items")
-        return
-    if t is list or t is tuple:
-        for item in obj:
-            if type(item) in _SCALARS:
-                count[0] += 1
-            else:
-                _check(item, depth + 1, count)
-        if count[0] > MAX_ITEMS:
-            raise TooLarge(f"more than {MAX_ITEMS} items")
-        return
-    raise MalformedInput(f"type {t.__name__} is not allowed")
+        if any(type(k) is not str for k in obj):
+            raise MalformedInput("map keys must be text")
+        items = obj.values()
+    elif t is list or t is tuple:
+        items = obj
+    else:
+        raise MalformedInput(f"type {t.__name__} is not allowed")
+    for item in items:
+        if type(item) in _SCALARS:  # the common leaf, counted without a call
+            count[0] += 1
+        else:
+            _check(item, depth + 1, count)
+    if count[0] > MAX_ITEMS:
+        raise TooLarge(f"more than {MAX_ITEMS} items")
