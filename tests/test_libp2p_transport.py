@@ -31,11 +31,12 @@ def public_of(s: bytes) -> bytes:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-async def wait_until(cond, timeout: float = 5.0) -> None:
-    """Poll a condition (real sockets: there is no deterministic quiescence to wait on)."""
+async def wait_until(transport, cond, timeout: float = 5.0) -> None:
+    """Re-check `cond` each time the transport reports a change (libp2p's connection events,
+    inbound requests queuing or starting)."""
     with trio.fail_after(timeout):
         while not cond():
-            await trio.sleep(0.002)
+            await transport.wait_changed()
 
 
 class Recorder:
@@ -103,7 +104,7 @@ async def test_connect_and_request_both_ways_with_authenticated_keys():
             assert await a.request(c.peer_id, b"") == b"h3|"
             assert hc.seen[-1] == (a.peer_id, b"")
 
-        await wait_until(lambda: set(a.peers()) == {b.peer_id, c.peer_id})
+        await wait_until(a, lambda: set(a.peers()) == {b.peer_id, c.peer_id})
         assert b.peers() == [a.peer_id] and c.peers() == [a.peer_id]
         assert hb.seen == [(a.peer_id, b"back")]
         # Trap 8: the swarm's AutoConnector never starts, so b and c (which both know a,
@@ -238,7 +239,7 @@ async def test_unknown_closed_and_silent_peers_raise_peer_unreachable_in_time():
                 d_addr = d.listen_addrs()[0]
                 await a.connect(d_addr)
                 assert await a.request(d.peer_id, b"x") == b"h4|x"
-        await wait_until(lambda: d.peer_id not in a.peers())
+        await wait_until(a, lambda: d.peer_id not in a.peers())
         with trio.fail_after(3):
             with pytest.raises(PeerUnreachable):
                 await a.request(d.peer_id, b"x", timeout=2)
@@ -295,7 +296,7 @@ async def test_inbound_handlers_are_bounded():
             async with trio.open_nursery() as n:
                 for i in range(10):
                     n.start_soon(one, i)
-                await wait_until(lambda: inside == 4
+                await wait_until(srv, lambda: inside == 4
                                  and srv._limiter.statistics().tasks_waiting == 6, 10)
                 assert peak == 4
                 release.set()

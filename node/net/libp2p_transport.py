@@ -23,6 +23,7 @@ from .transport import MAX_FRAME, Handler, PeerUnreachable
 
 import multiaddr  # noqa: E402  (libp2p dependency)
 from libp2p import new_host  # noqa: E402
+from libp2p.abc import INotifee  # noqa: E402
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair  # noqa: E402
 from libp2p.crypto.keys import KeyType  # noqa: E402
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair  # noqa: E402
@@ -98,6 +99,31 @@ async def _reset(stream) -> None:
             pass
 
 
+class _ChangeNotifee(INotifee):
+    """libp2p calls these after it has updated its connection table."""
+
+    def __init__(self, transport: "Libp2pTransport"):
+        self._t = transport
+
+    async def connected(self, network, conn) -> None:
+        self._t._changed()
+
+    async def disconnected(self, network, conn) -> None:
+        self._t._changed()
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass
+
+
 class Libp2pTransport:
     """Satisfies node.net.transport.Transport. Made by open_libp2p_transport."""
 
@@ -113,6 +139,17 @@ class Libp2pTransport:
         self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
         self._addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
         self._closed = False
+        self._change = trio.Event()
+        host.get_network().register_notifee(_ChangeNotifee(self))
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Until a connection opens or closes, or an inbound request queues or starts: what
+        callers (tests, diagnostics) wait on instead of polling socket state."""
+        await self._change.wait()
 
     # ---- addresses and peers -------------------------------------------------
 
@@ -245,6 +282,7 @@ class Libp2pTransport:
             await _reset(stream)
             return
         try:
+            self._changed()  # queued for the limiter
             async with self._limiter:
                 try:
                     with trio.fail_after(self._inbound_timeout):
@@ -252,6 +290,7 @@ class Libp2pTransport:
                 except (_FrameError, trio.TooSlowError):
                     await _reset(stream)  # malformed, oversized or too slow: drop it
                     return
+                self._changed()  # its handler starts
                 try:
                     reply = await self._handler(remote, payload)
                     if not isinstance(reply, (bytes, bytearray)) or len(reply) > MAX_FRAME:
