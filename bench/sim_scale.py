@@ -3,6 +3,7 @@
     python -m bench.sim_scale                 # growth curve 25/50/100/200 nodes x 1 simulated h
     python -m bench.sim_scale --nodes 200     # one size
     python -m bench.sim_scale --sweep 600     # as many mixed-fault seeds as fit in 600 s wall
+    python -m bench.sim_scale --sweep-seeds 1-5000 --out a.jsonl   # a shard of a long sweep
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
 Run with PYTHONHASHSEED=0 to make traces comparable across processes.
@@ -16,7 +17,8 @@ import json
 import pstats
 import time
 
-from sims import Partition, SimConfig, run
+from sims import SimConfig, run
+from sims.mixed import mixed
 
 
 def scale(sizes, hours, loss, latency, jitter, agents_per_node):
@@ -34,33 +36,36 @@ def scale(sizes, hours, loss, latency, jitter, agents_per_node):
     return rows
 
 
-def sweep(budget_s: float, nodes: int):
+def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None):
+    """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
+    each result is appended to `out` (JSON lines) as it finishes, so shards can run in
+    parallel processes and a long sweep can be stopped at any point."""
     t0 = time.perf_counter()
-    seed, runs, bad = 0, 0, []
-    violations = 0
-    while time.perf_counter() - t0 < budget_s:
-        seed += 1
-        cfg = SimConfig(seed=seed, nodes=nodes, agents=2 * nodes, hours=0.5, warmup=60,
-                        loss=0.01, dup=0.01, reorder=True, skew=5, churn=0.2, rogue=2,
-                        partitions=[Partition.parse("50/50@5m-12m"),
-                                    Partition.parse("isolate@15m-20m"),
-                                    Partition.parse("30>70@22m-26m")])
+    runs, bad, violations = 0, [], 0
+    sink = open(out, "a") if out else None
+    for seed in seeds:
+        if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+            break
+        cfg = mixed(seed, nodes)
         try:
             r = run(cfg)
+            row = {"seed": seed, "ok": r["ok"], "violations": len(r["invariant_violations"]),
+                   "first": (r["invariant_violations"] or [""])[0][:300],
+                   "wall_seconds": r["wall_seconds"], "replay": cfg.replay_command()}
         except Exception as e:  # a crash is a failed seed, reported with its replay command
-            runs += 1
-            bad.append({"seed": seed, "first": f"crashed: {e!r}"[:300],
-                        "replay": cfg.replay_command()})
-            continue
+            row = {"seed": seed, "ok": False, "violations": 0, "first": f"crashed: {e!r}"[:300],
+                   "wall_seconds": None, "replay": cfg.replay_command()}
         runs += 1
-        violations += len(r["invariant_violations"])
-        if not r["ok"]:
-            bad.append({"seed": seed, "first": (r["invariant_violations"] or ["not converged"])[0],
-                        "replay": r["replay"]})
-    out = {"seeds": runs, "nodes": nodes, "violations": violations, "failed": len(bad),
-           "wall_seconds": round(time.perf_counter() - t0, 1), "failures": bad[:20]}
-    print(json.dumps(out, indent=2))
-    return out
+        violations += row["violations"]
+        if not row["ok"]:
+            bad.append(row)
+        if sink:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+    out_ = {"seeds": runs, "nodes": nodes, "violations": violations, "failed": len(bad),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "failures": bad[:20]}
+    print(json.dumps(out_, indent=2))
+    return out_
 
 
 def profile(nodes: int):
@@ -84,12 +89,15 @@ def main():
     p.add_argument("--agents-per-node", type=int, default=2)
     p.add_argument("--sweep", type=float, help="wall-clock budget (s) for a mixed-fault sweep")
     p.add_argument("--sweep-nodes", type=int, default=8)
+    p.add_argument("--sweep-seeds", metavar="A-B", help="sweep exactly these seeds")
+    p.add_argument("--out", help="append one JSON line per seed to this file")
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
         return profile(a.profile)
-    if a.sweep:
-        return sweep(a.sweep, a.sweep_nodes)
+    if a.sweep or a.sweep_seeds:
+        lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
+        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out)
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 
 

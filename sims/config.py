@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 
@@ -121,7 +122,7 @@ class SimConfig:
         if self.reorder:
             parts.append("--reorder")
         for p in self.partitions:
-            parts.append(f"--partition {p.spec}")
+            parts.append(f"--partition {shlex.quote(p.spec)}")  # 30>70@... is a redirect
         if self.churn:
             parts.append(f"--churn {self.churn:g}")
         if self.skew:

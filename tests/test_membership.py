@@ -2,7 +2,6 @@
 changes as peers join, vanish and come back."""
 import random
 
-import pytest
 import trio
 
 from node.core import dht
@@ -10,12 +9,7 @@ from node.core.crypto import SigningKey, from_text
 from node.net.node import DEAD_AFTER_FAILURES, NetNode
 from node.sdk import LocalCluster
 
-START = 1_730_678_400
 
-
-@pytest.fixture
-def clock():
-    return [float(START)]
 
 
 async def until(node, cond, timeout=120):

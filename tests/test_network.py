@@ -9,12 +9,8 @@ from node.core.encoding import encode
 from node.net import protocol as P
 from node.sdk import InsufficientRU, LocalCluster, UnknownAgent, Warranted
 
-START = 1_730_678_400
+from conftest import START
 
-
-@pytest.fixture
-def clock():
-    return [float(START)]
 
 
 def cluster(clock, **kw):

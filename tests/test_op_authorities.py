@@ -1,18 +1,12 @@
 """Authorities of an action's hash or entry (not of its author's key) validate the one step from
 the action before it and keep the action alone; warrants they issue prove themselves."""
-import pytest
 
 from node.core import dht
 from node.core.crypto import from_text, to_text
 from node.net.node import NetNode
 from node.sdk import LocalCluster, Warranted
 
-START = 1_730_678_400
 
-
-@pytest.fixture
-def clock():
-    return [float(START)]
 
 
 async def test_op_authorities_keep_single_actions_without_the_history(clock, autojump_clock):

@@ -5,13 +5,8 @@ from node.core.crypto import from_text
 from node.sdk import (BudgetError, InsufficientRU, InvalidInput, LocalNode, NotAuthorized, NotFound,
                       UnknownAgent, UnknownFunction)
 
-START = 1_730_678_400
+from conftest import START
 
-
-@pytest.fixture
-def clock():
-    t = [float(START)]
-    return t
 
 
 def chain_len(node, agent):

@@ -133,7 +133,7 @@ async def test_changed_entry_bytes_are_reported(tmp_path, how):
         q = ("UPDATE entries SET body=x'' WHERE hash=?", (eh,))
     sql(tmp_path, q)
     err = await refused(tmp_path, agent_id)
-    assert "entry_mismatch" in str(err) or "entry_missing" in str(err)
+    assert "entry_hash_mismatch" in str(err) or "entry_missing" in str(err)
 
 
 @pytest.mark.parametrize("which", ["middle", "first_after_genesis", "head", "genesis"])

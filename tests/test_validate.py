@@ -434,7 +434,7 @@ def test_entry_bytes_not_matching_the_hash():
     eh = c.actions[2].action["entry"]
     entries = dict(c.entries)
     entries[eh] = entry_bytes("knowledge", {"content": "water is dry", "tags": []})
-    rejects(c.actions, "entry_mismatch", 2, entries=entries)
+    rejects(c.actions, "entry_hash_mismatch", 2, entries=entries)
 
 
 def test_entry_of_another_type_than_the_action_says():

@@ -172,7 +172,8 @@ def _check_grant(a: dict, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes
 
 def _check_entry(body: bytes, eh: bytes, et: str, edef, seq: int) -> None:
     if blake2b_256(body) != eh:
-        raise InvalidChain("entry_mismatch", seq, "entry bytes do not hash to the action's entry")
+        raise InvalidChain("entry_hash_mismatch", seq,
+                           "entry bytes do not hash to the action's entry")
     try:
         e = decode(body)
         if not isinstance(e, dict) or e.get("type") != et:

@@ -15,6 +15,14 @@ from .errors import BudgetError
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
 RETRYABLE = frozenset({"future_timestamp"})
+# Reasons that blame whoever handed the action over, not its author: a signature that does not
+# verify, entry bytes that do not hash to what the author signed, an entry left out.
+MESSENGER_FAULTS = frozenset({"bad_signature", "entry_hash_mismatch", "entry_missing"})
+
+
+def proves(reason: str) -> bool:
+    """Whether a validation failure with this reason is the author's own doing."""
+    return reason not in RETRYABLE and reason not in MESSENGER_FAULTS
 
 
 class Warranted(BudgetError):

@@ -27,7 +27,7 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, UnknownAgent
 from ..core.validate import ChainState, validate_chain, validate_genesis, validate_next
-from ..core.warrant import RETRYABLE, Warrant, Warranted
+from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
 from ..records import record_dict
 from . import protocol as P
@@ -62,6 +62,19 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
     if expect_hash is not None and dna.hash != expect_hash:
         raise P.ProtocolError(f"the peer is on network {dna.hash_text}, not the one expected")
     return dna
+
+
+def _prefix_state(records: list, seq: int, dna) -> ChainState | None:
+    """The state after records 0..seq-1 of a chain, or None if they are not all there or do
+    not validate."""
+    if len(records) != seq:
+        return None
+    try:
+        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records]
+        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
+        return validate_chain(prefix, dna, APP, entries)
+    except (BudgetError, TypeError, ValueError):  # InvalidChain included
+        return None
 
 
 def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
@@ -469,7 +482,8 @@ class NetNode(LocalNode):
         known = set(msg["warranted"]) if isinstance(msg["warranted"], list) else set()
         missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
         return P.reply(heads=self._heads_for(peer, mine),
-                       warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE])
+                       warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE],
+                       warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
 
     def _heads_for(self, peer: bytes, mine: dict) -> list:
         """The heads `peer` should hold as an author-key authority (as this node sees the ring):
@@ -571,7 +585,8 @@ class NetNode(LocalNode):
                 new = validate_next(cs, s, self.dna, APP, entry if is_create else None,
                                     now_us=self.now_us())
         except InvalidChain as e:
-            return await self._refuse(e, s, entry, peer, fetch)
+            prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
+            return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
         self.dht.put_foreign(s, entry, index)
@@ -594,6 +609,8 @@ class NetNode(LocalNode):
         self.metrics["ops_rejected"] += 1
         if e.reason == "bad_signature":  # proves nothing against the named author
             return "forged"
+        if not proves(e.reason):
+            return "invalid"  # the messenger's fault: an honest copy comes another way
         if e.reason == "bad_prev" and peer is not None and fetch:
             # It builds on an action we do not hold at seq-1: a fork. Fetch that twin so the
             # warrant is a self-proving fork warrant every node accepts.
@@ -791,44 +808,63 @@ class NetNode(LocalNode):
         return True
 
     async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
-        """Re-run the validator on the evidence against the offender's chain before it."""
+        """Re-run the validator on the evidence: one step from the action before it when that
+        came along (enough for everything but a grant claimed twice), else against the
+        offender's chain before it: this node's copy, or one fetched from the sender, the
+        issuer, the offender's authorities or its host (once an agent is warranted nobody
+        fetches its history, so its authorities may lack it). A fetched history must itself
+        validate, or its sender could frame the author by leaving records out."""
         evidence = w.evidence()
         s = evidence[0]
         seq = s.seq
+        entry = w.body.get("entry")
         if len(evidence) == 2:
             anchor = step_anchor(evidence[1], s, self.dna)
             if anchor is not None:
                 try:
-                    validate_next(anchor, s, self.dna, APP, w.body.get("entry"))
+                    validate_next(anchor, s, self.dna, APP, entry)
                 except InvalidChain as e:
-                    return e.reason not in RETRYABLE and e.reason != "bad_signature"
-                return False
-        records = self.dht.records(w.offender, 0, seq)
-        if len(records) < seq:
-            records = []
-            while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
-                try:
-                    rep = await self._request(peer, "chain", author=w.offender,
-                                              **{"from": len(records)},
-                                              limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
-                except BudgetError:
-                    return False
-                got = rep.get("records", [])
-                if not got:
-                    return False
-                records.extend(got[:seq - len(records)])
-        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records[:seq]]
-        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
-        try:
-            cs = validate_chain(prefix, self.dna, APP, entries) if prefix else None
-            if cs is None:
+                    if proves(e.reason):
+                        return True
+        if seq == 0:
+            try:
                 validate_genesis(s, self.dna)
-            else:
-                validate_next(cs, s, self.dna, APP, w.body.get("entry"))
-        except InvalidChain as e:
-            return e.reason not in RETRYABLE and e.reason != "bad_signature" or \
-                (e.seq is not None and e.seq < seq)
+            except InvalidChain as e:
+                return proves(e.reason)
+            return False
+        sources = [None, peer, w.issuer, *self._nearest(w.offender),
+                   self.agent_hosts.get(w.offender)]
+        sources = list(dict.fromkeys(x for x in sources if x != self.id))
+        for source in sources:
+            records = self.dht.records(w.offender, 0, seq) if source is None else \
+                await self._fetch_prefix(w.offender, seq, source)
+            cs = _prefix_state(records, seq, self.dna)
+            if cs is None:
+                continue
+            try:
+                validate_next(cs, s, self.dna, APP, entry)
+            except InvalidChain as e:
+                return proves(e.reason)
+            return False
         return False
+
+    async def _fetch_prefix(self, author: bytes, seq: int, source: bytes) -> list:
+        """Records 0..seq-1 of `author`'s chain from `source`, or as many as it had."""
+        records: list = []
+        if source == self.id or source not in self.peers:
+            return records
+        while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
+            try:
+                rep = await self._request(source, "chain", author=author,
+                                          **{"from": len(records)},
+                                          limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+            except BudgetError:
+                return records
+            got = rep.get("records", [])
+            if not isinstance(got, list) or not got:
+                return records
+            records.extend(got[:seq - len(records)])
+        return records
 
     def warrants(self) -> list[Warrant]:
         return list(self.warrants_by_hash.values())
@@ -1016,11 +1052,23 @@ class NetNode(LocalNode):
     async def _gossip_with(self, peer: bytes) -> None:
         mine = self._heads()
         rep = await self._request(peer, "summary", heads=self._heads_for(peer, mine),
-                                  warranted=list(self.warranted)[:4096])
+                                  warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
         self.metrics["gossip_rounds"] += 1
         found = 0
-        for wire in rep.get("warrants", [])[:P.MAX_WARRANTS_PER_MESSAGE]:
+        warrants = rep.get("warrants", [])
+        for wire in warrants[:P.MAX_WARRANTS_PER_MESSAGE] if isinstance(warrants, list) else []:
             found += await self._receive_warrant(wire, peer)
+        # Push as well as pull: a warrant spreads both ways through every round, so it reaches
+        # every node in O(log N) rounds whoever happens to ask whom.
+        named = rep.get("warranted")
+        if isinstance(named, list):
+            theirs = set(x for x in named if type(x) is bytes)
+            push = [w.to_wire() for a, w in self.warranted.items() if a not in theirs]
+            if push:
+                try:
+                    await self._request(peer, "warrants", warrants=push[:P.MAX_WARRANTS_PER_MESSAGE])
+                except BudgetError:
+                    pass  # the next round finds the gap again
         for author, (seq, h) in self._parse_heads(rep.get("heads", [])).items():
             have = self._head(author)
             if author in self.warranted or not self._should_hold(author):

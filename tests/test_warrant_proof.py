@@ -1,0 +1,106 @@
+"""What a node needs before it believes a warrant, and what it will not take as proof: a warrant
+reaches every node whoever holds the history, and nobody can frame an honest author with
+history or entry bytes of their own making."""
+import trio
+
+from node.core import warrant as W
+from node.core.action import Signed
+from node.core.crypto import SigningKey, from_text
+from node.core.encoding import encode
+from node.sdk import LocalCluster, Warranted
+
+
+
+
+def cluster(clock, **kw):
+    return LocalCluster.open(clock=lambda: clock[0], transport="memory", **kw)
+
+
+def without_history(c, pub, seq, exclude=()):
+    return [n for n in c.nodes if n not in exclude and pub not in n.cells
+            and len(n.dht.records(pub, 0, seq)) < seq]
+
+
+async def test_an_invalid_warrant_is_proven_with_history_its_sender_lacks(clock, autojump_clock):
+    async with cluster(clock, n=6, r=1, rogue=(5,), rogue_modes=("skip_preflight",)) as c:
+        rogue = await c.nodes[5].new_agent()
+        for i in range(5):
+            try:
+                await rogue.add_knowledge(f"over budget {i}")
+            except Warranted:
+                break
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", rogue.agent_id)
+        w0 = min((w for n in c.nodes[:5] for w in n.warrants() if w.offender == pub),
+                 key=lambda w: w.body["seq"])  # the first offence: the history before it is valid
+        s = w0.evidence()[0]
+        assert w0.reason == "over_spend" and s.seq > 0
+        # The same offence with the action alone as evidence: only the chain before it proves it.
+        w = W.make("invalid", pub, w0.reason, s.seq, [s], c.nodes[0].node_key,
+                   c.nodes[0].now_us(), entry=w0.body["entry"])
+        lacking = without_history(c, pub, s.seq, exclude=(c.nodes[0],))
+        assert len(lacking) >= 2, "r=1 on 6 nodes leaves most nodes without the history"
+        receiver, sender = lacking[:2]
+        fetched = receiver.metrics["sent_chain"]
+        assert await receiver._invalid_proven(w, sender.id)
+        assert receiver.metrics["sent_chain"] > fetched
+
+
+async def test_history_with_a_record_left_out_frames_nobody(clock, autojump_clock):
+    async with cluster(clock, n=6, r=1) as c:
+        a = await c.nodes[0].new_agent()
+        for i in range(3):
+            await a.transmit_understanding("fact", "number", str(i))
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        chain = c.nodes[0].store.chain(pub)
+        s = chain[-1]
+        honest = [[x.body, x.sig, c.nodes[0].dht.entry(x.action["entry"])
+                   if x.action.get("type") == "create" else None] for x in chain[:s.seq]]
+        framer = SigningKey(b"\x07" * 32)
+        w = W.make("invalid", pub, "over_spend", s.seq, [s], framer, c.nodes[0].now_us(),
+                   entry=c.nodes[0].dht.entry(s.action["entry"]))
+        receiver = without_history(c, pub, s.seq)[0]
+
+        async def gapped(author, seq, source):  # the action before last left out
+            return honest[:seq - 2] + honest[seq - 1:] + honest[seq - 1:]
+        receiver._fetch_prefix = gapped
+        assert not await receiver._invalid_proven(w, c.nodes[0].id)
+        assert pub not in receiver.warranted
+
+
+async def test_wrong_entry_bytes_blame_the_messenger_not_the_author(clock, autojump_clock):
+    async with cluster(clock, n=6, r=1) as c:
+        a = await c.nodes[0].new_agent()
+        await a.add_knowledge("water is wet")
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        s = c.nodes[0].store.chain(pub)[-1]
+        prev = c.nodes[0].store.chain(pub)[-2]
+        wrong = encode({"type": "knowledge", "content": {"content": "water is dry", "tags": []}})
+        # A warrant made from wrong bytes is not believed...
+        w = W.make("invalid", pub, "entry_hash_mismatch", s.seq, [s, prev],
+                   SigningKey(b"\x07" * 32), c.nodes[0].now_us(), entry=wrong)
+        for node in c.nodes:
+            assert not await node._receive_warrant(w.to_wire(), c.nodes[1].id)
+        # ...and a node that is handed the action with wrong bytes refuses it without a warrant.
+        target = next(n for n in c.nodes if not n.dht.has_action(s.hash))
+        ops = [[s.body, s.sig, wrong, [prev.body, prev.sig]]]
+        batch = W.sign_batch(ops, target.id, c.nodes[1].now_us(), c.nodes[1].node_key)
+        rep = await c.nodes[1]._request(target.id, "publish", ops=ops, batch=batch)
+        assert rep["results"][0][1] == "invalid"
+        assert not target.dht.has_action(s.hash)
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(pub not in n.warranted for n in c.nodes)
+
+
+async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
+    async with cluster(clock, n=3) as c:
+        key = SigningKey(b"\x05" * 32)
+        twins = [Signed.sign({"author": key.public, "seq": 0, "ts": t}, key) for t in (1, 2)]
+        w = W.make("fork", key.public, "fork", 0, twins, c.nodes[0].node_key, c.nodes[0].now_us())
+        assert c.nodes[0]._remember_warrant(w)  # held, not broadcast
+        assert key.public not in c.nodes[1].warranted
+        # Node 0 asks node 1; node 1 has nothing node 0 lacks, so only a push carries it over.
+        await c.nodes[0]._gossip_with(c.nodes[1].id)
+        assert key.public in c.nodes[1].warranted
