@@ -10,8 +10,6 @@ from node.net.node import DEAD_AFTER_FAILURES, NetNode
 from node.sdk import LocalCluster
 
 
-
-
 async def until(node, cond, timeout=120):
     with trio.fail_after(timeout):
         while not cond():
@@ -131,3 +129,15 @@ async def test_a_node_that_loses_its_only_peer_keeps_running_and_rejoins(clock, 
         c.network.heal()
         await until(n0, lambda: n1.id in n0.peers and n0.id in n1.peers)
         await c.await_consistency(timeout=120)
+
+
+async def test_peer_exchanges_between_settled_tables_carry_nothing(clock, autojump_clock):
+    async with LocalCluster.open(n=4, clock=lambda: clock[0], transport="memory") as c:
+        n0, n1 = c.nodes[0], c.nodes[1]
+        await until(n0, lambda: all(len(n.peers) == 3 for n in c.nodes))
+        await until(n0, lambda: n0._table_digest() == n1._table_digest())
+        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=n0._table_digest())
+        assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id]
+        # A table that differs (here: one peer forgotten) gets the infos it lacks.
+        n0._forget_peer(c.nodes[3].id)
+        assert await n0._refresh_peers(n1.id) == 1 and c.nodes[3].id in n0.peers

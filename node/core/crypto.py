@@ -43,9 +43,28 @@ class SigningKey:
 _pub_cache: dict[bytes, Ed25519PublicKey] = {}
 
 
+# Signatures already found good, by a hash of (key, signature, data): the same action, peer info
+# or warrant reaches a node many times (publish, gossip, forwards, duplicates), and in the
+# simulator hundreds of nodes share one process. Only successes are kept, so a forgery costs a
+# full verify every time; bounded, and cleared rather than evicted one by one.
+_verified: set[bytes] = set()
+MAX_VERIFIED = 1 << 16
+
+
+def forget_verified() -> None:
+    """Benchmarks call this to time first sightings, not cache hits."""
+    _verified.clear()
+
+
 def verify(public: bytes, signature: bytes, data: bytes) -> bool:
     if len(public) != KEY_LEN or len(signature) != SIG_LEN:
         return False
+    h = hashlib.blake2b(public, digest_size=HASH_LEN)
+    h.update(signature)
+    h.update(data)
+    key = h.digest()
+    if key in _verified:
+        return True
     pk = _pub_cache.get(public)
     if pk is None:
         try:
@@ -57,9 +76,12 @@ def verify(public: bytes, signature: bytes, data: bytes) -> bool:
         _pub_cache[public] = pk
     try:
         pk.verify(signature, data)
-        return True
     except InvalidSignature:
         return False
+    if len(_verified) >= MAX_VERIFIED:
+        _verified.clear()
+    _verified.add(key)
+    return True
 
 
 # Text forms: a short kind prefix, then unpadded base64url, so an agent id is never

@@ -7,6 +7,7 @@ view of the author's chain, fetching missing history from the peer that sent it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -160,6 +161,9 @@ class NetNode(LocalNode):
         self._near_cache: dict[bytes, tuple] = {}  # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
         self._peer_epoch = 0
+        self._table_version = 0                     # bumps on any change to self.peers
+        self._digest_key: tuple | None = None
+        self._digest = b""
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
         self._maybe_unpublished = True       # no need to ask the store until something commits
         self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
@@ -262,6 +266,7 @@ class NetNode(LocalNode):
             oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
             del self.peers[oldest]
         self.peers[peer] = info
+        self._table_version += 1
         if old is None:
             self._peer_set_changed()
         self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
@@ -300,10 +305,23 @@ class NetNode(LocalNode):
         """Swap peer infos with `peer` (ours goes with the request); returns how many peers
         were new to us."""
         before = len(self.peers)
-        rep = await self._request(peer, "peers", info=self._my_info())
+        rep = await self._request(peer, "peers", info=self._my_info(), digest=self._table_digest())
         for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE + 1]:
             self._add_peer(info)
         return len(self.peers) - before
+
+    def _table_digest(self) -> bytes:
+        """A hash of which peer-info versions this node holds, itself included: two nodes with
+        equal digests have nothing to swap, so a settled network's exchanges are a few bytes."""
+        me = self._my_info()["body"]["ts"]
+        if self._digest_key != (self._table_version, me):
+            h = hashlib.blake2b(digest_size=16)
+            for p, ts in sorted([(self.id, me)] + [(p, i["body"]["ts"])
+                                                   for p, i in self.peers.items()]):
+                h.update(p)
+                h.update(b"%d;" % ts)
+            self._digest_key, self._digest = (self._table_version, me), h.digest()
+        return self._digest
 
     def _nearest(self, basis: bytes) -> tuple:
         """The R nodes nearest `basis` among this node and its peers: its authorities as this
@@ -318,6 +336,7 @@ class NetNode(LocalNode):
 
     def _forget_peer(self, peer: bytes) -> None:
         if self.peers.pop(peer, None) is not None:
+            self._table_version += 1
             self._peer_set_changed()
 
     def _peer_set_changed(self) -> None:
@@ -395,6 +414,8 @@ class NetNode(LocalNode):
             if body is None or body["peer"] != peer:
                 raise MalformedInput("peer info is not the sending peer's")
             self._add_peer(info)
+        if msg.get("digest") == self._table_digest():
+            return P.reply(infos=[self._my_info()])  # same table, same versions: nothing to swap
         # Half the newest infos (joins and restarts are the news worth spreading), half a
         # random sample (so every peer keeps circulating).
         half = P.MAX_PEERS_PER_MESSAGE // 2
