@@ -349,16 +349,19 @@ class Simulation:
         # convergence of honest writes: held by all their authorities (live, unwarranted nodes)
         now = trio.current_time()
         done = []
+        # authorities change when nodes come and go (epoch) and when a node is warranted (it
+        # leaves the ring within an epoch; warrants only accumulate, so a count tells)
+        ring = (self.epoch, len(ids))
         for h, p in self.pending.items():
             t, author, seq, bases, auths, epoch = p
             if author in warranted:
                 done.append(h)
                 continue
-            if epoch != self.epoch:
+            if epoch != ring:
                 auths = set()
                 for b in bases:
                     auths.update(dht.nearest(b, ids, self.cfg.r))
-                p[4], p[5] = auths, self.epoch
+                p[4], p[5] = auths, ring
             ok = True
             for a in p[4]:
                 slot = by_id.get(a)

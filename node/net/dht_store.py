@@ -118,6 +118,10 @@ class DhtStore:
             pass
         return self.db.execute("SELECT count(*) FROM receipts WHERE hash=?", (h,)).fetchone()[0]
 
+    def receipts(self, h: bytes) -> list[list]:
+        return [[v, sig] for v, sig in self.db.execute(
+            "SELECT validator, sig FROM receipts WHERE hash=?", (h,))]
+
     def receipted_by(self, h: bytes) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT validator FROM receipts WHERE hash=?", (h,))}
 

@@ -438,12 +438,13 @@ class NetNode(LocalNode):
             body, sig, entry = op[:3]
             prev = op[3] if len(op) > 3 else None
             told = op[4] if len(op) > 4 and isinstance(op[4], list) else None
+            vouch = op[5] if len(op) > 5 and isinstance(op[5], list) else None
             self.metrics["ops_received"] += 1
             s = Signed.from_wire(body, sig)
             if entry is not None and not isinstance(entry, bytes):
                 raise MalformedInput("entry must be bytes")
             fresh = told is not None and not self.dht.in_chain(s.hash)
-            status = await self._accept(s, entry, peer, prev=prev, op=True)
+            status = await self._accept(s, entry, peer, prev=prev, op=True, vouch=vouch)
             if fresh and status == "valid" and self.dht.in_chain(s.hash):
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
@@ -563,10 +564,11 @@ class NetNode(LocalNode):
         return author in self.cells or self._should_hold_as_authority(author)
 
     async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
-                      fetch: bool = True, prev=None, op: bool = False) -> str:
+                      fetch: bool = True, prev=None, op: bool = False, vouch=None) -> str:
         """Validate and store one action; returns valid, invalid, forged (its signature does not
         verify), warranted, pending or busy. `op`: it was published to this node as one of its
-        authorities (`prev`, the action before it, may come along)."""
+        authorities (`prev`, the action before it, and `vouch`, receipts from authorities of
+        its author's key, may come along)."""
         author, seq = s.action.get("author"), s.action.get("seq")
         if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
             return "invalid"
@@ -581,7 +583,7 @@ class NetNode(LocalNode):
             return "invalid"  # someone else's copy of our own agent's chain: never ours to take
         cs = self.chains.get(author)
         if op and (cs is None or seq > cs.seq + 1) and not self._should_hold(author):
-            return await self._accept_op(s, entry, peer, prev)
+            return await self._accept_op(s, entry, peer, prev, vouch)
         if cs is not None and seq <= cs.seq:
             if not verify(author, s.sig, s.body):
                 return "forged"
@@ -644,7 +646,7 @@ class NetNode(LocalNode):
                     entry=entry)
         return "invalid"
 
-    async def _accept_op(self, s: Signed, entry, peer, prev_wire) -> str:
+    async def _accept_op(self, s: Signed, entry, peer, prev_wire, vouch=None) -> str:
         """An action published to this node as an authority of its hash or entry, not of its
         author's key: validated as one step from the signed action before it (whose recorded
         BudgetState is the starting point) and kept alone, without the author's chain. Every
@@ -654,7 +656,7 @@ class NetNode(LocalNode):
         whole chain."""
         is_create = s.action.get("type") == "create"
         if is_create and entry is None:
-            return self._to_limbo(s, entry, peer, True)
+            return self._to_limbo(s, entry, peer, True, vouch)
         prev = None
         try:
             if s.seq == 0:
@@ -663,7 +665,7 @@ class NetNode(LocalNode):
                 prev = await self._prev_of(s, peer, prev_wire)
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
-                    return self._to_limbo(s, entry, peer, True)
+                    return self._to_limbo(s, entry, peer, True, vouch)
                 validate_next(anchor, s, self.dna, APP, entry if is_create else None,
                               now_us=self.now_us())
         except InvalidChain as e:
@@ -671,18 +673,37 @@ class NetNode(LocalNode):
         self.dht.put_op(s, entry)
         self.metrics["ops_held_single"] += 1
         self._stored(s, entry)
-        self._spawn(self._register_activity, s, entry)
+        if self._vouched(s, peer, vouch):
+            self.metrics["ops_vouched"] += 1
+        else:
+            self._spawn(self._register_activity, s, entry, peer)
         return "valid"
 
-    async def _register_activity(self, s: Signed, entry) -> None:
-        """Show an op held here to the nearest author-key authority, which holds the chain: an
-        author who sends different actions at one seq to different authorities (a fork) is
-        caught there, whichever authorities it chose to show each twin to."""
+    def _vouched(self, s: Signed, sender, vouch) -> bool:
+        """An author-key authority other than the sender has receipted this very action: it
+        holds the chain, so a twin at this seq shown to it, or to its fellow authorities
+        (their gossip compares heads), is caught there, and nothing needs showing again."""
+        if not isinstance(vouch, list):
+            return False
+        near = self._nearest(s.author)
+        for item in vouch[:P.MAX_VOUCHES]:
+            if isinstance(item, list) and len(item) == 2 and item[0] in near and \
+                    item[0] not in (self.id, sender) and isinstance(item[1], bytes) and \
+                    dht.check_receipt(s.hash, item[0], item[1]):
+                return True
+        return False
+
+    async def _register_activity(self, s: Signed, entry, sender=None) -> None:
+        """Show an op held here to the nearest author-key authority (not the sender: it may be
+        the author's own node), which holds the chain: an author who sends different actions at
+        one seq to different authorities (a fork) is caught there, whichever authorities it
+        chose to show each twin to."""
         for peer in self._nearest(s.author):
-            if peer == self.id:
+            if peer in (self.id, sender):
                 continue
             ops = [[s.body, s.sig, entry, None]]
             batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            self.metrics["ops_registered"] += 1
             try:
                 await self._request(peer, "publish", ops=ops, batch=batch)
             except BudgetError:
@@ -707,13 +728,13 @@ class NetNode(LocalNode):
                 return None
         return prev
 
-    def _to_limbo(self, s: Signed, entry, peer, op: bool = False) -> str:
+    def _to_limbo(self, s: Signed, entry, peer, op: bool = False, vouch=None) -> str:
         if s.hash in self.limbo:
             return "pending"
         if len(self.limbo) >= MAX_LIMBO:
             self.metrics["limbo_full"] += 1
             return "busy"  # the sender keeps it and retries: nothing is dropped silently
-        self.limbo[s.hash] = (s, entry, peer, 0, op)
+        self.limbo[s.hash] = (s, entry, peer, 0, op, vouch)
         return "pending"
 
     async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
@@ -925,13 +946,16 @@ class NetNode(LocalNode):
             must[s.hash] = set(self._nearest(s.author)) - {self.id}
             targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
             receipted[s.hash] = self.dht.receipted_by(s.hash)
+        # Authorities of the author's key first; the others then get each op with the receipts
+        # those gave (so they need not show it to one themselves to catch a fork).
         by_peer: dict[bytes, list[Signed]] = {}
+        later: dict[bytes, list[Signed]] = {}
         for s in pending:
             for p in targets[s.hash] - receipted[s.hash]:
-                by_peer.setdefault(p, []).append(s)
+                (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
         if "fork" in self.rogue:
-            by_peer = self._rogue_fork(by_peer)
+            by_peer, later = self._rogue_fork(by_peer), self._rogue_fork(later)
 
         prevs: dict[bytes, list | None] = {}
 
@@ -945,10 +969,13 @@ class NetNode(LocalNode):
                 prevs[s.hash] = None if p is None else [p.body, p.sig]
             return prevs[s.hash]
 
-        async def send(peer, batch):
+        async def send(peer, batch, vouch=False):
             ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
                     if s.action.get("type") == "create" else None, prev_of(s, peer),
-                    list(self._nearest(s.author))] for s in batch]
+                    list(self._nearest(s.author)),
+                    [r for r in self.dht.receipts(s.hash) if r[0] in must[s.hash]][:P.MAX_VOUCHES]
+                    if vouch else None]
+                   for s in batch]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
             rep = None
             for _ in range(2):  # a lost request or reply is retried at once, not a round later
@@ -976,6 +1003,9 @@ class NetNode(LocalNode):
         async with trio.open_nursery() as n:
             for peer, batch in by_peer.items():
                 n.start_soon(send, peer, batch)
+        async with trio.open_nursery() as n:
+            for peer, batch in later.items():
+                n.start_soon(send, peer, batch, True)
         for s in pending:
             got = outcome[s.hash]
             have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
@@ -1106,15 +1136,15 @@ class NetNode(LocalNode):
     async def _limbo_worker(self) -> None:
         while True:
             await trio.sleep(self.publish_interval)
-            for h, (s, entry, peer, tries, op) in list(self.limbo.items())[:256]:
+            for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
                 self.limbo.pop(h, None)
-                status = await self._accept(s, entry, peer, op=op)
+                status = await self._accept(s, entry, peer, op=op, vouch=vouch)
                 if status == "pending" and h in self.limbo:
                     if tries + 1 >= LIMBO_ATTEMPTS:
                         self.limbo.pop(h)
                         self.metrics["limbo_expired"] += 1  # gossip will bring it again
                     else:
-                        self.limbo[h] = (s, entry, peer, tries + 1, op)
+                        self.limbo[h] = (s, entry, peer, tries + 1, op, vouch)
 
     # -- queries and cross-node calls
     async def ensure_agent(self, pub: bytes) -> None:
