@@ -29,7 +29,11 @@ def encode_trusted(obj) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
-def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES):
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, canonical: bool = True):
+    """Strict decode: plain data only, bounded in size, depth and items. `canonical=False` is
+    for wire frames, which are never hashed or signed whole (what is signed inside one is either
+    carried as bytes or re-encoded canonically before its signature is checked), so the
+    re-encode that proves canonical form would buy nothing there."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedInput(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
@@ -46,7 +50,7 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES):
     if buf.tell() != len(data):
         raise MalformedInput(f"{len(data) - buf.tell()} trailing bytes after CBOR item")
     _check(obj, 0, [0])
-    if cbor2.dumps(obj, canonical=True) != data:  # the walk above already vetted every item
+    if canonical and cbor2.dumps(obj, canonical=True) != data:  # the walk above already vetted every item
         raise MalformedInput("not canonical CBOR")
     return obj
 

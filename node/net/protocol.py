@@ -1,7 +1,7 @@
 """Wire messages: one canonical-CBOR map per request or reply, bounded in size and count."""
 from __future__ import annotations
 
-from ..core.encoding import decode, encode
+from ..core.encoding import decode, encode, encode_trusted
 from ..core.errors import BudgetError, MalformedInput
 from .transport import MAX_FRAME
 
@@ -24,12 +24,14 @@ class InternalError(BudgetError):
     code = "E_INTERNAL"
 
 
+# Frames this node builds skip the plain-data walk (encode_trusted): they carry values it made
+# or already decoded strictly, and every receiver walks them anyway.
 def request(t: str, dna: bytes, **fields) -> bytes:
-    return encode({"t": t, "dna": dna, **fields})
+    return encode_trusted({"t": t, "dna": dna, **fields})
 
 
 def parse_request(raw: bytes, dna: bytes) -> dict:
-    msg = decode(raw, MAX_FRAME)
+    msg = decode(raw, MAX_FRAME, canonical=False)
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise MalformedInput("a request is a map with a text 't'")
     if msg["t"] == "dna":
@@ -42,7 +44,7 @@ def parse_request(raw: bytes, dna: bytes) -> dict:
 
 
 def reply(**fields) -> bytes:
-    return encode(fields)
+    return encode_trusted(fields)
 
 
 def error_reply(err: BudgetError) -> bytes:
@@ -50,7 +52,7 @@ def error_reply(err: BudgetError) -> bytes:
 
 
 def parse_reply(raw: bytes) -> dict:
-    msg = decode(raw, MAX_FRAME)
+    msg = decode(raw, MAX_FRAME, canonical=False)
     if not isinstance(msg, dict):
         raise MalformedInput("a reply is a map")
     if "err" in msg:
