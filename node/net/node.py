@@ -443,9 +443,12 @@ class NetNode(LocalNode):
             s = Signed.from_wire(body, sig)
             if entry is not None and not isinstance(entry, bytes):
                 raise MalformedInput("entry must be bytes")
-            fresh = told is not None and not self.dht.in_chain(s.hash)
+            # Sent here as an author-key authority: if this node knows authorities the sender
+            # did not name (its view of the ring lags), pass the action on, whether or not this
+            # node itself turns out to be one.
+            fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
             status = await self._accept(s, entry, peer, prev=prev, op=True, vouch=vouch)
-            if fresh and status == "valid" and self.dht.in_chain(s.hash):
+            if fresh and status == "valid":
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
                 self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
@@ -455,9 +458,10 @@ class NetNode(LocalNode):
         return P.reply(results=results)
 
     def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
-        """An author-key authority that knows a fellow authority the publisher did not name
-        (the publisher's peer table is behind: it joined late, or the other one did) passes the
-        action on, naming everyone told so far. When the two views agree, nothing is sent."""
+        """A node sent an action as an author-key authority that knows an authority the
+        publisher did not name (the publisher's peer table is behind: it joined late, or the
+        other one did) passes the action on, naming everyone told so far. When the two views
+        agree, nothing is sent."""
         told = [p for p in told[:4 * self.r] if isinstance(p, bytes)]
         targets = [p for p in self._nearest(s.author)
                    if p != self.id and p != sender and p not in told]
@@ -594,6 +598,13 @@ class NetNode(LocalNode):
         if seq > (0 if cs is None else cs.seq + 1):
             if fetch and peer is not None:
                 await self._fetch_chain(author, peer, seq - 1)
+                # The sender may hold this action alone (a forwarder, a hash authority): the
+                # author's own node has the history for sure.
+                host = self.agent_hosts.get(author)
+                head = self._head(author)
+                if host is not None and host not in (peer, self.id) and host in self.peers and \
+                        (head is None or head[0] < seq - 1):
+                    await self._fetch_chain(author, host, seq - 1)
                 # While we waited, another delivery may have stored this very action: every
                 # check above must run again, or an honest duplicate would look like bad_seq.
                 return await self._accept(s, entry, peer, fetch=False)
