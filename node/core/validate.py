@@ -204,3 +204,23 @@ def validate_chain(actions: list[Signed], dna: Dna, app: App, entries: dict | No
                     raise InvalidChain("entry_missing", s.action.get("seq"))
         cs = validate_next(cs, s, dna, app, entry, now_us=now_us)
     return cs
+
+
+def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
+    """The chain state right after `prev`, read from the BudgetState `prev` records, if `prev`
+    is the author-signed action `s` builds on; else None. Validating `s` from it checks the one
+    step, not the history before it."""
+    if prev is None or prev.hash != s.action.get("prev") or prev.seq != s.seq - 1 or \
+            prev.action.get("author") != s.author or not verify(s.author, prev.sig, prev.body):
+        return None
+    if prev.seq == 0:
+        try:
+            return validate_genesis(prev, dna, verify_sig=False)
+        except InvalidChain:
+            return None
+    rec, ts = prev.action.get("budget"), prev.action.get("ts")
+    if not isinstance(rec, dict) or type(ts) is not int or \
+            not all(type(rec.get(k)) is int for k in ("ws", "rem")):
+        return None
+    return ChainState(s.author, prev.seq, prev.hash, ts,
+                      budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset())

@@ -27,24 +27,24 @@ from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, UnknownAgent
-from ..core.validate import ChainState, validate_chain, validate_genesis, validate_next
+from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore
+from .gossip import Gossip
+from .publishing import Publishing
 from .transport import PeerUnreachable
+from .warrants import MAX_FETCH_ROUNDS, Warrants
 
 MAX_PEERS = 4096              # full membership: authorities are the R nearest of all known peers
 MAX_NEAREST_CACHE = 1 << 16
-MAX_GOSSIP_BACKOFF = 2        # quiet rounds stretch the gossip interval up to this factor
 ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
-MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
 MAX_PARALLEL_FETCHES = 8
-MAX_WARRANTS_PER_OFFENDER = 3
 
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
@@ -65,40 +65,7 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
     return dna
 
 
-def _prefix_state(records: list, seq: int, dna) -> ChainState | None:
-    """The state after records 0..seq-1 of a chain, or None if they are not all there or do
-    not validate."""
-    if len(records) != seq:
-        return None
-    try:
-        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records]
-        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
-        return validate_chain(prefix, dna, APP, entries)
-    except (BudgetError, TypeError, ValueError):  # InvalidChain included
-        return None
-
-
-def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
-    """The chain state right after `prev`, read from the BudgetState `prev` records, if `prev`
-    is the author-signed action `s` builds on; else None. Validating `s` from it checks the one
-    step, not the history before it."""
-    if prev is None or prev.hash != s.action.get("prev") or prev.seq != s.seq - 1 or \
-            prev.action.get("author") != s.author or not verify(s.author, prev.sig, prev.body):
-        return None
-    if prev.seq == 0:
-        try:
-            return validate_genesis(prev, dna, verify_sig=False)
-        except InvalidChain:
-            return None
-    rec, ts = prev.action.get("budget"), prev.action.get("ts")
-    if not isinstance(rec, dict) or type(ts) is not int or \
-            not all(type(rec.get(k)) is int for k in ("ws", "rem")):
-        return None
-    return ChainState(s.author, prev.seq, prev.hash, ts,
-                      budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset())
-
-
-class NetNode(LocalNode):
+class NetNode(Publishing, Gossip, Warrants, LocalNode):
     # -- lifecycle
     @classmethod
     @asynccontextmanager
@@ -457,29 +424,6 @@ class NetNode(LocalNode):
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
 
-    def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
-        """A node sent an action as an author-key authority that knows an authority the
-        publisher did not name (the publisher's peer table is behind: it joined late, or the
-        other one did) passes the action on, naming everyone told so far. When the two views
-        agree, nothing is sent."""
-        told = [p for p in told[:4 * self.r] if isinstance(p, bytes)]
-        targets = [p for p in self._nearest(s.author)
-                   if p != self.id and p != sender and p not in told]
-        if not targets:
-            return
-        told = sorted(set(told) | set(self._nearest(s.author)))
-        self.metrics["ops_forwarded"] += len(targets)
-
-        async def send(peer):
-            ops = [[s.body, s.sig, entry, None, told]]
-            batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
-            try:
-                await self._request(peer, "publish", ops=ops, batch=batch)
-            except BudgetError:
-                pass  # gossip and the publisher's own republish are the backstops
-        for peer in targets:
-            self._spawn(send, peer)
-
     async def _on_chain(self, peer, msg):
         author, start, limit = msg["author"], msg["from"], msg["limit"]
         if not isinstance(author, bytes) or not isinstance(start, int) or not isinstance(limit, int):
@@ -493,36 +437,6 @@ class NetNode(LocalNode):
             return P.reply(record=None)
         s, entry = found
         return P.reply(record=[s.body, s.sig, entry])
-
-    async def _on_summary(self, peer, msg):
-        theirs = self._parse_heads(msg["heads"])
-        mine = self._heads()
-        for author, (seq, h) in theirs.items():
-            have = mine.get(author)
-            if self._should_hold(author) and (have is None or seq > have[0] or
-                                              (seq == have[0] and h != have[1])):
-                self._spawn_fetch(author, peer, seq)
-                self._gossip_quiet = 0
-        # The asker names the offenders it already holds proof for; one proof each of the
-        # others is enough (sending every copy would re-send capped ones every round).
-        known = set(msg["warranted"]) if isinstance(msg["warranted"], list) else set()
-        missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
-        return P.reply(heads=self._heads_for(peer, mine),
-                       warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE],
-                       warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
-
-    def _heads_for(self, peer: bytes, mine: dict) -> list:
-        """The heads `peer` should hold as an author-key authority (as this node sees the ring):
-        a summary's size follows the overlap of two nodes' responsibilities, not all they hold."""
-        heads = [[a, s, h] for a, (s, h) in mine.items() if peer in self._nearest(a)]
-        if len(heads) > P.MAX_SUMMARY_AUTHORS:
-            heads = self.rng.sample(heads, P.MAX_SUMMARY_AUTHORS)
-        return heads
-
-    async def _on_warrants(self, peer, msg):
-        for wire in msg["warrants"][:P.MAX_WARRANTS_PER_MESSAGE]:
-            await self._receive_warrant(wire, peer)
-        return P.reply(ok=True)
 
     async def _on_grant(self, peer, msg):
         grant, sig = msg["grant"], msg["sig"]
@@ -551,14 +465,6 @@ class NetNode(LocalNode):
                if pub not in self.warranted}
         out.update({a: (cs.seq, cs.hash) for a, cs in self.chains.items()
                     if a not in self.warranted})
-        return out
-
-    def _parse_heads(self, heads) -> dict:
-        out = {}
-        for item in heads[:P.MAX_SUMMARY_AUTHORS]:
-            a, seq, h = item
-            if isinstance(a, bytes) and isinstance(seq, int) and isinstance(h, bytes):
-                out[a] = (seq, h)
         return out
 
     def _should_hold(self, author: bytes) -> bool:
@@ -806,344 +712,7 @@ class NetNode(LocalNode):
         except BudgetError:
             self.metrics["grant_claims_failed"] += 1
 
-    # -- warrants
-    def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
-               entry=None, batch=None) -> None:
-        w = warrant.make(kind, offender, reason, seq, evidence, self.node_key, self.now_us(),
-                         entry=entry, batch=batch)
-        if self._remember_warrant(w):
-            self.metrics["warrants_issued"] += 1
-            self._spawn(self._broadcast_warrant, w)
-
-    def _remember_warrant(self, w: Warrant) -> bool:
-        if w.hash in self.warrants_by_hash:
-            return False
-        if w.offender in self.warranted and sum(
-                1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
-                >= MAX_WARRANTS_PER_OFFENDER:
-            return False  # enough proof kept; more issuers' copies add nothing
-        self.warrants_by_hash[w.hash] = w
-        self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
-        if w.offender not in self.warranted:
-            self.warranted[w.offender] = w
-            self._forget_peer(w.offender)
-            cell = self.cells.get(w.offender)
-            if cell is not None:
-                cell.warrant = w  # this node is told why its agent is refused everywhere
-        self._changed()
-        return True
-
-    async def _broadcast_warrant(self, w: Warrant) -> None:
-        for peer in list(self.peers):
-            try:
-                await self._request(peer, "warrants", warrants=[w.to_wire()])
-            except BudgetError:
-                pass  # gossip carries it there later
-
-    async def _receive_warrant(self, wire, peer: bytes) -> bool:
-        w = warrant.from_wire(wire)
-        if w is None:
-            self.metrics["warrants_refused"] += 1
-            return False
-        if w.hash in self.warrants_by_hash:
-            return True
-        if w.kind == "fork":
-            ok = warrant.fork_proven(w)
-        elif w.kind == "peer":
-            ok = warrant.peer_proven(w)
-        else:
-            ok = await self._invalid_proven(w, peer)
-        if not ok:
-            self.metrics["warrants_refused"] += 1
-            return False
-        self.metrics["warrants_received"] += 1
-        self._remember_warrant(w)
-        return True
-
-    async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
-        """Re-run the validator on the evidence: one step from the action before it when that
-        came along (enough for everything but a grant claimed twice), else against the
-        offender's chain before it: this node's copy, or one fetched from the sender, the
-        issuer, the offender's authorities or its host (once an agent is warranted nobody
-        fetches its history, so its authorities may lack it). A fetched history must itself
-        validate, or its sender could frame the author by leaving records out."""
-        evidence = w.evidence()
-        s = evidence[0]
-        seq = s.seq
-        entry = w.body.get("entry")
-        if len(evidence) == 2:
-            anchor = step_anchor(evidence[1], s, self.dna)
-            if anchor is not None:
-                try:
-                    validate_next(anchor, s, self.dna, APP, entry)
-                except InvalidChain as e:
-                    if proves(e.reason):
-                        return True
-        if seq == 0:
-            try:
-                validate_genesis(s, self.dna)
-            except InvalidChain as e:
-                return proves(e.reason)
-            return False
-        sources = [None, peer, w.issuer, *self._nearest(w.offender),
-                   self.agent_hosts.get(w.offender)]
-        sources = list(dict.fromkeys(x for x in sources if x != self.id))
-        for source in sources:
-            records = self.dht.records(w.offender, 0, seq) if source is None else \
-                await self._fetch_prefix(w.offender, seq, source)
-            cs = _prefix_state(records, seq, self.dna)
-            if cs is None:
-                continue
-            try:
-                validate_next(cs, s, self.dna, APP, entry)
-            except InvalidChain as e:
-                return proves(e.reason)
-            return False
-        return False
-
-    async def _fetch_prefix(self, author: bytes, seq: int, source: bytes) -> list:
-        """Records 0..seq-1 of `author`'s chain from `source`, or as many as it had."""
-        records: list = []
-        if source == self.id or source not in self.peers:
-            return records
-        while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
-            try:
-                rep = await self._request(source, "chain", author=author,
-                                          **{"from": len(records)},
-                                          limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
-            except BudgetError:
-                return records
-            got = rep.get("records", [])
-            if not isinstance(got, list) or not got:
-                return records
-            records.extend(got[:seq - len(records)])
-        return records
-
-    def warrants(self) -> list[Warrant]:
-        return list(self.warrants_by_hash.values())
-
-    # -- background work
-    async def _publisher(self) -> None:
-        while True:
-            pending = []
-            if self.peers and self._maybe_unpublished:
-                pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
-                self._maybe_unpublished = bool(pending)
-            if self.peers and self._republish:
-                have = {s.hash for s in pending}
-                for pub in sorted(self._republish)[:P.MAX_OPS_PER_MESSAGE]:
-                    cell = self.cells.get(pub)
-                    head = self.dht.action_at(pub, cell.state.seq) if cell is not None else None
-                    if head is None or head.hash in have:
-                        self._republish.discard(pub)
-                    else:
-                        self._republish_heads[head.hash] = pub
-                        pending.append(head)
-            if pending:
-                await self._publish_round(pending)
-            with trio.move_on_after(self.publish_interval) as idle:
-                await self._publish_kick.wait()
-            if idle.cancelled_caught:  # a quiet interval: look again (another handle on the
-                self._maybe_unpublished = True  # same store may have committed)
-            self._publish_kick = trio.Event()
-
-    async def _publish_round(self, pending: list[Signed]) -> None:
-        epoch = self._peer_epoch
-        # Each op goes to its authorities that have not receipted it yet; it is done when every
-        # authority of its author's key has (they re-derive the budget) and the others have all
-        # been asked, or when anyone refuses it.
-        targets, must, receipted = {}, {}, {}
-        for s in pending:
-            must[s.hash] = set(self._nearest(s.author)) - {self.id}
-            targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
-            receipted[s.hash] = self.dht.receipted_by(s.hash)
-        # Authorities of the author's key first; the others then get each op with the receipts
-        # those gave (so they need not show it to one themselves to catch a fork).
-        by_peer: dict[bytes, list[Signed]] = {}
-        later: dict[bytes, list[Signed]] = {}
-        for s in pending:
-            for p in targets[s.hash] - receipted[s.hash]:
-                (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
-        outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
-        if "fork" in self.rogue:
-            by_peer, later = self._rogue_fork(by_peer), self._rogue_fork(later)
-
-        prevs: dict[bytes, list | None] = {}
-
-        def prev_of(s: Signed, peer: bytes):
-            """The action before `s`, for a peer that holds it only as an op authority (it
-            validates the step from it, without fetching the author's history)."""
-            if s.seq == 0 or peer in self._nearest(s.author):
-                return None
-            if s.hash not in prevs:
-                p = self.dht.action_at(s.author, s.seq - 1)
-                prevs[s.hash] = None if p is None else [p.body, p.sig]
-            return prevs[s.hash]
-
-        async def send(peer, batch, vouch=False):
-            ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
-                    if s.action.get("type") == "create" else None, prev_of(s, peer),
-                    list(self._nearest(s.author)),
-                    [r for r in self.dht.receipts(s.hash) if r[0] in must[s.hash]][:P.MAX_VOUCHES]
-                    if vouch else None]
-                   for s in batch]
-            signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
-            rep = None
-            for _ in range(2):  # a lost request or reply is retried at once, not a round later
-                try:
-                    rep = await self._request(peer, "publish", ops=ops, batch=signed)
-                    break
-                except PeerUnreachable:
-                    if peer not in self.peers:
-                        return  # dropped as dead: the next round routes around it
-                except BudgetError:
-                    return
-            if rep is None:
-                return
-            self.metrics["ops_published"] += len(ops)
-            for h, status, receipt in rep.get("results", [])[:len(ops)]:
-                if h in outcome:
-                    if status == "valid" and not (isinstance(receipt, bytes) and
-                                                  dht.check_receipt(h, peer, receipt)):
-                        continue
-                    outcome[h][peer] = status
-                    if status == "valid":
-                        self.dht.add_receipt(h, peer, receipt)
-                        self.metrics["receipts"] += 1
-
-        async with trio.open_nursery() as n:
-            for peer, batch in by_peer.items():
-                n.start_soon(send, peer, batch)
-        async with trio.open_nursery() as n:
-            for peer, batch in later.items():
-                n.start_soon(send, peer, batch, True)
-        for s in pending:
-            got = outcome[s.hash]
-            have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
-            refused = any(v in ("invalid", "warranted") for v in got.values())
-            asked = targets[s.hash] <= have | set(got)
-            if (must[s.hash] <= have and asked) or refused:
-                pub = self._republish_heads.pop(s.hash, None)
-                if epoch == self._peer_epoch:  # else the authorities moved mid-round: again
-                    self._republish.discard(pub)
-                if not self.dht.is_published(s.hash):
-                    self.dht.mark_published(s.hash, len(have))
-                    self._changed()
-                if refused:
-                    self.metrics["own_ops_refused"] += 1
-
-    def _rogue_fork(self, by_peer: dict) -> dict:
-        """Adversarial test mode "fork" (off unless a test or simulation asks): every other
-        target of each own create action gets a twin instead: same seq, same entry, stamped 1 µs
-        later and signed by the author, so two valid-looking histories split the authorities."""
-        twins = self.__dict__.setdefault("rogue_twins", {})  # original hash -> twin
-        out = {}
-        for i, peer in enumerate(sorted(by_peer)):
-            batch = by_peer[peer]
-            if i % 2:
-                forked = []
-                for s in batch:
-                    cell = self.cells.get(s.author)
-                    if cell is not None and s.seq >= 1 and s.action.get("type") == "create":
-                        if s.hash not in twins:
-                            twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1),
-                                                        cell.key)
-                        s = twins[s.hash]
-                    forked.append(s)
-                batch = forked
-            out[peer] = batch
-        return out
-
-    async def _gossiper(self) -> None:
-        rounds = 0
-        while True:
-            # Rounds that find nothing stretch the interval (up to MAX_GOSSIP_BACKOFF times): an
-            # idle network gossips less, and any change here brings the pace back.
-            stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
-            await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
-            rounds += 1
-            if self._dropped and (rounds % 2 == 0 or not self.peers):
-                await self._probe_dropped()
-            if not self.peers:
-                for addr in self.bootstrap:  # a restarted node whose peers were away tries again
-                    await self.join(addr)
-                continue
-            try:
-                settling = trio.current_time() - self._membership_changed_at < \
-                    5 * self.gossip_interval
-                # Every await may drop peers (3 failures in a row): choose after it, not before.
-                if (settling or rounds % 5 == 0) and self.peers:
-                    # while membership is changing, swap peer infos every round
-                    await self._refresh_peers(self._random_peer())
-                if self.peers:
-                    await self._gossip_with(self._gossip_partner())
-            except BudgetError:
-                self.metrics["gossip_failures"] += 1
-
-    async def _probe_dropped(self, peer: bytes | None = None) -> None:
-        """A dropped peer may be back (a healed partition, a restart nobody told us about):
-        greet it (by default a random one); its reply brings a fresh info, which re-admits it."""
-        if peer is None:
-            peer = self.rng.choice(sorted(self._dropped))
-        elif peer not in self._dropped or peer in self._probing:
-            return
-        self._probing.add(peer)
-        try:
-            rep = await self._request(peer, "hello", info=self._my_info())
-        except BudgetError:
-            return
-        finally:
-            self._probing.discard(peer)
-        self._dropped.pop(peer, None)
-        self._add_peer(rep.get("info"))
-
-    def _random_peer(self) -> bytes:
-        return self.rng.choice(sorted(self.peers))
-
-    def _gossip_partner(self) -> bytes:
-        """Mostly a fellow authority of a chain this node keeps (that is where a summary can
-        find something to repair), sometimes anyone (so warrants and stragglers still meet)."""
-        if self.rng.random() < 0.75:
-            held = [a for a in self._heads() if self._should_hold(a)]
-            if held:
-                others = [p for p in self._nearest(self.rng.choice(held)) if p != self.id]
-                if others:
-                    return self.rng.choice(others)
-        return self._random_peer()
-
-    async def _gossip_with(self, peer: bytes) -> None:
-        mine = self._heads()
-        rep = await self._request(peer, "summary", heads=self._heads_for(peer, mine),
-                                  warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
-        self.metrics["gossip_rounds"] += 1
-        found = 0
-        warrants = rep.get("warrants", [])
-        for wire in warrants[:P.MAX_WARRANTS_PER_MESSAGE] if isinstance(warrants, list) else []:
-            found += await self._receive_warrant(wire, peer)
-        # Push as well as pull: a warrant spreads both ways through every round, so it reaches
-        # every node in O(log N) rounds whoever happens to ask whom.
-        named = rep.get("warranted")
-        if isinstance(named, list):
-            theirs = set(x for x in named if type(x) is bytes)
-            push = [w.to_wire() for a, w in self.warranted.items() if a not in theirs]
-            if push:
-                try:
-                    await self._request(peer, "warrants", warrants=push[:P.MAX_WARRANTS_PER_MESSAGE])
-                except BudgetError:
-                    pass  # the next round finds the gap again
-        for author, (seq, h) in self._parse_heads(rep.get("heads", [])).items():
-            have = self._head(author)
-            if author in self.warranted or not self._should_hold(author):
-                continue
-            if have is None or seq > have[0]:
-                self.metrics["gossip_lag_ops"] += seq - (-1 if have is None else have[0])
-                self._spawn_fetch(author, peer, seq)
-                found += 1
-            elif seq == have[0] and h != have[1]:
-                self._spawn_fetch(author, peer, seq)
-                found += 1
-        self._gossip_quiet = 0 if found else self._gossip_quiet + 1
-
+    # -- background work (publishing.py and gossip.py hold the publisher and the gossiper)
     async def _limbo_worker(self) -> None:
         while True:
             await trio.sleep(self.publish_interval)

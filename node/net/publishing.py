@@ -1,0 +1,168 @@
+"""Publishing at a network node: every own action to its authorities until they receipt it,
+the author's key authorities first; and passing an action on to authorities its publisher did
+not know of."""
+from __future__ import annotations
+
+import trio
+
+from ..core import dht, warrant
+from ..core.action import Signed
+from ..core.errors import BudgetError
+from . import protocol as P
+from .transport import PeerUnreachable
+
+
+class Publishing:
+    async def _publisher(self) -> None:
+        while True:
+            pending = []
+            if self.peers and self._maybe_unpublished:
+                pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
+                self._maybe_unpublished = bool(pending)
+            if self.peers and self._republish:
+                have = {s.hash for s in pending}
+                for pub in sorted(self._republish)[:P.MAX_OPS_PER_MESSAGE]:
+                    cell = self.cells.get(pub)
+                    head = self.dht.action_at(pub, cell.state.seq) if cell is not None else None
+                    if head is None or head.hash in have:
+                        self._republish.discard(pub)
+                    else:
+                        self._republish_heads[head.hash] = pub
+                        pending.append(head)
+            if pending:
+                await self._publish_round(pending)
+            with trio.move_on_after(self.publish_interval) as idle:
+                await self._publish_kick.wait()
+            if idle.cancelled_caught:  # a quiet interval: look again (another handle on the
+                self._maybe_unpublished = True  # same store may have committed)
+            self._publish_kick = trio.Event()
+
+    async def _publish_round(self, pending: list[Signed]) -> None:
+        epoch = self._peer_epoch
+        # Each op goes to its authorities that have not receipted it yet; it is done when every
+        # authority of its author's key has (they re-derive the budget) and the others have all
+        # been asked, or when anyone refuses it.
+        targets, must, receipted = {}, {}, {}
+        for s in pending:
+            must[s.hash] = set(self._nearest(s.author)) - {self.id}
+            targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
+            receipted[s.hash] = self.dht.receipted_by(s.hash)
+        # Authorities of the author's key first; the others then get each op with the receipts
+        # those gave (so they need not show it to one themselves to catch a fork).
+        by_peer: dict[bytes, list[Signed]] = {}
+        later: dict[bytes, list[Signed]] = {}
+        for s in pending:
+            for p in targets[s.hash] - receipted[s.hash]:
+                (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
+        outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
+        if "fork" in self.rogue:
+            by_peer, later = self._rogue_fork(by_peer), self._rogue_fork(later)
+
+        prevs: dict[bytes, list | None] = {}
+
+        def prev_of(s: Signed, peer: bytes):
+            """The action before `s`, for a peer that holds it only as an op authority (it
+            validates the step from it, without fetching the author's history)."""
+            if s.seq == 0 or peer in self._nearest(s.author):
+                return None
+            if s.hash not in prevs:
+                p = self.dht.action_at(s.author, s.seq - 1)
+                prevs[s.hash] = None if p is None else [p.body, p.sig]
+            return prevs[s.hash]
+
+        async def send(peer, batch, vouch=False):
+            ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
+                    if s.action.get("type") == "create" else None, prev_of(s, peer),
+                    list(self._nearest(s.author)),
+                    [r for r in self.dht.receipts(s.hash) if r[0] in must[s.hash]][:P.MAX_VOUCHES]
+                    if vouch else None]
+                   for s in batch]
+            signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            rep = None
+            for _ in range(2):  # a lost request or reply is retried at once, not a round later
+                try:
+                    rep = await self._request(peer, "publish", ops=ops, batch=signed)
+                    break
+                except PeerUnreachable:
+                    if peer not in self.peers:
+                        return  # dropped as dead: the next round routes around it
+                except BudgetError:
+                    return
+            if rep is None:
+                return
+            self.metrics["ops_published"] += len(ops)
+            for h, status, receipt in rep.get("results", [])[:len(ops)]:
+                if h in outcome:
+                    if status == "valid" and not (isinstance(receipt, bytes) and
+                                                  dht.check_receipt(h, peer, receipt)):
+                        continue
+                    outcome[h][peer] = status
+                    if status == "valid":
+                        self.dht.add_receipt(h, peer, receipt)
+                        self.metrics["receipts"] += 1
+
+        async with trio.open_nursery() as n:
+            for peer, batch in by_peer.items():
+                n.start_soon(send, peer, batch)
+        async with trio.open_nursery() as n:
+            for peer, batch in later.items():
+                n.start_soon(send, peer, batch, True)
+        for s in pending:
+            got = outcome[s.hash]
+            have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
+            refused = any(v in ("invalid", "warranted") for v in got.values())
+            asked = targets[s.hash] <= have | set(got)
+            if (must[s.hash] <= have and asked) or refused:
+                pub = self._republish_heads.pop(s.hash, None)
+                if epoch == self._peer_epoch:  # else the authorities moved mid-round: again
+                    self._republish.discard(pub)
+                if not self.dht.is_published(s.hash):
+                    self.dht.mark_published(s.hash, len(have))
+                    self._changed()
+                if refused:
+                    self.metrics["own_ops_refused"] += 1
+
+    def _rogue_fork(self, by_peer: dict) -> dict:
+        """Adversarial test mode "fork" (off unless a test or simulation asks): every other
+        target of each own create action gets a twin instead: same seq, same entry, stamped 1 µs
+        later and signed by the author, so two valid-looking histories split the authorities."""
+        twins = self.__dict__.setdefault("rogue_twins", {})  # original hash -> twin
+        out = {}
+        for i, peer in enumerate(sorted(by_peer)):
+            batch = by_peer[peer]
+            if i % 2:
+                forked = []
+                for s in batch:
+                    cell = self.cells.get(s.author)
+                    if cell is not None and s.seq >= 1 and s.action.get("type") == "create":
+                        if s.hash not in twins:
+                            twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1),
+                                                        cell.key)
+                        s = twins[s.hash]
+                    forked.append(s)
+                batch = forked
+            out[peer] = batch
+        return out
+
+    def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
+        """A node sent an action as an author-key authority that knows an authority the
+        publisher did not name (the publisher's peer table is behind: it joined late, or the
+        other one did) passes the action on, naming everyone told so far. When the two views
+        agree, nothing is sent."""
+        told = [p for p in told[:4 * self.r] if isinstance(p, bytes)]
+        targets = [p for p in self._nearest(s.author)
+                   if p != self.id and p != sender and p not in told]
+        if not targets:
+            return
+        told = sorted(set(told) | set(self._nearest(s.author)))
+        self.metrics["ops_forwarded"] += len(targets)
+
+        async def send(peer):
+            ops = [[s.body, s.sig, entry, None, told]]
+            batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+            try:
+                await self._request(peer, "publish", ops=ops, batch=batch)
+            except BudgetError:
+                pass  # gossip and the publisher's own republish are the backstops
+        for peer in targets:
+            self._spawn(send, peer)

@@ -1,0 +1,155 @@
+"""Warrants at a network node: issuing, keeping, spreading, and believing them only on proof.
+
+An `invalid` warrant is proven from the step it names when the action before it came along,
+else against the offender's history before it, from this node's copy or from whoever can serve
+it; a fetched history must validate in full, so nobody can frame an honest author with one.
+"""
+from __future__ import annotations
+
+from zomes import APP
+
+from ..core import warrant
+from ..core.action import Signed
+from ..core.encoding import encode
+from ..core.errors import BudgetError, InvalidChain
+from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
+from ..core.warrant import Warrant, proves
+from . import protocol as P
+
+MAX_WARRANTS_PER_OFFENDER = 3
+MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
+
+
+def prefix_state(records: list, seq: int, dna) -> ChainState | None:
+    """The state after records 0..seq-1 of a chain, or None if they are not all there or do
+    not validate."""
+    if len(records) != seq:
+        return None
+    try:
+        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records]
+        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
+        return validate_chain(prefix, dna, APP, entries)
+    except (BudgetError, TypeError, ValueError):  # InvalidChain included
+        return None
+
+
+class Warrants:
+    def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
+               entry=None, batch=None) -> None:
+        w = warrant.make(kind, offender, reason, seq, evidence, self.node_key, self.now_us(),
+                         entry=entry, batch=batch)
+        if self._remember_warrant(w):
+            self.metrics["warrants_issued"] += 1
+            self._spawn(self._broadcast_warrant, w)
+
+    def _remember_warrant(self, w: Warrant) -> bool:
+        if w.hash in self.warrants_by_hash:
+            return False
+        if w.offender in self.warranted and sum(
+                1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
+                >= MAX_WARRANTS_PER_OFFENDER:
+            return False  # enough proof kept; more issuers' copies add nothing
+        self.warrants_by_hash[w.hash] = w
+        self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
+        if w.offender not in self.warranted:
+            self.warranted[w.offender] = w
+            self._forget_peer(w.offender)
+            cell = self.cells.get(w.offender)
+            if cell is not None:
+                cell.warrant = w  # this node is told why its agent is refused everywhere
+        self._changed()
+        return True
+
+    async def _broadcast_warrant(self, w: Warrant) -> None:
+        for peer in list(self.peers):
+            try:
+                await self._request(peer, "warrants", warrants=[w.to_wire()])
+            except BudgetError:
+                pass  # gossip carries it there later
+
+    async def _receive_warrant(self, wire, peer: bytes) -> bool:
+        w = warrant.from_wire(wire)
+        if w is None:
+            self.metrics["warrants_refused"] += 1
+            return False
+        if w.hash in self.warrants_by_hash:
+            return True
+        if w.kind == "fork":
+            ok = warrant.fork_proven(w)
+        elif w.kind == "peer":
+            ok = warrant.peer_proven(w)
+        else:
+            ok = await self._invalid_proven(w, peer)
+        if not ok:
+            self.metrics["warrants_refused"] += 1
+            return False
+        self.metrics["warrants_received"] += 1
+        self._remember_warrant(w)
+        return True
+
+    async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
+        """Re-run the validator on the evidence: one step from the action before it when that
+        came along (enough for everything but a grant claimed twice), else against the
+        offender's chain before it: this node's copy, or one fetched from the sender, the
+        issuer, the offender's authorities or its host (once an agent is warranted nobody
+        fetches its history, so its authorities may lack it). A fetched history must itself
+        validate, or its sender could frame the author by leaving records out."""
+        evidence = w.evidence()
+        s = evidence[0]
+        seq = s.seq
+        entry = w.body.get("entry")
+        if len(evidence) == 2:
+            anchor = step_anchor(evidence[1], s, self.dna)
+            if anchor is not None:
+                try:
+                    validate_next(anchor, s, self.dna, APP, entry)
+                except InvalidChain as e:
+                    if proves(e.reason):
+                        return True
+        if seq == 0:
+            try:
+                validate_genesis(s, self.dna)
+            except InvalidChain as e:
+                return proves(e.reason)
+            return False
+        sources = [None, peer, w.issuer, *self._nearest(w.offender),
+                   self.agent_hosts.get(w.offender)]
+        sources = list(dict.fromkeys(x for x in sources if x != self.id))
+        for source in sources:
+            records = self.dht.records(w.offender, 0, seq) if source is None else \
+                await self._fetch_prefix(w.offender, seq, source)
+            cs = prefix_state(records, seq, self.dna)
+            if cs is None:
+                continue
+            try:
+                validate_next(cs, s, self.dna, APP, entry)
+            except InvalidChain as e:
+                return proves(e.reason)
+            return False
+        return False
+
+    async def _fetch_prefix(self, author: bytes, seq: int, source: bytes) -> list:
+        """Records 0..seq-1 of `author`'s chain from `source`, or as many as it had."""
+        records: list = []
+        if source == self.id or source not in self.peers:
+            return records
+        while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
+            try:
+                rep = await self._request(source, "chain", author=author,
+                                          **{"from": len(records)},
+                                          limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+            except BudgetError:
+                return records
+            got = rep.get("records", [])
+            if not isinstance(got, list) or not got:
+                return records
+            records.extend(got[:seq - len(records)])
+        return records
+
+    def warrants(self) -> list[Warrant]:
+        return list(self.warrants_by_hash.values())
+
+    async def _on_warrants(self, peer, msg):
+        for wire in msg["warrants"][:P.MAX_WARRANTS_PER_MESSAGE]:
+            await self._receive_warrant(wire, peer)
+        return P.reply(ok=True)
