@@ -2,10 +2,12 @@
 changes as peers join, vanish and come back."""
 import random
 
+import pytest
 import trio
 
 from node.core import dht
 from node.core.crypto import SigningKey, from_text
+from node.core.errors import BudgetError
 from node.net.node import DEAD_AFTER_FAILURES, NetNode
 from node.sdk import LocalCluster
 
@@ -136,8 +138,14 @@ async def test_peer_exchanges_between_settled_tables_carry_nothing(clock, autoju
         n0, n1 = c.nodes[0], c.nodes[1]
         await until(n0, lambda: all(len(n.peers) == 3 for n in c.nodes))
         await until(n0, lambda: n0._table_digest() == n1._table_digest())
-        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=n0._table_digest())
+        digest, have = n0._table_digest()
+        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
         assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id]
-        # A table that differs (here: one peer forgotten) gets the infos it lacks.
+        # A table that differs (here: one peer forgotten) gets exactly the infos it lacks.
         n0._forget_peer(c.nodes[3].id)
+        digest, have = n0._table_digest()
+        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
+        assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id, c.nodes[3].id]
         assert await n0._refresh_peers(n1.id) == 1 and c.nodes[3].id in n0.peers
+        with pytest.raises(BudgetError, match="16 bytes per peer"):
+            await n0._request(n1.id, "peers", info=n0._my_info(), have=b"not 16 bytes")

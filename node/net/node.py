@@ -272,22 +272,28 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """Swap peer infos with `peer` (ours goes with the request); returns how many peers
         were new to us."""
         before = len(self.peers)
-        rep = await self._request(peer, "peers", info=self._my_info(), digest=self._table_digest())
+        digest, have = self._table_digest()
+        rep = await self._request(peer, "peers", info=self._my_info(), digest=digest, have=have)
         for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE + 1]:
             self._add_peer(info)
         return len(self.peers) - before
 
-    def _table_digest(self) -> bytes:
-        """A hash of which peer-info versions this node holds, itself included: two nodes with
-        equal digests have nothing to swap, so a settled network's exchanges are a few bytes."""
+    def _table_digest(self) -> tuple[bytes, bytes]:
+        """Which peer-info versions this node holds, itself included: a hash (two nodes with
+        equal hashes have nothing to swap, so a settled network's exchanges are a few bytes)
+        and the list itself, 16 bytes a peer (an id prefix, the info's timestamp), from which
+        the other side sends exactly the infos this node lacks or holds older."""
         me = self._my_info()["body"]["ts"]
         if self._digest_key != (self._table_version, me):
             h = hashlib.blake2b(digest_size=16)
+            have = []
             for p, ts in sorted([(self.id, me)] + [(p, i["body"]["ts"])
                                                    for p, i in self.peers.items()]):
                 h.update(p)
                 h.update(b"%d;" % ts)
-            self._digest_key, self._digest = (self._table_version, me), h.digest()
+                have.append(p[:8] + min(max(ts, 0), (1 << 63) - 1).to_bytes(8, "big"))
+            self._digest_key = (self._table_version, me)
+            self._digest = (h.digest(), b"".join(have))
         return self._digest
 
     def _nearest(self, basis: bytes) -> tuple:
@@ -381,16 +387,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if body is None or body["peer"] != peer:
                 raise MalformedInput("peer info is not the sending peer's")
             self._add_peer(info)
-        if msg.get("digest") == self._table_digest():
+        digest, _ = self._table_digest()
+        if msg.get("digest") == digest:
             return P.reply(infos=[self._my_info()])  # same table, same versions: nothing to swap
-        # Half the newest infos (joins and restarts are the news worth spreading), half a
-        # random sample (so every peer keeps circulating).
-        half = P.MAX_PEERS_PER_MESSAGE // 2
-        infos = sorted((i for p, i in self.peers.items() if p != peer),
+        have = msg.get("have", b"")
+        if not isinstance(have, bytes) or len(have) % 16 or len(have) > 16 * (MAX_PEERS + 1):
+            raise MalformedInput("'have' is 16 bytes per peer (id prefix, timestamp)")
+        # What the asker lacks or holds older, newest first (joins and restarts are the news).
+        known = {have[i:i + 8]: int.from_bytes(have[i + 8:i + 16], "big")
+                 for i in range(0, len(have), 16)}
+        infos = sorted((i for p, i in self.peers.items()
+                        if p != peer and known.get(p[:8], -1) < i["body"]["ts"]),
                        key=lambda i: i["body"]["ts"], reverse=True)
-        rest = infos[half:]
-        infos = infos[:half] + self.rng.sample(rest, min(len(rest), half))
-        return P.reply(infos=[self._my_info(), *infos])
+        return P.reply(infos=[self._my_info(), *infos[:P.MAX_PEERS_PER_MESSAGE]])
 
     async def _on_publish(self, peer, msg):
         ops = msg["ops"]

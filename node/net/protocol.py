@@ -10,7 +10,7 @@ MAX_SUMMARY_AUTHORS = 2048     # heads in one gossip summary
 MAX_WARRANTS_PER_MESSAGE = 64
 MAX_WARRANTED_NAMED = 4096     # offenders named in a summary (request and reply)
 MAX_VOUCHES = 8                # author-key authority receipts sent along with one op
-MAX_PEERS_PER_MESSAGE = 512    # per exchange (~240 B each): half newest, half random
+MAX_PEERS_PER_MESSAGE = 512    # per exchange (~240 B each): those the asker lacks, newest first
 
 REQUESTS = frozenset({"dna", "hello", "peers", "publish", "chain", "record", "summary", "warrants",
                       "grant"})
