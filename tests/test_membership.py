@@ -133,7 +133,7 @@ async def test_a_node_that_loses_its_only_peer_keeps_running_and_rejoins(clock, 
         await c.await_consistency(timeout=120)
 
 
-async def test_peer_exchanges_between_settled_tables_carry_nothing(clock, autojump_clock):
+async def test_peer_exchanges_carry_only_what_each_side_lacks(clock, autojump_clock):
     async with LocalCluster.open(n=4, clock=lambda: clock[0], transport="memory") as c:
         n0, n1 = c.nodes[0], c.nodes[1]
         await until(n0, lambda: all(len(n.peers) == 3 for n in c.nodes))
@@ -147,5 +147,8 @@ async def test_peer_exchanges_between_settled_tables_carry_nothing(clock, autoju
         rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
         assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id, c.nodes[3].id]
         assert await n0._refresh_peers(n1.id) == 1 and c.nodes[3].id in n0.peers
+        # And the other way: the answerer names what it holds, and is sent what it lacks.
+        n1._forget_peer(c.nodes[3].id)
+        assert await n0._refresh_peers(n1.id) == 0 and c.nodes[3].id in n1.peers
         with pytest.raises(BudgetError, match="16 bytes per peer"):
             await n0._request(n1.id, "peers", info=n0._my_info(), have=b"not 16 bytes")

@@ -8,6 +8,8 @@ from ..core.errors import BudgetError
 from . import protocol as P
 
 MAX_GOSSIP_BACKOFF = 2        # quiet rounds stretch the gossip interval up to this factor
+EAGER_EXCHANGE_S = 2.0        # peer swaps that bring news are repeated this soon...
+MAX_EAGER_EXCHANGES = 8       # ...this many times in a round
 
 
 class Gossip:
@@ -30,8 +32,15 @@ class Gossip:
                     5 * self.gossip_interval
                 # Every await may drop peers (3 failures in a row): choose after it, not before.
                 if (settling or rounds % 5 == 0) and self.peers:
-                    # while membership is changing, swap peer infos every round
-                    await self._refresh_peers(self._random_peer())
+                    # while membership is changing, swap peer infos every round, and again a
+                    # few seconds later for as long as a swap brings news
+                    got = await self._refresh_peers(self._random_peer())
+                    for _ in range(MAX_EAGER_EXCHANGES):
+                        if not got or not self.peers:
+                            break
+                        await trio.sleep(min(self.gossip_interval, EAGER_EXCHANGE_S)
+                                         * (0.5 + self.rng.random()))
+                        got = await self._refresh_peers(self._random_peer())
                 if self.peers:
                     await self._gossip_with(self._gossip_partner())
             except BudgetError:

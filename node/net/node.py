@@ -269,14 +269,36 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._add_peer(rep.get("info"))
 
     async def _refresh_peers(self, peer: bytes) -> int:
-        """Swap peer infos with `peer` (ours goes with the request); returns how many peers
-        were new to us."""
+        """Swap peer infos with `peer`: it sends what this node lacks (ours goes with the
+        request), and names what it holds, so this node sends back what it lacks in turn
+        (push and pull: news spreads both ways). Returns how many peers were new to us."""
         before = len(self.peers)
         digest, have = self._table_digest()
         rep = await self._request(peer, "peers", info=self._my_info(), digest=digest, have=have)
-        for info in rep.get("infos", [])[:P.MAX_PEERS_PER_MESSAGE + 1]:
+        infos = rep.get("infos", [])
+        for info in infos[:P.MAX_PEERS_PER_MESSAGE + 1] if isinstance(infos, list) else []:
             self._add_peer(info)
+        theirs = rep.get("have")
+        if isinstance(theirs, bytes) and self._valid_have(theirs):
+            push = self._lacking(theirs, peer)
+            if push:
+                await self._request(peer, "peers", push=push)
         return len(self.peers) - before
+
+    @staticmethod
+    def _valid_have(have) -> bool:
+        return isinstance(have, bytes) and len(have) % 16 == 0 and \
+            len(have) <= 16 * (MAX_PEERS + 1)
+
+    def _lacking(self, have: bytes, peer: bytes) -> list:
+        """The infos a peer holding `have` lacks or holds older, newest first (joins and
+        restarts are the news), at most one message's worth."""
+        known = {have[i:i + 8]: int.from_bytes(have[i + 8:i + 16], "big")
+                 for i in range(0, len(have), 16)}
+        infos = sorted((i for p, i in self.peers.items()
+                        if p != peer and known.get(p[:8], -1) < i["body"]["ts"]),
+                       key=lambda i: i["body"]["ts"], reverse=True)
+        return infos[:P.MAX_PEERS_PER_MESSAGE]
 
     def _table_digest(self) -> tuple[bytes, bytes]:
         """Which peer-info versions this node holds, itself included: a hash (two nodes with
@@ -387,19 +409,20 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if body is None or body["peer"] != peer:
                 raise MalformedInput("peer info is not the sending peer's")
             self._add_peer(info)
-        digest, _ = self._table_digest()
+        push = msg.get("push")
+        if push is not None:  # the second leg: infos we lacked, by the asker's reckoning
+            if not isinstance(push, list) or len(push) > P.MAX_PEERS_PER_MESSAGE:
+                raise MalformedInput(f"'push' is a list of at most {P.MAX_PEERS_PER_MESSAGE} infos")
+            for i in push:
+                self._add_peer(i)
+            return P.reply(ok=True)
+        digest, mine = self._table_digest()
         if msg.get("digest") == digest:
             return P.reply(infos=[self._my_info()])  # same table, same versions: nothing to swap
         have = msg.get("have", b"")
-        if not isinstance(have, bytes) or len(have) % 16 or len(have) > 16 * (MAX_PEERS + 1):
+        if not self._valid_have(have):
             raise MalformedInput("'have' is 16 bytes per peer (id prefix, timestamp)")
-        # What the asker lacks or holds older, newest first (joins and restarts are the news).
-        known = {have[i:i + 8]: int.from_bytes(have[i + 8:i + 16], "big")
-                 for i in range(0, len(have), 16)}
-        infos = sorted((i for p, i in self.peers.items()
-                        if p != peer and known.get(p[:8], -1) < i["body"]["ts"]),
-                       key=lambda i: i["body"]["ts"], reverse=True)
-        return P.reply(infos=[self._my_info(), *infos[:P.MAX_PEERS_PER_MESSAGE]])
+        return P.reply(infos=[self._my_info(), *self._lacking(have, peer)], have=mine)
 
     async def _on_publish(self, peer, msg):
         ops = msg["ops"]
