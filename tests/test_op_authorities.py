@@ -70,3 +70,36 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
             assert w.offender not in fresh.chains
             assert await fresh._receive_warrant(w.to_wire(), c.nodes[0].id)
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
+
+
+async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_partition(
+        clock, autojump_clock):
+    """A fork is caught only if an op held alone reaches someone holding the chain: the op goes
+    to the next author-key authority when the nearest does not answer, and stays queued in the
+    store until one does."""
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=3) as c:
+        a = await c.nodes[0].new_agent()
+        await a.add_knowledge("shown somewhere")
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        s = c.nodes[0].store.chain(pub)[-1]
+        entry = c.nodes[0].dht.entry(s.action["entry"])
+        sender = c.nodes[0].id
+        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
+        near = [p for p in holder._nearest(pub) if p != sender]
+        others = [n.id for n in c.nodes if n.id != holder.id]
+
+        holder.dht.put_op(s, entry, unshown_from=sender)
+        c.network.partition([holder.id], [near[0]])  # the nearest is away: the next one will do
+        await holder._register_activity(s.hash, sender)
+        assert holder.dht.unshown(10) == []
+
+        holder.dht.put_op(s, entry, unshown_from=sender)  # shown again, with nobody reachable
+        c.network.heal()
+        c.network.partition([holder.id], others)
+        await holder._register_activity(s.hash, sender)
+        assert holder.dht.unshown(10) == [(s.hash, sender)]
+        c.network.heal()
+        with trio.fail_after(120):  # the limbo worker tries again
+            while holder.dht.unshown(10):
+                await c.wait_changed()

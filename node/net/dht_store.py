@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS ops(hash BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
                                body BLOB NOT NULL, sig BLOB NOT NULL, entry BLOB);
 CREATE TABLE IF NOT EXISTS published(hash BLOB PRIMARY KEY, receipts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS unshown(hash BLOB PRIMARY KEY, sender BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL, sig BLOB NOT NULL,
                                     PRIMARY KEY(hash, validator));
 """
@@ -45,20 +46,30 @@ class DhtStore:
     def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
 
-    def put_op(self, s: Signed, entry: bytes | None) -> None:
+    def put_op(self, s: Signed, entry: bytes | None, unshown_from: bytes | None = None) -> None:
         """An action held for its hash or entry basis: validated against the action before it,
-        kept without the author's chain (the author-key authorities keep that)."""
+        kept without the author's chain (the author-key authorities keep that). `unshown_from`:
+        the sender, when the op still has to be shown to an author-key authority (kept with the
+        op, so a crash does not forget it)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
                        (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")))
+            if unshown_from is not None:
+                db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def unshown(self, limit: int) -> list[tuple[bytes, bytes]]:
+        return self.db.execute("SELECT hash, sender FROM unshown LIMIT ?", (limit,)).fetchall()
+
+    def shown(self, h: bytes) -> None:
+        self.db.execute("DELETE FROM unshown WHERE hash=?", (h,))
 
     def op_record(self, h: bytes):
         row = self.db.execute("SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "

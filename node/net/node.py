@@ -44,6 +44,7 @@ ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
+MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
 
 
@@ -122,6 +123,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.agent_hosts: dict[bytes, bytes] = {}  # agent -> peer id hosting it
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
+        self._showing: set[bytes] = set()          # ops being shown to an author-key authority
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
@@ -619,13 +621,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                               now_us=self.now_us())
         except InvalidChain as e:
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
-        self.dht.put_op(s, entry)
+        vouched = self._vouched(s, peer, vouch)
+        self.dht.put_op(s, entry, None if vouched else peer or b"")
         self.metrics["ops_held_single"] += 1
         self._stored(s, entry)
-        if self._vouched(s, peer, vouch):
+        if vouched:
             self.metrics["ops_vouched"] += 1
         else:
-            self._spawn(self._register_activity, s, entry, peer)
+            self._spawn(self._register_activity, s.hash, peer or b"")
         return "valid"
 
     def _vouched(self, s: Signed, sender, vouch) -> bool:
@@ -642,22 +645,38 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return True
         return False
 
-    async def _register_activity(self, s: Signed, entry, sender=None) -> None:
-        """Show an op held here to the nearest author-key authority (not the sender: it may be
-        the author's own node), which holds the chain: an author who sends different actions at
-        one seq to different authorities (a fork) is caught there, whichever authorities it
-        chose to show each twin to."""
-        for peer in self._nearest(s.author):
-            if peer in (self.id, sender):
-                continue
-            ops = [[s.body, s.sig, entry, None]]
-            batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
-            self.metrics["ops_registered"] += 1
-            try:
-                await self._request(peer, "publish", ops=ops, batch=batch)
-            except BudgetError:
-                pass
+    async def _register_activity(self, h: bytes, sender: bytes) -> None:
+        """Show an op held here to an author-key authority (the nearest that answers, not the
+        sender: it may be the author's own node), which holds the chain: an author who sends
+        different actions at one seq to different authorities (a fork) is caught there,
+        whichever authorities it chose to show each twin to. Until one answers the op stays
+        queued (`unshown`, in the store) and the limbo worker tries again."""
+        if h in self._showing:
             return
+        found = self.dht.op_record(h)
+        if found is None:
+            self.dht.shown(h)
+            return
+        s, entry = found
+        self._showing.add(h)
+        try:
+            for peer in self._nearest(s.author):
+                if peer in (self.id, sender):
+                    continue
+                ops = [[s.body, s.sig, entry, None]]
+                batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
+                self.metrics["ops_registered"] += 1
+                try:
+                    await self._request(peer, "publish", ops=ops, batch=batch)
+                except BudgetError:
+                    continue  # the next-nearest, else a later pass
+                self.dht.shown(h)
+                self._changed()
+                return
+            if all(p in (self.id, sender) for p in self._nearest(s.author)):
+                self.dht.shown(h)  # no one else to show it to
+        finally:
+            self._showing.discard(h)
 
     async def _prev_of(self, s: Signed, peer, prev_wire) -> Signed | None:
         """The action before `s`: the one sent along if it is that one, else the sender's."""
@@ -748,6 +767,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     async def _limbo_worker(self) -> None:
         while True:
             await trio.sleep(self.publish_interval)
+            if len(self._showing) < MAX_SHOW_PER_PASS:
+                for h, sender in self.dht.unshown(MAX_SHOW_PER_PASS):
+                    if h not in self._showing:
+                        self._spawn(self._register_activity, h, sender)
             for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
                 self.limbo.pop(h, None)
                 status = await self._accept(s, entry, peer, op=op, vouch=vouch)
