@@ -152,3 +152,42 @@ async def test_peer_exchanges_carry_only_what_each_side_lacks(clock, autojump_cl
         assert await n0._refresh_peers(n1.id) == 0 and c.nodes[3].id in n1.peers
         with pytest.raises(BudgetError, match="16 bytes per peer"):
             await n0._request(n1.id, "peers", info=n0._my_info(), have=b"not 16 bytes")
+
+
+async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(clock, autojump_clock,
+                                                                              tmp_path):
+    """Peers are cached in the store: a node that restarts while its bootstrap node is away
+    starts from the peers it knew, not from nothing."""
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
+                                 gossip_interval=1e6) as c:  # nobody goes looking for it
+        path = str(tmp_path / "roamer")
+        boot = c.nodes[0].transport.listen_addrs()
+        async with NetNode.open(c.network.transport, path=path, clock=lambda: clock[0],
+                                bootstrap=boot, dna=c.nodes[0].dna) as n:
+            await until(n, lambda: len(n.peers) == 3)
+            n._save_peer_cache()  # what a gossip round does
+            me, before = n.id, n._my_info()["body"]["ts"]
+        c.network.partition([c.nodes[0].id], [c.nodes[1].id, c.nodes[2].id, me])
+        clock[0] += 60  # a minute later
+        async with NetNode.open(c.network.transport, path=path, clock=lambda: clock[0],
+                                bootstrap=boot, dna=c.nodes[0].dna, gossip_interval=1e6) as n:
+            assert n.id == me
+            # the others hold its new info (it told them), and it routes to them
+            await until(n, lambda: all(me in o.peers and o.peers[me]["body"]["ts"] > before
+                                       for o in c.nodes[1:])
+                        and {c.nodes[1].id, c.nodes[2].id} <= set(n.peers))
+
+
+async def test_a_dropped_peer_that_answers_anything_is_a_peer_again(clock, autojump_clock):
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
+                                 gossip_interval=1e6) as c:
+        n0, n2 = c.nodes[0], c.nodes[2]
+        await until(n0, lambda: n2.id in n0.peers)
+        c.network.partition([n0.id], [n2.id])
+        for _ in range(DEAD_AFTER_FAILURES):
+            with pytest.raises(BudgetError):
+                await n0._request(n2.id, "chain", author=n2.id, **{"from": 0}, limit=1)
+        assert n2.id not in n0.peers and n2.id in n0._dropped
+        c.network.heal()
+        await n0._request(n2.id, "chain", author=n2.id, **{"from": 0}, limit=1)
+        assert n2.id in n0.peers and n2.id not in n0._dropped

@@ -1,6 +1,7 @@
 """What a network node keeps beyond its own chains: other authors' validated chains (in the
 same `actions` table, without a `heads` row), single ops held for a hash or entry basis (`ops`),
-warrants, receipts, and which own actions are published."""
+warrants, receipts, which own actions are published, ops still to be shown to an author-key
+authority, and the peer cache."""
 from __future__ import annotations
 
 import sqlite3
@@ -15,6 +16,7 @@ CREATE TABLE IF NOT EXISTS ops(hash BLOB PRIMARY KEY, author BLOB NOT NULL, seq 
                                body BLOB NOT NULL, sig BLOB NOT NULL, entry BLOB);
 CREATE TABLE IF NOT EXISTS published(hash BLOB PRIMARY KEY, receipts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS unshown(hash BLOB PRIMARY KEY, sender BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS peer_infos(peer BLOB PRIMARY KEY, info BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL, sig BLOB NOT NULL,
                                     PRIMARY KEY(hash, validator));
 """
@@ -64,6 +66,21 @@ class DhtStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> None:
+        """The peer cache a restarted node starts from (one transaction per flush)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO peer_infos VALUES (?,?)", infos.items())
+            db.executemany("DELETE FROM peer_infos WHERE peer=?", [(p,) for p in forget])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def load_peers(self, limit: int) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT info FROM peer_infos LIMIT ?", (limit,))]
 
     def unshown(self, limit: int) -> list[tuple[bytes, bytes]]:
         return self.db.execute("SELECT hash, sender FROM unshown LIMIT ?", (limit,)).fetchall()

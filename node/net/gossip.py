@@ -21,6 +21,7 @@ class Gossip:
             stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
             await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
             rounds += 1
+            self._save_peer_cache()
             if self._dropped and (rounds % 2 == 0 or not self.peers):
                 await self._probe_dropped()
             if not self.peers:

@@ -44,6 +44,7 @@ ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
+GREET_CACHED = 3               # cached peers a restarted node swaps peers with at once
 MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
 
@@ -90,8 +91,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                         nursery.start_soon(node._gossiper)
                         nursery.start_soon(node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
+                        cached = node._load_peer_cache()
                         for addr in node.bootstrap:
                             await node.join(addr)
+                        await node._greet_cached(cached)
                         try:
                             yield node
                         finally:
@@ -131,12 +134,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._republish: set[bytes] = set()  # own agents whose authorities changed
         self._peer_epoch = 0
         self._table_version = 0                     # bumps on any change to self.peers
+        self._unsaved_peers: dict[bytes, dict] = {}  # peer cache changes, saved each gossip round
+        self._unsaved_forgets: set[bytes] = set()
         self._digest_key: tuple | None = None
         self._digest = b""
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
         self._maybe_unpublished = True       # no need to ask the store until something commits
         self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
-        self._dropped: dict[bytes, int] = {}           # peer -> info ts when it was dropped
+        self._dropped: dict[bytes, dict] = {}          # peer -> its info when it was dropped
         self._probing: set[bytes] = set()
         self._gossip_quiet = 0
         self._membership_changed_at = 0.0
@@ -227,7 +232,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         old = self.peers.get(peer)
         if old is not None and old["body"]["ts"] >= body["ts"]:
             return peer  # a replayed or older info changes nothing: not worth a verify
-        if self._dropped.get(peer, -1) >= body["ts"]:
+        if peer in self._dropped and self._dropped[peer]["body"]["ts"] >= body["ts"]:
             return None  # the info of a peer found dead: only a fresher one (it is back) counts
         if dht.check_peer_info(info, self.dna.hash) is None:
             return None
@@ -236,6 +241,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             del self.peers[oldest]
         self.peers[peer] = info
         self._table_version += 1
+        self._unsaved_peers[peer] = info
+        if len(self._unsaved_peers) >= MAX_PEERS:
+            self._save_peer_cache()
         if old is None:
             self._peer_set_changed()
         self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
@@ -331,6 +339,39 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 dht.nearest(basis, [self.id, *self.peers], self.r))
         return near
 
+    def _load_peer_cache(self) -> list[bytes]:
+        """Start from the peers known before a restart, not just the bootstrap node: a node
+        whose bootstrap peer is away (or restarted too) still finds the network. Dead ones are
+        dropped after their first failed requests, as any peer is."""
+        loaded = []
+        for raw in self.dht.load_peers(MAX_PEERS):
+            try:
+                peer = self._add_peer(decode(raw))
+            except BudgetError:
+                continue
+            if peer is not None:
+                loaded.append(peer)
+        self._unsaved_peers.clear()
+        return loaded
+
+    async def _greet_cached(self, cached: list[bytes]) -> None:
+        """Swap peers with a few cached peers, so the network hears this node is back (and
+        with which info) without waiting for anyone's gossip round."""
+        for peer in self.rng.sample(sorted(cached), min(GREET_CACHED, len(cached))):
+            if peer in self.peers:
+                try:
+                    await self._refresh_peers(peer)
+                except BudgetError:
+                    pass
+
+    def _save_peer_cache(self) -> None:
+        if self._unsaved_peers or self._unsaved_forgets:
+            self.dht.save_peers({p: encode(i) for p, i in self._unsaved_peers.items()},
+                                self._unsaved_forgets)
+            self._unsaved_peers.clear()
+            self._unsaved_forgets.clear()
+            self._changed()
+
     def _forget_peer(self, peer: bytes) -> None:
         if self.peers.pop(peer, None) is not None:
             self._table_version += 1
@@ -363,15 +404,27 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 # Routing around it: its ops go to the next-nearest authorities, and it comes
                 # back when a fresher peer info (it restarted or re-announced) reaches us.
                 del self._failures[peer]
-                self._dropped[peer] = self.peers[peer]["body"]["ts"]
+                self._dropped[peer] = self.peers[peer]
                 if len(self._dropped) > MAX_PEERS:
                     self._dropped.pop(next(iter(self._dropped)))
                 self.metrics["peers_dropped"] += 1
                 self._forget_peer(peer)
             raise
         self._failures.pop(peer, None)
-        self._dropped.pop(peer, None)  # it answered: the info it sends is welcome again
+        was = self._dropped.pop(peer, None)
+        if was is not None and peer not in self.peers:
+            # It answered, so it is back: routed to again at once (not just un-dropped, which
+            # would leave it known nowhere), and greeted for the info it has now.
+            self._add_peer(was)
+            if t not in ("hello", "peers"):  # those bring its info already
+                self._spawn(self._hello_quietly, peer)
         return P.parse_reply(raw)
+
+    async def _hello_quietly(self, peer: bytes) -> None:
+        try:
+            await self._hello(peer)
+        except BudgetError:
+            pass
 
     # -- serving requests
     async def _handle(self, peer: bytes, raw: bytes) -> bytes:

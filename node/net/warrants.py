@@ -54,6 +54,8 @@ class Warrants:
         if w.offender not in self.warranted:
             self.warranted[w.offender] = w
             self._forget_peer(w.offender)
+            self._unsaved_peers.pop(w.offender, None)
+            self._unsaved_forgets.add(w.offender)
             cell = self.cells.get(w.offender)
             if cell is not None:
                 cell.warrant = w  # this node is told why its agent is refused everywhere
