@@ -191,3 +191,13 @@ async def test_a_dropped_peer_that_answers_anything_is_a_peer_again(clock, autoj
         c.network.heal()
         await n0._request(n2.id, "chain", author=n2.id, **{"from": 0}, limit=1)
         assert n2.id in n0.peers and n2.id not in n0._dropped
+
+
+async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory",
+                                 gossip_interval=1e6) as c:
+        n0, n1 = c.nodes
+        await until(n0, lambda: n1.id in n0.peers)
+        n0._forget_peer(n1.id)  # as after a restart that lost the table
+        await n1._request(n0.id, "chain", author=n1.id, **{"from": 0}, limit=1)
+        await until(n0, lambda: n1.id in n0.peers)

@@ -44,6 +44,7 @@ ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
+MAX_GREETING = 64             # unknown requesters greeted at once
 GREET_CACHED = 3               # cached peers a restarted node swaps peers with at once
 MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
@@ -127,6 +128,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
         self._showing: set[bytes] = set()          # ops being shown to an author-key authority
+        self._greeting: set[bytes] = set()         # unknown requesters being greeted
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
@@ -425,6 +427,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             await self._hello(peer)
         except BudgetError:
             pass
+        finally:
+            self._greeting.discard(peer)
 
     # -- serving requests
     async def _handle(self, peer: bytes, raw: bytes) -> bytes:
@@ -435,6 +439,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if peer in self._dropped:  # it reached us, so it is back: greet it in return
                 self._spawn(self._probe_dropped, peer)
             msg = P.parse_request(raw, self.dna.hash)
+            if peer not in self.peers and msg["t"] not in ("hello", "peers", "dna") and \
+                    peer not in self._greeting and peer not in self._dropped and \
+                    len(self._greeting) < MAX_GREETING:
+                # It knows us and we do not know it (we restarted, or lost our peers): learn its
+                # info, so the link works both ways. (hello and peers bring the info along.)
+                self._greeting.add(peer)
+                self._spawn(self._hello_quietly, peer)
             return await getattr(self, "_on_" + msg["t"])(peer, msg)
         except BudgetError as e:
             self.metrics["messages_refused"] += 1
