@@ -129,6 +129,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.limbo: dict[bytes, tuple] = {}
         self._showing: set[bytes] = set()          # ops being shown to an author-key authority
         self._greeting: set[bytes] = set()         # unknown requesters being greeted
+        self._maybe_unshown = True                 # the store may hold ops not yet shown
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
@@ -687,6 +688,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
         vouched = self._vouched(s, peer, vouch)
         self.dht.put_op(s, entry, None if vouched else peer or b"")
+        self._maybe_unshown |= not vouched
         self.metrics["ops_held_single"] += 1
         self._stored(s, entry)
         if vouched:
@@ -831,8 +833,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     async def _limbo_worker(self) -> None:
         while True:
             await trio.sleep(self.publish_interval)
-            if len(self._showing) < MAX_SHOW_PER_PASS:
-                for h, sender in self.dht.unshown(MAX_SHOW_PER_PASS):
+            if self._maybe_unshown and len(self._showing) < MAX_SHOW_PER_PASS:
+                rows = self.dht.unshown(MAX_SHOW_PER_PASS)
+                self._maybe_unshown = bool(rows)  # a row stays until shown: no need to look
+                for h, sender in rows:
                     if h not in self._showing:
                         self._spawn(self._register_activity, h, sender)
             for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
