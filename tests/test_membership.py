@@ -12,10 +12,18 @@ from node.net.node import DEAD_AFTER_FAILURES, NetNode
 from node.sdk import LocalCluster
 
 
-async def until(node, cond, timeout=120):
+async def until(nodes, cond, timeout=120):
+    """Wait for `cond`, re-checking whenever any of `nodes` (one node, or several, or a
+    cluster) changes."""
+    nodes = nodes if isinstance(nodes, (list, tuple)) else [nodes]
     with trio.fail_after(timeout):
         while not cond():
-            await node.wait_changed()
+            async with trio.open_nursery() as race:
+                async def first(n):
+                    await n.wait_changed()
+                    race.cancel_scope.cancel()
+                for n in nodes:
+                    race.start_soon(first, n)
 
 
 async def test_a_nearer_newcomer_gets_the_head_without_gossip(clock, autojump_clock):
@@ -173,7 +181,7 @@ async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(clo
                                 bootstrap=boot, dna=c.nodes[0].dna, gossip_interval=1e6) as n:
             assert n.id == me
             # the others hold its new info (it told them), and it routes to them
-            await until(n, lambda: all(me in o.peers and o.peers[me]["body"]["ts"] > before
+            await until([n, c], lambda: all(me in o.peers and o.peers[me]["body"]["ts"] > before
                                        for o in c.nodes[1:])
                         and {c.nodes[1].id, c.nodes[2].id} <= set(n.peers))
 

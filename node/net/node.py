@@ -95,7 +95,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                         cached = node._load_peer_cache()
                         for addr in node.bootstrap:
                             await node.join(addr)
-                        await node._greet_cached(cached)
+                        nursery.start_soon(node._greet_cached, cached)  # dead ones cost time
                         try:
                             yield node
                         finally:
