@@ -205,6 +205,7 @@ class Simulation:
         async def join(slot, delay):
             await trio.sleep(delay)
             if slot.node is not None:
+                slot.node.bootstrap = (addr0,)  # so a node whose join was lost tries again
                 await slot.node.join(addr0)
         async with trio.open_nursery() as n:
             for i in range(1, cfg.nodes):
@@ -298,8 +299,11 @@ class Simulation:
             live = self.live()
             for s in live:
                 if s.node is not None and len(s.node.peers) == 0 and len(live) > 1:
-                    other = self.rng_faults.choice([o for o in live if o is not s])
-                    if other.node is not None:
+                    # the best-connected node, as an operator would pick (a random one may be
+                    # just as lost, and the two would make an island)
+                    other = max((o for o in live if o is not s and o.node is not None),
+                                key=lambda o: (len(o.node.peers), -o.index), default=None)
+                    if other is not None and other.node is not None:
                         self.churn_events["rejoin"] += 1
                         await s.node.join(other.node.transport.listen_addrs()[0])
 
