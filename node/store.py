@@ -68,6 +68,17 @@ class Store:
             raise
         self.writers = 0    # chains with a write in progress (kept by Cell); a batching hint
         self._queue: list = []  # appends waiting for the group commit
+        self._data_version = self._read_data_version()
+
+    def _read_data_version(self) -> int:
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (another process sharing this store) has committed
+        since the last call; this connection's own commits do not count."""
+        v = self._read_data_version()
+        changed, self._data_version = v != self._data_version, v
+        return changed
 
     def close(self) -> None:
         self.db.close()

@@ -38,13 +38,6 @@ from .workload import Workload
 MAX_VIOLATIONS = 200
 
 
-def _memoize_ring_locations() -> None:
-    """dht.location is a pure function (BLAKE2b of a key on the ring) that nearest() recomputes
-    for every peer on every call; caching it changes no result, only the simulator's wall time."""
-    if not hasattr(dht.location, "cache_info"):
-        dht.location = functools.lru_cache(maxsize=1 << 20)(dht.location)
-
-
 class Slot:
     """One node position: its store directory survives restarts; the NetNode does not."""
 
@@ -618,10 +611,17 @@ def deterministic_trio(seed: int):
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = allow
 
 
+def _memory_backed_dir() -> str | None:
+    """A simulation's stores live only as long as the run: on a RAM-backed filesystem
+    (Linux's /dev/shm) they cost no disk writes; elsewhere, the usual temp directory."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
 def run(cfg: SimConfig, progress=None) -> dict:
     """Run one seeded simulation; returns the report (a dict, JSON-ready)."""
-    _memoize_ring_locations()
-    root = tempfile.mkdtemp(prefix=f"budgetnode-sim-{cfg.seed}-", dir=cfg.store_root)
+    root = tempfile.mkdtemp(prefix=f"budgetnode-sim-{cfg.seed}-",
+                            dir=cfg.store_root or _memory_backed_dir())
     sim = Simulation(cfg, root)
     sim.progress_cb = progress
     wall = time.perf_counter()

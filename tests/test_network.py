@@ -200,3 +200,26 @@ async def test_restarted_node_rejoins_and_catches_up(clock, autojump_clock, tmp_
                     await n2.wait_changed()
             st = await n2.get_budget_state(a.agent_id)
             assert st.remaining_ru == 64.0
+
+
+async def test_a_write_by_another_process_sharing_the_store_is_published(clock, autojump_clock,
+                                                                         tmp_path):
+    """`budgetnode call --path` may write to the store of a running node: the node notices the
+    other connection's commit (its gossiper asks SQLite) and publishes the action."""
+    from node.sdk import LocalNode
+    paths = [str(tmp_path / f"n{i}") for i in range(2)]
+    async with cluster(clock, n=2, paths=paths) as c:
+        a = await c.nodes[0].new_agent()
+        await c.await_consistency(timeout=30)
+        await trio.sleep(30)  # the scenario: a node that has gone quiet (its publisher idle)
+        pub = from_text("agent", a.agent_id)
+        async with LocalNode.open(path=paths[0], clock=lambda: clock[0]) as other:
+            a2 = await other.agent(a.agent_id)
+            await a2.add_knowledge("written by another process")
+            want = (a2._cell.state.seq, a2._cell.state.hash)
+        n0, n1 = c.nodes
+        assert n1._head(pub) != want and n0.dht.unpublished(1)
+        with trio.fail_after(60):
+            while n0.dht.unpublished(1):  # marked published once its authorities receipted it
+                await n0.wait_changed()
+        assert n1._head(pub) == want

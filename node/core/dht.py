@@ -1,6 +1,7 @@
 """DHT routing, validation receipts, peer info: pure functions over bytes and keys."""
 from __future__ import annotations
 
+import functools
 import heapq
 
 from .action import Signed
@@ -10,14 +11,17 @@ from .encoding import encode
 DEFAULT_R = 3
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def location(key: bytes) -> int:
-    """Peers and bases live on one ring: the BLAKE2b of their bytes, so keys spread evenly."""
+    """Peers and bases live on one ring: the BLAKE2b of their bytes, so keys spread evenly.
+    Remembered (bounded): nearest() asks it for every peer on every lookup."""
     return int.from_bytes(blake2b_256(key), "big")
 
 
 def nearest(basis: bytes, peers, r: int) -> list[bytes]:
+    # distinct peers have distinct locations (else BLAKE2b collides), so distances never tie
     loc = location(basis)
-    return heapq.nsmallest(r, peers, key=lambda p: (location(p) ^ loc, p))
+    return heapq.nsmallest(r, peers, key=lambda p: location(p) ^ loc)
 
 
 def bases(s: Signed) -> list[bytes]:

@@ -22,6 +22,9 @@ class Gossip:
             await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
             rounds += 1
             self._save_peer_cache()
+            if self.store.changed_elsewhere():  # another process sharing the store committed
+                self._maybe_unpublished = True
+                self._publish_kick.set()
             if self._dropped and (rounds % 2 == 0 or not self.peers):
                 await self._probe_dropped()
             if not self.peers:

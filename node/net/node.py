@@ -151,6 +151,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.bootstrap: tuple = ()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._publish_kick = trio.Event()
+        self._limbo_kick = trio.Event()
         self._change = trio.Event()
         self.on_change = None
         for pub, cell in self.cells.items():
@@ -172,6 +173,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         cell.rogue = self.rogue
         cell.on_commit = self._on_local_commit
         self._maybe_unpublished = True  # its genesis was written before it was wired
+        if hasattr(self, "_publish_kick"):
+            self._publish_kick.set()
         cell.warrant = self.warranted.get(cell.key.public) if hasattr(self, "warranted") else None
 
     async def new_agent(self):
@@ -741,6 +744,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return
             if all(p in (self.id, sender) for p in self._nearest(s.author)):
                 self.dht.shown(h)  # no one else to show it to
+            else:
+                self._limbo_kick.set()  # still unshown: the limbo worker tries again
         finally:
             self._showing.discard(h)
 
@@ -769,6 +774,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self.metrics["limbo_full"] += 1
             return "busy"  # the sender keeps it and retries: nothing is dropped silently
         self.limbo[s.hash] = (s, entry, peer, 0, op, vouch)
+        self._limbo_kick.set()
         return "pending"
 
     async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
@@ -832,6 +838,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     # -- background work (publishing.py and gossip.py hold the publisher and the gossiper)
     async def _limbo_worker(self) -> None:
         while True:
+            if not (self.limbo or self._maybe_unshown):
+                await self._limbo_kick.wait()  # nothing waits: no need to wake each interval
+            self._limbo_kick = trio.Event()
             await trio.sleep(self.publish_interval)
             if self._maybe_unshown and len(self._showing) < MAX_SHOW_PER_PASS:
                 rows = self.dht.unshown(MAX_SHOW_PER_PASS)

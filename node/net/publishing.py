@@ -31,10 +31,11 @@ class Publishing:
                         pending.append(head)
             if pending:
                 await self._publish_round(pending)
-            with trio.move_on_after(self.publish_interval) as idle:
-                await self._publish_kick.wait()
-            if idle.cancelled_caught:  # a quiet interval: look again (another handle on the
-                self._maybe_unpublished = True  # same store may have committed)
+                # an op short of receipts is tried again after a quiet interval
+                with trio.move_on_after(self.publish_interval):
+                    await self._publish_kick.wait()
+            else:
+                await self._publish_kick.wait()  # a commit, new peers, or the gossiper's nudge
             self._publish_kick = trio.Event()
 
     async def _publish_round(self, pending: list[Signed]) -> None:
