@@ -30,6 +30,7 @@ from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, Malfor
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
+from .nearest import NearestCache
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore
@@ -39,7 +40,6 @@ from .transport import PeerUnreachable
 from .warrants import MAX_FETCH_ROUNDS, Warrants
 
 MAX_PEERS = 4096              # full membership: authorities are the R nearest of all known peers
-MAX_NEAREST_CACHE = 1 << 16
 ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
 MAX_LIMBO = 4096
@@ -133,7 +133,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
-        self._near_cache: dict[bytes, tuple] = {}  # basis -> R nearest of self + peers
+        self._near = NearestCache(r)                # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
         self._peer_epoch = 0
         self._table_version = 0                     # bumps on any change to self.peers
@@ -245,13 +245,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if old is None and len(self.peers) >= MAX_PEERS:
             oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
             del self.peers[oldest]
+            self._near.changed(oldest, False)
         self.peers[peer] = info
         self._table_version += 1
         self._unsaved_peers[peer] = info
         if len(self._unsaved_peers) >= MAX_PEERS:
             self._save_peer_cache()
         if old is None:
-            self._peer_set_changed()
+            self._peer_set_changed(peer, True)
         self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
         for agent in body["agents"]:
             if isinstance(agent, bytes):
@@ -336,14 +337,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
 
     def _nearest(self, basis: bytes) -> tuple:
         """The R nodes nearest `basis` among this node and its peers: its authorities as this
-        node sees them. Cached until the peer set changes."""
-        near = self._near_cache.get(basis)
-        if near is None:
-            if len(self._near_cache) >= MAX_NEAREST_CACHE:
-                self._near_cache.clear()
-            near = self._near_cache[basis] = tuple(
-                dht.nearest(basis, [self.id, *self.peers], self.r))
-        return near
+        node sees them."""
+        return self._near.nearest(basis, lambda: [self.id, *self.peers])
 
     def _load_peer_cache(self) -> list[bytes]:
         """Start from the peers known before a restart, not just the bootstrap node: a node
@@ -381,13 +376,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _forget_peer(self, peer: bytes) -> None:
         if self.peers.pop(peer, None) is not None:
             self._table_version += 1
-            self._peer_set_changed()
+            self._peer_set_changed(peer, False)
 
-    def _peer_set_changed(self) -> None:
+    def _peer_set_changed(self, peer: bytes, came: bool) -> None:
         """New authorities may now be nearer to our agents than the ones that stored their
         heads: queue each head for the publisher, which sends it to the authorities that hold
         no receipt for it (they fetch the history before it from us)."""
-        self._near_cache.clear()
+        self._near.changed(peer, came)
         self._peer_epoch += 1
         self._changed()
         self._gossip_quiet = 0

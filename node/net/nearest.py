@@ -1,0 +1,65 @@
+"""The R nearest members of a changing peer set, per basis: what `dht.nearest` answers, kept
+across peer-set changes instead of thrown away at each one."""
+from __future__ import annotations
+
+from ..core import dht
+
+MAX_ENTRIES = 1 << 16   # bases remembered; all are forgotten at once past this
+MAX_LOG = 1024          # peer-set changes remembered; an entry older than that is recomputed
+
+
+class NearestCache:
+    """Each entry remembers how many peer-set changes it had seen; a lookup replays only the
+    changes since. A peer that came is kept if it is nearer than the entry's farthest; a peer
+    that went and was in the entry forces a recompute (any member may replace it). A node in a
+    network whose membership moves (joins, restarts, drops) used to recompute `dht.nearest` over
+    all its peers for every basis it touched after every change."""
+
+    def __init__(self, r: int):
+        self.r = r
+        self._entries: dict[bytes, tuple[int, tuple]] = {}
+        self._log: list[tuple[bytes, bool]] = []   # (peer, came) for each change, oldest first
+        self._base = 0                              # how many changes came before _log[0]
+
+    @property
+    def version(self) -> int:
+        return self._base + len(self._log)
+
+    def changed(self, peer: bytes, came: bool) -> None:
+        self._log.append((peer, came))
+        if len(self._log) > MAX_LOG:
+            cut = len(self._log) // 2
+            del self._log[:cut]
+            self._base += cut
+
+    def nearest(self, basis: bytes, members) -> tuple:
+        """`members()` lists the whole set; it is called only when an entry must be rebuilt."""
+        version = self.version
+        entry = self._entries.get(basis)
+        if entry is not None:
+            seen, near = entry
+            if seen == version:
+                return near
+            if seen >= self._base:
+                near = self._replay(basis, near, self._log[seen - self._base:])
+                if near is not None:
+                    self._entries[basis] = (version, near)
+                    return near
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        near = tuple(dht.nearest(basis, members(), self.r))
+        self._entries[basis] = (version, near)
+        return near
+
+    def _replay(self, basis: bytes, near: tuple, changes) -> tuple | None:
+        loc = dht.location(basis)
+        out = list(near)
+        for peer, came in changes:
+            if not came:
+                if peer in out:
+                    return None
+            elif peer not in out:
+                out.append(peer)
+                out.sort(key=lambda p: dht.location(p) ^ loc)
+                del out[self.r:]
+        return tuple(out)

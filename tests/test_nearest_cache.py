@@ -1,0 +1,53 @@
+"""The nearest-peers cache must answer exactly what recomputing would, through any sequence of
+peers coming and going (the simulator's trace hashes depend on it, and so does routing)."""
+import random
+
+from node.core import dht
+from node.net import nearest as N
+from node.net.nearest import NearestCache
+
+
+def test_cache_answers_what_recomputing_would_through_churn(monkeypatch):
+    monkeypatch.setattr(N, "MAX_LOG", 16)  # small, so entries also outlive the change log
+    rng = random.Random(5)
+    me = rng.randbytes(32)
+    pool = [rng.randbytes(32) for _ in range(40)]
+    bases = [rng.randbytes(32) for _ in range(25)]
+    members: set[bytes] = set()
+    cache = NearestCache(r=3)
+    rebuilt = [0]
+
+    def everyone():
+        rebuilt[0] += 1
+        return [me, *members]
+    replayed = 0
+    for step in range(3000):
+        p = rng.choice(pool)
+        if p in members and rng.random() < 0.5:
+            members.discard(p)
+            cache.changed(p, False)
+        elif p not in members:
+            members.add(p)
+            cache.changed(p, True)
+        for b in rng.sample(bases, 3):
+            stale = b in cache._entries and cache._entries[b][0] != cache.version
+            n = rebuilt[0]
+            got = cache.nearest(b, everyone)
+            assert got == tuple(dht.nearest(b, [me, *members], 3)), step
+            replayed += stale and rebuilt[0] == n
+    assert replayed > 100  # the replay path, not only full recomputes, was exercised
+
+
+def test_a_peer_that_leaves_an_entry_forces_a_recompute():
+    rng = random.Random(1)
+    me, *peers = [rng.randbytes(32) for _ in range(10)]
+    basis = rng.randbytes(32)
+    cache = NearestCache(r=3)
+    members = set(peers)
+    near = cache.nearest(basis, lambda: [me, *members])
+    gone = near[0] if near[0] != me else near[1]
+    members.discard(gone)
+    cache.changed(gone, False)
+    after = cache.nearest(basis, lambda: [me, *members])
+    assert gone not in after and len(after) == 3
+    assert after == tuple(dht.nearest(basis, [me, *members], 3))
