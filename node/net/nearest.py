@@ -32,15 +32,16 @@ class NearestCache:
             del self._log[:cut]
             self._base += cut
 
-    def nearest(self, basis: bytes, members) -> tuple:
-        """`members()` lists the whole set; it is called only when an entry must be rebuilt."""
+    def nearest(self, basis: bytes, members, size: int) -> tuple:
+        """`members()` lists the whole set (`size` of them); it is called only when an entry
+        must be rebuilt, or when replaying the changes since would cost about as much."""
         version = self.version
         entry = self._entries.get(basis)
         if entry is not None:
             seen, near = entry
             if seen == version:
                 return near
-            if seen >= self._base:
+            if seen >= self._base and 4 * (version - seen) < size:
                 near = self._replay(basis, near, self._log[seen - self._base:])
                 if near is not None:
                     self._entries[basis] = (version, near)
@@ -54,12 +55,15 @@ class NearestCache:
     def _replay(self, basis: bytes, near: tuple, changes) -> tuple | None:
         loc = dht.location(basis)
         out = list(near)
+        far = dht.location(out[-1]) ^ loc if len(out) >= self.r else None
         for peer, came in changes:
             if not came:
                 if peer in out:
                     return None
-            elif peer not in out:
+            elif peer not in out and (far is None or dht.location(peer) ^ loc < far):
                 out.append(peer)
                 out.sort(key=lambda p: dht.location(p) ^ loc)
                 del out[self.r:]
+                if len(out) >= self.r:
+                    far = dht.location(out[-1]) ^ loc
         return tuple(out)

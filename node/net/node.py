@@ -338,7 +338,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _nearest(self, basis: bytes) -> tuple:
         """The R nodes nearest `basis` among this node and its peers: its authorities as this
         node sees them."""
-        return self._near.nearest(basis, lambda: [self.id, *self.peers])
+        return self._near.nearest(basis, lambda: [self.id, *self.peers], len(self.peers) + 1)
 
     def _load_peer_cache(self) -> list[bytes]:
         """Start from the peers known before a restart, not just the bootstrap node: a node
