@@ -103,3 +103,33 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
         with trio.fail_after(120):  # the limbo worker tries again
             while holder.dht.unshown(10):
                 await c.wait_changed()
+
+
+async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clock,
+                                                                             autojump_clock):
+    """A create's twins share their entry, so the entry's authorities are sent both: whichever
+    author-key authorities saw which twin, they hold the proof of the fork themselves (seed
+    200465 of the mixed sweep: the twin had been shown only to the forker's own node)."""
+    from node.core.action import Signed
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
+        a = await c.nodes[0].new_agent()
+        await a.add_knowledge("one of two")
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        s = c.nodes[0].store.chain(pub)[-1]
+        entry = c.nodes[0].dht.entry(s.action["entry"])
+        key = c.nodes[0].cells[pub].key
+        twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
+        prev = c.nodes[0].store.chain(pub)[-2]
+        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
+        sender = c.nodes[0].id
+        assert await holder._accept(s, entry, sender, op=True,
+                                    prev=[prev.body, prev.sig]) == "valid"
+        assert pub not in holder.warranted
+        assert await holder._accept(twin, entry, sender, op=True,
+                                    prev=[prev.body, prev.sig]) == "invalid"
+        w = holder.warranted[pub]
+        assert (w.kind, w.body["seq"]) == ("fork", s.seq)
+        assert {e.hash for e in w.evidence()} == {s.hash, twin.hash}
+        await c.await_consistency(timeout=60)  # and every node learns it
+        assert all(pub in n.warranted for n in c.nodes)

@@ -14,6 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL, wire BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS ops(hash BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
                                body BLOB NOT NULL, sig BLOB NOT NULL, entry BLOB);
+CREATE INDEX IF NOT EXISTS ops_by_author ON ops(author, seq);
 CREATE TABLE IF NOT EXISTS published(hash BLOB PRIMARY KEY, receipts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS unshown(hash BLOB PRIMARY KEY, sender BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS peer_infos(peer BLOB PRIMARY KEY, info BLOB NOT NULL);
@@ -44,6 +45,14 @@ class DhtStore:
         """Held as part of a chain or as a single op."""
         return self.db.execute("SELECT 1 FROM actions WHERE hash=? UNION ALL "
                                "SELECT 1 FROM ops WHERE hash=?", (h, h)).fetchone() is not None
+
+    def twin_of(self, s: Signed) -> Signed | None:
+        """Another action held here (in a chain or alone) by `s`'s author at `s`'s seq."""
+        row = self.db.execute(
+            "SELECT body, sig FROM ops WHERE author=? AND seq=? AND hash!=? UNION ALL "
+            "SELECT body, sig FROM actions WHERE author=? AND seq=? AND hash!=? LIMIT 1",
+            (s.author, s.seq, s.hash, s.author, s.seq, s.hash)).fetchone()
+        return None if row is None else Signed.from_wire(*row)
 
     def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None

@@ -684,6 +684,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                               now_us=self.now_us())
         except InvalidChain as e:
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
+        # Two actions the author signed at one seq are a fork, proven here and now (a create's
+        # twins share an entry, so that entry's authorities are sent both).
+        twin = self.dht.twin_of(s)
+        if twin is not None:
+            self._issue("fork", s.author, "fork", s.seq, [twin, s])
+            return "invalid"
         vouched = self._vouched(s, peer, vouch)
         self.dht.put_op(s, entry, None if vouched else peer or b"")
         self._maybe_unshown |= not vouched
@@ -722,10 +728,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self.dht.shown(h)
             return
         s, entry = found
+        # The author's own node would not report its fork: a show to it does not count.
+        skip = (self.id, sender, self.agent_hosts.get(s.author))
         self._showing.add(h)
         try:
             for peer in self._nearest(s.author):
-                if peer in (self.id, sender):
+                if peer in skip:
                     continue
                 ops = [[s.body, s.sig, entry, None]]
                 batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
@@ -737,7 +745,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 self.dht.shown(h)
                 self._changed()
                 return
-            if all(p in (self.id, sender) for p in self._nearest(s.author)):
+            if all(p in skip for p in self._nearest(s.author)):
                 self.dht.shown(h)  # no one else to show it to
             else:
                 self._limbo_kick.set()  # still unshown: the limbo worker tries again
