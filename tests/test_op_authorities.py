@@ -72,18 +72,24 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
 
 
+async def _one_create_everywhere(c):
+    """An agent on node 0 that wrote one entry, held by all its authorities: (agent key, the
+    action, its entry bytes)."""
+    a = await c.nodes[0].new_agent()
+    await a.add_knowledge("written once")
+    await c.await_consistency(timeout=60)
+    pub = from_text("agent", a.agent_id)
+    s = c.nodes[0].store.chain(pub)[-1]
+    return pub, s, c.nodes[0].dht.entry(s.action["entry"])
+
+
 async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_partition(
         clock, autojump_clock):
     """A fork is caught only if an op held alone reaches someone holding the chain: the op goes
     to the next author-key authority when the nearest does not answer, and stays queued in the
     store until one does."""
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=3) as c:
-        a = await c.nodes[0].new_agent()
-        await a.add_knowledge("shown somewhere")
-        await c.await_consistency(timeout=60)
-        pub = from_text("agent", a.agent_id)
-        s = c.nodes[0].store.chain(pub)[-1]
-        entry = c.nodes[0].dht.entry(s.action["entry"])
+        pub, s, entry = await _one_create_everywhere(c)
         sender = c.nodes[0].id
         holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
         near = [p for p in holder._nearest(pub) if p != sender]
@@ -112,12 +118,7 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
     200465 of the mixed sweep: the twin had been shown only to the forker's own node)."""
     from node.core.action import Signed
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
-        a = await c.nodes[0].new_agent()
-        await a.add_knowledge("one of two")
-        await c.await_consistency(timeout=60)
-        pub = from_text("agent", a.agent_id)
-        s = c.nodes[0].store.chain(pub)[-1]
-        entry = c.nodes[0].dht.entry(s.action["entry"])
+        pub, s, entry = await _one_create_everywhere(c)
         key = c.nodes[0].cells[pub].key
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
