@@ -104,3 +104,32 @@ async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
         # Node 0 asks node 1; node 1 has nothing node 0 lacks, so only a push carries it over.
         await c.nodes[0]._gossip_with(c.nodes[1].id)
         assert key.public in c.nodes[1].warranted
+
+
+async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin(
+        clock, autojump_clock):
+    """An action that does not build on the action its author signed at the seq before proves
+    a fork by itself, even to a node whose own copy of the chain holds the other twin, which
+    the action does build on (seed 301172 of the mixed sweep: two honest nodes refused such a
+    warrant for good). Evidence where the action does build on its predecessor proves nothing."""
+    async with cluster(clock, n=4, r=3) as c:
+        a = await c.nodes[0].new_agent()
+        await a.add_knowledge("first")
+        await a.add_knowledge("second")
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", a.agent_id)
+        chain = c.nodes[0].store.chain(pub)
+        s1, s2 = chain[-2], chain[-1]
+        twin = Signed.sign({**s1.action, "ts": s1.action["ts"] + 1}, c.nodes[0].cells[pub].key)
+        issuer = c.nodes[1]
+        judge = c.nodes[2]
+        assert judge.dht.in_chain(s1.hash) and judge.dht.in_chain(s2.hash)
+        framing = W.make("invalid", pub, "bad_prev", s2.seq, [s2, s1], issuer.node_key,
+                         issuer.now_us())
+        assert not await judge._receive_warrant(framing.to_wire(), issuer.id)
+        assert pub not in judge.warranted
+        w = W.make("invalid", pub, "bad_prev", s2.seq, [s2, twin], issuer.node_key,
+                   issuer.now_us())
+        assert W.prev_mismatch_proven(w) and not W.prev_mismatch_proven(framing)
+        assert await judge._receive_warrant(w.to_wire(), issuer.id)
+        assert pub in judge.warranted

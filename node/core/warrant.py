@@ -136,6 +136,19 @@ def batch_ok(batch, sender: bytes) -> bool:
         return False
 
 
+def prev_mismatch_proven(w: Warrant) -> bool:
+    """`bad_prev` with the action before as evidence: the author signed an action at seq-1
+    that the action at seq does not build on. An honest author signs one action a seq and
+    builds on it, so this proves a fork (or a chain built on nothing) without any history, even
+    where the receiver holds the other twin at seq-1 in its own copy."""
+    ev = w.evidence()
+    if w.kind != "invalid" or w.reason != "bad_prev" or len(ev) != 2:
+        return False
+    s, before = ev  # from_wire checked both are the offender's, at seq and seq-1
+    return (s.action.get("prev") != before.hash
+            and all(verify(w.offender, a.sig, a.body) for a in ev))
+
+
 def peer_proven(w: Warrant) -> bool:
     """The offending peer signed a batch naming an action whose own signature is forged."""
     ev = w.evidence()

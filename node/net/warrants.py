@@ -96,6 +96,8 @@ class Warrants:
         issuer, the offender's authorities or its host (once an agent is warranted nobody
         fetches its history, so its authorities may lack it). A fetched history must itself
         validate, or its sender could frame the author by leaving records out."""
+        if warrant.prev_mismatch_proven(w):
+            return True
         evidence = w.evidence()
         s = evidence[0]
         seq = s.seq
