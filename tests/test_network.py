@@ -211,7 +211,8 @@ async def test_a_write_by_another_process_sharing_the_store_is_published(clock, 
     async with cluster(clock, n=2, paths=paths) as c:
         a = await c.nodes[0].new_agent()
         await c.await_consistency(timeout=30)
-        await trio.sleep(30)  # the scenario: a node that has gone quiet (its publisher idle)
+        with trio.fail_after(60):  # the scenario: a node gone quiet, with no retry pending
+            await c.nodes[0].publisher_idle.wait()
         pub = from_text("agent", a.agent_id)
         async with LocalNode.open(path=paths[0], clock=lambda: clock[0]) as other:
             a2 = await other.agent(a.agent_id)

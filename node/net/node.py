@@ -152,6 +152,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._publish_kick = trio.Event()
         self._limbo_kick = trio.Event()
+        self.publisher_idle = trio.Event()  # set while nothing is left to publish or retry
         self._change = trio.Event()
         self.on_change = None
         for pub, cell in self.cells.items():

@@ -35,7 +35,9 @@ class Publishing:
                 with trio.move_on_after(self.publish_interval):
                     await self._publish_kick.wait()
             else:
+                self.publisher_idle.set()
                 await self._publish_kick.wait()  # a commit, new peers, or the gossiper's nudge
+                self.publisher_idle = trio.Event()
             self._publish_kick = trio.Event()
 
     async def _publish_round(self, pending: list[Signed]) -> None:
