@@ -254,6 +254,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self._save_peer_cache()
         if old is None:
             self._peer_set_changed(peer, True)
+        else:
+            self._changed()  # a peer's fresher info (it restarted, or its agents changed)
         self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
         for agent in body["agents"]:
             if isinstance(agent, bytes):
