@@ -52,6 +52,7 @@ class Slot:
         self.scope: trio.CancelScope | None = None
         self.stop: trio.Event | None = None
         self.incarnation = 0
+        self.starting = False
         self.agents: list = []
         self._mock = clock
         self.crashes = self.leaves = 0
@@ -205,15 +206,20 @@ class Simulation:
                 n.start_soon(join, self.slots[i], i * stagger)
 
     async def _restart(self, nursery, slot: Slot) -> None:
-        if slot.node is not None:
+        # A start takes simulated time (it joins a peer first): a second restart meanwhile (the
+        # liveness phase's, racing churn's) must not open a twin node on the same store.
+        if slot.node is not None or slot.starting:
             return
         slot.incarnation += 1
         others = [s for s in self.live() if s is not slot]
         boot = [self.rng_faults.choice(others).node.transport.listen_addrs()[0]] if others else []
+        slot.starting = True
         try:
             await nursery.start(functools.partial(self._run_node, slot, bootstrap=boot))
         except BudgetError as e:  # e.g. StoreCorrupted: an honest store must always reopen
             self.violation(f"node {slot.index} could not restart from its store: {e}")
+        finally:
+            slot.starting = False
 
     async def _stop(self, slot: Slot, crash: bool) -> None:
         if slot.node is None:

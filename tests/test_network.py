@@ -6,6 +6,7 @@ from node.core.action import Signed
 from node.core.crypto import from_text
 from node.core import warrant as W
 from node.core.encoding import encode
+from node.core.errors import StoreBusy
 from node.net import protocol as P
 from node.sdk import InsufficientRU, LocalCluster, UnknownAgent, Warranted
 
@@ -200,6 +201,16 @@ async def test_restarted_node_rejoins_and_catches_up(clock, autojump_clock, tmp_
                     await n2.wait_changed()
             st = await n2.get_budget_state(a.agent_id)
             assert st.remaining_ru == 64.0
+            # A second node on the same store is refused, and the store is left as it was;
+            # once the first has stopped, the store opens again.
+            head = n2._head(from_text("agent", a.agent_id))
+            with pytest.raises(StoreBusy, match="already running"):
+                async with NetNode.open(c2.network.transport, path=paths[2],
+                                        clock=lambda: clock[0]):
+                    pass
+            assert n2._head(from_text("agent", a.agent_id)) == head
+        async with NetNode.open(c2.network.transport, path=paths[2], clock=lambda: clock[0]) as n2:
+            assert n2._head(from_text("agent", a.agent_id)) == head
 
 
 async def test_a_write_by_another_process_sharing_the_store_is_published(clock, autojump_clock,

@@ -141,3 +141,15 @@ def test_mixed_fault_seeds_pass_and_their_replay_commands_rebuild_them():
         r = run(cfg)
         assert r["ok"], (cfg.replay_command(), r["invariant_violations"][:3])
     assert kinds  # these seeds do draw partitions
+
+
+def test_a_restart_racing_the_liveness_phase_starts_one_node_not_two():
+    """Seed 412830 of the mixed sweep: churn restarted node 6 a moment before the liveness phase
+    began, and the liveness phase, seeing no node in the slot yet, started a second one on the
+    same store. The twin took over the node's address, so the node the checker watched never
+    heard a reply again and the run could not converge."""
+    from sims.mixed import mixed
+    cfg = mixed(412830)
+    assert cfg.churn > 0
+    r = run(cfg)
+    assert r["ok"], r["invariant_violations"][:3]

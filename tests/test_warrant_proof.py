@@ -112,7 +112,7 @@ async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin
     a fork by itself, even to a node whose own copy of the chain holds the other twin, which
     the action does build on (seed 301172 of the mixed sweep: two honest nodes refused such a
     warrant for good). Evidence where the action does build on its predecessor proves nothing."""
-    async with cluster(clock, n=4, r=3) as c:
+    async with cluster(clock, n=4, r=4) as c:  # every node holds the chain, the judge too
         a = await c.nodes[0].new_agent()
         await a.add_knowledge("first")
         await a.add_knowledge("second")

@@ -71,3 +71,8 @@ class InvalidChain(BudgetError):
 
 class StoreCorrupted(BudgetError):
     code = "E_STORE_CORRUPTED"
+
+
+class StoreBusy(BudgetError):
+    """Another network node already runs on this store (two would answer for one node key)."""
+    code = "E_STORE_BUSY"

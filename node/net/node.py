@@ -7,6 +7,7 @@ view of the author's chain, fetching missing history from the peer that sent it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -26,7 +27,8 @@ from ..core.crypto import SigningKey, from_text, to_text, verify
 from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
-from ..core.errors import BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, UnknownAgent
+from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
+                           UnknownAgent)
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
@@ -68,6 +70,21 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
     return dna
 
 
+def _run_lock(path: str):
+    """Held while a network node runs on `path`: a second one on the same store would answer
+    for the same node key with a different view of the network. Released when its file closes,
+    so a crashed process leaves nothing to clean up. (One-shot local calls on the store, such
+    as `budgetnode call --path`, do not take it: they share the store by design.)"""
+    os.makedirs(path, exist_ok=True)
+    f = open(os.path.join(path, "node.lock"), "ab")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise StoreBusy(f"another node is already running on {path}") from None
+    return f
+
+
 class NetNode(Publishing, Gossip, Warrants, LocalNode):
     # -- lifecycle
     @classmethod
@@ -79,7 +96,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
-        node = cls.load(path, clock or time.time, durability, randbytes, dna)
+        lock = _run_lock(path)
+        try:
+            node = cls.load(path, clock or time.time, durability, randbytes, dna)
+        except BaseException:
+            lock.close()
+            raise
         try:
             with unwrap_single_errors():
                 node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
@@ -102,6 +124,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                             nursery.cancel_scope.cancel()
         finally:
             node.close()
+            lock.close()
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
