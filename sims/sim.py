@@ -103,6 +103,7 @@ class Simulation:
         self.lag_left: list[str] = []
         self.churn_events = Counter()
         self.progress_cb = None
+        self._honest = None
 
     # -- violations
     def violation(self, text: str) -> None:
@@ -133,6 +134,7 @@ class Simulation:
                         dna=self.dna) as node:
                     slot.node = node
                     slot.id = node.id
+                    self._honest = None  # the honest-node ids include this one now
                     self._hook(slot, node)
                     self.epoch += 1
                     task_status.started(node)
@@ -324,18 +326,26 @@ class Simulation:
                            f"{e.need_mru} mRU, re-derived {b.rem} mRU, node said {e.have_mru}")
 
     def _membership(self):
-        honest_or_not = [s for s in self.live()]
+        live = self.live()
         warranted = set()
-        for s in self.honest_live():
-            warranted.update(s.node.warranted)
-        ids = [s.id for s in honest_or_not if s.id not in warranted]
-        by_id = {s.id: s for s in honest_or_not}
+        for s in live:
+            if not s.rogue:
+                warranted.update(s.node.warranted)
+        ids = [s.id for s in live if s.id not in warranted]
+        by_id = {s.id: s for s in live}
         return ids, by_id, warranted
+
+    def _honest_sets(self) -> tuple[set, set]:
+        # a slot's id is set when its node first starts; agents are only ever added
+        n = len(self.workload.agents)
+        if self._honest is None or self._honest[0] != n:
+            self._honest = (n, {s.id for s in self.slots if not s.rogue},
+                            {a.pub for a in self.workload.agents if not a.rogue})
+        return self._honest[1], self._honest[2]
 
     def _check(self) -> None:
         ids, by_id, warranted = self._membership()
-        honest_ids = {s.id for s in self.slots if not s.rogue}
-        honest_agents = {a.pub for a in self.workload.agents if not a.rogue}
+        honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
         for s in self.live():
             n = s.node

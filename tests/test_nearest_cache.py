@@ -54,3 +54,17 @@ def test_a_peer_that_leaves_an_entry_forces_a_recompute():
     after = cache.nearest(basis, lambda: [me, *members], 1000)
     assert gone not in after and len(after) == 3
     assert after == tuple(dht.nearest(basis, [me, *members], 3))
+
+
+def test_nearest_is_the_r_closest_by_xor_distance_on_the_ring():
+    """The definition every node routes by, checked against a plain sort: any peer container,
+    fewer peers than r, and none."""
+    rng = random.Random(9)
+    for n in (0, 1, 2, 3, 7, 200):
+        peers = [rng.randbytes(32) for _ in range(n)]
+        for _ in range(20):
+            basis = rng.randbytes(32)
+            want = sorted(peers, key=lambda p: dht.location(p) ^ dht.location(basis))[:3]
+            assert dht.nearest(basis, peers, 3) == want
+            assert dht.nearest(basis, set(peers), 3) == want
+            assert dht.nearest(basis, dict.fromkeys(peers), 3) == want

@@ -20,8 +20,11 @@ def location(key: bytes) -> int:
 
 def nearest(basis: bytes, peers, r: int) -> list[bytes]:
     # distinct peers have distinct locations (else BLAKE2b collides), so distances never tie
-    loc = location(basis)
-    return heapq.nsmallest(r, peers, key=lambda p: location(p) ^ loc)
+    # distances computed in C (map over the cached locations), then the r smallest indices:
+    # this runs for every basis on every peer-set change, over every peer
+    peers = peers if type(peers) is list else list(peers)
+    d = list(map(location(basis).__xor__, map(location, peers)))
+    return [peers[i] for i in heapq.nsmallest(r, range(len(d)), key=d.__getitem__)]
 
 
 def bases(s: Signed) -> list[bytes]:

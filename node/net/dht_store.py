@@ -148,12 +148,8 @@ class DhtStore:
             self._floor = (self.db.execute("SELECT max(id) FROM actions").fetchone()[0] or 0) + 1
         return [Signed.from_wire(b, s) for _, b, s in rows]
 
-    def add_receipt(self, h: bytes, validator: bytes, sig: bytes) -> int:
-        try:
-            self.db.execute("INSERT INTO receipts VALUES (?,?,?)", (h, validator, sig))
-        except sqlite3.IntegrityError:
-            pass
-        return self.db.execute("SELECT count(*) FROM receipts WHERE hash=?", (h,)).fetchone()[0]
+    def add_receipt(self, h: bytes, validator: bytes, sig: bytes) -> None:
+        self.db.execute("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", (h, validator, sig))
 
     def receipts(self, h: bytes) -> list[list]:
         return [[v, sig] for v, sig in self.db.execute(
