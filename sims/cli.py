@@ -56,6 +56,10 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--rogue-modes", type=lambda s: tuple(s.split(",")),
                    help="comma list cycled over the rogue nodes (default skip_preflight,"
                         "forge_budget,wrong_cost,fork; also bad_signature)")
+    p.add_argument("--transport", choices=("sim", "libp2p"),
+                   help="sim (default): the seeded simulated network on virtual time; libp2p: the "
+                        "same scenario on real libp2p hosts on 127.0.0.1 in real time, to "
+                        "cross-check the simulator (no loss, dup, reorder or partitions there)")
     p.add_argument("--scenario", metavar="FILE", help="a TOML scenario (sims/scenarios/*.toml); "
                                                         "command-line options override it")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr "
@@ -77,7 +81,8 @@ def config_from_args(args) -> SimConfig:
         over.update(load_scenario(path))
     for k in ("nodes", "agents", "hours", "seed", "latency", "jitter", "loss", "dup", "reorder",
               "churn", "skew", "rogue", "rogue_modes", "r", "gossip_interval", "publish_interval",
-              "request_timeout", "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline"):
+              "request_timeout", "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline",
+              "transport"):
         v = getattr(args, k, None)
         if v is not None:
             over[k] = v
@@ -86,6 +91,12 @@ def config_from_args(args) -> SimConfig:
     cfg = SimConfig(**over)
     if cfg.nodes < 1 or cfg.agents < 0:
         raise SystemExit("--nodes must be at least 1 and --agents at least 0")
+    if cfg.transport == "libp2p":
+        from .realnet import check_config
+        try:
+            check_config(cfg)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return cfg
 
 
@@ -118,7 +129,7 @@ def _human(r: dict) -> str:
              f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
              f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
              f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
-             f"  trace {r['trace_hash']}"]
+             f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}"]
     for v in r["invariant_violations"][:20]:
         lines.append(f"  ! {v}")
     if r.get("replay"):

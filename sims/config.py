@@ -89,6 +89,7 @@ class SimConfig:
     skew: float = 0.0           # each node's clock is off by up to +-skew seconds
     rogue: int = 0
     rogue_modes: tuple = ("skip_preflight", "forge_budget", "wrong_cost", "fork")
+    transport: str = "sim"      # or "libp2p": real hosts on 127.0.0.1 in real time (sims/realnet)
     # node timing knobs (simulated seconds)
     r: int = 3
     gossip_interval: float = 60.0
@@ -102,7 +103,7 @@ class SimConfig:
     check_interval: float = 1.0  # invariant checks and convergence sampling
     audit_every: float = 60.0    # a sampled re-derivation of held chains
     audit_sample: int = 8
-    strict_op_authorities: bool = False  # also require the hash/entry-basis authorities
+    strict_op_authorities: bool = True  # False: only the author-key authorities must hold a write
     store_root: str | None = None  # parent directory of the per-run store tempdir
     progress: bool = False
     plot: str | None = None
@@ -134,6 +135,8 @@ class SimConfig:
                   "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline"):
             if getattr(self, k) != getattr(defaults, k):
                 parts.append(f"--{k.replace('_', '-')} {getattr(self, k):g}")
+        if self.transport != defaults.transport:
+            parts.append(f"--transport {self.transport}")
         if tuple(self.rogue_modes) != defaults.rogue_modes:
             parts.append(f"--rogue-modes {','.join(self.rogue_modes)}")
         return "PYTHONHASHSEED=0 " + " ".join(parts)

@@ -1,12 +1,15 @@
 """Authorities of an action's hash or entry (not of its author's key) validate the one step from
 the action before it and keep the action alone; warrants they issue prove themselves."""
+import random
+from collections import Counter
+
 import trio
 import trio.testing
 
 from node.core import dht
 from node.core.crypto import from_text, to_text
 from node.net.node import NetNode
-from node.sdk import LocalCluster, Warranted
+from node.sdk import InsufficientRU, LocalCluster, Warranted
 
 
 async def test_op_authorities_keep_single_actions_without_the_history(clock, autojump_clock):
@@ -134,3 +137,52 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         assert {e.hash for e in w.evidence()} == {s.hash, twin.hash}
         await c.await_consistency(timeout=60)  # and every node learns it
         assert all(pub in n.warranted for n in c.nodes)
+
+
+async def test_an_op_authority_away_at_publish_gets_the_op_when_back(clock, autojump_clock):
+    """A publish counts as done once the authorities of an action's hash and entry were asked;
+    one cut off then (routed around after it failed) is an authority again when it is back, and
+    a lookup by that hash goes to it. The publisher offers its published actions again once the
+    ring settles, so it gets what it missed; before, it never did (not even the entry, unless the
+    action happened to be the agent's head)."""
+    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1) as c:
+        ids = [n.id for n in c.nodes]
+        with trio.fail_after(60):
+            while not all(len(n.peers) == len(ids) - 1 for n in c.nodes):
+                await c.wait_changed()
+        n0 = c.nodes[0]
+        a = await n0.new_agent()
+        pub = from_text("agent", a.agent_id)
+        # the one cut off: neither the publisher nor the agent's key authority (which would get
+        # the history through the head's republish and its gossip); of those, the one nearest
+        # the most keys (with five nodes, one may own a sliver of the ring)
+        rng = random.Random(4)
+        share = Counter(dht.nearest(rng.randbytes(32), ids, 1)[0] for _ in range(2000))
+        away = max((n for n in c.nodes[1:] if n.id != dht.nearest(pub, ids, 1)[0]),
+                   key=lambda n: share[n.id])
+        c.network.partition([n.id for n in c.nodes if n is not away], [away.id])
+        missed = []
+        for i in range(200):
+            try:
+                await a.transmit_understanding("fact", "away", str(i))
+            except InsufficientRU:
+                clock[0] += 86_400  # the next window
+                continue
+            s = n0.store.chain(pub)[-1]
+            if any(dht.nearest(b, ids, 1) == [away.id] for b in dht.bases(s)[::2]):
+                missed.append(s)
+            if len(missed) >= 2:
+                break
+        await a.transmit_understanding("fact", "head", "not one of those")
+        assert missed, "no action of 200 had the cut-off node as its hash or entry authority"
+        with trio.fail_after(300):  # published (routed around it) and the node dropped
+            while n0.dht.unpublished(1) or away.id in n0.peers:
+                await c.wait_changed()
+        assert not any(away.dht.has_action(s.hash) for s in missed)
+        c.network.heal()
+        with trio.fail_after(600):
+            while not all(away.dht.has_action(s.hash) for s in missed):
+                await c.wait_changed()
+        # what a lookup by hash asks the node now: it answers with the record
+        rec = away.get_record(to_text("action", missed[0].hash))
+        assert rec["seq"] == missed[0].seq and rec["author"] == a.agent_id

@@ -45,6 +45,8 @@ def test_faults_partition_and_rogues_converge_without_violations():
     assert r["writes"] > 50 and r["refusals"] > 0
     assert r["rogue_agents"] > 0 and r["warranted_rogue_agents"] == r["rogue_agents"]
     assert r["convergence_p50_s"] is not None and r["messages_per_write"] > 0
+    # every write at every authority of its hash and entry too (as the ring stands at the end)
+    assert r["writes_missing_at_op_authorities"] == 0
 
 
 def test_same_seed_same_trace_other_seed_other_trace():

@@ -4,8 +4,6 @@ warrants, receipts, which own actions are published, ops still to be shown to an
 authority, and the peer cache."""
 from __future__ import annotations
 
-import sqlite3
-
 from ..core.action import Signed
 from ..core.encoding import decode
 from ..store import Store
@@ -147,6 +145,13 @@ class DhtStore:
         else:
             self._floor = (self.db.execute("SELECT max(id) FROM actions").fetchone()[0] or 0) + 1
         return [Signed.from_wire(b, s) for _, b, s in rows]
+
+    def own_after(self, after_id: int, limit: int) -> list[tuple[int, Signed]]:
+        """Own actions (of the chains this store heads) past a row id, in order."""
+        rows = self.db.execute(
+            "SELECT a.id, a.body, a.sig FROM actions a JOIN heads h ON a.author=h.author "
+            "WHERE a.id>? ORDER BY a.id LIMIT ?", (after_id, limit)).fetchall()
+        return [(i, Signed.from_wire(b, s)) for i, b, s in rows]
 
     def add_receipt(self, h: bytes, validator: bytes, sig: bytes) -> None:
         self.db.execute("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", (h, validator, sig))

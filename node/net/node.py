@@ -158,6 +158,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._fetching: set[bytes] = set()
         self._near = NearestCache(r)                # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
+        self._recheck_from: int | None = None  # own actions past this row id: offer again
+        self._recheck_short = False                 # this pass left an authority without one
+        self._recheck_passes = 0                    # passes in a row that did
+        self._recheck_not_before = 0.0
         self._peer_epoch = 0
         self._table_version = 0                     # bumps on any change to self.peers
         self._unsaved_peers: dict[bytes, dict] = {}  # peer cache changes, saved each gossip round
@@ -414,6 +418,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._gossip_quiet = 0
         self._membership_changed_at = trio.current_time()
         self._republish.update(p for p in self.cells if p not in self.warranted)
+        self._recheck_from, self._recheck_short, self._recheck_passes = -1, False, 0
+        self._recheck_not_before = 0.0
         self._publish_kick.set()
 
     def peer_ids(self) -> list[bytes]:

@@ -15,7 +15,7 @@ from .transport import PeerUnreachable
 class Publishing:
     async def _publisher(self) -> None:
         while True:
-            pending = []
+            pending, ops_only = [], False
             if self.peers and self._maybe_unpublished:
                 pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
                 self._maybe_unpublished = bool(pending)
@@ -29,10 +29,20 @@ class Publishing:
                     else:
                         self._republish_heads[head.hash] = pub
                         pending.append(head)
+            wait = None
+            if not pending and self.peers and self._recheck_from is not None:
+                wait = max(self._membership_changed_at + 2 * self.publish_interval,
+                           self._recheck_not_before) - trio.current_time()
+                if wait <= 0:
+                    pending, ops_only, wait = self._recheck_batch(), True, None
             if pending:
-                await self._publish_round(pending)
+                if not await self._publish_round(pending, ops_only):
+                    self._recheck_short = True
                 # an op short of receipts is tried again after a quiet interval
                 with trio.move_on_after(self.publish_interval):
+                    await self._publish_kick.wait()
+            elif wait is not None:  # a recheck is due once membership has been still a while
+                with trio.move_on_after(wait):
                     await self._publish_kick.wait()
             else:
                 self.publisher_idle.set()
@@ -40,15 +50,40 @@ class Publishing:
                 self.publisher_idle = trio.Event()
             self._publish_kick = trio.Event()
 
-    async def _publish_round(self, pending: list[Signed]) -> None:
+    def _recheck_batch(self) -> list[Signed]:
+        """The next own actions to offer again to the authorities of their hash and entry. A
+        publish counts as done once those were asked; one that was away, cut off or not yet
+        known then (or that is new to the ring since) holds no receipt, and would otherwise
+        never get the op: a lookup by that hash could find nothing. The pass starts over at
+        each membership change, after the ring has been still for two publish intervals, so
+        a ring that is still settling (a network starting up) is walked once, not per peer."""
+        rows = self.dht.own_after(self._recheck_from, P.MAX_OPS_PER_MESSAGE)
+        if not rows:
+            # a pass that left an authority without its op (lost, timed out) is walked again,
+            # each time later (up to 2^6 publish intervals), until one finds nothing missing
+            self._recheck_from = -1 if self._recheck_short else None
+            self._recheck_not_before = trio.current_time() + self.publish_interval * (
+                1 << min(self._recheck_passes, 6))
+            self._recheck_passes = self._recheck_passes + 1 if self._recheck_short else 0
+            self._recheck_short = False
+            return []
+        self._recheck_from = rows[-1][0]
+        return [s for _, s in rows if s.author not in self.warranted]
+
+    async def _publish_round(self, pending: list[Signed], ops_only: bool = False) -> bool:
+        """False if a recheck (`ops_only`) left an authority without its receipt."""
         epoch = self._peer_epoch
         # Each op goes to its authorities that have not receipted it yet; it is done when every
         # authority of its author's key has (they re-derive the budget) and the others have all
-        # been asked, or when anyone refuses it.
+        # been asked, or when anyone refuses it. `ops_only`: a recheck of published actions, for
+        # the authorities of their hash and entry only (the head's republish and the history
+        # fetch behind it bring the author-key authorities the whole chain).
         targets, must, receipted = {}, {}, {}
         for s in pending:
             must[s.hash] = set(self._nearest(s.author)) - {self.id}
             targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
+            if ops_only:
+                targets[s.hash] -= must[s.hash]
             receipted[s.hash] = self.dht.receipted_by(s.hash)
         # Authorities of the author's key first; the others then get each op with the receipts
         # those gave (so they need not show it to one themselves to catch a fork).
@@ -117,6 +152,10 @@ class Publishing:
         async with trio.open_nursery() as n:
             for peer, batch in later.items():
                 n.start_soon(send, peer, batch, True)
+        if ops_only:  # published already: only whether every authority has it now
+            return all(targets[s.hash] <= receipted[s.hash] | {
+                p for p, v in outcome[s.hash].items() if v in ("valid", "invalid", "warranted")}
+                for s in pending)
         for s in pending:
             got = outcome[s.hash]
             have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
