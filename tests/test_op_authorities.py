@@ -139,42 +139,78 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         assert all(pub in n.warranted for n in c.nodes)
 
 
+async def test_a_chain_that_brings_the_twin_of_an_op_held_alone_is_a_fork(clock, autojump_clock):
+    """The other order (seed 440333 of the mixed sweep): a node held a twin alone, as an
+    authority of its entry, then took the author's chain (it became an author-key authority, or
+    fetched the history for a query) holding the other twin at that seq. It kept both and
+    warranted nobody, so no honest node ever did."""
+    from node.core.action import Signed
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
+        pub, s, entry = await _one_create_everywhere(c)
+        key = c.nodes[0].cells[pub].key
+        twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
+        prev = c.nodes[0].store.chain(pub)[-2]
+        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub) and
+                      not n.dht.has_action(s.hash))
+        sender = c.nodes[0].id
+        assert await holder._accept(twin, entry, sender, op=True,
+                                    prev=[prev.body, prev.sig]) == "valid"
+        assert pub not in holder.chains and pub not in holder.warranted
+        assert await holder._accept(s, entry, sender) == "invalid"  # fetches the history first
+        w = holder.warranted[pub]
+        assert (w.kind, w.body["seq"]) == ("fork", s.seq)
+        assert {e.hash for e in w.evidence()} == {s.hash, twin.hash}
+        assert not holder.dht.in_chain(s.hash)
+
+
+async def _ring_and_a_bystander(c):
+    """The ring agreed on, an agent on node 0, and a bystander: neither the publisher nor the
+    agent's key authority (which would get the history through the head's republish and its
+    gossip); of those, the one nearest the most keys (with five nodes, one may own a sliver)."""
+    ids = [n.id for n in c.nodes]
+    with trio.fail_after(60):
+        while not all(len(n.peers) == len(ids) - 1 for n in c.nodes):
+            await c.wait_changed()
+    a = await c.nodes[0].new_agent()
+    pub = from_text("agent", a.agent_id)
+    rng = random.Random(4)
+    share = Counter(dht.nearest(rng.randbytes(32), ids, 1)[0] for _ in range(2000))
+    other = max((n for n in c.nodes[1:] if n.id != dht.nearest(pub, ids, 1)[0]),
+                key=lambda n: share[n.id])
+    return a, pub, other
+
+
+async def _write_until_two_land_on(c, clock, a, pub, node) -> list:
+    """Writes until two actions have `node` as their hash or entry authority, then one more
+    (the head: not one of those, so the head's republish cannot be what brings them)."""
+    ids = [n.id for n in c.nodes]
+    missed = []
+    for i in range(200):
+        try:
+            await a.transmit_understanding("fact", "away", str(i))
+        except InsufficientRU:
+            clock[0] += 86_400  # the next window
+            continue
+        s = c.nodes[0].store.chain(pub)[-1]
+        if any(dht.nearest(b, ids, 1) == [node.id] for b in dht.bases(s)[::2]):
+            missed.append(s)
+        if len(missed) >= 2:
+            break
+    await a.transmit_understanding("fact", "head", "not one of those")
+    assert missed, "no action of 200 had the node as its hash or entry authority"
+    return missed
+
+
 async def test_an_op_authority_away_at_publish_gets_the_op_when_back(clock, autojump_clock):
     """A publish counts as done once the authorities of an action's hash and entry were asked;
     one cut off then (routed around after it failed) is an authority again when it is back, and
     a lookup by that hash goes to it. The publisher offers its published actions again once the
-    ring settles, so it gets what it missed; before, it never did (not even the entry, unless the
-    action happened to be the agent's head)."""
+    ring settles, so it gets what it missed; before, it never did."""
     async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1) as c:
-        ids = [n.id for n in c.nodes]
-        with trio.fail_after(60):
-            while not all(len(n.peers) == len(ids) - 1 for n in c.nodes):
-                await c.wait_changed()
         n0 = c.nodes[0]
-        a = await n0.new_agent()
-        pub = from_text("agent", a.agent_id)
-        # the one cut off: neither the publisher nor the agent's key authority (which would get
-        # the history through the head's republish and its gossip); of those, the one nearest
-        # the most keys (with five nodes, one may own a sliver of the ring)
-        rng = random.Random(4)
-        share = Counter(dht.nearest(rng.randbytes(32), ids, 1)[0] for _ in range(2000))
-        away = max((n for n in c.nodes[1:] if n.id != dht.nearest(pub, ids, 1)[0]),
-                   key=lambda n: share[n.id])
+        a, pub, away = await _ring_and_a_bystander(c)
         c.network.partition([n.id for n in c.nodes if n is not away], [away.id])
-        missed = []
-        for i in range(200):
-            try:
-                await a.transmit_understanding("fact", "away", str(i))
-            except InsufficientRU:
-                clock[0] += 86_400  # the next window
-                continue
-            s = n0.store.chain(pub)[-1]
-            if any(dht.nearest(b, ids, 1) == [away.id] for b in dht.bases(s)[::2]):
-                missed.append(s)
-            if len(missed) >= 2:
-                break
-        await a.transmit_understanding("fact", "head", "not one of those")
-        assert missed, "no action of 200 had the cut-off node as its hash or entry authority"
+        missed = await _write_until_two_land_on(c, clock, a, pub, away)
         with trio.fail_after(300):  # published (routed around it) and the node dropped
             while n0.dht.unpublished(1) or away.id in n0.peers:
                 await c.wait_changed()
@@ -186,3 +222,29 @@ async def test_an_op_authority_away_at_publish_gets_the_op_when_back(clock, auto
         # what a lookup by hash asks the node now: it answers with the record
         rec = away.get_record(to_text("action", missed[0].hash))
         assert rec["seq"] == missed[0].seq and rec["author"] == a.agent_id
+
+
+async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, autojump_clock):
+    """An op authority that answers `pending` (it waits in its limbo, which gives up after a few
+    tries) was asked, so the publish is done, and nothing else would bring it the op: the ring
+    never changes here. The publisher offers it again until the authority takes it."""
+    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1) as c:
+        a, pub, slow = await _ring_and_a_bystander(c)
+        # the walk a ring change starts is over (it would offer the ops again by itself)
+        await c.nodes[0].publisher_idle.wait()
+        real, stalled = slow._accept_op, [True]
+
+        async def accept_op(s, entry, peer, prev_wire, vouch=None):
+            if stalled[0] and s.author == pub:
+                return "pending"  # ...and its limbo entry expired
+            return await real(s, entry, peer, prev_wire, vouch)
+        slow._accept_op = accept_op
+        missed = await _write_until_two_land_on(c, clock, a, pub, slow)
+        with trio.fail_after(300):
+            while c.nodes[0].dht.unpublished(1):
+                await c.wait_changed()
+        assert not any(slow.dht.has_action(s.hash) for s in missed)
+        stalled[0] = False
+        with trio.fail_after(600):
+            while not all(slow.dht.has_action(s.hash) for s in missed):
+                await c.wait_changed()

@@ -24,7 +24,7 @@ class Gossip:
             self._save_peer_cache()
             if self.store.changed_elsewhere():  # another process sharing the store committed
                 self._maybe_unpublished = True
-                self._publish_kick.set()
+                self._wake_publisher()
             if self._dropped and (rounds % 2 == 0 or not self.peers):
                 await self._probe_dropped()
             if not self.peers:

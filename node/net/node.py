@@ -202,7 +202,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         cell.on_commit = self._on_local_commit
         self._maybe_unpublished = True  # its genesis was written before it was wired
         if hasattr(self, "_publish_kick"):
-            self._publish_kick.set()
+            self._wake_publisher()
         cell.warrant = self.warranted.get(cell.key.public) if hasattr(self, "warranted") else None
 
     async def new_agent(self):
@@ -226,7 +226,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._gossip_quiet = 0
         self._maybe_unpublished = True
         self._changed()
-        self._publish_kick.set()
+        self._wake_publisher()
 
     def _changed(self) -> None:
         self._change.set()
@@ -288,7 +288,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if isinstance(agent, bytes):
                 self.agent_hosts[agent] = peer
         if old is None:
-            self._publish_kick.set()  # a new peer may be an authority for pending ops
+            self._wake_publisher()  # a new peer may be an authority for pending ops
         return peer
 
     async def join(self, addr: str) -> bytes | None:
@@ -420,7 +420,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._republish.update(p for p in self.cells if p not in self.warranted)
         self._recheck_from, self._recheck_short, self._recheck_passes = -1, False, 0
         self._recheck_not_before = 0.0
-        self._publish_kick.set()
+        self._wake_publisher()
 
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
@@ -656,6 +656,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         except InvalidChain as e:
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
+        twin = self.dht.twin_of(s)
+        if twin is not None:  # held alone, as an authority of its hash or entry: a fork
+            self._issue("fork", author, "fork", seq, [twin, s])
+            return "invalid"
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
         self.dht.put_foreign(s, entry, index)

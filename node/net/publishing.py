@@ -12,6 +12,9 @@ from . import protocol as P
 from .transport import PeerUnreachable
 
 
+FINAL = ("valid", "invalid", "warranted")  # answers after which a recipient need not be asked again
+
+
 class Publishing:
     async def _publisher(self) -> None:
         while True:
@@ -38,17 +41,25 @@ class Publishing:
             if pending:
                 if not await self._publish_round(pending, ops_only):
                     self._recheck_short = True
+                    if self._recheck_from is None:  # (an op left in someone's limbo may expire)
+                        self._recheck_from = -1
                 # an op short of receipts is tried again after a quiet interval
                 with trio.move_on_after(self.publish_interval):
                     await self._publish_kick.wait()
             elif wait is not None:  # a recheck is due once membership has been still a while
                 with trio.move_on_after(wait):
                     await self._publish_kick.wait()
-            else:
+            elif not self._publish_kick.is_set():
                 self.publisher_idle.set()
                 await self._publish_kick.wait()  # a commit, new peers, or the gossiper's nudge
-                self.publisher_idle = trio.Event()
             self._publish_kick = trio.Event()
+
+    def _wake_publisher(self) -> None:
+        """There may be work: `publisher_idle` is clear from now until the publisher has looked
+        and found none (a waiter must not see the idle of before the news)."""
+        self._publish_kick.set()
+        if self.publisher_idle.is_set():
+            self.publisher_idle = trio.Event()
 
     def _recheck_batch(self) -> list[Signed]:
         """The next own actions to offer again to the authorities of their hash and entry. A
@@ -71,7 +82,9 @@ class Publishing:
         return [s for _, s in rows if s.author not in self.warranted]
 
     async def _publish_round(self, pending: list[Signed], ops_only: bool = False) -> bool:
-        """False if a recheck (`ops_only`) left an authority without its receipt."""
+        """False if an authority of an op's hash or entry may still lack it: a recheck left
+        one without a receipt, or an authority answered `pending` or `busy` (the op waits in
+        its limbo, which may expire, or was turned away) although the publish is done."""
         epoch = self._peer_epoch
         # Each op goes to its authorities that have not receipted it yet; it is done when every
         # authority of its author's key has (they re-derive the budget) and the others have all
@@ -154,8 +167,7 @@ class Publishing:
                 n.start_soon(send, peer, batch, True)
         if ops_only:  # published already: only whether every authority has it now
             return all(targets[s.hash] <= receipted[s.hash] | {
-                p for p, v in outcome[s.hash].items() if v in ("valid", "invalid", "warranted")}
-                for s in pending)
+                p for p, v in outcome[s.hash].items() if v in FINAL} for s in pending)
         for s in pending:
             got = outcome[s.hash]
             have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
@@ -170,6 +182,7 @@ class Publishing:
                     self._changed()
                 if refused:
                     self.metrics["own_ops_refused"] += 1
+        return all(v in FINAL for got in outcome.values() for v in got.values())
 
     def _rogue_fork(self, by_peer: dict) -> dict:
         """Adversarial test mode "fork" (off unless a test or simulation asks): every other
