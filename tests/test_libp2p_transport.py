@@ -345,3 +345,22 @@ async def test_unencrypted_dialers_are_refused():
                 with trio.CancelScope(shield=True):
                     await evil.close()
         assert a.peers() == [] and ha.seen == []
+
+
+async def test_a_peer_restarted_on_a_new_port_is_reached_at_its_new_address():
+    """py-libp2p dials only the first TCP address it holds for a peer: with the dead port of
+    the peer's last run still first, a node restarted on a new port stayed unreachable for
+    good (the simulator's libp2p cross-check found it). Its newest info's addresses replace the
+    old ones."""
+    async with hosts(1, first=1) as ([a], _):
+        async with hosts(1, first=2) as ([b], _):
+            a.add_peer_addrs(b.peer_id, b.listen_addrs())
+            with trio.fail_after(10):
+                assert await a.request(b.peer_id, b"first run") == b"h2|first run"
+        await wait_until(a, lambda: b.peer_id not in a.peers())
+        async with hosts(1, first=2) as ([b2], [h2]):  # same key, another port
+            assert b2.peer_id == b.peer_id and b2.listen_addrs() != b.listen_addrs()
+            a.add_peer_addrs(b2.peer_id, b2.listen_addrs())
+            with trio.fail_after(10):
+                assert await a.request(b2.peer_id, b"second run") == b"h2|second run"
+            assert h2.seen == [(a.peer_id, b"second run")]

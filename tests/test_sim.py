@@ -155,3 +155,16 @@ def test_a_restart_racing_the_liveness_phase_starts_one_node_not_two():
     assert cfg.churn > 0
     r = run(cfg)
     assert r["ok"], r["invariant_violations"][:3]
+
+
+@pytest.mark.parametrize("seed, what", [
+    (460159, "a recheck pass that ended short was re-armed for later, and the publisher went "
+             "idle instead of waiting for it: an authority of the write's hash never got it"),
+    (470051, "after a three-way partition a node had dropped four peers and greeted one every "
+             "other gossip round: the one it had not re-admitted was an entry authority"),
+])
+def test_mixed_seeds_that_once_failed_the_op_authority_invariant(seed, what):
+    from sims.mixed import mixed
+    r = run(mixed(seed))
+    assert r["ok"], (what, r["invariant_violations"][:3])
+    assert r["writes_missing_at_op_authorities"] == 0

@@ -10,6 +10,7 @@ from . import protocol as P
 MAX_GOSSIP_BACKOFF = 2        # quiet rounds stretch the gossip interval up to this factor
 EAGER_EXCHANGE_S = 2.0        # peer swaps that bring news are repeated this soon...
 MAX_EAGER_EXCHANGES = 8       # ...this many times in a round
+PROBES_PER_ROUND = 4           # dropped peers greeted (in case they are back) in a round
 
 
 class Gossip:
@@ -26,7 +27,12 @@ class Gossip:
                 self._maybe_unpublished = True
                 self._wake_publisher()
             if self._dropped and (rounds % 2 == 0 or not self.peers):
-                await self._probe_dropped()
+                # several at once: after a long partition a node may have dropped many, and
+                # one every other round took longer than the liveness deadline (seed 470051)
+                async with trio.open_nursery() as n:
+                    for peer in self.rng.sample(sorted(self._dropped),
+                                                min(PROBES_PER_ROUND, len(self._dropped))):
+                        n.start_soon(self._probe_dropped, peer)
             if not self.peers:
                 for addr in self.bootstrap:  # a restarted node whose peers were away tries again
                     await self.join(addr)
@@ -50,12 +56,10 @@ class Gossip:
             except BudgetError:
                 self.metrics["gossip_failures"] += 1
 
-    async def _probe_dropped(self, peer: bytes | None = None) -> None:
+    async def _probe_dropped(self, peer: bytes) -> None:
         """A dropped peer may be back (a healed partition, a restart nobody told us about):
-        greet it (by default a random one); its reply brings a fresh info, which re-admits it."""
-        if peer is None:
-            peer = self.rng.choice(sorted(self._dropped))
-        elif peer not in self._dropped or peer in self._probing:
+        greet it; its reply brings a fresh info, which re-admits it."""
+        if peer not in self._dropped or peer in self._probing:
             return
         self._probing.add(peer)
         try:

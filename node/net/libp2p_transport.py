@@ -137,7 +137,6 @@ class Libp2pTransport:
         self._limiter = trio.CapacityLimiter(max_inbound)
         self._inbound_timeout = inbound_timeout
         self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
-        self._addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
         self._closed = False
         self._change = trio.Event()
         host.get_network().register_notifee(_ChangeNotifee(self))
@@ -165,9 +164,11 @@ class Libp2pTransport:
         return out
 
     def add_peer_addrs(self, peer: bytes, addrs: Sequence[str]) -> None:
-        """Teach addresses learnt elsewhere (gossip, DHT). Bad addresses are skipped.
-
-        An address may carry /p2p/<id>; if it names a different peer it is ignored.
+        """The peer's current addresses (from its newest signed info, or one just dialled):
+        they replace what was known. py-libp2p dials only the first address of each transport
+        kind it holds for a peer, so a node restarted on a new port was unreachable for good
+        while its old address stayed first. Bad addresses are skipped; an address may carry
+        /p2p/<id>, and one naming a different peer is ignored.
         """
         if len(peer) != 32 or peer == self.peer_id:
             return
@@ -186,11 +187,9 @@ class Libp2pTransport:
             good.append(ma)
         self._ids[peer] = pid
         if good:
-            known = self._addrs.setdefault(peer, [])
-            for ma in good:
-                if ma not in known:
-                    known.append(ma)
-            self.host.get_peerstore().add_addrs(pid, good, ADDR_TTL)
+            store = self.host.get_peerstore()
+            store.clear_addrs(pid)
+            store.add_addrs(pid, good, ADDR_TTL)
             # New addresses: let the next dial try them even if the last one failed.
             self.host.get_network().unblock_peer(pid)
 

@@ -38,6 +38,8 @@ class Publishing:
                            self._recheck_not_before) - trio.current_time()
                 if wait <= 0:
                     pending, ops_only, wait = self._recheck_batch(), True, None
+                    if not pending:  # the pass is over, or starts again later: look again
+                        continue
             if pending:
                 if not await self._publish_round(pending, ops_only):
                     self._recheck_short = True
