@@ -1,4 +1,6 @@
 """Several nodes on the in-memory transport, on virtual time (trio's autojump clock)."""
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -123,6 +125,55 @@ async def test_fork_is_warranted_everywhere(clock, autojump_clock):
         assert all(n.warranted[cell.key.public].kind == "fork" for n in c.nodes)
 
 
+@asynccontextmanager
+async def _alice_on_two_nodes(clock):
+    """Two nodes, and an agent on node 0 whose one entry both hold."""
+    async with cluster(clock, n=2) as c:
+        alice = await c.nodes[0].new_agent()
+        await alice.add_knowledge("x")
+        await c.await_consistency(timeout=30)
+        yield c, alice
+
+
+async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, autojump_clock):
+    async with _alice_on_two_nodes(clock) as (c, alice):
+        a, target = c.nodes[0], c.nodes[1]
+        pub = from_text("agent", alice.agent_id)
+        # Only valid actions: the batch signature could never be evidence, so it is not checked
+        # (the transport says who sent them, and each action is signed by its author).
+        c.network.partition([a.id], [target.id])
+        await alice.add_knowledge("written while cut off")
+        s = a.dht.action_at(pub, a.cells[pub].state.seq)
+        assert not target.dht.has_action(s.hash)
+        ops = [[s.body, s.sig, a.dht.entry(s.action["entry"])]]
+        unchecked = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x02" * 64)
+        out = P.parse_reply(await target._handle(
+            a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)))
+        assert out["results"][0][1] == "valid" and target.dht.has_action(s.hash)
+        c.network.heal()
+        await c.await_consistency(timeout=30)
+        cell = a.cells[pub]
+        s = a.dht.action_at(pub, cell.state.seq)
+        good = [s.body, s.sig, a.dht.entry(s.action["entry"])]
+        later = Signed.sign(dict(s.action, seq=s.seq + 1, prev=s.hash, ts=s.action["ts"] + 1),
+                            cell.key)
+        forged = [later.body, bytes([later.sig[0] ^ 1]) + later.sig[1:], good[2]]
+        before = target.state_hash()
+        # A forged action under a batch signature that does not verify: nothing proves who sent
+        # it, so the whole publish is refused, the valid action beside it included.
+        ops = [good, forged]
+        bad = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x01" * 64)
+        out = await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=bad))
+        assert b"not signed by the sending peer" in out
+        assert target.state_hash() == before and target.warrants() == []
+        # Under a good signature the same publish is the sender's doing: warranted for it.
+        ok = W.sign_batch(ops, target.id, a.now_us(), a.node_key)
+        rep = await a._request(target.id, "publish", ops=ops, batch=ok)
+        assert [r[1] for r in rep["results"]] == ["valid", "invalid"]
+        w = target.warranted[a.id]
+        assert w.kind == "peer" and w.reason == "bad_signature" and W.peer_proven(w)
+
+
 async def test_partition_then_heal_converges(clock, autojump_clock):
     async with cluster(clock, n=4, r=4) as c:  # every node holds everything: hashes must match
         agents = [await n.new_agent() for n in c.nodes]
@@ -144,11 +195,8 @@ async def test_partition_then_heal_converges(clock, autojump_clock):
 
 
 async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
-    async with cluster(clock, n=2) as c:
+    async with _alice_on_two_nodes(clock) as (c, alice):
         a, target = c.nodes[0], c.nodes[1]
-        alice = await a.new_agent()
-        await alice.add_knowledge("x")
-        await c.await_consistency(timeout=30)
         before = target.state_hash()
         for raw in (b"", b"\xff\xfe", encode({"t": "nope", "dna": a.dna.hash}),
                     encode({"t": "publish", "dna": b"x" * 32, "ops": []}),

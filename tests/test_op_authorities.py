@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from node.core import dht
-from node.core.crypto import from_text, to_text
+from node.core.crypto import SigningKey, from_text, to_text
 from node.net.node import NetNode
 from node.sdk import InsufficientRU, LocalCluster, Warranted
 
@@ -246,3 +246,38 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
             while not all(slow.dht.has_action(s.hash) for s in missed):
                 await c.wait_changed()
         assert all(offers[s.hash] >= 3 for s in missed)
+
+
+async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(clock, autojump_clock):
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
+        ids = [n.id for n in c.nodes]
+        with trio.fail_after(60):
+            while not all(len(n.peers) == len(ids) - 1 for n in c.nodes):
+                await c.wait_changed()
+        by_id = {n.id: n for n in c.nodes}
+        for _ in range(64):
+            a = await c.nodes[0].new_agent()
+            pub = from_text("agent", a.agent_id)
+            if dht.nearest(pub, ids, 1)[0] != c.nodes[0].id:
+                break
+        await c.await_consistency(timeout=60)
+        liar = by_id[dht.nearest(pub, ids, 1)[0]]
+        liar.node_key = SigningKey(b"\x09" * 32)  # its receipts no longer verify as its own
+        sent = []
+        publisher = c.nodes[0]
+        real_request = publisher._request
+
+        async def spy(peer, t, **fields):
+            if t == "publish":
+                sent.extend(fields["ops"])
+            return await real_request(peer, t, **fields)
+        publisher._request = spy
+        for i in range(4):
+            await a.transmit_understanding("after", "the authority went bad", str(i))
+        await c.await_consistency(timeout=60)
+        for s in publisher.store.chain(pub)[-4:]:  # its word was taken (the transport says who)
+            assert liar.id in publisher.dht.receipted_by(s.hash)
+        # ...but its receipts are not evidence, and no hash or entry authority was handed one.
+        to_op_authorities = [op for op in sent if op[5] is not None]
+        assert to_op_authorities
+        assert not [v for op in to_op_authorities for v in op[5] if v[0] == liar.id]

@@ -124,12 +124,16 @@ def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
     return {**b, "sig": key.sign(encode(b))}
 
 
+def batch_shape_ok(batch) -> bool:
+    """A batch as sign_batch makes it, its signature not yet checked."""
+    return isinstance(batch, dict) and isinstance(batch.get("sig"), bytes) and \
+        isinstance(batch.get("hashes"), list)
+
+
 def batch_ok(batch, sender: bytes) -> bool:
-    if not isinstance(batch, dict) or not isinstance(batch.get("sig"), bytes):
+    if not batch_shape_ok(batch):
         return False
     b = {k: batch.get(k) for k in ("hashes", "to", "ts")}
-    if not isinstance(b["hashes"], list):
-        return False
     try:
         return verify(sender, batch["sig"], encode(b))
     except BudgetError:

@@ -7,6 +7,7 @@ import trio
 
 from ..core import dht, warrant
 from ..core.action import Signed
+from ..core.crypto import SIG_LEN
 from ..core.errors import BudgetError
 from . import protocol as P
 from .transport import PeerUnreachable
@@ -126,10 +127,12 @@ class Publishing:
         vouches: dict[bytes, list] = {}
 
         def vouch_of(s: Signed) -> list:
-            """The receipts the author-key authorities gave, read once per op, not per peer."""
+            """The receipts the author-key authorities gave, read once per op, not per peer;
+            checked here, where a receipt first becomes evidence for someone else."""
             if s.hash not in vouches:
                 vouches[s.hash] = [r for r in self.dht.receipts(s.hash)
-                                   if r[0] in must.get(s.hash, ())][:P.MAX_VOUCHES]
+                                   if r[0] in must.get(s.hash, ()) and
+                                   dht.check_receipt(s.hash, r[0], r[1])][:P.MAX_VOUCHES]
             return vouches[s.hash]
 
         async def send(peer, batch, vouch=False):
@@ -151,10 +154,13 @@ class Publishing:
             if rep is None:
                 return
             self.metrics["ops_published"] += len(ops)
+            # The reply is the authority's word (the transport says who answered); its
+            # receipt is kept unchecked until it is passed on as a vouch (vouch_of), since most
+            # receipts (those of hash and entry authorities) never are.
             for h, status, receipt in rep.get("results", [])[:len(ops)]:
                 if h in outcome:
                     if status == "valid" and not (isinstance(receipt, bytes) and
-                                                  dht.check_receipt(h, peer, receipt)):
+                                                  len(receipt) == SIG_LEN):
                         continue
                     outcome[h][peer] = status
                     if status == "valid":
