@@ -111,6 +111,8 @@ class Simulation:
         self.churn_events = Counter()
         self.progress_cb = None
         self._honest = None
+        self._membership_key = None
+        self._membership_now = None
 
     # -- violations
     def violation(self, text: str) -> None:
@@ -333,14 +335,20 @@ class Simulation:
                            f"{e.need_mru} mRU, re-derived {b.rem} mRU, node said {e.have_mru}")
 
     def _membership(self):
+        """(ring ids, slot by id, ids warranted by some honest node), as of now. Asked every
+        check; rebuilt only when a node came or went (epoch) or an honest node warranted
+        someone (warrants only accumulate, so their count tells)."""
         live = self.live()
-        warranted = set()
-        for s in live:
-            if not s.rogue:
-                warranted.update(s.node.warranted)
-        ids = [s.id for s in live if s.id not in warranted]
-        by_id = {s.id: s for s in live}
-        return ids, by_id, warranted
+        key = (self.epoch, sum(len(s.node.warranted) for s in live if not s.rogue))
+        if self._membership_key != key:
+            warranted = set()
+            for s in live:
+                if not s.rogue:
+                    warranted.update(s.node.warranted)
+            ids = [s.id for s in live if s.id not in warranted]
+            self._membership_key = key
+            self._membership_now = (ids, {s.id: s for s in live}, warranted)
+        return self._membership_now
 
     def _honest_sets(self) -> tuple[set, set]:
         # a slot's id is set when its node first starts; agents are only ever added
@@ -382,14 +390,17 @@ class Simulation:
                 for b in bases:
                     auths.update(dht.nearest(b, ids, self.cfg.r))
                 p[4], p[5] = auths, ring
+            # an authority found holding the write is not asked again: a store keeps what it
+            # took (a crash or restart included), so only the ones still lacking it are checked
             ok = True
-            for a in p[4]:
+            for a in list(p[4]):
                 slot = by_id.get(a)
                 if slot is None or slot.node is None:
                     continue
                 if not _holds(slot.node, author, seq, h):
                     ok = False
                     break
+                p[4].discard(a)
             if ok:
                 done.append(h)
                 self.latencies.append(now - t)

@@ -209,3 +209,31 @@ async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
         n0._forget_peer(n1.id)  # as after a restart that lost the table
         await n1._request(n0.id, "chain", author=n1.id, **{"from": 0}, limit=1)
         await until(n0, lambda: n1.id in n0.peers)
+
+
+async def test_a_node_back_from_a_cut_is_taken_back_by_the_nodes_that_dropped_it(
+        clock, autojump_clock):
+    """Nodes take a dropped peer back only on a fresher info (an old one replayed must not bring
+    a dead node back). A node that a dropped peer answers again re-signs its info, so a node
+    beyond a healed cut takes it back from any peer swap, without greeting it itself."""
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
+                                 gossip_interval=1e6) as c:
+        n0, n1, n2 = c.nodes
+        await until(c.nodes, lambda: all(len(n.peers) == 2 for n in c.nodes))
+
+        async def ask(a, b):
+            await a._request(b.id, "chain", author=b.id, **{"from": 0}, limit=1)
+        c.network.partition([n0.id], [n1.id, n2.id])
+        for _ in range(DEAD_AFTER_FAILURES):
+            for a, b in ((n0, n1), (n2, n0)):
+                with pytest.raises(BudgetError):
+                    await ask(a, b)
+        assert n1.id in n0._dropped and n0.id in n2._dropped
+        old = n0._my_info()["body"]["ts"]
+        c.network.heal()
+        c.network.partition([n0.id], [n2.id])  # n2 can hear of n0 only through n1
+        await ask(n0, n1)
+        assert n1.id in n0.peers and n0._my_info()["body"]["ts"] > old
+        await n0._refresh_peers(n1.id)  # n1 now holds the fresh info
+        await n2._refresh_peers(n1.id)
+        assert n0.id in n2.peers and n0.id not in n2._dropped

@@ -172,6 +172,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._maybe_unpublished = True       # no need to ask the store until something commits
         self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
         self._dropped: dict[bytes, dict] = {}          # peer -> its info when it was dropped
+        self._announced_at = -float("inf")             # when _back() last re-signed our info
         self._probing: set[bytes] = set()
         self._gossip_quiet = 0
         self._membership_changed_at = 0.0
@@ -270,6 +271,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return None  # the info of a peer found dead: only a fresher one (it is back) counts
         if dht.check_peer_info(info, self.dna.hash) is None:
             return None
+        self._dropped.pop(peer, None)
         if old is None and len(self.peers) >= MAX_PEERS:
             oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
             del self.peers[oldest]
@@ -403,6 +405,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self._unsaved_forgets.clear()
             self._changed()
 
+    def _back(self) -> None:
+        """A dropped peer answered: a cut between us may have healed, and the nodes beyond it
+        dropped this node as well. They take a dropped peer back only on a fresher info (an old
+        one replayed must not bring a dead node back), and greeting them one by one outlasted
+        the liveness deadline at 200 nodes after a 20-minute 50/50 partition. So this node
+        re-signs its info, at most once a gossip interval; peer swaps spread it, and every node
+        that dropped it takes it back."""
+        now = trio.current_time()
+        if now - self._announced_at >= self.gossip_interval:
+            self._announced_at = now
+            self._info_content = None  # _my_info signs a fresh one
+            self._changed()
+
     def _forget_peer(self, peer: bytes) -> None:
         if self.peers.pop(peer, None) is not None:
             self._table_version += 1
@@ -445,6 +460,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             raise
         self._failures.pop(peer, None)
         was = self._dropped.pop(peer, None)
+        if was is not None:
+            self._back()
         if was is not None and peer not in self.peers:
             # It answered, so it is back: routed to again at once (not just un-dropped, which
             # would leave it known nowhere), and greeted for the info it has now.
