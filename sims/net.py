@@ -1,18 +1,23 @@
 """The simulated network: a Transport whose requests and replies travel after seeded latency and
 jitter, may be lost, duplicated or reordered, and stop at partitions — all on trio's virtual clock.
 
-Each request is delivered by a task of the network; the destination's handler runs inside the
-destination's own transport nursery (so a node that crashes takes its in-flight handlers down with
-it), and its reply travels back the same way. A lost request or reply leaves the caller waiting
-until its request timeout, then PeerUnreachable, exactly as over a real network.
+A request in flight is an entry in the network's event heap; on arrival the destination's handler
+runs inside the destination's own transport nursery (so a node that crashes takes its in-flight
+handlers down with it), and its reply travels back as another entry. A lost request or reply
+leaves the caller waiting until its request timeout, then PeerUnreachable, exactly as over a real
+network.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
+import math
 import random
 from collections import Counter
 from contextlib import asynccontextmanager
 
+import outcome
 import trio
 
 from node.core.crypto import SigningKey
@@ -22,14 +27,28 @@ REORDER_P = 0.1  # with --reorder, this share of messages is held back by up to 
 
 
 class _Reply:
-    __slots__ = ("event", "value")
+    """One request's outcome slot: the waiting caller, resolved once (by the first reply copy
+    to arrive or by the timeout), or abandoned if the caller is cancelled first."""
+    __slots__ = ("task", "done")
 
-    def __init__(self):
-        self.event = trio.Event()
-        self.value = None
+    def __init__(self, task):
+        self.task = task
+        self.done = False
+
+    def resolve(self, value) -> None:
+        if not self.done:
+            self.done = True
+            trio.lowlevel.reschedule(self.task, outcome.Value(value))
+
+    def abort(self, _raise_cancel):
+        self.done = True
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class SimNetwork:
+    """Messages in flight are entries of one time-ordered heap, run by a single pump task: a
+    task and two timers per message would cost more than the node code they carry."""
+
     def __init__(self, rng: random.Random, *, latency=0.05, jitter=0.02, loss=0.0, dup=0.0,
                  reorder=False):
         self.rng = rng
@@ -42,6 +61,9 @@ class SimNetwork:
         self.stats = Counter()      # requests, replies, bytes, lost, duplicated, unreachable
         self.delivered = 0          # messages handed to a handler or back to a caller
         self.on_deliver = None      # called after each delivered message (invariant hooks)
+        self._heap: list = []       # (time, seq, fn, args): arrivals, replies, timeouts
+        self._seq = itertools.count()
+        self._wake = trio.CancelScope()  # the pump's sleep: its deadline is the next entry's
 
     # -- faults
     def set_rules(self, rules: list) -> None:
@@ -93,9 +115,28 @@ class SimNetwork:
                     del self.transports[t.peer_id]
                 n.cancel_scope.cancel()
 
+    # -- the event heap
+    def _at(self, when: float, fn, *args) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+        if when < self._wake.deadline:
+            self._wake.deadline = when
+
+    async def pump(self) -> None:
+        """Runs the network (in `nursery`, for as long as the simulation runs)."""
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, fn, args = heapq.heappop(heap)
+                fn(*args)
+            while heap and heap[0][2] is _timeout and heap[0][3][0].done:
+                heapq.heappop(heap)  # a timeout whose request was answered: no wake-up for it
+            self._wake = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+            with self._wake:
+                await trio.sleep_forever()
+
     # -- delivery
-    async def _deliver(self, src: "SimTransport", dst_id: bytes, payload: bytes, box: _Reply):
-        await trio.sleep(self._delay())
+    def _arrive(self, src: "SimTransport", dst_id: bytes, payload: bytes, box: _Reply) -> None:
         dst = self.transports.get(dst_id)
         if dst is None or (self.rules and self.blocked(src.peer_id, dst_id)):
             self.stats["unreachable"] += 1
@@ -115,16 +156,21 @@ class SimNetwork:
             return
         self.stats["replies"] += 1
         self.stats["reply_bytes"] += len(reply)
-        await trio.sleep(self._delay())
-        if box.event.is_set() or self.transports.get(src.peer_id) is not src:
+        self._at(trio.current_time() + self._delay(), self._answer, src, dst, reply, box)
+
+    def _answer(self, src: "SimTransport", dst: "SimTransport", reply: bytes, box: _Reply):
+        if box.done or self.transports.get(src.peer_id) is not src:
             return
         if (self.rules and self.blocked(dst.peer_id, src.peer_id)) or \
                 (self.loss and self.rng.random() < self.loss):
             self.stats["lost"] += 1
             return
         self._record(dst.peer_id, src.peer_id, reply)
-        box.value = reply
-        box.event.set()
+        box.resolve(reply)
+
+
+def _timeout(box: _Reply) -> None:
+    box.resolve(None)
 
 
 class SimTransport:
@@ -163,14 +209,15 @@ class SimTransport:
             await trio.sleep(2 * net.latency)
             net.stats["refused"] += 1
             raise PeerUnreachable(f"peer {peer.hex()[:12]} is not listening")
-        box = _Reply()
+        box = _Reply(trio.lowlevel.current_task())
         copies = 2 if net.dup and net.rng.random() < net.dup else 1
         if copies == 2:
             net.stats["duplicated"] += 1
+        now = trio.current_time()
         for _ in range(copies):
-            net.nursery.start_soon(net._deliver, self, peer, payload, box)
-        with trio.move_on_after(timeout):
-            await box.event.wait()
-        if box.value is None:
+            net._at(now + net._delay(), net._arrive, self, peer, payload, box)
+        net._at(now + timeout, _timeout, box)
+        value = await trio.lowlevel.wait_task_rescheduled(box.abort)
+        if value is None:
             raise PeerUnreachable(f"request to {peer.hex()[:12]} timed out")
-        return box.value
+        return value

@@ -546,6 +546,8 @@ class Simulation:
         cfg = self.cfg
         async with trio.open_nursery() as root:
             self.net.nursery = root
+            if cfg.transport == "sim":
+                root.start_soon(self.net.pump)
             async with trio.open_nursery() as nodes:
                 await self._start_all(nodes)
                 self.phase = "warmup"

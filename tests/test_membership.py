@@ -237,3 +237,30 @@ async def test_a_node_back_from_a_cut_is_taken_back_by_the_nodes_that_dropped_it
         await n0._refresh_peers(n1.id)  # n1 now holds the fresh info
         await n2._refresh_peers(n1.id)
         assert n0.id in n2.peers and n0.id not in n2._dropped
+
+
+async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(
+        clock, autojump_clock):
+    """A node that dropped nobody never learns from its own requests that a cut healed; the
+    nodes beyond the cut that dropped it would greet it back a few at a time. A probe from a
+    node that had dropped it says so, and it re-signs its info (once a gossip interval), which
+    peer swaps carry to all of them. An ordinary greeting leaves its info as it was."""
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory",
+                                 gossip_interval=1e6) as c:
+        n0, n1 = c.nodes
+        await until(c.nodes, lambda: all(len(n.peers) == 1 for n in c.nodes))
+        ts = n1._my_info()["body"]["ts"]
+        await n0._hello(n1.id)
+        assert n1._my_info()["body"]["ts"] == ts
+        clock[0] += 10
+        n0._dropped[n1.id] = n0.peers[n1.id]
+        n0._forget_peer(n1.id)
+        await n0._probe_dropped(n1.id)
+        assert n1.id in n0.peers and n1.id not in n0._dropped
+        fresh = n1._my_info()["body"]["ts"]
+        assert fresh > ts and n0.peers[n1.id]["body"]["ts"] == fresh  # the reply brought it
+        clock[0] += 10
+        await n0._probe_dropped(n1.id)  # not dropped now: nothing is sent
+        n0._dropped[n1.id] = n0.peers[n1.id]
+        await n0._probe_dropped(n1.id)
+        assert n1._my_info()["body"]["ts"] == fresh  # at most once a gossip interval

@@ -281,3 +281,51 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
         to_op_authorities = [op for op in sent if op[5] is not None]
         assert to_op_authorities
         assert not [v for op in to_op_authorities for v in op[5] if v[0] == liar.id]
+
+
+async def test_only_an_author_key_authority_signs_a_receipt_and_it_still_vouches(
+        clock, autojump_clock):
+    """A receipt is evidence only as a vouch, and only an author-key authority's receipt vouches
+    (it holds the chain, so it catches a twin). Hash and entry authorities answer `valid`
+    without signing, which the publisher counts as held, so nothing is sent twice."""
+    async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
+        ids = [n.id for n in c.nodes]
+        with trio.fail_after(60):
+            while not all(len(n.peers) == len(ids) - 1 for n in c.nodes):
+                await c.wait_changed()
+        publisher = c.nodes[0]
+        for _ in range(64):  # an agent whose author-key authority is another node
+            a = await publisher.new_agent()
+            pub = from_text("agent", a.agent_id)
+            if dht.nearest(pub, ids, 1)[0] != publisher.id:
+                break
+        await c.await_consistency(timeout=60)
+        sent = []
+        real_request = publisher._request
+
+        async def spy(peer, t, **fields):
+            if t == "publish":
+                sent.extend((peer, op) for op in fields["ops"])
+            return await real_request(peer, t, **fields)
+        publisher._request = spy
+        for i in range(6):
+            await a.transmit_understanding("receipts", "who signs", str(i))
+        await c.await_consistency(timeout=60)
+        keyholder = dht.nearest(pub, ids, 1)[0]
+        signed = unsigned = 0
+        for s in publisher.store.chain(pub)[1:]:
+            rows = dict(publisher.dht.receipts(s.hash))
+            others = dht.authorities(s, ids, 1) - {publisher.id, keyholder}
+            assert set(rows) >= others
+            for v, sig in rows.items():
+                if v == keyholder:
+                    assert dht.check_receipt(s.hash, v, sig)
+                    signed += 1
+                else:
+                    assert sig == b""
+                    unsigned += 1
+        assert signed and unsigned
+        once = Counter((peer, op[1]) for peer, op in sent)
+        assert max(once.values()) == 1
+        vouches = [v for _, op in sent if op[5] for v in op[5]]
+        assert vouches and all(v[0] == keyholder for v in vouches)

@@ -153,8 +153,19 @@ class DhtStore:
             "WHERE a.id>? ORDER BY a.id LIMIT ?", (after_id, limit)).fetchall()
         return [(i, Signed.from_wire(b, s)) for i, b, s in rows]
 
-    def add_receipt(self, h: bytes, validator: bytes, sig: bytes) -> None:
-        self.db.execute("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", (h, validator, sig))
+    def add_receipts(self, rows: list[tuple[bytes, bytes, bytes]]) -> None:
+        """(action hash, validator, receipt signature), one transaction for all; an empty
+        signature: the validator holds the op but signed nothing (not an author-key authority)."""
+        if not rows:
+            return
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def receipts(self, h: bytes) -> list[list]:
         return [[v, sig] for v, sig in self.db.execute(

@@ -63,7 +63,7 @@ class Gossip:
             return
         self._probing.add(peer)
         try:
-            rep = await self._request(peer, "hello", info=self._my_info())
+            rep = await self._request(peer, "hello", info=self._my_info(), dropped=True)
         except BudgetError:
             return
         finally:

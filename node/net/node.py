@@ -313,8 +313,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self.last_join_error = str(e)
             return None
 
-    async def _hello(self, peer: bytes) -> None:
-        rep = await self._request(peer, "hello", info=self._my_info())
+    async def _hello(self, peer: bytes, dropped: bool = False) -> None:
+        """`dropped`: this node had dropped the peer as dead (it answers again)."""
+        fields = {"dropped": True} if dropped else {}
+        rep = await self._request(peer, "hello", info=self._my_info(), **fields)
         self._add_peer(rep.get("info"))
 
     async def _refresh_peers(self, peer: bytes) -> int:
@@ -467,12 +469,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             # would leave it known nowhere), and greeted for the info it has now.
             self._add_peer(was)
             if t not in ("hello", "peers"):  # those bring its info already
-                self._spawn(self._hello_quietly, peer)
+                self._spawn(self._hello_quietly, peer, True)
         return P.parse_reply(raw)
 
-    async def _hello_quietly(self, peer: bytes) -> None:
+    async def _hello_quietly(self, peer: bytes, dropped: bool = False) -> None:
         try:
-            await self._hello(peer)
+            await self._hello(peer, dropped)
         except BudgetError:
             pass
         finally:
@@ -513,6 +515,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         info = msg["info"]
         if dht.check_peer_info(info, self.dna.hash) is None or info["body"]["peer"] != peer:
             raise MalformedInput("peer info is not signed by the sending peer")
+        if msg.get("dropped") is True:
+            # It had dropped this node (a cut), and so may every node beyond it: a fresh info
+            # lets them all take this node back (rate-limited, so a liar gains nothing).
+            self._back()
         self._add_peer(info)
         return P.reply(info=self._my_info())
 
@@ -574,7 +580,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if status == "forged":  # the sender signed the batch that carried it: its doing
                 self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
-            receipt = dht.sign_receipt(s.hash, self.node_key) if status == "valid" else None
+            # a receipt vouches for the op to the other authorities only if an author-key
+            # authority signed it, so only one the publisher counts as such signs one
+            receipt = dht.sign_receipt(s.hash, self.node_key) \
+                if status == "valid" and told is not None and self.id in told else None
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
 

@@ -131,13 +131,23 @@ class Publishing:
             checked here, where a receipt first becomes evidence for someone else."""
             if s.hash not in vouches:
                 vouches[s.hash] = [r for r in self.dht.receipts(s.hash)
-                                   if r[0] in must.get(s.hash, ()) and
+                                   if r[0] in must.get(s.hash, ()) and len(r[1]) == SIG_LEN and
                                    dht.check_receipt(s.hash, r[0], r[1])][:P.MAX_VOUCHES]
             return vouches[s.hash]
 
+        entries: dict[bytes, bytes | None] = {}
+
+        def entry_of(s: Signed) -> bytes | None:
+            if s.action.get("type") != "create":
+                return None
+            if s.hash not in entries:
+                entries[s.hash] = self.dht.entry(s.action["entry"])
+            return entries[s.hash]
+
+        got_receipts: list[tuple] = []
+
         async def send(peer, batch, vouch=False):
-            ops = [[s.body, s.sig, self.dht.entry(s.action["entry"])
-                    if s.action.get("type") == "create" else None, prev_of(s, peer),
+            ops = [[s.body, s.sig, entry_of(s), prev_of(s, peer),
                     list(self._nearest(s.author)), vouch_of(s) if vouch else None]
                    for s in batch]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
@@ -154,25 +164,28 @@ class Publishing:
             if rep is None:
                 return
             self.metrics["ops_published"] += len(ops)
-            # The reply is the authority's word (the transport says who answered); its
-            # receipt is kept unchecked until it is passed on as a vouch (vouch_of), since most
-            # receipts (those of hash and entry authorities) never are.
+            # The reply is the authority's word (the transport says who answered). Only an
+            # authority of the author's key signs a receipt (only its receipts vouch for an op
+            # to others); that receipt is kept unchecked until it is passed on (vouch_of).
             for h, status, receipt in rep.get("results", [])[:len(ops)]:
                 if h in outcome:
-                    if status == "valid" and not (isinstance(receipt, bytes) and
-                                                  len(receipt) == SIG_LEN):
+                    signed_one = isinstance(receipt, bytes) and len(receipt) == SIG_LEN
+                    if status == "valid" and not signed_one and peer in must[h]:
                         continue
                     outcome[h][peer] = status
                     if status == "valid":
-                        self.dht.add_receipt(h, peer, receipt)
+                        got_receipts.append((h, peer, receipt if signed_one else b""))
                         self.metrics["receipts"] += 1
 
         async with trio.open_nursery() as n:
             for peer, batch in by_peer.items():
                 n.start_soon(send, peer, batch)
+        self.dht.add_receipts(got_receipts)  # one transaction a phase; vouch_of reads them
+        got_receipts.clear()
         async with trio.open_nursery() as n:
             for peer, batch in later.items():
                 n.start_soon(send, peer, batch, True)
+        self.dht.add_receipts(got_receipts)
         if ops_only:  # published already: only whether every authority has it now
             return all(targets[s.hash] <= receipted[s.hash] | {
                 p for p, v in outcome[s.hash].items() if v in FINAL} for s in pending)

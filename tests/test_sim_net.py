@@ -1,0 +1,104 @@
+"""The simulated transport on its own: latency, loss, duplication, timeouts and cancellation, on
+trio's virtual clock, with messages in flight held in the network's event heap."""
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from node.net.transport import PeerUnreachable
+from sims.net import SimNetwork
+
+
+async def _net(nursery, handler, **kw):
+    net = SimNetwork(random.Random(1), **kw)
+    net.nursery = nursery
+    nursery.start_soon(net.pump)
+    a = await nursery.start(_open, net, b"\x01" * 32, handler)
+    b = await nursery.start(_open, net, b"\x02" * 32, handler)
+    return net, a, b
+
+
+async def _open(net, seed, handler, task_status=trio.TASK_STATUS_IGNORED):
+    async with net.transport(seed, handler) as t:
+        task_status.started(t)
+        await trio.sleep_forever()
+
+
+async def test_a_reply_takes_a_round_trip_and_a_lost_one_times_out(autojump_clock):
+    seen = []
+
+    async def echo(peer, raw):
+        seen.append((trio.current_time(), raw))
+        return raw[::-1]
+    async with trio.open_nursery() as n:
+        net, a, b = await _net(n, echo, latency=0.05, jitter=0.0)
+        t0 = trio.current_time()
+        assert await a.request(b.peer_id, b"abc") == b"cba"
+        assert trio.current_time() - t0 == pytest.approx(0.1)
+        assert seen == [(pytest.approx(t0 + 0.05), b"abc")]
+        net.loss = 1.0
+        t0 = trio.current_time()
+        with pytest.raises(PeerUnreachable):
+            await a.request(b.peer_id, b"x", timeout=3.0)
+        assert trio.current_time() - t0 == pytest.approx(3.0)
+        assert net.stats["lost"] == 1 and len(seen) == 1
+        n.cancel_scope.cancel()
+
+
+async def test_a_duplicated_request_runs_twice_and_is_answered_once(autojump_clock):
+    calls = []
+
+    async def handler(peer, raw):
+        calls.append(raw)
+        await trio.sleep(0.5 * len(calls))  # the second copy answers later
+        return b"%d" % len(calls)
+    async with trio.open_nursery() as n:
+        net, a, b = await _net(n, handler, latency=0.05, jitter=0.0, dup=1.0)
+        assert await a.request(b.peer_id, b"x") == b"2"  # the first answer to arrive
+        await trio.sleep(2)
+        assert calls == [b"x", b"x"] and net.stats["duplicated"] == 1
+        assert net.stats["replies"] == 2
+        n.cancel_scope.cancel()
+
+
+async def test_a_cancelled_caller_leaves_the_network_running(autojump_clock):
+    async def slow(peer, raw):
+        await trio.sleep(10)
+        return b"late"
+    async with trio.open_nursery() as n:
+        net, a, b = await _net(n, slow, latency=0.05, jitter=0.0)
+        with trio.move_on_after(1):
+            await a.request(b.peer_id, b"x", timeout=30)
+        await trio.sleep(20)  # its late reply finds nobody waiting, and is dropped
+        net.loss = 0.0
+        b.handler = a.handler = _fast
+        assert await a.request(b.peer_id, b"y") == b"fast"
+        n.cancel_scope.cancel()
+
+
+async def _fast(peer, raw):
+    return b"fast"
+
+
+async def test_a_partition_blocks_and_a_departed_peer_is_unreachable(autojump_clock):
+    served = []
+
+    async def handler(peer, raw):
+        served.append(peer)
+        return b"fast"
+    async with trio.open_nursery() as n:
+        net, a, b = await _net(n, handler, latency=0.05, jitter=0.01)
+        net.set_rules([lambda s, d: s == a.peer_id and d == b.peer_id])
+        with pytest.raises(PeerUnreachable):
+            await a.request(b.peer_id, b"x", timeout=2)
+        assert served == []
+        with pytest.raises(PeerUnreachable):  # one-way: b's request arrives, the reply does not
+            await b.request(a.peer_id, b"x", timeout=2)
+        assert served == [b.peer_id]
+        net.quiet()
+        assert await a.request(b.peer_id, b"x") == b"fast"
+        del net.transports[b.peer_id]
+        with pytest.raises(PeerUnreachable):
+            await a.request(b.peer_id, b"x")
+        n.cancel_scope.cancel()
