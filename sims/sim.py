@@ -335,7 +335,7 @@ class Simulation:
                            f"{e.need_mru} mRU, re-derived {b.rem} mRU, node said {e.have_mru}")
 
     def _membership(self):
-        """(ring ids, slot by id, ids warranted by some honest node), as of now. Asked every
+        """(the ring, slot by id, ids warranted by some honest node), as of now. Asked every
         check; rebuilt only when a node came or went (epoch) or an honest node warranted
         someone (warrants only accumulate, so their count tells)."""
         live = self.live()
@@ -345,9 +345,9 @@ class Simulation:
             for s in live:
                 if not s.rogue:
                     warranted.update(s.node.warranted)
-            ids = [s.id for s in live if s.id not in warranted]
+            ring = dht.Ring([s.id for s in live if s.id not in warranted])
             self._membership_key = key
-            self._membership_now = (ids, {s.id: s for s in live}, warranted)
+            self._membership_now = (ring, {s.id: s for s in live}, warranted)
         return self._membership_now
 
     def _honest_sets(self) -> tuple[set, set]:
@@ -359,7 +359,7 @@ class Simulation:
         return self._honest[1], self._honest[2]
 
     def _check(self) -> None:
-        ids, by_id, warranted = self._membership()
+        ring, by_id, warranted = self._membership()
         honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
         for s in self.live():
@@ -379,17 +379,17 @@ class Simulation:
         done = []
         # authorities change when nodes come and go (epoch) and when a node is warranted (it
         # leaves the ring within an epoch; warrants only accumulate, so a count tells)
-        ring = (self.epoch, len(ids))
+        ring_key = (self.epoch, len(ring))
         for h, p in self.pending.items():
             t, author, seq, bases, auths, epoch = p
             if author in warranted:
                 done.append(h)
                 continue
-            if epoch != ring:
+            if epoch != ring_key:
                 auths = set()
                 for b in bases:
-                    auths.update(dht.nearest(b, ids, self.cfg.r))
-                p[4], p[5] = auths, ring
+                    auths.update(ring.nearest(b, self.cfg.r))
+                p[4], p[5] = auths, ring_key
             # an authority found holding the write is not asked again: a store keeps what it
             # took (a crash or restart included), so only the ones still lacking it are checked
             ok = True
@@ -407,12 +407,12 @@ class Simulation:
         for h in done:
             del self.pending[h]
 
-    def _missing(self, h, p, ids, by_id) -> str:
+    def _missing(self, h, p, ring, by_id) -> str:
         t, author, seq, bases, _, _ = p
         out = []
         names = ("hash", "author", "entry") if len(bases) > 1 else ("author",)
         for name, b in zip(names, bases):
-            for a in dht.nearest(b, ids, self.cfg.r):
+            for a in ring.nearest(b, self.cfg.r):
                 slot = by_id.get(a)
                 hd = slot.node._head(author) if slot and slot.node else None
                 if slot is None or slot.node is None or not _holds(slot.node, author, seq, h):
@@ -420,7 +420,7 @@ class Simulation:
                                f"{None if hd is None else hd[0]})")
         return ", ".join(out)
 
-    def _op_authority_gaps(self, ids, by_id, warranted) -> int:
+    def _op_authority_gaps(self, ring, by_id, warranted) -> int:
         """Honest writes that some authority of their bases (as the ring stands now) does not
         hold: it was away or cut off when the write was published, or joined the ring since, and
         its publisher's recheck has not reached it yet."""
@@ -431,7 +431,7 @@ class Simulation:
                 continue
             for b in bases:
                 if b not in cache:
-                    cache[b] = dht.nearest(b, ids, self.cfg.r)
+                    cache[b] = ring.nearest(b, self.cfg.r)
                 if any(not _holds(by_id[a].node, author, seq, bases[0]) for a in cache[b]
                        if a in by_id and by_id[a].node is not None):
                     gaps += 1
@@ -584,7 +584,7 @@ class Simulation:
                 self.end_time = trio.current_time()
                 self.cheater_set = self.cheaters()
                 self.audited = self._audit(None, check_sigs=False)
-                ids, by_id, self.net_warranted = self._membership()
+                ring, by_id, self.net_warranted = self._membership()
                 warranted_everywhere = {c for c in self.cheater_set
                                         if all(c in s.node.warranted for s in self.honest_live())}
                 self.warranted_rogue = warranted_everywhere
@@ -593,11 +593,12 @@ class Simulation:
                                    f"stopped: " + "; ".join(self.lag_left[:5]))
                 for h, p in list(self.pending.items())[:5]:
                     self.violation(f"honest write by {to_text('agent', p[1])[:14]} seq {p[2]} "
-                                   f"never reached all its authorities: {self._missing(h, p, ids, by_id)}")
+                                   f"never reached all its authorities: "
+                                   f"{self._missing(h, p, ring, by_id)}")
                 for c in self.cheater_set - warranted_everywhere:
                     self.violation(f"cheater {to_text('agent', c)[:14]} is not warranted at every "
                                    f"honest node")
-                self.op_gaps = self._op_authority_gaps(ids, by_id, self.net_warranted)
+                self.op_gaps = self._op_authority_gaps(ring, by_id, self.net_warranted)
                 self.metrics_total = Counter()
                 for s in self.live():
                     self.metrics_total.update(s.node.metrics)

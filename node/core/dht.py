@@ -1,6 +1,7 @@
 """DHT routing, validation receipts, peer info: pure functions over bytes and keys."""
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 
@@ -25,6 +26,40 @@ def nearest(basis: bytes, peers, r: int) -> list[bytes]:
     peers = peers if type(peers) is list else list(peers)
     d = list(map(location(basis).__xor__, map(location, peers)))
     return [peers[i] for i in heapq.nsmallest(r, range(len(d)), key=d.__getitem__)]
+
+
+class Ring:
+    """A member set sorted by ring location, for many `nearest` lookups between changes. The R
+    nearest a basis by XOR all share with it the longest bit prefix that at least R members
+    share (any member sharing more bits is nearer than any sharing fewer), and each prefix is
+    one contiguous run of the sorted locations: a binary search over prefix lengths finds it,
+    and only that run (about 2R members) is compared, instead of every member."""
+
+    def __init__(self, members):
+        pairs = sorted((location(m), m) for m in members)
+        self.locs = [loc for loc, _ in pairs]
+        self.members = [m for _, m in pairs]
+
+    def __len__(self) -> int:
+        return len(self.locs)
+
+    def nearest(self, basis: bytes, r: int) -> list[bytes]:
+        """What `nearest(basis, members, r)` answers, nearest first."""
+        locs, t = self.locs, location(basis)
+        i, j = 0, len(locs)
+        lo, hi = 0, 256                     # shared prefix bits: lo always holds >= r members
+        while lo < hi:
+            k = (lo + hi + 1) >> 1
+            shift = 256 - k
+            base = (t >> shift) << shift
+            a = bisect.bisect_left(locs, base, i, j)
+            b = bisect.bisect_left(locs, base + (1 << shift), a, j)
+            if b - a >= r:
+                lo, i, j = k, a, b
+            else:
+                hi = k - 1
+        return [m for _, m in heapq.nsmallest(r, zip(map(t.__xor__, locs[i:j]),
+                                                     self.members[i:j]))]
 
 
 def bases(s: Signed) -> list[bytes]:

@@ -20,6 +20,7 @@ class NearestCache:
         self._entries: dict[bytes, tuple[int, tuple]] = {}
         self._log: list[tuple[bytes, bool]] = []   # (peer, came) for each change, oldest first
         self._base = 0                              # how many changes came before _log[0]
+        self._ring: tuple[int, dht.Ring] | None = None  # (version, the whole set) for rebuilds
 
     @property
     def version(self) -> int:
@@ -48,7 +49,9 @@ class NearestCache:
                     return near
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        near = tuple(dht.nearest(basis, members(), self.r))
+        if self._ring is None or self._ring[0] != version:
+            self._ring = (version, dht.Ring(members()))
+        near = tuple(self._ring[1].nearest(basis, self.r))
         self._entries[basis] = (version, near)
         return near
 
