@@ -272,7 +272,7 @@ class Store:
         out = []
         for _, h, body, sig in rows:
             try:
-                s = Signed.from_wire(body, sig)
+                s = Signed.from_store(body, sig)
             except BudgetError as e:
                 raise StoreCorrupted(f"chain of {who}: stored action {_hex(h)} is "
                                      f"unreadable: {e}") from None
@@ -291,7 +291,7 @@ class Store:
         row = self.db.execute(
             "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
             "WHERE a.hash=?", (action_hash,)).fetchone()
-        return None if row is None else (Signed.from_wire(row[0], row[1]), row[2])
+        return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
 
     def find(self, kind: str, key: str, limit: int) -> list[bytes]:
         return [r[0] for r in self.db.execute(

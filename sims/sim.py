@@ -113,6 +113,9 @@ class Simulation:
         self._honest = None
         self._membership_key = None
         self._membership_now = None
+        self._live_epoch = None
+        self._live_now = None
+        self._warrants_checked = None
 
     # -- violations
     def violation(self, text: str) -> None:
@@ -124,7 +127,16 @@ class Simulation:
 
     # -- nodes
     def live(self) -> list[Slot]:
-        return [s for s in self.slots if s.node is not None]
+        return list(self._live()[0])
+
+    def _live(self) -> tuple[list[Slot], list[dict]]:
+        """(live slots, the warrant tables of the honest ones), kept until a node starts or
+        stops (the epoch moves): the checker asks every simulated second."""
+        if self._live_epoch != self.epoch:
+            live = [s for s in self.slots if s.node is not None]
+            self._live_now = (live, [s.node.warranted for s in live if not s.rogue])
+            self._live_epoch = self.epoch
+        return self._live_now
 
     def honest_live(self) -> list[Slot]:
         return [s for s in self.slots if s.node is not None and not s.rogue]
@@ -338,8 +350,8 @@ class Simulation:
         """(the ring, slot by id, ids warranted by some honest node), as of now. Asked every
         check; rebuilt only when a node came or went (epoch) or an honest node warranted
         someone (warrants only accumulate, so their count tells)."""
-        live = self.live()
-        key = (self.epoch, sum(len(s.node.warranted) for s in live if not s.rogue))
+        live, tables = self._live()
+        key = (self.epoch, sum(map(len, tables)))
         if self._membership_key != key:
             warranted = set()
             for s in live:
@@ -362,18 +374,26 @@ class Simulation:
         ring, by_id, warranted = self._membership()
         honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
-        for s in self.live():
+        live = self._live()[0]
+        for s in live:
             n = s.node
             if len(n.limbo) > netnode.MAX_LIMBO or len(n.peers) > netnode.MAX_PEERS or \
                     len(n._fetching) > 4 * netnode.MAX_PARALLEL_FETCHES:
                 self.violation(f"node {s.index}: queue out of bounds (limbo {len(n.limbo)}, peers "
                                f"{len(n.peers)}, fetching {len(n._fetching)})")
-            if s.rogue:
-                continue
-            for w in n.warranted:
-                if w in honest_agents or w in honest_ids or w == steward:
-                    self.violation(f"honest node {s.index} warrants honest "
-                                   f"{to_text('agent', w)[:14]}: {n.warranted[w].reason}")
+        # warrants only accumulate: the tables need reading again only when one grew (the
+        # membership key counts them) or an honest agent or node was added
+        checked = (self._membership_key, len(honest_ids), len(honest_agents))
+        if checked != self._warrants_checked:
+            self._warrants_checked = checked
+            for s in live:
+                if s.rogue:
+                    continue
+                n = s.node
+                for w in n.warranted:
+                    if w in honest_agents or w in honest_ids or w == steward:
+                        self.violation(f"honest node {s.index} warrants honest "
+                                       f"{to_text('agent', w)[:14]}: {n.warranted[w].reason}")
         # convergence of honest writes: held by all their authorities (live, unwarranted nodes)
         now = trio.current_time()
         done = []

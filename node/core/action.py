@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .crypto import SigningKey, blake2b_256
-from .encoding import decode, encode
+from .encoding import decode, decode_stored, encode
 from .errors import MalformedInput
 
 MAX_ACTION_BYTES = 16 * 1024
@@ -35,6 +35,15 @@ class Signed:
         if not isinstance(sig, bytes):
             raise MalformedInput("a signature is bytes")
         return cls(action, bytes(body), bytes(sig), blake2b_256(body))
+
+    @classmethod
+    def from_store(cls, body: bytes, sig: bytes) -> "Signed":
+        """An action read back from this node's own store (checked by from_wire on its way
+        in); its hash is recomputed, so a caller can compare it with the key it was kept under."""
+        action = decode_stored(body)
+        if not isinstance(action, dict):
+            raise MalformedInput("an action is a map")
+        return cls(action, body, sig, blake2b_256(body))
 
     @property
     def seq(self) -> int:

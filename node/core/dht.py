@@ -7,7 +7,8 @@ import heapq
 
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, verify
-from .encoding import encode
+from .encoding import encode, encode_trusted
+from .errors import MalformedInput
 
 DEFAULT_R = 3
 
@@ -79,7 +80,10 @@ def authorities(s: Signed, peers, r: int) -> set[bytes]:
 
 
 def receipt_body(action_hash: bytes, validator: bytes) -> bytes:
-    return encode({"receipt": action_hash, "validator": validator, "valid": True})
+    # two byte strings and a constant: checked here, so the plain-data walk is not needed
+    if type(action_hash) is not bytes or type(validator) is not bytes:
+        raise MalformedInput("a receipt names an action hash and a validator, as bytes")
+    return encode_trusted({"receipt": action_hash, "validator": validator, "valid": True})
 
 
 def sign_receipt(action_hash: bytes, key: SigningKey) -> bytes:
@@ -87,6 +91,8 @@ def sign_receipt(action_hash: bytes, key: SigningKey) -> bytes:
 
 
 def check_receipt(action_hash: bytes, validator: bytes, sig: bytes) -> bool:
+    if type(action_hash) is not bytes or type(validator) is not bytes:
+        return False
     return verify(validator, sig, receipt_body(action_hash, validator))
 
 

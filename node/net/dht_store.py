@@ -37,7 +37,7 @@ class DhtStore:
     def action_at(self, author: bytes, seq: int) -> Signed | None:
         row = self.db.execute("SELECT body, sig FROM actions WHERE author=? AND seq=?",
                               (author, seq)).fetchone()
-        return None if row is None else Signed.from_wire(*row)
+        return None if row is None else Signed.from_store(*row)
 
     def has_action(self, h: bytes) -> bool:
         """Held as part of a chain or as a single op."""
@@ -50,7 +50,7 @@ class DhtStore:
             "SELECT body, sig FROM ops WHERE author=? AND seq=? AND hash!=? UNION ALL "
             "SELECT body, sig FROM actions WHERE author=? AND seq=? AND hash!=? LIMIT 1",
             (s.author, s.seq, s.hash, s.author, s.seq, s.hash)).fetchone()
-        return None if row is None else Signed.from_wire(*row)
+        return None if row is None else Signed.from_store(*row)
 
     def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
@@ -98,7 +98,7 @@ class DhtStore:
     def op_record(self, h: bytes):
         row = self.db.execute("SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
                               "ON e.hash=o.entry WHERE o.hash=?", (h,)).fetchone()
-        return None if row is None else (Signed.from_wire(row[0], row[1]), row[2])
+        return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
 
     def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
         """[body, sig, entry-or-None] for seq >= from_seq, in order."""
@@ -144,14 +144,14 @@ class DhtStore:
             self._floor = rows[0][0]
         else:
             self._floor = (self.db.execute("SELECT max(id) FROM actions").fetchone()[0] or 0) + 1
-        return [Signed.from_wire(b, s) for _, b, s in rows]
+        return [Signed.from_store(b, s) for _, b, s in rows]
 
     def own_after(self, after_id: int, limit: int) -> list[tuple[int, Signed]]:
         """Own actions (of the chains this store heads) past a row id, in order."""
         rows = self.db.execute(
             "SELECT a.id, a.body, a.sig FROM actions a JOIN heads h ON a.author=h.author "
             "WHERE a.id>? ORDER BY a.id LIMIT ?", (after_id, limit)).fetchall()
-        return [(i, Signed.from_wire(b, s)) for i, b, s in rows]
+        return [(i, Signed.from_store(b, s)) for i, b, s in rows]
 
     def add_receipts(self, rows: list[tuple[bytes, bytes, bytes]]) -> None:
         """(action hash, validator, receipt signature), one transaction for all; an empty

@@ -24,7 +24,7 @@ from zomes import APP
 from ..core import budget, dht, warrant
 from ..core.action import Signed, grant_body, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text, verify
-from ..core.encoding import decode, encode
+from ..core.encoding import decode, encode, encode_trusted
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
@@ -401,7 +401,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
 
     def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
-            self.dht.save_peers({p: encode(i) for p, i in self._unsaved_peers.items()},
+            # infos this node signed or took in through a strict decode: plain data already
+            self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
                                 self._unsaved_forgets)
             self._unsaved_peers.clear()
             self._unsaved_forgets.clear()
@@ -972,7 +973,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
         await self.refresh_agent(pub)
-        return [record_dict(Signed.from_wire(b, s), e)
+        return [record_dict(Signed.from_store(b, s), e)
                 for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
 
     async def fetch_record(self, action_hash: str) -> dict:
