@@ -106,7 +106,8 @@ def peer_info(key: SigningKey, dna_hash: bytes, addrs: list[str], agents: list[b
 def check_peer_info(info, dna_hash: bytes) -> dict | None:
     """The body of a signed peer info for this network, or None."""
     body = peer_info_body(info, dna_hash)
-    if body is None or not verify(body["peer"], info["sig"], encode(body)):
+    # a body off the wire went through the strict decode's walk, so it is plain data already
+    if body is None or not verify(body["peer"], info["sig"], encode_trusted(body)):
         return None
     return body
 
