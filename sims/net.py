@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 
 import outcome
 import trio
+import trio.testing
 
 from node.core.crypto import SigningKey
 from node.net.transport import MAX_FRAME, PeerUnreachable
@@ -45,12 +46,38 @@ class _Reply:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
-class SimNetwork:
-    """Messages in flight are entries of one time-ordered heap, run by a single pump task: a
-    task and two timers per message would cost more than the node code they carry."""
+def SimClock() -> trio.testing.MockClock:
+    """trio's virtual clock (autojump: when every task is blocked, time moves on to the next
+    deadline) that also stops at the next message of the network it drives, and delivers it.
+    A task, or even one timer, per message in flight would cost more than the node code the
+    message carries; here a message costs a heap entry. MockClock cannot be subclassed, so the
+    instance's `_autojump` (the hook trio's run loop calls when nothing is runnable) is
+    replaced; SimNetwork(rng, clock) attaches the network."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock.network = None
 
-    def __init__(self, rng: random.Random, *, latency=0.05, jitter=0.02, loss=0.0, dup=0.0,
-                 reorder=False):
+    def autojump() -> None:
+        net = clock.network
+        nxt = net.next_event() if net is not None else math.inf
+        now = clock.current_time()
+        to_deadline = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if nxt - now < to_deadline:  # a message before any timer (or due now)
+            if nxt > now:
+                clock.jump(nxt - now)
+            net.deliver_due(max(nxt, clock.current_time()))
+        elif 0 < to_deadline < math.inf:
+            clock.jump(to_deadline)
+    clock._autojump = autojump
+    return clock
+
+
+class SimNetwork:
+    """Messages in flight are entries of one time-ordered heap, delivered by the SimClock when
+    virtual time reaches them."""
+
+    def __init__(self, rng: random.Random, clock: trio.testing.MockClock, *, latency=0.05, jitter=0.02,
+                 loss=0.0, dup=0.0, reorder=False):
+        clock.network = self
         self.rng = rng
         self.latency, self.jitter = latency, jitter
         self.loss, self.dup, self.reorder = loss, dup, reorder
@@ -63,7 +90,6 @@ class SimNetwork:
         self.on_deliver = None      # called after each delivered message (invariant hooks)
         self._heap: list = []       # (time, seq, fn, args): arrivals, replies, timeouts
         self._seq = itertools.count()
-        self._wake = trio.CancelScope()  # the pump's sleep: its deadline is the next entry's
 
     # -- faults
     def set_rules(self, rules: list) -> None:
@@ -118,22 +144,18 @@ class SimNetwork:
     # -- the event heap
     def _at(self, when: float, fn, *args) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), fn, args))
-        if when < self._wake.deadline:
-            self._wake.deadline = when
 
-    async def pump(self) -> None:
-        """Runs the network (in `nursery`, for as long as the simulation runs)."""
+    def next_event(self) -> float:
         heap = self._heap
-        while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, _, fn, args = heapq.heappop(heap)
-                fn(*args)
-            while heap and heap[0][2] is _timeout and heap[0][3][0].done:
-                heapq.heappop(heap)  # a timeout whose request was answered: no wake-up for it
-            self._wake = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
-            with self._wake:
-                await trio.sleep_forever()
+        while heap and heap[0][2] is _timeout and heap[0][3][0].done:
+            heapq.heappop(heap)  # a timeout whose request was answered: no stop for it
+        return heap[0][0] if heap else math.inf
+
+    def deliver_due(self, upto: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= upto:
+            _, _, fn, args = heapq.heappop(heap)
+            fn(*args)
 
     # -- delivery
     def _arrive(self, src: "SimTransport", dst_id: bytes, payload: bytes, box: _Reply) -> None:
