@@ -68,3 +68,15 @@ def test_nearest_is_the_r_closest_by_xor_distance_on_the_ring():
             assert dht.nearest(basis, peers, 3) == want
             assert dht.nearest(basis, set(peers), 3) == want
             assert dht.nearest(basis, dict.fromkeys(peers), 3) == want
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 9, 64, 300])
+def test_a_ring_answers_what_comparing_every_member_would(n):
+    rng = random.Random(n)
+    members = [rng.randbytes(32) for _ in range(n)]
+    ring = dht.Ring(members)
+    assert len(ring) == n
+    for _ in range(300):
+        basis = rng.choice(members) if members and rng.random() < 0.2 else rng.randbytes(32)
+        for r in (1, 3, 5):
+            assert ring.nearest(basis, r) == dht.nearest(basis, members, r)
