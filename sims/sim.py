@@ -7,6 +7,7 @@ every cheater warranted at every honest node) within `deadline` simulated second
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import heapq
@@ -129,12 +130,16 @@ class Simulation:
     def live(self) -> list[Slot]:
         return list(self._live()[0])
 
-    def _live(self) -> tuple[list[Slot], list[dict]]:
-        """(live slots, the warrant tables of the honest ones), kept until a node starts or
-        stops (the epoch moves): the checker asks every simulated second."""
+    def _live(self) -> tuple[list[Slot], list[dict], tuple]:
+        """(live slots, the warrant tables of the honest ones, every live node's bounded
+        queues: limbo, peer table, fetches), kept until a node starts or stops (the epoch
+        moves): the checker asks every simulated second. A node never replaces those tables."""
         if self._live_epoch != self.epoch:
             live = [s for s in self.slots if s.node is not None]
-            self._live_now = (live, [s.node.warranted for s in live if not s.rogue])
+            nodes = [s.node for s in live]
+            queues = ([n.limbo for n in nodes], [n.peers for n in nodes],
+                      [n._fetching for n in nodes])
+            self._live_now = (live, [s.node.warranted for s in live if not s.rogue], queues)
             self._live_epoch = self.epoch
         return self._live_now
 
@@ -350,7 +355,7 @@ class Simulation:
         """(the ring, slot by id, ids warranted by some honest node), as of now. Asked every
         check; rebuilt only when a node came or went (epoch) or an honest node warranted
         someone (warrants only accumulate, so their count tells)."""
-        live, tables = self._live()
+        live, tables, _ = self._live()
         key = (self.epoch, sum(map(len, tables)))
         if self._membership_key != key:
             warranted = set()
@@ -374,13 +379,17 @@ class Simulation:
         ring, by_id, warranted = self._membership()
         honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
-        live = self._live()[0]
-        for s in live:
-            n = s.node
-            if len(n.limbo) > netnode.MAX_LIMBO or len(n.peers) > netnode.MAX_PEERS or \
-                    len(n._fetching) > 4 * netnode.MAX_PARALLEL_FETCHES:
-                self.violation(f"node {s.index}: queue out of bounds (limbo {len(n.limbo)}, peers "
-                               f"{len(n.peers)}, fetching {len(n._fetching)})")
+        live, _, (limbos, tables, fetches) = self._live()
+        if max(map(len, limbos), default=0) > netnode.MAX_LIMBO or \
+                max(map(len, tables), default=0) > netnode.MAX_PEERS or \
+                max(map(len, fetches), default=0) > 4 * netnode.MAX_PARALLEL_FETCHES:
+            for s in live:
+                n = s.node
+                if len(n.limbo) > netnode.MAX_LIMBO or len(n.peers) > netnode.MAX_PEERS or \
+                        len(n._fetching) > 4 * netnode.MAX_PARALLEL_FETCHES:
+                    self.violation(f"node {s.index}: queue out of bounds (limbo "
+                                   f"{len(n.limbo)}, peers {len(n.peers)}, fetching "
+                                   f"{len(n._fetching)})")
         # warrants only accumulate: the tables need reading again only when one grew (the
         # membership key counts them) or an honest agent or node was added
         checked = (self._membership_key, len(honest_ids), len(honest_agents))
@@ -460,13 +469,18 @@ class Simulation:
 
     def _audit(self, sample: int | None, check_sigs: bool) -> int:
         """Re-derive the budget of held chains on honest nodes (a sample, or all)."""
+        held = [(s, [*s.node.chains, *s.node.cells]) for s in self.honest_live()]
+        ends = list(itertools.accumulate(len(a) for _, a in held))
+        total = ends[-1] if ends else 0
+        # the sample is drawn over indices (what sampling the list of all pairs would pick),
+        # and only the picked pairs are built
+        picks = range(total) if sample is None or total <= sample else \
+            self.rng_check.sample(range(total), sample)
         pairs = []
-        for s in self.honest_live():
-            n = s.node
-            for author in list(n.chains) + list(n.cells):
-                pairs.append((s, author))
-        if sample is not None and len(pairs) > sample:
-            pairs = self.rng_check.sample(pairs, sample)
+        for i in picks:
+            k = bisect.bisect_right(ends, i)
+            s, authors = held[k]
+            pairs.append((s, authors[i - (ends[k - 1] if k else 0)]))
         for s, author in pairs:
             n = s.node
             if n is None:

@@ -37,7 +37,7 @@ class Ring:
     and only that run (about 2R members) is compared, instead of every member."""
 
     def __init__(self, members):
-        pairs = sorted((location(m), m) for m in members)
+        pairs = sorted(zip(map(location, members), members))
         self.locs = [loc for loc, _ in pairs]
         self.members = [m for _, m in pairs]
 
@@ -48,7 +48,10 @@ class Ring:
         """What `nearest(basis, members, r)` answers, nearest first."""
         locs, t = self.locs, location(basis)
         i, j = 0, len(locs)
-        lo, hi = 0, 256                     # shared prefix bits: lo always holds >= r members
+        # shared prefix bits: lo always holds >= r members. Any run holding >= r members holds
+        # the answer, so the search may stop short of 256 bits: n members share about log2(n)
+        # with a basis, and past 2 log2(n) + 8 the run is a handful (or the answer is exact)
+        lo, hi = 0, min(256, 2 * len(locs).bit_length() + 8)
         while lo < hi:
             k = (lo + hi + 1) >> 1
             shift = 256 - k

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, to_text, verify
-from .encoding import encode
-from .errors import BudgetError
+from .encoding import encode, encode_trusted
+from .errors import BudgetError, MalformedInput
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
 RETRYABLE = frozenset({"future_timestamp"})
@@ -120,8 +120,10 @@ def batch_digest(ops: list) -> list[bytes]:
 
 def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
     """A publisher signs what it sends, so a forged action it relays is provably its own doing."""
-    b = {"hashes": batch_digest(ops), "to": to, "ts": ts_us}
-    return {**b, "sig": key.sign(encode(b))}
+    if type(to) is not bytes or type(ts_us) is not int:
+        raise MalformedInput("a batch names its recipient (bytes) and a time (integer us)")
+    b = {"hashes": batch_digest(ops), "to": to, "ts": ts_us}  # digests: bytes, so no walk
+    return {**b, "sig": key.sign(encode_trusted(b))}
 
 
 def batch_shape_ok(batch) -> bool:

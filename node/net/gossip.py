@@ -72,7 +72,9 @@ class Gossip:
         self._add_peer(rep.get("info"))
 
     def _random_peer(self) -> bytes:
-        return self.rng.choice(sorted(self.peers))
+        if self._sorted_peers[0] != self._table_version:  # sorted once a peer-table change
+            self._sorted_peers = (self._table_version, sorted(self.peers))
+        return self.rng.choice(self._sorted_peers[1])
 
     def _gossip_partner(self) -> bytes:
         """Mostly a fellow authority of a chain this node keeps (that is where a summary can

@@ -164,6 +164,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._recheck_not_before = 0.0
         self._peer_epoch = 0
         self._table_version = 0                     # bumps on any change to self.peers
+        self._sorted_peers: tuple[int, list] = (-1, [])  # (table version, sorted peer ids)
         self._unsaved_peers: dict[bytes, dict] = {}  # peer cache changes, saved each gossip round
         self._unsaved_forgets: set[bytes] = set()
         self._digest_key: tuple | None = None
@@ -646,10 +647,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         author, seq = s.action.get("author"), s.action.get("seq")
         if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
             return "invalid"
-        if self.dht.in_chain(s.hash):
-            return "valid"
-        if op and self.dht.has_action(s.hash):
-            return "valid"  # held as a single op already
+        if self.dht.has_action(s.hash) if op else self.dht.in_chain(s.hash):
+            return "valid"  # held already (an op: in a chain, or alone)
         w = self.warranted.get(author)
         if w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"]):
             return "warranted"  # the history before the offence is still checked and kept
