@@ -78,8 +78,8 @@ class SimNetwork:
     """Messages in flight are entries of one time-ordered heap, delivered by the SimClock when
     virtual time reaches them."""
 
-    def __init__(self, rng: random.Random, clock: trio.testing.MockClock, *, latency=0.05, jitter=0.02,
-                 loss=0.0, dup=0.0, reorder=False):
+    def __init__(self, rng: random.Random, clock: trio.testing.MockClock, *, latency=0.05,
+                 jitter=0.02, loss=0.0, dup=0.0, reorder=False):
         clock.network = self
         self.rng = rng
         self.latency, self.jitter = latency, jitter
@@ -91,7 +91,9 @@ class SimNetwork:
         self.stats = Counter()      # requests, replies, bytes, lost, duplicated, unreachable
         self.delivered = 0          # messages handed to a handler or back to a caller
         self.on_deliver = None      # called after each delivered message (invariant hooks)
-        self._heap: list = []       # (time, seq, fn, args): arrivals, replies, timeouts
+        # (time, seq, fn, args): arrivals, replies, timeouts. Bounded by the requests of one
+        # request timeout (an answered request's timeout entry waits there until its time)
+        self._heap: list = []
         self._seq = itertools.count()
 
     # -- faults
