@@ -53,32 +53,44 @@ async def test_a_reply_takes_a_round_trip_and_a_lost_one_times_out(sim_clock):
 
 async def test_a_duplicated_request_runs_twice_and_is_answered_once(sim_clock):
     calls = []
+    release, second_done = trio.Event(), trio.Event()
 
     async def handler(peer, raw):
         calls.append(raw)
-        await trio.sleep(0.5 * len(calls))  # the second copy answers later
-        return b"%d" % len(calls)
+        k = len(calls)
+        if k == 2:
+            await release.wait()  # the second copy answers only after the first got home
+            second_done.set()
+        return b"%d" % k
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, handler, latency=0.05, jitter=0.0, dup=1.0)
-        assert await a.request(b.peer_id, b"x") == b"2"  # the first answer to arrive
-        await trio.sleep(2)
+        assert await a.request(b.peer_id, b"x") == b"1"
+        release.set()
+        await second_done.wait()
         assert calls == [b"x", b"x"] and net.stats["duplicated"] == 1
-        assert net.stats["replies"] == 2
+        b.handler, net.dup = _fast, 0.0
+        assert await a.request(b.peer_id, b"y") == b"fast"  # after the late copy's reply
+        # delivered: two copies of x, the first reply, y and its reply; not the late reply
+        assert net.stats["replies"] == 3 and net.delivered == 5
         n.cancel_scope.cancel()
 
 
 async def test_a_cancelled_caller_leaves_the_network_running(sim_clock):
+    release, finished = trio.Event(), trio.Event()
+
     async def slow(peer, raw):
-        await trio.sleep(10)
+        await release.wait()
+        finished.set()
         return b"late"
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, slow, latency=0.05, jitter=0.0)
         with trio.move_on_after(1):
             await a.request(b.peer_id, b"x", timeout=30)
-        await trio.sleep(20)  # its late reply finds nobody waiting, and is dropped
-        net.loss = 0.0
-        b.handler = a.handler = _fast
+        release.set()
+        await finished.wait()  # its late reply is on its way, and nobody waits for it
+        b.handler = _fast
         assert await a.request(b.peer_id, b"y") == b"fast"
+        assert net.stats["replies"] == 2 and net.delivered == 3  # x, y, y's reply
         n.cancel_scope.cancel()
 
 
