@@ -86,7 +86,6 @@ class SimNetwork:
         self.loss, self.dup, self.reorder = loss, dup, reorder
         self.transports: dict[bytes, "SimTransport"] = {}
         self.rules: list = []       # active partitions: callables (src, dst) -> blocked?
-        self.nursery: trio.Nursery | None = None
         self.trace = hashlib.blake2b(digest_size=32)
         self.stats = Counter()      # requests, replies, bytes, lost, duplicated, unreachable
         self.delivered = 0          # messages handed to a handler or back to a caller

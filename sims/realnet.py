@@ -64,7 +64,6 @@ class Libp2pNetwork:
 
     def __init__(self):
         self.stats = Counter()
-        self.nursery: trio.Nursery | None = None
         self._factory = libp2p_factory()
 
     @asynccontextmanager

@@ -579,7 +579,6 @@ class Simulation:
     async def main(self) -> None:
         cfg = self.cfg
         async with trio.open_nursery() as root:
-            self.net.nursery = root
             async with trio.open_nursery() as nodes:
                 await self._start_all(nodes)
                 self.phase = "warmup"
