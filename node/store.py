@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import contextmanager
 
 import trio
 
@@ -92,18 +93,26 @@ class Store:
         self.db.execute("INSERT INTO meta VALUES (?,?)", (k, v))
 
     # -- writes
+    @contextmanager
+    def transaction(self):
+        """One write transaction: committed if the block completes, rolled back (nothing
+        written) if anything escapes it, a cancellation included."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def append(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
                entry: tuple[bytes, bytes] | None = None, index=(),
                meta: dict | None = None) -> None:
         """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             self._write(s, prev_seq, prev_hash, entry, index, meta)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def append_many(self, items) -> list:
         """Append each (s, prev_seq, prev_hash, entry, index, meta) of `items` in one
@@ -136,10 +145,8 @@ class Store:
         return self._append_each(items)
 
     def _append_each(self, items) -> list:
-        db = self.db
         out = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as db:
             for item in items:
                 db.execute("SAVEPOINT a")
                 try:
@@ -150,11 +157,6 @@ class Store:
                 else:
                     out.append(None)
                 db.execute("RELEASE a")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return out
 
     async def commit(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,

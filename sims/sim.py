@@ -379,17 +379,13 @@ class Simulation:
         ring, by_id, warranted = self._membership()
         honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
-        live, _, (limbos, tables, fetches) = self._live()
-        if max(map(len, limbos), default=0) > netnode.MAX_LIMBO or \
-                max(map(len, tables), default=0) > netnode.MAX_PEERS or \
-                max(map(len, fetches), default=0) > 4 * netnode.MAX_PARALLEL_FETCHES:
-            for s in live:
-                n = s.node
-                if len(n.limbo) > netnode.MAX_LIMBO or len(n.peers) > netnode.MAX_PEERS or \
-                        len(n._fetching) > 4 * netnode.MAX_PARALLEL_FETCHES:
-                    self.violation(f"node {s.index}: queue out of bounds (limbo "
-                                   f"{len(n.limbo)}, peers {len(n.peers)}, fetching "
-                                   f"{len(n._fetching)})")
+        live, _, queues = self._live()
+        limits = (netnode.MAX_LIMBO, netnode.MAX_PEERS, 4 * netnode.MAX_PARALLEL_FETCHES)
+        if any(max(map(len, q), default=0) > lim for q, lim in zip(queues, limits)):
+            for s, *sizes in zip(live, *(map(len, q) for q in queues)):
+                if any(n > lim for n, lim in zip(sizes, limits)):
+                    self.violation(f"node {s.index}: queue out of bounds (limbo {sizes[0]}, "
+                                   f"peers {sizes[1]}, fetching {sizes[2]})")
         # warrants only accumulate: the tables need reading again only when one grew (the
         # membership key counts them) or an honest agent or node was added
         checked = (self._membership_key, len(honest_ids), len(honest_agents))

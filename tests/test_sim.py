@@ -56,17 +56,13 @@ def test_sixty_nodes_heal_a_long_split_well_within_the_deadline():
     # authorities 5 minutes into the liveness phase. A node a dropped peer answers re-signs its
     # info now, and the nodes that dropped it take it back from any peer swap.
     # A run is a function of its seed and of the hash seed (sets of bytes iterate in hash
-    # order), so it runs where both are fixed, as `budgetnode sim` does: the time to heal is
-    # then one result, not a draw. (Over 19 hash seeds it ranged 0-202 s, median 5 s.)
-    script = (
-        "import json\n"
-        "from sims import Partition, SimConfig, run\n"
-        "r = run(SimConfig(seed=3, nodes=60, agents=60, hours=0.5, latency=0.05, jitter=0.02,"
-        " loss=0.01, partitions=[Partition.parse('50/50@5m-25m')], deadline=300))\n"
-        "print(json.dumps({k: r[k] for k in ('ok', 'writes_missing_at_op_authorities',"
-        " 'sim_seconds', 'invariant_violations')}))\n")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+    # order). `budgetnode sim` fixes both (it re-executes itself with PYTHONHASHSEED=0), so the
+    # time to heal is one result, not a draw: over 19 hash seeds it ranged 0-202 s, median 5 s.
+    p = subprocess.run(
+        [sys.executable, "-m", "node.cli", "sim", "--seed", "3", "--nodes", "60", "--agents",
+         "60", "--hours", "0.5", "--latency", "50ms", "--jitter", "20ms", "--loss", "0.01",
+         "--partition", "50/50@5m-25m", "--deadline", "300", "--json"],
+        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert r["ok"] and r["writes_missing_at_op_authorities"] == 0, r["invariant_violations"][:2]

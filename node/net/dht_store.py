@@ -60,31 +60,19 @@ class DhtStore:
         kept without the author's chain (the author-key authorities keep that). `unshown_from`:
         the sender, when the op still has to be shown to an author-key authority (kept with the
         op, so a crash does not forget it)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.store.transaction() as db:
             db.execute("INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
                        (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")))
             if unshown_from is not None:
                 db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> None:
         """The peer cache a restarted node starts from (one transaction per flush)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.store.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO peer_infos VALUES (?,?)", infos.items())
             db.executemany("DELETE FROM peer_infos WHERE peer=?", [(p,) for p in forget])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def load_peers(self, limit: int) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT info FROM peer_infos LIMIT ?", (limit,))]
@@ -107,9 +95,7 @@ class DhtStore:
             "WHERE a.author=? AND a.seq>=? ORDER BY a.seq LIMIT ?", (author, from_seq, limit))]
 
     def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.store.transaction() as db:
             db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
             cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
                              "VALUES (?,?,?,?,?,?,?)",
@@ -120,10 +106,6 @@ class DhtStore:
             if index:
                 db.executemany("INSERT INTO idx VALUES (?,?,?)",
                                [(k, key, cur.lastrowid) for k, key in index])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # -- warrants
     def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:
@@ -158,14 +140,8 @@ class DhtStore:
         signature: the validator holds the op but signed nothing (not an author-key authority)."""
         if not rows:
             return
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.store.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def receipts(self, h: bytes) -> list[list]:
         return [[v, sig] for v, sig in self.db.execute(
