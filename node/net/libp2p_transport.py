@@ -7,7 +7,7 @@ body is read. Peer ids are raw 32-byte Ed25519 public keys, the same key that si
 node's records; the libp2p peer id inlines that key (identity multihash), and Noise
 proves the remote owns it, so the key handed to the handler is authenticated.
 
-Only this module imports libp2p. See /work/shared/LIBP2P-NOTES.md for the traps the
+Only this module imports libp2p. See docs/LIBP2P-NOTES.md for the traps the
 choices below avoid (numbers refer to it).
 """
 from __future__ import annotations
