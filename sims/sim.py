@@ -622,7 +622,7 @@ class Simulation:
                     self.violation(f"honest write by {to_text('agent', p[1])[:14]} seq {p[2]} "
                                    f"never reached all its authorities: "
                                    f"{self._missing(h, p, ring, by_id)}")
-                for c in self.cheater_set - warranted_everywhere:
+                for c in sorted(self.cheater_set - warranted_everywhere):
                     self.violation(f"cheater {to_text('agent', c)[:14]} is not warranted at every "
                                    f"honest node")
                 # converged: the liveness check just found no gap (nothing ran since)

@@ -106,7 +106,7 @@ class Publishing:
         by_peer: dict[bytes, list[Signed]] = {}
         later: dict[bytes, list[Signed]] = {}
         for s in pending:
-            for p in targets[s.hash] - receipted[s.hash]:
+            for p in sorted(targets[s.hash] - receipted[s.hash]):
                 (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
         if "fork" in self.rogue:
