@@ -29,6 +29,7 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
                            UnknownAgent)
+from ..core.errors import HeadMoved
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
@@ -50,6 +51,7 @@ MAX_GREETING = 64             # unknown requesters greeted at once
 GREET_CACHED = 3               # cached peers a restarted node swaps peers with at once
 MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
+STORE_CONTENTION = (StoreBusy, HeadMoved)  # a write that lost the store to another writer
 
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
@@ -98,21 +100,21 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = cls.load(path, clock or time.time, durability, randbytes, dna)
+            node = await cls.load(path, clock or time.time, durability, randbytes, dna)
         except BaseException:
             lock.close()
             raise
         try:
             with unwrap_single_errors():
-                node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+                await node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
-                        nursery.start_soon(node._publisher)
-                        nursery.start_soon(node._gossiper)
-                        nursery.start_soon(node._limbo_worker)
+                        nursery.start_soon(node._keep_running, node._publisher)
+                        nursery.start_soon(node._keep_running, node._gossiper)
+                        nursery.start_soon(node._keep_running, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node._load_peer_cache()
                         for addr in node.bootstrap:
@@ -128,13 +130,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
+    async def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
         if raw is None or self.keystore.get(raw) is None:
             key = SigningKey.generate(self.randbytes)
             self.keystore.add(key)
-            self.dht.set_meta("node_key", key.public)
+            await self.dht.set_meta("node_key", key.public)
         else:
             key = self.keystore.get(raw)
         self.node_key = key
@@ -192,7 +194,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         for wire in self.dht.warrants():
             w = warrant.from_wire(wire)
             if w is not None:
-                self._remember_warrant(w)
+                await self._remember_warrant(w)
 
     def _add_cell(self, cell):
         if hasattr(self, "dht"):
@@ -256,9 +258,27 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _spawn(self, fn, *args) -> None:
         """Background work; a node that is shutting down starts none."""
         try:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(self._unless_store_busy, fn, *args)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
+
+    async def _unless_store_busy(self, fn, *args) -> None:
+        """Background work that could not write (another process held the store's write lock
+        past its bound, or another task stored first meanwhile) is dropped, not fatal: what it
+        did not store is still pending where it came from (limbo, gossip, the publisher)."""
+        try:
+            await fn(*args)
+        except STORE_CONTENTION:
+            self.metrics["store_busy"] += 1
+
+    async def _keep_running(self, loop) -> None:
+        """A background loop (publisher, gossiper, limbo worker) whose round could not write
+        starts again: its work is kept in the store or comes again."""
+        while True:
+            try:
+                return await loop()
+            except STORE_CONTENTION:
+                self.metrics["store_busy"] += 1
 
     def _add_peer(self, info) -> bytes | None:
         body = dht.peer_info_body(info, self.dna.hash)
@@ -281,7 +301,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._table_version += 1
         self._unsaved_peers[peer] = info
         if len(self._unsaved_peers) >= MAX_PEERS:
-            self._save_peer_cache()
+            self._spawn(self._save_peer_cache)
         if old is None:
             self._peer_set_changed(peer, True)
         else:
@@ -400,10 +420,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 except BudgetError:
                     pass
 
-    def _save_peer_cache(self) -> None:
+    async def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
+            await self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
                                 self._unsaved_forgets)
             self._unsaved_peers.clear()
             self._unsaved_forgets.clear()
@@ -580,7 +600,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if fresh and status == "valid":
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
-                self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+                await self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
             # a receipt vouches for the op to the other authorities only if an author-key
             # authority signed it, so only one the publisher counts as such signs one
@@ -662,7 +682,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "forged"
             existing = self.dht.action_at(author, seq)
             if existing is not None:
-                self._issue("fork", author, "fork", seq, [existing, s])
+                await self._issue("fork", author, "fork", seq, [existing, s])
             return "invalid"
         if seq > (0 if cs is None else cs.seq + 1):
             if fetch and peer is not None:
@@ -692,11 +712,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         twin = self.dht.twin_of(s)
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
-            self._issue("fork", author, "fork", seq, [twin, s])
+            await self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
-        self.dht.put_foreign(s, entry, index)
+        await self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
         self._stored(s, entry)
         return "valid"
@@ -726,7 +746,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "warranted"
         # With the action before it as evidence, the warrant proves itself: the author signed
         # both, and one does not follow from the other.
-        self._issue("invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev],
+        await self._issue("invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev],
                     entry=entry)
         return "invalid"
 
@@ -758,10 +778,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         # twins share an entry, so that entry's authorities are sent both).
         twin = self.dht.twin_of(s)
         if twin is not None:
-            self._issue("fork", s.author, "fork", s.seq, [twin, s])
+            await self._issue("fork", s.author, "fork", s.seq, [twin, s])
             return "invalid"
         vouched = self._vouched(s, peer, vouch)
-        self.dht.put_op(s, entry, None if vouched else peer or b"")
+        await self.dht.put_op(s, entry, None if vouched else peer or b"")
         self._maybe_unshown |= not vouched
         self.metrics["ops_held_single"] += 1
         self._stored(s, entry)
@@ -795,7 +815,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return
         found = self.dht.op_record(h)
         if found is None:
-            self.dht.shown(h)
+            await self.dht.shown(h)
             return
         s, entry = found
         # The author's own node would not report its fork: a show to it does not count.
@@ -812,11 +832,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                     await self._request(peer, "publish", ops=ops, batch=batch)
                 except BudgetError:
                     continue  # the next-nearest, else a later pass
-                self.dht.shown(h)
+                await self.dht.shown(h)
                 self._changed()
                 return
             if all(p in skip for p in self._nearest(s.author)):
-                self.dht.shown(h)  # no one else to show it to
+                await self.dht.shown(h)  # no one else to show it to
             else:
                 self._limbo_kick.set()  # still unshown: the limbo worker tries again
         finally:
