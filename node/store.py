@@ -137,9 +137,21 @@ class Store:
     async def write(self, fn):
         """Run `fn(db)` (plain code: it must not await) in one write transaction and return
         its result: committed if it returns, rolled back (nothing written) if anything
-        escapes it. Waits for the write lock without blocking the event loop (`_begin`)."""
+        escapes it. Waits for the write lock without blocking the event loop (`_wait_for_lock`)."""
+        if not self._try_begin():
+            await self._wait_for_lock()
+        return self._run(fn)
+
+    def try_write(self, fn) -> bool:
+        """`write` for what can as well be written later (a cache): False, nothing written,
+        if another connection holds the write lock now."""
+        if not self._try_begin():
+            return False
+        self._run(fn)
+        return True
+
+    def _run(self, fn):
         db = self.db
-        await self._begin()
         try:
             out = fn(db)
             db.execute("COMMIT")
@@ -149,29 +161,27 @@ class Store:
             raise
         return out
 
-    async def _begin(self) -> None:
-        """BEGIN IMMEDIATE: the write lock, at once when it is free (no checkpoint). Taken by
-        another connection, it is tried again after a trio sleep, doubling from
-        FIRST_BACKOFF_S to MAX_BACKOFF_S; after LOCK_WAIT_S, StoreBusy. A cancellation while
-        waiting leaves nothing written."""
-        db = self.db
+    def _try_begin(self) -> bool:
+        """BEGIN IMMEDIATE: True with the write lock held, False if another connection has it."""
         try:
-            db.execute("BEGIN IMMEDIATE")
-            return
+            self.db.execute("BEGIN IMMEDIATE")
+            return True
         except sqlite3.OperationalError as e:
             if not _busy(e):
                 raise
+            return False
+
+    async def _wait_for_lock(self) -> None:
+        """The write lock, taken by another connection at the first try: tried again after a
+        trio sleep, doubling from FIRST_BACKOFF_S to MAX_BACKOFF_S; after LOCK_WAIT_S,
+        StoreBusy. A cancellation while waiting leaves nothing written."""
         self.lock_waits += 1
         deadline = trio.current_time() + LOCK_WAIT_S
         delay = FIRST_BACKOFF_S
         while True:
             await trio.sleep(max(0.0, min(delay, deadline - trio.current_time())))
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            if self._try_begin():
                 return
-            except sqlite3.OperationalError as e:
-                if not _busy(e):
-                    raise
             if trio.current_time() >= deadline:
                 raise StoreBusy(f"another process has held the store's write lock for "
                                 f"{LOCK_WAIT_S:g} s; nothing was written")

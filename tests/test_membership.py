@@ -173,7 +173,7 @@ async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(clo
         async with NetNode.open(c.network.transport, path=path, clock=lambda: clock[0],
                                 bootstrap=boot, dna=c.nodes[0].dna) as n:
             await until(n, lambda: len(n.peers) == 3)
-            await n._save_peer_cache()  # what a gossip round does
+            n._save_peer_cache()  # what a gossip round does
             me, before = n.id, n._my_info()["body"]["ts"]
         c.network.partition([c.nodes[0].id], [c.nodes[1].id, c.nodes[2].id, me])
         clock[0] += 60  # a minute later

@@ -77,12 +77,13 @@ class DhtStore:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
         await self.store.write(put)
 
-    async def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> None:
-        """The peer cache a restarted node starts from (one transaction per flush)."""
+    def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> bool:
+        """The peer cache a restarted node starts from (one transaction per flush). A cache:
+        while another process holds the write lock it is not waited for (False: not saved)."""
         def save(db):
             db.executemany("INSERT OR REPLACE INTO peer_infos VALUES (?,?)", infos.items())
             db.executemany("DELETE FROM peer_infos WHERE peer=?", [(p,) for p in forget])
-        await self.store.write(save)
+        return self.store.try_write(save)
 
     def load_peers(self, limit: int) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT info FROM peer_infos LIMIT ?", (limit,))]

@@ -22,7 +22,7 @@ class Gossip:
             stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
             await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
             rounds += 1
-            await self._save_peer_cache()
+            self._save_peer_cache()
             if self.store.changed_elsewhere():  # another process sharing the store committed
                 self._maybe_unpublished = True
                 self._wake_publisher()

@@ -301,7 +301,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._table_version += 1
         self._unsaved_peers[peer] = info
         if len(self._unsaved_peers) >= MAX_PEERS:
-            self._spawn(self._save_peer_cache)
+            self._save_peer_cache()
         if old is None:
             self._peer_set_changed(peer, True)
         else:
@@ -420,11 +420,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 except BudgetError:
                     pass
 
-    async def _save_peer_cache(self) -> None:
+    def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            await self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
-                                self._unsaved_forgets)
+            if not self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
+                                       self._unsaved_forgets):
+                return  # the store is busy: kept for the next flush
             self._unsaved_peers.clear()
             self._unsaved_forgets.clear()
             self._changed()
