@@ -11,7 +11,7 @@ import sqlite3
 
 from ..core.action import Signed
 from ..core.encoding import decode
-from ..core.errors import HeadMoved
+from ..core.errors import HeadMoved, StoreBusy
 from ..store import Store
 
 SCHEMA = """
@@ -25,6 +25,29 @@ CREATE TABLE IF NOT EXISTS peer_infos(peer BLOB PRIMARY KEY, info BLOB NOT NULL)
 CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL, sig BLOB NOT NULL,
                                     PRIMARY KEY(hash, validator));
 """
+
+# A write that lost the store to another writer: another process held the write lock past its
+# bound, or another task stored the same seq first while this one waited.
+STORE_CONTENTION = (StoreBusy, HeadMoved)
+
+
+async def unless_store_busy(metrics, fn, *args) -> None:
+    """Background work whose write lost the store is dropped, not fatal to the node: what it
+    did not store is still pending where it came from (limbo, gossip, the publisher)."""
+    try:
+        await fn(*args)
+    except STORE_CONTENTION:
+        metrics["store_busy"] += 1
+
+
+async def keep_running(metrics, loop) -> None:
+    """A background loop (publisher, gossiper, limbo worker) whose round lost the store starts
+    again (a refusal comes only after the bounded wait, so this never spins)."""
+    while True:
+        try:
+            return await loop()
+        except STORE_CONTENTION:
+            metrics["store_busy"] += 1
 
 
 class DhtStore:

@@ -29,14 +29,13 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
                            UnknownAgent)
-from ..core.errors import HeadMoved
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..local_node import AllocationResult, LocalNode
 from .nearest import NearestCache
 from ..records import record_dict
 from . import protocol as P
-from .dht_store import DhtStore
+from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossip
 from .publishing import Publishing
 from .transport import PeerUnreachable
@@ -51,7 +50,6 @@ MAX_GREETING = 64             # unknown requesters greeted at once
 GREET_CACHED = 3               # cached peers a restarted node swaps peers with at once
 MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
-STORE_CONTENTION = (StoreBusy, HeadMoved)  # a write that lost the store to another writer
 
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
@@ -112,9 +110,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                     node.transport = transport
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
-                        nursery.start_soon(node._keep_running, node._publisher)
-                        nursery.start_soon(node._keep_running, node._gossiper)
-                        nursery.start_soon(node._keep_running, node._limbo_worker)
+                        nursery.start_soon(keep_running, node.metrics, node._publisher)
+                        nursery.start_soon(keep_running, node.metrics, node._gossiper)
+                        nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node._load_peer_cache()
                         for addr in node.bootstrap:
@@ -130,7 +128,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    async def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
+    async def _init_net(self, r, rogue, gossip_interval, publish_interval,
+                        request_timeout) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
         if raw is None or self.keystore.get(raw) is None:
@@ -258,27 +257,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _spawn(self, fn, *args) -> None:
         """Background work; a node that is shutting down starts none."""
         try:
-            self._nursery.start_soon(self._unless_store_busy, fn, *args)
+            self._nursery.start_soon(unless_store_busy, self.metrics, fn, *args)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
-
-    async def _unless_store_busy(self, fn, *args) -> None:
-        """Background work that could not write (another process held the store's write lock
-        past its bound, or another task stored first meanwhile) is dropped, not fatal: what it
-        did not store is still pending where it came from (limbo, gossip, the publisher)."""
-        try:
-            await fn(*args)
-        except STORE_CONTENTION:
-            self.metrics["store_busy"] += 1
-
-    async def _keep_running(self, loop) -> None:
-        """A background loop (publisher, gossiper, limbo worker) whose round could not write
-        starts again: its work is kept in the store or comes again."""
-        while True:
-            try:
-                return await loop()
-            except STORE_CONTENTION:
-                self.metrics["store_busy"] += 1
 
     def _add_peer(self, info) -> bytes | None:
         body = dht.peer_info_body(info, self.dna.hash)
@@ -423,7 +404,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            if not self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
+            if not self.dht.save_peers({p: encode_trusted(i)
+                                        for p, i in self._unsaved_peers.items()},
                                        self._unsaved_forgets):
                 return  # the store is busy: kept for the next flush
             self._unsaved_peers.clear()
@@ -747,7 +729,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "warranted"
         # With the action before it as evidence, the warrant proves itself: the author signed
         # both, and one does not follow from the other.
-        await self._issue("invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev],
+        await self._issue("invalid", s.author, e.reason, s.seq,
+                          [s] if prev is None else [s, prev],
                     entry=entry)
         return "invalid"
 
