@@ -243,3 +243,19 @@ async def test_the_peer_cache_is_not_waited_for_and_is_saved_later(clock, autoju
         assert n0.dht.load_peers(10) == []
         n0._save_peer_cache()
         assert not n0._unsaved_peers and len(n0.dht.load_peers(10)) == 1
+
+
+async def test_status_of_a_store_needs_no_write_lock(tmp_path):
+    """`budgetnode status --path` reads a store whose write lock another process holds."""
+    from node.sdk import LocalNode
+    path = str(tmp_path / "n")
+    async with LocalNode.open(path=path) as node:
+        a = await node.new_agent()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with write_lock(path):
+        with trio.fail_after(60):
+            p = await trio.run_process(
+                [sys.executable, "-m", "node.cli", "status", "--path", path, "--json"],
+                cwd=str(ROOT), capture_stdout=True, capture_stderr=True, env=env, check=False)
+    assert p.returncode == 0, p.stderr.decode()
+    assert a.agent_id in {x["agent_id"] for x in json.loads(p.stdout)["agents"]}
