@@ -68,7 +68,7 @@ class LocalNode:
 
     @classmethod
     async def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
-             dna: Dna | None = None):
+                   dna: Dna | None = None):
         """Open the store at `path`. A new store starts a new network (with a steward of its
         own), or joins the network `dna` names."""
         os.makedirs(path, exist_ok=True)

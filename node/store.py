@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import contextmanager
 
 import trio
 
@@ -137,7 +136,7 @@ class Store:
     async def write(self, fn):
         """Run `fn(db)` (plain code: it must not await) in one write transaction and return
         its result: committed if it returns, rolled back (nothing written) if anything
-        escapes it. Waits for the write lock without blocking the event loop (`_wait_for_lock`)."""
+        escapes it. Waits for the write lock without blocking the event loop."""
         if not self._try_begin():
             await self._wait_for_lock()
         return self._run(fn)

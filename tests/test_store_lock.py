@@ -101,12 +101,13 @@ async def test_a_node_serves_while_another_connection_holds_the_write_lock(
 
         with write_lock(paths[0]) as lock:
             async with trio.open_nursery() as nursery:
-                # two of the node's agents at once (one group commit), and a peer's publish
+                # two of the node's agents at once (the first alone, the second leading a
+                # group commit), and a peer's write, which node 1 publishes to node 0
                 nursery.start_soon(write, a, "a")
                 nursery.start_soon(write, a2, "a2")
                 nursery.start_soon(write, b, "b")
                 await trio.testing.wait_all_tasks_blocked()
-                assert n0.store.lock_waits == 2  # its agents' group commit, and the publish
+                assert n0.store.lock_waits == 2
                 # the node answers requests and runs its tasks while its writes wait
                 rep = await n1._request(n0.id, "hello", info=n1._my_info())
                 assert rep["info"]["body"]["peer"] == n0.id
@@ -114,7 +115,8 @@ async def test_a_node_serves_while_another_connection_holds_the_write_lock(
                 assert rep["record"] is not None
                 await gossip_rounds(n0, n1, 2)
                 assert "a" not in written and "a2" not in written
-                assert rows(n0, pb) == before[pb]  # the publish is not stored yet
+                assert n0.store.lock_waits == 3  # the publish reached node 0 and waits too
+                assert rows(n0, pb) == before[pb]
                 lock.execute("ROLLBACK")  # the other connection lets go (it wrote nothing)
         assert set(written) == {"a", "a2", "b"}
         await c.await_consistency(timeout=30)
