@@ -52,12 +52,12 @@ class Cell:
         return self._agent_id
 
     @classmethod
-    def create(cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us,
-               meta: dict | None = None) -> "Cell":
+    async def create(cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us,
+                     meta: dict | None = None) -> "Cell":
         g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None,
                          "ts": now_us(), "dna": dna.hash}, key)
         state = validate_genesis(g, dna, verify_sig=False)
-        store.append(g, None, None, meta=meta)
+        await store.append(g, None, None, meta=meta)
         return cls(key, state, store, dna, app, now_us)
 
     def budget_status(self) -> budget.BudgetStatus:

@@ -57,7 +57,7 @@ class LocalNode:
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
-        node = cls.load(path, clock or time.time, durability, randbytes, dna)
+        node = await cls.load(path, clock or time.time, durability, randbytes, dna)
         try:
             await node._claim_recovered_grants()
             yield node
@@ -67,8 +67,8 @@ class LocalNode:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
-             dna: Dna | None = None):
+    async def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
+                   dna: Dna | None = None):
         """Open the store at `path`. A new store starts a new network (with a steward of its
         own), or joins the network `dna` names."""
         os.makedirs(path, exist_ok=True)
@@ -81,10 +81,10 @@ class LocalNode:
                                      f"the chain store is missing or empty; refusing to start a "
                                      f"new network over them")
             if raw is None and dna is None:
-                node = cls._new_network(path, store, keystore, clock, randbytes)
+                node = await cls._new_network(path, store, keystore, clock, randbytes)
             else:
                 if raw is None:
-                    store.init_meta("dna", dna.encoded())
+                    await store.init_meta("dna", dna.encoded())
                     raw = dna.encoded()
                 try:
                     stored = Dna.from_dict(decode(raw))
@@ -101,14 +101,14 @@ class LocalNode:
         return node
 
     @classmethod
-    def _new_network(cls, path, store, keystore, clock, randbytes):
+    async def _new_network(cls, path, store, keystore, clock, randbytes):
         steward = SigningKey.generate(randbytes)
         keystore.add(steward)
         dna = Dna(stewards=(steward.public,))
         node = cls(path, store, keystore, dna, clock, randbytes)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
-        node._add_cell(Cell.create(steward, store, dna, APP, node.now_us,
-                                   meta={"dna": dna.encoded()}))
+        node._add_cell(await Cell.create(steward, store, dna, APP, node.now_us,
+                                         meta={"dna": dna.encoded()}))
         return node
 
     def _verify_and_load(self) -> None:
@@ -149,7 +149,7 @@ class LocalNode:
         key = SigningKey.generate(self.randbytes)
         self.keystore.add(key)  # the key is safe on disk before any chain names it
         return AgentClient(self, self._add_cell(
-            Cell.create(key, self.store, self.dna, APP, self.now_us)))
+            await Cell.create(key, self.store, self.dna, APP, self.now_us)))
 
     async def agent(self, agent_id: str) -> "AgentClient":
         return AgentClient(self, self._cell(from_text("agent", agent_id)))

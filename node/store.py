@@ -6,18 +6,24 @@ writers (tasks or processes) can never fork a chain: the loser gets HeadMoved.
 Group commit: appends from concurrent writers of one node (`commit`) share one
 transaction; each keeps its own head compare-and-swap inside its own SAVEPOINT, so a
 failed append fails alone, and no writer returns before the shared COMMIT has.
+
+Waiting for the write lock never blocks the event loop: the connection's busy timeout is
+zero, every write is awaited (`write`), and while another connection (a one-shot
+`budgetnode call --path` sharing the store) holds the lock the writer sleeps in trio, with
+bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, having written
+nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
+scheduler checkpoint (so a simulation's trace is unchanged).
 """
 from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import contextmanager
 
 import trio
 
 from .core.action import Signed
 from .core.crypto import to_text
-from .core.errors import BudgetError, HeadMoved, StoreCorrupted
+from .core.errors import BudgetError, HeadMoved, StoreBusy, StoreCorrupted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -44,6 +50,26 @@ PAGE_SIZE = 2048
 # "power": it also survives power loss, at the price of an fsync per commit.
 DURABILITY = {"process": "NORMAL", "power": "FULL"}
 
+# A writer that finds the write lock taken sleeps (trio time: virtual under a MockClock) from
+# FIRST_BACKOFF_S, doubling up to MAX_BACKOFF_S, and gives up after LOCK_WAIT_S (what the busy
+# timeout used to be, but without freezing the node meanwhile).
+LOCK_WAIT_S = 5.0
+FIRST_BACKOFF_S = 0.001
+MAX_BACKOFF_S = 0.05
+# Only opening may block in SQLite itself, and only on a new store: CREATE TABLE IF NOT EXISTS
+# of tables that exist, the pragmas and quick_check take no write lock; creating the tables
+# (and switching a new file to WAL) does. The node serves nobody yet.
+OPEN_WAIT_MS = 5000
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT, BUSY_RECOVERY)."""
+    return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+class _Redo(Exception):
+    """append_many's one-transaction try failed other than by HeadMoved: redo it item by item."""
+
 
 class Store:
     def __init__(self, path: str, durability: str = "process"):
@@ -52,23 +78,28 @@ class Store:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
+            self.db.execute(f"PRAGMA busy_timeout={OPEN_WAIT_MS}")
             if PAGE_SIZE:  # takes effect only while the file is new (before the first table)
                 self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
-            self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise StoreCorrupted(f"{path}: {ok}")
-            self.db.executescript(SCHEMA)
+            self.create_tables(SCHEMA)
         except BaseException as e:
             self.db.close()  # a refused store leaves no open connection behind
+            if isinstance(e, sqlite3.OperationalError) and _busy(e):
+                raise StoreBusy(f"{path}: another process held the store's write lock for "
+                                f"{OPEN_WAIT_MS / 1000:g} s while it was being opened") from None
             if isinstance(e, sqlite3.DatabaseError):
                 raise StoreCorrupted(f"{path}: {e}") from None
             raise
+        self.db.execute("PRAGMA busy_timeout=0")  # from now on, writers wait in trio (write)
         self.writers = 0    # chains with a write in progress (kept by Cell); a batching hint
         self._queue: list = []  # appends waiting for the group commit
+        self.lock_waits = 0  # writes that found the write lock taken and waited for it
         self._data_version = self._read_data_version()
 
     def _read_data_version(self) -> int:
@@ -81,6 +112,15 @@ class Store:
         changed, self._data_version = v != self._data_version, v
         return changed
 
+    def create_tables(self, script: str) -> None:
+        """Run a CREATE ... IF NOT EXISTS script at open; only a new store needs the write
+        lock for it, and waits for it (at most OPEN_WAIT_MS) inside SQLite."""
+        self.db.execute(f"PRAGMA busy_timeout={OPEN_WAIT_MS}")
+        try:
+            self.db.executescript(script)
+        finally:
+            self.db.execute("PRAGMA busy_timeout=0")
+
     def close(self) -> None:
         self.db.close()
 
@@ -89,74 +129,106 @@ class Store:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
 
-    def init_meta(self, k: str, v: bytes) -> None:
-        self.db.execute("INSERT INTO meta VALUES (?,?)", (k, v))
+    async def init_meta(self, k: str, v: bytes) -> None:
+        await self.write(lambda db: db.execute("INSERT INTO meta VALUES (?,?)", (k, v)))
 
     # -- writes
-    @contextmanager
-    def transaction(self):
-        """One write transaction: committed if the block completes, rolled back (nothing
-        written) if anything escapes it, a cancellation included."""
+    async def write(self, fn):
+        """Run `fn(db)` (plain code: it must not await) in one write transaction and return
+        its result: committed if it returns, rolled back (nothing written) if anything
+        escapes it. Waits for the write lock without blocking the event loop."""
+        if not self._try_begin():
+            await self._wait_for_lock()
+        return self._run(fn)
+
+    def try_write(self, fn) -> bool:
+        """`write` for what can as well be written later (a cache): False, nothing written,
+        if another connection holds the write lock now."""
+        if not self._try_begin():
+            return False
+        self._run(fn)
+        return True
+
+    def _run(self, fn):
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
+            out = fn(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return out
 
-    def append(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
-               entry: tuple[bytes, bytes] | None = None, index=(),
-               meta: dict | None = None) -> None:
+    def _try_begin(self) -> bool:
+        """BEGIN IMMEDIATE: True with the write lock held, False if another connection has it."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as e:
+            if not _busy(e):
+                raise
+            return False
+
+    async def _wait_for_lock(self) -> None:
+        """The write lock, taken by another connection at the first try: tried again after a
+        trio sleep, doubling from FIRST_BACKOFF_S to MAX_BACKOFF_S; after LOCK_WAIT_S,
+        StoreBusy. A cancellation while waiting leaves nothing written."""
+        self.lock_waits += 1
+        deadline = trio.current_time() + LOCK_WAIT_S
+        delay = FIRST_BACKOFF_S
+        while True:
+            await trio.sleep(max(0.0, min(delay, deadline - trio.current_time())))
+            if self._try_begin():
+                return
+            if trio.current_time() >= deadline:
+                raise StoreBusy(f"another process has held the store's write lock for "
+                                f"{LOCK_WAIT_S:g} s; nothing was written")
+            delay = min(2 * delay, MAX_BACKOFF_S)
+
+    async def append(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
+                     entry: tuple[bytes, bytes] | None = None, index=(),
+                     meta: dict | None = None) -> None:
         """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None."""
-        with self.transaction():
-            self._write(s, prev_seq, prev_hash, entry, index, meta)
+        await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta))
 
-    def append_many(self, items) -> list:
+    async def append_many(self, items) -> list:
         """Append each (s, prev_seq, prev_hash, entry, index, meta) of `items` in one
         transaction. An append whose head moved fails alone, having written nothing (its
         compare-and-swap is the first statement, and a miss writes no row); its HeadMoved is
         returned in its place (None for success). Should an append fail any other way, the
         transaction is rolled back and redone with each append in its own SAVEPOINT, so that
         only the failing ones are undone. Raises, writing nothing, if the transaction fails."""
-        db = self.db
-        out = []
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for item in items:
-                try:
-                    self._write(*item)
-                except HeadMoved as e:
-                    out.append(e)
-                except Exception:
-                    break
-                else:
-                    out.append(None)
-            else:
-                db.execute("COMMIT")
-                return out
-            db.execute("ROLLBACK")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return self._append_each(items)
+            return await self.write(lambda db: self._write_all(items))
+        except _Redo:
+            return await self.write(lambda db: self._write_each(db, items))
 
-    def _append_each(self, items) -> list:
+    def _write_all(self, items) -> list:
         out = []
-        with self.transaction() as db:
-            for item in items:
-                db.execute("SAVEPOINT a")
-                try:
-                    self._write(*item)
-                except Exception as e:
-                    db.execute("ROLLBACK TO a")
-                    out.append(e)
-                else:
-                    out.append(None)
-                db.execute("RELEASE a")
+        for item in items:
+            try:
+                self._write(*item)
+            except HeadMoved as e:
+                out.append(e)
+            except Exception:
+                raise _Redo() from None
+            else:
+                out.append(None)
+        return out
+
+    def _write_each(self, db, items) -> list:
+        out = []
+        for item in items:
+            db.execute("SAVEPOINT a")
+            try:
+                self._write(*item)
+            except Exception as e:
+                db.execute("ROLLBACK TO a")
+                out.append(e)
+            else:
+                out.append(None)
+            db.execute("RELEASE a")
         return out
 
     async def commit(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
@@ -168,7 +240,7 @@ class Store:
         item = (s, prev_seq, prev_hash, entry, index, None)
         queue = self._queue
         if not queue and self.writers <= 1:
-            self.append(*item[:5])
+            await self.append(*item[:5])
             return
         slot = [item, None, None]   # item, error, waiting task
         queue.append(slot)
@@ -191,7 +263,10 @@ class Store:
             seen = len(queue)
         self._queue = []
         try:
-            errors = self.append_many([slot[0] for slot in queue])
+            # shielded: the batch's other writers wait, uncancellable, for its end, so the
+            # leader must reach it (a lock wait ends by LOCK_WAIT_S)
+            with trio.CancelScope(shield=True):
+                errors = await self.append_many([slot[0] for slot in queue])
         except BaseException as e:   # the transaction failed: every append in it failed
             errors = [e] * len(queue)
         for slot, err in zip(queue, errors):

@@ -98,12 +98,12 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
         near = [p for p in holder._nearest(pub) if p != sender]
         others = [n.id for n in c.nodes if n.id != holder.id]
 
-        holder.dht.put_op(s, entry, unshown_from=sender)
+        await holder.dht.put_op(s, entry, unshown_from=sender)
         c.network.partition([holder.id], [near[0]])  # the nearest is away: the next one will do
         await holder._register_activity(s.hash, sender)
         assert holder.dht.unshown(10) == []
 
-        holder.dht.put_op(s, entry, unshown_from=sender)  # shown again, with nobody reachable
+        await holder.dht.put_op(s, entry, unshown_from=sender)  # shown again, with nobody reachable
         c.network.heal()
         c.network.partition([holder.id], others)
         await holder._register_activity(s.hash, sender)

@@ -375,9 +375,9 @@ async def test_two_writers_on_one_chain_never_fork_and_share_one_budget(tmp_path
             fork = Signed.sign({"type": "charge", "author": pub, "seq": 35, "prev": stale.hash,
                                 "ts": stale.ts, "count": 1, "budget": {}}, key)
             with pytest.raises(HeadMoved):
-                n1.store.append(fork, stale.seq, stale.hash)
+                await n1.store.append(fork, stale.seq, stale.hash)
             with pytest.raises(HeadMoved):  # and a second genesis for the same agent
-                n1.store.append(fork, None, None)
+                await n1.store.append(fork, None, None)
             assert n1.store.head(pub) == (35, raw(h2))
 
     async with LocalNode.open(path=str(tmp_path), clock=clock) as node:

@@ -99,7 +99,7 @@ async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
         key = SigningKey(b"\x05" * 32)
         twins = [Signed.sign({"author": key.public, "seq": 0, "ts": t}, key) for t in (1, 2)]
         w = W.make("fork", key.public, "fork", 0, twins, c.nodes[0].node_key, c.nodes[0].now_us())
-        assert c.nodes[0]._remember_warrant(w)  # held, not broadcast
+        assert await c.nodes[0]._remember_warrant(w)  # held, not broadcast
         assert key.public not in c.nodes[1].warranted
         # Node 0 asks node 1; node 1 has nothing node 0 lacks, so only a push carries it over.
         await c.nodes[0]._gossip_with(c.nodes[1].id)

@@ -1,11 +1,17 @@
 """What a network node keeps beyond its own chains: other authors' validated chains (in the
 same `actions` table, without a `heads` row), single ops held for a hash or entry basis (`ops`),
 warrants, receipts, which own actions are published, ops still to be shown to an author-key
-authority, and the peer cache."""
+authority, and the peer cache.
+
+Every write is awaited (`Store.write`): it waits for the write lock in trio, never in SQLite,
+and raises StoreBusy, having written nothing, if another process holds the lock too long."""
 from __future__ import annotations
+
+import sqlite3
 
 from ..core.action import Signed
 from ..core.encoding import decode
+from ..core.errors import HeadMoved, StoreBusy
 from ..store import Store
 
 SCHEMA = """
@@ -20,16 +26,40 @@ CREATE TABLE IF NOT EXISTS receipts(hash BLOB NOT NULL, validator BLOB NOT NULL,
                                     PRIMARY KEY(hash, validator));
 """
 
+# A write that lost the store to another writer: another process held the write lock past its
+# bound, or another task stored the same seq first while this one waited.
+STORE_CONTENTION = (StoreBusy, HeadMoved)
+
+
+async def unless_store_busy(metrics, fn, *args) -> None:
+    """Background work whose write lost the store is dropped, not fatal to the node: what it
+    did not store is still pending where it came from (limbo, gossip, the publisher)."""
+    try:
+        await fn(*args)
+    except STORE_CONTENTION:
+        metrics["store_busy"] += 1
+
+
+async def keep_running(metrics, loop) -> None:
+    """A background loop (publisher, gossiper, limbo worker) whose round lost the store starts
+    again (a refusal comes only after the bounded wait, so this never spins)."""
+    while True:
+        try:
+            return await loop()
+        except STORE_CONTENTION:
+            metrics["store_busy"] += 1
+
 
 class DhtStore:
     def __init__(self, store: Store):
         self.store = store
         self.db = store.db
-        self.db.executescript(SCHEMA)
+        store.create_tables(SCHEMA)
         self._floor = 0
 
-    def set_meta(self, k: str, v: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
+    async def set_meta(self, k: str, v: bytes) -> None:
+        await self.store.write(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)",
+                                                     (k, v)))
 
     def foreign_authors(self) -> list[bytes]:
         return self.store.held_authors()
@@ -55,24 +85,28 @@ class DhtStore:
     def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
 
-    def put_op(self, s: Signed, entry: bytes | None, unshown_from: bytes | None = None) -> None:
+    async def put_op(self, s: Signed, entry: bytes | None,
+                     unshown_from: bytes | None = None) -> None:
         """An action held for its hash or entry basis: validated against the action before it,
         kept without the author's chain (the author-key authorities keep that). `unshown_from`:
         the sender, when the op still has to be shown to an author-key authority (kept with the
         op, so a crash does not forget it)."""
-        with self.store.transaction() as db:
+        def put(db):
             db.execute("INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
                        (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")))
             if unshown_from is not None:
                 db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+        await self.store.write(put)
 
-    def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> None:
-        """The peer cache a restarted node starts from (one transaction per flush)."""
-        with self.store.transaction() as db:
+    def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> bool:
+        """The peer cache a restarted node starts from (one transaction per flush). A cache:
+        while another process holds the write lock it is not waited for (False: not saved)."""
+        def save(db):
             db.executemany("INSERT OR REPLACE INTO peer_infos VALUES (?,?)", infos.items())
             db.executemany("DELETE FROM peer_infos WHERE peer=?", [(p,) for p in forget])
+        return self.store.try_write(save)
 
     def load_peers(self, limit: int) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT info FROM peer_infos LIMIT ?", (limit,))]
@@ -80,8 +114,8 @@ class DhtStore:
     def unshown(self, limit: int) -> list[tuple[bytes, bytes]]:
         return self.db.execute("SELECT hash, sender FROM unshown LIMIT ?", (limit,)).fetchall()
 
-    def shown(self, h: bytes) -> None:
-        self.db.execute("DELETE FROM unshown WHERE hash=?", (h,))
+    async def shown(self, h: bytes) -> None:
+        await self.store.write(lambda db: db.execute("DELETE FROM unshown WHERE hash=?", (h,)))
 
     def op_record(self, h: bytes):
         row = self.db.execute("SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
@@ -94,22 +128,35 @@ class DhtStore:
             "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
             "WHERE a.author=? AND a.seq>=? ORDER BY a.seq LIMIT ?", (author, from_seq, limit))]
 
-    def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
-        with self.store.transaction() as db:
+    async def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
+        """`s` onto its author's held chain, which must end at the action before it (the one
+        `s` was validated against): while this write waited for the lock, another task may
+        have stored this action (then nothing more is written) or another at its seq
+        (HeadMoved, nothing written)."""
+        def put(db):
             db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
-            cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
-                             "VALUES (?,?,?,?,?,?,?)",
-                             (s.hash, s.author, s.seq, s.action.get("entry_type"),
-                              s.action.get("entry"), s.body, s.sig))
+            try:
+                cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
+                                 "VALUES (?,?,?,?,?,?,?)",
+                                 (s.hash, s.author, s.seq, s.action.get("entry_type"),
+                                  s.action.get("entry"), s.body, s.sig))
+            except sqlite3.IntegrityError:  # UNIQUE(author, seq): something is there already
+                held = self.action_at(s.author, s.seq)
+                if held is not None and held.hash == s.hash:
+                    return
+                raise HeadMoved("another action was stored at this seq first; nothing was "
+                                "written") from None
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
             if index:
                 db.executemany("INSERT INTO idx VALUES (?,?,?)",
                                [(k, key, cur.lastrowid) for k, key in index])
+        await self.store.write(put)
 
     # -- warrants
-    def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:
-        self.db.execute("INSERT OR IGNORE INTO warrants VALUES (?,?,?)", (h, offender, wire))
+    async def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:
+        await self.store.write(lambda db: db.execute(
+            "INSERT OR IGNORE INTO warrants VALUES (?,?,?)", (h, offender, wire)))
 
     def warrants(self) -> list[dict]:
         return [decode(r[0]) for r in self.db.execute("SELECT wire FROM warrants ORDER BY rowid")]
@@ -135,13 +182,13 @@ class DhtStore:
             "WHERE a.id>? ORDER BY a.id LIMIT ?", (after_id, limit)).fetchall()
         return [(i, Signed.from_store(b, s)) for i, b, s in rows]
 
-    def add_receipts(self, rows: list[tuple[bytes, bytes, bytes]]) -> None:
+    async def add_receipts(self, rows: list[tuple[bytes, bytes, bytes]]) -> None:
         """(action hash, validator, receipt signature), one transaction for all; an empty
         signature: the validator holds the op but signed nothing (not an author-key authority)."""
         if not rows:
             return
-        with self.store.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows)
+        await self.store.write(lambda db: db.executemany(
+            "INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows))
 
     def receipts(self, h: bytes) -> list[list]:
         return [[v, sig] for v, sig in self.db.execute(
@@ -153,8 +200,9 @@ class DhtStore:
     def is_published(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM published WHERE hash=?", (h,)).fetchone() is not None
 
-    def mark_published(self, h: bytes, receipts: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts))
+    async def mark_published(self, h: bytes, receipts: int) -> None:
+        await self.store.write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts)))
 
     def entry(self, h: bytes) -> bytes | None:
         row = self.db.execute("SELECT body FROM entries WHERE hash=?", (h,)).fetchone()

@@ -35,7 +35,7 @@ from ..local_node import AllocationResult, LocalNode
 from .nearest import NearestCache
 from ..records import record_dict
 from . import protocol as P
-from .dht_store import DhtStore
+from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossip
 from .publishing import Publishing
 from .transport import PeerUnreachable
@@ -98,21 +98,21 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = cls.load(path, clock or time.time, durability, randbytes, dna)
+            node = await cls.load(path, clock or time.time, durability, randbytes, dna)
         except BaseException:
             lock.close()
             raise
         try:
             with unwrap_single_errors():
-                node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+                await node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
-                        nursery.start_soon(node._publisher)
-                        nursery.start_soon(node._gossiper)
-                        nursery.start_soon(node._limbo_worker)
+                        nursery.start_soon(keep_running, node.metrics, node._publisher)
+                        nursery.start_soon(keep_running, node.metrics, node._gossiper)
+                        nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node._load_peer_cache()
                         for addr in node.bootstrap:
@@ -128,13 +128,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
+    async def _init_net(self, r, rogue, gossip_interval, publish_interval,
+                        request_timeout) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
         if raw is None or self.keystore.get(raw) is None:
             key = SigningKey.generate(self.randbytes)
             self.keystore.add(key)
-            self.dht.set_meta("node_key", key.public)
+            await self.dht.set_meta("node_key", key.public)
         else:
             key = self.keystore.get(raw)
         self.node_key = key
@@ -192,7 +193,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         for wire in self.dht.warrants():
             w = warrant.from_wire(wire)
             if w is not None:
-                self._remember_warrant(w)
+                await self._remember_warrant(w)
 
     def _add_cell(self, cell):
         if hasattr(self, "dht"):
@@ -256,7 +257,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _spawn(self, fn, *args) -> None:
         """Background work; a node that is shutting down starts none."""
         try:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(unless_store_busy, self.metrics, fn, *args)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
 
@@ -403,8 +404,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            self.dht.save_peers({p: encode_trusted(i) for p, i in self._unsaved_peers.items()},
-                                self._unsaved_forgets)
+            if not self.dht.save_peers({p: encode_trusted(i)
+                                        for p, i in self._unsaved_peers.items()},
+                                       self._unsaved_forgets):
+                return  # the store is busy: kept for the next flush
             self._unsaved_peers.clear()
             self._unsaved_forgets.clear()
             self._changed()
@@ -580,7 +583,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if fresh and status == "valid":
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
-                self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+                await self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
             # a receipt vouches for the op to the other authorities only if an author-key
             # authority signed it, so only one the publisher counts as such signs one
@@ -662,7 +665,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "forged"
             existing = self.dht.action_at(author, seq)
             if existing is not None:
-                self._issue("fork", author, "fork", seq, [existing, s])
+                await self._issue("fork", author, "fork", seq, [existing, s])
             return "invalid"
         if seq > (0 if cs is None else cs.seq + 1):
             if fetch and peer is not None:
@@ -692,11 +695,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         twin = self.dht.twin_of(s)
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
-            self._issue("fork", author, "fork", seq, [twin, s])
+            await self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
         index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
-        self.dht.put_foreign(s, entry, index)
+        await self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
         self._stored(s, entry)
         return "valid"
@@ -726,7 +729,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "warranted"
         # With the action before it as evidence, the warrant proves itself: the author signed
         # both, and one does not follow from the other.
-        self._issue("invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev],
+        await self._issue("invalid", s.author, e.reason, s.seq,
+                          [s] if prev is None else [s, prev],
                     entry=entry)
         return "invalid"
 
@@ -758,10 +762,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         # twins share an entry, so that entry's authorities are sent both).
         twin = self.dht.twin_of(s)
         if twin is not None:
-            self._issue("fork", s.author, "fork", s.seq, [twin, s])
+            await self._issue("fork", s.author, "fork", s.seq, [twin, s])
             return "invalid"
         vouched = self._vouched(s, peer, vouch)
-        self.dht.put_op(s, entry, None if vouched else peer or b"")
+        await self.dht.put_op(s, entry, None if vouched else peer or b"")
         self._maybe_unshown |= not vouched
         self.metrics["ops_held_single"] += 1
         self._stored(s, entry)
@@ -795,7 +799,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return
         found = self.dht.op_record(h)
         if found is None:
-            self.dht.shown(h)
+            await self.dht.shown(h)
             return
         s, entry = found
         # The author's own node would not report its fork: a show to it does not count.
@@ -812,11 +816,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                     await self._request(peer, "publish", ops=ops, batch=batch)
                 except BudgetError:
                     continue  # the next-nearest, else a later pass
-                self.dht.shown(h)
+                await self.dht.shown(h)
                 self._changed()
                 return
             if all(p in skip for p in self._nearest(s.author)):
-                self.dht.shown(h)  # no one else to show it to
+                await self.dht.shown(h)  # no one else to show it to
             else:
                 self._limbo_kick.set()  # still unshown: the limbo worker tries again
         finally:

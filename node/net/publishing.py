@@ -180,12 +180,12 @@ class Publishing:
         async with trio.open_nursery() as n:
             for peer, batch in by_peer.items():
                 n.start_soon(send, peer, batch)
-        self.dht.add_receipts(got_receipts)  # one transaction a phase; vouch_of reads them
+        await self.dht.add_receipts(got_receipts)  # one transaction a phase; vouch_of reads them
         got_receipts.clear()
         async with trio.open_nursery() as n:
             for peer, batch in later.items():
                 n.start_soon(send, peer, batch, True)
-        self.dht.add_receipts(got_receipts)
+        await self.dht.add_receipts(got_receipts)
         if ops_only:  # published already: only whether every authority has it now
             return all(targets[s.hash] <= receipted[s.hash] | {
                 p for p, v in outcome[s.hash].items() if v in FINAL} for s in pending)
@@ -199,7 +199,7 @@ class Publishing:
                 if epoch == self._peer_epoch:  # else the authorities moved mid-round: again
                     self._republish.discard(pub)
                 if not self.dht.is_published(s.hash):
-                    self.dht.mark_published(s.hash, len(have))
+                    await self.dht.mark_published(s.hash, len(have))
                     self._changed()
                 if refused:
                     self.metrics["own_ops_refused"] += 1

@@ -34,23 +34,25 @@ def prefix_state(records: list, seq: int, dna) -> ChainState | None:
 
 
 class Warrants:
-    def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
+    async def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
                entry=None, batch=None) -> None:
         w = warrant.make(kind, offender, reason, seq, evidence, self.node_key, self.now_us(),
                          entry=entry, batch=batch)
-        if self._remember_warrant(w):
+        if await self._remember_warrant(w):
             self.metrics["warrants_issued"] += 1
             self._spawn(self._broadcast_warrant, w)
 
-    def _remember_warrant(self, w: Warrant) -> bool:
+    async def _remember_warrant(self, w: Warrant) -> bool:
         if w.hash in self.warrants_by_hash:
             return False
         if w.offender in self.warranted and sum(
                 1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
                 >= MAX_WARRANTS_PER_OFFENDER:
             return False  # enough proof kept; more issuers' copies add nothing
+        await self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
+        if w.hash in self.warrants_by_hash:  # kept by another task while this one waited
+            return False
         self.warrants_by_hash[w.hash] = w
-        self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
         if w.offender not in self.warranted:
             self.warranted[w.offender] = w
             self._forget_peer(w.offender)
@@ -86,7 +88,7 @@ class Warrants:
             self.metrics["warrants_refused"] += 1
             return False
         self.metrics["warrants_received"] += 1
-        self._remember_warrant(w)
+        await self._remember_warrant(w)
         return True
 
     async def _invalid_proven(self, w: Warrant, peer: bytes) -> bool:
