@@ -40,7 +40,7 @@ class AllocationResult:
 
 class LocalNode:
     def __init__(self, directory: str, store: Store, keystore: Keystore, dna: Dna, clock,
-                 randbytes):
+                 randbytes, cell_type: type[Cell] = Cell):
         self.directory = directory
         self.store = store
         self.keystore = keystore
@@ -48,16 +48,17 @@ class LocalNode:
         self.clock = clock
         self.randbytes = randbytes
         self.cells: dict[bytes, Cell] = {}
+        self.cell_type = cell_type  # the agents' writer (a test's adversary may swap it)
 
     # -- lifecycle
     @classmethod
     @asynccontextmanager
     async def open(cls, path: str | None = None, clock=None, *, durability: str = "process",
-                   randbytes=os.urandom, dna: Dna | None = None):
+                   randbytes=os.urandom, dna: Dna | None = None, cell_type: type[Cell] = Cell):
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
-        node = cls.load(path, clock or time.time, durability, randbytes, dna)
+        node = cls.load(path, clock or time.time, durability, randbytes, dna, cell_type)
         try:
             await node._claim_recovered_grants()
             yield node
@@ -68,7 +69,7 @@ class LocalNode:
 
     @classmethod
     def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
-             dna: Dna | None = None):
+             dna: Dna | None = None, cell_type: type[Cell] = Cell):
         """Open the store at `path`. A new store starts a new network (with a steward of its
         own), or joins the network `dna` names."""
         os.makedirs(path, exist_ok=True)
@@ -81,7 +82,7 @@ class LocalNode:
                                      f"the chain store is missing or empty; refusing to start a "
                                      f"new network over them")
             if raw is None and dna is None:
-                node = cls._new_network(path, store, keystore, clock, randbytes)
+                node = cls._new_network(path, store, keystore, clock, randbytes, cell_type)
             else:
                 if raw is None:
                     store.init_meta("dna", dna.encoded())
@@ -93,7 +94,7 @@ class LocalNode:
                 if dna is not None and stored.hash != dna.hash:
                     raise InvalidInput(f"the store at {path} belongs to network "
                                        f"{stored.hash_text}, not {dna.hash_text}")
-                node = cls(path, store, keystore, stored, clock, randbytes)
+                node = cls(path, store, keystore, stored, clock, randbytes, cell_type)
                 node._verify_and_load()
         except BaseException:
             store.close()
@@ -101,13 +102,13 @@ class LocalNode:
         return node
 
     @classmethod
-    def _new_network(cls, path, store, keystore, clock, randbytes):
+    def _new_network(cls, path, store, keystore, clock, randbytes, cell_type):
         steward = SigningKey.generate(randbytes)
         keystore.add(steward)
         dna = Dna(stewards=(steward.public,))
-        node = cls(path, store, keystore, dna, clock, randbytes)
+        node = cls(path, store, keystore, dna, clock, randbytes, cell_type)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
-        node._add_cell(Cell.create(steward, store, dna, APP, node.now_us,
+        node._add_cell(node.cell_type.create(steward, store, dna, APP, node.now_us,
                                    meta={"dna": dna.encoded()}))
         return node
 
@@ -122,7 +123,7 @@ class LocalNode:
                                        self.store.entries_of(author))
             except InvalidChain as e:
                 raise StoreCorrupted(f"chain of {to_text('agent', author)} is invalid: {e}") from None
-            self._add_cell(Cell(key, state, self.store, self.dna, APP, self.now_us))
+            self._add_cell(self.cell_type(key, state, self.store, self.dna, APP, self.now_us))
 
     def close(self) -> None:
         self.store.close()
@@ -149,7 +150,7 @@ class LocalNode:
         key = SigningKey.generate(self.randbytes)
         self.keystore.add(key)  # the key is safe on disk before any chain names it
         return AgentClient(self, self._add_cell(
-            Cell.create(key, self.store, self.dna, APP, self.now_us)))
+            self.cell_type.create(key, self.store, self.dna, APP, self.now_us)))
 
     async def agent(self, agent_id: str) -> "AgentClient":
         return AgentClient(self, self._cell(from_text("agent", agent_id)))
@@ -164,8 +165,8 @@ class LocalNode:
         if cell is None and self.store.head(pub) is not None and self.keystore.get(pub):
             # created by another process sharing this store: verify it like any chain on open
             state = validate_chain(self.store.chain(pub), self.dna, APP, self.store.entries_of(pub))
-            cell = self._add_cell(Cell(self.keystore.get(pub), state, self.store, self.dna, APP,
-                                       self.now_us))
+            cell = self._add_cell(self.cell_type(self.keystore.get(pub), state, self.store,
+                                                 self.dna, APP, self.now_us))
         if cell is None:
             raise UnknownAgent(f"{to_text('agent', pub)} is not an agent of this node")
         return cell

@@ -31,6 +31,7 @@ from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, Malfo
                            UnknownAgent)
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
+from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
 from .nearest import NearestCache
 from ..records import record_dict
@@ -90,21 +91,25 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     @classmethod
     @asynccontextmanager
     async def open(cls, transport_factory, path: str | None = None, clock=None, *,
-                   bootstrap=(), r: int = dht.DEFAULT_R, rogue=(), gossip_interval: float = 1.0,
+                   bootstrap=(), r: int = dht.DEFAULT_R, gossip_interval: float = 1.0,
                    publish_interval: float = 1.0, durability: str = "process",
-                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None):
+                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None,
+                   cell_type=Cell, outgoing=None):
+        """`cell_type` writes the agents' chains; `outgoing(node, {peer: [Signed]})` may rewrite
+        each publish round's batches (None: sent as they are). Both exist for tests'
+        adversaries (`sims.rogue`); production uses the defaults."""
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = cls.load(path, clock or time.time, durability, randbytes, dna)
+            node = cls.load(path, clock or time.time, durability, randbytes, dna, cell_type)
         except BaseException:
             lock.close()
             raise
         try:
             with unwrap_single_errors():
-                node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+                node._init_net(r, outgoing, gossip_interval, publish_interval, request_timeout)
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
@@ -128,7 +133,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _init_net(self, r, rogue, gossip_interval, publish_interval, request_timeout) -> None:
+    def _init_net(self, r, outgoing, gossip_interval, publish_interval, request_timeout) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
         if raw is None or self.keystore.get(raw) is None:
@@ -140,7 +145,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.node_key = key
         self.id = key.public
         self.r = r
-        self.rogue = frozenset(rogue)
+        self.outgoing = outgoing
         self.gossip_interval = gossip_interval
         self.publish_interval = publish_interval
         self.request_timeout = request_timeout
@@ -200,7 +205,6 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         return super()._add_cell(cell)
 
     def _wire_cell(self, cell) -> None:
-        cell.rogue = self.rogue
         cell.on_commit = self._on_local_commit
         self._maybe_unpublished = True  # its genesis was written before it was wired
         if hasattr(self, "_publish_kick"):
