@@ -98,7 +98,7 @@ class Cell:
             b, granted = budget.claim(self.state.budget, grant["amount"], ts, self.dna)
             result["granted"] = granted
             return ({"type": "claim", "grant": grant, "grant_sig": sig,
-                     "budget": {"op": "claim_allocation", "cost": 0, "granted": granted,
+                     "budget": {"op": self.app.claim_op, "cost": 0, "granted": granted,
                                 "ws": b.window_start_us, "rem": b.remaining_mru}}, None, ())
         try:
             await self._append(build)

@@ -19,8 +19,6 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from zomes import APP
-
 from ..core import budget, dht, warrant
 from ..core.action import Signed, grant_body, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text, verify
@@ -94,8 +92,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                    bootstrap=(), r: int = dht.DEFAULT_R, gossip_interval: float = 1.0,
                    publish_interval: float = 1.0, durability: str = "process",
                    randbytes=os.urandom, request_timeout: float = 5.0, dna=None,
-                   cell_type=Cell, outgoing=None):
-        """`cell_type` writes the agents' chains; `outgoing(node, {peer: [Signed]})` may rewrite
+                   app=None, cell_type=Cell, outgoing=None):
+        """`app`: the application (None: the Rose Forest app, `node.apps`). `cell_type` writes
+        the agents' chains; `outgoing(node, {peer: [Signed]})` may rewrite
         each publish round's batches (None: sent as they are). Both exist for tests'
         adversaries (`sims.rogue`); production uses the defaults."""
         tmp = None
@@ -103,7 +102,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = cls.load(path, clock or time.time, durability, randbytes, dna, cell_type)
+            node = cls.load(path, clock or time.time, durability, randbytes, dna, app, cell_type)
         except BaseException:
             lock.close()
             raise
@@ -192,7 +191,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         for pub, cell in self.cells.items():
             self._wire_cell(cell)
         for author in self.dht.foreign_authors():
-            self.chains[author] = validate_chain(self.store.chain(author), self.dna, APP,
+            self.chains[author] = validate_chain(self.store.chain(author), self.dna, self.app,
                                                  self.store.entries_of(author))
         for wire in self.dht.warrants():
             w = warrant.from_wire(wire)
@@ -689,7 +688,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if cs is None:
                 new = validate_genesis(s, self.dna)
             else:
-                new = validate_next(cs, s, self.dna, APP, entry if is_create else None,
+                new = validate_next(cs, s, self.dna, self.app, entry if is_create else None,
                                     now_us=self.now_us())
         except InvalidChain as e:
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
@@ -698,7 +697,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
             self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
-        index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
+        index = self.app.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
             if is_create else ()
         self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
@@ -710,7 +709,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.metrics["ops_validated"] += 1
         self._gossip_quiet = 0
         self._changed()
-        if s.action.get("type") == "create" and s.action["entry_type"] == "allocation":
+        if s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry:
             self._spawn(self._claim_if_local, decode(entry)["content"])
 
     async def _refuse(self, e: InvalidChain, s: Signed, entry, peer, fetch: bool,
@@ -754,7 +753,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
                     return self._to_limbo(s, entry, peer, True, vouch)
-                validate_next(anchor, s, self.dna, APP, entry if is_create else None,
+                validate_next(anchor, s, self.dna, self.app, entry if is_create else None,
                               now_us=self.now_us())
         except InvalidChain as e:
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
@@ -976,7 +975,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
         await self.refresh_agent(pub)
-        return [record_dict(Signed.from_store(b, s), e)
+        return [record_dict(Signed.from_store(b, s), e, self.app)
                 for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
 
     async def fetch_record(self, action_hash: str) -> dict:
@@ -1003,7 +1002,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         found = self._record(from_text("action", action_hash))
         if found is None:
             return super().get_record(action_hash)  # raises NotFound
-        return record_dict(*found)
+        return record_dict(*found, self.app)
 
     async def allocate(self, steward, grantee: bytes, amount_mru: int) -> AllocationResult:
         if grantee in self.cells:
@@ -1012,7 +1011,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
                            self.now_us(), self.randbytes(16))
         sig = steward.key.sign(encode(grant))
-        allocation = await steward.create_entry("allocation", {"grant": grant, "sig": sig})
+        allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = None
         host = self.agent_hosts.get(grantee)
         if host is not None:
