@@ -70,7 +70,7 @@ class Cell:
             return ({"type": "create", "entry_type": entry_type, "entry": eh,
                      "budget": {"op": edef.op, "cost": recorded_cost, "ws": b.window_start_us,
                                 "rem": b.remaining_mru}},
-                    (eh, body), edef.index(content))
+                    (eh, body), edef.index_of(content))
         return await self._append(build)
 
     async def charge_results(self, op: str, count: int) -> bytes | None:

@@ -17,7 +17,7 @@ from .core.crypto import SigningKey, from_text, to_text
 from .core.dna import MRU_PER_RU, Dna
 from .core.encoding import decode, encode
 from .core.errors import (BudgetError, InvalidChain, InvalidInput, NotFound, StoreCorrupted,
-                          UnknownAgent, UnknownFunction)
+                          UnknownAgent, UnknownFunction, WrongNetwork)
 from .core.validate import validate_chain
 from .keystore import Keystore
 from .records import record_dict
@@ -82,8 +82,9 @@ class LocalNode:
                 except (BudgetError, KeyError, TypeError, ValueError) as e:
                     raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
                 if dna is not None and stored.hash != dna.hash:
-                    raise InvalidInput(f"the store at {path} belongs to network "
+                    raise WrongNetwork(f"the store at {path} belongs to network "
                                        f"{stored.hash_text}, not {dna.hash_text}")
+                stored.check_app(app)
                 node = cls(path, store, keystore, stored, app, clock, randbytes, cell_type)
                 node._verify_and_load()
         except BaseException:

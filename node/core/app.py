@@ -5,9 +5,11 @@ functions. `zomes/` defines the Rose Forest app this way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
-from .crypto import to_text
+from .crypto import blake2b_256, to_text
+from .encoding import encode
 from .errors import InvalidInput
 
 
@@ -17,8 +19,17 @@ class EntryDef:
     op: str                                   # the cost-table operation that pays for it
     validate: Callable[[dict], None]          # raises InvalidInput; must be deterministic
     index: Callable[[dict], list] = lambda content: []   # [(kind, key)] for local lookups
+    keys: tuple = ()                          # the kinds `index` may return (in the DNA hash)
     steward_only: bool = False                # only a DNA steward may write it (its op is free)
     present: Callable[[dict], dict] | None = None  # content as reads show it (readable ids)
+
+    def index_of(self, content: dict) -> list:
+        """The index keys of valid `content`; a kind the zome did not declare is its bug."""
+        out = self.index(content)
+        if any(kind not in self.keys for kind, _ in out):
+            raise ValueError(f"{self.name}: index kinds {sorted({k for k, _ in out})} "
+                             f"beyond the declared {list(self.keys)}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,20 @@ class App:
         if self.grant_entry is not None and not self.entry_defs[self.grant_entry].steward_only:
             raise ValueError("the grant entry must be steward-only")
         self.functions = dict(functions or {})   # (zome, fn) -> hdk.ZomeFn
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """A canonical hash of what the integrity zomes decide: entry types with their paying
+        op, index kinds and steward-only flag, costs, per-result ops, the grant entry and claim
+        op, and each zome's rules version. The DNA carries it, so nodes whose validation
+        rules differ are on different networks."""
+        return blake2b_256(encode([
+            {"zome": z.name, "rules_version": z.rules_version,
+             "entries": [[d.name, d.op, sorted(d.keys), d.steward_only]
+                         for d in sorted(z.entry_defs, key=lambda d: d.name)],
+             "costs": dict(z.costs), "per_result": sorted(z.per_result),
+             "grant_entry": z.grant_entry, "claim_op": z.claim_op}
+            for z in sorted(self.integrity, key=lambda z: z.name)]))
 
     def entry_def(self, name: str) -> EntryDef | None:
         return self.entry_defs.get(name)

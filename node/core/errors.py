@@ -113,6 +113,11 @@ class Warranted(BudgetError):
 
 
 # -- the network
+class WrongNetwork(InvalidInput):
+    """A DNA this node cannot run: another network's, or made for other integrity zomes."""
+    code = "E_WRONG_NETWORK"
+
+
 class PeerUnreachable(BudgetError):
     code = "E_PEER_UNREACHABLE"
 

@@ -697,7 +697,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
             self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
-        index = self.app.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
+        index = self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"]) \
             if is_create else ()
         self.dht.put_foreign(s, entry, index)
         self.chains[author] = new

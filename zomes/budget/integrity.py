@@ -22,7 +22,8 @@ ZOME = IntegrityZome(
     entry_defs=(
         # Free because only a steward may write it (the validator refuses anyone else's).
         EntryDef("allocation", "allocate_budget", validate_allocation,
-                 lambda c: [("grant_to", c["grant"]["grantee"].hex())], steward_only=True,
+                 lambda c: [("grant_to", c["grant"]["grantee"].hex())], keys=("grant_to",),
+                 steward_only=True,
                  present=present_allocation),
     ),
     costs={"allocate_budget": 0, "claim_allocation": 0},

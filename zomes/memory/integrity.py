@@ -39,7 +39,8 @@ ZOME = IntegrityZome(
     "memory", rules_version=1,
     entry_defs=(
         EntryDef("understanding", "transmit_understanding", validate_understanding,
-                 lambda c: [("subject", c["subject"]), ("triple", _key(c))]),
+                 lambda c: [("subject", c["subject"]), ("triple", _key(c))],
+                 keys=("subject", "triple")),
         EntryDef("composed_memory", "compose_memories", validate_composed,
                  present=readable_ids(agent="agent", refs="action")),
         EntryDef("triple_validation", "validate_triple", validate_triple_check),

@@ -32,8 +32,8 @@ ZOME = IntegrityZome(
     "rose_forest", rules_version=1,
     entry_defs=(
         EntryDef("knowledge", "add_knowledge", validate_knowledge,
-                 lambda c: [("tag", t) for t in c["tags"]]),
-        EntryDef("edge", "link_edge", validate_edge, lambda c: [("edge_from", c["from"].hex())],
+                 lambda c: [("tag", t) for t in c["tags"]], keys=("tag",)),
+        EntryDef("edge", "link_edge", validate_edge, lambda c: [("edge_from", c["from"].hex())], keys=("edge_from",),
                  present=readable_ids(**{"from": "action", "to": "action"})),
         EntryDef("thought_credential", "create_thought_credential", validate_credential),
     ),
