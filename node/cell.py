@@ -15,7 +15,7 @@ from .core.app import App
 from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
 from .core.encoding import encode_trusted
-from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, NotAuthorized
+from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, InvalidInput, NotAuthorized
 from .core.validate import ChainState, validate_genesis, validate_next
 from .core.warrant import Warranted
 from .store import Store
@@ -60,6 +60,8 @@ class Cell:
     # -- the three kinds of budgeted append
     async def create_entry(self, entry_type: str, content: dict) -> bytes:
         edef = self.app.entry_def(entry_type)
+        if edef is None:  # a coordinator asked for a type its app does not define
+            raise InvalidInput(f"the app defines no entry type {entry_type!r}")
         edef.validate(content)  # bad input is refused before the budget is even looked at
         body = entry_bytes(entry_type, content)
         eh = blake2b_256(body)

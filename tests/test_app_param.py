@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from node.core.app import App, EntryDef, IntegrityZome, need_keys, need_text
-from node.core.errors import UnknownFunction
+from node.core.errors import InvalidInput, UnknownFunction
 from node.sdk import LocalNode
 from zomes import ROSE_FOREST
 from zomes.hdk import collect, zome_fn
@@ -26,6 +26,11 @@ async def write_note(ctx, text):
     return await ctx.create("note", {"text": text})
 
 
+@zome_fn("notes")
+async def write_memo(ctx, text):  # a coordinator bug: no integrity zome defines "memo"
+    return await ctx.create("memo", {"text": text})
+
+
 NOTES = App([NOTES_ZOME], collect(sys.modules[__name__]))
 
 
@@ -39,6 +44,9 @@ async def test_a_node_runs_another_app_with_its_own_costs_and_functions(tmp_path
         assert st["remaining_ru"] == 93.0
         with pytest.raises(UnknownFunction):
             await a.add_knowledge("a Rose Forest function this app does not have")
+        with pytest.raises(InvalidInput, match="no entry type 'memo'"):
+            await a.call("notes", "write_memo", {"text": "lost"})
+        assert node.status()["agents"][-1]["seq"] == 1  # nothing written
 
 
 async def test_the_default_app_is_rose_forest(tmp_path, clock):
