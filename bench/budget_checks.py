@@ -25,6 +25,7 @@ import sys
 
 from node.core import budget
 from node.core.dna import Dna
+from zomes import ROSE_FOREST
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import START_S, emit, env, log, perf  # noqa: E402
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--checks", type=int, default=450_000, help="per measurement")
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
-    dna = Dna()
+    dna = Dna.for_app(ROSE_FOREST)
     cases = {"floor": floor, "charge": charge_chained, "charge_fixed": charge_fixed,
              "roll": roll_only, "plain_fn": floor_call}
     for f in cases.values():

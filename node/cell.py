@@ -15,18 +15,12 @@ from .core.app import App
 from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
 from .core.encoding import encode_trusted
-from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, NotAuthorized
+from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, InvalidInput, NotAuthorized
 from .core.validate import ChainState, validate_genesis, validate_next
 from .core.warrant import Warranted
 from .store import Store
 
 CAS_RETRIES = 3
-
-# Adversarial test modes (off unless a test or simulation asks): each makes the author's node
-# write something honest validators must reject, proving that they, not authors, enforce budgets.
-# "fork" writes an honest chain but its node publishes a second, differently-stamped action at
-# the same seq to half of each action's authorities (see NetNode._rogue_fork).
-ROGUE_MODES = frozenset({"skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "fork"})
 
 
 class Cell:
@@ -41,7 +35,6 @@ class Cell:
         self.lock = trio.Lock()
         self.on_commit = None      # called with each appended Signed action (the network publishes)
         self.warrant = None        # set when the network has warranted this agent
-        self.rogue = frozenset()
         self._writing = 0          # tasks inside _append (store.writers counts busy cells)
         self._agent_id = None
 
@@ -67,6 +60,8 @@ class Cell:
     # -- the three kinds of budgeted append
     async def create_entry(self, entry_type: str, content: dict) -> bytes:
         edef = self.app.entry_def(entry_type)
+        if edef is None:  # a coordinator asked for a type its app does not define
+            raise InvalidInput(f"the app defines no entry type {entry_type!r}")
         edef.validate(content)  # bad input is refused before the budget is even looked at
         body = entry_bytes(entry_type, content)
         eh = blake2b_256(body)
@@ -77,7 +72,7 @@ class Cell:
             return ({"type": "create", "entry_type": entry_type, "entry": eh,
                      "budget": {"op": edef.op, "cost": recorded_cost, "ws": b.window_start_us,
                                 "rem": b.remaining_mru}},
-                    (eh, body), edef.index(content))
+                    (eh, body), edef.index_of(content))
         return await self._append(build)
 
     async def charge_results(self, op: str, count: int) -> bytes | None:
@@ -105,7 +100,7 @@ class Cell:
             b, granted = budget.claim(self.state.budget, grant["amount"], ts, self.dna)
             result["granted"] = granted
             return ({"type": "claim", "grant": grant, "grant_sig": sig,
-                     "budget": {"op": "claim_allocation", "cost": 0, "granted": granted,
+                     "budget": {"op": self.app.claim_op, "cost": 0, "granted": granted,
                                 "ws": b.window_start_us, "rem": b.remaining_mru}}, None, ())
         try:
             await self._append(build)
@@ -114,18 +109,12 @@ class Cell:
         return result["granted"]
 
     def _charge(self, cost: int, ts: int) -> tuple[budget.BudgetState, int]:
-        """The pre-flight (raises InsufficientRU); rogue modes cheat here and only here."""
-        if not self.rogue:
-            return budget.charge(self.state.budget, cost, ts, self.dna), cost
-        s = budget.roll(self.state.budget, ts, self.dna)
-        if "forge_budget" in self.rogue:
-            return budget.BudgetState(s.window_start_us, self.dna.base_mru, 0), cost
-        if "wrong_cost" in self.rogue:
-            return s, 0
-        if "skip_preflight" in self.rogue:
-            return budget.BudgetState(s.window_start_us, s.remaining_mru - cost,
-                                      s.used_mru + cost), cost
+        """The pre-flight (raises InsufficientRU): the new budget and the cost to record."""
         return budget.charge(self.state.budget, cost, ts, self.dna), cost
+
+    def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
+        """Self-validation: the chain state after `s`, or InvalidChain (nothing is written)."""
+        return validate_next(cs, s, self.dna, self.app, verify_sig=False)
 
     async def _append(self, build) -> bytes:
         store = self.store
@@ -163,10 +152,7 @@ class Cell:
                 s = Signed(action, body, key.sign(body), blake2b_256(body))
             else:  # a claim's grant or a charge's count came from a caller: check it all
                 s = Signed.sign(action, key)
-            if self.rogue:
-                new_state = self._unchecked_state(s)
-            else:
-                new_state = validate_next(cs, s, self.dna, self.app, verify_sig=False)
+            new_state = self._next_state(cs, s)
             try:
                 await store.commit(s, cs.seq, cs.hash, entry, index)
             except HeadMoved:
@@ -177,16 +163,6 @@ class Cell:
                 self.on_commit(s)
             return s.hash
         raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
-
-    def _unchecked_state(self, s: Signed) -> ChainState:
-        rec = s.action["budget"]
-        b = budget.BudgetState(rec["ws"], rec["rem"], self.state.budget.used_mru + rec["cost"])
-        if "bad_signature" in self.rogue:
-            object.__setattr__(s, "sig", bytes([s.sig[0] ^ 1]) + s.sig[1:])
-        claimed = self.state.claimed
-        if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
-            claimed = claimed | {grant_hash(s.action["grant"])}
-        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed)
 
     def _catch_up(self) -> bool:
         """Reload if another process (sharing this store) moved the head; True if it did."""

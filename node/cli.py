@@ -134,12 +134,16 @@ async def _demo(args):
         await demo.run_cluster(nodes=args.nodes)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="budgetnode",
                                 description="Agents that act only within a budget the network can verify.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    from sims.cli import add_parser as add_sim_parser
-    add_sim_parser(sub)
+    if argv[:1] == ["sim"]:  # the simulator is imported only to run it
+        from sims.cli import add_parser as add_sim_parser
+        add_sim_parser(sub)
+    else:
+        sub.add_parser("sim", help="seeded network simulation of many real nodes "
+                                   "(budgetnode sim --help)", add_help=False)
 
     def with_store(sp, required=True, url=False):
         sp.add_argument("--path", required=required and not url, help="the node's data directory")
@@ -186,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     try:
         trio.run(args.run, args)
     except BudgetError as e:

@@ -26,7 +26,7 @@ class ZomeContext:
         return self._cell.budget_status()
 
     def _records(self, hashes) -> list[dict]:
-        return [record_dict(*self._node.store.record(h)) for h in hashes]
+        return [record_dict(*self._node.store.record(h), self._node.app) for h in hashes]
 
     def find(self, kind: str, key: str, limit: int) -> list[dict]:
         return self._records(self._node.store.find(kind, key, limit))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from .core.crypto import from_text
 from .core.validate import validate_chain
 from .sdk import InsufficientRU, LocalNode
-from zomes import APP
 
 DAY = 86_400
 START = 1_730_678_400  # 2024-11-04 00:00 UTC, so the first window resets at 1730764800
@@ -90,7 +89,7 @@ async def run_single(out=print, path: str | None = None) -> None:
 
         out("\nevery chain re-derived from its signed actions:")
         for pub in node.store.authors():
-            cs = validate_chain(node.store.chain(pub), node.dna, APP, node.store.entries_of(pub))
+            cs = validate_chain(node.store.chain(pub), node.dna, node.app, node.store.entries_of(pub))
             agent = next(a for a in node.agents() if from_text("agent", a) == pub)
             _expect(cs.budget == node.cells[pub].state.budget,
                     "the re-derived budget must equal the node's own")

@@ -7,11 +7,7 @@ import stat
 
 from .core.crypto import SigningKey
 from .core.encoding import decode, encode
-from .core.errors import BudgetError, MalformedInput, StoreCorrupted
-
-
-class KeystoreInsecure(BudgetError):
-    code = "E_KEYSTORE_INSECURE"
+from .core.errors import BudgetError, KeystoreInsecure, MalformedInput, StoreCorrupted
 
 
 class Keystore:

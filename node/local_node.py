@@ -5,59 +5,49 @@ import os
 import shutil
 import tempfile
 import time
-import weakref
-from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-from zomes import APP, FUNCTIONS
-
+from .agent_api import AgentMethods, AllocationResult, refusals
+from .apps import resolve
 from .cell import Cell
+from .core.app import App
 from .context import ZomeContext
 from .core.action import grant_body, grant_hash
 from .core.crypto import SigningKey, from_text, to_text
 from .core.dna import MRU_PER_RU, Dna
 from .core.encoding import decode, encode
 from .core.errors import (BudgetError, InvalidChain, InvalidInput, NotFound, StoreCorrupted,
-                          UnknownAgent, UnknownFunction)
+                          UnknownAgent, UnknownFunction, WrongNetwork)
 from .core.validate import validate_chain
 from .keystore import Keystore
 from .records import record_dict
 from .store import Store, store_path
 
 
-@dataclass(frozen=True)
-class AllocationResult:
-    requested_ru: float
-    granted_ru: float
-    grant: str           # the grant's hash, text form
-    allocation: str      # the steward's action recording it
-    claimed: bool = True  # False while a grant to an unreachable agent waits to be claimed
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 class LocalNode:
-    def __init__(self, directory: str, store: Store, keystore: Keystore, dna: Dna, clock,
-                 randbytes):
+    def __init__(self, directory: str, store: Store, keystore: Keystore, dna: Dna, app: App,
+                 clock, randbytes, cell_type: type[Cell] = Cell):
         self.directory = directory
+        self.app = app
         self.store = store
         self.keystore = keystore
         self.dna = dna
         self.clock = clock
         self.randbytes = randbytes
         self.cells: dict[bytes, Cell] = {}
+        self.cell_type = cell_type  # the agents' writer (a test's adversary may swap it)
 
     # -- lifecycle
     @classmethod
     @asynccontextmanager
     async def open(cls, path: str | None = None, clock=None, *, durability: str = "process",
-                   randbytes=os.urandom, dna: Dna | None = None):
+                   randbytes=os.urandom, dna: Dna | None = None, app: App | None = None,
+                   cell_type: type[Cell] = Cell):
+        """`app`: the application this node runs (None: the Rose Forest app, `node.apps`)."""
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
-        node = await cls.load(path, clock or time.time, durability, randbytes, dna)
+        node = await cls.load(path, clock or time.time, durability, randbytes, dna, app, cell_type)
         try:
             await node._claim_recovered_grants()
             yield node
@@ -68,9 +58,10 @@ class LocalNode:
 
     @classmethod
     async def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
-                   dna: Dna | None = None):
+                   dna: Dna | None = None, app: App | None = None, cell_type: type[Cell] = Cell):
         """Open the store at `path`. A new store starts a new network (with a steward of its
         own), or joins the network `dna` names."""
+        app = resolve(app)
         os.makedirs(path, exist_ok=True)
         store = Store(store_path(path), durability)
         try:
@@ -81,7 +72,7 @@ class LocalNode:
                                      f"the chain store is missing or empty; refusing to start a "
                                      f"new network over them")
             if raw is None and dna is None:
-                node = await cls._new_network(path, store, keystore, clock, randbytes)
+                node = await cls._new_network(path, store, keystore, app, clock, randbytes, cell_type)
             else:
                 if raw is None:
                     await store.init_meta("dna", dna.encoded())
@@ -91,9 +82,10 @@ class LocalNode:
                 except (BudgetError, KeyError, TypeError, ValueError) as e:
                     raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
                 if dna is not None and stored.hash != dna.hash:
-                    raise InvalidInput(f"the store at {path} belongs to network "
+                    raise WrongNetwork(f"the store at {path} belongs to network "
                                        f"{stored.hash_text}, not {dna.hash_text}")
-                node = cls(path, store, keystore, stored, clock, randbytes)
+                stored.check_app(app)
+                node = cls(path, store, keystore, stored, app, clock, randbytes, cell_type)
                 node._verify_and_load()
         except BaseException:
             store.close()
@@ -101,14 +93,14 @@ class LocalNode:
         return node
 
     @classmethod
-    async def _new_network(cls, path, store, keystore, clock, randbytes):
+    async def _new_network(cls, path, store, keystore, app, clock, randbytes, cell_type):
         steward = SigningKey.generate(randbytes)
         keystore.add(steward)
-        dna = Dna(stewards=(steward.public,))
-        node = cls(path, store, keystore, dna, clock, randbytes)
+        dna = Dna.for_app(app, stewards=(steward.public,))
+        node = cls(path, store, keystore, dna, app, clock, randbytes, cell_type)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
-        node._add_cell(await Cell.create(steward, store, dna, APP, node.now_us,
-                                         meta={"dna": dna.encoded()}))
+        node._add_cell(await node.cell_type.create(steward, store, dna, app, node.now_us,
+                                                   meta={"dna": dna.encoded()}))
         return node
 
     def _verify_and_load(self) -> None:
@@ -118,11 +110,11 @@ class LocalNode:
             if key is None:
                 raise StoreCorrupted(f"no key in the keystore for {to_text('agent', author)}")
             try:
-                state = validate_chain(self.store.chain(author), self.dna, APP,
+                state = validate_chain(self.store.chain(author), self.dna, self.app,
                                        self.store.entries_of(author))
             except InvalidChain as e:
                 raise StoreCorrupted(f"chain of {to_text('agent', author)} is invalid: {e}") from None
-            self._add_cell(Cell(key, state, self.store, self.dna, APP, self.now_us))
+            self._add_cell(self.cell_type(key, state, self.store, self.dna, self.app, self.now_us))
 
     def close(self) -> None:
         self.store.close()
@@ -149,7 +141,7 @@ class LocalNode:
         key = SigningKey.generate(self.randbytes)
         self.keystore.add(key)  # the key is safe on disk before any chain names it
         return AgentClient(self, self._add_cell(
-            await Cell.create(key, self.store, self.dna, APP, self.now_us)))
+            await self.cell_type.create(key, self.store, self.dna, self.app, self.now_us)))
 
     async def agent(self, agent_id: str) -> "AgentClient":
         return AgentClient(self, self._cell(from_text("agent", agent_id)))
@@ -163,9 +155,9 @@ class LocalNode:
         cell = self.cells.get(pub)
         if cell is None and self.store.head(pub) is not None and self.keystore.get(pub):
             # created by another process sharing this store: verify it like any chain on open
-            state = validate_chain(self.store.chain(pub), self.dna, APP, self.store.entries_of(pub))
-            cell = self._add_cell(Cell(self.keystore.get(pub), state, self.store, self.dna, APP,
-                                       self.now_us))
+            state = validate_chain(self.store.chain(pub), self.dna, self.app, self.store.entries_of(pub))
+            cell = self._add_cell(self.cell_type(self.keystore.get(pub), state, self.store,
+                                                 self.dna, self.app, self.now_us))
         if cell is None:
             raise UnknownAgent(f"{to_text('agent', pub)} is not an agent of this node")
         return cell
@@ -175,7 +167,7 @@ class LocalNode:
         found = self.store.record(from_text("action", action_hash))
         if found is None:
             raise NotFound(f"no record {action_hash}")
-        return record_dict(*found)
+        return record_dict(*found, self.app)
 
     def status(self) -> dict:
         return {"dna": self.dna.hash_text, "path": self.directory,
@@ -185,7 +177,7 @@ class LocalNode:
 
     # -- calls
     async def call(self, cell: Cell, zome: str, fn: str, payload):
-        zf = FUNCTIONS.get((zome, fn)) if isinstance(zome, str) and isinstance(fn, str) else None
+        zf = self.app.functions.get((zome, fn)) if isinstance(zome, str) and isinstance(fn, str) else None
         if zf is None:
             raise UnknownFunction(f"no function {zome}.{fn}")
         if payload is None:
@@ -210,7 +202,7 @@ class LocalNode:
         grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
                            self.now_us(), self.randbytes(16))
         sig = steward.key.sign(encode(grant))
-        allocation = await steward.create_entry("allocation", {"grant": grant, "sig": sig})
+        allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = await target.claim(grant, sig)
         return AllocationResult(amount_mru / MRU_PER_RU, granted / MRU_PER_RU,
                                 to_text("grant", grant_hash(grant)), to_text("action", allocation))
@@ -218,7 +210,9 @@ class LocalNode:
     async def _claim_recovered_grants(self) -> None:
         """A crash between a steward's record and the grantee's claim must not lose the grant:
         every recorded grant to a local agent that its chain has not claimed is claimed now."""
-        for h in self.store.of_type("allocation", 1 << 62):
+        if self.app.grant_entry is None:
+            return
+        for h in self.store.of_type(self.app.grant_entry, 1 << 62):
             _, entry = self.store.record(h)
             c = decode(entry)["content"]
             cell = self.cells.get(c["grant"]["grantee"])
@@ -227,70 +221,6 @@ class LocalNode:
 
 
 _PARAM_SETS: dict = {}  # id(ZomeFn) -> (ZomeFn, frozenset of its parameter names)
-
-
-class AgentMethods:
-    """The one method table of an agent handle, shared by the in-process `AgentClient` and the
-    remote client (`AgentClient.connect`), so the two cannot drift: every method is a
-    `call(zome, fn, payload)`; a subclass supplies `call` and `_get_record`."""
-    agent_id: str
-
-    async def call(self, zome: str, fn: str, payload: dict | None = None):
-        raise NotImplementedError
-
-    async def _get_record(self, action_hash: str) -> dict:
-        raise NotImplementedError
-
-    async def add_knowledge(self, content: str, tags=()) -> str:
-        return await self.call("rose_forest", "add_knowledge", {"content": content, "tags": tags})
-
-    async def link_edge(self, from_hash: str, to_hash: str, relation: str) -> str:
-        return await self.call("rose_forest", "link_edge",
-                               {"from_hash": from_hash, "to_hash": to_hash, "relation": relation})
-
-    async def create_thought_credential(self, title: str, body: str) -> str:
-        return await self.call("rose_forest", "create_thought_credential",
-                               {"title": title, "body": body})
-
-    async def get_edges(self, from_hash: str, limit: int = 100) -> list[dict]:
-        return await self.call("rose_forest", "get_edges", {"from_hash": from_hash, "limit": limit})
-
-    async def transmit_understanding(self, subject: str, predicate: str, object: str,
-                                     context: str | None = None) -> str:
-        return await self.call("memory", "transmit_understanding",
-                               {"subject": subject, "predicate": predicate, "object": object,
-                                "context": context})
-
-    async def recall_understandings(self, subject: str | None = None, limit: int = 100):
-        return await self.call("memory", "recall_understandings",
-                               {"subject": subject, "limit": limit})
-
-    async def compose_memories(self, other_agent_id: str) -> str:
-        return await self.call("memory", "compose_memories", {"other_agent_id": other_agent_id})
-
-    async def validate_triple(self, subject: str, predicate: str, object: str) -> str:
-        return await self.call("memory", "validate_triple",
-                               {"subject": subject, "predicate": predicate, "object": object})
-
-    async def budget_status(self):
-        return await self.call("budget", "budget_status", {})
-
-    async def allocate_budget(self, agent_id: str, ru) -> AllocationResult:
-        return await self.call("budget", "allocate_budget", {"agent_id": agent_id, "ru": ru})
-
-    async def get_record(self, action_hash: str) -> dict:
-        return await self._get_record(action_hash)
-
-
-def refusals(node) -> Counter:
-    """Refusals by code of the calls made on `node` (in process and over its app socket)."""
-    c = _REFUSALS.get(node)
-    if c is None:
-        c = _REFUSALS[node] = Counter()
-    return c
-
-
-_REFUSALS: "weakref.WeakKeyDictionary[LocalNode, Counter]" = weakref.WeakKeyDictionary()
 
 
 class AgentClient(AgentMethods):

@@ -3,7 +3,8 @@ from .core.budget import BudgetStatus, InsufficientRU
 from .core.errors import (BudgetError, GrantAlreadyClaimed, HeadMoved, InvalidInput, MalformedInput,
                           NotAuthorized, NotFound, StoreCorrupted, TooLarge, UnknownAgent,
                           UnknownFunction)
-from .local_node import AgentClient, AllocationResult, LocalNode
+from .agent_api import AllocationResult
+from .local_node import AgentClient, LocalNode
 
 __all__ = ["LocalNode", "AgentClient", "AllocationResult", "BudgetStatus", "BudgetError",
            "InsufficientRU", "NotAuthorized", "InvalidInput", "MalformedInput", "TooLarge",

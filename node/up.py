@@ -97,8 +97,12 @@ async def run(args) -> None:
         if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):
             pin = from_text("dna", args.dna_hash) if args.dna_hash else None
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
+        adversary = {}
+        if args.rogue:  # a test network's adversary: never imported otherwise
+            from sims.rogue import plug
+            adversary = plug(("skip_preflight",))
         async with NetNode.open(factory, path=args.path, bootstrap=args.bootstrap,
-                                dna=dna, rogue=("skip_preflight",) if args.rogue else ()) as node:
+                                dna=dna, **adversary) as node:
             async with app_servers([node], args.app_host, port) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return

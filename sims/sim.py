@@ -34,6 +34,7 @@ from node.net.node import NetNode
 from .config import START_UNIX, SimConfig
 from .invariants import Budget, audit_chain
 from .net import SimClock, SimNetwork
+from .rogue import plug
 from .workload import Workload
 
 MAX_VIOLATIONS = 200
@@ -154,10 +155,10 @@ class Simulation:
             try:
                 async with NetNode.open(
                         self.net.transport, path=slot.path, clock=slot.clock, bootstrap=bootstrap,
-                        r=cfg.r, rogue=slot.rogue, gossip_interval=cfg.gossip_interval,
+                        r=cfg.r, gossip_interval=cfg.gossip_interval,
                         publish_interval=cfg.publish_interval, durability="process",
                         randbytes=slot.randbytes(), request_timeout=cfg.request_timeout,
-                        dna=self.dna) as node:
+                        dna=self.dna, **plug(slot.rogue)) as node:
                     slot.node = node
                     slot.id = node.id
                     self._honest = None  # the honest-node ids include this one now

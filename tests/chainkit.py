@@ -32,7 +32,7 @@ STEWARD = key(1)
 ALICE = key(2)
 BOB = key(3)
 MALLORY = key(4)
-DNA = Dna(stewards=(STEWARD.public,))
+DNA = Dna.for_app(APP, stewards=(STEWARD.public,))
 
 
 def make_grant(grantee: bytes, amount_mru: int, *, signer: SigningKey = STEWARD,

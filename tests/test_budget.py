@@ -21,7 +21,7 @@ US = 1_000_000
 W = 86_400 * US
 T0_S = 1_730_678_400
 T0 = T0_S * US
-DNA = Dna()
+DNA = Dna.for_app(APP)
 
 
 # ---------------------------------------------------------------- the refusal
@@ -154,7 +154,7 @@ def test_claim_after_the_window_end_rolls_first():
 
 
 def test_remaining_above_cap_is_kept_but_not_raised():
-    dna = Dna(base_mru=300_000)   # a network whose base exceeds the cap
+    dna = Dna.for_app(APP, base_mru=300_000)   # a network whose base exceeds the cap
     s, g = budget.claim(budget.initial(T0, dna), 50_000, T0, dna)
     assert (s.remaining_mru, g) == (300_000, 0)
 
@@ -202,7 +202,7 @@ class Model:
 
 dnas = st.one_of(
     st.just(DNA),
-    st.builds(lambda w, b, c: Dna(window_s=w, base_mru=b, cap_mru=c),
+    st.builds(lambda w, b, c: Dna.for_app(APP, window_s=w, base_mru=b, cap_mru=c),
               st.integers(1, 50), st.integers(0, 50_000), st.integers(0, 100_000)))
 
 

@@ -103,3 +103,27 @@ def test_up_cluster_and_a_joining_node_shut_down_cleanly(tmp_path):
         assert cluster.wait(timeout=30) == 0
     st = json.loads(bn("status", "--path", str(tmp_path / "joiner"), "--json").stdout)
     assert st["dna"] == info["nodes"][0]["dna"]
+
+
+async def test_up_rogue_runs_a_node_that_skips_its_pre_flight(tmp_path):
+    """`up --rogue` plugs the adversary (sims.rogue) into the node: its agent writes past its
+    budget (an honest node refuses the 4th 33 RU write of a 100 RU budget)."""
+    import signal
+
+    import trio
+
+    from node.sdk import AgentClient
+    p = subprocess.Popen([sys.executable, "-m", "node.cli", "up", "--listen",
+                          "/ip4/127.0.0.1/tcp/0", "--path", str(tmp_path / "rogue"), "--rogue",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = await trio.to_thread.run_sync(p.stdout.readline)
+        assert line, p.stderr.read()
+        node = json.loads(line)["nodes"][0]
+        async with AgentClient.connect(node["app_url"], token=node["token"]) as a:
+            for i in range(4):
+                await a.add_knowledge(f"note {i}")
+            assert (await a.budget_status()).remaining_ru == -32.0
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0

@@ -124,8 +124,9 @@ def test_audit_catches_forged_budget_state():
     from node.core.action import Signed
     from node.core.crypto import SigningKey
     from node.core.dna import Dna
+    from zomes import ROSE_FOREST
     key = SigningKey(b"k" * 32)
-    dna = Dna()
+    dna = Dna.for_app(ROSE_FOREST)
     g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None, "ts": 0,
                      "dna": dna.hash}, key)
     a = Signed.sign({"type": "charge", "author": key.public, "seq": 1, "prev": g.hash, "ts": 1,

@@ -174,7 +174,7 @@ def test_future_timestamp_only_with_a_clock():
 # ---------------------------------------------------------------- genesis
 
 def test_wrong_dna_in_genesis():
-    other = Dna(stewards=(STEWARD.public,), base_mru=1_000_000)
+    other = Dna.for_app(APP, stewards=(STEWARD.public,), base_mru=1_000_000)
     c = Chain(dna=other)
     rejects(c.actions, "wrong_dna", 0)
     ok(c)  # the same chain is fine on its own network
@@ -413,7 +413,7 @@ def test_grant_for_another_agent():
 
 
 def test_grant_for_another_network():
-    other = Dna(stewards=(STEWARD.public,), version=2)
+    other = Dna.for_app(APP, stewards=(STEWARD.public,), version=2)
     c = two_knowledge()
     g, sig = make_grant(ALICE.public, 10_000, dna=other)
     rejects(c.with_(c.signed(c.claim_action(g, sig, T0 + 3 * US))), "wrong_dna", 3)

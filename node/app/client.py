@@ -13,16 +13,12 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from ..errgroups import unwrap_single_errors
-from ..core.errors import BudgetError, NotAuthorized
-from ..local_node import AgentMethods
+from ..agent_api import AgentMethods
+from ..core.errors import BudgetError, NodeUnreachable, NotAuthorized
 from .events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .wire import ConnectionLost, error_from_wire, from_wire, pack, to_wire, unpack
 
 TOKEN_ENV = "BUDGETNODE_TOKEN"
-
-
-class NodeUnreachable(BudgetError):
-    code = "E_NODE_UNREACHABLE"
 
 
 def _why(e: BaseException) -> str:

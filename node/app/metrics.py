@@ -7,7 +7,7 @@ import re
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..local_node import refusals
+from ..agent_api import refusals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 P = "budgetnode_"

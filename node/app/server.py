@@ -19,7 +19,7 @@ import trio
 
 from ..core.crypto import from_text, to_text
 from ..core.errors import BudgetError, InvalidInput, MalformedInput, NotAuthorized, UnknownAgent
-from ..local_node import refusals
+from ..agent_api import refusals
 from . import metrics as M
 from .events import EventHub
 from .wire import (MAX_APP_MESSAGE, PROTOCOL_VERSION, Busy, InternalError, error_to_wire,

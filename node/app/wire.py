@@ -22,33 +22,19 @@ from __future__ import annotations
 
 from dataclasses import fields as dc_fields
 
-from ..core import budget as _budget, warrant as _warrant  # noqa: F401 (error classes)
-from ..core.budget import BudgetStatus, InsufficientRU
+from ..agent_api import RESULT_TYPES
+from ..core.budget import InsufficientRU
 from ..core.encoding import decode, encode
-from ..core.errors import BudgetError, InvalidChain, MalformedInput, TooLarge
-from ..local_node import AllocationResult
+from ..core.errors import (Busy, BudgetError, ConnectionLost, InternalError,  # noqa: F401
+                           InvalidChain, MalformedInput, TooLarge, error_class)
 
 MAX_APP_MESSAGE = 1 << 20       # bytes in one message, either way
 MAX_ID = (1 << 53) - 1
 PROTOCOL_VERSION = 1
 
 
-class ConnectionLost(BudgetError):
-    """The socket closed before the node answered: the call may or may not have committed
-    (check with budget_status or get_record before retrying a write)."""
-    code = "E_CONNECTION_LOST"
-
-
-class Busy(BudgetError):
-    code = "E_BUSY"
-
-
-class InternalError(BudgetError):
-    code = "E_INTERNAL"
-
-
 # -- values
-_TYPES = {"BudgetStatus": BudgetStatus, "AllocationResult": AllocationResult}
+_WRAPPED = {cls: name for name, cls in RESULT_TYPES.items()}
 
 
 def to_wire(v):
@@ -62,10 +48,9 @@ def to_wire(v):
         if "$" in v:
             return {"$": "map", "v": [[k, to_wire(x)] for k, x in v.items()]}
         return {k: to_wire(x) for k, x in v.items()}
-    if isinstance(v, BudgetStatus):
-        return {"$": "BudgetStatus", "v": {f.name: getattr(v, f.name) for f in dc_fields(v)}}
-    if isinstance(v, AllocationResult):
-        return {"$": "AllocationResult", "v": to_wire(v.to_dict())}
+    kind = _WRAPPED.get(type(v))
+    if kind is not None:  # a result type: a dataclass, sent as its fields
+        return {"$": kind, "v": to_wire({f.name: getattr(v, f.name) for f in dc_fields(v)})}
     raise InternalError(f"a {type(v).__name__} cannot be sent")
 
 
@@ -93,9 +78,9 @@ def from_wire(v, typed: bool = True):
                 isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in inner):
             raise MalformedInput("an escaped map is a list of [key, value] pairs")
         return {k: from_wire(x, typed) for k, x in inner}
-    if typed and kind in _TYPES and isinstance(inner, dict):
+    if typed and kind in RESULT_TYPES and isinstance(inner, dict):
         try:
-            return _TYPES[kind](**from_wire(inner, typed))
+            return RESULT_TYPES[kind](**from_wire(inner, typed))
         except TypeError as e:
             raise MalformedInput(f"bad {kind}: {e}") from None
     raise MalformedInput(f"unknown wrapped value {str(kind)[:32]!r}")
@@ -135,26 +120,13 @@ def error_to_wire(e: BudgetError) -> dict:
     return {"code": e.code, "message": e.message[:4096], "fields": fields}
 
 
-def _error_classes() -> dict[str, type]:
-    from .. import keystore  # noqa: F401 - register every error class the node can raise
-    from ..net import cluster, protocol, transport  # noqa: F401
-    out, todo = {}, [BudgetError]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        out.setdefault(cls.code, cls)
-    # the node's own classes win over look-alikes defined elsewhere
-    out.update({c.code: c for c in (ConnectionLost, Busy, InternalError)})
-    return out
-
-
 def error_from_wire(d) -> BudgetError:
     """The same typed error the node raised, with the same str()."""
     if not isinstance(d, dict) or not isinstance(d.get("code"), str):
         return MalformedInput("the node sent an unreadable error")
     code, message = d["code"], d.get("message") if isinstance(d.get("message"), str) else ""
     f = d.get("fields") if isinstance(d.get("fields"), dict) else {}
-    cls = _error_classes().get(code)
+    cls = error_class(code)
     try:
         if cls is InsufficientRU:
             return InsufficientRU(f["need_mru"], f["have_mru"], f["resets_at"], f["retry_after_s"])

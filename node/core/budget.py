@@ -7,36 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dna import MRU_PER_RU, Dna
-from .errors import BudgetError
+from .dna import Dna
+from .errors import InsufficientRU  # noqa: F401 (raised here; defined with every refusal)
+from .money import MRU_PER_RU, fmt_ru  # noqa: F401
 
 US = 1_000_000
-
-
-class InsufficientRU(BudgetError):
-    code = "E_INSUFFICIENT_RU"
-
-    def __init__(self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int):
-        self.need_mru, self.have_mru = need_mru, have_mru
-        self.need = need_mru / MRU_PER_RU
-        self.have = have_mru / MRU_PER_RU
-        self.resets_at = resets_at
-        self.retry_after_s = retry_after_s
-        super().__init__(f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
-                         f"Budget resets at {resets_at}")
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "need_mru": self.need_mru,
-                "have_mru": self.have_mru, "resets_at": self.resets_at,
-                "retry_after_s": self.retry_after_s}
-
-
-def fmt_ru(mru: int, up: bool = False) -> str:
-    """Two decimals without floats; `have` rounds down and `need` up so neither flatters."""
-    centi = -(-mru // 10) if up else mru // 10
-    sign = "-" if centi < 0 else ""
-    centi = abs(centi)
-    return f"{sign}{centi // 100}.{centi % 100:02d}"
 
 
 def ceil_s(us: int) -> int:

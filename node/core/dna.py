@@ -1,7 +1,8 @@
 """The network identity: its rules (costs, window, caps, stewards) and the hash that names it.
 
 Two nodes with different DNA hashes are on different networks: a change to any
-rule is a new network, so no peer can quietly run with cheaper costs.
+rule is a new network, so no peer can quietly run with cheaper costs. The cost table
+comes from the application (`Dna.for_app`); the core knows no application.
 """
 from __future__ import annotations
 
@@ -10,24 +11,8 @@ from functools import cached_property
 
 from .crypto import blake2b_256, to_text
 from .encoding import encode
-
-MRU_PER_RU = 1000
-
-ROSE_FOREST_COSTS = {
-    # rose_forest
-    "add_knowledge": 33_000,
-    "link_edge": 3_000,
-    "create_thought_credential": 10_000,
-    # memory
-    "transmit_understanding": 3_000,  # 1 transmit + 2 validate
-    "recall_understandings": 100,     # per result returned
-    "compose_memories": 5_000,
-    "validate_triple": 2_000,
-    # budget
-    "allocate_budget": 0,
-    "claim_allocation": 0,
-}
-PER_RESULT_OPS = ("recall_understandings",)
+from .errors import WrongNetwork
+from .money import MRU_PER_RU
 
 
 @dataclass(frozen=True)
@@ -37,11 +22,29 @@ class Dna:
     window_s: int = 86_400
     base_mru: int = 100 * MRU_PER_RU
     cap_mru: int = 200 * MRU_PER_RU
-    costs: dict = field(default_factory=lambda: dict(ROSE_FOREST_COSTS))
-    per_result: tuple = PER_RESULT_OPS
+    costs: dict = field(default_factory=dict)   # op -> milli-RU, from the app
+    per_result: tuple = ()
     stewards: tuple = ()
     max_results: int = 1000          # bound on one recall, and so on one read charge
     max_future_us: int = 300_000_000  # authorities refuse actions stamped further ahead
+    integrity: bytes = b""           # the app's integrity fingerprint (core.app.App.fingerprint)
+
+    @classmethod
+    def for_app(cls, app, **rules) -> "Dna":
+        """A network running `app` (a core.app.App): its cost table and integrity fingerprint,
+        and `rules` as given."""
+        return cls(costs=dict(app.costs), per_result=tuple(app.per_result),
+                   integrity=app.fingerprint, **rules)
+
+    def check_app(self, app) -> None:
+        """Refuse to run this network with `app` unless its integrity zomes are the ones the
+        network was made with (so their costs and rules are the network's)."""
+        if app.fingerprint != self.integrity or dict(app.costs) != dict(self.costs) or \
+                tuple(app.per_result) != tuple(self.per_result):
+            raise WrongNetwork(f"network {self.hash_text} runs other integrity zomes than this "
+                               f"node's app (fingerprint {self.integrity.hex()[:16]}, this app's "
+                               f"{app.fingerprint.hex()[:16]}): nodes with different validation "
+                               f"rules are on different networks")
 
     def to_dict(self) -> dict:
         return {
@@ -49,14 +52,18 @@ class Dna:
             "base_mru": self.base_mru, "cap_mru": self.cap_mru, "costs": dict(self.costs),
             "per_result": list(self.per_result), "stewards": list(self.stewards),
             "max_results": self.max_results, "max_future_us": self.max_future_us,
+            "integrity": self.integrity,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Dna":
+        if not isinstance(d.get("integrity"), bytes):
+            raise ValueError("the DNA names no integrity fingerprint")
         return cls(name=d["name"], version=d["version"], window_s=d["window_s"],
                    base_mru=d["base_mru"], cap_mru=d["cap_mru"], costs=dict(d["costs"]),
                    per_result=tuple(d["per_result"]), stewards=tuple(d["stewards"]),
-                   max_results=d["max_results"], max_future_us=d["max_future_us"])
+                   max_results=d["max_results"], max_future_us=d["max_future_us"],
+                   integrity=d["integrity"])
 
     def encoded(self) -> bytes:
         return encode(self.to_dict())

@@ -1,9 +1,16 @@
-"""Every refusal the node can give, each with a stable machine-readable code.
+"""Every refusal the node can give, each with a stable machine-readable code, and the one
+registry from code to class (`error_class`) that the app socket's client rebuilds errors from.
 
 All refusals share one base class so an agent can catch them in one place; the
-code is what clients (and the wire protocol) rely on, never the message text.
+code is what clients (and the wire protocol) rely on, never the message text. Every class is
+defined here (the runtime's too: modules re-export them where they are raised), so the registry
+is complete without importing anything else.
 """
 from __future__ import annotations
+
+from functools import cache
+
+from .money import MRU_PER_RU, fmt_ru
 
 
 class BudgetError(Exception):
@@ -76,3 +83,81 @@ class StoreCorrupted(BudgetError):
 class StoreBusy(BudgetError):
     """Another network node already runs on this store (two would answer for one node key)."""
     code = "E_STORE_BUSY"
+
+
+class KeystoreInsecure(BudgetError):
+    code = "E_KEYSTORE_INSECURE"
+
+
+class InsufficientRU(BudgetError):
+    code = "E_INSUFFICIENT_RU"
+
+    def __init__(self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int):
+        self.need_mru, self.have_mru = need_mru, have_mru
+        self.need = need_mru / MRU_PER_RU
+        self.have = have_mru / MRU_PER_RU
+        self.resets_at = resets_at
+        self.retry_after_s = retry_after_s
+        super().__init__(f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
+                         f"Budget resets at {resets_at}")
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "need_mru": self.need_mru,
+                "have_mru": self.have_mru, "resets_at": self.resets_at,
+                "retry_after_s": self.retry_after_s}
+
+
+class Warranted(BudgetError):
+    """The network has warranted this agent: its writes are refused everywhere."""
+    code = "E_WARRANTED"
+
+
+# -- the network
+class WrongNetwork(InvalidInput):
+    """A DNA this node cannot run: another network's, or made for other integrity zomes."""
+    code = "E_WRONG_NETWORK"
+
+
+class PeerUnreachable(BudgetError):
+    code = "E_PEER_UNREACHABLE"
+
+
+class ProtocolError(BudgetError):
+    code = "E_PROTOCOL"
+
+
+class ConsistencyTimeout(BudgetError):
+    code = "E_NOT_CONSISTENT"
+
+
+# -- the app socket
+class InternalError(BudgetError):
+    code = "E_INTERNAL"
+
+
+class Busy(BudgetError):
+    code = "E_BUSY"
+
+
+class ConnectionLost(BudgetError):
+    """The socket closed before the node answered: the call may or may not have committed
+    (check with budget_status or get_record before retrying a write)."""
+    code = "E_CONNECTION_LOST"
+
+
+class NodeUnreachable(BudgetError):
+    code = "E_NODE_UNREACHABLE"
+
+
+def error_class(code: str) -> type[BudgetError] | None:
+    """The class that raises `code`, or None for a code this node does not know."""
+    return _registry().get(code)
+
+
+@cache
+def _registry() -> dict[str, type[BudgetError]]:
+    out: dict[str, type[BudgetError]] = {}
+    for c in [c for c in globals().values() if isinstance(c, type) and issubclass(c, BudgetError)]:
+        if out.setdefault(c.code, c) is not c:
+            raise RuntimeError(f"two error classes share the code {c.code}")
+    return out

@@ -92,9 +92,9 @@ def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | 
         op = rec.get("op")
         if op != edef.op:
             raise InvalidChain("not_paid", seq, f"{et} is paid by {edef.op}, not {op!r}")
-        if op == "allocate_budget" and author not in dna.stewards:
+        if edef.steward_only and author not in dna.stewards:
             # free only because only a steward records its grants; anyone else would write for nothing
-            raise InvalidChain("not_paid", seq, "only a steward may record an allocation")
+            raise InvalidChain("not_paid", seq, f"only a steward may record {et}")
         expected_cost = dna.cost(op)
         if entry is not None:
             _check_entry(entry, eh, et, edef, seq)
@@ -108,8 +108,8 @@ def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | 
         expected_cost = dna.cost(op, count)
     elif typ == "claim":
         expected_cost = 0
-        if rec.get("op") != "claim_allocation":
-            raise InvalidChain("not_paid", seq, "a claim is recorded as claim_allocation")
+        if app.claim_op is None or rec.get("op") != app.claim_op:
+            raise InvalidChain("not_paid", seq, f"a claim is recorded as {app.claim_op}")
         amount, gh = _check_grant(a, author, dna, seq)
         if gh in claimed:
             raise InvalidChain("grant_claimed_twice", seq)

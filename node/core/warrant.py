@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, to_text, verify
 from .encoding import encode, encode_trusted
-from .errors import BudgetError, MalformedInput
+from .errors import BudgetError, MalformedInput, Warranted  # noqa: F401
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
 RETRYABLE = frozenset({"future_timestamp"})
@@ -23,10 +23,6 @@ MESSENGER_FAULTS = frozenset({"bad_signature", "entry_hash_mismatch", "entry_mis
 def proves(reason: str) -> bool:
     """Whether a validation failure with this reason is the author's own doing."""
     return reason not in RETRYABLE and reason not in MESSENGER_FAULTS
-
-
-class Warranted(BudgetError):
-    code = "E_WARRANTED"
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,10 @@ import trio
 
 from ..core import dht
 from ..core.crypto import to_text
-from ..core.errors import BudgetError
+from ..core.errors import ConsistencyTimeout
 from .memory import MemoryNetwork
 from ..errgroups import unwrap_single_errors
 from .node import NetNode
-
-
-class ConsistencyTimeout(BudgetError):
-    code = "E_NOT_CONSISTENT"
 
 
 def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0"):
@@ -36,8 +32,15 @@ class LocalCluster:
     @asynccontextmanager
     async def open(cls, n: int = 3, clock=None, *, rogue=(), transport: str = "libp2p",
                    r: int = dht.DEFAULT_R, gossip_interval: float = 0.5,
-                   publish_interval: float = 0.5, paths=None, rogue_modes=("skip_preflight",)):
-        """`rogue=(2,)` starts node 2 in adversarial mode (it skips its own pre-flight)."""
+                   publish_interval: float = 0.5, paths=None, rogue_modes=("skip_preflight",),
+                   app=None):
+        """`rogue=(2,)` starts node 2 in adversarial mode (`rogue_modes`, default: it skips its
+        own pre-flight); the adversary lives in `sims.rogue`, imported only when asked for.
+        `app`: what every node runs (None: the Rose Forest app, `node.apps`)."""
+        adversary = {}
+        if rogue:
+            from sims.rogue import plug
+            adversary = plug(rogue_modes)
         network = MemoryNetwork() if transport == "memory" else None
         factory = network.transport if network is not None else libp2p_factory()
         with unwrap_single_errors():
@@ -47,8 +50,9 @@ class LocalCluster:
                     bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
                     node = await stack.enter_async_context(NetNode.open(
                         factory, path=paths[i] if paths else None, clock=clock, bootstrap=bootstrap,
-                        r=r, rogue=rogue_modes if i in rogue else (), gossip_interval=gossip_interval,
-                        publish_interval=publish_interval, dna=nodes[0].dna if nodes else None))
+                        r=r, gossip_interval=gossip_interval, publish_interval=publish_interval,
+                        dna=nodes[0].dna if nodes else None, app=app,
+                        **(adversary if i in rogue else {})))
                     nodes.append(node)
                 cluster = cls(nodes, network)
                 for node in nodes:

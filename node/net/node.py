@@ -19,8 +19,6 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from zomes import APP
-
 from ..core import budget, dht, warrant
 from ..core.action import Signed, grant_body, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text, verify
@@ -31,6 +29,7 @@ from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, Malfo
                            UnknownAgent)
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
+from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
 from .nearest import NearestCache
 from ..records import record_dict
@@ -90,21 +89,28 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     @classmethod
     @asynccontextmanager
     async def open(cls, transport_factory, path: str | None = None, clock=None, *,
-                   bootstrap=(), r: int = dht.DEFAULT_R, rogue=(), gossip_interval: float = 1.0,
+                   bootstrap=(), r: int = dht.DEFAULT_R, gossip_interval: float = 1.0,
                    publish_interval: float = 1.0, durability: str = "process",
-                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None):
+                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None,
+                   app=None, cell_type=Cell, outgoing=None):
+        """`app`: the application (None: the Rose Forest app, `node.apps`). `cell_type` writes
+        the agents' chains; `outgoing(node, {peer: [Signed]})` may rewrite
+        each publish round's batches (None: sent as they are). Both exist for tests'
+        adversaries (`sims.rogue`); production uses the defaults."""
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = await cls.load(path, clock or time.time, durability, randbytes, dna)
+            node = await cls.load(path, clock or time.time, durability, randbytes, dna, app,
+                                  cell_type)
         except BaseException:
             lock.close()
             raise
         try:
             with unwrap_single_errors():
-                await node._init_net(r, rogue, gossip_interval, publish_interval, request_timeout)
+                await node._init_net(r, outgoing, gossip_interval, publish_interval,
+                                     request_timeout)
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
@@ -128,7 +134,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    async def _init_net(self, r, rogue, gossip_interval, publish_interval,
+    async def _init_net(self, r, outgoing, gossip_interval, publish_interval,
                         request_timeout) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
@@ -141,7 +147,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.node_key = key
         self.id = key.public
         self.r = r
-        self.rogue = frozenset(rogue)
+        self.outgoing = outgoing
         self.gossip_interval = gossip_interval
         self.publish_interval = publish_interval
         self.request_timeout = request_timeout
@@ -188,7 +194,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         for pub, cell in self.cells.items():
             self._wire_cell(cell)
         for author in self.dht.foreign_authors():
-            self.chains[author] = validate_chain(self.store.chain(author), self.dna, APP,
+            self.chains[author] = validate_chain(self.store.chain(author), self.dna, self.app,
                                                  self.store.entries_of(author))
         for wire in self.dht.warrants():
             w = warrant.from_wire(wire)
@@ -201,7 +207,6 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         return super()._add_cell(cell)
 
     def _wire_cell(self, cell) -> None:
-        cell.rogue = self.rogue
         cell.on_commit = self._on_local_commit
         self._maybe_unpublished = True  # its genesis was written before it was wired
         if hasattr(self, "_publish_kick"):
@@ -688,7 +693,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if cs is None:
                 new = validate_genesis(s, self.dna)
             else:
-                new = validate_next(cs, s, self.dna, APP, entry if is_create else None,
+                new = validate_next(cs, s, self.dna, self.app, entry if is_create else None,
                                     now_us=self.now_us())
         except InvalidChain as e:
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
@@ -697,7 +702,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
             await self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
-        index = APP.entry_def(s.action["entry_type"]).index(decode(entry)["content"]) \
+        index = self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"]) \
             if is_create else ()
         await self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
@@ -709,7 +714,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.metrics["ops_validated"] += 1
         self._gossip_quiet = 0
         self._changed()
-        if s.action.get("type") == "create" and s.action["entry_type"] == "allocation":
+        if s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry:
             self._spawn(self._claim_if_local, decode(entry)["content"])
 
     async def _refuse(self, e: InvalidChain, s: Signed, entry, peer, fetch: bool,
@@ -754,7 +759,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
                     return self._to_limbo(s, entry, peer, True, vouch)
-                validate_next(anchor, s, self.dna, APP, entry if is_create else None,
+                validate_next(anchor, s, self.dna, self.app, entry if is_create else None,
                               now_us=self.now_us())
         except InvalidChain as e:
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
@@ -976,7 +981,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
         await self.refresh_agent(pub)
-        return [record_dict(Signed.from_store(b, s), e)
+        return [record_dict(Signed.from_store(b, s), e, self.app)
                 for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
 
     async def fetch_record(self, action_hash: str) -> dict:
@@ -1003,7 +1008,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         found = self._record(from_text("action", action_hash))
         if found is None:
             return super().get_record(action_hash)  # raises NotFound
-        return record_dict(*found)
+        return record_dict(*found, self.app)
 
     async def allocate(self, steward, grantee: bytes, amount_mru: int) -> AllocationResult:
         if grantee in self.cells:
@@ -1012,7 +1017,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
                            self.now_us(), self.randbytes(16))
         sig = steward.key.sign(encode(grant))
-        allocation = await steward.create_entry("allocation", {"grant": grant, "sig": sig})
+        allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = None
         host = self.agent_hosts.get(grantee)
         if host is not None:

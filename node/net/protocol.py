@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core.encoding import decode, encode, encode_trusted
-from ..core.errors import BudgetError, MalformedInput
+from ..core.errors import BudgetError, InternalError, MalformedInput, ProtocolError  # noqa: F401
 from .transport import MAX_FRAME
 
 MAX_OPS_PER_MESSAGE = 256      # actions in one publish or chain reply
@@ -14,14 +14,6 @@ MAX_PEERS_PER_MESSAGE = 512    # per exchange (~240 B each): those the asker lac
 
 REQUESTS = frozenset({"dna", "hello", "peers", "publish", "chain", "record", "summary", "warrants",
                       "grant"})
-
-
-class ProtocolError(BudgetError):
-    code = "E_PROTOCOL"
-
-
-class InternalError(BudgetError):
-    code = "E_INTERNAL"
 
 
 # Frames this node builds skip the plain-data walk (encode_trusted): they carry values it made

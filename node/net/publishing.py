@@ -109,8 +109,8 @@ class Publishing:
             for p in sorted(targets[s.hash] - receipted[s.hash]):
                 (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
-        if "fork" in self.rogue:
-            by_peer, later = self._rogue_fork(by_peer), self._rogue_fork(later)
+        if self.outgoing is not None:  # a test's adversary (sims.rogue); never in production
+            by_peer, later = self.outgoing(self, by_peer), self.outgoing(self, later)
 
         prevs: dict[bytes, list | None] = {}
 
@@ -204,28 +204,6 @@ class Publishing:
                 if refused:
                     self.metrics["own_ops_refused"] += 1
         return all(v in FINAL for got in outcome.values() for v in got.values())
-
-    def _rogue_fork(self, by_peer: dict) -> dict:
-        """Adversarial test mode "fork" (off unless a test or simulation asks): every other
-        target of each own create action gets a twin instead: same seq, same entry, stamped 1 µs
-        later and signed by the author, so two valid-looking histories split the authorities."""
-        twins = self.__dict__.setdefault("rogue_twins", {})  # original hash -> twin
-        out = {}
-        for i, peer in enumerate(sorted(by_peer)):
-            batch = by_peer[peer]
-            if i % 2:
-                forked = []
-                for s in batch:
-                    cell = self.cells.get(s.author)
-                    if cell is not None and s.seq >= 1 and s.action.get("type") == "create":
-                        if s.hash not in twins:
-                            twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1),
-                                                        cell.key)
-                        s = twins[s.hash]
-                    forked.append(s)
-                batch = forked
-            out[peer] = batch
-        return out
 
     def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
         """A node sent an action as an author-key authority that knows an authority the

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Protocol
 
-from ..core.errors import BudgetError
+from ..core.errors import PeerUnreachable  # noqa: F401 (raised by every transport)
 
 MAX_FRAME = 4 << 20  # one request or reply, after which the stream is refused
 
 # handler(peer_id, request_bytes) -> reply_bytes. Peer ids are the peer's 32-byte Ed25519 key.
 Handler = Callable[[bytes, bytes], Awaitable[bytes]]
-
-
-class PeerUnreachable(BudgetError):
-    code = "E_PEER_UNREACHABLE"
 
 
 class Transport(Protocol):

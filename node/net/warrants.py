@@ -6,8 +6,6 @@ it; a fetched history must validate in full, so nobody can frame an honest autho
 """
 from __future__ import annotations
 
-from zomes import APP
-
 from ..core import warrant
 from ..core.action import Signed
 from ..core.encoding import encode
@@ -20,7 +18,7 @@ MAX_WARRANTS_PER_OFFENDER = 3
 MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
 
 
-def prefix_state(records: list, seq: int, dna) -> ChainState | None:
+def prefix_state(records: list, seq: int, dna, app) -> ChainState | None:
     """The state after records 0..seq-1 of a chain, or None if they are not all there or do
     not validate."""
     if len(records) != seq:
@@ -28,7 +26,7 @@ def prefix_state(records: list, seq: int, dna) -> ChainState | None:
     try:
         prefix = [Signed.from_wire(b, sg) for b, sg, _ in records]
         entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
-        return validate_chain(prefix, dna, APP, entries)
+        return validate_chain(prefix, dna, app, entries)
     except (BudgetError, TypeError, ValueError):  # InvalidChain included
         return None
 
@@ -108,7 +106,7 @@ class Warrants:
             anchor = step_anchor(evidence[1], s, self.dna)
             if anchor is not None:
                 try:
-                    validate_next(anchor, s, self.dna, APP, entry)
+                    validate_next(anchor, s, self.dna, self.app, entry)
                 except InvalidChain as e:
                     if proves(e.reason):
                         return True
@@ -124,11 +122,11 @@ class Warrants:
         for source in sources:
             records = self.dht.records(w.offender, 0, seq) if source is None else \
                 await self._fetch_prefix(w.offender, seq, source)
-            cs = prefix_state(records, seq, self.dna)
+            cs = prefix_state(records, seq, self.dna, self.app)
             if cs is None:
                 continue
             try:
-                validate_next(cs, s, self.dna, APP, entry)
+                validate_next(cs, s, self.dna, self.app, entry)
             except InvalidChain as e:
                 return proves(e.reason)
             return False

@@ -1,5 +1,5 @@
 """memory integrity: understandings (triples with context), composed memories, triple validations."""
-from node.core.app import EntryDef, need_hash, need_keys, need_text
+from node.core.app import EntryDef, IntegrityZome, need_hash, need_keys, need_text, readable_ids
 from node.core.errors import InvalidInput
 
 MAX_REFS = 100
@@ -31,13 +31,22 @@ def validate_triple_check(c):
         raise InvalidInput("known must be a count")
 
 
-ENTRY_DEFS = [
-    EntryDef("understanding", "transmit_understanding", validate_understanding,
-             lambda c: [("subject", c["subject"]), ("triple", _key(c))]),
-    EntryDef("composed_memory", "compose_memories", validate_composed),
-    EntryDef("triple_validation", "validate_triple", validate_triple_check),
-]
-
-
 def _key(c) -> str:
     return "\x1f".join((c["subject"], c["predicate"], c["object"]))
+
+
+ZOME = IntegrityZome(
+    "memory", rules_version=1,
+    entry_defs=(
+        EntryDef("understanding", "transmit_understanding", validate_understanding,
+                 lambda c: [("subject", c["subject"]), ("triple", _key(c))],
+                 keys=("subject", "triple")),
+        EntryDef("composed_memory", "compose_memories", validate_composed,
+                 present=readable_ids(agent="agent", refs="action")),
+        EntryDef("triple_validation", "validate_triple", validate_triple_check),
+    ),
+    costs={"transmit_understanding": 3_000,  # 1 transmit + 2 validate
+           "recall_understandings": 100,     # per result returned
+           "compose_memories": 5_000, "validate_triple": 2_000},
+    per_result=("recall_understandings",),
+)

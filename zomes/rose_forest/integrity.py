@@ -1,5 +1,5 @@
 """rose_forest integrity: knowledge, edges between entries, thought credentials."""
-from node.core.app import EntryDef, need_hash, need_keys, need_text
+from node.core.app import EntryDef, IntegrityZome, need_hash, need_keys, need_text, readable_ids
 from node.core.errors import InvalidInput
 
 MAX_TEXT = 16 * 1024
@@ -28,9 +28,14 @@ def validate_credential(c):
     need_text(c, "body", MAX_TEXT)
 
 
-ENTRY_DEFS = [
-    EntryDef("knowledge", "add_knowledge", validate_knowledge,
-             lambda c: [("tag", t) for t in c["tags"]]),
-    EntryDef("edge", "link_edge", validate_edge, lambda c: [("edge_from", c["from"].hex())]),
-    EntryDef("thought_credential", "create_thought_credential", validate_credential),
-]
+ZOME = IntegrityZome(
+    "rose_forest", rules_version=1,
+    entry_defs=(
+        EntryDef("knowledge", "add_knowledge", validate_knowledge,
+                 lambda c: [("tag", t) for t in c["tags"]], keys=("tag",)),
+        EntryDef("edge", "link_edge", validate_edge, lambda c: [("edge_from", c["from"].hex())], keys=("edge_from",),
+                 present=readable_ids(**{"from": "action", "to": "action"})),
+        EntryDef("thought_credential", "create_thought_credential", validate_credential),
+    ),
+    costs={"add_knowledge": 33_000, "link_edge": 3_000, "create_thought_credential": 10_000},
+)
