@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import trio
+import trio.testing
 
 from node.core import dht
 from node.core import warrant as W
@@ -343,3 +344,52 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
                 news[0] = trio.Event()
                 await news[0].wait()
         assert any(n.warranted for n in c.nodes[:2])
+
+
+async def test_a_background_task_that_fails_on_peer_data_does_not_stop_the_node(
+        clock, autojump_clock):
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
+        node = c.nodes[0]
+
+        async def unpack_garbage():
+            h, status, receipt = [b"x"]  # what peer data did to the publisher in issue 14
+        node._spawn(unpack_garbage)
+        await trio.testing.wait_all_tasks_blocked()
+        assert node.metrics["task_errors"] == 1 and "ValueError" in node.last_task_error
+        alice = await node.new_agent()  # still running, still publishing
+        await alice.transmit_understanding("the node", "survived", "its task")
+        await c.await_consistency(timeout=60)
+
+
+async def test_every_fetch_treats_a_malformed_reply_as_no_answer(clock, autojump_clock):
+    """The chain, record and prev fetches, warrant proofs, hello, peer swaps and grants each
+    unpacked replies as the publisher and gossip did: each now gets no answer instead."""
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=2,
+                                 gossip_interval=1e6) as c:
+        honest, liar = c.nodes
+        bob = await liar.new_agent()
+        await bob.transmit_understanding("bob", "writes", "twice")
+        await c.await_consistency(timeout=60)
+        pub = from_text("agent", bob.agent_id)
+        s = liar.dht.action_at(pub, 1)
+        garbage = {"records": [[b"x"]], "record": [b"x"], "info": 5, "infos": [5],
+                   "granted": "lots", "results": 5}
+        hostile(c, liar, {t: garbage for t in ("chain", "record", "hello", "peers", "grant")})
+        before = honest._head(pub)
+        assert await honest._fetch_prefix(pub, 2, liar.id) == []
+        await honest._fetch_chain(pub, liar.id)
+        await honest._check_fork_at(pub, liar.id, 0)
+        assert liar.id not in honest.peers  # three failed exchanges in a row: dropped
+        assert await honest._prev_of(s, liar.id, None) is None
+        with pytest.raises(BudgetError):
+            await honest._hello(liar.id)
+        with pytest.raises(BudgetError):
+            await honest._refresh_peers(liar.id)
+        g = await honest.steward.allocate_budget(bob.agent_id, 50)
+        assert not g.claimed  # no answer from the grantee's node: it claims the record later
+        assert honest._head(pub) == before and honest.warranted == {}
+        assert honest.metrics["malformed_replies"] == 7
+        assert honest.malformed_count(liar.id) == 7
+        # and the honest node, still running, writes and is served as before
+        alice = await honest.new_agent()
+        await alice.transmit_understanding("alice", "is", "fine")

@@ -268,9 +268,17 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         return self._info
 
     def _spawn(self, fn, *args) -> None:
-        """Background work; a node that is shutting down starts none."""
+        """Background work; a node that is shutting down starts none. Whatever such a task
+        raises (a refusal, or a bug that peer data reached) is counted and kept for
+        diagnostics, never let into the node's nursery, where it would stop the node."""
+        async def guarded():
+            try:
+                await fn(*args)
+            except Exception as e:  # trio.Cancelled is a BaseException: shutdown still works
+                self.metrics["task_errors"] += 1
+                self.last_task_error = f"{getattr(fn, '__name__', fn)}: {e!r}"[:512]
         try:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(guarded)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
 
@@ -967,7 +975,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                         self._spawn(self._register_activity, h, sender)
             for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
                 self.limbo.pop(h, None)
-                status = await self._accept(s, entry, peer, op=op, vouch=vouch)
+                try:
+                    status = await self._accept(s, entry, peer, op=op, vouch=vouch)
+                except BudgetError:  # refused on its way in again: gossip may bring it anew
+                    self.metrics["limbo_refused"] += 1
+                    continue
                 if status == "pending" and h in self.limbo:
                     if tries + 1 >= LIMBO_ATTEMPTS:
                         self.limbo.pop(h)
