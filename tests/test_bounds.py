@@ -3,6 +3,7 @@ use to evict honest state or to lift a warrant."""
 import trio
 
 from node.app.events import EventHub
+from node.core import dht
 from node.core import warrant as W
 from node.core.action import Signed
 from node.core.crypto import SigningKey, from_text
@@ -133,6 +134,20 @@ def test_strikes_count_per_window_back_off_and_never_evict_a_backed_off_peer():
     assert s2.untracked == 1 and s2.backed_off(a, 2) and s2.backed_off(c, 2)
     s2.strike(d, 200)                                   # both expired: room again
     assert s2.count(d) == 1 and len(s2) == 1
+
+
+async def test_a_full_peer_table_keeps_the_peers_it_knows(clock, autojump_clock, monkeypatch):
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory") as c:
+        node = c.nodes[0]
+        known = set(node.peers)
+        monkeypatch.setattr(node_module, "MAX_PEERS", len(known))
+        stranger = SigningKey(b"\x0f" * 32)
+        fresh = P.PeerInfo.parse(dht.peer_info(stranger, node.dna.hash, ["mem://x"], [], 1 << 60))
+        assert node._add_peer(fresh) is None and set(node.peers) == known
+        assert node.metrics["peers_full"] == 1
+        # a dead peer leaving makes room
+        node._drop(c.nodes[1].id)
+        assert node._add_peer(fresh) == stranger.public
 
 
 def test_protocol_and_node_bounds_agree():

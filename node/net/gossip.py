@@ -55,6 +55,8 @@ class Gossip:
                     await self._gossip_with(self._gossip_partner())
             except BudgetError:
                 self.metrics["gossip_failures"] += 1
+            except Exception as e:  # whatever a peer's data reached: this round only
+                self._task_failed("gossip", e)
 
     async def _probe_dropped(self, peer: bytes) -> None:
         """A dropped peer may be back (a healed partition, a restart nobody told us about):

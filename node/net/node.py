@@ -275,12 +275,15 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             try:
                 await fn(*args)
             except Exception as e:  # trio.Cancelled is a BaseException: shutdown still works
-                self.metrics["task_errors"] += 1
-                self.last_task_error = f"{getattr(fn, '__name__', fn)}: {e!r}"[:512]
+                self._task_failed(getattr(fn, "__name__", "task"), e)
         try:
             self._nursery.start_soon(guarded)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
+
+    def _task_failed(self, what: str, e: Exception) -> None:
+        self.metrics["task_errors"] += 1
+        self.last_task_error = f"{what}: {e!r}"[:512]
 
     def _add_peer(self, info: P.PeerInfo) -> bytes | None:
         peer = info.peer
@@ -292,13 +295,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return peer  # a replayed or older info changes nothing: not worth a verify
         if peer in self._dropped and self._dropped[peer].ts >= info.ts:
             return None  # the info of a peer found dead: only a fresher one (it is back) counts
+        if old is None and len(self.peers) >= MAX_PEERS:
+            # Full: the peers known stay (Kademlia's rule). Identities cost nothing, so making
+            # room for new ones would let anyone flush the table; a dead peer leaves by _drop.
+            self.metrics["peers_full"] += 1
+            return None
         if dht.check_peer_info(info.to_wire(), self.dna.hash) is None:
             return None
         self._dropped.pop(peer, None)
-        if old is None and len(self.peers) >= MAX_PEERS:
-            oldest = min(self.peers, key=lambda p: self.peers[p].ts)
-            del self.peers[oldest]
-            self._near.changed(oldest, False)
         self.peers[peer] = info
         self._table_version += 1
         self._unsaved_peers[peer] = info
@@ -885,12 +889,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """The action before `s`: the one sent along if it is that one, else the sender's."""
         if (prev is None or prev.hash != s.action.get("prev")) and peer is not None:
             self.metrics["op_prev_fetched"] += 1
-            try:
-                rep = await self._request(peer, "chain", author=s.author,
-                                          **{"from": s.seq - 1}, limit=1)
-            except BudgetError:
-                return None
-            prev = rep.records[0].action if rep.records else None
+            records = await self._ask_chain(peer, s.author, s.seq - 1, 1)
+            prev = records[0].action if records else None
         return prev
 
     def _to_limbo(self, s: Signed, entry, peer, op: bool = False, vouch=None) -> str:
@@ -912,18 +912,24 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return
             limit = P.MAX_OPS_PER_MESSAGE if upto is None else min(P.MAX_OPS_PER_MESSAGE,
                                                                   upto - start + 1)
-            try:
-                rep = await self._request(peer, "chain", author=author, **{"from": start},
-                                          limit=limit)
-            except BudgetError:
-                return
-            for record in rep.records[:limit]:
+            records = await self._ask_chain(peer, author, start, limit)
+            for record in records:
                 self.metrics["history_fetched"] += 1
                 status = await self._accept(record.action, record.entry, peer, fetch=False)
                 if status != "valid":
                     return
-            if len(rep.records) < limit:
+            if len(records) < limit:
                 return
+
+    async def _ask_chain(self, peer: bytes, author: bytes, start: int, limit: int) -> tuple:
+        """`author`'s records from seq `start`, at most `limit`, as `peer` holds them: every
+        chain fetch asks through here. No answer, a refusal or garbage is no records."""
+        try:
+            rep = await self._request(peer, "chain", author=author, **{"from": start},
+                                      limit=limit)
+        except BudgetError:
+            return ()
+        return rep.records[:limit]
 
     def _spawn_fetch(self, author: bytes, peer: bytes, seq: int) -> None:
         if author in self._fetching or len(self._fetching) >= 4 * MAX_PARALLEL_FETCHES:
@@ -942,11 +948,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._spawn(run)
 
     async def _check_fork_at(self, author: bytes, peer: bytes, seq: int) -> None:
-        try:
-            rep = await self._request(peer, "chain", author=author, **{"from": seq}, limit=1)
-        except BudgetError:
-            return
-        for record in rep.records[:1]:
+        for record in await self._ask_chain(peer, author, seq, 1):
             await self._accept(record.action, record.entry, peer, fetch=False)
 
     async def _claim_if_local(self, content: dict) -> None:
@@ -977,8 +979,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 self.limbo.pop(h, None)
                 try:
                     status = await self._accept(s, entry, peer, op=op, vouch=vouch)
-                except BudgetError:  # refused on its way in again: gossip may bring it anew
-                    self.metrics["limbo_refused"] += 1
+                except Exception as e:  # refused on its way in: gossip may bring it anew
+                    self._task_failed("limbo", e)
                     continue
                 if status == "pending" and h in self.limbo:
                     if tries + 1 >= LIMBO_ATTEMPTS:

@@ -157,15 +157,11 @@ class Warrants:
         if source == self.id or source not in self.peers:
             return records
         while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
-            try:
-                rep = await self._request(source, "chain", author=author,
-                                          **{"from": len(records)},
-                                          limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
-            except BudgetError:
+            got = await self._ask_chain(source, author, len(records),
+                                        min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+            if not got:
                 return records
-            if not rep.records:
-                return records
-            records.extend(rep.records[:seq - len(records)])
+            records.extend(got)
         return records
 
     def warrants(self) -> list[Warrant]:
