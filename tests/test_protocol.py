@@ -10,7 +10,7 @@ import trio.testing
 from node.core import dht
 from node.core import warrant as W
 from node.core.action import Signed, grant_body
-from node.core.crypto import SigningKey, blake2b_256, from_text
+from node.core.crypto import SigningKey, from_text
 from node.core.encoding import decode, encode, encode_trusted
 from node.core.errors import BudgetError, MalformedInput
 from node.net import node as node_module

@@ -4,6 +4,10 @@ re-derive every budget, gossip what publishing missed, and warrant rule-breakers
 Every action that reaches this node from outside (publish, gossip, query, warrant
 evidence) goes through one path, `_accept`, which validates it against this node's own
 view of the author's chain, fetching missing history from the peer that sent it.
+
+(Over 500 lines: the peer table, the request handlers, the chain fetches and the one way in
+still share NetNode's state; splitting them into components with explicit dependencies is the
+part of issue 14 not done yet.)
 """
 from __future__ import annotations
 
