@@ -304,6 +304,43 @@ async def test_inbound_handlers_are_bounded():
         assert peak == 4
 
 
+async def test_inbound_streams_waiting_for_a_handler_are_bounded_too():
+    """max_inbound handlers run; max_waiting more streams queue; past that a stream is reset at
+    once (the requester sees PeerUnreachable) instead of queueing without bound."""
+    inside = 0
+    release = trio.Event()
+
+    async def slow(peer: bytes, payload: bytes) -> bytes:
+        nonlocal inside
+        inside += 1
+        await release.wait()
+        return payload
+
+    async with open_libp2p_transport(seed(10), slow, max_inbound=2, max_waiting=3) as srv, \
+            open_libp2p_transport(seed(11), slow) as cli:
+        with trio.fail_after(10):
+            await cli.connect(srv.listen_addrs()[0])
+        results, refused, three_refused = [], [], trio.Event()
+
+        async def one(i):
+            try:
+                results.append(await cli.request(srv.peer_id, b"%d" % i, timeout=20))
+            except PeerUnreachable:
+                refused.append(i)
+                if len(refused) == 3:
+                    three_refused.set()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                for i in range(8):
+                    n.start_soon(one, i)
+                await wait_until(srv, lambda: inside == 2 and srv._waiting == 3
+                                 and srv.refused_inbound == 3, 10)
+                await three_refused.wait()  # the resets reach the requesters
+                release.set()
+        assert len(results) == 5 and len(refused) == 3
+
+
 async def test_no_fd_leak_over_20_start_stop_cycles():
     async def cycle():
         async with hosts(2, first=8) as ([a, b], _):

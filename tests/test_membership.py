@@ -82,7 +82,7 @@ async def test_peer_info_is_resigned_only_when_it_changes(clock, autojump_clock)
         await n.new_agent()
         newer = n._my_info()
         assert newer["body"]["ts"] > first["body"]["ts"] and len(newer["body"]["agents"]) == len(first["body"]["agents"]) + 1
-        await until(c.nodes[1], lambda: c.nodes[1].peers[n.id]["body"]["ts"] >=
+        await until(c.nodes[1], lambda: c.nodes[1].peers[n.id].ts >=
                     newer["body"]["ts"])
 
 
@@ -150,12 +150,12 @@ async def test_peer_exchanges_carry_only_what_each_side_lacks(clock, autojump_cl
         await until(n0, lambda: n0._table_digest() == n1._table_digest())
         digest, have = n0._table_digest()
         rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
-        assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id]
+        assert [i.peer for i in rep.infos] == [n1.id]
         # A table that differs (here: one peer forgotten) gets exactly the infos it lacks.
         n0._forget_peer(c.nodes[3].id)
         digest, have = n0._table_digest()
         rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
-        assert [i["body"]["peer"] for i in rep["infos"]] == [n1.id, c.nodes[3].id]
+        assert [i.peer for i in rep.infos] == [n1.id, c.nodes[3].id]
         assert await n0._refresh_peers(n1.id) == 1 and c.nodes[3].id in n0.peers
         # And the other way: the answerer names what it holds, and is sent what it lacks.
         n1._forget_peer(c.nodes[3].id)
@@ -183,7 +183,7 @@ async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(clo
                                 bootstrap=boot, dna=c.nodes[0].dna, gossip_interval=1e6) as n:
             assert n.id == me
             # the others hold its new info (it told them), and it routes to them
-            await until([n, c], lambda: all(me in o.peers and o.peers[me]["body"]["ts"] > before
+            await until([n, c], lambda: all(me in o.peers and o.peers[me].ts > before
                                        for o in c.nodes[1:])
                         and {c.nodes[1].id, c.nodes[2].id} <= set(n.peers))
 
@@ -260,7 +260,7 @@ async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(
         await n0._probe_dropped(n1.id)
         assert n1.id in n0.peers and n1.id not in n0._dropped
         fresh = n1._my_info()["body"]["ts"]
-        assert fresh > ts and n0.peers[n1.id]["body"]["ts"] == fresh  # the reply brought it
+        assert fresh > ts and n0.peers[n1.id].ts == fresh  # the reply brought it
         clock[0] += 10
         await n0._probe_dropped(n1.id)  # not dropped now: nothing is sent
         n0._dropped[n1.id] = n0.peers[n1.id]

@@ -118,7 +118,7 @@ async def test_fork_is_warranted_everywhere(clock, autojump_clock):
         target = next(n for n in c.nodes[1:] if n._head(cell.key.public) == (orig.seq, orig.hash))
         batch = W.sign_batch(ops, target.id, c.nodes[0].now_us(), c.nodes[0].node_key)
         rep = await c.nodes[0]._request(target.id, "publish", ops=ops, batch=batch)
-        assert rep["results"][0][1] == "invalid"
+        assert rep.results[0].status == "invalid"
         with trio.fail_after(60):
             while not all(cell.key.public in n.warranted for n in c.nodes):
                 await c.wait_changed()
@@ -147,9 +147,9 @@ async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, a
         assert not target.dht.has_action(s.hash)
         ops = [[s.body, s.sig, a.dht.entry(s.action["entry"])]]
         unchecked = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x02" * 64)
-        out = P.parse_reply(await target._handle(
+        out = P.parse_reply("publish", await target._handle(
             a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)))
-        assert out["results"][0][1] == "valid" and target.dht.has_action(s.hash)
+        assert out.results[0].status == "valid" and target.dht.has_action(s.hash)
         c.network.heal()
         await c.await_consistency(timeout=30)
         cell = a.cells[pub]
@@ -169,7 +169,7 @@ async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, a
         # Under a good signature the same publish is the sender's doing: warranted for it.
         ok = W.sign_batch(ops, target.id, a.now_us(), a.node_key)
         rep = await a._request(target.id, "publish", ops=ops, batch=ok)
-        assert [r[1] for r in rep["results"]] == ["valid", "invalid"]
+        assert [r.status for r in rep.results] == ["valid", "invalid"]
         w = target.warranted[a.id]
         assert w.kind == "peer" and w.reason == "bad_signature" and W.peer_proven(w)
 
@@ -215,7 +215,7 @@ async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
         batch = W.sign_batch(ops, target.id, a.now_us(), a.node_key)
         for _ in range(3):
             rep = await a._request(target.id, "publish", ops=ops, batch=batch)
-            assert rep["results"][0][1] == "valid"
+            assert rep.results[0].status == "valid"
         # a batch signed for another node is refused
         other = W.sign_batch(ops, a.id, a.now_us(), a.node_key)
         out = await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=other))

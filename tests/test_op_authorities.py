@@ -8,6 +8,7 @@ import trio.testing
 
 from node.core import dht
 from node.core.crypto import SigningKey, from_text, to_text
+from node.net import protocol as P
 from node.net.node import NetNode
 from node.sdk import InsufficientRU, LocalCluster, Warranted
 
@@ -71,7 +72,7 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
         async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=1,
                                 dna=c.nodes[0].dna) as fresh:
             assert w.offender not in fresh.chains
-            assert await fresh._receive_warrant(w.to_wire(), c.nodes[0].id)
+            assert await fresh._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
 
 
@@ -128,10 +129,10 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
         sender = c.nodes[0].id
         assert await holder._accept(s, entry, sender, op=True,
-                                    prev=[prev.body, prev.sig]) == "valid"
+                                    prev=prev) == "valid"
         assert pub not in holder.warranted
         assert await holder._accept(twin, entry, sender, op=True,
-                                    prev=[prev.body, prev.sig]) == "invalid"
+                                    prev=prev) == "invalid"
         w = holder.warranted[pub]
         assert (w.kind, w.body["seq"]) == ("fork", s.seq)
         assert {e.hash for e in w.evidence()} == {s.hash, twin.hash}
@@ -154,7 +155,7 @@ async def test_a_chain_that_brings_the_twin_of_an_op_held_alone_is_a_fork(clock,
                       not n.dht.has_action(s.hash))
         sender = c.nodes[0].id
         assert await holder._accept(twin, entry, sender, op=True,
-                                    prev=[prev.body, prev.sig]) == "valid"
+                                    prev=prev) == "valid"
         assert pub not in holder.chains and pub not in holder.warranted
         assert await holder._accept(s, entry, sender) == "invalid"  # fetches the history first
         w = holder.warranted[pub]

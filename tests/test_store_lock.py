@@ -67,7 +67,7 @@ async def gossip_rounds(node, peer, n: int) -> None:
     talks to its peers)."""
     got = [0]
     seen = trio.Event()
-    serve = peer._on_summary
+    serve = peer._handlers["summary"]
 
     async def counting(sender, msg):
         if sender == node.id:
@@ -75,12 +75,12 @@ async def gossip_rounds(node, peer, n: int) -> None:
             if got[0] >= n:
                 seen.set()
         return await serve(sender, msg)
-    peer._on_summary = counting
+    peer._handlers["summary"] = counting
     try:
         with trio.fail_after(60):
             await seen.wait()
     finally:
-        del peer._on_summary
+        peer._handlers["summary"] = serve
 
 
 async def test_a_node_serves_while_another_connection_holds_the_write_lock(
@@ -110,9 +110,9 @@ async def test_a_node_serves_while_another_connection_holds_the_write_lock(
                 assert n0.store.lock_waits == 2
                 # the node answers requests and runs its tasks while its writes wait
                 rep = await n1._request(n0.id, "hello", info=n1._my_info())
-                assert rep["info"]["body"]["peer"] == n0.id
+                assert rep.info.peer == n0.id
                 rep = await n1._request(n0.id, "record", hash=before[pa][-1][1])
-                assert rep["record"] is not None
+                assert rep.record is not None
                 await gossip_rounds(n0, n1, 2)
                 assert "a" not in written and "a2" not in written
                 assert n0.store.lock_waits == 3  # the publish reached node 0 and waits too
@@ -208,7 +208,7 @@ async def test_a_second_process_writing_to_the_store_does_not_stop_the_node(tmp_
                 await trio.testing.wait_all_tasks_blocked()
                 assert n0.store.lock_waits == 1
                 rep = await n1._request(n0.id, "hello", info=n1._my_info())
-                assert rep["info"]["body"]["peer"] == n0.id
+                assert rep.info.peer == n0.id
                 await gossip_rounds(n0, n1, 1)
                 assert "h" not in mine
                 await holder.stdin.send_all(b"go\n")

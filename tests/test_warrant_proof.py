@@ -7,6 +7,8 @@ from node.core import warrant as W
 from node.core.action import Signed
 from node.core.crypto import SigningKey, from_text
 from node.core.encoding import encode
+from node.net import protocol as P
+from node.net.messages import Record
 from node.sdk import LocalCluster, Warranted
 
 
@@ -55,8 +57,8 @@ async def test_history_with_a_record_left_out_frames_nobody(clock, autojump_cloc
         pub = from_text("agent", a.agent_id)
         chain = c.nodes[0].store.chain(pub)
         s = chain[-1]
-        honest = [[x.body, x.sig, c.nodes[0].dht.entry(x.action["entry"])
-                   if x.action.get("type") == "create" else None] for x in chain[:s.seq]]
+        honest = [Record(x, c.nodes[0].dht.entry(x.action["entry"])
+                         if x.action.get("type") == "create" else None) for x in chain[:s.seq]]
         framer = SigningKey(b"\x07" * 32)
         w = W.make("invalid", pub, "over_spend", s.seq, [s], framer, c.nodes[0].now_us(),
                    entry=c.nodes[0].dht.entry(s.action["entry"]))
@@ -82,13 +84,13 @@ async def test_wrong_entry_bytes_blame_the_messenger_not_the_author(clock, autoj
         w = W.make("invalid", pub, "entry_hash_mismatch", s.seq, [s, prev],
                    SigningKey(b"\x07" * 32), c.nodes[0].now_us(), entry=wrong)
         for node in c.nodes:
-            assert not await node._receive_warrant(w.to_wire(), c.nodes[1].id)
+            assert not await node._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[1].id)
         # ...and a node that is handed the action with wrong bytes refuses it without a warrant.
         target = next(n for n in c.nodes if not n.dht.has_action(s.hash))
         ops = [[s.body, s.sig, wrong, [prev.body, prev.sig]]]
         batch = W.sign_batch(ops, target.id, c.nodes[1].now_us(), c.nodes[1].node_key)
         rep = await c.nodes[1]._request(target.id, "publish", ops=ops, batch=batch)
-        assert rep["results"][0][1] == "invalid"
+        assert rep.results[0].status == "invalid"
         assert not target.dht.has_action(s.hash)
         await trio.testing.wait_all_tasks_blocked()
         assert all(pub not in n.warranted for n in c.nodes)
@@ -126,10 +128,10 @@ async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin
         assert judge.dht.in_chain(s1.hash) and judge.dht.in_chain(s2.hash)
         framing = W.make("invalid", pub, "bad_prev", s2.seq, [s2, s1], issuer.node_key,
                          issuer.now_us())
-        assert not await judge._receive_warrant(framing.to_wire(), issuer.id)
+        assert not await judge._receive_warrant(P.WarrantMsg.parse(framing.to_wire()), issuer.id)
         assert pub not in judge.warranted
         w = W.make("invalid", pub, "bad_prev", s2.seq, [s2, twin], issuer.node_key,
                    issuer.now_us())
         assert W.prev_mismatch_proven(w) and not W.prev_mismatch_proven(framing)
-        assert await judge._receive_warrant(w.to_wire(), issuer.id)
+        assert await judge._receive_warrant(P.WarrantMsg.parse(w.to_wire()), issuer.id)
         assert pub in judge.warranted

@@ -5,6 +5,10 @@ commit, validated foreign action, publish and warrant); after each change it com
 subscribed agent's BudgetStatus with what that subscriber last got and queues what differs.
 Nothing polls a clock.
 
+Which warrants were pushed already is one number, not a table: a node's `warrants_by_hash` only
+grows, in order (a warrant is never forgotten, and the node bounds how many it keeps), so the
+warrants past the first `_seen` are the new ones. Nothing here grows with the warrants.
+
 Each subscriber has a bounded queue. When it is full the *oldest* event is dropped and counted;
 the subscriber then gets `{"type": "overflow", "dropped": n}` before the events that follow, so a
 slow consumer never stalls the node nor loses the newest budget state (a budget event carries the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import islice
 
 import trio
 
@@ -81,7 +86,7 @@ class EventHub:
     def __init__(self, node):
         self.node = node
         self.subscribers: set[Subscriber] = set()
-        self._seen_warrants = set(getattr(node, "warrants_by_hash", {}))
+        self._seen = len(getattr(node, "warrants_by_hash", {}))  # warrants already pushed
         self.dropped = 0
         self.scan_errors = 0
 
@@ -115,10 +120,10 @@ class EventHub:
 
     def scan(self) -> None:
         """Queue what changed since the last scan (synchronous: no change slips in between)."""
-        new = [w for h, w in getattr(self.node, "warrants_by_hash", {}).items()
-               if h not in self._seen_warrants]
+        known = getattr(self.node, "warrants_by_hash", {})
+        new = list(islice(known.values(), self._seen, None))
+        self._seen = len(known)
         for w in new:
-            self._seen_warrants.add(w.hash)
             ev = warrant_event(w)
             for sub in self.subscribers:
                 sub.queue.put(ev)

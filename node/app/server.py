@@ -38,7 +38,9 @@ log = logging.getLogger("budgetnode.app")
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    # hex, not base64url: a token starting with "-" (1 in 64 did) reads as an option to
+    # `budgetnode --token TOKEN`, and the operator's next command fails
+    return secrets.token_hex(32)
 
 
 def node_status(node) -> dict:

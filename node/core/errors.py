@@ -81,7 +81,8 @@ class StoreCorrupted(BudgetError):
 
 
 class StoreBusy(BudgetError):
-    """Another network node already runs on this store (two would answer for one node key)."""
+    """Another network node already runs on this store (two would answer for one node key), or
+    another process held the store's write lock past the bound a write waits for it."""
     code = "E_STORE_BUSY"
 
 
@@ -120,6 +121,12 @@ class WrongNetwork(InvalidInput):
 
 class PeerUnreachable(BudgetError):
     code = "E_PEER_UNREACHABLE"
+
+
+class MalformedReply(PeerUnreachable):
+    """A reply that does not parse: the exchange failed, as if the peer had not answered (a
+    messenger's garbage proves nothing about anyone else)."""
+    code = "E_MALFORMED_REPLY"
 
 
 class ProtocolError(BudgetError):

@@ -55,11 +55,13 @@ class Gossip:
                     await self._gossip_with(self._gossip_partner())
             except BudgetError:
                 self.metrics["gossip_failures"] += 1
+            except Exception as e:  # whatever a peer's data reached: this round only
+                self._task_failed("gossip", e)
 
     async def _probe_dropped(self, peer: bytes) -> None:
         """A dropped peer may be back (a healed partition, a restart nobody told us about):
         greet it; its reply brings a fresh info, which re-admits it."""
-        if peer not in self._dropped or peer in self._probing:
+        if peer not in self._dropped or peer in self._probing or self._backed_off(peer):
             return
         self._probing.add(peer)
         try:
@@ -69,7 +71,7 @@ class Gossip:
         finally:
             self._probing.discard(peer)
         self._dropped.pop(peer, None)
-        self._add_peer(rep.get("info"))
+        self._add_peer(rep.info)
 
     def _random_peer(self) -> bytes:
         if self._sorted_peers[0] != self._table_version:  # sorted once a peer-table change
@@ -93,21 +95,18 @@ class Gossip:
                                   warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
         self.metrics["gossip_rounds"] += 1
         found = 0
-        warrants = rep.get("warrants", [])
-        for wire in warrants[:P.MAX_WARRANTS_PER_MESSAGE] if isinstance(warrants, list) else []:
-            found += await self._receive_warrant(wire, peer)
+        for w in rep.warrants:
+            found += await self._receive_warrant(w, peer)
         # Push as well as pull: a warrant spreads both ways through every round, so it reaches
         # every node in O(log N) rounds whoever happens to ask whom.
-        named = rep.get("warranted")
-        if isinstance(named, list):
-            theirs = set(x for x in named if type(x) is bytes)
-            push = [w.to_wire() for a, w in self.warranted.items() if a not in theirs]
-            if push:
-                try:
-                    await self._request(peer, "warrants", warrants=push[:P.MAX_WARRANTS_PER_MESSAGE])
-                except BudgetError:
-                    pass  # the next round finds the gap again
-        for author, (seq, h) in self._parse_heads(rep.get("heads", [])).items():
+        theirs = set(rep.warranted)
+        push = [w.to_wire() for a, w in self.warranted.items() if a not in theirs]
+        if push:
+            try:
+                await self._request(peer, "warrants", warrants=push[:P.MAX_WARRANTS_PER_MESSAGE])
+            except BudgetError:
+                pass  # the next round finds the gap again
+        for author, (seq, h) in self._parse_heads(rep.heads).items():
             have = self._head(author)
             if author in self.warranted or not self._should_hold(author):
                 continue
@@ -120,8 +119,8 @@ class Gossip:
                 found += 1
         self._gossip_quiet = 0 if found else self._gossip_quiet + 1
 
-    async def _on_summary(self, peer, msg):
-        theirs = self._parse_heads(msg["heads"])
+    async def _on_summary(self, peer, msg: P.SummaryRequest):
+        theirs = self._parse_heads(msg.heads)
         mine = self._heads()
         for author, (seq, h) in theirs.items():
             have = mine.get(author)
@@ -131,7 +130,7 @@ class Gossip:
                 self._gossip_quiet = 0
         # The asker names the offenders it already holds proof for; one proof each of the
         # others is enough (sending every copy would re-send capped ones every round).
-        known = set(msg["warranted"]) if isinstance(msg["warranted"], list) else set()
+        known = set(msg.warranted)
         missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
         return P.reply(heads=self._heads_for(peer, mine),
                        warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE],
@@ -145,10 +144,8 @@ class Gossip:
             heads = self.rng.sample(heads, P.MAX_SUMMARY_AUTHORS)
         return heads
 
-    def _parse_heads(self, heads) -> dict:
-        out = {}
-        for item in heads[:P.MAX_SUMMARY_AUTHORS]:
-            a, seq, h = item
-            if isinstance(a, bytes) and isinstance(seq, int) and isinstance(h, bytes):
-                out[a] = (seq, h)
-        return out
+    @staticmethod
+    def _parse_heads(heads) -> dict:
+        """author -> (seq, hash); an author named twice counts as its last head named (as the
+        summary was read before)."""
+        return {h.author: (h.seq, h.hash) for h in heads}

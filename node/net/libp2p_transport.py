@@ -46,6 +46,7 @@ logging.getLogger("multiaddr").setLevel(logging.ERROR)
 
 _HEADER = struct.Struct(">I")
 ADDR_TTL = 3600  # seconds a learnt address stays in the peerstore
+MAX_WAITING = 256  # inbound streams queued for a handler slot; past it a new one is reset
 
 
 class _FrameError(Exception):
@@ -128,13 +129,16 @@ class Libp2pTransport:
     """Satisfies node.net.transport.Transport. Made by open_libp2p_transport."""
 
     def __init__(self, host, key_pair, protocol: str, handler: Handler, *,
-                 max_inbound: int, inbound_timeout: float):
+                 max_inbound: int, inbound_timeout: float, max_waiting: int = MAX_WAITING):
         self.host = host  # the libp2p host; exposed for tests and diagnostics only
         self.peer_id: bytes = key_pair.public_key.to_bytes()
         self.libp2p_id: ID = host.get_id()
         self.protocol = TProtocol(protocol)
         self._handler = handler
         self._limiter = trio.CapacityLimiter(max_inbound)
+        self._max_waiting = max_waiting
+        self._waiting = 0                # inbound streams queued for the limiter
+        self.refused_inbound = 0         # streams reset because too many were queued
         self._inbound_timeout = inbound_timeout
         self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
         self._closed = False
@@ -280,9 +284,20 @@ class Libp2pTransport:
         if remote is None or self._closed:
             await _reset(stream)
             return
+        if self._waiting >= self._max_waiting:
+            # max_inbound handlers run and max_waiting more are queued: refuse, do not queue
+            # without bound (the requester sees a reset stream, PeerUnreachable, and retries)
+            self.refused_inbound += 1
+            await _reset(stream)
+            return
         try:
+            self._waiting += 1
             self._changed()  # queued for the limiter
-            async with self._limiter:
+            try:
+                await self._limiter.acquire()
+            finally:
+                self._waiting -= 1
+            try:
                 try:
                     with trio.fail_after(self._inbound_timeout):
                         payload = await _read_frame(stream)
@@ -301,6 +316,8 @@ class Libp2pTransport:
                     return
                 await stream.write(_frame(bytes(reply)))
                 await stream.close()
+            finally:
+                self._limiter.release()
         except Exception:
             await _reset(stream)
 
@@ -321,6 +338,7 @@ async def open_libp2p_transport(
     protocol: str = "/budgetnode/1.0.0",
     *,
     max_inbound: int = 64,
+    max_waiting: int = MAX_WAITING,
     inbound_timeout: float = 30.0,
     dial_timeout: float = 10.0,
 ) -> AsyncIterator[Libp2pTransport]:
@@ -354,7 +372,8 @@ async def open_libp2p_transport(
     swarm.auto_connector.start = _no_autoconnect  # type: ignore[method-assign]
 
     t = Libp2pTransport(host, key_pair, protocol, handler,
-                        max_inbound=max_inbound, inbound_timeout=inbound_timeout)
+                        max_inbound=max_inbound, inbound_timeout=inbound_timeout,
+                        max_waiting=max_waiting)
     host.set_stream_handler(t.protocol, t._on_stream)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:

@@ -4,6 +4,10 @@ re-derive every budget, gossip what publishing missed, and warrant rule-breakers
 Every action that reaches this node from outside (publish, gossip, query, warrant
 evidence) goes through one path, `_accept`, which validates it against this node's own
 view of the author's chain, fetching missing history from the peer that sent it.
+
+(Over 500 lines: the peer table, the request handlers, the chain fetches and the one way in
+still share NetNode's state; splitting them into components with explicit dependencies is the
+part of issue 14 not done yet.)
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ..core.encoding import decode, encode, encode_trusted
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
-                           UnknownAgent)
+                           TooLarge, UnknownAgent)
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..cell import Cell
@@ -37,12 +41,19 @@ from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossip
 from .publishing import Publishing
+from .strikes import Strikes
 from .transport import PeerUnreachable
 from .warrants import MAX_FETCH_ROUNDS, Warrants
 
-MAX_PEERS = 4096              # full membership: authorities are the R nearest of all known peers
+MAX_PEERS = P.MAX_PEERS       # full membership: authorities are the R nearest of all known peers
 ANNOUNCE_FANOUT = 8
 DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
+# Tables peers can grow, each with its policy at the bound (docs/ARCHITECTURE.md, "Bounds"):
+MAX_CHAINS = 1 << 18          # other authors' chains held: a new author past it is answered busy
+MAX_AGENT_HOSTS = 1 << 16     # agent -> hosting peer hints: new hints past it are not kept
+MALFORMED_WINDOW_S = 60.0     # malformed messages from one peer are counted over this window;
+MAX_MALFORMED = 8             # this many in one window and the peer is dropped and backed off
+MALFORMED_BACKOFF_S = 600.0   # for this long (its requests refused, its infos ignored)
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
 MAX_GREETING = 64             # unknown requesters greeted at once
@@ -59,9 +70,9 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
         return P.error_reply(P.ProtocolError("not serving yet"))
     async with transport_factory(os.urandom(32), refuse) as t:
         peer = await t.connect(addr)
-        rep = P.parse_reply(await t.request(peer, P.request("dna", b""), 10.0))
+        rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
     try:
-        dna = Dna.from_dict(decode(rep["dna"]))
+        dna = Dna.from_dict(decode(rep.dna))
     except (KeyError, TypeError, ValueError, BudgetError) as e:
         raise P.ProtocolError(f"the peer's DNA is unreadable: {e}") from None
     if expect_hash is not None and dna.hash != expect_hash:
@@ -153,7 +164,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.request_timeout = request_timeout
         self.rng = random.Random(key.public)
         self.metrics = Counter()
-        self.peers: dict[bytes, dict] = {}        # peer id -> signed peer info
+        self.peers: dict[bytes, P.PeerInfo] = {}  # peer id -> signed peer info
         self.agent_hosts: dict[bytes, bytes] = {}  # agent -> peer id hosting it
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
@@ -172,14 +183,15 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._peer_epoch = 0
         self._table_version = 0                     # bumps on any change to self.peers
         self._sorted_peers: tuple[int, list] = (-1, [])  # (table version, sorted peer ids)
-        self._unsaved_peers: dict[bytes, dict] = {}  # peer cache changes, saved each gossip round
+        self._unsaved_peers: dict[bytes, P.PeerInfo] = {}  # peer cache changes, saved each round
         self._unsaved_forgets: set[bytes] = set()
         self._digest_key: tuple | None = None
         self._digest = b""
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
         self._maybe_unpublished = True       # no need to ask the store until something commits
         self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
-        self._dropped: dict[bytes, dict] = {}          # peer -> its info when it was dropped
+        self._strikes = Strikes(MAX_MALFORMED, MALFORMED_WINDOW_S, MALFORMED_BACKOFF_S, MAX_PEERS)
+        self._dropped: dict[bytes, P.PeerInfo] = {}    # peer -> its info when it was dropped
         self._announced_at = -float("inf")             # when _back() last re-signed our info
         self._probing: set[bytes] = set()
         self._gossip_quiet = 0
@@ -191,6 +203,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.publisher_idle = trio.Event()  # set while nothing is left to publish or retry
         self._change = trio.Event()
         self.on_change = None
+        # request type -> its handler, which gets the typed request protocol.py parsed
+        self._handlers = {"dna": self._on_dna, "hello": self._on_hello, "peers": self._on_peers,
+                          "publish": self._on_publish, "chain": self._on_chain,
+                          "record": self._on_record, "summary": self._on_summary,
+                          "warrants": self._on_warrants, "grant": self._on_grant}
+        assert self._handlers.keys() == P.REQUESTS.keys()
         for pub, cell in self.cells.items():
             self._wire_cell(cell)
         for author in self.dht.foreign_authors():
@@ -260,29 +278,41 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         return self._info
 
     def _spawn(self, fn, *args) -> None:
-        """Background work; a node that is shutting down starts none."""
+        """Background work; a node that is shutting down starts none. Whatever such a task
+        raises (a refusal, or a bug that peer data reached) is counted and kept for
+        diagnostics, never let into the node's nursery, where it would stop the node."""
+        async def guarded():
+            try:
+                await unless_store_busy(self.metrics, fn, *args)
+            except Exception as e:  # trio.Cancelled is a BaseException: shutdown still works
+                self._task_failed(getattr(fn, "__name__", "task"), e)
         try:
-            self._nursery.start_soon(unless_store_busy, self.metrics, fn, *args)
+            self._nursery.start_soon(guarded)
         except RuntimeError:
             self.metrics["spawn_refused_closing"] += 1
 
-    def _add_peer(self, info) -> bytes | None:
-        body = dht.peer_info_body(info, self.dna.hash)
-        if body is None or body["peer"] == self.id or body["peer"] in self.warranted:
+    def _task_failed(self, what: str, e: Exception) -> None:
+        self.metrics["task_errors"] += 1
+        self.last_task_error = f"{what}: {e!r}"[:512]
+
+    def _add_peer(self, info: P.PeerInfo) -> bytes | None:
+        peer = info.peer
+        if info.dna != self.dna.hash or peer == self.id or peer in self.warranted or \
+                self._backed_off(peer):
             return None
-        peer = body["peer"]
         old = self.peers.get(peer)
-        if old is not None and old["body"]["ts"] >= body["ts"]:
+        if old is not None and old.ts >= info.ts:
             return peer  # a replayed or older info changes nothing: not worth a verify
-        if peer in self._dropped and self._dropped[peer]["body"]["ts"] >= body["ts"]:
+        if peer in self._dropped and self._dropped[peer].ts >= info.ts:
             return None  # the info of a peer found dead: only a fresher one (it is back) counts
-        if dht.check_peer_info(info, self.dna.hash) is None:
+        if old is None and len(self.peers) >= MAX_PEERS:
+            # Full: the peers known stay (Kademlia's rule). Identities cost nothing, so making
+            # room for new ones would let anyone flush the table; a dead peer leaves by _drop.
+            self.metrics["peers_full"] += 1
+            return None
+        if dht.check_peer_info(info.to_wire(), self.dna.hash) is None:
             return None
         self._dropped.pop(peer, None)
-        if old is None and len(self.peers) >= MAX_PEERS:
-            oldest = min(self.peers, key=lambda p: self.peers[p]["body"]["ts"])
-            del self.peers[oldest]
-            self._near.changed(oldest, False)
         self.peers[peer] = info
         self._table_version += 1
         self._unsaved_peers[peer] = info
@@ -292,13 +322,25 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self._peer_set_changed(peer, True)
         else:
             self._changed()  # a peer's fresher info (it restarted, or its agents changed)
-        self.transport.add_peer_addrs(peer, [a for a in body["addrs"] if isinstance(a, str)])
-        for agent in body["agents"]:
-            if isinstance(agent, bytes):
-                self.agent_hosts[agent] = peer
+        self.transport.add_peer_addrs(peer, list(info.addrs))
+        self._host_agents(peer, info.agents, () if old is None else old.agents)
         if old is None:
             self._wake_publisher()  # a new peer may be an authority for pending ops
         return peer
+
+    def _host_agents(self, peer: bytes, agents, before) -> None:
+        """Where each agent lives, as its host's newest info says: a hint (the agent's
+        authorities serve its chain too), so past MAX_AGENT_HOSTS new hints are not kept
+        rather than evicting others; a peer's agents its newer info no longer names are
+        forgotten, so one peer holds at most one info's worth."""
+        for agent in set(before) - set(agents):
+            if self.agent_hosts.get(agent) == peer:
+                del self.agent_hosts[agent]
+        for agent in agents:
+            if agent in self.agent_hosts or len(self.agent_hosts) < MAX_AGENT_HOSTS:
+                self.agent_hosts[agent] = peer
+            else:
+                self.metrics["agent_hosts_full"] += 1
 
     async def join(self, addr: str) -> bytes | None:
         """Dial a peer, exchange signed peer infos, and learn its peers."""
@@ -324,7 +366,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """`dropped`: this node had dropped the peer as dead (it answers again)."""
         fields = {"dropped": True} if dropped else {}
         rep = await self._request(peer, "hello", info=self._my_info(), **fields)
-        self._add_peer(rep.get("info"))
+        self._add_peer(rep.info)
 
     async def _refresh_peers(self, peer: bytes) -> int:
         """Swap peer infos with `peer`: it sends what this node lacks (ours goes with the
@@ -333,20 +375,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         before = len(self.peers)
         digest, have = self._table_digest()
         rep = await self._request(peer, "peers", info=self._my_info(), digest=digest, have=have)
-        infos = rep.get("infos", [])
-        for info in infos[:P.MAX_PEERS_PER_MESSAGE + 1] if isinstance(infos, list) else []:
+        for info in rep.infos:
             self._add_peer(info)
-        theirs = rep.get("have")
-        if isinstance(theirs, bytes) and self._valid_have(theirs):
-            push = self._lacking(theirs, peer)
+        if rep.have is not None:
+            push = self._lacking(rep.have, peer)
             if push:
                 await self._request(peer, "peers", push=push)
         return len(self.peers) - before
-
-    @staticmethod
-    def _valid_have(have) -> bool:
-        return isinstance(have, bytes) and len(have) % 16 == 0 and \
-            len(have) <= 16 * (MAX_PEERS + 1)
 
     def _lacking(self, have: bytes, peer: bytes) -> list:
         """The infos a peer holding `have` lacks or holds older, newest first (joins and
@@ -354,9 +389,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         known = {have[i:i + 8]: int.from_bytes(have[i + 8:i + 16], "big")
                  for i in range(0, len(have), 16)}
         infos = sorted((i for p, i in self.peers.items()
-                        if p != peer and known.get(p[:8], -1) < i["body"]["ts"]),
-                       key=lambda i: i["body"]["ts"], reverse=True)
-        return infos[:P.MAX_PEERS_PER_MESSAGE]
+                        if p != peer and known.get(p[:8], -1) < i.ts),
+                       key=lambda i: i.ts, reverse=True)
+        return [i.to_wire() for i in infos[:P.MAX_PEERS_PER_MESSAGE]]
 
     def _table_digest(self) -> tuple[bytes, bytes]:
         """Which peer-info versions this node holds, itself included: a hash (two nodes with
@@ -367,7 +402,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if self._digest_key != (self._table_version, me):
             h = hashlib.blake2b(digest_size=16)
             have = []
-            for p, ts in sorted([(self.id, me)] + [(p, i["body"]["ts"])
+            for p, ts in sorted([(self.id, me)] + [(p, i.ts)
                                                    for p, i in self.peers.items()]):
                 h.update(p)
                 h.update(b"%d;" % ts)
@@ -388,7 +423,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         loaded = []
         for raw in self.dht.load_peers(MAX_PEERS):
             try:
-                peer = self._add_peer(decode(raw))
+                peer = self._add_peer(P.PeerInfo.parse(decode(raw)))
             except BudgetError:
                 continue
             if peer is not None:
@@ -409,7 +444,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            if not self.dht.save_peers({p: encode_trusted(i)
+            if not self.dht.save_peers({p: encode_trusted(i.to_wire())
                                         for p, i in self._unsaved_peers.items()},
                                        self._unsaved_forgets):
                 return  # the store is busy: kept for the next flush
@@ -452,26 +487,34 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
 
-    async def _request(self, peer: bytes, t: str, **fields) -> dict:
+    async def _request(self, peer: bytes, t: str, **fields):
+        """One exchange; the typed reply (protocol.REPLIES[t]). A peer that does not answer, or
+        answers with a malformed reply (P.MalformedReply), has failed the exchange: it is
+        dropped after DEAD_AFTER_FAILURES in a row, and a malformed reply counts against it
+        besides (`_strike`). Raises P.ProtocolError if the peer refused the request."""
         self.metrics["messages_sent"] += 1
         self.metrics["sent_" + t] += 1
+        refused = None
         try:
             raw = await self.transport.request(peer, P.request(t, self.dna.hash, **fields),
                                                self.request_timeout)
+            try:
+                rep = P.parse_reply(t, raw)
+            except P.ProtocolError as e:
+                refused = e  # it answered: alive, if unwilling
+            except BudgetError as e:  # MalformedInput, TooLarge: the messenger's garbage
+                self.metrics["malformed_replies"] += 1
+                self._strike(peer)
+                raise P.MalformedReply(f"malformed {t} reply from {peer.hex()[:12]}: {e}") \
+                    from None
         except PeerUnreachable:
             self._failures[peer] += 1
             if self._failures[peer] >= DEAD_AFTER_FAILURES and peer in self.peers:
-                # Routing around it: its ops go to the next-nearest authorities, and it comes
-                # back when a fresher peer info (it restarted or re-announced) reaches us.
-                del self._failures[peer]
-                self._dropped[peer] = self.peers[peer]
-                if len(self._dropped) > MAX_PEERS:
-                    self._dropped.pop(next(iter(self._dropped)))
-                self.metrics["peers_dropped"] += 1
-                self._forget_peer(peer)
+                self._drop(peer)
             raise
         self._failures.pop(peer, None)
-        was = self._dropped.pop(peer, None)
+        # a backed-off peer that answers is still paying for its garbage: not taken back yet
+        was = None if self._backed_off(peer) else self._dropped.pop(peer, None)
         if was is not None:
             self._back()
         if was is not None and peer not in self.peers:
@@ -480,7 +523,38 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self._add_peer(was)
             if t not in ("hello", "peers"):  # those bring its info already
                 self._spawn(self._hello_quietly, peer, True)
-        return P.parse_reply(raw)
+        if refused is not None:
+            raise refused
+        return rep
+
+    def _drop(self, peer: bytes) -> None:
+        """Route around a peer found dead (or hostile): its ops go to the next-nearest
+        authorities, and it comes back when a fresher peer info (it restarted or re-announced)
+        reaches us, or it answers a request."""
+        self._failures.pop(peer, None)
+        if peer not in self.peers:
+            return
+        self._dropped[peer] = self.peers[peer]
+        if len(self._dropped) > MAX_PEERS:
+            self._dropped.pop(next(iter(self._dropped)))
+        self.metrics["peers_dropped"] += 1
+        self._forget_peer(peer)
+
+    def _strike(self, peer: bytes) -> None:
+        """A malformed request or reply from `peer`: it costs the sender. Past MAX_MALFORMED in
+        MALFORMED_WINDOW_S it is dropped like a dead peer and backed off: its requests are
+        refused unread and its peer infos ignored for MALFORMED_BACKOFF_S."""
+        self.metrics["malformed_from_peers"] += 1
+        if self._strikes.strike(peer, trio.current_time()):
+            self.metrics["peers_backed_off"] += 1
+            self._drop(peer)
+
+    def _backed_off(self, peer: bytes) -> bool:
+        return self._strikes.backed_off(peer, trio.current_time())
+
+    def malformed_count(self, peer: bytes) -> int:
+        """Malformed messages from `peer` in its current window (diagnostics, tests)."""
+        return self._strikes.count(peer)
 
     async def _hello_quietly(self, peer: bytes, dropped: bool = False) -> None:
         try:
@@ -496,17 +570,25 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         try:
             if peer in self.warranted:
                 raise Warranted("this node's operator is warranted; requests are refused")
+            if self._backed_off(peer):
+                self.metrics["requests_backed_off"] += 1
+                raise P.ProtocolError("too many malformed messages: backed off")
             if peer in self._dropped:  # it reached us, so it is back: greet it in return
                 self._spawn(self._probe_dropped, peer)
-            msg = P.parse_request(raw, self.dna.hash)
-            if peer not in self.peers and msg["t"] not in ("hello", "peers", "dna") and \
+            t, msg = P.parse_request(raw, self.dna.hash)
+            if peer not in self.peers and t not in ("hello", "peers", "dna") and \
                     peer not in self._greeting and peer not in self._dropped and \
                     len(self._greeting) < MAX_GREETING:
                 # It knows us and we do not know it (we restarted, or lost our peers): learn its
                 # info, so the link works both ways. (hello and peers bring the info along.)
                 self._greeting.add(peer)
                 self._spawn(self._hello_quietly, peer)
-            return await getattr(self, "_on_" + msg["t"])(peer, msg)
+            return await self._handlers[t](peer, msg)
+        except (MalformedInput, TooLarge) as e:  # the sender's garbage costs the sender
+            self.metrics["messages_refused"] += 1
+            self.metrics["malformed_requests"] += 1
+            self._strike(peer)
+            return P.error_reply(e)
         except BudgetError as e:
             self.metrics["messages_refused"] += 1
             return P.error_reply(e)
@@ -521,48 +603,36 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     async def _on_dna(self, peer, msg):
         return P.reply(dna=self.dna.encoded())
 
-    async def _on_hello(self, peer, msg):
-        info = msg["info"]
-        if dht.check_peer_info(info, self.dna.hash) is None or info["body"]["peer"] != peer:
+    async def _on_hello(self, peer, msg: P.HelloRequest):
+        info = msg.info
+        if info.peer != peer or dht.check_peer_info(info.to_wire(), self.dna.hash) is None:
             raise MalformedInput("peer info is not signed by the sending peer")
-        if msg.get("dropped") is True:
+        if msg.dropped:
             # It had dropped this node (a cut), and so may every node beyond it: a fresh info
             # lets them all take this node back (rate-limited, so a liar gains nothing).
             self._back()
         self._add_peer(info)
         return P.reply(info=self._my_info())
 
-    async def _on_peers(self, peer, msg):
-        info = msg.get("info")
-        if info is not None:
-            body = dht.peer_info_body(info, self.dna.hash)
-            if body is None or body["peer"] != peer:
+    async def _on_peers(self, peer, msg: P.PeersRequest):
+        if msg.info is not None:
+            if msg.info.peer != peer or msg.info.dna != self.dna.hash:
                 raise MalformedInput("peer info is not the sending peer's")
-            self._add_peer(info)
-        push = msg.get("push")
-        if push is not None:  # the second leg: infos we lacked, by the asker's reckoning
-            if not isinstance(push, list) or len(push) > P.MAX_PEERS_PER_MESSAGE:
-                raise MalformedInput(f"'push' is a list of at most {P.MAX_PEERS_PER_MESSAGE} infos")
-            for i in push:
+            self._add_peer(msg.info)
+        if msg.push is not None:  # the second leg: infos we lacked, by the asker's reckoning
+            for i in msg.push:
                 self._add_peer(i)
             return P.reply(ok=True)
         digest, mine = self._table_digest()
-        if msg.get("digest") == digest:
+        if msg.digest == digest:
             return P.reply(infos=[self._my_info()])  # same table, same versions: nothing to swap
-        have = msg.get("have", b"")
-        if not self._valid_have(have):
-            raise MalformedInput("'have' is 16 bytes per peer (id prefix, timestamp)")
-        return P.reply(infos=[self._my_info(), *self._lacking(have, peer)], have=mine)
+        return P.reply(infos=[self._my_info(), *self._lacking(msg.have, peer)], have=mine)
 
-    async def _on_publish(self, peer, msg):
-        ops = msg["ops"]
-        if not isinstance(ops, list) or len(ops) > P.MAX_OPS_PER_MESSAGE:
-            raise MalformedInput(f"a publish carries 1-{P.MAX_OPS_PER_MESSAGE} ops")
-        batch = msg.get("batch")
-        if not warrant.batch_shape_ok(batch) or batch["to"] != self.id or \
-                batch["hashes"] != warrant.batch_digest(ops):
+    async def _on_publish(self, peer, msg: P.PublishRequest):
+        if msg.batch.to != self.id:
             raise MalformedInput("publish batch is not for this node or does not match its ops")
-        signed = [Signed.from_wire(op[0], op[1]) for op in ops]
+        batch = msg.batch.to_wire()  # evidence in a peer warrant, if it carries a forgery
+        signed = [op.action for op in msg.ops]
         # The batch signature is evidence against the sender, needed only if an action it
         # carries is forged (the peer warrant quotes it); the transport already says who sent
         # it. So it is checked then, before anything is stored, and a valid publish costs one
@@ -572,19 +642,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 not warrant.batch_ok(batch, peer):
             raise MalformedInput("publish batch is not signed by the sending peer")
         results = []
-        for op, s in zip(ops, signed):
-            entry = op[2]
-            prev = op[3] if len(op) > 3 else None
-            told = op[4] if len(op) > 4 and isinstance(op[4], list) else None
-            vouch = op[5] if len(op) > 5 and isinstance(op[5], list) else None
+        for op in msg.ops:
+            s, entry, told = op.action, op.entry, op.told
             self.metrics["ops_received"] += 1
-            if entry is not None and not isinstance(entry, bytes):
-                raise MalformedInput("entry must be bytes")
             # Sent here as an author-key authority: if this node knows authorities the sender
             # did not name (its view of the ring lags), pass the action on, whether or not this
             # node itself turns out to be one.
             fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
-            status = await self._accept(s, entry, peer, prev=prev, op=True, vouch=vouch)
+            status = await self._accept(s, entry, peer, prev=op.prev, op=True, vouch=op.vouch)
             if fresh and status == "valid":
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
@@ -597,23 +662,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
 
-    async def _on_chain(self, peer, msg):
-        author, start, limit = msg["author"], msg["from"], msg["limit"]
-        if not isinstance(author, bytes) or not isinstance(start, int) or not isinstance(limit, int):
-            raise MalformedInput("chain takes author, from, limit")
-        limit = max(1, min(limit, P.MAX_OPS_PER_MESSAGE))
-        return P.reply(records=self.dht.records(author, max(0, start), limit))
+    async def _on_chain(self, peer, msg: P.ChainRequest):
+        return P.reply(records=self.dht.records(msg.author, msg.start, msg.limit))
 
-    async def _on_record(self, peer, msg):
-        found = self._record(msg["hash"]) if isinstance(msg["hash"], bytes) else None
+    async def _on_record(self, peer, msg: P.RecordRequest):
+        found = self._record(msg.hash)
         if found is None:
             return P.reply(record=None)
         s, entry = found
         return P.reply(record=[s.body, s.sig, entry])
 
-    async def _on_grant(self, peer, msg):
-        grant, sig = msg["grant"], msg["sig"]
-        cell = self.cells.get(grant.get("grantee")) if isinstance(grant, dict) else None
+    async def _on_grant(self, peer, msg: P.GrantRequest):
+        grant, sig = msg.grant.to_wire(), msg.sig
+        cell = self.cells.get(msg.grant.grantee)
         if cell is None:
             raise UnknownAgent("the grantee is not an agent of this node")
         try:
@@ -689,6 +750,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         is_create = s.action.get("type") == "create"
         if is_create and entry is None:
             return self._to_limbo(s, entry, peer)
+        if cs is None and len(self.chains) >= MAX_CHAINS:
+            # Full: a new author waits (its sender retries, gossip brings it again) rather than
+            # evicting a chain held, whose budget state the next action is checked against.
+            self.metrics["chains_full"] += 1
+            return "busy"
         try:
             if cs is None:
                 new = validate_genesis(s, self.dna)
@@ -739,7 +805,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                     entry=entry)
         return "invalid"
 
-    async def _accept_op(self, s: Signed, entry, peer, prev_wire, vouch=None) -> str:
+    async def _accept_op(self, s: Signed, entry, peer, sent_prev: Signed | None,
+                         vouch=None) -> str:
         """An action published to this node as an authority of its hash or entry, not of its
         author's key: validated as one step from the signed action before it (whose recorded
         BudgetState is the starting point) and kept alone, without the author's chain. Every
@@ -755,7 +822,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if s.seq == 0:
                 validate_genesis(s, self.dna)
             else:
-                prev = await self._prev_of(s, peer, prev_wire)
+                prev = await self._prev_of(s, peer, sent_prev)
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
                     return self._to_limbo(s, entry, peer, True, vouch)
@@ -784,13 +851,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """An author-key authority other than the sender has receipted this very action: it
         holds the chain, so a twin at this seq shown to it, or to its fellow authorities
         (their gossip compares heads), is caught there, and nothing needs showing again."""
-        if not isinstance(vouch, list):
+        if not vouch:
             return False
         near = self._nearest(s.author)
-        for item in vouch[:P.MAX_VOUCHES]:
-            if isinstance(item, list) and len(item) == 2 and item[0] in near and \
-                    item[0] not in (self.id, sender) and isinstance(item[1], bytes) and \
-                    dht.check_receipt(s.hash, item[0], item[1]):
+        for validator, receipt in vouch:
+            if validator in near and validator not in (self.id, sender) and \
+                    dht.check_receipt(s.hash, validator, receipt):
                 return True
         return False
 
@@ -831,22 +897,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         finally:
             self._showing.discard(h)
 
-    async def _prev_of(self, s: Signed, peer, prev_wire) -> Signed | None:
+    async def _prev_of(self, s: Signed, peer, prev: Signed | None) -> Signed | None:
         """The action before `s`: the one sent along if it is that one, else the sender's."""
-        prev = None
-        if isinstance(prev_wire, list) and len(prev_wire) == 2:
-            try:
-                prev = Signed.from_wire(*prev_wire)
-            except (BudgetError, TypeError, ValueError):
-                prev = None
         if (prev is None or prev.hash != s.action.get("prev")) and peer is not None:
             self.metrics["op_prev_fetched"] += 1
-            try:
-                rep = await self._request(peer, "chain", author=s.author,
-                                          **{"from": s.seq - 1}, limit=1)
-                prev = Signed.from_wire(*rep["records"][0][:2]) if rep.get("records") else None
-            except (BudgetError, TypeError, ValueError, KeyError, IndexError):
-                return None
+            records = await self._ask_chain(peer, s.author, s.seq - 1, 1)
+            prev = records[0].action if records else None
         return prev
 
     def _to_limbo(self, s: Signed, entry, peer, op: bool = False, vouch=None) -> str:
@@ -868,19 +924,24 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return
             limit = P.MAX_OPS_PER_MESSAGE if upto is None else min(P.MAX_OPS_PER_MESSAGE,
                                                                   upto - start + 1)
-            try:
-                rep = await self._request(peer, "chain", author=author, **{"from": start},
-                                          limit=limit)
-            except BudgetError:
-                return
-            records = rep.get("records", [])
-            for body, sig, entry in records[:limit]:
+            records = await self._ask_chain(peer, author, start, limit)
+            for record in records:
                 self.metrics["history_fetched"] += 1
-                status = await self._accept(Signed.from_wire(body, sig), entry, peer, fetch=False)
+                status = await self._accept(record.action, record.entry, peer, fetch=False)
                 if status != "valid":
                     return
             if len(records) < limit:
                 return
+
+    async def _ask_chain(self, peer: bytes, author: bytes, start: int, limit: int) -> tuple:
+        """`author`'s records from seq `start`, at most `limit`, as `peer` holds them: every
+        chain fetch asks through here. No answer, a refusal or garbage is no records."""
+        try:
+            rep = await self._request(peer, "chain", author=author, **{"from": start},
+                                      limit=limit)
+        except BudgetError:
+            return ()
+        return rep.records[:limit]
 
     def _spawn_fetch(self, author: bytes, peer: bytes, seq: int) -> None:
         if author in self._fetching or len(self._fetching) >= 4 * MAX_PARALLEL_FETCHES:
@@ -899,12 +960,8 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._spawn(run)
 
     async def _check_fork_at(self, author: bytes, peer: bytes, seq: int) -> None:
-        try:
-            rep = await self._request(peer, "chain", author=author, **{"from": seq}, limit=1)
-        except BudgetError:
-            return
-        for body, sig, entry in rep.get("records", [])[:1]:
-            await self._accept(Signed.from_wire(body, sig), entry, peer, fetch=False)
+        for record in await self._ask_chain(peer, author, seq, 1):
+            await self._accept(record.action, record.entry, peer, fetch=False)
 
     async def _claim_if_local(self, content: dict) -> None:
         cell = self.cells.get(content["grant"].get("grantee"))
@@ -932,7 +989,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                         self._spawn(self._register_activity, h, sender)
             for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
                 self.limbo.pop(h, None)
-                status = await self._accept(s, entry, peer, op=op, vouch=vouch)
+                try:
+                    status = await self._accept(s, entry, peer, op=op, vouch=vouch)
+                except Exception as e:  # refused on its way in: gossip may bring it anew
+                    self._task_failed("limbo", e)
+                    continue
                 if status == "pending" and h in self.limbo:
                     if tries + 1 >= LIMBO_ATTEMPTS:
                         self.limbo.pop(h)
@@ -993,10 +1054,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                     rep = await self._request(peer, "record", hash=h)
                 except BudgetError:
                     continue
-                if rep.get("record"):
-                    body, sig, entry = rep["record"]
-                    s = Signed.from_wire(body, sig)
-                    await self._fetch_chain(s.author, peer, s.seq)
+                if rep.record is not None:
+                    author, seq = rep.record.action.action.get("author"), \
+                        rep.record.action.action.get("seq")
+                    if type(author) is not bytes or type(seq) is not int or seq < 0:
+                        continue  # not an action anyone could have signed: nothing to fetch
+                    await self._fetch_chain(author, peer, seq)
                     if self._record(h) is not None:
                         break
         return self.get_record(action_hash)
@@ -1022,7 +1085,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         host = self.agent_hosts.get(grantee)
         if host is not None:
             try:
-                granted = (await self._request(host, "grant", grant=grant, sig=sig))["granted"]
+                granted = (await self._request(host, "grant", grant=grant, sig=sig)).granted
             except BudgetError:
                 granted = None  # the grantee's node claims it when the record reaches it
         return AllocationResult(amount_mru / MRU_PER_RU,

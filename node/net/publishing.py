@@ -167,14 +167,13 @@ class Publishing:
             # The reply is the authority's word (the transport says who answered). Only an
             # authority of the author's key signs a receipt (only its receipts vouch for an op
             # to others); that receipt is kept unchecked until it is passed on (vouch_of).
-            for h, status, receipt in rep.get("results", [])[:len(ops)]:
-                if h in outcome:
-                    signed_one = isinstance(receipt, bytes) and len(receipt) == SIG_LEN
-                    if status == "valid" and not signed_one and peer in must[h]:
+            for r in rep.results[:len(ops)]:
+                if r.hash in outcome:
+                    if r.status == "valid" and r.receipt is None and peer in must[r.hash]:
                         continue
-                    outcome[h][peer] = status
-                    if status == "valid":
-                        got_receipts.append((h, peer, receipt if signed_one else b""))
+                    outcome[r.hash][peer] = r.status
+                    if r.status == "valid":
+                        got_receipts.append((r.hash, peer, r.receipt or b""))
                         self.metrics["receipts"] += 1
 
         async with trio.open_nursery() as n:

@@ -13,19 +13,21 @@ from ..core.errors import BudgetError, InvalidChain
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import Warrant, proves
 from . import protocol as P
+from .messages import Record
 
 MAX_WARRANTS_PER_OFFENDER = 3
+MAX_WARRANTED = 1 << 16        # offenders: past it, only one whose chain or node this node holds
 MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
 
 
-def prefix_state(records: list, seq: int, dna, app) -> ChainState | None:
+def prefix_state(records: list[Record], seq: int, dna, app) -> ChainState | None:
     """The state after records 0..seq-1 of a chain, or None if they are not all there or do
     not validate."""
     if len(records) != seq:
         return None
     try:
-        prefix = [Signed.from_wire(b, sg) for b, sg, _ in records]
-        entries = {p.action.get("entry"): e for p, (_, _, e) in zip(prefix, records) if e}
+        prefix = [r.action for r in records]
+        entries = {r.action.action.get("entry"): r.entry for r in records if r.entry}
         return validate_chain(prefix, dna, app, entries)
     except (BudgetError, TypeError, ValueError):  # InvalidChain included
         return None
@@ -41,7 +43,16 @@ class Warrants:
             self._spawn(self._broadcast_warrant, w)
 
     async def _remember_warrant(self, w: Warrant) -> bool:
+        """Keep a proven warrant. A warranted agent stays warranted: nothing is ever evicted.
+        Past MAX_WARRANTED offenders, a new one is kept only if this node holds its chain, hosts
+        it, or routes to it as a peer (state that the warrant protects); proven offenders made
+        up in bulk cannot crowd those out."""
         if w.hash in self.warrants_by_hash:
+            return False
+        if w.offender not in self.warranted and len(self.warranted) >= MAX_WARRANTED and \
+                not (w.offender in self.chains or w.offender in self.cells or
+                     w.offender in self.peers):
+            self.metrics["warrants_table_full"] += 1
             return False
         if w.offender in self.warranted and sum(
                 1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
@@ -69,8 +80,8 @@ class Warrants:
             except BudgetError:
                 pass  # gossip carries it there later
 
-    async def _receive_warrant(self, wire, peer: bytes) -> bool:
-        w = warrant.from_wire(wire)
+    async def _receive_warrant(self, msg: P.WarrantMsg, peer: bytes) -> bool:
+        w = warrant.from_wire(msg.to_wire())
         if w is None:
             self.metrics["warrants_refused"] += 1
             return False
@@ -120,7 +131,7 @@ class Warrants:
                    self.agent_hosts.get(w.offender)]
         sources = list(dict.fromkeys(x for x in sources if x != self.id))
         for source in sources:
-            records = self.dht.records(w.offender, 0, seq) if source is None else \
+            records = self._held_prefix(w.offender, seq) if source is None else \
                 await self._fetch_prefix(w.offender, seq, source)
             cs = prefix_state(records, seq, self.dna, self.app)
             if cs is None:
@@ -132,28 +143,31 @@ class Warrants:
             return False
         return False
 
-    async def _fetch_prefix(self, author: bytes, seq: int, source: bytes) -> list:
+    def _held_prefix(self, author: bytes, seq: int) -> list[Record]:
+        """Records 0..seq-1 of `author`'s chain as this node holds it."""
+        try:
+            return [Record(Signed.from_wire(b, sg), e)
+                    for b, sg, e in self.dht.records(author, 0, seq)]
+        except BudgetError:
+            return []
+
+    async def _fetch_prefix(self, author: bytes, seq: int, source: bytes) -> list[Record]:
         """Records 0..seq-1 of `author`'s chain from `source`, or as many as it had."""
-        records: list = []
+        records: list[Record] = []
         if source == self.id or source not in self.peers:
             return records
         while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
-            try:
-                rep = await self._request(source, "chain", author=author,
-                                          **{"from": len(records)},
-                                          limit=min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
-            except BudgetError:
+            got = await self._ask_chain(source, author, len(records),
+                                        min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+            if not got:
                 return records
-            got = rep.get("records", [])
-            if not isinstance(got, list) or not got:
-                return records
-            records.extend(got[:seq - len(records)])
+            records.extend(got)
         return records
 
     def warrants(self) -> list[Warrant]:
         return list(self.warrants_by_hash.values())
 
-    async def _on_warrants(self, peer, msg):
-        for wire in msg["warrants"][:P.MAX_WARRANTS_PER_MESSAGE]:
-            await self._receive_warrant(wire, peer)
+    async def _on_warrants(self, peer, msg: P.WarrantsRequest):
+        for w in msg.warrants:
+            await self._receive_warrant(w, peer)
         return P.reply(ok=True)
