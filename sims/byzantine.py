@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from node.core.encoding import decode, encode_trusted
+from node.core.encoding import MAX_ITEMS as DECODE_MAX_ITEMS, decode, encode_trusted
 from node.net.protocol import MAX_OPS_PER_MESSAGE, MAX_SUMMARY_AUTHORS, REQUESTS
 from node.net.transport import MAX_FRAME
 
@@ -41,6 +41,7 @@ assert set(REQUEST_FIELDS) == set(REQUESTS) == set(REPLY_FIELDS)
 REPLAY_KEEP = 64          # messages remembered for replays
 FLOOD_MAX = 32            # garbage requests in one flood
 FLOODS_AT_ONCE = 4        # floods in flight; more are skipped
+MAX_ITEMS = DECODE_MAX_ITEMS * 9 // 10  # an oversized field stays under the decoder's limit
 MISBEHAVIOURS = ("wrong_type", "deep_wrong_type", "drop_field", "oversize", "truncate",
                  "garbage", "wrong_shape", "replay", "other_dna", "slow", "hang")
 
@@ -51,6 +52,15 @@ _ODD = (None, True, 0, 5, -1, 1 << 70, -(1 << 70), "", "x" * 40, b"", b"x", b"\0
         [], [5], [b"x"], [[b"x"]], [[5, 5, 5]], [[b"\0" * 32, "valid", 5]],
         [[b"\0" * 32, -1, b"\0" * 32]], [None], {}, {"a": 1}, {"body": 5, "sig": b"x"},
         [{"body": {}, "sig": b""}], [[b"x", b"y", b"z"]], [[[]]])
+
+
+def _items(value) -> int:
+    """CBOR items in `value`, about as the decoder counts them."""
+    if isinstance(value, list):
+        return 1 + sum(map(_items, value))
+    if isinstance(value, dict):
+        return 1 + sum(1 + _items(v) for v in value.values())
+    return 1
 
 
 def other_dna(rng: random.Random) -> bytes:
@@ -84,9 +94,12 @@ class Garbage:
         return self.odd()
 
     def _oversize(self, value):
+        """Past a protocol bound (ops, heads, bytes), yet under the decoder's item limit, so it
+        reaches the handler and not just the outer parser."""
         rng = self.rng
         if isinstance(value, list) and value:
-            n = rng.choice((MAX_OPS_PER_MESSAGE + 1, MAX_SUMMARY_AUTHORS + 1, 5000))
+            n = rng.choice((MAX_OPS_PER_MESSAGE + 1, MAX_SUMMARY_AUTHORS + 1))
+            n = min(n, MAX_ITEMS // max(1, _items(value[0])))
             return [value[i % len(value)] for i in range(n)]
         if isinstance(value, bytes):
             return value * max(1, min(rng.randrange(1 << 10, 1 << 18), MAX_FRAME // 4)
