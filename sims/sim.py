@@ -449,8 +449,8 @@ class Simulation:
             ok = True
             for a in list(p[4]):
                 slot = by_id.get(a)
-                if slot is None or slot.node is None:
-                    continue
+                if slot is None or slot.node is None or slot.byzantine:
+                    continue  # a Byzantine authority owes nobody anything
                 if not _holds(slot.node, author, seq, h):
                     ok = False
                     break
@@ -468,6 +468,8 @@ class Simulation:
         for name, b in zip(names, bases):
             for a in ring.nearest(b, self.cfg.r):
                 slot = by_id.get(a)
+                if slot is not None and slot.byzantine:
+                    continue
                 hd = slot.node._head(author) if slot and slot.node else None
                 if slot is None or slot.node is None or not _holds(slot.node, author, seq, h):
                     out.append(f"node {slot.index if slot else '?'} ({name} basis, has seq "
@@ -487,7 +489,7 @@ class Simulation:
                 if b not in cache:
                     cache[b] = ring.nearest(b, self.cfg.r)
                 if any(not _holds(by_id[a].node, author, seq, bases[0]) for a in cache[b]
-                       if a in by_id and by_id[a].node is not None):
+                       if a in by_id and by_id[a].node is not None and not by_id[a].byzantine):
                     gaps += 1
                     break
         return gaps
