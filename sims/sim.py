@@ -725,7 +725,7 @@ def deterministic_trio(seed: int):
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = allow
 
 
-def _memory_backed_dir() -> str | None:
+def memory_backed_dir() -> str | None:
     """A simulation's stores live only as long as the run: on a RAM-backed filesystem
     (Linux's /dev/shm) they cost no disk writes; elsewhere, the usual temp directory."""
     shm = "/dev/shm"
@@ -735,7 +735,7 @@ def _memory_backed_dir() -> str | None:
 def run(cfg: SimConfig, progress=None) -> dict:
     """Run one seeded simulation; returns the report (a dict, JSON-ready)."""
     root = tempfile.mkdtemp(prefix=f"budgetnode-sim-{cfg.seed}-",
-                            dir=cfg.store_root or _memory_backed_dir())
+                            dir=cfg.store_root or memory_backed_dir())
     sim = Simulation(cfg, root)
     sim.progress_cb = progress
     wall = time.perf_counter()
