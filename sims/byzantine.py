@@ -41,6 +41,8 @@ assert set(REQUEST_FIELDS) == set(REQUESTS) == set(REPLY_FIELDS)
 REPLAY_KEEP = 64          # messages remembered for replays
 FLOOD_MAX = 32            # garbage requests in one flood
 FLOODS_AT_ONCE = 4        # floods in flight; more are skipped
+SLOW_S = (0.1, 2.0)       # a slow answer: within any sane request timeout
+HANG_S = 60.0             # no answer: past every request timeout, but not forever
 MAX_ITEMS = DECODE_MAX_ITEMS * 9 // 10  # an oversized field stays under the decoder's limit
 MISBEHAVIOURS = ("wrong_type", "deep_wrong_type", "drop_field", "oversize", "truncate",
                  "garbage", "wrong_shape", "replay", "other_dna", "slow", "hang")
@@ -186,9 +188,7 @@ class Byzantine:
                 return reply
             self.seen.append(reply)
             if kind in ("slow", "hang"):
-                # slow: within any sane timeout; hang: past it (the requester gives up first),
-                # bounded so a handler task never outlives the run by much
-                await trio.sleep(self.rng.uniform(0.1, 2.0) if kind == "slow" else 60.0)
+                await trio.sleep(self.rng.uniform(*SLOW_S) if kind == "slow" else HANG_S)
                 return reply
             msg = _parse(raw)
             t = msg.get("t") if msg is not None else None
@@ -206,7 +206,7 @@ class Byzantine:
             t = msg.get("t") if msg is not None else None
             payload = self._corrupt(kind, payload, REQUEST_FIELDS.get(t, ()), ("t",))
         elif kind == "slow":
-            await trio.sleep(self.rng.uniform(0.1, 2.0))
+            await trio.sleep(self.rng.uniform(*SLOW_S))
         reply = await self.inner.request(peer, payload, timeout)
         self.seen.append(reply)
         return reply

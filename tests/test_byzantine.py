@@ -3,6 +3,7 @@ stall, nor warrant an honest agent because of it; in the simulator, on a LocalCl
 a real libp2p stream."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import os
@@ -23,6 +24,7 @@ from node.sdk import LocalCluster
 from sims import SimConfig, run
 from sims.byzantine import (MISBEHAVIOURS, REPLY_FIELDS, REQUEST_FIELDS, Byzantine, Garbage,
                             byzantine_factory)
+from sims.cli import _configure, config_from_args
 from sims.config import load_scenario
 from sims.mixed import mixed
 from sims.sim import deterministic_trio
@@ -105,6 +107,10 @@ def test_byzantine_options_reach_config_replay_scenario_and_mixed():
     cfg = SimConfig(seed=9, nodes=6, byzantine=2)
     assert "--byzantine 2" in cfg.replay_command()
     assert "--byzantine" not in SimConfig(seed=9).replay_command()
+    parse = _configure(argparse.ArgumentParser()).parse_args
+    assert config_from_args(parse(["--nodes", "6", "--byzantine", "2"])).byzantine == 2
+    with pytest.raises(SystemExit, match="node 0 honest"):
+        config_from_args(parse(["--nodes", "6", "--rogue", "3", "--byzantine", "3"]))
     scenario = load_scenario(f"{SCENARIOS}/byzantine.toml")
     assert scenario["byzantine"] >= 1 and scenario["rogue"] + scenario["byzantine"] < \
         scenario["nodes"]
