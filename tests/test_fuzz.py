@@ -260,7 +260,7 @@ replies_by_type = st.fixed_dictionaries(
 
 # Without shrinking: an example is a short run of two nodes, and a failure shows the garbage
 # that did it as drawn.
-@settings(FUZZ, max_examples=40, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@settings(FUZZ, max_examples=100, phases=(Phase.explicit, Phase.reuse, Phase.generate))
 @given(garbage=replies_by_type)
 def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
     async def main():
