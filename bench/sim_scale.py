@@ -4,6 +4,7 @@
     python -m bench.sim_scale --nodes 200     # one size
     python -m bench.sim_scale --sweep 600     # as many mixed-fault seeds as fit in 600 s wall
     python -m bench.sim_scale --sweep-seeds 1-5000 --out a.jsonl   # a shard of a long sweep
+    python -m bench.sim_scale --sweep-seeds 1-50 --byzantine       # ... with Byzantine nodes too
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
 Run with PYTHONHASHSEED=0 to make traces comparable across processes.
@@ -36,7 +37,8 @@ def scale(sizes, hours, loss, latency, jitter, agents_per_node):
     return rows
 
 
-def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None):
+def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None,
+          byzantine: bool = False):
     """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
     each result is appended to `out` (JSON lines) as it finishes, so shards can run in
     parallel processes and a long sweep can be stopped at any point."""
@@ -46,11 +48,12 @@ def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None):
     for seed in seeds:
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
-        cfg = mixed(seed, nodes)
+        cfg = mixed(seed, nodes, byzantine=byzantine)
         try:
             r = run(cfg)
             row = {"seed": seed, "ok": r["ok"], "violations": len(r["invariant_violations"]),
                    "first": (r["invariant_violations"] or [""])[0][:300],
+                   "honest_node_crashes": r["honest_node_crashes"],
                    "wall_seconds": r["wall_seconds"], "replay": cfg.replay_command()}
         except Exception as e:  # a crash is a failed seed, reported with its replay command
             row = {"seed": seed, "ok": False, "violations": 0, "first": f"crashed: {e!r}"[:300],
@@ -91,13 +94,16 @@ def main():
     p.add_argument("--sweep-nodes", type=int, default=8)
     p.add_argument("--sweep-seeds", metavar="A-B", help="sweep exactly these seeds")
     p.add_argument("--out", help="append one JSON line per seed to this file")
+    p.add_argument("--byzantine", action="store_true",
+                   help="the sweep's seeds also get one or two Byzantine nodes (sims/byzantine.py)")
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
         return profile(a.profile)
     if a.sweep or a.sweep_seeds:
         lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
-        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out)
+        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out,
+                     a.byzantine)
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 
 

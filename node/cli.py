@@ -167,7 +167,10 @@ def _parser(argv) -> argparse.ArgumentParser:
     u.add_argument("--bootstrap", action="append", default=[], help="a peer's multiaddr (repeatable)")
     u.add_argument("--path", help="data directory (a cluster keeps node0, node1, … inside)")
     u.add_argument("--dna-hash", help="refuse to join unless the network has this DNA hash")
-    u.add_argument("--rogue", action="store_true", help="adversarial test mode: skip pre-flight")
+    u.add_argument("--rogue", nargs="?", const="skip_preflight", metavar="MODE",
+                   help="adversarial test mode (one node, or a cluster's last node): "
+                        "skip_preflight (a bare --rogue), forge_budget, wrong_cost, fork, "
+                        "bad_signature, or byzantine (it misbehaves on the wire)")
     u.add_argument("--app-port", type=int, default=0,
                    help="app server port (agent websocket + /metrics); 0 picks free ports; a "
                         "cluster uses PORT, PORT+1, …")

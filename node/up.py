@@ -11,6 +11,7 @@ import trio
 
 from .core.crypto import from_text, to_text
 from .net.cluster import LocalCluster, libp2p_factory
+from .net import rogue as adversarial
 from .net.node import NetNode, fetch_dna
 from .store import store_path
 
@@ -91,24 +92,26 @@ async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
 
 async def run(args) -> None:
     port = None if getattr(args, "no_app", False) else args.app_port
+    try:
+        modes = adversarial.check(args.rogue) if getattr(args, "rogue", None) else ()
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.bootstrap or args.listen:
         factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0")
         dna = None
         if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):
             pin = from_text("dna", args.dna_hash) if args.dna_hash else None
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
-        adversary = {}
-        if args.rogue:  # a test network's adversary: never imported otherwise
-            from sims.rogue import plug
-            adversary = plug(("skip_preflight",))
-        async with NetNode.open(factory, path=args.path, bootstrap=args.bootstrap,
-                                dna=dna, **adversary) as node:
+        factory, adversary = adversarial.plug(factory, modes, os.urandom(32))
+        async with NetNode.open(factory, path=args.path, bootstrap=args.bootstrap, dna=dna,
+                                **adversary) as node:
             async with app_servers([node], args.app_host, port) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return
     paths = None
     if args.path:
         paths = [os.path.join(args.path, f"node{i}") for i in range(args.nodes)]
-    async with LocalCluster.open(n=args.nodes, paths=paths) as cluster:
+    rogue = {args.nodes - 1: modes} if modes else {}
+    async with LocalCluster.open(n=args.nodes, paths=paths, rogue=rogue) as cluster:
         async with app_servers(cluster.nodes, args.app_host, port) as servers:
             await _announce_until_signal(cluster.nodes, servers, args.json)

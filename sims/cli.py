@@ -56,6 +56,11 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--rogue-modes", type=lambda s: tuple(s.split(",")),
                    help="comma list cycled over the rogue nodes (default skip_preflight,"
                         "forge_budget,wrong_cost,fork; also bad_signature)")
+    p.add_argument("--byzantine", type=int, metavar="K",
+                   help="nodes that misbehave on the wire: malformed, truncated, oversized, "
+                        "replayed or other-network messages, slow or no answers, request floods "
+                        "(never node 0, never a --rogue node); an honest node that crashes "
+                        "fails the run (honest_node_crashes)")
     p.add_argument("--transport", choices=("sim", "libp2p"),
                    help="sim (default): the seeded simulated network on virtual time; libp2p: the "
                         "same scenario on real libp2p hosts on 127.0.0.1 in real time, to "
@@ -80,7 +85,7 @@ def config_from_args(args) -> SimConfig:
             path = here if os.path.exists(here) else here + ".toml"
         over.update(load_scenario(path))
     for k in ("nodes", "agents", "hours", "seed", "latency", "jitter", "loss", "dup", "reorder",
-              "churn", "skew", "rogue", "rogue_modes", "r", "gossip_interval", "publish_interval",
+              "churn", "skew", "rogue", "rogue_modes", "byzantine", "r", "gossip_interval", "publish_interval",
               "request_timeout", "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline",
               "transport"):
         v = getattr(args, k, None)
@@ -91,6 +96,8 @@ def config_from_args(args) -> SimConfig:
     cfg = SimConfig(**over)
     if cfg.nodes < 1 or cfg.agents < 0:
         raise SystemExit("--nodes must be at least 1 and --agents at least 0")
+    if cfg.byzantine < 0 or cfg.rogue + cfg.byzantine > cfg.nodes - 1:
+        raise SystemExit("--rogue plus --byzantine must leave node 0 honest (at most --nodes - 1)")
     if cfg.transport == "libp2p":
         from .realnet import check_config
         try:
@@ -128,6 +135,8 @@ def _human(r: dict) -> str:
              f"  convergence p50 {r['convergence_p50_s']} s, p99 {r['convergence_p99_s']} s; "
              f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
              f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
+             f"  byzantine nodes {r['byzantine_nodes']}, honest node crashes "
+             f"{r['honest_node_crashes']}",
              f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
              f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}"]
     for v in r["invariant_violations"][:20]:
@@ -221,6 +230,7 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
         "writes": sum(r["writes"] for r in rows), "refusals": sum(r["refusals"] for r in rows),
         "rogue_agents": sum(r["rogue_agents"] for r in rows),
         "warranted_rogue_agents": sum(r["warranted_rogue_agents"] for r in rows),
+        "honest_node_crashes": sum(r["honest_node_crashes"] for r in rows),
         "worst_convergence_p99_s": max(p99) if p99 else None,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "replay": [r["replay"] for r in failed][:20],

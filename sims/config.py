@@ -89,6 +89,8 @@ class SimConfig:
     skew: float = 0.0           # each node's clock is off by up to +-skew seconds
     rogue: int = 0
     rogue_modes: tuple = ("skip_preflight", "forge_budget", "wrong_cost", "fork")
+    byzantine: int = 0          # nodes that misbehave on the wire (sims/byzantine.py), never
+                                # node 0 and never a rogue node
     transport: str = "sim"      # or "libp2p": real hosts on 127.0.0.1 in real time (sims/realnet)
     # node timing knobs (simulated seconds)
     r: int = 3
@@ -130,6 +132,8 @@ class SimConfig:
             parts.append(f"--skew {self.skew:g}s")
         if self.rogue:
             parts.append(f"--rogue {self.rogue}")
+        if self.byzantine:
+            parts.append(f"--byzantine {self.byzantine}")
         defaults = SimConfig()
         for k in ("r", "gossip_interval", "publish_interval", "request_timeout",
                   "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline"):

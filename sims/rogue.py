@@ -18,9 +18,7 @@ from node.cell import Cell
 from node.core import budget
 from node.core.action import Signed, grant_hash
 from node.core.validate import ChainState
-
-CELL_MODES = frozenset({"skip_preflight", "forge_budget", "wrong_cost", "bad_signature"})
-MODES = CELL_MODES | {"fork"}
+from node.net.rogue import CELL_MODES, NODE_MODES
 
 
 class RogueCell(Cell):
@@ -71,15 +69,16 @@ def fork_outgoing(node, by_peer: dict) -> dict:
     return out
 
 
-def plug(modes) -> dict:
-    """`NetNode.open` keyword arguments that make a node rogue in `modes` (empty: honest, {}).
+def node_kwargs(modes) -> dict:
+    """`NetNode.open` keyword arguments that make a node rogue in `modes` (empty: honest, {});
+    node/net/rogue.py's `plug` is the way in (it checks the names and adds the wire modes).
     Any mode gives the node a RogueCell (a forker keeps its own state unvalidated too)."""
     modes = frozenset(modes)
     if not modes:
         return {}
-    unknown = modes - MODES
+    unknown = modes - set(CELL_MODES + NODE_MODES)
     if unknown:
-        raise ValueError(f"unknown rogue modes {sorted(unknown)}; known: {sorted(MODES)}")
+        raise ValueError(f"not a node's own rogue mode: {sorted(unknown)}")
     kw = {"cell_type": type("RogueCell", (RogueCell,), {"modes": modes})}
     if "fork" in modes:
         kw["outgoing"] = fork_outgoing

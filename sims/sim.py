@@ -18,6 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import traceback
 from collections import Counter
 
 import trio
@@ -30,11 +31,11 @@ from node.core.errors import BudgetError
 from node.net import node as netnode
 from node.net.cluster import consistency_lag
 from node.net.node import NetNode
+from node.net import rogue as adversarial
 
 from .config import START_UNIX, SimConfig
 from .invariants import Budget, audit_chain
 from .net import SimClock, SimNetwork
-from .rogue import plug
 from .workload import Workload
 
 MAX_VIOLATIONS = 200
@@ -43,10 +44,13 @@ MAX_VIOLATIONS = 200
 class Slot:
     """One node position: its store directory survives restarts; the NetNode does not."""
 
-    def __init__(self, index: int, path: str, rogue: tuple, skew: float, seed: int, clock):
+    def __init__(self, index: int, path: str, rogue: tuple, skew: float, seed: int, clock,
+                 byzantine: bool = False):
         self.index = index
         self.path = path
         self.rogue = rogue
+        self.byzantine = byzantine  # honest node code behind a transport that lies (sims/byzantine)
+        self.honest = not rogue and not byzantine
         self.skew = skew
         self.seed = seed
         self.node: NetNode | None = None
@@ -87,6 +91,10 @@ class Simulation:
         rng_nodes = random.Random(f"{s}:nodes")
         rogue_idx = set(rng_nodes.sample(range(1, cfg.nodes), min(cfg.rogue, cfg.nodes - 1))) \
             if cfg.rogue else set()
+        # drawn from a stream of their own, so runs without them stay what they were
+        byzantine_idx = set(random.Random(f"{s}:byzantine").sample(
+            [i for i in range(1, cfg.nodes) if i not in rogue_idx],
+            min(cfg.byzantine, max(0, cfg.nodes - 1 - len(rogue_idx))))) if cfg.byzantine else set()
         modes = list(cfg.rogue_modes)
         self.slots = []
         k = 0
@@ -96,8 +104,10 @@ class Simulation:
                 rogue = (modes[k % len(modes)],)
                 k += 1
             skew = rng_nodes.uniform(-cfg.skew, cfg.skew) if cfg.skew else 0.0
-            self.slots.append(Slot(i, os.path.join(root, f"n{i}"), rogue, skew, s, self.clock))
+            self.slots.append(Slot(i, os.path.join(root, f"n{i}"), rogue, skew, s, self.clock,
+                                   i in byzantine_idx))
         self.violations: list[str] = []
+        self.crashes = Counter()                 # "honest" / "byzantine" / "rogue" node crashes
         self._seen_violations: set[str] = set()
         self.dna = None
         self.writes = 0
@@ -140,38 +150,56 @@ class Simulation:
             nodes = [s.node for s in live]
             queues = ([n.limbo for n in nodes], [n.peers for n in nodes],
                       [n._fetching for n in nodes])
-            self._live_now = (live, [s.node.warranted for s in live if not s.rogue], queues)
+            self._live_now = (live, [s.node.warranted for s in live if s.honest], queues)
             self._live_epoch = self.epoch
         return self._live_now
 
     def honest_live(self) -> list[Slot]:
-        return [s for s in self.slots if s.node is not None and not s.rogue]
+        return [s for s in self.slots if s.node is not None and s.honest]
 
     async def _run_node(self, slot: Slot, bootstrap=(), task_status=trio.TASK_STATUS_IGNORED):
         cfg = self.cfg
         slot.stop = trio.Event()
+        started = False
+        factory, adversary = adversarial.plug(
+            self.net.transport, slot.rogue + (("byzantine",) if slot.byzantine else ()),
+            f"{cfg.seed}:byzantine:{slot.index}:{slot.incarnation}")
         with trio.CancelScope() as scope:
             slot.scope = scope
             try:
                 async with NetNode.open(
-                        self.net.transport, path=slot.path, clock=slot.clock, bootstrap=bootstrap,
+                        factory, path=slot.path, clock=slot.clock, bootstrap=bootstrap,
                         r=cfg.r, gossip_interval=cfg.gossip_interval,
                         publish_interval=cfg.publish_interval, durability="process",
                         randbytes=slot.randbytes(), request_timeout=cfg.request_timeout,
-                        dna=self.dna, **plug(slot.rogue)) as node:
+                        dna=self.dna, **adversary) as node:
                     slot.node = node
                     slot.id = node.id
                     self._honest = None  # the honest-node ids include this one now
                     self._hook(slot, node)
                     self.epoch += 1
+                    started = True
                     task_status.started(node)
                     await slot.stop.wait()
                     node._sim_closing = True
+            except Exception as e:  # noqa: BLE001 - one node's crash is a finding, not the run's end
+                self._crashed(slot, e)
+                if not started:
+                    task_status.started(None)
             finally:
                 if slot.node is not None:
                     slot.node._sim_closing = True
                 slot.node = None
                 self.epoch += 1
+
+    def _crashed(self, slot: Slot, e: Exception) -> None:
+        """A node's context exited with an exception (an escape from its nursery). For an honest
+        node that is a violation: no peer may be able to crash it. The slot stays down until the
+        liveness phase restarts it."""
+        kind = "honest" if slot.honest else "byzantine" if slot.byzantine else "rogue"
+        self.crashes[kind] += 1
+        if slot.honest:
+            self.violation(f"honest node {slot.index} crashed: {_describe(e)}")
 
     def _hook(self, slot: Slot, node: NetNode) -> None:
         """Observe every local commit (for convergence and write counts)."""
@@ -199,7 +227,7 @@ class Simulation:
 
     def _committed(self, slot: Slot, s) -> None:
         self.net.note(s.hash)
-        if slot.rogue:
+        if not slot.honest:
             self.rogue_writes += 1
             return
         self.writes += 1
@@ -311,7 +339,7 @@ class Simulation:
             await trio.sleep_until(t)
             # node 0 hosts the steward; rogue nodes' stores hold their own invalid chains, which
             # a restarting node rightly refuses to open, so they never churn
-            cands = [s for s in self.live() if s.index != 0 and not s.rogue]
+            cands = [s for s in self.live() if s.index != 0 and s.honest]
             if not cands:
                 continue
             slot = rng.choice(cands)
@@ -361,7 +389,7 @@ class Simulation:
         if self._membership_key != key:
             warranted = set()
             for s in live:
-                if not s.rogue:
+                if s.honest:
                     warranted.update(s.node.warranted)
             ring = dht.Ring([s.id for s in live if s.id not in warranted])
             self._membership_key = key
@@ -372,7 +400,7 @@ class Simulation:
         # a slot's id is set when its node first starts; agents are only ever added
         n = len(self.workload.agents)
         if self._honest is None or self._honest[0] != n:
-            self._honest = (n, {s.id for s in self.slots if not s.rogue},
+            self._honest = (n, {s.id for s in self.slots if s.honest},
                             {a.pub for a in self.workload.agents if not a.rogue})
         return self._honest[1], self._honest[2]
 
@@ -393,7 +421,7 @@ class Simulation:
         if checked != self._warrants_checked:
             self._warrants_checked = checked
             for s in live:
-                if s.rogue:
+                if not s.honest:
                     continue
                 n = s.node
                 for w in n.warranted:
@@ -421,8 +449,8 @@ class Simulation:
             ok = True
             for a in list(p[4]):
                 slot = by_id.get(a)
-                if slot is None or slot.node is None:
-                    continue
+                if slot is None or slot.node is None or slot.byzantine:
+                    continue  # a Byzantine authority owes nobody anything
                 if not _holds(slot.node, author, seq, h):
                     ok = False
                     break
@@ -440,6 +468,8 @@ class Simulation:
         for name, b in zip(names, bases):
             for a in ring.nearest(b, self.cfg.r):
                 slot = by_id.get(a)
+                if slot is not None and slot.byzantine:
+                    continue
                 hd = slot.node._head(author) if slot and slot.node else None
                 if slot is None or slot.node is None or not _holds(slot.node, author, seq, h):
                     out.append(f"node {slot.index if slot else '?'} ({name} basis, has seq "
@@ -459,7 +489,7 @@ class Simulation:
                 if b not in cache:
                     cache[b] = ring.nearest(b, self.cfg.r)
                 if any(not _holds(by_id[a].node, author, seq, bases[0]) for a in cache[b]
-                       if a in by_id and by_id[a].node is not None):
+                       if a in by_id and by_id[a].node is not None and not by_id[a].byzantine):
                     gaps += 1
                     break
         return gaps
@@ -556,7 +586,7 @@ class Simulation:
         live = self.live()
         labels = [s.index for s in live]
         nodes = [s.node for s in live]
-        honest = [s.node for s in live if not s.rogue]
+        honest = [s.node for s in live if s.honest]
         problems = consistency_lag(nodes, labels, accountable=honest)
         for s in self.honest_live():
             missing = cheaters - set(s.node.warranted)
@@ -638,6 +668,16 @@ class Simulation:
             root.cancel_scope.cancel()
 
 
+def _describe(e: BaseException) -> str:
+    """An exception, with the ones inside a group, as one line of text."""
+    inner = getattr(e, "exceptions", None)
+    if inner:
+        return "; ".join(_describe(x) for x in inner[:3])
+    where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+    at = f" at {os.path.relpath(where[0].filename)}:{where[0].lineno}" if where else ""
+    return f"{type(e).__name__}: {str(e)[:200]}{at}"
+
+
 def _holds(node, author: bytes, seq: int, h: bytes) -> bool:
     """The node holds this write: in the author's chain up to it, or as a single op."""
     hd = node._head(author)
@@ -685,7 +725,7 @@ def deterministic_trio(seed: int):
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = allow
 
 
-def _memory_backed_dir() -> str | None:
+def memory_backed_dir() -> str | None:
     """A simulation's stores live only as long as the run: on a RAM-backed filesystem
     (Linux's /dev/shm) they cost no disk writes; elsewhere, the usual temp directory."""
     shm = "/dev/shm"
@@ -695,7 +735,7 @@ def _memory_backed_dir() -> str | None:
 def run(cfg: SimConfig, progress=None) -> dict:
     """Run one seeded simulation; returns the report (a dict, JSON-ready)."""
     root = tempfile.mkdtemp(prefix=f"budgetnode-sim-{cfg.seed}-",
-                            dir=cfg.store_root or _memory_backed_dir())
+                            dir=cfg.store_root or memory_backed_dir())
     sim = Simulation(cfg, root)
     sim.progress_cb = progress
     wall = time.perf_counter()
@@ -720,6 +760,9 @@ def run(cfg: SimConfig, progress=None) -> dict:
         "rogue_agents": len(sim.cheater_set),
         "warranted_rogue_agents": len(sim.warranted_rogue),
         "converged": sim.converged,
+        "byzantine_nodes": sum(1 for s in sim.slots if s.byzantine),
+        "honest_node_crashes": sim.crashes["honest"],
+        "byzantine_node_crashes": sim.crashes["byzantine"] + sim.crashes["rogue"],
         "trace_hash": sim.net.trace_hash(),
         # beyond the issue's fields: what the run did
         "calls": sim.workload.calls, "grants": sim.workload.grants,

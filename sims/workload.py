@@ -6,7 +6,8 @@ Profiles (seeded per agent):
 * heavy (~35%): three times as often, mostly add_knowledge (33 RU): exhausts its 100 RU and is
   refused with E_INSUFFICIENT_RU (a correct refusal, counted) until its window resets or a
   steward's grant arrives.
-* agents on rogue nodes act like heavy ones; their node cheats on their behalf.
+* agents on rogue nodes act like heavy ones; their node cheats on their behalf. Agents on
+  Byzantine nodes keep their profile; neither kind counts as honest in the checks.
 The steward (node 0) grants 20-150 RU to random heavy agents `grants_per_hour` times an hour.
 """
 from __future__ import annotations
@@ -49,10 +50,10 @@ class Workload:
 
     def add_agent(self, slot, agent_id: str) -> SimAgent:
         cfg = self.sim.cfg
-        rogue = bool(slot.rogue)
-        profile = "heavy" if rogue or self.rng.random() < 0.35 else "steady"
+        profile = "heavy" if slot.rogue or self.rng.random() < 0.35 else "steady"
         rate = cfg.actions_per_agent_hour * (3.0 if profile == "heavy" else 1.0)
-        a = SimAgent(len(self.agents), slot, agent_id, profile, rate, rogue)
+        # an agent on a Byzantine node is honest code behind a lying wire: not checked as honest
+        a = SimAgent(len(self.agents), slot, agent_id, profile, rate, not slot.honest)
         self.agents.append(a)
         return a
 

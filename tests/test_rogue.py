@@ -4,20 +4,26 @@ import pytest
 from node.cell import Cell
 from node.core.budget import InsufficientRU
 from node.sdk import LocalCluster
-from sims.rogue import MODES, RogueCell, plug
+from node.net.rogue import KNOWN, plug
+from sims.rogue import RogueCell
 
 from conftest import START
 
 
 def test_plug_gives_the_seams_for_each_mode_and_refuses_unknown_ones():
-    assert plug(()) == {}
-    kw = plug(("skip_preflight",))
-    assert issubclass(kw["cell_type"], RogueCell) and kw["cell_type"].modes == {"skip_preflight"}
-    assert "outgoing" not in kw
-    assert set(plug(("fork",))) == {"cell_type", "outgoing"}
-    with pytest.raises(ValueError, match="unknown rogue modes"):
-        plug(("skip_preflight", "free_lunch"))
-    assert MODES == {"skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "fork"}
+    def factory(seed, handler):
+        raise AssertionError("not opened here")
+    assert plug(factory, (), 1) == (factory, {})
+    f, kw = plug(factory, ("skip_preflight",), 1)
+    assert f is factory and issubclass(kw["cell_type"], RogueCell)
+    assert kw["cell_type"].modes == {"skip_preflight"} and "outgoing" not in kw
+    assert set(plug(factory, ("fork",), 1)[1]) == {"cell_type", "outgoing"}
+    f, kw = plug(factory, ("byzantine",), 1)   # honest node code behind a lying transport
+    assert f is not factory and kw == {}
+    with pytest.raises(ValueError, match="unknown rogue mode"):
+        plug(factory, ("skip_preflight", "free_lunch"), 1)
+    assert set(KNOWN) == {"skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "fork",
+                          "byzantine"}
 
 
 async def test_only_the_rogue_node_cheats_and_honest_nodes_use_the_plain_cell(autojump_clock):

@@ -12,6 +12,7 @@ from ..core.errors import ConsistencyTimeout
 from .memory import MemoryNetwork
 from ..errgroups import unwrap_single_errors
 from .node import NetNode
+from . import rogue as adversarial
 
 
 def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0"):
@@ -27,6 +28,7 @@ class LocalCluster:
         self.nodes = nodes
         self.network = network
         self._change = trio.Event()
+        self.accountable = nodes
 
     @classmethod
     @asynccontextmanager
@@ -34,27 +36,31 @@ class LocalCluster:
                    r: int = dht.DEFAULT_R, gossip_interval: float = 0.5,
                    publish_interval: float = 0.5, paths=None, rogue_modes=("skip_preflight",),
                    app=None):
-        """`rogue=(2,)` starts node 2 in adversarial mode (`rogue_modes`, default: it skips its
-        own pre-flight); the adversary lives in `sims.rogue`, imported only when asked for.
-        `app`: what every node runs (None: the Rose Forest app, `node.apps`)."""
-        adversary = {}
-        if rogue:
-            from sims.rogue import plug
-            adversary = plug(rogue_modes)
+        """`rogue=(2,)` starts node 2 in the adversarial modes `rogue_modes` (by default it skips
+        its own pre-flight); `rogue={2: "byzantine", 3: ("fork",)}` names each node's modes
+        (node/net/rogue.py lists them; an unknown one is a ValueError). The adversary lives in
+        sims/, imported only when asked for. `app`: what every node runs (None: the Rose Forest
+        app, `node.apps`)."""
         network = MemoryNetwork() if transport == "memory" else None
         factory = network.transport if network is not None else libp2p_factory()
+        modes_of = _rogue_table(rogue, rogue_modes)
         with unwrap_single_errors():
             async with AsyncExitStack() as stack:
                 nodes: list[NetNode] = []
                 for i in range(n):
                     bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
+                    factory_i, adversary = adversarial.plug(factory, modes_of.get(i, ()),
+                                                            f"byzantine:{i}")
                     node = await stack.enter_async_context(NetNode.open(
-                        factory, path=paths[i] if paths else None, clock=clock, bootstrap=bootstrap,
-                        r=r, gossip_interval=gossip_interval, publish_interval=publish_interval,
-                        dna=nodes[0].dna if nodes else None, app=app,
-                        **(adversary if i in rogue else {})))
+                        factory_i, path=paths[i] if paths else None, clock=clock,
+                        bootstrap=bootstrap, r=r, gossip_interval=gossip_interval,
+                        publish_interval=publish_interval,
+                        dna=nodes[0].dna if nodes else None, app=app, **adversary))
                     nodes.append(node)
                 cluster = cls(nodes, network)
+                # a node that misbehaves on the wire owes nobody convergence
+                cluster.accountable = [node for i, node in enumerate(nodes)
+                                       if "byzantine" not in modes_of.get(i, ())]
                 for node in nodes:
                     node.on_change = cluster._changed
                 # Peers learnt after a node joined reach it by the next refresh; make it immediate.
@@ -74,7 +80,7 @@ class LocalCluster:
 
     def lagging(self) -> list[str]:
         """What keeps the cluster from being consistent; empty when it is."""
-        return consistency_lag(self.nodes)
+        return consistency_lag(self.nodes, accountable=self.accountable)
 
     async def await_consistency(self, timeout: float = 10.0) -> None:
         """Wait until every authority holds every honest head and every node every warrant."""
@@ -86,6 +92,14 @@ class LocalCluster:
 
     def state_hashes(self) -> list[bytes]:
         return [n.state_hash() for n in self.nodes]
+
+
+def _rogue_table(rogue, rogue_modes) -> dict[int, tuple]:
+    """Node index -> its adversarial modes, from either form LocalCluster.open takes."""
+    if isinstance(rogue, dict):
+        return {i: adversarial.check(m) for i, m in rogue.items()}
+    modes = adversarial.check(rogue_modes)
+    return {i: modes for i in rogue}
 
 
 def consistency_lag(nodes, labels=None, accountable=None) -> list[str]:
