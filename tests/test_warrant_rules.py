@@ -19,7 +19,7 @@ RECIPIENT = key(10)
 
 
 def signed_wire(body: dict, by=ISSUER) -> dict:
-    """`body` as a wire warrant its issuer signed (encode_trusted: some bodies are not plain data)."""
+    """`body` as a wire warrant signed by `by` (encode_trusted: some bodies are not plain data)."""
     return {"body": body, "sig": by.sign(encode_trusted(body))}
 
 
