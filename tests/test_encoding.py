@@ -225,3 +225,14 @@ def test_signed_from_wire_on_random_bytes_raises_only_malformed(body, sig):
     except (MalformedInput, TooLarge):
         return
     assert isinstance(s.action, dict) and s.body == body
+
+
+@pytest.mark.parametrize("leaf", [None, b"", "", True])
+def test_too_many_plain_leaves_in_one_array_is_too_large(leaf):
+    """Leaves of one array are counted without a call per item: a flat array of MAX_ITEMS hashes
+    or strings is still refused, by the count after the loop."""
+    with pytest.raises(TooLarge):
+        encode([leaf] * MAX_ITEMS)
+    with pytest.raises(TooLarge):
+        decode(cbor2.dumps([leaf] * MAX_ITEMS, canonical=True))
+    assert decode(encode([leaf] * (MAX_ITEMS - 1))) == [leaf] * (MAX_ITEMS - 1)

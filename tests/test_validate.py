@@ -512,3 +512,24 @@ def test_charge_count_at_max_results_is_fine():
     c.claim(g, sig, ts=T0 + US)
     c.charge(DNA.max_results, ts=T0 + 2 * US)   # 100 RU of reads
     assert ok(c).budget.remaining_mru == 100_000
+
+
+@pytest.mark.parametrize("field,value", [("steward", STEWARD.public.hex()), ("steward", None),
+                                         ("amount", True), ("amount", "10000")])
+def test_malformed_grant_fields(field, value):
+    """Signed by the steward, so it is the shape that is refused, not the signature."""
+    c = two_knowledge()
+    g, sig = make_grant(ALICE.public, 10_000)
+    a = c.claim_action(g, sig, T0 + 3 * US)
+    a["grant"] = {**g, field: value}
+    a["grant_sig"] = STEWARD.sign(encode(a["grant"]))
+    rejects(c.with_(c.signed(a)), "malformed", 3)
+
+
+def test_a_chain_longer_than_the_bound_is_refused_before_any_work(monkeypatch):
+    from node.core import validate
+    c = two_knowledge()
+    monkeypatch.setattr(validate, "MAX_CHAIN", len(c.actions))
+    assert ok(c).seq == 2
+    c.create(ts=T0 + 3 * US)
+    rejects(c.actions, "chain_too_long", None, entries=c.entries)

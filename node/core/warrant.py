@@ -91,6 +91,13 @@ def from_wire(w) -> Warrant | None:
             return None
         if not 1 <= len(body["evidence"]) <= 2:
             return None
+        # each item a [body, sig] pair, the entry bytes or absent: anything else would escape
+        # later as a ValueError or TypeError (an unpacking, a hash of text) from a signed warrant
+        # any peer can make with its own key
+        if not all(isinstance(e, list) and len(e) == 2 for e in body["evidence"]):
+            return None
+        if body.get("entry") is not None and not isinstance(body["entry"], bytes):
+            return None
         raw = encode(body)
         if not verify(body["issuer"], sig, raw):
             return None
@@ -132,10 +139,8 @@ def batch_ok(batch, sender: bytes) -> bool:
     if not batch_shape_ok(batch):
         return False
     b = {k: batch.get(k) for k in ("hashes", "to", "ts")}
-    try:
-        return verify(sender, batch["sig"], encode(b))
-    except BudgetError:
-        return False
+    # a batch off the wire is plain data (the strict decode walked it), so encode cannot refuse it
+    return verify(sender, batch["sig"], encode(b))
 
 
 def prev_mismatch_proven(w: Warrant) -> bool:
