@@ -44,7 +44,7 @@ def test_the_step_after_genesis_starts_from_the_genesis_itself():
 
 
 def test_a_genesis_for_another_network_anchors_nothing():
-    other = Dna(stewards=(BOB.public,))
+    other = Dna.for_app(APP, stewards=(BOB.public,))
     c = Chain(ALICE, dna=other)
     s = c.create(ts=T0 + US)
     assert step_anchor(c.actions[0], s, other) is not None

@@ -5,6 +5,9 @@ import copy
 
 import pytest
 
+from node.core.errors import MalformedInput
+from node.net import protocol as P
+
 from chainkit import ALICE, BOB, MALLORY, T0, Chain, key
 from node.core import warrant as W
 from node.core.action import Signed
@@ -257,9 +260,13 @@ async def test_a_node_refuses_malformed_warrants_without_raising(clock, autojump
         spoilt = [{**w.body, "entry": "water is wet"},           # reached validate_next's hash
                   {**w.body, "evidence": [[s2.body]]}]           # unpacked as a pair
         judge = c.nodes[0]
-        refused = judge.metrics["warrants_refused"]
         for body in spoilt:
-            assert not await judge._receive_warrant(signed_wire(body, hostile.node_key),
-                                                    hostile.id)
-        assert judge.metrics["warrants_refused"] == refused + 2
+            # refused at the edge: the typed parse (warrant.from_wire refuses them too, above)
+            with pytest.raises(MalformedInput):
+                P.WarrantMsg.parse(signed_wire(body, hostile.node_key))
+        # and a well-formed one from the same hostile issuer is judged, not believed
+        refused = judge.metrics["warrants_refused"]
+        assert not await judge._receive_warrant(
+            P.WarrantMsg.parse(signed_wire(w.body, hostile.node_key)), hostile.id)
+        assert judge.metrics["warrants_refused"] == refused + 1
         assert pub not in judge.warranted
