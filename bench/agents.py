@@ -118,7 +118,11 @@ def main(argv=None) -> int:
     points = [{"after": done, "ms_per_agent": round(s * 1e3, 3),
                "floor_ms": round(f * 1e3, 3), "ratio": round(f / s, 3)}
               for done, s, f in blocks if f is not None]
+    tenth = max(1, len(blocks) // 10)  # the trend over the whole run, floor blocks aside
+    by_tenth = [round(sum(s for _, s, _ in blocks[i:i + tenth]) / len(blocks[i:i + tenth]) * 1e3,
+                      3) for i in range(0, len(blocks), tenth)]
     emit({"bench": "agents", "agents": a.agents, "block": a.block, "points": points,
+          "ms_per_agent_by_tenth": by_tenth,
           "first_over_last": round(blocks[0][1] / blocks[-1][1], 3),
           "total_s": round(total, 1), "keystore_bytes": ks_bytes, "chain_db_bytes": db_bytes,
           "keystore_open_s": round(ks_open, 3), "node_reopen_s": round(reopen, 1),

@@ -147,33 +147,31 @@ class Keystore:
 
     # -- writing
     def add(self, key: SigningKey) -> None:
-        """Append `key` and fsync it; when this returns, the key survives a crash."""
-        self.add_many([key])
-
-    def add_many(self, keys: list[SigningKey]) -> None:
+        """Append `key` and fsync it; when this returns, the key survives a crash. One record
+        per write and fsync, so a crash can tear only the last record."""
         if not os.path.exists(self.path):
             self._create()
         with self._locked(fcntl.LOCK_EX) as fd:
             self._catch_up(fd, repair=True)
-            new = {k.public: k for k in keys if k.public not in self._seeds}
-            if not new:
+            if key.public in self._seeds:
                 return
-            data = b"".join(_record(k) for k in new.values())
-            if os.write(fd, data) != len(data):
+            rec = _record(key)
+            if os.write(fd, rec) != RECORD:
                 raise OSError(f"short write to {self.path}")  # the next writer cuts it off
             os.fsync(fd)
-            for k in new.values():
-                self._seeds[k.public] = k.seed
-            self._end += len(data)
+            self._seeds[key.public] = key.seed
+            self._end += RECORD
 
-    def _create(self) -> None:
-        """Make the file appear whole (header written and fsynced) or not at all; if another
-        process made it first, theirs stands."""
+    def _create(self, keys: list[SigningKey] = ()) -> None:
+        """Make the file appear whole (header and `keys` written and fsynced) or not at all; if
+        another process made it first, theirs stands."""
         directory = os.path.dirname(self.path) or "."
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".keystore-", suffix=".tmp")  # 0600
         try:
             try:
-                os.write(fd, HEADER)
+                data = HEADER + b"".join(_record(k) for k in keys)
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"short write to {tmp}")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -187,7 +185,9 @@ class Keystore:
 
     def _migrate(self, legacy: str) -> None:
         """Copy every key of an old-format keystore into this one, then remove the old file.
-        A crash in between leaves the old file, and the next open copies what is missing."""
+        The new file appears with all of them at once; if it already existed (a crash before
+        the old file was removed, or an old backup put back), the missing keys are added one
+        by one. The old file goes only once its keys are safe."""
         try:
             with open(legacy, "rb") as f:
                 data = f.read()
@@ -197,10 +197,15 @@ class Keystore:
             seeds = decode(data, 64 << 20)
             if not isinstance(seeds, list) or not all(isinstance(s, bytes) for s in seeds):
                 raise MalformedInput("expected a list of key seeds")
-            keys = [SigningKey(s) for s in seeds]
+            keys = list({k.public: k for k in map(SigningKey, seeds)}.values())
         except BudgetError as e:
             raise StoreCorrupted(f"keystore {legacy}: {e}") from None
-        self.add_many(keys)
+        if not os.path.exists(self.path):
+            self._create(keys)
+        self.refresh()
+        for k in keys:
+            if k.public not in self._seeds:
+                self.add(k)
         for leftover in (legacy, legacy + ".lock", legacy + ".tmp"):
             try:
                 os.unlink(leftover)

@@ -174,6 +174,28 @@ def test_an_old_keystore_migrates_once_into_the_new_file(tmp_path):
     assert os.path.getsize(tmp_path / FILE) == len(HEADER) + 50 * RECORD  # once
 
 
+def test_a_crash_before_the_old_keystore_is_removed_loses_and_repeats_nothing(tmp_path,
+                                                                             monkeypatch):
+    keys = [key(f"old{i}") for i in range(20)]
+    legacy(tmp_path, keys)
+    real_unlink = os.unlink
+
+    def crash(path, *a, **kw):
+        if str(path).endswith(LEGACY_FILE):
+            raise KeyboardInterrupt("simulated crash before the old file is removed")
+        return real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Keystore.open(str(tmp_path))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == sorted([FILE, LEGACY_FILE])
+    assert os.path.getsize(tmp_path / FILE) == len(HEADER) + 20 * RECORD  # whole at once
+    assert held(tmp_path) == {k.public for k in keys}
+    assert os.listdir(tmp_path) == [FILE]
+    assert os.path.getsize(tmp_path / FILE) == len(HEADER) + 20 * RECORD
+
+
 def test_an_old_keystore_left_beside_the_new_one_adds_only_what_is_missing(tmp_path):
     """A crash after the new file was written but before the old one was removed, or an old
     backup restored beside the new file: its keys are merged, none twice."""
