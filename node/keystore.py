@@ -3,10 +3,11 @@
 Adding a key appends one record and fsyncs it: constant time, whatever the number of keys (the
 old format, a CBOR list rewritten whole on every change, cost O(n) per key and could not hold
 10,000). A record is seed | public key | BLAKE2b-128 of both, so a torn or damaged record is
-never read as a key. Only a writer's last record can be torn by a crash (records reach the
-file under an exclusive lock, and a key is used only after its fsync), so a bad or short last
-record is dropped (and cut off by the next writer); a bad record before a good one is
-corruption, refused. Readers take a shared lock, so they never see a write in progress.
+never read as a key. Each record is its own write and fsync under an exclusive lock, and a key
+is used only after its fsync, so a crash can tear only the last record, and only one no chain
+names: a bad or short last record is dropped (and cut off by the next writer); a bad record
+before a good one is corruption, refused. Readers take a shared lock, so they never see a
+write in progress.
 """
 from __future__ import annotations
 
