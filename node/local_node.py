@@ -65,7 +65,7 @@ class LocalNode:
         os.makedirs(path, exist_ok=True)
         store = Store(store_path(path), durability)
         try:
-            keystore = Keystore(os.path.join(path, "keystore.cbor"))
+            keystore = Keystore.open(path)
             raw = store.get_meta("dna")
             if raw is None and keystore.keys:
                 raise StoreCorrupted(f"{path}: the keystore holds {len(keystore.keys)} keys but "

@@ -16,6 +16,7 @@ from node.core.crypto import SigningKey, from_text
 from node.core.encoding import encode
 from node.core.errors import HeadMoved
 from node.core.validate import validate_chain
+from node.keystore import FILE, HEADER, RECORD
 from node.sdk import (BudgetError, InsufficientRU, InvalidInput, LocalNode, StoreCorrupted,
                       TooLarge)
 from zomes import APP
@@ -235,7 +236,7 @@ async def test_keystore_is_private_and_reopening_restores_agents_chains_and_budg
         agents = node.agents()
         chains = {a: [s.hash for s in node.store.chain(from_text("agent", a))] for a in agents}
         budgets = {a: (await (await node.agent(a)).budget_status()).to_dict() for a in agents}
-    ks = tmp_path / "keystore.cbor"
+    ks = tmp_path / FILE
     assert mode(ks) == 0o600
 
     async with opened(tmp_path) as node:
@@ -257,7 +258,7 @@ async def test_keystore_is_private_and_reopening_restores_agents_chains_and_budg
 @pytest.mark.parametrize("bad_mode", [0o644, 0o640, 0o604, 0o660, 0o666])
 async def test_readable_keystore_is_refused(tmp_path, bad_mode):
     agent_id, hashes = await populate(tmp_path, n=1)
-    ks = tmp_path / "keystore.cbor"
+    ks = tmp_path / FILE
     before = ks.read_bytes(), (tmp_path / "chain.db").read_bytes()
     os.chmod(ks, bad_mode)
     with pytest.raises(BudgetError) as e:
@@ -271,24 +272,24 @@ async def test_readable_keystore_is_refused(tmp_path, bad_mode):
         assert agent_id in node.agents()
 
 
-async def test_stale_keystore_tmp_file_does_not_leak_its_mode(tmp_path):
-    """A readable leftover keystore.cbor.tmp must not make the real keystore readable."""
-    agent_id, _ = await populate(tmp_path, n=1)
-    tmp = tmp_path / "keystore.cbor.tmp"
-    tmp.write_bytes(b"leftover")
-    os.chmod(tmp, 0o644)
+async def test_keystore_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        agent_id, _ = await populate(tmp_path, n=1)
+        async with opened(tmp_path) as node:
+            await node.new_agent()
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / FILE) == 0o600
     async with opened(tmp_path) as node:
-        await node.new_agent()
-    assert mode(tmp_path / "keystore.cbor") == 0o600
-    async with opened(tmp_path) as node:
-        assert len(node.agents()) == 3
+        assert len(node.agents()) == 3 and agent_id in node.agents()
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xff", encode([1, 2]), encode({"a": b"x"}),
-                                     encode([b"short"]), encode("text")])
+@pytest.mark.parametrize("content", [b"", b"\xff\xff", encode([b"x" * 32]), HEADER[:-1],
+                                     HEADER + b"\x00" * RECORD * 2])
 async def test_damaged_keystore_is_refused(tmp_path, content):
     await populate(tmp_path, n=1)
-    (tmp_path / "keystore.cbor").write_bytes(content)
+    (tmp_path / FILE).write_bytes(content)
     with pytest.raises(StoreCorrupted) as e:
         async with opened(tmp_path):
             pass
@@ -297,7 +298,7 @@ async def test_damaged_keystore_is_refused(tmp_path, content):
 
 async def test_missing_keystore_is_refused_naming_the_agent(tmp_path):
     agent_id, _ = await populate(tmp_path, n=1)
-    os.remove(tmp_path / "keystore.cbor")
+    os.remove(tmp_path / FILE)
     with pytest.raises(StoreCorrupted) as e:
         async with opened(tmp_path):
             pass
@@ -310,7 +311,7 @@ async def test_two_nodes_adding_agents_keep_each_others_keys(tmp_path):
             a = await n1.new_agent()
             b = await n2.new_agent()
             c = await n1.new_agent()
-    assert mode(tmp_path / "keystore.cbor") == 0o600
+    assert mode(tmp_path / FILE) == 0o600
     async with opened(tmp_path) as node:  # every chain has its key: the store opens
         assert {a.agent_id, b.agent_id, c.agent_id} <= set(node.agents())
         for x in (a, b, c):
