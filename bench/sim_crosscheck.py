@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -21,11 +20,11 @@ KEYS = ("ok", "converged", "invariant_violations", "writes", "honest_writes", "r
 
 
 def run(scenario: str, seed: int, transport: str) -> dict:
-    # a process each: the simulated run needs PYTHONHASHSEED=0, and libp2p's import is its own
+    # a process each: libp2p's import is its own
     out = subprocess.run(
         [sys.executable, "-m", "sims", "--scenario", scenario, "--seed", str(seed), "--json",
          "--transport", transport],
-        env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=1800)
     if not out.stdout.strip():
         raise SystemExit(f"{transport} run produced no report:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)

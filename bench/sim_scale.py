@@ -7,7 +7,7 @@
     python -m bench.sim_scale --sweep-seeds 1-50 --byzantine       # ... with Byzantine nodes too
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
-Run with PYTHONHASHSEED=0 to make traces comparable across processes.
+A run is a function of its seed alone (not of PYTHONHASHSEED): traces compare across processes.
 """
 from __future__ import annotations
 

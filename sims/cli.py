@@ -173,16 +173,6 @@ def _public(r: dict) -> dict:
     return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
-def _ensure_hashseed() -> None:
-    """Sets of byte strings iterate in hash order, so replaying a run in another process needs
-    the same hash seed: re-exec once with PYTHONHASHSEED=0 (runs in one process match anyway)."""
-    if os.environ.get("PYTHONHASHSEED") != "0" and not os.environ.get("BUDGETNODE_SIM_NO_REEXEC"):
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, env)
-
-
 def run_cli(args) -> int:
     from .sim import run
     cfg = config_from_args(args)
@@ -250,7 +240,6 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
 
 async def _run_async(args) -> None:
     import trio
-    _ensure_hashseed()
     code = await trio.to_thread.run_sync(run_cli, args)
     if code:
         raise SystemExit(code)
@@ -269,5 +258,4 @@ def main(argv=None) -> int:
     _configure(p)
     args = p.parse_args(argv)
     if argv is None:
-        _ensure_hashseed()
-    return run_cli(args)
+        return run_cli(args)

@@ -143,7 +143,7 @@ class SimConfig:
             parts.append(f"--transport {self.transport}")
         if tuple(self.rogue_modes) != defaults.rogue_modes:
             parts.append(f"--rogue-modes {','.join(self.rogue_modes)}")
-        return "PYTHONHASHSEED=0 " + " ".join(parts)
+        return " ".join(parts)
 
     def replace(self, **kw) -> "SimConfig":
         return dataclasses.replace(self, **kw)

@@ -55,18 +55,27 @@ def test_sixty_nodes_heal_a_long_split_well_within_the_deadline():
     # four at a time, and 11-34 writes (seeds 1-3) were still missing at hash and entry
     # authorities 5 minutes into the liveness phase. A node a dropped peer answers re-signs its
     # info now, and the nodes that dropped it take it back from any peer swap.
-    # A run is a function of its seed and of the hash seed (sets of bytes iterate in hash
-    # order). `budgetnode sim` fixes both (it re-executes itself with PYTHONHASHSEED=0), so the
-    # time to heal is one result, not a draw: over 19 hash seeds it ranged 0-202 s, median 5 s.
-    p = subprocess.run(
-        [sys.executable, "-m", "node.cli", "sim", "--seed", "3", "--nodes", "60", "--agents",
-         "60", "--hours", "0.5", "--latency", "50ms", "--jitter", "20ms", "--loss", "0.01",
-         "--partition", "50/50@5m-25m", "--deadline", "300", "--json"],
-        capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    r = json.loads(p.stdout)
+    r = run(SimConfig(seed=3, nodes=60, agents=60, hours=0.5, latency=0.05, jitter=0.02,
+                      loss=0.01, partitions=[Partition.parse("50/50@5m-25m")], deadline=300))
     assert r["ok"] and r["writes_missing_at_op_authorities"] == 0, r["invariant_violations"][:2]
     assert r["sim_seconds"] - 1800 < 150  # the liveness phase began at 30 min
+
+
+def test_a_run_is_a_function_of_its_seed_not_of_the_hash_seed():
+    """Sets of byte strings iterate in hash order, which PYTHONHASHSEED changes per process:
+    nothing whose order reaches the network may depend on it (the publisher once sent to an
+    op's authorities in set order), so a replay in any process is the same run."""
+    cmd = [sys.executable, "-m", "sims", "--seed", "730001", "--nodes", "8", "--agents", "16",
+           "--hours", "0.25", "--loss", "0.01", "--dup", "0.01", "--reorder", "--churn", "0.3",
+           "--rogue", "2", "--rogue-modes", "fork,skip_preflight", "--byzantine", "1",
+           "--partition", "50/50@5m-10m", "--json"]
+    traces = set()
+    for hash_seed in ("0", "1", "4242"):
+        p = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED=hash_seed),
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        traces.add(json.loads(p.stdout)["trace_hash"])
+    assert len(traces) == 1
 
 
 def test_same_seed_same_trace_other_seed_other_trace():
@@ -117,7 +126,7 @@ def test_an_injected_validator_bug_is_caught(monkeypatch):
     assert not r["ok"]
     assert any("over-spend" in v for v in r["invariant_violations"])
     assert r["warranted_rogue_agents"] < r["rogue_agents"]
-    assert r["replay"].startswith("PYTHONHASHSEED=0 budgetnode sim --seed 5")
+    assert r["replay"].startswith("budgetnode sim --seed 5")
 
 
 def test_audit_catches_forged_budget_state():
@@ -158,8 +167,8 @@ def test_mixed_fault_seeds_pass_and_their_replay_commands_rebuild_them():
         assert cfg == mixed(seed, nodes=6, hours=0.25)  # drawn from the seed alone
         kinds.update(p.kind for p in cfg.partitions)
         words = shlex.split(cfg.replay_command())
-        assert words[:3] == ["PYTHONHASHSEED=0", "budgetnode", "sim"]
-        args = _configure(argparse.ArgumentParser()).parse_args(words[3:])
+        assert words[:2] == ["budgetnode", "sim"]
+        args = _configure(argparse.ArgumentParser()).parse_args(words[2:])
         assert config_from_args(args) == cfg
         r = run(cfg)
         assert r["ok"], (cfg.replay_command(), r["invariant_violations"][:3])
