@@ -1,4 +1,5 @@
 """`python -m bench` (from the repo root) runs every benchmark: see run_all.py."""
+
 import os
 import sys
 

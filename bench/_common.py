@@ -4,6 +4,7 @@ Every benchmark reports a RATIO against a floor measured in the same process, in
 same run, interleaved round by round, so machine speed and background load cancel out
 as far as they can.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,13 +54,21 @@ def timed_rate(step, seconds: float, min_ops: int = 1) -> tuple[int, float]:
 
 
 def summary(rates: list[float]) -> dict:
-    return {"median": statistics.median(rates), "best": max(rates), "worst": min(rates),
-            "rounds": [round(r, 1) for r in rates]}
+    return {
+        "median": statistics.median(rates),
+        "best": max(rates),
+        "worst": min(rates),
+        "rounds": [round(r, 1) for r in rates],
+    }
 
 
 def env() -> dict:
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "platform": platform.platform(terse=True)}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+    }
 
 
 def bench_dir(default: str | None = None) -> str | None:

@@ -22,6 +22,7 @@ varies by 10x from minute to minute on a shared machine and hides any trend in t
     python bench/agents.py [--agents 100000] [--block 1000] [--checkpoints 10000,50000]
                            [--no-fsync]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ from _common import FakeClock, bench_dir, emit, env, log, perf  # noqa: E402
 
 class Floor:
     def __init__(self, directory: str):
-        self.fd = os.open(os.path.join(directory, "floor.keys"),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = os.open(
+            os.path.join(directory, "floor.keys"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
         self.db = sqlite3.connect(os.path.join(directory, "floor.db"), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -58,8 +60,9 @@ class Floor:
             os.write(self.fd, key.seed + key.public + key.seed[:16])
             os.fsync(self.fd)
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO a VALUES (?, ?, ?)", (os.urandom(32), key.public,
-                                                               self.body))
+            self.db.execute(
+                "INSERT INTO a VALUES (?, ?, ?)", (os.urandom(32), key.public, self.body)
+            )
             self.db.execute("COMMIT")
         return perf() - t
 
@@ -75,12 +78,15 @@ async def _agents(node, n: int) -> float:
     return perf() - t
 
 
-async def _create(path: str, fresh_path: str, n: int, block: int, checkpoints: set[int],
-                  floor: Floor):
+async def _create(
+    path: str, fresh_path: str, n: int, block: int, checkpoints: set[int], floor: Floor
+):
     blocks = []  # (agents after the block, s per agent, floor s per op, fresh node s per agent)
     t_all = perf()
-    async with LocalNode.open(path=path, clock=FakeClock()) as node, \
-            LocalNode.open(path=fresh_path, clock=FakeClock()) as fresh:
+    async with (
+        LocalNode.open(path=path, clock=FakeClock()) as node,
+        LocalNode.open(path=fresh_path, clock=FakeClock()) as fresh,
+    ):
         done = 0
         while done < n:
             size = min(block, n - done)
@@ -95,8 +101,10 @@ async def _create(path: str, fresh_path: str, n: int, block: int, checkpoints: s
             done += size
             _, s, f, e = blocks[-1]
             if f is not None or done % (10 * block) == 0:
-                log(f"  {done:7d} agents: {s * 1e3:6.2f} ms/agent" + (
-                    f"  floor {f * 1e3:6.2f} ms  fresh node {e * 1e3:6.2f} ms" if f else ""))
+                log(
+                    f"  {done:7d} agents: {s * 1e3:6.2f} ms/agent"
+                    + (f"  floor {f * 1e3:6.2f} ms  fresh node {e * 1e3:6.2f} ms" if f else "")
+                )
     return blocks, perf() - t_all
 
 
@@ -122,35 +130,61 @@ def main(argv=None) -> int:
     try:
         floor = Floor(d)
         node_dir = os.path.join(d, "node")
-        blocks, total = trio.run(_create, node_dir, os.path.join(d, "fresh"), a.agents, a.block,
-                                 checkpoints, floor)
+        blocks, total = trio.run(
+            _create, node_dir, os.path.join(d, "fresh"), a.agents, a.block, checkpoints, floor
+        )
         floor.close()
         ks_bytes = os.path.getsize(os.path.join(node_dir, FILE))
-        db_bytes = sum(os.path.getsize(os.path.join(node_dir, f)) for f in os.listdir(node_dir)
-                       if f.startswith("chain.db"))
+        db_bytes = sum(
+            os.path.getsize(os.path.join(node_dir, f))
+            for f in os.listdir(node_dir)
+            if f.startswith("chain.db")
+        )
         t = perf()
         ks = Keystore.open(node_dir)
         ks_open = perf() - t
         reopen, cells = trio.run(_reopen, node_dir)
-        log(f"agents: {a.agents} in {total:.1f}s; keystore {ks_bytes} B ({len(ks)} keys) "
-            f"re-opens in {ks_open:.3f}s; the node ({cells} cells) in {reopen:.1f}s")
+        log(
+            f"agents: {a.agents} in {total:.1f}s; keystore {ks_bytes} B ({len(ks)} keys) "
+            f"re-opens in {ks_open:.3f}s; the node ({cells} cells) in {reopen:.1f}s"
+        )
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
-    points = [{"after": done, "ms_per_agent": round(s * 1e3, 3),
-               "floor_ms": round(f * 1e3, 3), "ratio": round(f / s, 3),
-               "fresh_node_ms": round(e * 1e3, 3), "fresh_ratio": round(e / s, 3)}
-              for done, s, f, e in blocks if f is not None]
+    points = [
+        {
+            "after": done,
+            "ms_per_agent": round(s * 1e3, 3),
+            "floor_ms": round(f * 1e3, 3),
+            "ratio": round(f / s, 3),
+            "fresh_node_ms": round(e * 1e3, 3),
+            "fresh_ratio": round(e / s, 3),
+        }
+        for done, s, f, e in blocks
+        if f is not None
+    ]
     tenth = max(1, len(blocks) // 10)  # the trend over the whole run, floor blocks aside
-    by_tenth = [round(sum(b[1] for b in blocks[i:i + tenth]) / len(blocks[i:i + tenth]) * 1e3,
-                      3) for i in range(0, len(blocks), tenth)]
-    emit({"bench": "agents", "agents": a.agents, "block": a.block, "fsync": not a.no_fsync,
-          "points": points,
-          "ms_per_agent_by_tenth": by_tenth,
-          "first_over_last": round(blocks[0][1] / blocks[-1][1], 3),
-          "total_s": round(total, 1), "keystore_bytes": ks_bytes, "chain_db_bytes": db_bytes,
-          "keystore_open_s": round(ks_open, 3), "node_reopen_s": round(reopen, 1),
-          "env": env()})
+    by_tenth = [
+        round(sum(b[1] for b in blocks[i : i + tenth]) / len(blocks[i : i + tenth]) * 1e3, 3)
+        for i in range(0, len(blocks), tenth)
+    ]
+    emit(
+        {
+            "bench": "agents",
+            "agents": a.agents,
+            "block": a.block,
+            "fsync": not a.no_fsync,
+            "points": points,
+            "ms_per_agent_by_tenth": by_tenth,
+            "first_over_last": round(blocks[0][1] / blocks[-1][1], 3),
+            "total_s": round(total, 1),
+            "keystore_bytes": ks_bytes,
+            "chain_db_bytes": db_bytes,
+            "keystore_open_s": round(ks_open, 3),
+            "node_reopen_s": round(reopen, 1),
+            "env": env(),
+        }
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ the ratio charge/floor says how much the dataclass-and-call overhead costs.
 
     python bench/budget_checks.py [--checks 200000] [--rounds 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -114,8 +115,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
     dna = Dna.for_app(ROSE_FOREST)
-    cases = {"floor": floor, "charge": charge_chained, "charge_fixed": charge_fixed,
-             "roll": roll_only, "plain_fn": floor_call}
+    cases = {
+        "floor": floor,
+        "charge": charge_chained,
+        "charge_fixed": charge_fixed,
+        "roll": roll_only,
+        "plain_fn": floor_call,
+    }
     for f in cases.values():
         f(20_000, dna)  # warm-up
     rates = {k: [] for k in cases}
@@ -123,16 +129,29 @@ def main(argv=None) -> int:
         names = list(cases) if r % 2 == 0 else list(reversed(cases))
         for k in names:
             rates[k].append(a.checks / cases[k](a.checks, dna))
-        log(f"  round {r + 1}/{a.rounds}: " + "  ".join(
-            f"{k} {rates[k][-1]:12,.0f}/s" for k in cases))
+        log(
+            f"  round {r + 1}/{a.rounds}: "
+            + "  ".join(f"{k} {rates[k][-1]:12,.0f}/s" for k in cases)
+        )
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["charge"] / med["floor"]
-    emit({"bench": "budget_checks", "rate": round(med["charge"]), "floor": round(med["floor"]),
-          "ratio": round(ratio, 4), "charge_fixed_rate": round(med["charge_fixed"]),
-          "roll_rate": round(med["roll"]), "plain_fn_rate": round(med["plain_fn"]), "ns_per_charge": round(1e9 / med["charge"], 1),
-          "ns_per_floor_op": round(1e9 / med["floor"], 1),
-          "goal_rate": GOAL_RATE, "meets_rate": med["charge"] >= GOAL_RATE,
-          "rounds": {k: [round(x) for x in v] for k, v in rates.items()}, "env": env()})
+    emit(
+        {
+            "bench": "budget_checks",
+            "rate": round(med["charge"]),
+            "floor": round(med["floor"]),
+            "ratio": round(ratio, 4),
+            "charge_fixed_rate": round(med["charge_fixed"]),
+            "roll_rate": round(med["roll"]),
+            "plain_fn_rate": round(med["plain_fn"]),
+            "ns_per_charge": round(1e9 / med["charge"], 1),
+            "ns_per_floor_op": round(1e9 / med["floor"], 1),
+            "goal_rate": GOAL_RATE,
+            "meets_rate": med["charge"] >= GOAL_RATE,
+            "rounds": {k: [round(x) for x in v] for k, v in rates.items()},
+            "env": env(),
+        }
+    )
     return 0
 
 

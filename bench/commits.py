@@ -16,6 +16,7 @@ Rounds alternate SDK/floor order (ABBA) and the ratio is median(SDK) / median(fl
     python bench/commits.py [--seconds 2] [--rounds 3] [--modes process,power]
     BENCH_DIR=/some/disk python bench/commits.py     # where the databases go
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,17 @@ WRITES_PER_WINDOW = 30  # x 3 RU = 90 RU <= the 100 RU base budget
 
 
 def _payload(i: int) -> dict:
-    return {"subject": f"subject-{i % 100}", "predicate": "relates-to",
-            "object": f"object-{i}", "context": "benchmark"}
+    return {
+        "subject": f"subject-{i % 100}",
+        "predicate": "relates-to",
+        "object": f"object-{i}",
+        "context": "benchmark",
+    }
 
 
-async def _sdk_round(mode: str, seconds: float, warmup: int = 50,
-                     writers: int = 1) -> tuple[int, float, float]:
+async def _sdk_round(
+    mode: str, seconds: float, warmup: int = 50, writers: int = 1
+) -> tuple[int, float, float]:
     """(commits, elapsed, mean action body bytes) for one fresh node; `writers` agents each
     write in a loop of their own, all at once (concurrent tasks on one node)."""
     d = tempfile.mkdtemp(prefix="bench-commits-", dir=bench_dir())
@@ -55,7 +61,7 @@ async def _sdk_round(mode: str, seconds: float, warmup: int = 50,
     try:
         async with LocalNode.open(path=d, clock=clock, durability=mode) as node:
             agents = [await node.new_agent() for _ in range(writers)]
-            count = [0]   # writes so far, all agents: the clock jumps every 30 of them
+            count = [0]  # writes so far, all agents: the clock jumps every 30 of them
             stop = [False]
             measured = [0]
 
@@ -87,7 +93,8 @@ async def _sdk_round(mode: str, seconds: float, warmup: int = 50,
                 nursery.start_soon(stopper)
             elapsed = perf() - t0
             body_len = node.store.db.execute(
-                "SELECT avg(length(body)) FROM actions WHERE seq > 0").fetchone()[0]
+                "SELECT avg(length(body)) FROM actions WHERE seq > 0"
+            ).fetchone()[0]
             return measured[0], elapsed, body_len
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -99,8 +106,10 @@ def _floor_round(mode: str, seconds: float, body_len: int, warmup: int = 50) -> 
         db = sqlite3.connect(os.path.join(d, "floor.db"), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={DURABILITY[mode]}")
-        db.execute("CREATE TABLE actions(id INTEGER PRIMARY KEY, hash BLOB UNIQUE NOT NULL, "
-                   "body BLOB NOT NULL, sig BLOB NOT NULL)")
+        db.execute(
+            "CREATE TABLE actions(id INTEGER PRIMARY KEY, hash BLOB UNIQUE NOT NULL, "
+            "body BLOB NOT NULL, sig BLOB NOT NULL)"
+        )
         sk = Ed25519PrivateKey.generate()
         base = os.urandom(body_len)
         blake2b = hashlib.blake2b
@@ -138,6 +147,7 @@ def _floor_round(mode: str, seconds: float, body_len: int, warmup: int = 50) -> 
 def _probe_body_len() -> int:
     async def probe():
         return (await _sdk_round("process", 0.05, warmup=5))[2]
+
     return int(round(trio.run(probe)))
 
 
@@ -155,19 +165,32 @@ def run_mode(mode: str, seconds: float, rounds: int, body_len: int, writers: int
         sdk.append(got["sdk"])
         floor.append(got["floor"])
         paired.append(got["sdk"] / got["floor"])
-        log(f"  {mode:7s} x{writers} round {r + 1}/{rounds}: sdk {got['sdk']:9.1f}/s  "
-            f"floor {got['floor']:9.1f}/s  ratio {paired[-1]:.3f}")
+        log(
+            f"  {mode:7s} x{writers} round {r + 1}/{rounds}: sdk {got['sdk']:9.1f}/s  "
+            f"floor {got['floor']:9.1f}/s  ratio {paired[-1]:.3f}"
+        )
     rate, fl = statistics.median(sdk), statistics.median(floor)
     ratio = rate / fl
-    return {"bench": "commits", "mode": mode, "writers": writers,
-            "synchronous": DURABILITY[mode],
-            "rate": round(rate, 1), "floor": round(fl, 1), "ratio": round(ratio, 4),
-            "paired_ratio_median": round(statistics.median(paired), 4),
-            "us_per_commit": round(1e6 / rate, 1), "us_per_floor_op": round(1e6 / fl, 1),
-            "goal_ratio": GOAL_RATIO, "goal_rate": GOAL_RATE,
-            "meets_ratio": ratio >= GOAL_RATIO, "meets_rate": rate >= GOAL_RATE,
-            "sdk_rounds": summary(sdk)["rounds"], "floor_rounds": summary(floor)["rounds"],
-            "action_body_bytes": body_len, "seconds_per_measurement": seconds}
+    return {
+        "bench": "commits",
+        "mode": mode,
+        "writers": writers,
+        "synchronous": DURABILITY[mode],
+        "rate": round(rate, 1),
+        "floor": round(fl, 1),
+        "ratio": round(ratio, 4),
+        "paired_ratio_median": round(statistics.median(paired), 4),
+        "us_per_commit": round(1e6 / rate, 1),
+        "us_per_floor_op": round(1e6 / fl, 1),
+        "goal_ratio": GOAL_RATIO,
+        "goal_rate": GOAL_RATE,
+        "meets_ratio": ratio >= GOAL_RATIO,
+        "meets_rate": rate >= GOAL_RATE,
+        "sdk_rounds": summary(sdk)["rounds"],
+        "floor_rounds": summary(floor)["rounds"],
+        "action_body_bytes": body_len,
+        "seconds_per_measurement": seconds,
+    }
 
 
 def main(argv=None) -> int:
@@ -175,12 +198,17 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode (default 3)")
     p.add_argument("--modes", default="process,power")
-    p.add_argument("--writers", default="1,8",
-                   help="agents writing at once on one node, one run per value (default 1,8)")
+    p.add_argument(
+        "--writers",
+        default="1,8",
+        help="agents writing at once on one node, one run per value (default 1,8)",
+    )
     a = p.parse_args(argv)
     body_len = _probe_body_len()
-    log(f"commits: action body ~{body_len} bytes; db dir {bench_dir() or tempfile.gettempdir()}; "
-        f"{env()}")
+    log(
+        f"commits: action body ~{body_len} bytes; db dir {bench_dir() or tempfile.gettempdir()}; "
+        f"{env()}"
+    )
     for mode in a.modes.split(","):
         for writers in a.writers.split(","):
             res = run_mode(mode.strip(), a.seconds, a.rounds, body_len, int(writers))

@@ -21,6 +21,7 @@ order (ABBA). Headline: p50/p99 of each, and node/floor ratios. Goal: node p99 <
     python bench/net_latency.py [--writes 100] [--rounds 4] [--gap 0.15]
                                 [--publish-interval 0.5] [--gossip-interval 0.5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +52,18 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def stats_ms(xs: list[float]) -> dict:
-    return {"p50_ms": round(pct(xs, 50) * 1e3, 2), "p90_ms": round(pct(xs, 90) * 1e3, 2),
-            "p99_ms": round(pct(xs, 99) * 1e3, 2), "max_ms": round(max(xs) * 1e3, 2),
-            "mean_ms": round(statistics.fmean(xs) * 1e3, 2), "n": len(xs)}
+    return {
+        "p50_ms": round(pct(xs, 50) * 1e3, 2),
+        "p90_ms": round(pct(xs, 90) * 1e3, 2),
+        "p99_ms": round(pct(xs, 99) * 1e3, 2),
+        "max_ms": round(max(xs) * 1e3, 2),
+        "mean_ms": round(statistics.fmean(xs) * 1e3, 2),
+        "n": len(xs),
+    }
 
 
 # ---------------------------------------------------------------- bare GossipSub floor
+
 
 class GossipFloor:
     """Ten py-libp2p hosts with GossipSub on one topic; `send(i)` publishes from host i and
@@ -84,6 +91,7 @@ class GossipFloor:
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID, Transport as Noise
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID, Yamux
         from libp2p.tools.anyio_service import background_trio_service
+
         logging.getLogger("libp2p").setLevel(logging.CRITICAL)
         logging.getLogger("multiaddr").setLevel(logging.ERROR)
 
@@ -91,12 +99,21 @@ class GossipFloor:
         subs = []
         for i in range(N):
             kp = create_new_key_pair(hashlib.sha256(b"gossip-floor-%d" % i).digest())
-            host = new_host(key_pair=kp,
-                            sec_opt={NOISE_ID: Noise(kp, noise_privkey=create_x25519_key_pair().private_key)},
-                            muxer_opt={TProtocol(YAMUX_ID): Yamux}, listen_addrs=listen,
-                            connection_config=ConnectionConfig(max_connections_per_peer=1))
-            gs = GossipSub(protocols=[GOSSIPSUB_PROTOCOL_ID], degree=6, degree_low=4,
-                           degree_high=12, heartbeat_initial_delay=0.1, heartbeat_interval=1)
+            host = new_host(
+                key_pair=kp,
+                sec_opt={NOISE_ID: Noise(kp, noise_privkey=create_x25519_key_pair().private_key)},
+                muxer_opt={TProtocol(YAMUX_ID): Yamux},
+                listen_addrs=listen,
+                connection_config=ConnectionConfig(max_connections_per_peer=1),
+            )
+            gs = GossipSub(
+                protocols=[GOSSIPSUB_PROTOCOL_ID],
+                degree=6,
+                degree_low=4,
+                degree_high=12,
+                heartbeat_initial_delay=0.1,
+                heartbeat_interval=1,
+            )
             ps = Pubsub(host, gs)
             # Trap 6: entered here, outside any fail_after/move_on_after.
             await stack.enter_async_context(host.run(listen_addrs=listen))
@@ -109,7 +126,7 @@ class GossipFloor:
             self.pubsubs.append(ps)
             self.routers.append(gs)
         for i, host in enumerate(self.hosts):
-            for other in self.hosts[i + 1:]:
+            for other in self.hosts[i + 1 :]:
                 await host.connect(PeerInfo(other.get_id(), other.get_addrs()))
         for i, sub in enumerate(subs):
             nursery.start_soon(self._receive, i, sub)
@@ -155,6 +172,7 @@ class GossipFloor:
 
 # ---------------------------------------------------------------- the node cluster
 
+
 class NodeSide:
     def __init__(self, cluster):
         self.c = cluster
@@ -165,6 +183,7 @@ class NodeSide:
 
     async def open(self) -> None:
         from node.core.crypto import from_text
+
         for node in self.c.nodes:
             a = await node.new_agent()
             self.agents.append((node, a))
@@ -199,6 +218,7 @@ class NodeSide:
 
 async def run(a) -> dict:
     from node.sdk import LocalCluster
+
     t_setup = perf()
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -206,9 +226,15 @@ async def run(a) -> dict:
         sides = {}
         c = None
         if a.only in (None, "node"):
-            c = await stack.enter_async_context(LocalCluster.open(
-                n=N, transport="libp2p", r=N, gossip_interval=a.gossip_interval,
-                publish_interval=a.publish_interval))
+            c = await stack.enter_async_context(
+                LocalCluster.open(
+                    n=N,
+                    transport="libp2p",
+                    r=N,
+                    gossip_interval=a.gossip_interval,
+                    publish_interval=a.publish_interval,
+                )
+            )
             sides["node"] = node = NodeSide(c)
             await node.open()
             log(f"  node cluster up ({perf() - t_setup:.1f}s)")
@@ -238,18 +264,36 @@ async def run(a) -> dict:
                         lat[name].append(total)
                     per_node[name].extend(each)
                     await trio.sleep(a.gap)
-            log(f"  round {r + 1}/{a.rounds}: " + "  ".join(
-                f"{k} p50 {pct(lat[k], 50) * 1e3:7.2f} ms p99 {pct(lat[k], 99) * 1e3:7.2f} ms"
-                for k in sides if lat[k]))
+            log(
+                f"  round {r + 1}/{a.rounds}: "
+                + "  ".join(
+                    f"{k} p50 {pct(lat[k], 50) * 1e3:7.2f} ms p99 {pct(lat[k], 99) * 1e3:7.2f} ms"
+                    for k in sides
+                    if lat[k]
+                )
+            )
         after = {j: n.metrics_snapshot() for j, n in enumerate(nodes)}
         meas_s = perf() - t_meas
-        delta = {k: sum(after[j].get(k, 0) - before[j].get(k, 0) for j in after)
-                 for k in ("messages_sent", "ops_published", "ops_validated", "gossip_rounds",
-                           "history_fetched", "gossip_lag_ops")}
+        delta = {
+            k: sum(after[j].get(k, 0) - before[j].get(k, 0) for j in after)
+            for k in (
+                "messages_sent",
+                "ops_published",
+                "ops_validated",
+                "gossip_rounds",
+                "history_fetched",
+                "gossip_lag_ops",
+            )
+        }
         nursery.cancel_scope.cancel()
-        return {"lat": lat, "per_node": per_node,
-                "node_timeouts": sides["node"].timeouts if "node" in sides else None,
-                "floor_lost": sides["floor"].lost if "floor" in sides else None, "cluster_metrics_delta": delta, "measure_s": meas_s}
+        return {
+            "lat": lat,
+            "per_node": per_node,
+            "node_timeouts": sides["node"].timeouts if "node" in sides else None,
+            "floor_lost": sides["floor"].lost if "floor" in sides else None,
+            "cluster_metrics_delta": delta,
+            "measure_s": meas_s,
+        }
 
 
 def main(argv=None) -> int:
@@ -259,31 +303,54 @@ def main(argv=None) -> int:
     p.add_argument("--gap", type=float, default=0.1)
     p.add_argument("--publish-interval", type=float, default=0.5)
     p.add_argument("--gossip-interval", type=float, default=0.5)
-    p.add_argument("--only", choices=("node", "floor"), default=None,
-                   help="diagnostic: run one side alone (no ratio)")
+    p.add_argument(
+        "--only",
+        choices=("node", "floor"),
+        default=None,
+        help="diagnostic: run one side alone (no ratio)",
+    )
     a = p.parse_args(argv)
     t0 = perf()
     res = trio.run(run, a)
     if a.only:
-        emit({"bench": "net_latency", "only": a.only, a.only: stats_ms(res["lat"][a.only]),
-              "per_receiver": stats_ms(res["per_node"][a.only]),
-              "cluster_metrics_delta": res["cluster_metrics_delta"],
-              "wall_s": round(perf() - t0, 1)})
+        emit(
+            {
+                "bench": "net_latency",
+                "only": a.only,
+                a.only: stats_ms(res["lat"][a.only]),
+                "per_receiver": stats_ms(res["per_node"][a.only]),
+                "cluster_metrics_delta": res["cluster_metrics_delta"],
+                "wall_s": round(perf() - t0, 1),
+            }
+        )
         return 0
     node, floor = stats_ms(res["lat"]["node"]), stats_ms(res["lat"]["floor"])
     r50, r99 = node["p50_ms"] / floor["p50_ms"], node["p99_ms"] / floor["p99_ms"]
-    emit({"bench": "net_latency", "nodes": N, "r": N, "writes": len(res["lat"]["node"]),
-          "publish_interval": a.publish_interval, "gossip_interval": a.gossip_interval,
-          "gap_s": a.gap,
-          "node": node, "floor_gossipsub": floor,
-          "ratio_p50": round(r50, 3), "ratio_p99": round(r99, 3),
-          "node_per_receiver": stats_ms(res["per_node"]["node"]),
-          "floor_per_receiver": stats_ms(res["per_node"]["floor"]),
-          "node_timeouts": res["node_timeouts"], "floor_lost": res["floor_lost"],
-          "cluster_metrics_delta": res["cluster_metrics_delta"],
-          "goal": f"node p99 <= {GOAL_P99_S * 1e3:.0f} ms and <= {GOAL_RATIO}x gossipsub p99",
-          "meets_p99": node["p99_ms"] <= GOAL_P99_S * 1e3, "meets_ratio": r99 <= GOAL_RATIO,
-          "wall_s": round(perf() - t0, 1), "env": env()})
+    emit(
+        {
+            "bench": "net_latency",
+            "nodes": N,
+            "r": N,
+            "writes": len(res["lat"]["node"]),
+            "publish_interval": a.publish_interval,
+            "gossip_interval": a.gossip_interval,
+            "gap_s": a.gap,
+            "node": node,
+            "floor_gossipsub": floor,
+            "ratio_p50": round(r50, 3),
+            "ratio_p99": round(r99, 3),
+            "node_per_receiver": stats_ms(res["per_node"]["node"]),
+            "floor_per_receiver": stats_ms(res["per_node"]["floor"]),
+            "node_timeouts": res["node_timeouts"],
+            "floor_lost": res["floor_lost"],
+            "cluster_metrics_delta": res["cluster_metrics_delta"],
+            "goal": f"node p99 <= {GOAL_P99_S * 1e3:.0f} ms and <= {GOAL_RATIO}x gossipsub p99",
+            "meets_p99": node["p99_ms"] <= GOAL_P99_S * 1e3,
+            "meets_ratio": r99 <= GOAL_RATIO,
+            "wall_s": round(perf() - t0, 1),
+            "env": env(),
+        }
+    )
     return 0
 
 

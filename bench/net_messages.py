@@ -19,6 +19,7 @@ Writes rotate over 4 agents on nodes 0..3 (mod N); K/4 <= 33 so no budget refusa
 
     python bench/net_messages.py [--sizes 3,5,10,20] [--writes 40] [--libp2p-max 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def wrap(node, counts: Counter) -> None:
         reply = await inner(peer, payload, timeout)
         counts["reply_bytes_" + t] += len(reply)
         return reply
+
     node.transport.request = request
 
 
@@ -63,9 +65,11 @@ def diff(after: Counter, before: Counter) -> Counter:
 
 async def measure(n: int, transport: str, k: int, idle_s: float) -> dict:
     from node.sdk import ConsistencyTimeout, LocalCluster
+
     t_open = perf()
-    async with LocalCluster.open(n=n, transport=transport, r=R, gossip_interval=0.5,
-                                 publish_interval=0.5) as c:
+    async with LocalCluster.open(
+        n=n, transport=transport, r=R, gossip_interval=0.5, publish_interval=0.5
+    ) as c:
         counts = Counter()
         for node in c.nodes:
             wrap(node, counts)
@@ -86,8 +90,10 @@ async def measure(n: int, transport: str, k: int, idle_s: float) -> dict:
 
         def authorities_of_new(host, pub, after_seq):
             everyone = [host.id, *host.peers]
-            return [len(dht.authorities(s, everyone, R) - {host.id})
-                    for s in host.store.chain(pub, after_seq)]
+            return [
+                len(dht.authorities(s, everyone, R) - {host.id})
+                for s in host.store.chain(pub, after_seq)
+            ]
 
         async def phase(paced: bool) -> dict:
             start_heads = [h._head(p)[0] for h, _, p in agents]
@@ -108,17 +114,23 @@ async def measure(n: int, transport: str, k: int, idle_s: float) -> dict:
                 problems = c.lagging()[:4]
                 log(f"  N={n} {transport}: NOT consistent: {problems}")
             d, dt = diff(counts, c1), perf() - t1
-            auths = [x for (h, _, p), s0 in zip(agents, start_heads)
-                     for x in authorities_of_new(h, p, s0)]
+            auths = [
+                x
+                for (h, _, p), s0 in zip(agents, start_heads)
+                for x in authorities_of_new(h, p, s0)
+            ]
             gossip = sum(d[t] for t in GOSSIP)
             gossip_expected = sum(idle_rate.values()) * dt
             return {
                 "publish_msgs_per_write": round(d["publish"] / k, 3),
-                "publish_bytes_per_write": round((d["bytes_publish"] + d["reply_bytes_publish"]) / k),
+                "publish_bytes_per_write": round(
+                    (d["bytes_publish"] + d["reply_bytes_publish"]) / k
+                ),
                 "all_msgs_per_write": round(sum(d[t] for t in (*GOSSIP, "publish")) / k, 3),
                 "excess_gossip_msgs_per_write": round((gossip - gossip_expected) / k, 3),
                 "chain_msgs_per_write": round(d["chain"] / k, 3),
-                "consistent": problems is None, "lagging": problems,
+                "consistent": problems is None,
+                "lagging": problems,
                 "warrants_issued": sum(nd.metrics["warrants_issued"] for nd in c.nodes),
                 "all_bytes_per_write": round(sum(v for t, v in d.items() if "bytes" in t) / k),
                 "authorities_per_action": round(sum(auths) / len(auths), 2),
@@ -129,14 +141,20 @@ async def measure(n: int, transport: str, k: int, idle_s: float) -> dict:
         paced = await phase(True)
         burst = await phase(False)
         validated = sum(nd.metrics["ops_validated"] for nd in c.nodes)
-        return {"n": n, "transport": transport, "r": R, "writes": k,
-                "setup_s": round(setup_s, 1),
-                "idle_msgs_per_s": round(sum(idle_rate.values()), 2),
-                "idle_bytes_per_s": round(sum(v for t, v in idle.items() if "bytes" in t) / idle_t),
-                "idle_by_type_per_s": {t: round(v, 2) for t, v in idle_rate.items() if v},
-                "paced": paced, "burst": burst,
-                "ops_validated_total": validated,
-                "memory_network_messages": c.network.messages if c.network else None}
+        return {
+            "n": n,
+            "transport": transport,
+            "r": R,
+            "writes": k,
+            "setup_s": round(setup_s, 1),
+            "idle_msgs_per_s": round(sum(idle_rate.values()), 2),
+            "idle_bytes_per_s": round(sum(v for t, v in idle.items() if "bytes" in t) / idle_t),
+            "idle_by_type_per_s": {t: round(v, 2) for t, v in idle_rate.items() if v},
+            "paced": paced,
+            "burst": burst,
+            "ops_validated_total": validated,
+            "memory_network_messages": c.network.messages if c.network else None,
+        }
 
 
 def main(argv=None) -> int:
@@ -154,19 +172,27 @@ def main(argv=None) -> int:
                 continue
             row = trio.run(measure, n, transport, a.writes, a.idle)
             rows.append(row)
-            log(f"  N={n:3d} {transport:7s} paced: publish {row['paced']['publish_msgs_per_write']:.2f} "
+            log(
+                f"  N={n:3d} {transport:7s} paced: publish {row['paced']['publish_msgs_per_write']:.2f} "
                 f"msg/w ({row['paced']['publish_bytes_per_write']} B/w), authorities "
                 f"{row['paced']['authorities_per_action']:.2f}, excess gossip "
                 f"{row['paced']['excess_gossip_msgs_per_write']:+.2f} msg/w, chain "
                 f"{row['paced']['chain_msgs_per_write']:.2f} msg/w | burst: publish "
                 f"{row['burst']['publish_msgs_per_write']:.2f} msg/w | idle "
-                f"{row['idle_msgs_per_s']:.1f} msg/s")
+                f"{row['idle_msgs_per_s']:.1f} msg/s"
+            )
             emit({"bench": "net_messages", **row})
-    emit({"bench": "net_messages_summary", "wall_s": round(perf() - t0, 1),
-          "paced_publish_msgs_per_write": {f"{r['n']}/{r['transport']}":
-                                           r["paced"]["publish_msgs_per_write"] for r in rows},
-          "idle_msgs_per_s": {f"{r['n']}/{r['transport']}": r["idle_msgs_per_s"] for r in rows},
-          "env": env()})
+    emit(
+        {
+            "bench": "net_messages_summary",
+            "wall_s": round(perf() - t0, 1),
+            "paced_publish_msgs_per_write": {
+                f"{r['n']}/{r['transport']}": r["paced"]["publish_msgs_per_write"] for r in rows
+            },
+            "idle_msgs_per_s": {f"{r['n']}/{r['transport']}": r["idle_msgs_per_s"] for r in rows},
+            "env": env(),
+        }
+    )
     return 0
 
 

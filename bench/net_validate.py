@@ -17,6 +17,7 @@ Order flips each round (ABBA). Rates are ops/s; headline ratio accept/floor.
 
     python bench/net_validate.py [--actions 2000] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,27 +42,39 @@ async def run(a):
     clock = FakeClock()
     net_a = MemoryNetwork()
     t0 = perf()
-    async with NetNode.open(net_a.transport, clock=clock, gossip_interval=3600,
-                            publish_interval=3600) as A:
+    async with NetNode.open(
+        net_a.transport, clock=clock, gossip_interval=3600, publish_interval=3600
+    ) as A:
         agent = await A.new_agent()
         for i in range(a.actions):
             if i % 30 == 0:
                 clock.advance()
-            await agent.transmit_understanding(subject=f"subject-{i % 100}", predicate="relates-to",
-                                               object=f"object-{i}", context="benchmark")
+            await agent.transmit_understanding(
+                subject=f"subject-{i % 100}",
+                predicate="relates-to",
+                object=f"object-{i}",
+                context="benchmark",
+            )
         pub = from_text("agent", agent.agent_id)
         chain = A.store.chain(pub)
         entries = A.store.entries_of(pub)
-        ops = [(s, entries.get(s.action.get("entry")) if s.action.get("type") == "create" else None)
-               for s in chain]
+        ops = [
+            (s, entries.get(s.action.get("entry")) if s.action.get("type") == "create" else None)
+            for s in chain
+        ]
         log(f"net_validate: built a chain of {len(chain)} actions in {perf() - t0:.1f}s")
         n = len(chain)
         pk = Ed25519PublicKey.from_public_bytes(pub)
         pairs = [(s.sig, s.body) for s in chain]
 
         async def fresh_b():
-            return NetNode.open(MemoryNetwork().transport, clock=clock, gossip_interval=3600,
-                                publish_interval=3600, dna=A.dna)
+            return NetNode.open(
+                MemoryNetwork().transport,
+                clock=clock,
+                gossip_interval=3600,
+                publish_interval=3600,
+                dna=A.dna,
+            )
 
         async def accept():
             async with await fresh_b() as B:
@@ -79,7 +92,7 @@ async def run(a):
                 # Requests are built outside the timed part (the sender's cost).
                 reqs = []
                 for i in range(0, n, P.MAX_OPS_PER_MESSAGE):
-                    wire = [[s.body, s.sig, e] for s, e in ops[i:i + P.MAX_OPS_PER_MESSAGE]]
+                    wire = [[s.body, s.sig, e] for s, e in ops[i : i + P.MAX_OPS_PER_MESSAGE]]
                     batch = warrant.sign_batch(wire, B.id, A.now_us(), A.node_key)
                     reqs.append(P.request("publish", A.dna.hash, ops=wire, batch=batch))
                 t = perf()
@@ -108,8 +121,10 @@ async def run(a):
             for k in names:
                 forget_verified()  # every round sees the chain for the first time
                 rates[k].append(n / await cases[k]())
-            log(f"  round {r + 1}/{a.rounds}: " + "  ".join(
-                f"{k} {rates[k][-1]:9.1f}/s" for k in cases))
+            log(
+                f"  round {r + 1}/{a.rounds}: "
+                + "  ".join(f"{k} {rates[k][-1]:9.1f}/s" for k in cases)
+            )
         return n, rates
 
 
@@ -121,16 +136,23 @@ def main(argv=None) -> int:
     t0 = perf()
     n, rates = trio.run(run, a)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    emit({"bench": "net_validate", "actions": n,
-          "accept_rate": round(med["accept"], 1), "publish_rate": round(med["publish"], 1),
-          "floor": round(med["floor"], 1),
-          "ratio_accept": round(med["accept"] / med["floor"], 4),
-          "ratio_publish": round(med["publish"] / med["floor"], 4),
-          "us_per_op_accept": round(1e6 / med["accept"], 1),
-          "us_per_op_publish": round(1e6 / med["publish"], 1),
-          "us_per_verify": round(1e6 / med["floor"], 1),
-          "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-          "wall_s": round(perf() - t0, 1), "env": env()})
+    emit(
+        {
+            "bench": "net_validate",
+            "actions": n,
+            "accept_rate": round(med["accept"], 1),
+            "publish_rate": round(med["publish"], 1),
+            "floor": round(med["floor"], 1),
+            "ratio_accept": round(med["accept"] / med["floor"], 4),
+            "ratio_publish": round(med["publish"] / med["floor"], 4),
+            "us_per_op_accept": round(1e6 / med["accept"], 1),
+            "us_per_op_publish": round(1e6 / med["publish"], 1),
+            "us_per_verify": round(1e6 / med["floor"], 1),
+            "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "wall_s": round(perf() - t0, 1),
+            "env": env(),
+        }
+    )
     return 0
 
 

@@ -9,6 +9,7 @@
 
     python bench/profile_commits.py [--commits 3000] [--mode process] [--top 25]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import trio
 
 import zomes
 from node.core import budget
-from node.core.action import Signed, entry_bytes
+from node.core.action import entry_bytes
 from node.core.crypto import blake2b_256
 from node.core.encoding import decode, encode
 from node.core.validate import validate_next
@@ -32,12 +33,16 @@ from node.sdk import LocalNode
 from node.store import Store
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import FakeClock, bench_dir, emit, log, perf  # noqa: E402
+from _common import FakeClock, bench_dir, emit, perf  # noqa: E402
 
 
 def payload(i):
-    return {"subject": f"subject-{i % 100}", "predicate": "relates-to", "object": f"object-{i}",
-            "context": "benchmark"}
+    return {
+        "subject": f"subject-{i % 100}",
+        "predicate": "relates-to",
+        "object": f"object-{i}",
+        "context": "benchmark",
+    }
 
 
 async def commits(node, clock, agent, n, start=0):
@@ -61,7 +66,10 @@ CATEGORIES = [  # (label, predicate on (file, line, name)); first match wins
     ("store.py (python side)", lambda f, n: f.endswith("node/store.py")),
     ("local_node/context/sdk dispatch", lambda f, n: f.endswith(("local_node.py", "context.py"))),
     ("zomes + app validation", lambda f, n: "/zomes/" in f or f.endswith("core/app.py")),
-    ("action.py / crypto.py / dna.py", lambda f, n: f.endswith(("action.py", "crypto.py", "dna.py"))),
+    (
+        "action.py / crypto.py / dna.py",
+        lambda f, n: f.endswith(("action.py", "crypto.py", "dna.py")),
+    ),
     ("builtins (isinstance, dict ops, ...)", lambda f, n: f == "~"),
 ]
 
@@ -77,14 +85,14 @@ def categorise(stats: pstats.Stats, n: int) -> list[tuple[str, float, float]]:
         else:
             label = "other"
         totals[label] = totals.get(label, 0.0) + tt
-    return sorted(((k, v / n * 1e6, v / grand) for k, v in totals.items()),
-                  key=lambda x: -x[1])
+    return sorted(((k, v / n * 1e6, v / grand) for k, v in totals.items()), key=lambda x: -x[1])
 
 
 def profile_view(mode: str, n: int, top: int) -> dict:
     d = tempfile.mkdtemp(prefix="bench-prof-", dir=bench_dir())
     clock = FakeClock()
     try:
+
         async def go():
             async with LocalNode.open(path=d, clock=clock, durability=mode) as node:
                 agent = await node.new_agent()
@@ -97,6 +105,7 @@ def profile_view(mode: str, n: int, top: int) -> dict:
                 await commits(node, clock, agent, n, 100 + n)
                 pr.disable()
                 return plain, pr
+
         plain, pr = trio.run(go)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -104,23 +113,37 @@ def profile_view(mode: str, n: int, top: int) -> dict:
     cats = categorise(st, n)
     total_prof = sum(c[1] for c in cats)
     print(f"\n## cProfile, {n} commits, durability={mode}")
-    print(f"unprofiled: {plain * 1e6:.1f} us/commit; profiled: {total_prof:.1f} us/commit "
-          f"(profiler overhead inflates Python-level calls)\n")
+    print(
+        f"unprofiled: {plain * 1e6:.1f} us/commit; profiled: {total_prof:.1f} us/commit "
+        f"(profiler overhead inflates Python-level calls)\n"
+    )
     print(f"{'category':40s} {'us/commit':>10s} {'share':>7s}")
     for label, us, share in cats:
         print(f"{label:40s} {us:10.1f} {share:7.1%}")
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
     print(f"\n### top {top} by own time\n")
-    print("\n".join(line for line in buf.getvalue().splitlines()
-                    if line.strip() and not line.startswith(("   Ordered", "         "))))
+    print(
+        "\n".join(
+            line
+            for line in buf.getvalue().splitlines()
+            if line.strip() and not line.startswith(("   Ordered", "         "))
+        )
+    )
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(r"node|zomes", 30)
     print("\n### cumulative, node/ and zomes/ functions\n")
-    print("\n".join(line for line in buf.getvalue().splitlines()
-                    if line.strip() and not line.startswith(("   Ordered", "         "))))
-    return {"unprofiled_us_per_commit": round(plain * 1e6, 1),
-            "categories_us": {k: round(v, 1) for k, v, _ in cats}}
+    print(
+        "\n".join(
+            line
+            for line in buf.getvalue().splitlines()
+            if line.strip() and not line.startswith(("   Ordered", "         "))
+        )
+    )
+    return {
+        "unprofiled_us_per_commit": round(plain * 1e6, 1),
+        "categories_us": {k: round(v, 1) for k, v, _ in cats},
+    }
 
 
 def _per_op(fn, items) -> float:
@@ -159,19 +182,22 @@ def ablation(mode: str, n: int) -> dict:
         stages = {}
         stages["entry validate (edef.validate)"] = _per_op(edef.validate, contents)
         stages["entry encode (entry_bytes)"] = _per_op(
-            lambda c: entry_bytes("understanding", c), contents)
+            lambda c: entry_bytes("understanding", c), contents
+        )
         ebodies = [entry_bytes("understanding", c) for c in contents]
         stages["entry hash (blake2b)"] = _per_op(blake2b_256, ebodies)
         st0 = budget.initial(1, dna)
         stages["budget.charge"] = _per_op(lambda _: budget.charge(st0, 3000, 2, dna), contents)
         stages["index keys (edef.index)"] = _per_op(edef.index, contents)
         stages["action encode (encode = _check + cbor2)"] = _per_op(encode, actions)
-        stages["  of which _check walk"] = stages["action encode (encode = _check + cbor2)"] \
-            - _per_op(lambda a: __import__("cbor2").dumps(a, canonical=True), actions)
+        stages["  of which _check walk"] = stages[
+            "action encode (encode = _check + cbor2)"
+        ] - _per_op(lambda a: __import__("cbor2").dumps(a, canonical=True), actions)
         stages["ed25519 sign"] = _per_op(key.sign, bodies)
         stages["action hash (blake2b)"] = _per_op(blake2b_256, bodies)
         # self-validation, verify_sig=False, over consecutive real states
         from node.core.validate import validate_chain
+
         states = []
         cs = validate_chain(chain[:51], dna, app)
         for s in creates:
@@ -179,7 +205,8 @@ def ablation(mode: str, n: int) -> dict:
             cs = validate_next(cs, s, dna, app, verify_sig=False)
         pairs = list(zip(states, creates))
         stages["validate_next (verify_sig=False)"] = _per_op(
-            lambda p: validate_next(p[0], p[1], dna, app, verify_sig=False), pairs)
+            lambda p: validate_next(p[0], p[1], dna, app, verify_sig=False), pairs
+        )
         # the SQLite transaction: replay the same chain into a fresh store
         store = Store(os.path.join(dst, "chain.db"), mode)
 
@@ -188,18 +215,31 @@ def ablation(mode: str, n: int) -> dict:
             for s in chain[:51]:
                 e = entries.get(s.action.get("entry"))
                 idx = edef.index(decode(e)["content"]) if e else ()
-                await store.append(s, prev.seq if prev else None, prev.hash if prev else None,
-                                   (s.action["entry"], e) if e else None, idx)
+                await store.append(
+                    s,
+                    prev.seq if prev else None,
+                    prev.hash if prev else None,
+                    (s.action["entry"], e) if e else None,
+                    idx,
+                )
                 prev = s
             rows = []
             for s, c in zip(creates, contents):
-                rows.append((s, prev.seq, prev.hash,
-                             (s.action["entry"], entries[s.action["entry"]]), edef.index(c)))
+                rows.append(
+                    (
+                        s,
+                        prev.seq,
+                        prev.hash,
+                        (s.action["entry"], entries[s.action["entry"]]),
+                        edef.index(c),
+                    )
+                )
                 prev = s
             t = perf()
             for r in rows:
                 await store.append(*r)
             return (perf() - t) / len(rows) * 1e6
+
         stages["store.append (1 txn: CAS + 2 inserts + 2 idx)"] = trio.run(appends)
         store.close()
 
@@ -210,6 +250,7 @@ def ablation(mode: str, n: int) -> dict:
                 async with lock:
                     pass
             return (perf() - t) / n * 1e6
+
         stages["trio.Lock acquire/release"] = trio.run(lock_cost)
     finally:
         shutil.rmtree(src, ignore_errors=True)
@@ -220,12 +261,17 @@ def ablation(mode: str, n: int) -> dict:
     for k, v in stages.items():
         print(f"{k:48s} {v:8.1f} {v / e2e:13.1%}")
     print(f"{'sum of stages':48s} {summed:8.1f} {summed / e2e:13.1%}")
-    print(f"{'remainder (dispatch, ZomeContext, glue)':48s} {e2e - summed:8.1f} "
-          f"{(e2e - summed) / e2e:13.1%}")
+    print(
+        f"{'remainder (dispatch, ZomeContext, glue)':48s} {e2e - summed:8.1f} "
+        f"{(e2e - summed) / e2e:13.1%}"
+    )
     print(f"{'end-to-end transmit_understanding':48s} {e2e:8.1f}")
-    return {"mode": mode, "e2e_us": round(e2e, 1),
-            "stages_us": {k.strip(): round(v, 1) for k, v in stages.items()},
-            "remainder_us": round(e2e - summed, 1)}
+    return {
+        "mode": mode,
+        "e2e_us": round(e2e, 1),
+        "stages_us": {k.strip(): round(v, 1) for k, v in stages.items()},
+        "remainder_us": round(e2e - summed, 1),
+    }
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@
 Each benchmark prints its human log on stderr and one JSON line per result on stdout;
 this collects the JSON lines, prints the table, and with --json also the raw lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ BENCHES = [
 
 def run(script: str, args: list[str]) -> tuple[list[dict], float]:
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, os.path.join(HERE, script), *args],
-                       stdout=subprocess.PIPE, stderr=None, text=True)
+    p = subprocess.run(
+        [sys.executable, os.path.join(HERE, script), *args],
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+    )
     if p.returncode:
         raise SystemExit(f"{script} failed with exit code {p.returncode}")
     rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
@@ -50,11 +55,20 @@ def table(rows: list[dict]) -> str:
             name = f"validate [{r['actions']} actions, load+validate]"
             goal = f"ratio>={r['goal_ratio']}"
             met = _yes(r["meets_ratio"])
-            lines.append((name, f"{r['rate']:,.0f}", f"{r['floor']:,.0f}", f"{r['ratio']:.3f}",
-                          goal, met))
+            lines.append(
+                (name, f"{r['rate']:,.0f}", f"{r['floor']:,.0f}", f"{r['ratio']:.3f}", goal, met)
+            )
             name = "validate [in-memory chain]"
-            lines.append((name, f"{r['pure_rate']:,.0f}", f"{r['floor']:,.0f}",
-                          f"{r['pure_ratio']:.3f}", goal, _yes(r["pure_ratio"] >= r["goal_ratio"])))
+            lines.append(
+                (
+                    name,
+                    f"{r['pure_rate']:,.0f}",
+                    f"{r['floor']:,.0f}",
+                    f"{r['pure_ratio']:.3f}",
+                    goal,
+                    _yes(r["pure_ratio"] >= r["goal_ratio"]),
+                )
+            )
             continue
         elif r["bench"] == "budget_checks":
             name = "budget checks [charge]"
@@ -62,11 +76,14 @@ def table(rows: list[dict]) -> str:
             met = _yes(r["meets_rate"])
         else:
             continue
-        lines.append((name, f"{r['rate']:,.0f}", f"{r['floor']:,.0f}", f"{r['ratio']:.3f}",
-                      goal, met))
+        lines.append(
+            (name, f"{r['rate']:,.0f}", f"{r['floor']:,.0f}", f"{r['ratio']:.3f}", goal, met)
+        )
     widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
-    fmt = lambda row: "  ".join(str(c).rjust(w) if 0 < i < 4 else str(c).ljust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(row, widths)))
+    fmt = lambda row: "  ".join(
+        str(c).rjust(w) if 0 < i < 4 else str(c).ljust(w)  # noqa: E731
+        for i, (c, w) in enumerate(zip(row, widths))
+    )
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 

@@ -7,6 +7,7 @@ What should agree: both converge with no invariant violation and every cheater w
 workload's writes and refusals are nearly equal (an agent's own budget decides a refusal, but a
 warrant or a grant may land a moment earlier or later in real time); messages per write are of
 one order. Exits 1 if the real run breaks an invariant the simulated one held."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,17 +15,44 @@ import json
 import subprocess
 import sys
 
-KEYS = ("ok", "converged", "invariant_violations", "writes", "honest_writes", "refusals", "grants",
-        "rogue_agents", "warranted_rogue_agents", "convergence_p50_s", "convergence_p99_s",
-        "messages_per_write", "bytes_per_write", "wall_seconds", "errors")
+KEYS = (
+    "ok",
+    "converged",
+    "invariant_violations",
+    "writes",
+    "honest_writes",
+    "refusals",
+    "grants",
+    "rogue_agents",
+    "warranted_rogue_agents",
+    "convergence_p50_s",
+    "convergence_p99_s",
+    "messages_per_write",
+    "bytes_per_write",
+    "wall_seconds",
+    "errors",
+)
 
 
 def run(scenario: str, seed: int, transport: str) -> dict:
     # a process each: libp2p's import is its own
     out = subprocess.run(
-        [sys.executable, "-m", "sims", "--scenario", scenario, "--seed", str(seed), "--json",
-         "--transport", transport],
-        capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "sims",
+            "--scenario",
+            scenario,
+            "--seed",
+            str(seed),
+            "--json",
+            "--transport",
+            transport,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if not out.stdout.strip():
         raise SystemExit(f"{transport} run produced no report:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)

@@ -9,6 +9,7 @@
 
 A run is a function of its seed alone (not of PYTHONHASHSEED): traces compare across processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,20 +26,40 @@ from sims.mixed import mixed
 def scale(sizes, hours, loss, latency, jitter, agents_per_node):
     rows = []
     for n in sizes:
-        cfg = SimConfig(seed=7, nodes=n, agents=agents_per_node * n, hours=hours, loss=loss,
-                        latency=latency, jitter=jitter)
+        cfg = SimConfig(
+            seed=7,
+            nodes=n,
+            agents=agents_per_node * n,
+            hours=hours,
+            loss=loss,
+            latency=latency,
+            jitter=jitter,
+        )
         r = run(cfg)
-        row = {k: r[k] for k in ("nodes", "agents", "wall_seconds", "sim_seconds", "writes",
-                                 "convergence_p50_s", "convergence_p99_s", "messages_per_write",
-                                 "bytes_per_write", "converged")}
+        row = {
+            k: r[k]
+            for k in (
+                "nodes",
+                "agents",
+                "wall_seconds",
+                "sim_seconds",
+                "writes",
+                "convergence_p50_s",
+                "convergence_p99_s",
+                "messages_per_write",
+                "bytes_per_write",
+                "converged",
+            )
+        }
         row["violations"] = len(r["invariant_violations"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
-def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None,
-          byzantine: bool = False):
+def sweep(
+    budget_s: float | None, nodes: int, seeds: range, out: str | None, byzantine: bool = False
+):
     """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
     each result is appended to `out` (JSON lines) as it finishes, so shards can run in
     parallel processes and a long sweep can be stopped at any point."""
@@ -51,13 +72,24 @@ def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None,
         cfg = mixed(seed, nodes, byzantine=byzantine)
         try:
             r = run(cfg)
-            row = {"seed": seed, "ok": r["ok"], "violations": len(r["invariant_violations"]),
-                   "first": (r["invariant_violations"] or [""])[0][:300],
-                   "honest_node_crashes": r["honest_node_crashes"],
-                   "wall_seconds": r["wall_seconds"], "replay": cfg.replay_command()}
+            row = {
+                "seed": seed,
+                "ok": r["ok"],
+                "violations": len(r["invariant_violations"]),
+                "first": (r["invariant_violations"] or [""])[0][:300],
+                "honest_node_crashes": r["honest_node_crashes"],
+                "wall_seconds": r["wall_seconds"],
+                "replay": cfg.replay_command(),
+            }
         except Exception as e:  # a crash is a failed seed, reported with its replay command
-            row = {"seed": seed, "ok": False, "violations": 0, "first": f"crashed: {e!r}"[:300],
-                   "wall_seconds": None, "replay": cfg.replay_command()}
+            row = {
+                "seed": seed,
+                "ok": False,
+                "violations": 0,
+                "first": f"crashed: {e!r}"[:300],
+                "wall_seconds": None,
+                "replay": cfg.replay_command(),
+            }
         runs += 1
         violations += row["violations"]
         if not row["ok"]:
@@ -65,8 +97,14 @@ def sweep(budget_s: float | None, nodes: int, seeds: range, out: str | None,
         if sink:
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-    out_ = {"seeds": runs, "nodes": nodes, "violations": violations, "failed": len(bad),
-            "wall_seconds": round(time.perf_counter() - t0, 1), "failures": bad[:20]}
+    out_ = {
+        "seeds": runs,
+        "nodes": nodes,
+        "violations": violations,
+        "failed": len(bad),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "failures": bad[:20],
+    }
     print(json.dumps(out_, indent=2))
     return out_
 
@@ -94,16 +132,18 @@ def main():
     p.add_argument("--sweep-nodes", type=int, default=8)
     p.add_argument("--sweep-seeds", metavar="A-B", help="sweep exactly these seeds")
     p.add_argument("--out", help="append one JSON line per seed to this file")
-    p.add_argument("--byzantine", action="store_true",
-                   help="the sweep's seeds also get one or two Byzantine nodes (sims/byzantine.py)")
+    p.add_argument(
+        "--byzantine",
+        action="store_true",
+        help="the sweep's seeds also get one or two Byzantine nodes (sims/byzantine.py)",
+    )
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
         return profile(a.profile)
     if a.sweep or a.sweep_seeds:
         lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
-        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out,
-                     a.byzantine)
+        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine)
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 
 

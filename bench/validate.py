@@ -13,6 +13,7 @@ pure / floor is reported beside it.
 
     python bench/validate.py [--actions 5000] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ async def _build(path: str, n: int) -> bytes:
         for i in range(n):
             if i % 30 == 0:
                 clock.advance()
-            await agent.transmit_understanding(subject=f"subject-{i % 100}", predicate="relates-to",
-                                               object=f"object-{i}", context="benchmark")
+            await agent.transmit_understanding(
+                subject=f"subject-{i % 100}",
+                predicate="relates-to",
+                object=f"object-{i}",
+                context="benchmark",
+            )
         return agent._cell.key.public
 
 
@@ -90,8 +95,10 @@ def main(argv=None) -> int:
                         t = perf()
                         cases[k]()
                         rates[k].append(n / (perf() - t))
-                    log(f"  round {r + 1}/{a.rounds}: " + "  ".join(
-                        f"{k} {rates[k][-1]:9.1f}/s" for k in cases))
+                    log(
+                        f"  round {r + 1}/{a.rounds}: "
+                        + "  ".join(f"{k} {rates[k][-1]:9.1f}/s" for k in cases)
+                    )
                 return n, rates
 
         n, rates = trio.run(timed)
@@ -100,14 +107,24 @@ def main(argv=None) -> int:
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["full"] / med["floor"]
-    emit({"bench": "validate", "actions": n,
-          "rate": round(med["full"], 1), "floor": round(med["floor"], 1), "ratio": round(ratio, 4),
-          "pure_rate": round(med["pure"], 1), "pure_ratio": round(med["pure"] / med["floor"], 4),
-          "us_per_action_full": round(1e6 / med["full"], 2),
-          "us_per_action_pure": round(1e6 / med["pure"], 2),
-          "us_per_verify": round(1e6 / med["floor"], 2),
-          "goal_ratio": GOAL_RATIO, "meets_ratio": ratio >= GOAL_RATIO,
-          "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()}, "env": env()})
+    emit(
+        {
+            "bench": "validate",
+            "actions": n,
+            "rate": round(med["full"], 1),
+            "floor": round(med["floor"], 1),
+            "ratio": round(ratio, 4),
+            "pure_rate": round(med["pure"], 1),
+            "pure_ratio": round(med["pure"] / med["floor"], 4),
+            "us_per_action_full": round(1e6 / med["full"], 2),
+            "us_per_action_pure": round(1e6 / med["pure"], 2),
+            "us_per_verify": round(1e6 / med["floor"], 2),
+            "goal_ratio": GOAL_RATIO,
+            "meets_ratio": ratio >= GOAL_RATIO,
+            "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "env": env(),
+        }
+    )
     return 0
 
 

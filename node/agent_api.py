@@ -6,6 +6,7 @@ the remote client all build on it without importing each other.
 The typed methods name the Rose Forest functions (a convenience for agent code); `call(zome,
 fn, payload)` reaches any function of whatever app the node runs.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -19,8 +20,8 @@ from .core.budget import BudgetStatus
 class AllocationResult:
     requested_ru: float
     granted_ru: float
-    grant: str           # the grant's hash, text form
-    allocation: str      # the steward's action recording it
+    grant: str  # the grant's hash, text form
+    allocation: str  # the steward's action recording it
     claimed: bool = True  # False while a grant to an unreachable agent waits to be claimed
 
     def to_dict(self) -> dict:
@@ -34,6 +35,7 @@ class AgentMethods:
     """The one method table of an agent handle, shared by the in-process `AgentClient` and the
     remote client (`AgentClient.connect`), so the two cannot drift: every method is a
     `call(zome, fn, payload)`; a subclass supplies `call` and `_get_record`."""
+
     agent_id: str
 
     async def call(self, zome: str, fn: str, payload: dict | None = None):
@@ -46,32 +48,43 @@ class AgentMethods:
         return await self.call("rose_forest", "add_knowledge", {"content": content, "tags": tags})
 
     async def link_edge(self, from_hash: str, to_hash: str, relation: str) -> str:
-        return await self.call("rose_forest", "link_edge",
-                               {"from_hash": from_hash, "to_hash": to_hash, "relation": relation})
+        return await self.call(
+            "rose_forest",
+            "link_edge",
+            {"from_hash": from_hash, "to_hash": to_hash, "relation": relation},
+        )
 
     async def create_thought_credential(self, title: str, body: str) -> str:
-        return await self.call("rose_forest", "create_thought_credential",
-                               {"title": title, "body": body})
+        return await self.call(
+            "rose_forest", "create_thought_credential", {"title": title, "body": body}
+        )
 
     async def get_edges(self, from_hash: str, limit: int = 100) -> list[dict]:
         return await self.call("rose_forest", "get_edges", {"from_hash": from_hash, "limit": limit})
 
-    async def transmit_understanding(self, subject: str, predicate: str, object: str,
-                                     context: str | None = None) -> str:
-        return await self.call("memory", "transmit_understanding",
-                               {"subject": subject, "predicate": predicate, "object": object,
-                                "context": context})
+    async def transmit_understanding(
+        self, subject: str, predicate: str, object: str, context: str | None = None
+    ) -> str:
+        return await self.call(
+            "memory",
+            "transmit_understanding",
+            {"subject": subject, "predicate": predicate, "object": object, "context": context},
+        )
 
     async def recall_understandings(self, subject: str | None = None, limit: int = 100):
-        return await self.call("memory", "recall_understandings",
-                               {"subject": subject, "limit": limit})
+        return await self.call(
+            "memory", "recall_understandings", {"subject": subject, "limit": limit}
+        )
 
     async def compose_memories(self, other_agent_id: str) -> str:
         return await self.call("memory", "compose_memories", {"other_agent_id": other_agent_id})
 
     async def validate_triple(self, subject: str, predicate: str, object: str) -> str:
-        return await self.call("memory", "validate_triple",
-                               {"subject": subject, "predicate": predicate, "object": object})
+        return await self.call(
+            "memory",
+            "validate_triple",
+            {"subject": subject, "predicate": predicate, "object": object},
+        )
 
     async def budget_status(self):
         return await self.call("budget", "budget_status", {})
@@ -91,4 +104,4 @@ def refusals(node) -> Counter:
     return c
 
 
-_REFUSALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_REFUSALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -5,6 +5,7 @@ The node is given its app (`LocalNode.open(..., app=...)`, and so `NetNode.open`
 ships in `zomes/`, imported only then. Nothing else in `node/` imports an application, and
 `node/core` never does.
 """
+
 from __future__ import annotations
 
 from .core.app import App
@@ -14,4 +15,5 @@ def resolve(app: App | None) -> App:
     if app is not None:
         return app
     from zomes import ROSE_FOREST
+
     return ROSE_FOREST

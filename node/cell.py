@@ -4,6 +4,7 @@ Everything that decides *whether* and *what* to write is the pure core
 (budget.charge/claim, validate_next); this class only orders it under a lock and
 persists it.
 """
+
 from __future__ import annotations
 
 import trio
@@ -24,8 +25,9 @@ CAS_RETRIES = 3
 
 
 class Cell:
-    def __init__(self, key: SigningKey, state: ChainState, store: Store, dna: Dna, app: App,
-                 now_us):
+    def __init__(
+        self, key: SigningKey, state: ChainState, store: Store, dna: Dna, app: App, now_us
+    ):
         self.key = key
         self.state = state
         self.store = store
@@ -33,9 +35,9 @@ class Cell:
         self.app = app
         self.now_us = now_us
         self.lock = trio.Lock()
-        self.on_commit = None      # called with each appended Signed action (the network publishes)
-        self.warrant = None        # set when the network has warranted this agent
-        self._writing = 0          # tasks inside _append (store.writers counts busy cells)
+        self.on_commit = None  # called with each appended Signed action (the network publishes)
+        self.warrant = None  # set when the network has warranted this agent
+        self._writing = 0  # tasks inside _append (store.writers counts busy cells)
         self._agent_id = None
 
     @property
@@ -45,10 +47,20 @@ class Cell:
         return self._agent_id
 
     @classmethod
-    async def create(cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us,
-                     meta: dict | None = None) -> "Cell":
-        g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None,
-                         "ts": now_us(), "dna": dna.hash}, key)
+    async def create(
+        cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us, meta: dict | None = None
+    ) -> Cell:
+        g = Signed.sign(
+            {
+                "type": "genesis",
+                "author": key.public,
+                "seq": 0,
+                "prev": None,
+                "ts": now_us(),
+                "dna": dna.hash,
+            },
+            key,
+        )
         state = validate_genesis(g, dna, verify_sig=False)
         await store.append(g, None, None, meta=meta)
         return cls(key, state, store, dna, app, now_us)
@@ -69,10 +81,22 @@ class Cell:
 
         def build(ts):
             b, recorded_cost = self._charge(cost, ts)
-            return ({"type": "create", "entry_type": entry_type, "entry": eh,
-                     "budget": {"op": edef.op, "cost": recorded_cost, "ws": b.window_start_us,
-                                "rem": b.remaining_mru}},
-                    (eh, body), edef.index_of(content))
+            return (
+                {
+                    "type": "create",
+                    "entry_type": entry_type,
+                    "entry": eh,
+                    "budget": {
+                        "op": edef.op,
+                        "cost": recorded_cost,
+                        "ws": b.window_start_us,
+                        "rem": b.remaining_mru,
+                    },
+                },
+                (eh, body),
+                edef.index_of(content),
+            )
+
         return await self._append(build)
 
     async def charge_results(self, op: str, count: int) -> bytes | None:
@@ -82,9 +106,21 @@ class Cell:
 
         def build(ts):
             b, recorded_cost = self._charge(cost, ts)
-            return ({"type": "charge", "count": count,
-                     "budget": {"op": op, "cost": recorded_cost, "ws": b.window_start_us,
-                                "rem": b.remaining_mru}}, None, ())
+            return (
+                {
+                    "type": "charge",
+                    "count": count,
+                    "budget": {
+                        "op": op,
+                        "cost": recorded_cost,
+                        "ws": b.window_start_us,
+                        "rem": b.remaining_mru,
+                    },
+                },
+                None,
+                (),
+            )
+
         return await self._append(build)
 
     async def claim(self, grant: dict, sig: bytes) -> int:
@@ -99,9 +135,23 @@ class Cell:
                 raise GrantAlreadyClaimed(f"grant {to_text('grant', gh)} was already claimed")
             b, granted = budget.claim(self.state.budget, grant["amount"], ts, self.dna)
             result["granted"] = granted
-            return ({"type": "claim", "grant": grant, "grant_sig": sig,
-                     "budget": {"op": self.app.claim_op, "cost": 0, "granted": granted,
-                                "ws": b.window_start_us, "rem": b.remaining_mru}}, None, ())
+            return (
+                {
+                    "type": "claim",
+                    "grant": grant,
+                    "grant_sig": sig,
+                    "budget": {
+                        "op": self.app.claim_op,
+                        "cost": 0,
+                        "granted": granted,
+                        "ws": b.window_start_us,
+                        "rem": b.remaining_mru,
+                    },
+                },
+                None,
+                (),
+            )
+
         try:
             await self._append(build)
         except InvalidChain as e:  # a grant that does not verify never reaches the store
@@ -131,9 +181,11 @@ class Cell:
 
     async def _append_locked(self, build, store: Store) -> bytes:
         if self.warrant is not None:
-            raise Warranted(f"{self.agent_id} is warranted by the network "
-                            f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
-                            f"its writes are refused everywhere")
+            raise Warranted(
+                f"{self.agent_id} is warranted by the network "
+                f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
+                f"its writes are refused everywhere"
+            )
         key = self.key
         for _ in range(CAS_RETRIES):
             cs = self.state

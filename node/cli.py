@@ -1,4 +1,5 @@
 """The `budgetnode` command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,21 +37,31 @@ def _emit(value, as_json: bool) -> None:
 
 def _open(args, create: bool = False):
     from .sdk import LocalNode
+
     if not create and not os.path.exists(store_path(args.path)):
-        raise SystemExit(f"budgetnode: no node store at {args.path} "
-                         f"(create one with: budgetnode init --path {args.path})")
+        raise SystemExit(
+            f"budgetnode: no node store at {args.path} "
+            f"(create one with: budgetnode init --path {args.path})"
+        )
     return LocalNode.open(path=args.path, durability=args.durability)
 
 
 async def _init(args):
     async with _open(args, create=True) as node:
-        _emit({"dna": node.dna.hash_text, "path": node.directory,
-               "steward": node.steward.agent_id if node.steward else None}, args.json)
+        _emit(
+            {
+                "dna": node.dna.hash_text,
+                "path": node.directory,
+                "steward": node.steward.agent_id if node.steward else None,
+            },
+            args.json,
+        )
 
 
 async def _new_agent(args):
     if _remote(args):
         from .app.client import connect
+
         async with connect(args.url, token=_token(args)) as a:
             _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
         return
@@ -70,6 +81,7 @@ def _remote(args):
 
 def _token(args) -> str:
     from .app.client import TOKEN_ENV
+
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
         raise SystemExit(f"budgetnode: --url needs the node's token (--token, or {TOKEN_ENV})")
@@ -79,6 +91,7 @@ def _token(args) -> str:
 async def _status(args):
     if _remote(args):
         from .app.client import NodeClient
+
         async with NodeClient.connect(args.url, token=_token(args)) as node:
             st = await node.status()
     else:
@@ -91,19 +104,25 @@ async def _status(args):
     print(f"{'agent':<48} {'remaining RU':>12} {'used RU':>8} {'resets_at':>11}  actions")
     for a in st["agents"]:
         tag = " (steward)" if a["steward"] else ""
-        print(f"{a['agent_id']:<48} {a['remaining_ru']:>12.2f} {a['used_ru']:>8.2f} "
-              f"{a['resets_at']:>11}  {a['seq'] + 1}{tag}")
+        print(
+            f"{a['agent_id']:<48} {a['remaining_ru']:>12.2f} {a['used_ru']:>8.2f} "
+            f"{a['resets_at']:>11}  {a['seq'] + 1}{tag}"
+        )
     if "peers" in st:
         pending = st["ops_pending"]
         print(f"node {st.get('node')}   peer id {st.get('peer_id')}")
-        print(f"peers {len(st['peers'])}   ops pending {pending['unpublished'] + pending['limbo']} "
-              f"(unpublished {pending['unpublished']}, limbo {pending['limbo']})   "
-              f"warrants {len(st['warrants'])}")
+        print(
+            f"peers {len(st['peers'])}   ops pending {pending['unpublished'] + pending['limbo']} "
+            f"(unpublished {pending['unpublished']}, limbo {pending['limbo']})   "
+            f"warrants {len(st['warrants'])}"
+        )
         for p in st["peers"]:
             print(f"  peer    {p}")
         for w in st["warrants"]:
-            print(f"  warrant {w['agent_id']}  {w['kind']}/{w['reason']} at seq {w['seq']}  "
-                  f"by {w['issuer']}")
+            print(
+                f"  warrant {w['agent_id']}  {w['kind']}/{w['reason']} at seq {w['seq']}  "
+                f"by {w['issuer']}"
+            )
 
 
 async def _call(args):
@@ -113,6 +132,7 @@ async def _call(args):
         raise BudgetError(f"payload is not JSON: {e}") from None
     if _remote(args):
         from .app.client import connect
+
         async with connect(args.url, token=_token(args), agent=args.agent) as agent:
             _emit(await agent.call(args.zome, args.fn, payload), args.json)
         return
@@ -123,11 +143,13 @@ async def _call(args):
 
 async def _up(args):
     from .up import run
+
     await run(args)
 
 
 async def _demo(args):
     from . import demo
+
     if args.single:
         await demo.run_single(path=args.path)
     else:
@@ -135,24 +157,34 @@ async def _demo(args):
 
 
 def _parser(argv) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="budgetnode",
-                                description="Agents that act only within a budget the network can verify.")
+    p = argparse.ArgumentParser(
+        prog="budgetnode",
+        description="Agents that act only within a budget the network can verify.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     if argv[:1] == ["sim"]:  # the simulator is imported only to run it
         from sims.cli import add_parser as add_sim_parser
+
         add_sim_parser(sub)
     else:
-        sub.add_parser("sim", help="seeded network simulation of many real nodes "
-                                   "(budgetnode sim --help)", add_help=False)
+        sub.add_parser(
+            "sim",
+            help="seeded network simulation of many real nodes (budgetnode sim --help)",
+            add_help=False,
+        )
 
     def with_store(sp, required=True, url=False):
         sp.add_argument("--path", required=required and not url, help="the node's data directory")
         if url:
             sp.add_argument("--url", help="a running node's app_url (printed by `budgetnode up`)")
             sp.add_argument("--token", help="with --url: the node's token (or $BUDGETNODE_TOKEN)")
-        sp.add_argument("--durability", choices=("process", "power"), default="process",
-                        help="process: commits survive a killed process; power: also power loss "
-                             "(an fsync per commit)")
+        sp.add_argument(
+            "--durability",
+            choices=("process", "power"),
+            default="process",
+            help="process: commits survive a killed process; power: also power loss "
+            "(an fsync per commit)",
+        )
         sp.add_argument("--json", action="store_true", help="print JSON")
         return sp
 
@@ -164,30 +196,51 @@ def _parser(argv) -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="run a local cluster, or one node joining others, until stopped")
     u.add_argument("--nodes", type=int, default=3, help="local cluster size (without --listen)")
     u.add_argument("--listen", help="run one node listening here, e.g. /ip4/0.0.0.0/tcp/4001")
-    u.add_argument("--bootstrap", action="append", default=[], help="a peer's multiaddr (repeatable)")
+    u.add_argument(
+        "--bootstrap", action="append", default=[], help="a peer's multiaddr (repeatable)"
+    )
     u.add_argument("--path", help="data directory (a cluster keeps node0, node1, … inside)")
     u.add_argument("--dna-hash", help="refuse to join unless the network has this DNA hash")
-    u.add_argument("--rogue", nargs="?", const="skip_preflight", metavar="MODE",
-                   help="adversarial test mode (one node, or a cluster's last node): "
-                        "skip_preflight (a bare --rogue), forge_budget, wrong_cost, fork, "
-                        "bad_signature, or byzantine (it misbehaves on the wire)")
-    u.add_argument("--app-port", type=int, default=0,
-                   help="app server port (agent websocket + /metrics); 0 picks free ports; a "
-                        "cluster uses PORT, PORT+1, …")
+    u.add_argument(
+        "--rogue",
+        nargs="?",
+        const="skip_preflight",
+        metavar="MODE",
+        help="adversarial test mode (one node, or a cluster's last node): "
+        "skip_preflight (a bare --rogue), forge_budget, wrong_cost, fork, "
+        "bad_signature, or byzantine (it misbehaves on the wire)",
+    )
+    u.add_argument(
+        "--app-port",
+        type=int,
+        default=0,
+        help="app server port (agent websocket + /metrics); 0 picks free ports; a "
+        "cluster uses PORT, PORT+1, …",
+    )
     u.add_argument("--app-host", default="127.0.0.1", help="app server address (default 127.0.0.1)")
     u.add_argument("--no-app", action="store_true", help="run without app servers")
     u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
     u.set_defaults(run=_up)
-    with_store(sub.add_parser("init", help="create a node store and a new network with one steward")
-               ).set_defaults(run=_init)
-    with_store(sub.add_parser("new-agent", help="create an agent on a node"), url=True).set_defaults(run=_new_agent)
-    with_store(sub.add_parser("status", help="agents, remaining RU, resets_at (with --url: also "
-                                             "peers, ops pending, warrants)"), url=True).set_defaults(run=_status)
+    with_store(
+        sub.add_parser("init", help="create a node store and a new network with one steward")
+    ).set_defaults(run=_init)
+    with_store(
+        sub.add_parser("new-agent", help="create an agent on a node"), url=True
+    ).set_defaults(run=_new_agent)
+    with_store(
+        sub.add_parser(
+            "status",
+            help="agents, remaining RU, resets_at (with --url: also peers, ops pending, warrants)",
+        ),
+        url=True,
+    ).set_defaults(run=_status)
     c = with_store(sub.add_parser("call", help="call a zome function as an agent"), url=True)
     c.add_argument("--agent", required=True, help="agent id")
     c.add_argument("zome")
     c.add_argument("fn")
-    c.add_argument("payload", nargs="?", default="{}", help="JSON object of the SDK's parameter names")
+    c.add_argument(
+        "payload", nargs="?", default="{}", help="JSON object of the SDK's parameter names"
+    )
     c.set_defaults(run=_call)
     return p
 
@@ -202,6 +255,7 @@ def main(argv=None) -> int:
         return EXIT_REFUSED
     except Exception as e:  # noqa: BLE001 - the demo's own checks, said plainly
         from .demo import DemoFailed
+
         if not isinstance(e, DemoFailed):
             raise
         print(f"demo failed: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """What a coordinator zome function sees: its agent, local reads, and budgeted writes
 routed through the agent's Cell (so the zome never touches the budget engine)."""
+
 from __future__ import annotations
 
 from .core.crypto import to_text

@@ -5,6 +5,7 @@ seconds; the network is real.
 Each step checks what it shows; the demo exits non-zero if any node ever disagrees
 with the budget rules, so it doubles as a smoke test of an install.
 """
+
 from __future__ import annotations
 
 from .core.crypto import from_text
@@ -36,16 +37,20 @@ async def run_single(out=print, path: str | None = None) -> None:
 
         async def show(agent, what: str) -> None:
             st = await agent.budget_status()
-            out(f"  {names.get(agent.agent_id, 'steward'):<6} {what:<46} "
-                f"remaining {st.remaining_ru:6.2f} RU  used {st.used_ru:6.2f}")
+            out(
+                f"  {names.get(agent.agent_id, 'steward'):<6} {what:<46} "
+                f"remaining {st.remaining_ru:6.2f} RU  used {st.used_ru:6.2f}"
+            )
 
         out("\n08:00  the day's work")
         now[0] = START + 8 * 3600
-        k1 = await alice.add_knowledge("Mycorrhizal networks share carbon between trees",
-                                       tags=["ecology"])
+        k1 = await alice.add_knowledge(
+            "Mycorrhizal networks share carbon between trees", tags=["ecology"]
+        )
         await show(alice, "add_knowledge (33 RU)")
-        k2 = await alice.add_knowledge("Old trees feed seedlings through fungal links",
-                                       tags=["ecology"])
+        k2 = await alice.add_knowledge(
+            "Old trees feed seedlings through fungal links", tags=["ecology"]
+        )
         await show(alice, "add_knowledge (33 RU)")
         await alice.link_edge(from_hash=k2, to_hash=k1, relation="supports")
         await show(alice, "link_edge (3 RU)")
@@ -69,10 +74,15 @@ async def run_single(out=print, path: str | None = None) -> None:
         except InsufficientRU as e:
             out(f"  refused: {e}")
             out(f"  (retry in {e.retry_after_s} s; nothing was written)")
-            _expect(str(e) == "E_INSUFFICIENT_RU: need 33.00 RU, have 31.00 RU. "
-                    "Budget resets at 1730764800", "refusal text")
-        _expect(len(node.store.chain(from_text("agent", alice.agent_id))) == before,
-                "a refusal must write nothing")
+            _expect(
+                str(e) == "E_INSUFFICIENT_RU: need 33.00 RU, have 31.00 RU. "
+                "Budget resets at 1730764800",
+                "refusal text",
+            )
+        _expect(
+            len(node.store.chain(from_text("agent", alice.agent_id))) == before,
+            "a refusal must write nothing",
+        )
 
         out("\n15:00  the steward grants RU (remaining can rise to 200 RU at most)")
         g = await steward.allocate_budget(bob.agent_id, 150)
@@ -89,12 +99,18 @@ async def run_single(out=print, path: str | None = None) -> None:
 
         out("\nevery chain re-derived from its signed actions:")
         for pub in node.store.authors():
-            cs = validate_chain(node.store.chain(pub), node.dna, node.app, node.store.entries_of(pub))
+            cs = validate_chain(
+                node.store.chain(pub), node.dna, node.app, node.store.entries_of(pub)
+            )
             agent = next(a for a in node.agents() if from_text("agent", a) == pub)
-            _expect(cs.budget == node.cells[pub].state.budget,
-                    "the re-derived budget must equal the node's own")
-            out(f"  {names.get(agent, 'steward'):<6} {cs.seq + 1:3d} actions valid, "
-                f"{cs.budget.remaining_mru / 1000:6.2f} RU remaining")
+            _expect(
+                cs.budget == node.cells[pub].state.budget,
+                "the re-derived budget must equal the node's own",
+            )
+            out(
+                f"  {names.get(agent, 'steward'):<6} {cs.seq + 1:3d} actions valid, "
+                f"{cs.budget.remaining_mru / 1000:6.2f} RU remaining"
+            )
         out("\ndemo ok")
 
 
@@ -103,27 +119,36 @@ async def run_cluster(out=print, nodes: int = 3) -> None:
     from .sdk import LocalCluster, Warranted
 
     now = [float(START)]
-    out(f"starting {nodes} libp2p nodes on 127.0.0.1 (Noise, Yamux); node {nodes - 1} runs in "
-        f"adversarial mode: it skips its own pre-flight budget check")
+    out(
+        f"starting {nodes} libp2p nodes on 127.0.0.1 (Noise, Yamux); node {nodes - 1} runs in "
+        f"adversarial mode: it skips its own pre-flight budget check"
+    )
     async with LocalCluster.open(n=nodes, clock=lambda: now[0], rogue=(nodes - 1,)) as c:
         for i, node in enumerate(c.nodes):
             out(f"  node {i}  {node.transport.listen_addrs()[0]}")
         alice = await c.nodes[0].new_agent()
         bob = await c.nodes[1].new_agent()
         mallory = await c.nodes[nodes - 1].new_agent()
-        names = {alice.agent_id: "alice@0", bob.agent_id: "bob@1",
-                 mallory.agent_id: f"mallory@{nodes - 1}"}
+        names = {
+            alice.agent_id: "alice@0",
+            bob.agent_id: "bob@1",
+            mallory.agent_id: f"mallory@{nodes - 1}",
+        }
         out(f"network {c.nodes[0].dna.hash_text}; steward on node 0")
 
         async def seen(agent, what: str, honest_only: bool = False) -> None:
             await c.await_consistency(timeout=30)
-            nodes_ = c.nodes[:nodes - 1] if honest_only else c.nodes
+            nodes_ = c.nodes[: nodes - 1] if honest_only else c.nodes
             views = [await n.get_budget_state(agent.agent_id) for n in nodes_]
-            _expect(len({v.remaining_mru for v in views}) == 1,
-                    "every node must re-derive the same budget")
+            _expect(
+                len({v.remaining_mru for v in views}) == 1,
+                "every node must re-derive the same budget",
+            )
             who = "every honest node sees" if honest_only else "every node sees"
-            out(f"  {names[agent.agent_id]:<10} {what:<40} {who} "
-                f"{views[0].remaining_ru:6.2f} RU left")
+            out(
+                f"  {names[agent.agent_id]:<10} {what:<40} {who} "
+                f"{views[0].remaining_ru:6.2f} RU left"
+            )
 
         out("\n08:00  writes on one node, BudgetState re-derived on every node")
         now[0] = START + 8 * 3600
@@ -161,13 +186,17 @@ async def run_cluster(out=print, nodes: int = 3) -> None:
                 out(f"  mallory refused: {e}")
                 break
         await c.await_consistency(timeout=30)
-        for i, node in enumerate(c.nodes[:nodes - 1]):
+        for i, node in enumerate(c.nodes[: nodes - 1]):
             ws = [w for w in node.warrants() if w.agent_id == mallory.agent_id]
             _expect(bool(ws), f"node {i} should hold a warrant for mallory")
-            out(f"  node {i} holds {len(ws)} warrant(s) for mallory: {ws[0].reason} at seq "
-                f"{ws[0].body['seq']}, issued by {to_text('agent', ws[0].issuer)[:14]}…")
-        _expect(all(w.agent_id == mallory.agent_id for n in c.nodes for w in n.warrants()),
-                "no honest agent may be warranted")
+            out(
+                f"  node {i} holds {len(ws)} warrant(s) for mallory: {ws[0].reason} at seq "
+                f"{ws[0].body['seq']}, issued by {to_text('agent', ws[0].issuer)[:14]}…"
+            )
+        _expect(
+            all(w.agent_id == mallory.agent_id for n in c.nodes for w in n.warrants()),
+            "no honest agent may be warranted",
+        )
         try:
             await mallory.transmit_understanding("x", "y", "z")
             raise DemoFailed("a warranted agent wrote")
@@ -183,7 +212,9 @@ async def run_cluster(out=print, nodes: int = 3) -> None:
         out("\nper node: ops published / validated / rejected, receipts, gossip rounds, warrants")
         for i, node in enumerate(c.nodes):
             m = node.metrics
-            out(f"  node {i}  {m['ops_published']:4d} {m['ops_validated']:4d} "
+            out(
+                f"  node {i}  {m['ops_published']:4d} {m['ops_validated']:4d} "
                 f"{m['ops_rejected']:3d} {m['receipts']:4d} {m['gossip_rounds']:4d} "
-                f"{len(node.warrants()):3d}")
+                f"{len(node.warrants()):3d}"
+            )
     out("\ndemo ok")

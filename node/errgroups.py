@@ -1,4 +1,5 @@
 """Giving callers back the error they raised through trio nurseries."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

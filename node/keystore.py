@@ -9,6 +9,7 @@ names: a bad or short last record is dropped (and cut off by the next writer); a
 before a good one is corruption, refused. Readers take a shared lock, so they never see a
 write in progress.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -24,10 +25,10 @@ from .core.errors import BudgetError, KeystoreInsecure, MalformedInput, StoreCor
 
 FILE = "keystore.keys"
 LEGACY_FILE = "keystore.cbor"  # the old format, migrated on open
-HEADER = b"budgetnode-keys1"   # 16 bytes: format and version
+HEADER = b"budgetnode-keys1"  # 16 bytes: format and version
 _CHECK_LEN = 16
 RECORD = 2 * KEY_LEN + _CHECK_LEN
-_CHUNK = RECORD * 8192         # how much of the file one read takes
+_CHUNK = RECORD * 8192  # how much of the file one read takes
 
 
 def _check(seed_and_public: bytes) -> bytes:
@@ -42,8 +43,9 @@ def _record(key: SigningKey) -> bytes:
 def _refuse_if_readable(path: str) -> None:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        raise KeystoreInsecure(f"{path} has mode {mode:04o}; other users could read the "
-                               f"node's keys (chmod 600 {path})")
+        raise KeystoreInsecure(
+            f"{path} has mode {mode:04o}; other users could read the node's keys (chmod 600 {path})"
+        )
 
 
 def _fsync_dir(path: str) -> None:
@@ -61,7 +63,7 @@ class Keystore:
     def __init__(self, path: str, legacy: str | None = None):
         self.path = path
         self._seeds: dict[bytes, bytes] = {}  # public key -> seed
-        self._end = 0                          # file offset up to which records are read
+        self._end = 0  # file offset up to which records are read
         for p in (path, legacy):
             if p is not None and os.path.exists(p):
                 _refuse_if_readable(p)
@@ -70,7 +72,7 @@ class Keystore:
         self.refresh()
 
     @classmethod
-    def open(cls, directory: str) -> "Keystore":
+    def open(cls, directory: str) -> Keystore:
         return cls(os.path.join(directory, FILE), os.path.join(directory, LEGACY_FILE))
 
     @property
@@ -122,13 +124,14 @@ class Keystore:
         if len(data) != n:
             raise StoreCorrupted(f"keystore {self.path}: shrank while locked")
         for off in range(0, n, RECORD):
-            rec = data[off:off + RECORD]
-            if _check(rec[:2 * KEY_LEN]) != rec[2 * KEY_LEN:]:
+            rec = data[off : off + RECORD]
+            if _check(rec[: 2 * KEY_LEN]) != rec[2 * KEY_LEN :]:
                 if self._end + RECORD < size:
-                    raise StoreCorrupted(f"keystore {self.path}: the record at byte "
-                                         f"{self._end} is damaged")
+                    raise StoreCorrupted(
+                        f"keystore {self.path}: the record at byte {self._end} is damaged"
+                    )
                 return False
-            self._seeds[rec[KEY_LEN:2 * KEY_LEN]] = rec[:KEY_LEN]
+            self._seeds[rec[KEY_LEN : 2 * KEY_LEN]] = rec[:KEY_LEN]
             self._end += RECORD
         return True
 

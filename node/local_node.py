@@ -1,4 +1,5 @@
 """An in-process node: a store, a keystore, one Cell per local agent, and the zome dispatcher."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,16 @@ from .core.action import grant_body, grant_hash
 from .core.crypto import SigningKey, from_text, to_text
 from .core.dna import MRU_PER_RU, Dna
 from .core.encoding import decode, encode
-from .core.errors import (BudgetError, InvalidChain, InvalidInput, NotFound, StoreCorrupted,
-                          UnknownAgent, UnknownFunction, WrongNetwork)
+from .core.errors import (
+    BudgetError,
+    InvalidChain,
+    InvalidInput,
+    NotFound,
+    StoreCorrupted,
+    UnknownAgent,
+    UnknownFunction,
+    WrongNetwork,
+)
 from .core.validate import validate_chain
 from .keystore import Keystore
 from .records import record_dict
@@ -25,8 +34,17 @@ from .store import Store, store_path
 
 
 class LocalNode:
-    def __init__(self, directory: str, store: Store, keystore: Keystore, dna: Dna, app: App,
-                 clock, randbytes, cell_type: type[Cell] = Cell):
+    def __init__(
+        self,
+        directory: str,
+        store: Store,
+        keystore: Keystore,
+        dna: Dna,
+        app: App,
+        clock,
+        randbytes,
+        cell_type: type[Cell] = Cell,
+    ):
         self.directory = directory
         self.app = app
         self.store = store
@@ -40,9 +58,17 @@ class LocalNode:
     # -- lifecycle
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: str | None = None, clock=None, *, durability: str = "process",
-                   randbytes=os.urandom, dna: Dna | None = None, app: App | None = None,
-                   cell_type: type[Cell] = Cell):
+    async def open(
+        cls,
+        path: str | None = None,
+        clock=None,
+        *,
+        durability: str = "process",
+        randbytes=os.urandom,
+        dna: Dna | None = None,
+        app: App | None = None,
+        cell_type: type[Cell] = Cell,
+    ):
         """`app`: the application this node runs (None: the Rose Forest app, `node.apps`)."""
         tmp = None
         if path is None:
@@ -57,8 +83,16 @@ class LocalNode:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    async def load(cls, path: str, clock, durability: str = "process", randbytes=os.urandom,
-                   dna: Dna | None = None, app: App | None = None, cell_type: type[Cell] = Cell):
+    async def load(
+        cls,
+        path: str,
+        clock,
+        durability: str = "process",
+        randbytes=os.urandom,
+        dna: Dna | None = None,
+        app: App | None = None,
+        cell_type: type[Cell] = Cell,
+    ):
         """Open the store at `path`. A new store starts a new network (with a steward of its
         own), or joins the network `dna` names."""
         app = resolve(app)
@@ -68,11 +102,15 @@ class LocalNode:
             keystore = Keystore.open(path)
             raw = store.get_meta("dna")
             if raw is None and keystore.keys:
-                raise StoreCorrupted(f"{path}: the keystore holds {len(keystore.keys)} keys but "
-                                     f"the chain store is missing or empty; refusing to start a "
-                                     f"new network over them")
+                raise StoreCorrupted(
+                    f"{path}: the keystore holds {len(keystore.keys)} keys but "
+                    f"the chain store is missing or empty; refusing to start a "
+                    f"new network over them"
+                )
             if raw is None and dna is None:
-                node = await cls._new_network(path, store, keystore, app, clock, randbytes, cell_type)
+                node = await cls._new_network(
+                    path, store, keystore, app, clock, randbytes, cell_type
+                )
             else:
                 if raw is None:
                     await store.init_meta("dna", dna.encoded())
@@ -82,8 +120,10 @@ class LocalNode:
                 except (BudgetError, KeyError, TypeError, ValueError) as e:
                     raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
                 if dna is not None and stored.hash != dna.hash:
-                    raise WrongNetwork(f"the store at {path} belongs to network "
-                                       f"{stored.hash_text}, not {dna.hash_text}")
+                    raise WrongNetwork(
+                        f"the store at {path} belongs to network "
+                        f"{stored.hash_text}, not {dna.hash_text}"
+                    )
                 stored.check_app(app)
                 node = cls(path, store, keystore, stored, app, clock, randbytes, cell_type)
                 node._verify_and_load()
@@ -99,8 +139,11 @@ class LocalNode:
         dna = Dna.for_app(app, stewards=(steward.public,))
         node = cls(path, store, keystore, dna, app, clock, randbytes, cell_type)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
-        node._add_cell(await node.cell_type.create(steward, store, dna, app, node.now_us,
-                                                   meta={"dna": dna.encoded()}))
+        node._add_cell(
+            await node.cell_type.create(
+                steward, store, dna, app, node.now_us, meta={"dna": dna.encoded()}
+            )
+        )
         return node
 
     def _verify_and_load(self) -> None:
@@ -110,10 +153,13 @@ class LocalNode:
             if key is None:
                 raise StoreCorrupted(f"no key in the keystore for {to_text('agent', author)}")
             try:
-                state = validate_chain(self.store.chain(author), self.dna, self.app,
-                                       self.store.entries_of(author))
+                state = validate_chain(
+                    self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
+                )
             except InvalidChain as e:
-                raise StoreCorrupted(f"chain of {to_text('agent', author)} is invalid: {e}") from None
+                raise StoreCorrupted(
+                    f"chain of {to_text('agent', author)} is invalid: {e}"
+                ) from None
             self._add_cell(self.cell_type(key, state, self.store, self.dna, self.app, self.now_us))
 
     def close(self) -> None:
@@ -128,7 +174,7 @@ class LocalNode:
 
     # -- agents
     @property
-    def steward(self) -> "AgentClient | None":
+    def steward(self) -> AgentClient | None:
         for pub in self.dna.stewards:
             if pub in self.cells:
                 return AgentClient(self, self.cells[pub])
@@ -137,13 +183,17 @@ class LocalNode:
     def agents(self) -> list[str]:
         return [c.agent_id for c in self.cells.values()]
 
-    async def new_agent(self) -> "AgentClient":
+    async def new_agent(self) -> AgentClient:
         key = SigningKey.generate(self.randbytes)
         self.keystore.add(key)  # the key is safe on disk before any chain names it
-        return AgentClient(self, self._add_cell(
-            await self.cell_type.create(key, self.store, self.dna, self.app, self.now_us)))
+        return AgentClient(
+            self,
+            self._add_cell(
+                await self.cell_type.create(key, self.store, self.dna, self.app, self.now_us)
+            ),
+        )
 
-    async def agent(self, agent_id: str) -> "AgentClient":
+    async def agent(self, agent_id: str) -> AgentClient:
         return AgentClient(self, self._cell(from_text("agent", agent_id)))
 
     async def ensure_agent(self, pub: bytes) -> None:
@@ -155,9 +205,14 @@ class LocalNode:
         cell = self.cells.get(pub)
         if cell is None and self.store.head(pub) is not None and self.keystore.get(pub):
             # created by another process sharing this store: verify it like any chain on open
-            state = validate_chain(self.store.chain(pub), self.dna, self.app, self.store.entries_of(pub))
-            cell = self._add_cell(self.cell_type(self.keystore.get(pub), state, self.store,
-                                                 self.dna, self.app, self.now_us))
+            state = validate_chain(
+                self.store.chain(pub), self.dna, self.app, self.store.entries_of(pub)
+            )
+            cell = self._add_cell(
+                self.cell_type(
+                    self.keystore.get(pub), state, self.store, self.dna, self.app, self.now_us
+                )
+            )
         if cell is None:
             raise UnknownAgent(f"{to_text('agent', pub)} is not an agent of this node")
         return cell
@@ -170,14 +225,27 @@ class LocalNode:
         return record_dict(*found, self.app)
 
     def status(self) -> dict:
-        return {"dna": self.dna.hash_text, "path": self.directory,
-                "agents": [{"agent_id": c.agent_id, "steward": c.key.public in self.dna.stewards,
-                            "seq": c.state.seq, **c.budget_status().to_dict()}
-                           for c in self.cells.values()]}
+        return {
+            "dna": self.dna.hash_text,
+            "path": self.directory,
+            "agents": [
+                {
+                    "agent_id": c.agent_id,
+                    "steward": c.key.public in self.dna.stewards,
+                    "seq": c.state.seq,
+                    **c.budget_status().to_dict(),
+                }
+                for c in self.cells.values()
+            ],
+        }
 
     # -- calls
     async def call(self, cell: Cell, zome: str, fn: str, payload):
-        zf = self.app.functions.get((zome, fn)) if isinstance(zome, str) and isinstance(fn, str) else None
+        zf = (
+            self.app.functions.get((zome, fn))
+            if isinstance(zome, str) and isinstance(fn, str)
+            else None
+        )
         if zf is None:
             raise UnknownFunction(f"no function {zome}.{fn}")
         if payload is None:
@@ -192,20 +260,32 @@ class LocalNode:
         unknown = keys - params
         missing = zf.required - keys
         if unknown or missing:
-            raise InvalidInput(f"{zome}.{fn} takes {list(zf.params)}; "
-                               + (f"unknown {sorted(unknown)} " if unknown else "")
-                               + (f"missing {sorted(missing)}" if missing else ""))
+            raise InvalidInput(
+                f"{zome}.{fn} takes {list(zf.params)}; "
+                + (f"unknown {sorted(unknown)} " if unknown else "")
+                + (f"missing {sorted(missing)}" if missing else "")
+            )
         return await zf.fn(ZomeContext(self, cell), **payload)
 
     async def allocate(self, steward: Cell, grantee: bytes, amount_mru: int) -> AllocationResult:
         target = self._cell(grantee)  # before anything is written
-        grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
-                           self.now_us(), self.randbytes(16))
+        grant = grant_body(
+            self.dna.hash,
+            steward.key.public,
+            grantee,
+            amount_mru,
+            self.now_us(),
+            self.randbytes(16),
+        )
         sig = steward.key.sign(encode(grant))
         allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = await target.claim(grant, sig)
-        return AllocationResult(amount_mru / MRU_PER_RU, granted / MRU_PER_RU,
-                                to_text("grant", grant_hash(grant)), to_text("action", allocation))
+        return AllocationResult(
+            amount_mru / MRU_PER_RU,
+            granted / MRU_PER_RU,
+            to_text("grant", grant_hash(grant)),
+            to_text("action", allocation),
+        )
 
     async def _claim_recovered_grants(self) -> None:
         """A crash between a steward's record and the grantee's claim must not lose the grant:
@@ -240,6 +320,7 @@ class AgentClient(AgentMethods):
         """`async with AgentClient.connect(url, token=T) as alice:` — an agent of the node at
         `url` (a new one when `agent` is None). Same methods, results and errors as in process."""
         from .app.client import connect
+
         return connect(url, token=token, agent=agent, **kw)
 
     async def call(self, zome: str, fn: str, payload: dict | None = None):

@@ -1,4 +1,5 @@
 """Turning stored actions and entries into the plain dicts the SDK returns."""
+
 from __future__ import annotations
 
 from .core.action import Signed
@@ -9,9 +10,14 @@ from .core.encoding import decode
 
 def record_dict(s: Signed, entry: bytes | None, app: App) -> dict:
     a = s.action
-    rec = {"hash": to_text("action", s.hash), "author": to_text("agent", a["author"]),
-           "seq": a["seq"], "timestamp_us": a["ts"], "type": a["type"],
-           "budget": a.get("budget")}
+    rec = {
+        "hash": to_text("action", s.hash),
+        "author": to_text("agent", a["author"]),
+        "seq": a["seq"],
+        "timestamp_us": a["ts"],
+        "type": a["type"],
+        "budget": a.get("budget"),
+    }
     if entry is not None:
         e = decode(entry)
         rec["entry_type"] = e["type"]

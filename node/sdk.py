@@ -1,15 +1,40 @@
 """The agent SDK: what agent code imports."""
+
 from .core.budget import BudgetStatus, InsufficientRU
-from .core.errors import (BudgetError, GrantAlreadyClaimed, HeadMoved, InvalidInput, MalformedInput,
-                          NotAuthorized, NotFound, StoreCorrupted, TooLarge, UnknownAgent,
-                          UnknownFunction)
+from .core.errors import (
+    BudgetError,
+    GrantAlreadyClaimed,
+    HeadMoved,
+    InvalidInput,
+    MalformedInput,
+    NotAuthorized,
+    NotFound,
+    StoreCorrupted,
+    TooLarge,
+    UnknownAgent,
+    UnknownFunction,
+)
 from .agent_api import AllocationResult
 from .local_node import AgentClient, LocalNode
 
-__all__ = ["LocalNode", "AgentClient", "AllocationResult", "BudgetStatus", "BudgetError",
-           "InsufficientRU", "NotAuthorized", "InvalidInput", "MalformedInput", "TooLarge",
-           "UnknownFunction", "UnknownAgent", "NotFound", "HeadMoved", "GrantAlreadyClaimed",
-           "StoreCorrupted"]
+__all__ = [
+    "LocalNode",
+    "AgentClient",
+    "AllocationResult",
+    "BudgetStatus",
+    "BudgetError",
+    "InsufficientRU",
+    "NotAuthorized",
+    "InvalidInput",
+    "MalformedInput",
+    "TooLarge",
+    "UnknownFunction",
+    "UnknownAgent",
+    "NotFound",
+    "HeadMoved",
+    "GrantAlreadyClaimed",
+    "StoreCorrupted",
+]
 from .core.warrant import Warranted  # noqa: E402
 from .net.cluster import ConsistencyTimeout, LocalCluster  # noqa: E402
 from .net.node import NetNode  # noqa: E402

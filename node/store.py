@@ -14,6 +14,7 @@ bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, havi
 nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
 scheduler checkpoint (so a simulation's trace is unchanged).
 """
+
 from __future__ import annotations
 
 import os
@@ -91,13 +92,15 @@ class Store:
         except BaseException as e:
             self.db.close()  # a refused store leaves no open connection behind
             if isinstance(e, sqlite3.OperationalError) and _busy(e):
-                raise StoreBusy(f"{path}: another process held the store's write lock for "
-                                f"{OPEN_WAIT_MS / 1000:g} s while it was being opened") from None
+                raise StoreBusy(
+                    f"{path}: another process held the store's write lock for "
+                    f"{OPEN_WAIT_MS / 1000:g} s while it was being opened"
+                ) from None
             if isinstance(e, sqlite3.DatabaseError):
                 raise StoreCorrupted(f"{path}: {e}") from None
             raise
         self.db.execute("PRAGMA busy_timeout=0")  # from now on, writers wait in trio (write)
-        self.writers = 0    # chains with a write in progress (kept by Cell); a batching hint
+        self.writers = 0  # chains with a write in progress (kept by Cell); a batching hint
         self._queue: list = []  # appends waiting for the group commit
         self.lock_waits = 0  # writes that found the write lock taken and waited for it
         self._data_version = self._read_data_version()
@@ -182,13 +185,21 @@ class Store:
             if self._try_begin():
                 return
             if trio.current_time() >= deadline:
-                raise StoreBusy(f"another process has held the store's write lock for "
-                                f"{LOCK_WAIT_S:g} s; nothing was written")
+                raise StoreBusy(
+                    f"another process has held the store's write lock for "
+                    f"{LOCK_WAIT_S:g} s; nothing was written"
+                )
             delay = min(2 * delay, MAX_BACKOFF_S)
 
-    async def append(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
-                     entry: tuple[bytes, bytes] | None = None, index=(),
-                     meta: dict | None = None) -> None:
+    async def append(
+        self,
+        s: Signed,
+        prev_seq: int | None,
+        prev_hash: bytes | None,
+        entry: tuple[bytes, bytes] | None = None,
+        index=(),
+        meta: dict | None = None,
+    ) -> None:
         """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None."""
         await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta))
 
@@ -231,8 +242,14 @@ class Store:
             db.execute("RELEASE a")
         return out
 
-    async def commit(self, s: Signed, prev_seq: int | None, prev_hash: bytes | None,
-                     entry: tuple[bytes, bytes] | None = None, index=()) -> None:
+    async def commit(
+        self,
+        s: Signed,
+        prev_seq: int | None,
+        prev_hash: bytes | None,
+        entry: tuple[bytes, bytes] | None = None,
+        index=(),
+    ) -> None:
         """`append`, sharing its transaction with the appends of other chains' writers that
         are ready at the same moment (group commit). Returns (or raises, e.g. HeadMoved) only
         once the shared COMMIT has returned, so nothing is acknowledged before it is durable.
@@ -242,9 +259,9 @@ class Store:
         if not queue and self.writers <= 1:
             await self.append(*item[:5])
             return
-        slot = [item, None, None]   # item, error, waiting task
+        slot = [item, None, None]  # item, error, waiting task
         queue.append(slot)
-        if len(queue) > 1:          # a leader is gathering this batch: wait for its COMMIT
+        if len(queue) > 1:  # a leader is gathering this batch: wait for its COMMIT
             slot[2] = trio.lowlevel.current_task()
             # not cancellable: once queued, an append runs to its end (commit or failure)
             await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
@@ -267,7 +284,7 @@ class Store:
             # leader must reach it (a lock wait ends by LOCK_WAIT_S)
             with trio.CancelScope(shield=True):
                 errors = await self.append_many([slot[0] for slot in queue])
-        except BaseException as e:   # the transaction failed: every append in it failed
+        except BaseException as e:  # the transaction failed: every append in it failed
             errors = [e] * len(queue)
         for slot, err in zip(queue, errors):
             slot[1] = err
@@ -284,14 +301,16 @@ class Store:
                 raise HeadMoved("this agent already has a genesis")
             db.execute("INSERT INTO heads VALUES (?,?,?)", (author, s.seq, s.hash))
         else:
-            cur = db.execute("UPDATE heads SET seq=?, hash=? WHERE author=? AND seq=? AND hash=?",
-                             (s.seq, s.hash, author, prev_seq, prev_hash))
+            cur = db.execute(
+                "UPDATE heads SET seq=?, hash=? WHERE author=? AND seq=? AND hash=?",
+                (s.seq, s.hash, author, prev_seq, prev_hash),
+            )
             if cur.rowcount != 1:
                 raise HeadMoved("another writer appended to this chain first; nothing was written")
-        cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
-                         "VALUES (?,?,?,?,?,?,?)",
-                         (s.hash, author, s.seq, a.get("entry_type"), a.get("entry"),
-                          s.body, s.sig))
+        cur = db.execute(
+            "INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) VALUES (?,?,?,?,?,?,?)",
+            (s.hash, author, s.seq, a.get("entry_type"), a.get("entry"), s.body, s.sig),
+        )
         if entry is not None:
             db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", entry)
         if index:
@@ -308,17 +327,23 @@ class Store:
         chain silently vanish. Other authors' chains held for the network are in `held`."""
         out = [r[0] for r in self.db.execute("SELECT author FROM heads ORDER BY rowid")]
         known = set(out)
-        out += [r[0] for r in self.db.execute(
-                "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM held)")
-                if r[0] not in known]
+        out += [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM held)"
+            )
+            if r[0] not in known
+        ]
         return out
 
     def held_authors(self) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT author FROM held ORDER BY rowid")]
 
     def has_author(self, author: bytes) -> bool:
-        return self.db.execute("SELECT 1 FROM actions WHERE author=? LIMIT 1",
-                               (author,)).fetchone() is not None
+        return (
+            self.db.execute("SELECT 1 FROM actions WHERE author=? LIMIT 1", (author,)).fetchone()
+            is not None
+        )
 
     def head(self, author: bytes):
         return self.db.execute("SELECT seq, hash FROM heads WHERE author=?", (author,)).fetchone()
@@ -335,53 +360,75 @@ class Store:
             head = self.head(author)
             rows = self.db.execute(
                 "SELECT seq, hash, body, sig FROM actions WHERE author=? AND seq>? ORDER BY seq",
-                (author, after_seq)).fetchall()
+                (author, after_seq),
+            ).fetchall()
         finally:
             if own_txn:
                 self.db.execute("COMMIT")
         if head is None:
-            if rows and not self.db.execute("SELECT 1 FROM held WHERE author=?",
-                                            (author,)).fetchone():
+            if (
+                rows
+                and not self.db.execute("SELECT 1 FROM held WHERE author=?", (author,)).fetchone()
+            ):
                 raise StoreCorrupted(f"chain of {who}: actions stored without a chain head")
         elif (rows[-1][:2] != tuple(head)) if rows else head[0] > after_seq:
-            raise StoreCorrupted(f"chain of {who}: the stored actions do not end at the "
-                                 f"recorded head (seq {head[0]})")
+            raise StoreCorrupted(
+                f"chain of {who}: the stored actions do not end at the "
+                f"recorded head (seq {head[0]})"
+            )
         out = []
         for _, h, body, sig in rows:
             try:
                 s = Signed.from_store(body, sig)
             except BudgetError as e:
-                raise StoreCorrupted(f"chain of {who}: stored action {_hex(h)} is "
-                                     f"unreadable: {e}") from None
+                raise StoreCorrupted(
+                    f"chain of {who}: stored action {_hex(h)} is unreadable: {e}"
+                ) from None
             if s.hash != h:
-                raise StoreCorrupted(f"chain of {who}: action stored under {_hex(h)} "
-                                     f"does not hash to it")
+                raise StoreCorrupted(
+                    f"chain of {who}: action stored under {_hex(h)} does not hash to it"
+                )
             out.append(s)
         return out
 
     def entries_of(self, author: bytes) -> dict:
-        return dict(self.db.execute(
-            "SELECT e.hash, e.body FROM actions a JOIN entries e ON e.hash=a.entry "
-            "WHERE a.author=?", (author,)))
+        return dict(
+            self.db.execute(
+                "SELECT e.hash, e.body FROM actions a JOIN entries e ON e.hash=a.entry "
+                "WHERE a.author=?",
+                (author,),
+            )
+        )
 
     def record(self, action_hash: bytes):
         row = self.db.execute(
             "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
-            "WHERE a.hash=?", (action_hash,)).fetchone()
+            "WHERE a.hash=?",
+            (action_hash,),
+        ).fetchone()
         return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
 
     def find(self, kind: str, key: str, limit: int) -> list[bytes]:
-        return [r[0] for r in self.db.execute(
-            "SELECT a.hash FROM idx i JOIN actions a ON a.id=i.action_id "
-            "WHERE i.kind=? AND i.key=? ORDER BY i.action_id DESC LIMIT ?", (kind, key, limit))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT a.hash FROM idx i JOIN actions a ON a.id=i.action_id "
+                "WHERE i.kind=? AND i.key=? ORDER BY i.action_id DESC LIMIT ?",
+                (kind, key, limit),
+            )
+        ]
 
     def of_type(self, entry_type: str, limit: int, author: bytes | None = None) -> list[bytes]:
         if author is None:
-            q = ("SELECT hash FROM actions WHERE entry_type=? ORDER BY id DESC LIMIT ?",
-                 (entry_type, limit))
+            q = (
+                "SELECT hash FROM actions WHERE entry_type=? ORDER BY id DESC LIMIT ?",
+                (entry_type, limit),
+            )
         else:
-            q = ("SELECT hash FROM actions WHERE entry_type=? AND author=? ORDER BY id DESC LIMIT ?",
-                 (entry_type, author, limit))
+            q = (
+                "SELECT hash FROM actions WHERE entry_type=? AND author=? ORDER BY id DESC LIMIT ?",
+                (entry_type, author, limit),
+            )
         return [r[0] for r in self.db.execute(*q)]
 
 

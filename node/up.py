@@ -1,5 +1,6 @@
 """`budgetnode up`: run a local cluster, or one node that joins others, until SIGINT/SIGTERM.
 Every node gets an app server (agent websocket + /metrics) with a fresh token."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,14 @@ TOKEN_FILE = "app.token"
 
 def _describe(node, server) -> dict:
     listen = node.transport.listen_addrs()
-    d = {"peer_id": listen[0].rsplit("/p2p/", 1)[-1], "node_key": to_text("agent", node.id),
-         "listen": listen, "dna": node.dna.hash_text, "path": node.directory,
-         "agents": node.agents()}
+    d = {
+        "peer_id": listen[0].rsplit("/p2p/", 1)[-1],
+        "node_key": to_text("agent", node.id),
+        "listen": listen,
+        "dna": node.dna.hash_text,
+        "path": node.directory,
+        "agents": node.agents(),
+    }
     if server is not None:
         d.update(app_url=server.app_url, metrics_url=server.metrics_url, token=server.token)
     return d
@@ -34,11 +40,14 @@ def _print(nodes, servers, as_json: bool) -> None:
         return
     for i, (n, s) in enumerate(zip(nodes, servers)):
         d = _describe(n, s)
-        print(f"node {i}  {d['listen'][0]}\n        network {d['dna']}  store {d['path']}",
-              flush=True)
+        print(
+            f"node {i}  {d['listen'][0]}\n        network {d['dna']}  store {d['path']}", flush=True
+        )
         if s is not None:
-            print(f"        app {s.app_url}  metrics {s.metrics_url}\n        token {s.token}",
-                  flush=True)
+            print(
+                f"        app {s.app_url}  metrics {s.metrics_url}\n        token {s.token}",
+                flush=True,
+            )
     print("running; Ctrl-C stops", flush=True)
 
 
@@ -72,6 +81,7 @@ async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
         yield [None] * len(nodes)
         return
     from .app.server import AppServer
+
     servers, tokens = [], []
     async with trio.open_nursery() as nursery:
         try:
@@ -103,8 +113,9 @@ async def run(args) -> None:
             pin = from_text("dna", args.dna_hash) if args.dna_hash else None
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
         factory, adversary = adversarial.plug(factory, modes, os.urandom(32))
-        async with NetNode.open(factory, path=args.path, bootstrap=args.bootstrap, dna=dna,
-                                **adversary) as node:
+        async with NetNode.open(
+            factory, path=args.path, bootstrap=args.bootstrap, dna=dna, **adversary
+        ) as node:
             async with app_servers([node], args.app_host, port) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return

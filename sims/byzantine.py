@@ -13,6 +13,7 @@ behind the outer parser.
 
 Everything is bounded: the replay buffer, the flood size and the floods in flight at once.
 """
+
 from __future__ import annotations
 
 import random
@@ -27,33 +28,80 @@ from node.net.transport import MAX_FRAME
 
 # The fields of each request and of its honest reply (node/net/node.py, gossip.py, warrants.py).
 REQUEST_FIELDS = {
-    "dna": (), "hello": ("info", "dropped"), "peers": ("info", "digest", "have", "push"),
-    "publish": ("ops", "batch"), "chain": ("author", "from", "limit"), "record": ("hash",),
-    "summary": ("heads", "warranted"), "warrants": ("warrants",), "grant": ("grant", "sig"),
+    "dna": (),
+    "hello": ("info", "dropped"),
+    "peers": ("info", "digest", "have", "push"),
+    "publish": ("ops", "batch"),
+    "chain": ("author", "from", "limit"),
+    "record": ("hash",),
+    "summary": ("heads", "warranted"),
+    "warrants": ("warrants",),
+    "grant": ("grant", "sig"),
 }
 REPLY_FIELDS = {
-    "dna": ("dna",), "hello": ("info",), "peers": ("infos", "have", "ok"),
-    "publish": ("results",), "chain": ("records",), "record": ("record",),
-    "summary": ("heads", "warrants", "warranted"), "warrants": ("ok",), "grant": ("granted",),
+    "dna": ("dna",),
+    "hello": ("info",),
+    "peers": ("infos", "have", "ok"),
+    "publish": ("results",),
+    "chain": ("records",),
+    "record": ("record",),
+    "summary": ("heads", "warrants", "warranted"),
+    "warrants": ("ok",),
+    "grant": ("granted",),
 }
 assert set(REQUEST_FIELDS) == set(REQUESTS) == set(REPLY_FIELDS)
 
-REPLAY_KEEP = 64          # messages remembered for replays
-FLOOD_MAX = 32            # garbage requests in one flood
-FLOODS_AT_ONCE = 4        # floods in flight; more are skipped
-SLOW_S = (0.1, 2.0)       # a slow answer: within any sane request timeout
-HANG_S = 60.0             # no answer: past every request timeout, but not forever
+REPLAY_KEEP = 64  # messages remembered for replays
+FLOOD_MAX = 32  # garbage requests in one flood
+FLOODS_AT_ONCE = 4  # floods in flight; more are skipped
+SLOW_S = (0.1, 2.0)  # a slow answer: within any sane request timeout
+HANG_S = 60.0  # no answer: past every request timeout, but not forever
 MAX_ITEMS = DECODE_MAX_ITEMS * 9 // 10  # an oversized field stays under the decoder's limit
-MISBEHAVIOURS = ("wrong_type", "deep_wrong_type", "drop_field", "oversize", "truncate",
-                 "garbage", "wrong_shape", "replay", "other_dna", "slow", "hang")
+MISBEHAVIOURS = (
+    "wrong_type",
+    "deep_wrong_type",
+    "drop_field",
+    "oversize",
+    "truncate",
+    "garbage",
+    "wrong_shape",
+    "replay",
+    "other_dna",
+    "slow",
+    "hang",
+)
 
 # Values of the wrong type for any field: scalars, and the shapes real fields have (lists of
 # lists, maps) with the wrong things inside. `[[b"x"]]` as publish results and 5 as summary
 # heads are the two replies that once killed an honest node.
-_ODD = (None, True, 0, 5, -1, 1 << 70, -(1 << 70), "", "x" * 40, b"", b"x", b"\0" * 32,
-        [], [5], [b"x"], [[b"x"]], [[5, 5, 5]], [[b"\0" * 32, "valid", 5]],
-        [[b"\0" * 32, -1, b"\0" * 32]], [None], {}, {"a": 1}, {"body": 5, "sig": b"x"},
-        [{"body": {}, "sig": b""}], [[b"x", b"y", b"z"]], [[[]]])
+_ODD = (
+    None,
+    True,
+    0,
+    5,
+    -1,
+    1 << 70,
+    -(1 << 70),
+    "",
+    "x" * 40,
+    b"",
+    b"x",
+    b"\0" * 32,
+    [],
+    [5],
+    [b"x"],
+    [[b"x"]],
+    [[5, 5, 5]],
+    [[b"\0" * 32, "valid", 5]],
+    [[b"\0" * 32, -1, b"\0" * 32]],
+    [None],
+    {},
+    {"a": 1},
+    {"body": 5, "sig": b"x"},
+    [{"body": {}, "sig": b""}],
+    [[b"x", b"y", b"z"]],
+    [[[]]],
+)
 
 
 def _items(value) -> int:
@@ -104,8 +152,9 @@ class Garbage:
             n = min(n, MAX_ITEMS // max(1, _items(value[0])))
             return [value[i % len(value)] for i in range(n)]
         if isinstance(value, bytes):
-            return value * max(1, min(rng.randrange(1 << 10, 1 << 18), MAX_FRAME // 4)
-                               // max(1, len(value)))
+            return value * max(
+                1, min(rng.randrange(1 << 10, 1 << 18), MAX_FRAME // 4) // max(1, len(value))
+            )
         return [self.odd()] * rng.choice((MAX_OPS_PER_MESSAGE + 1, MAX_SUMMARY_AUTHORS + 1))
 
     def mutate(self, msg: dict, fields: tuple, kind: str, keep=("t",)) -> bytes:
@@ -134,10 +183,13 @@ class Garbage:
     def raw(self, kind: str, honest: bytes) -> bytes:
         rng = self.rng
         if kind == "truncate":
-            return honest[:rng.randrange(len(honest))] if honest else b"\xa1"
+            return honest[: rng.randrange(len(honest))] if honest else b"\xa1"
         if kind == "wrong_shape":
-            return encode_trusted(rng.choice(([1, 2, 3], 5, "results", b"x", None,
-                                              {"results": {"x": 1}}, [{"t": "publish"}])))
+            return encode_trusted(
+                rng.choice(
+                    ([1, 2, 3], 5, "results", b"x", None, {"results": {"x": 1}}, [{"t": "publish"}])
+                )
+            )
         return rng.randbytes(rng.choice((0, 1, 7, 64, 4096)))  # garbage
 
 
@@ -193,6 +245,7 @@ class Byzantine:
             msg = _parse(raw)
             t = msg.get("t") if msg is not None else None
             return self._corrupt(kind, reply, REPLY_FIELDS.get(t, ()), ())
+
         return handle
 
     # -- the requesting side: this node's own requests
@@ -219,10 +272,23 @@ class Byzantine:
                 for _ in range(self.rng.randint(4, FLOOD_MAX)):
                     t = self.rng.choice(sorted(REQUESTS))
                     base = {**msg, "t": t}
-                    kind = self.rng.choice(("wrong_type", "deep_wrong_type", "drop_field",
-                                            "oversize", "other_dna", "garbage", "replay"))
-                    n.start_soon(self._one, peer, self._corrupt(
-                        kind, encode_trusted(base), REQUEST_FIELDS[t], ("t",)), timeout)
+                    kind = self.rng.choice(
+                        (
+                            "wrong_type",
+                            "deep_wrong_type",
+                            "drop_field",
+                            "oversize",
+                            "other_dna",
+                            "garbage",
+                            "replay",
+                        )
+                    )
+                    n.start_soon(
+                        self._one,
+                        peer,
+                        self._corrupt(kind, encode_trusted(base), REQUEST_FIELDS[t], ("t",)),
+                        timeout,
+                    )
         finally:
             self._floods -= 1
 
@@ -250,6 +316,7 @@ class ByzantineTransport:
 
 def byzantine_factory(inner_factory, rng: random.Random, rate: float = 0.3, flood: float = 0.02):
     """A transport factory (what NetNode.open takes) whose node misbehaves on the wire."""
+
     @asynccontextmanager
     async def factory(seed: bytes, handler):
         byz = Byzantine(rng, rate, flood)
@@ -261,4 +328,5 @@ def byzantine_factory(inner_factory, rng: random.Random, rate: float = 0.3, floo
                     yield ByzantineTransport(t, byz)
                 finally:
                     n.cancel_scope.cancel()
+
     return factory

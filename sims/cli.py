@@ -9,6 +9,7 @@ It sets ``run`` to an async function (node/cli.py runs ``trio.run(args.run, args
 simulation itself needs its own trio run on a MockClock, so it runs in a worker thread. The
 standalone entry point is ``python -m sims ...`` (same options).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,11 @@ import time
 
 from .config import Partition, SimConfig, load_scenario, parse_duration
 
-PARTITION_HELP = ("a partition in simulated time, repeatable: 50/50@2h-4h (symmetric groups, any "
-                  "number: 20/30/50@1h-90m), 30>70@1h-2h (asymmetric: the first 30%% cannot reach "
-                  "the other 70%%), isolate@1h-2h or isolate:5@1h-2h (one node cut off)")
+PARTITION_HELP = (
+    "a partition in simulated time, repeatable: 50/50@2h-4h (symmetric groups, any "
+    "number: 20/30/50@1h-90m), 30>70@1h-2h (asymmetric: the first 30%% cannot reach "
+    "the other 70%%), isolate@1h-2h or isolate:5@1h-2h (one node cut off)"
+)
 
 
 def _seed_range(text: str) -> list[int]:
@@ -36,43 +39,91 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = SimConfig()
     p.add_argument("--nodes", type=int, help=f"nodes (default {d.nodes})")
     p.add_argument("--agents", type=int, help=f"agents, spread over the nodes (default {d.agents})")
-    p.add_argument("--hours", type=float, help=f"simulated hours of workload and faults (default {d.hours:g})")
+    p.add_argument(
+        "--hours", type=float, help=f"simulated hours of workload and faults (default {d.hours:g})"
+    )
     p.add_argument("--seed", type=int, help="the seed: same seed, same run (default 1)")
-    p.add_argument("--seeds", type=_seed_range, metavar="A-B", help="sweep these seeds and summarise")
+    p.add_argument(
+        "--seeds", type=_seed_range, metavar="A-B", help="sweep these seeds and summarise"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="draw convergence and RU over time (matplotlib)")
-    p.add_argument("--latency", type=parse_duration, help="one-way latency, e.g. 50ms (default 50ms)")
-    p.add_argument("--jitter", type=parse_duration, help="+- uniform jitter, e.g. 20ms (default 20ms)")
+    p.add_argument(
+        "--plot", metavar="OUT.png", help="draw convergence and RU over time (matplotlib)"
+    )
+    p.add_argument(
+        "--latency", type=parse_duration, help="one-way latency, e.g. 50ms (default 50ms)"
+    )
+    p.add_argument(
+        "--jitter", type=parse_duration, help="+- uniform jitter, e.g. 20ms (default 20ms)"
+    )
     p.add_argument("--loss", type=float, help="probability a request or a reply is lost")
     p.add_argument("--dup", type=float, help="probability a request is delivered twice")
-    p.add_argument("--reorder", action="store_true", default=None,
-                   help="also hold back 10%% of messages by up to 5x the latency")
+    p.add_argument(
+        "--reorder",
+        action="store_true",
+        default=None,
+        help="also hold back 10%% of messages by up to 5x the latency",
+    )
     p.add_argument("--partition", action="append", type=Partition.parse, help=PARTITION_HELP)
-    p.add_argument("--churn", type=float,
-                   help="node leave/crash events per node per simulated hour (each node restarts "
-                        "from its store 30 s-10 min later)")
+    p.add_argument(
+        "--churn",
+        type=float,
+        help="node leave/crash events per node per simulated hour (each node restarts "
+        "from its store 30 s-10 min later)",
+    )
     p.add_argument("--skew", type=parse_duration, help="each node's clock is off by up to +-this")
     p.add_argument("--rogue", type=int, help="adversarial nodes (never node 0)")
-    p.add_argument("--rogue-modes", type=lambda s: tuple(s.split(",")),
-                   help="comma list cycled over the rogue nodes (default skip_preflight,"
-                        "forge_budget,wrong_cost,fork; also bad_signature)")
-    p.add_argument("--byzantine", type=int, metavar="K",
-                   help="nodes that misbehave on the wire: malformed, truncated, oversized, "
-                        "replayed or other-network messages, slow or no answers, request floods "
-                        "(never node 0, never a --rogue node); an honest node that crashes "
-                        "fails the run (honest_node_crashes)")
-    p.add_argument("--transport", choices=("sim", "libp2p"),
-                   help="sim (default): the seeded simulated network on virtual time; libp2p: the "
-                        "same scenario on real libp2p hosts on 127.0.0.1 in real time, to "
-                        "cross-check the simulator (no loss, dup, reorder or partitions there)")
-    p.add_argument("--scenario", metavar="FILE", help="a TOML scenario (sims/scenarios/*.toml); "
-                                                        "command-line options override it")
-    p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr "
-                                                           "is not a terminal")
-    for k in ("r", "gossip-interval", "publish-interval", "request-timeout",
-              "actions-per-agent-hour", "grants-per-hour", "warmup", "deadline"):
-        p.add_argument("--" + k, type=int if k == "r" else parse_duration if k not in (
-            "actions-per-agent-hour", "grants-per-hour") else float, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--rogue-modes",
+        type=lambda s: tuple(s.split(",")),
+        help="comma list cycled over the rogue nodes (default skip_preflight,"
+        "forge_budget,wrong_cost,fork; also bad_signature)",
+    )
+    p.add_argument(
+        "--byzantine",
+        type=int,
+        metavar="K",
+        help="nodes that misbehave on the wire: malformed, truncated, oversized, "
+        "replayed or other-network messages, slow or no answers, request floods "
+        "(never node 0, never a --rogue node); an honest node that crashes "
+        "fails the run (honest_node_crashes)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("sim", "libp2p"),
+        help="sim (default): the seeded simulated network on virtual time; libp2p: the "
+        "same scenario on real libp2p hosts on 127.0.0.1 in real time, to "
+        "cross-check the simulator (no loss, dup, reorder or partitions there)",
+    )
+    p.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="a TOML scenario (sims/scenarios/*.toml); command-line options override it",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a progress bar even when stderr is not a terminal",
+    )
+    for k in (
+        "r",
+        "gossip-interval",
+        "publish-interval",
+        "request-timeout",
+        "actions-per-agent-hour",
+        "grants-per-hour",
+        "warmup",
+        "deadline",
+    ):
+        p.add_argument(
+            "--" + k,
+            type=int
+            if k == "r"
+            else parse_duration
+            if k not in ("actions-per-agent-hour", "grants-per-hour")
+            else float,
+            help=argparse.SUPPRESS,
+        )
     return p
 
 
@@ -84,10 +135,31 @@ def config_from_args(args) -> SimConfig:
             here = os.path.join(os.path.dirname(__file__), "scenarios", path)
             path = here if os.path.exists(here) else here + ".toml"
         over.update(load_scenario(path))
-    for k in ("nodes", "agents", "hours", "seed", "latency", "jitter", "loss", "dup", "reorder",
-              "churn", "skew", "rogue", "rogue_modes", "byzantine", "r", "gossip_interval", "publish_interval",
-              "request_timeout", "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline",
-              "transport"):
+    for k in (
+        "nodes",
+        "agents",
+        "hours",
+        "seed",
+        "latency",
+        "jitter",
+        "loss",
+        "dup",
+        "reorder",
+        "churn",
+        "skew",
+        "rogue",
+        "rogue_modes",
+        "byzantine",
+        "r",
+        "gossip_interval",
+        "publish_interval",
+        "request_timeout",
+        "actions_per_agent_hour",
+        "grants_per_hour",
+        "warmup",
+        "deadline",
+        "transport",
+    ):
         v = getattr(args, k, None)
         if v is not None:
             over[k] = v
@@ -100,6 +172,7 @@ def config_from_args(args) -> SimConfig:
         raise SystemExit("--rogue plus --byzantine must leave node 0 honest (at most --nodes - 1)")
     if cfg.transport == "libp2p":
         from .realnet import check_config
+
         try:
             check_config(cfg)
         except ValueError as e:
@@ -116,10 +189,12 @@ class Progress:
         frac = min(1.0, now / total) if total else 1.0
         bar = "#" * int(frac * 30)
         phase = sim.phase if sim.phase != "faults" else ""
-        sys.stderr.write(f"\r{self.label}[{bar:<30}] {frac * 100:5.1f}% sim {now / 3600:5.2f} h  "
-                         f"writes {sim.writes + sim.rogue_writes}  refusals {sim.workload.refusals}"
-                         f"  violations {len(sim.violations)}  wall {time.perf_counter() - self.t0:5.1f} s"
-                         f" {phase:<9}")
+        sys.stderr.write(
+            f"\r{self.label}[{bar:<30}] {frac * 100:5.1f}% sim {now / 3600:5.2f} h  "
+            f"writes {sim.writes + sim.rogue_writes}  refusals {sim.workload.refusals}"
+            f"  violations {len(sim.violations)}  wall {time.perf_counter() - self.t0:5.1f} s"
+            f" {phase:<9}"
+        )
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -128,17 +203,18 @@ class Progress:
 
 
 def _human(r: dict) -> str:
-    lines = [f"seed {r['seed']}: {r['nodes']} nodes, {r['agents']} agents, "
-             f"{r['sim_seconds'] / 3600:.2f} simulated h in {r['wall_seconds']:.1f} s wall",
-             f"  writes {r['writes']} (honest {r['honest_writes']}), refusals {r['refusals']}, "
-             f"grants {r['grants']}, errors {r['errors'] or 'none'}",
-             f"  convergence p50 {r['convergence_p50_s']} s, p99 {r['convergence_p99_s']} s; "
-             f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
-             f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
-             f"  byzantine nodes {r['byzantine_nodes']}, honest node crashes "
-             f"{r['honest_node_crashes']}",
-             f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
-             f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}"]
+    lines = [
+        f"seed {r['seed']}: {r['nodes']} nodes, {r['agents']} agents, "
+        f"{r['sim_seconds'] / 3600:.2f} simulated h in {r['wall_seconds']:.1f} s wall",
+        f"  writes {r['writes']} (honest {r['honest_writes']}), refusals {r['refusals']}, "
+        f"grants {r['grants']}, errors {r['errors'] or 'none'}",
+        f"  convergence p50 {r['convergence_p50_s']} s, p99 {r['convergence_p99_s']} s; "
+        f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
+        f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
+        f"  byzantine nodes {r['byzantine_nodes']}, honest node crashes {r['honest_node_crashes']}",
+        f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
+        f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
+    ]
     for v in r["invariant_violations"][:20]:
         lines.append(f"  ! {v}")
     if r.get("replay"):
@@ -149,6 +225,7 @@ def _human(r: dict) -> str:
 def plot(report: dict, path: str) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -163,8 +240,10 @@ def plot(report: dict, path: str) -> None:
     a2.plot(hours, [x[3] for x in tl], color="tab:green")
     a2.set_ylabel("mean remaining RU (honest agents)")
     a2.set_xlabel("simulated hours")
-    fig.suptitle(f"budgetnode sim seed {report['seed']}: {report['nodes']} nodes, "
-                 f"{report['agents']} agents, p99 {report['convergence_p99_s']} s")
+    fig.suptitle(
+        f"budgetnode sim seed {report['seed']}: {report['nodes']} nodes, "
+        f"{report['agents']} agents, p99 {report['convergence_p99_s']} s"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -175,6 +254,7 @@ def _public(r: dict) -> dict:
 
 def run_cli(args) -> int:
     from .sim import run
+
     cfg = config_from_args(args)
     show = args.progress or sys.stderr.isatty()
     if args.seeds:
@@ -196,6 +276,7 @@ def run_cli(args) -> int:
 
 def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
     from .sim import run
+
     t0 = time.perf_counter()
     failed, rows = [], []
     for i, seed in enumerate(seeds):
@@ -205,19 +286,25 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
         if not r["ok"]:
             failed.append(r)
         if show:
-            sys.stderr.write(f"\rseed {seed} ({i + 1}/{len(seeds)}): {len(failed)} failed, "
-                             f"{sum(len(x['invariant_violations']) for x in rows)} violations, "
-                             f"{time.perf_counter() - t0:.0f} s   ")
+            sys.stderr.write(
+                f"\rseed {seed} ({i + 1}/{len(seeds)}): {len(failed)} failed, "
+                f"{sum(len(x['invariant_violations']) for x in rows)} violations, "
+                f"{time.perf_counter() - t0:.0f} s   "
+            )
             sys.stderr.flush()
     if show:
         sys.stderr.write("\n")
     p99 = [r["convergence_p99_s"] for r in rows if r["convergence_p99_s"] is not None]
     summary = {
-        "seeds": len(rows), "first": seeds[0], "last": seeds[-1], "nodes": cfg.nodes,
+        "seeds": len(rows),
+        "first": seeds[0],
+        "last": seeds[-1],
+        "nodes": cfg.nodes,
         "failed": [r["seed"] for r in failed],
         "violations": sum(len(r["invariant_violations"]) for r in rows),
         "not_converged": sum(1 for r in rows if not r["converged"]),
-        "writes": sum(r["writes"] for r in rows), "refusals": sum(r["refusals"] for r in rows),
+        "writes": sum(r["writes"] for r in rows),
+        "refusals": sum(r["refusals"] for r in rows),
         "rogue_agents": sum(r["rogue_agents"] for r in rows),
         "warranted_rogue_agents": sum(r["warranted_rogue_agents"] for r in rows),
         "honest_node_crashes": sum(r["honest_node_crashes"] for r in rows),
@@ -228,10 +315,12 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['seeds']} seeds ({summary['first']}-{summary['last']}), {cfg.nodes} nodes: "
-              f"{len(failed)} failed, {summary['violations']} violations, "
-              f"{summary['not_converged']} not converged, worst p99 "
-              f"{summary['worst_convergence_p99_s']} s, {summary['wall_seconds']} s wall")
+        print(
+            f"{summary['seeds']} seeds ({summary['first']}-{summary['last']}), {cfg.nodes} nodes: "
+            f"{len(failed)} failed, {summary['violations']} violations, "
+            f"{summary['not_converged']} not converged, worst p99 "
+            f"{summary['worst_convergence_p99_s']} s, {summary['wall_seconds']} s wall"
+        )
         for r in failed[:20]:
             print(f"  seed {r['seed']}: {(r['invariant_violations'] or ['not converged'])[0]}")
             print(f"    replay: {r['replay']}")
@@ -240,14 +329,18 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
 
 async def _run_async(args) -> None:
     import trio
+
     code = await trio.to_thread.run_sync(run_cli, args)
     if code:
         raise SystemExit(code)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("sim", help="seeded network simulation of many real nodes",
-                              description=__doc__.split("\n\n")[0] + "\n\n" + PARTITION_HELP.replace("%%", "%"))
+    p = subparsers.add_parser(
+        "sim",
+        help="seeded network simulation of many real nodes",
+        description=__doc__.split("\n\n")[0] + "\n\n" + PARTITION_HELP.replace("%%", "%"),
+    )
     _configure(p)
     p.set_defaults(run=_run_async)
     return p

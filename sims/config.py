@@ -10,6 +10,7 @@ or ``ms`` units, a bare number is seconds):
 * ``isolate@1h-2h`` one seeded random node (never node 0) is cut off both ways;
   ``isolate:5@1h-2h`` isolates node 5.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,15 +36,15 @@ def parse_duration(text) -> float:
 
 @dataclass(frozen=True)
 class Partition:
-    kind: str              # "split", "oneway", "isolate"
-    start: float           # simulated seconds
+    kind: str  # "split", "oneway", "isolate"
+    start: float  # simulated seconds
     end: float
-    shares: tuple = ()     # split/oneway: percentages of the nodes per group
+    shares: tuple = ()  # split/oneway: percentages of the nodes per group
     node: int | None = None  # isolate: which node (None: a seeded random one)
     spec: str = ""
 
     @classmethod
-    def parse(cls, spec: str) -> "Partition":
+    def parse(cls, spec: str) -> Partition:
         body, sep, window = spec.partition("@")
         if not sep or "-" not in window:
             raise ValueError(f"partition {spec!r}: expected GROUPS@START-END, e.g. 50/50@2h-4h")
@@ -65,7 +66,9 @@ class Partition:
         else:
             shares = tuple(float(x) for x in body.split("/"))
             if len(shares) < 2:
-                raise ValueError(f"partition {spec!r}: a split needs two or more groups, e.g. 50/50")
+                raise ValueError(
+                    f"partition {spec!r}: a split needs two or more groups, e.g. 50/50"
+                )
             kind = "split"
         if any(s <= 0 for s in shares):
             raise ValueError(f"partition {spec!r}: group shares must be positive")
@@ -84,14 +87,14 @@ class SimConfig:
     loss: float = 0.0
     dup: float = 0.0
     reorder: bool = False
-    partitions: list = field(default_factory=list)   # Partition
-    churn: float = 0.0          # churn events per node per simulated hour
-    skew: float = 0.0           # each node's clock is off by up to +-skew seconds
+    partitions: list = field(default_factory=list)  # Partition
+    churn: float = 0.0  # churn events per node per simulated hour
+    skew: float = 0.0  # each node's clock is off by up to +-skew seconds
     rogue: int = 0
     rogue_modes: tuple = ("skip_preflight", "forge_budget", "wrong_cost", "fork")
-    byzantine: int = 0          # nodes that misbehave on the wire (sims/byzantine.py), never
-                                # node 0 and never a rogue node
-    transport: str = "sim"      # or "libp2p": real hosts on 127.0.0.1 in real time (sims/realnet)
+    byzantine: int = 0  # nodes that misbehave on the wire (sims/byzantine.py), never
+    # node 0 and never a rogue node
+    transport: str = "sim"  # or "libp2p": real hosts on 127.0.0.1 in real time (sims/realnet)
     # node timing knobs (simulated seconds)
     r: int = 3
     gossip_interval: float = 60.0
@@ -100,10 +103,10 @@ class SimConfig:
     # workload
     actions_per_agent_hour: float = 4.0
     grants_per_hour: float = 6.0
-    warmup: float = 120.0        # before the workload starts: nodes join and learn peers
-    deadline: float = 900.0      # liveness phase: must converge within this (simulated seconds)
+    warmup: float = 120.0  # before the workload starts: nodes join and learn peers
+    deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling
-    audit_every: float = 60.0    # a sampled re-derivation of held chains
+    audit_every: float = 60.0  # a sampled re-derivation of held chains
     audit_sample: int = 8
     strict_op_authorities: bool = True  # False: only the author-key authorities must hold a write
     store_root: str | None = None  # parent directory of the per-run store tempdir
@@ -115,9 +118,15 @@ class SimConfig:
         return self.hours * 3600.0
 
     def replay_command(self) -> str:
-        parts = ["budgetnode sim", f"--seed {self.seed}", f"--nodes {self.nodes}",
-                 f"--agents {self.agents}", f"--hours {self.hours:g}",
-                 f"--latency {self.latency * 1000:g}ms", f"--jitter {self.jitter * 1000:g}ms"]
+        parts = [
+            "budgetnode sim",
+            f"--seed {self.seed}",
+            f"--nodes {self.nodes}",
+            f"--agents {self.agents}",
+            f"--hours {self.hours:g}",
+            f"--latency {self.latency * 1000:g}ms",
+            f"--jitter {self.jitter * 1000:g}ms",
+        ]
         if self.loss:
             parts.append(f"--loss {self.loss:g}")
         if self.dup:
@@ -135,8 +144,16 @@ class SimConfig:
         if self.byzantine:
             parts.append(f"--byzantine {self.byzantine}")
         defaults = SimConfig()
-        for k in ("r", "gossip_interval", "publish_interval", "request_timeout",
-                  "actions_per_agent_hour", "grants_per_hour", "warmup", "deadline"):
+        for k in (
+            "r",
+            "gossip_interval",
+            "publish_interval",
+            "request_timeout",
+            "actions_per_agent_hour",
+            "grants_per_hour",
+            "warmup",
+            "deadline",
+        ):
             if getattr(self, k) != getattr(defaults, k):
                 parts.append(f"--{k.replace('_', '-')} {getattr(self, k):g}")
         if self.transport != defaults.transport:
@@ -145,13 +162,21 @@ class SimConfig:
             parts.append(f"--rogue-modes {','.join(self.rogue_modes)}")
         return " ".join(parts)
 
-    def replace(self, **kw) -> "SimConfig":
+    def replace(self, **kw) -> SimConfig:
         return dataclasses.replace(self, **kw)
 
 
 SCENARIO_KEYS = {f.name for f in dataclasses.fields(SimConfig)}
-DURATION_KEYS = {"latency", "jitter", "skew", "gossip_interval", "publish_interval",
-                 "request_timeout", "warmup", "deadline"}
+DURATION_KEYS = {
+    "latency",
+    "jitter",
+    "skew",
+    "gossip_interval",
+    "publish_interval",
+    "request_timeout",
+    "warmup",
+    "deadline",
+}
 
 
 def load_scenario(path: str) -> dict:

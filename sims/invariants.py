@@ -5,6 +5,7 @@ arithmetic — deliberately not node.core.validate — so a bug shared by the au
 the validators cannot hide: over-spends, forged or wrong BudgetStates, grants above the cap and
 spend above 100 RU + claimed grants per window are all reported.
 """
+
 from __future__ import annotations
 
 from node.core.crypto import to_text, verify
@@ -15,6 +16,7 @@ from zomes import APP
 
 class Budget:
     """An independent replay of one chain's budget."""
+
     __slots__ = ("ws", "rem", "spent", "granted")
 
     def __init__(self, genesis_ts: int, dna: Dna):
@@ -57,8 +59,10 @@ def audit_chain(actions, dna: Dna, check_sigs: bool = False) -> tuple[list[str],
             amount = a["grant"]["amount"]
             after = min(b.rem + amount, max(dna.cap_mru, b.rem))
             if rec.get("granted") != after - b.rem:
-                problems.append(f"{where}: claim records {rec.get('granted')} mRU granted, "
-                                f"the cap allows {after - b.rem}")
+                problems.append(
+                    f"{where}: claim records {rec.get('granted')} mRU granted, "
+                    f"the cap allows {after - b.rem}"
+                )
             b.granted += after - b.rem
             b.rem = after
             cost = 0
@@ -74,8 +78,10 @@ def audit_chain(actions, dna: Dna, check_sigs: bool = False) -> tuple[list[str],
                 problems.append(f"{where}: unknown action type {typ!r}")
                 break
             if rec.get("op") != op or rec.get("cost") != cost:
-                problems.append(f"{where}: recorded cost {rec.get('cost')} for {rec.get('op')}, "
-                                f"the DNA says {cost} for {op}")
+                problems.append(
+                    f"{where}: recorded cost {rec.get('cost')} for {rec.get('op')}, "
+                    f"the DNA says {cost} for {op}"
+                )
             b.rem -= cost
             b.spent += cost
             if b.rem < 0:
@@ -83,13 +89,16 @@ def audit_chain(actions, dna: Dna, check_sigs: bool = False) -> tuple[list[str],
         if rec.get("ws") != b.ws:
             problems.append(f"{where}: window start {rec.get('ws')} but re-derived {b.ws}")
         if rec.get("rem") != b.rem:
-            problems.append(f"{where}: forged BudgetState: remaining {rec.get('rem')} mRU, "
-                            f"re-derived {b.rem}")
+            problems.append(
+                f"{where}: forged BudgetState: remaining {rec.get('rem')} mRU, re-derived {b.rem}"
+            )
         if b.rem > dna.cap_mru:
             problems.append(f"{where}: remaining {b.rem / 1000:.2f} RU above the cap")
         if b.spent > dna.base_mru + b.granted:
-            problems.append(f"{where}: spent {b.spent / 1000:.2f} RU in one window with only "
-                            f"{b.granted / 1000:.2f} RU granted")
+            problems.append(
+                f"{where}: spent {b.spent / 1000:.2f} RU in one window with only "
+                f"{b.granted / 1000:.2f} RU granted"
+            )
         if problems:
             break
         prev = s

@@ -7,6 +7,7 @@ handlers down with it), and its reply travels back as another entry. A lost requ
 leaves the caller waiting until its request timeout, then PeerUnreachable, exactly as over a real
 network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ REORDER_P = 0.1  # with --reorder, this share of messages is held back by up to 
 class _Reply:
     """One request's outcome slot: the waiting caller, resolved once (by the first reply copy
     to arrive or by the timeout), or abandoned if the caller is cancelled first."""
+
     __slots__ = ("task", "done")
 
     def __init__(self, task):
@@ -67,6 +69,7 @@ def SimClock() -> trio.testing.MockClock:
             net.deliver_due(max(nxt, clock.current_time()))
         elif 0 < to_deadline < math.inf:
             clock.jump(to_deadline)
+
     clock._autojump = autojump
     # rate 0: the time is the virtual base alone (what MockClock computes after reading the real
     # clock it then multiplies by 0), asked on every message and every trio scheduling pass
@@ -78,18 +81,27 @@ class SimNetwork:
     """Messages in flight are entries of one time-ordered heap, delivered by the SimClock when
     virtual time reaches them."""
 
-    def __init__(self, rng: random.Random, clock: trio.testing.MockClock, *, latency=0.05,
-                 jitter=0.02, loss=0.0, dup=0.0, reorder=False):
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: trio.testing.MockClock,
+        *,
+        latency=0.05,
+        jitter=0.02,
+        loss=0.0,
+        dup=0.0,
+        reorder=False,
+    ):
         clock.network = self
         self.rng = rng
         self.latency, self.jitter = latency, jitter
         self.loss, self.dup, self.reorder = loss, dup, reorder
-        self.transports: dict[bytes, "SimTransport"] = {}
-        self.rules: list = []       # active partitions: callables (src, dst) -> blocked?
+        self.transports: dict[bytes, SimTransport] = {}
+        self.rules: list = []  # active partitions: callables (src, dst) -> blocked?
         self.trace = hashlib.blake2b(digest_size=32)
-        self.stats = Counter()      # requests, replies, bytes, lost, duplicated, unreachable
-        self.delivered = 0          # messages handed to a handler or back to a caller
-        self.on_deliver = None      # called after each delivered message (invariant hooks)
+        self.stats = Counter()  # requests, replies, bytes, lost, duplicated, unreachable
+        self.delivered = 0  # messages handed to a handler or back to a caller
+        self.on_deliver = None  # called after each delivered message (invariant hooks)
         # (time, seq, fn, args): arrivals, replies, timeouts. Bounded by the requests of one
         # request timeout (an answered request's timeout entry waits there until its time)
         self._heap: list = []
@@ -118,8 +130,9 @@ class SimNetwork:
 
     def _record(self, src: bytes, dst: bytes, raw: bytes) -> None:
         t = int(trio.current_time() * 1_000_000)
-        self.trace.update(t.to_bytes(8, "big") + src[:8] + dst[:8]
-                          + hashlib.blake2b(raw, digest_size=8).digest())
+        self.trace.update(
+            t.to_bytes(8, "big") + src[:8] + dst[:8] + hashlib.blake2b(raw, digest_size=8).digest()
+        )
         self.delivered += 1
         if self.on_deliver is not None:
             self.on_deliver()
@@ -162,7 +175,7 @@ class SimNetwork:
             fn(*args)
 
     # -- delivery
-    def _arrive(self, src: "SimTransport", dst_id: bytes, payload: bytes, box: _Reply) -> None:
+    def _arrive(self, src: SimTransport, dst_id: bytes, payload: bytes, box: _Reply) -> None:
         dst = self.transports.get(dst_id)
         if dst is None or (self.rules and self.blocked(src.peer_id, dst_id)):
             self.stats["unreachable"] += 1
@@ -176,7 +189,7 @@ class SimNetwork:
         except RuntimeError:  # the destination is shutting down
             self.stats["unreachable"] += 1
 
-    async def _serve(self, src: "SimTransport", dst: "SimTransport", payload: bytes, box: _Reply):
+    async def _serve(self, src: SimTransport, dst: SimTransport, payload: bytes, box: _Reply):
         reply = await dst.handler(src.peer_id, payload)
         if len(reply) > MAX_FRAME:
             return
@@ -184,11 +197,12 @@ class SimNetwork:
         self.stats["reply_bytes"] += len(reply)
         self._at(trio.current_time() + self._delay(), self._answer, src, dst, reply, box)
 
-    def _answer(self, src: "SimTransport", dst: "SimTransport", reply: bytes, box: _Reply):
+    def _answer(self, src: SimTransport, dst: SimTransport, reply: bytes, box: _Reply):
         if box.done or self.transports.get(src.peer_id) is not src:
             return
-        if (self.rules and self.blocked(dst.peer_id, src.peer_id)) or \
-                (self.loss and self.rng.random() < self.loss):
+        if (self.rules and self.blocked(dst.peer_id, src.peer_id)) or (
+            self.loss and self.rng.random() < self.loss
+        ):
             self.stats["lost"] += 1
             return
         self._record(dst.peer_id, src.peer_id, reply)
@@ -221,7 +235,9 @@ class SimTransport:
             peer = bytes.fromhex(addr.removeprefix("sim://"))
         except ValueError:
             raise PeerUnreachable(f"bad address {addr}") from None
-        if not self.net._reachable(self.peer_id, peer) or not self.net._reachable(peer, self.peer_id):
+        if not self.net._reachable(self.peer_id, peer) or not self.net._reachable(
+            peer, self.peer_id
+        ):
             raise PeerUnreachable(f"no peer at {addr}")
         return peer
 

@@ -6,6 +6,7 @@ Loss, duplication, reordering, latency and partitions are the simulated network'
 the network is whatever loopback does, so a scenario asking for them is refused rather than run
 without them. A run is not reproducible (the OS schedules the sockets): its report has no trace
 hash, and is compared with the simulated run of the same scenario by outcome, not by trace."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,10 @@ UNSUPPORTED = ("loss", "dup", "reorder", "partitions")
 def check_config(cfg) -> None:
     bad = [k for k in UNSUPPORTED if getattr(cfg, k)]
     if bad:
-        raise ValueError(f"--transport libp2p runs on the real loopback network, which has no "
-                         f"simulated faults: drop {', '.join(bad)} (churn, skew and rogue work)")
+        raise ValueError(
+            f"--transport libp2p runs on the real loopback network, which has no "
+            f"simulated faults: drop {', '.join(bad)} (churn, skew and rogue work)"
+        )
 
 
 class RealClock(trio.abc.Clock):

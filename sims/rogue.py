@@ -12,6 +12,7 @@ plugs into (`NetNode.open(cell_type=..., outgoing=...)`, which `LocalCluster.ope
   valid-looking histories split the authorities. The twins are kept in `node.rogue_twins`
   (original hash -> twin) for the simulator's accounting.
 """
+
 from __future__ import annotations
 
 from node.cell import Cell
@@ -31,8 +32,9 @@ class RogueCell(Cell):
         if "wrong_cost" in self.modes:
             return s, 0
         if "skip_preflight" in self.modes:
-            return budget.BudgetState(s.window_start_us, s.remaining_mru - cost,
-                                      s.used_mru + cost), cost
+            return budget.BudgetState(
+                s.window_start_us, s.remaining_mru - cost, s.used_mru + cost
+            ), cost
         return super()._charge(cost, ts)
 
     def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
@@ -60,8 +62,7 @@ def fork_outgoing(node, by_peer: dict) -> dict:
                 cell = node.cells.get(s.author)
                 if cell is not None and s.seq >= 1 and s.action.get("type") == "create":
                     if s.hash not in twins:
-                        twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1),
-                                                    cell.key)
+                        twins[s.hash] = Signed.sign(dict(s.action, ts=s.action["ts"] + 1), cell.key)
                     s = twins[s.hash]
                 forked.append(s)
             batch = forked

@@ -5,6 +5,7 @@ faults + workload until `hours`, then liveness: faults stop, every node is up ag
 cluster must converge (consistency_lag() empty, every honest write held by its authorities,
 every cheater warranted at every honest node) within `deadline` simulated seconds.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -34,9 +35,10 @@ from node.net.node import NetNode
 from node.net import rogue as adversarial
 
 from .config import START_UNIX, SimConfig
-from .invariants import Budget, audit_chain
+from .invariants import audit_chain
 from .net import SimClock, SimNetwork
 from .workload import Workload
+import trio.lowlevel
 
 MAX_VIOLATIONS = 200
 
@@ -44,8 +46,16 @@ MAX_VIOLATIONS = 200
 class Slot:
     """One node position: its store directory survives restarts; the NetNode does not."""
 
-    def __init__(self, index: int, path: str, rogue: tuple, skew: float, seed: int, clock,
-                 byzantine: bool = False):
+    def __init__(
+        self,
+        index: int,
+        path: str,
+        rogue: tuple,
+        skew: float,
+        seed: int,
+        clock,
+        byzantine: bool = False,
+    ):
         self.index = index
         self.path = path
         self.rogue = rogue
@@ -77,24 +87,42 @@ class Simulation:
         s = cfg.seed
         if cfg.transport == "libp2p":  # the cross-check: real hosts, wall-clock time
             from . import realnet
+
             realnet.check_config(cfg)
             self.clock, self.net = realnet.RealClock(), realnet.Libp2pNetwork()
         elif cfg.transport == "sim":
             self.clock = SimClock()
-            self.net = SimNetwork(random.Random(f"{s}:net"), self.clock, latency=cfg.latency,
-                                  jitter=cfg.jitter, loss=cfg.loss, dup=cfg.dup, reorder=cfg.reorder)
+            self.net = SimNetwork(
+                random.Random(f"{s}:net"),
+                self.clock,
+                latency=cfg.latency,
+                jitter=cfg.jitter,
+                loss=cfg.loss,
+                dup=cfg.dup,
+                reorder=cfg.reorder,
+            )
         else:
             raise ValueError(f"transport must be 'sim' or 'libp2p', not {cfg.transport!r}")
         self.rng_faults = random.Random(f"{s}:faults")
         self.rng_check = random.Random(f"{s}:check")
         self.workload = Workload(self, random.Random(f"{s}:workload"))
         rng_nodes = random.Random(f"{s}:nodes")
-        rogue_idx = set(rng_nodes.sample(range(1, cfg.nodes), min(cfg.rogue, cfg.nodes - 1))) \
-            if cfg.rogue else set()
+        rogue_idx = (
+            set(rng_nodes.sample(range(1, cfg.nodes), min(cfg.rogue, cfg.nodes - 1)))
+            if cfg.rogue
+            else set()
+        )
         # drawn from a stream of their own, so runs without them stay what they were
-        byzantine_idx = set(random.Random(f"{s}:byzantine").sample(
-            [i for i in range(1, cfg.nodes) if i not in rogue_idx],
-            min(cfg.byzantine, max(0, cfg.nodes - 1 - len(rogue_idx))))) if cfg.byzantine else set()
+        byzantine_idx = (
+            set(
+                random.Random(f"{s}:byzantine").sample(
+                    [i for i in range(1, cfg.nodes) if i not in rogue_idx],
+                    min(cfg.byzantine, max(0, cfg.nodes - 1 - len(rogue_idx))),
+                )
+            )
+            if cfg.byzantine
+            else set()
+        )
         modes = list(cfg.rogue_modes)
         self.slots = []
         k = 0
@@ -104,19 +132,20 @@ class Simulation:
                 rogue = (modes[k % len(modes)],)
                 k += 1
             skew = rng_nodes.uniform(-cfg.skew, cfg.skew) if cfg.skew else 0.0
-            self.slots.append(Slot(i, os.path.join(root, f"n{i}"), rogue, skew, s, self.clock,
-                                   i in byzantine_idx))
+            self.slots.append(
+                Slot(i, os.path.join(root, f"n{i}"), rogue, skew, s, self.clock, i in byzantine_idx)
+            )
         self.violations: list[str] = []
-        self.crashes = Counter()                 # "honest" / "byzantine" / "rogue" node crashes
+        self.crashes = Counter()  # "honest" / "byzantine" / "rogue" node crashes
         self._seen_violations: set[str] = set()
         self.dna = None
         self.writes = 0
         self.rogue_writes = 0
-        self.pending: dict[bytes, list] = {}     # action hash -> [t, author, seq, bases, auths]
-        self.all_writes: list[tuple] = []        # (author, seq, [hash, author, entry] bases)
+        self.pending: dict[bytes, list] = {}  # action hash -> [t, author, seq, bases, auths]
+        self.all_writes: list[tuple] = []  # (author, seq, [hash, author, entry] bases)
         self.latencies: list[float] = []
-        self.epoch = 0                           # bumps when node membership changes
-        self.timeline: list[tuple] = []          # (t, pending, converged so far, remaining RU avg)
+        self.epoch = 0  # bumps when node membership changes
+        self.timeline: list[tuple] = []  # (t, pending, converged so far, remaining RU avg)
         self.phase = "start"
         self.converged = False
         self.lag_left: list[str] = []
@@ -148,8 +177,11 @@ class Simulation:
         if self._live_epoch != self.epoch:
             live = [s for s in self.slots if s.node is not None]
             nodes = [s.node for s in live]
-            queues = ([n.limbo for n in nodes], [n.peers for n in nodes],
-                      [n._fetching for n in nodes])
+            queues = (
+                [n.limbo for n in nodes],
+                [n.peers for n in nodes],
+                [n._fetching for n in nodes],
+            )
             self._live_now = (live, [s.node.warranted for s in live if s.honest], queues)
             self._live_epoch = self.epoch
         return self._live_now
@@ -162,17 +194,27 @@ class Simulation:
         slot.stop = trio.Event()
         started = False
         factory, adversary = adversarial.plug(
-            self.net.transport, slot.rogue + (("byzantine",) if slot.byzantine else ()),
-            f"{cfg.seed}:byzantine:{slot.index}:{slot.incarnation}")
+            self.net.transport,
+            slot.rogue + (("byzantine",) if slot.byzantine else ()),
+            f"{cfg.seed}:byzantine:{slot.index}:{slot.incarnation}",
+        )
         with trio.CancelScope() as scope:
             slot.scope = scope
             try:
                 async with NetNode.open(
-                        factory, path=slot.path, clock=slot.clock, bootstrap=bootstrap,
-                        r=cfg.r, gossip_interval=cfg.gossip_interval,
-                        publish_interval=cfg.publish_interval, durability="process",
-                        randbytes=slot.randbytes(), request_timeout=cfg.request_timeout,
-                        dna=self.dna, **adversary) as node:
+                    factory,
+                    path=slot.path,
+                    clock=slot.clock,
+                    bootstrap=bootstrap,
+                    r=cfg.r,
+                    gossip_interval=cfg.gossip_interval,
+                    publish_interval=cfg.publish_interval,
+                    durability="process",
+                    randbytes=slot.randbytes(),
+                    request_timeout=cfg.request_timeout,
+                    dna=self.dna,
+                    **adversary,
+                ) as node:
                     slot.node = node
                     slot.id = node.id
                     self._honest = None  # the honest-node ids include this one now
@@ -211,6 +253,7 @@ class Simulation:
             out = orig_add(cell)
             self._hook_cell(slot, cell)
             return out
+
         node._add_cell = add_cell
 
     def _hook_cell(self, slot: Slot, cell) -> None:
@@ -222,6 +265,7 @@ class Simulation:
             if inner is not None:
                 inner(s)
             self._committed(slot, s)
+
         on_commit._sim = True
         cell.on_commit = on_commit
 
@@ -258,6 +302,7 @@ class Simulation:
             if slot.node is not None:
                 slot.node.bootstrap = (addr0,)  # so a node whose join was lost tries again
                 await slot.node.join(addr0)
+
         async with trio.open_nursery() as n:
             for i in range(1, cfg.nodes):
                 n.start_soon(join, self.slots[i], i * stagger)
@@ -283,12 +328,12 @@ class Simulation:
             return
         if crash:
             slot.crashes += 1
-            slot.scope.cancel()        # mid-whatever: handlers, publishes, fetches all die
+            slot.scope.cancel()  # mid-whatever: handlers, publishes, fetches all die
         else:
             slot.leaves += 1
             slot.stop.set()
         while slot.node is not None:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     # -- faults
     def _partition_rule(self, p):
@@ -296,8 +341,11 @@ class Simulation:
         order = list(range(len(ids)))
         random.Random(f"{self.cfg.seed}:partition:{p.spec}").shuffle(order)
         if p.kind == "isolate":
-            victim = p.node if p.node is not None else \
-                random.Random(f"{self.cfg.seed}:isolate:{p.spec}").randrange(1, len(ids))
+            victim = (
+                p.node
+                if p.node is not None
+                else random.Random(f"{self.cfg.seed}:isolate:{p.spec}").randrange(1, len(ids))
+            )
             x = ids[victim]
             return lambda src, dst: (src == x) != (dst == x)
         total = sum(p.shares)
@@ -314,8 +362,11 @@ class Simulation:
 
     async def _partitions(self) -> None:
         end = self.cfg.sim_seconds
-        rules = [(p.start, min(p.end, end), self._partition_rule(p))
-                 for p in self.cfg.partitions if p.start < end]
+        rules = [
+            (p.start, min(p.end, end), self._partition_rule(p))
+            for p in self.cfg.partitions
+            if p.start < end
+        ]
         moments = sorted({t for a, b, _ in rules for t in (a, b)})
         for t in moments:
             await trio.sleep_until(t)
@@ -335,6 +386,7 @@ class Simulation:
             await trio.sleep(down)
             if self.phase == "faults":
                 await self._restart(nursery, slot)
+
         for t in times:
             await trio.sleep_until(t)
             # node 0 hosts the steward; rogue nodes' stores hold their own invalid chains, which
@@ -357,8 +409,11 @@ class Simulation:
                 if s.node is not None and len(s.node.peers) == 0 and len(live) > 1:
                     # the best-connected node, as an operator would pick (a random one may be
                     # just as lost, and the two would make an island)
-                    other = max((o for o in live if o is not s and o.node is not None),
-                                key=lambda o: (len(o.node.peers), -o.index), default=None)
+                    other = max(
+                        (o for o in live if o is not s and o.node is not None),
+                        key=lambda o: (len(o.node.peers), -o.index),
+                        default=None,
+                    )
                     if other is not None and other.node is not None:
                         self.churn_events["rejoin"] += 1
                         await s.node.join(other.node.transport.listen_addrs()[0])
@@ -377,8 +432,10 @@ class Simulation:
         ts = max(node.now_us(), chain[-1].action["ts"])
         b.roll(ts, node.dna)
         if b.rem != e.have_mru or e.need_mru <= b.rem:
-            self.violation(f"honest agent {agent.agent_id[:14]} wrongly refused: needs "
-                           f"{e.need_mru} mRU, re-derived {b.rem} mRU, node said {e.have_mru}")
+            self.violation(
+                f"honest agent {agent.agent_id[:14]} wrongly refused: needs "
+                f"{e.need_mru} mRU, re-derived {b.rem} mRU, node said {e.have_mru}"
+            )
 
     def _membership(self):
         """(the ring, slot by id, ids warranted by some honest node), as of now. Asked every
@@ -400,8 +457,11 @@ class Simulation:
         # a slot's id is set when its node first starts; agents are only ever added
         n = len(self.workload.agents)
         if self._honest is None or self._honest[0] != n:
-            self._honest = (n, {s.id for s in self.slots if s.honest},
-                            {a.pub for a in self.workload.agents if not a.rogue})
+            self._honest = (
+                n,
+                {s.id for s in self.slots if s.honest},
+                {a.pub for a in self.workload.agents if not a.rogue},
+            )
         return self._honest[1], self._honest[2]
 
     def _check(self) -> None:
@@ -413,8 +473,10 @@ class Simulation:
         if any(max(map(len, q), default=0) > lim for q, lim in zip(queues, limits)):
             for s, *sizes in zip(live, *(map(len, q) for q in queues)):
                 if any(n > lim for n, lim in zip(sizes, limits)):
-                    self.violation(f"node {s.index}: queue out of bounds (limbo {sizes[0]}, "
-                                   f"peers {sizes[1]}, fetching {sizes[2]})")
+                    self.violation(
+                        f"node {s.index}: queue out of bounds (limbo {sizes[0]}, "
+                        f"peers {sizes[1]}, fetching {sizes[2]})"
+                    )
         # warrants only accumulate: the tables need reading again only when one grew (the
         # membership key counts them) or an honest agent or node was added
         checked = (self._membership_key, len(honest_ids), len(honest_agents))
@@ -426,8 +488,10 @@ class Simulation:
                 n = s.node
                 for w in n.warranted:
                     if w in honest_agents or w in honest_ids or w == steward:
-                        self.violation(f"honest node {s.index} warrants honest "
-                                       f"{to_text('agent', w)[:14]}: {n.warranted[w].reason}")
+                        self.violation(
+                            f"honest node {s.index} warrants honest "
+                            f"{to_text('agent', w)[:14]}: {n.warranted[w].reason}"
+                        )
         # convergence of honest writes: held by all their authorities (live, unwarranted nodes)
         now = trio.current_time()
         done = []
@@ -472,8 +536,10 @@ class Simulation:
                     continue
                 hd = slot.node._head(author) if slot and slot.node else None
                 if slot is None or slot.node is None or not _holds(slot.node, author, seq, h):
-                    out.append(f"node {slot.index if slot else '?'} ({name} basis, has seq "
-                               f"{None if hd is None else hd[0]})")
+                    out.append(
+                        f"node {slot.index if slot else '?'} ({name} basis, has seq "
+                        f"{None if hd is None else hd[0]})"
+                    )
         return ", ".join(out)
 
     def _op_authority_gaps(self, ring, by_id, warranted) -> int:
@@ -488,8 +554,11 @@ class Simulation:
             for b in bases:
                 if b not in cache:
                     cache[b] = ring.nearest(b, self.cfg.r)
-                if any(not _holds(by_id[a].node, author, seq, bases[0]) for a in cache[b]
-                       if a in by_id and by_id[a].node is not None and not by_id[a].byzantine):
+                if any(
+                    not _holds(by_id[a].node, author, seq, bases[0])
+                    for a in cache[b]
+                    if a in by_id and by_id[a].node is not None and not by_id[a].byzantine
+                ):
                     gaps += 1
                     break
         return gaps
@@ -501,8 +570,11 @@ class Simulation:
         total = ends[-1] if ends else 0
         # the sample is drawn over indices (what sampling the list of all pairs would pick),
         # and only the picked pairs are built
-        picks = range(total) if sample is None or total <= sample else \
-            self.rng_check.sample(range(total), sample)
+        picks = (
+            range(total)
+            if sample is None or total <= sample
+            else self.rng_check.sample(range(total), sample)
+        )
         pairs = []
         for i in picks:
             k = bisect.bisect_right(ends, i)
@@ -515,8 +587,10 @@ class Simulation:
             try:
                 chain = n.store.chain(author)
             except Exception as e:  # noqa: BLE001
-                self.violation(f"node {s.index}: stored chain of {to_text('agent', author)[:14]} "
-                               f"unreadable: {e}")
+                self.violation(
+                    f"node {s.index}: stored chain of {to_text('agent', author)[:14]} "
+                    f"unreadable: {e}"
+                )
                 continue
             problems, _ = audit_chain(chain, n.dna, check_sigs)
             for p in problems[:1]:
@@ -543,8 +617,15 @@ class Simulation:
                 c = n.cells[a.pub]
                 rems.append(Budget_remaining(c, n))
         p = [now - v[0] for v in self.pending.values()]
-        self.timeline.append((now, len(self.pending), max(p) if p else 0.0,
-                              statistics.fmean(rems) / 1000 if rems else 0.0, len(self.latencies)))
+        self.timeline.append(
+            (
+                now,
+                len(self.pending),
+                max(p) if p else 0.0,
+                statistics.fmean(rems) / 1000 if rems else 0.0,
+                len(self.latencies),
+            )
+        )
 
     async def _progress(self) -> None:
         total = self.cfg.sim_seconds
@@ -569,16 +650,20 @@ class Simulation:
                     continue
                 chain = n.store.chain(pub)
                 if "bad_signature" in s.rogue:
-                    if len(chain) > 1 and any(h.node.metrics.get("warrants_issued", 0) or
-                                              s.id in h.node.warranted for h in honest):
+                    if len(chain) > 1 and any(
+                        h.node.metrics.get("warrants_issued", 0) or s.id in h.node.warranted
+                        for h in honest
+                    ):
                         out.add(s.id)
                     continue
                 problems, _ = audit_chain(chain, n.dna)
                 if problems:
                     out.add(pub)
             for orig, twin in getattr(n, "rogue_twins", {}).items():
-                if any(h.node.dht.has_action(twin.hash) or twin.author in h.node.warranted
-                       for h in honest):
+                if any(
+                    h.node.dht.has_action(twin.hash) or twin.author in h.node.warranted
+                    for h in honest
+                ):
                     out.add(twin.author)
         return out
 
@@ -643,22 +728,33 @@ class Simulation:
                 self.cheater_set = self.cheaters()
                 self.audited = self._audit(None, check_sigs=False)
                 ring, by_id, self.net_warranted = self._membership()
-                warranted_everywhere = {c for c in self.cheater_set
-                                        if all(c in s.node.warranted for s in self.honest_live())}
+                warranted_everywhere = {
+                    c
+                    for c in self.cheater_set
+                    if all(c in s.node.warranted for s in self.honest_live())
+                }
                 self.warranted_rogue = warranted_everywhere
                 if not self.converged:
-                    self.violation(f"did not converge within {cfg.deadline:g} s after faults "
-                                   f"stopped: " + "; ".join(self.lag_left[:5]))
+                    self.violation(
+                        f"did not converge within {cfg.deadline:g} s after faults "
+                        f"stopped: " + "; ".join(self.lag_left[:5])
+                    )
                 for h, p in list(self.pending.items())[:5]:
-                    self.violation(f"honest write by {to_text('agent', p[1])[:14]} seq {p[2]} "
-                                   f"never reached all its authorities: "
-                                   f"{self._missing(h, p, ring, by_id)}")
+                    self.violation(
+                        f"honest write by {to_text('agent', p[1])[:14]} seq {p[2]} "
+                        f"never reached all its authorities: "
+                        f"{self._missing(h, p, ring, by_id)}"
+                    )
                 for c in sorted(self.cheater_set - warranted_everywhere):
-                    self.violation(f"cheater {to_text('agent', c)[:14]} is not warranted at every "
-                                   f"honest node")
+                    self.violation(
+                        f"cheater {to_text('agent', c)[:14]} is not warranted at every honest node"
+                    )
                 # converged: the liveness check just found no gap (nothing ran since)
-                self.op_gaps = 0 if self.converged and cfg.strict_op_authorities else \
-                    self._op_authority_gaps(ring, by_id, self.net_warranted)
+                self.op_gaps = (
+                    0
+                    if self.converged and cfg.strict_op_authorities
+                    else self._op_authority_gaps(ring, by_id, self.net_warranted)
+                )
                 self.metrics_total = Counter()
                 for s in self.live():
                     self.metrics_total.update(s.node.metrics)
@@ -686,6 +782,7 @@ def _holds(node, author: bytes, seq: int, h: bytes) -> bool:
 
 def Budget_remaining(cell, node) -> int:
     from node.core import budget
+
     return budget.roll(cell.state.budget, node.now_us(), node.dna).remaining_mru
 
 
@@ -706,12 +803,14 @@ def deterministic_trio(seed: int):
     registered it), and batches are put in task-creation order before the shuffle; both are
     restored after."""
     from trio._core import _run as trio_run
+
     counter = itertools.count()
     original = trio_run.Deadlines.add
 
     def add(self, deadline, cancel_scope):
         heapq.heappush(self._heap, (deadline, next(counter), cancel_scope))
         self._active += 1
+
     allow = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     trio_run._r.seed(seed)
     trio_run.Deadlines.add = add
@@ -734,8 +833,9 @@ def memory_backed_dir() -> str | None:
 
 def run(cfg: SimConfig, progress=None) -> dict:
     """Run one seeded simulation; returns the report (a dict, JSON-ready)."""
-    root = tempfile.mkdtemp(prefix=f"budgetnode-sim-{cfg.seed}-",
-                            dir=cfg.store_root or memory_backed_dir())
+    root = tempfile.mkdtemp(
+        prefix=f"budgetnode-sim-{cfg.seed}-", dir=cfg.store_root or memory_backed_dir()
+    )
     sim = Simulation(cfg, root)
     sim.progress_cb = progress
     wall = time.perf_counter()
@@ -748,9 +848,14 @@ def run(cfg: SimConfig, progress=None) -> dict:
     st = sim.net.stats
     writes = max(1, sim.writes + sim.rogue_writes)
     report = {
-        "seed": cfg.seed, "nodes": cfg.nodes, "agents": cfg.agents, "transport": cfg.transport,
-        "sim_seconds": round(sim.end_time, 3), "wall_seconds": round(wall, 3),
-        "writes": sim.writes + sim.rogue_writes, "honest_writes": sim.writes,
+        "seed": cfg.seed,
+        "nodes": cfg.nodes,
+        "agents": cfg.agents,
+        "transport": cfg.transport,
+        "sim_seconds": round(sim.end_time, 3),
+        "wall_seconds": round(wall, 3),
+        "writes": sim.writes + sim.rogue_writes,
+        "honest_writes": sim.writes,
         "refusals": sim.workload.refusals,
         "convergence_p50_s": _pct(sim.latencies, 0.50),
         "convergence_p99_s": _pct(sim.latencies, 0.99),
@@ -765,9 +870,11 @@ def run(cfg: SimConfig, progress=None) -> dict:
         "byzantine_node_crashes": sim.crashes["byzantine"] + sim.crashes["rogue"],
         "trace_hash": sim.net.trace_hash(),
         # beyond the issue's fields: what the run did
-        "calls": sim.workload.calls, "grants": sim.workload.grants,
+        "calls": sim.workload.calls,
+        "grants": sim.workload.grants,
         "errors": dict(sorted(sim.workload.errors.items())),
-        "network": dict(sorted(st.items())), "churn": dict(sim.churn_events),
+        "network": dict(sorted(st.items())),
+        "churn": dict(sim.churn_events),
         "audited_chains": sim.audited,
         "node_metrics": {k: sim.metrics_total[k] for k in sorted(sim.metrics_total)},
         "lagging": sim.lag_left[:10],

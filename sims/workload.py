@@ -10,6 +10,7 @@ Profiles (seeded per agent):
   Byzantine nodes keep their profile; neither kind counts as honest in the checks.
 The steward (node 0) grants 20-150 RU to random heavy agents `grants_per_hour` times an hour.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -23,8 +24,28 @@ from node.core.errors import BudgetError
 from node.core.warrant import Warranted
 from node.local_node import AgentClient
 
-WORDS = ("river", "silt", "oak", "moss", "fern", "rain", "stone", "root", "leaf", "light",
-         "soil", "seed", "bark", "wind", "frost", "fungus", "bee", "flower", "ridge", "delta")
+WORDS = (
+    "river",
+    "silt",
+    "oak",
+    "moss",
+    "fern",
+    "rain",
+    "stone",
+    "root",
+    "leaf",
+    "light",
+    "soil",
+    "seed",
+    "bark",
+    "wind",
+    "frost",
+    "fungus",
+    "bee",
+    "flower",
+    "ridge",
+    "delta",
+)
 
 
 class SimAgent:
@@ -58,7 +79,9 @@ class Workload:
         return a
 
     def _next(self, t: float, rate_per_hour: float) -> float:
-        return t + self.rng.expovariate(rate_per_hour / 3600.0) if rate_per_hour > 0 else float("inf")
+        return (
+            t + self.rng.expovariate(rate_per_hour / 3600.0) if rate_per_hour > 0 else float("inf")
+        )
 
     async def run(self, start: float, end: float) -> None:
         """Drive every agent (and the steward's grants) from `start` to `end` (simulated s)."""
@@ -92,20 +115,33 @@ class Workload:
         w = self.rng.choice
         if a.profile == "heavy":
             if r < 0.6:
-                return "add_knowledge", {"content": f"{w(WORDS)} {w(WORDS)} {self.rng.getrandbits(32)}",
-                                         "tags": [w(WORDS)]}
+                return "add_knowledge", {
+                    "content": f"{w(WORDS)} {w(WORDS)} {self.rng.getrandbits(32)}",
+                    "tags": [w(WORDS)],
+                }
             if r < 0.8:
                 return "create_thought_credential", {"title": w(WORDS), "body": w(WORDS) * 3}
-            return "transmit_understanding", {"subject": w(WORDS), "predicate": "feeds",
-                                              "object": w(WORDS)}
+            return "transmit_understanding", {
+                "subject": w(WORDS),
+                "predicate": "feeds",
+                "object": w(WORDS),
+            }
         if r < 0.4:
-            return "transmit_understanding", {"subject": w(WORDS), "predicate": "feeds",
-                                              "object": w(WORDS), "context": None}
+            return "transmit_understanding", {
+                "subject": w(WORDS),
+                "predicate": "feeds",
+                "object": w(WORDS),
+                "context": None,
+            }
         if r < 0.55 and len(a.hashes) >= 2:
             f, t = self.rng.sample(a.hashes[-8:], 2)
             return "link_edge", {"from_hash": f, "to_hash": t, "relation": "supports"}
         if r < 0.7:
-            return "validate_triple", {"subject": w(WORDS), "predicate": "feeds", "object": w(WORDS)}
+            return "validate_triple", {
+                "subject": w(WORDS),
+                "predicate": "feeds",
+                "object": w(WORDS),
+            }
         if r < 0.85:
             return "recall_understandings", {"subject": w(WORDS), "limit": self.rng.randint(1, 20)}
         if r < 0.95 or len(self.agents) < 2:
@@ -115,8 +151,11 @@ class Workload:
 
     async def _act(self, a: SimAgent) -> None:
         op, payload = self._pick_op(a)
-        zome = "rose_forest" if op in ("add_knowledge", "link_edge",
-                                       "create_thought_credential") else "memory"
+        zome = (
+            "rose_forest"
+            if op in ("add_knowledge", "link_edge", "create_thought_credential")
+            else "memory"
+        )
         node = a.slot.node
         outcome = "ok"
         try:
@@ -136,8 +175,9 @@ class Workload:
             outcome = "warranted"
             self._error("E_WARRANTED")
             if not a.rogue:
-                self.sim.violation(f"honest agent {a.agent_id[:14]} (node {a.slot.index}) was "
-                                   f"refused as warranted")
+                self.sim.violation(
+                    f"honest agent {a.agent_id[:14]} (node {a.slot.index}) was refused as warranted"
+                )
         except BudgetError as e:
             outcome = e.code
             self._error(e.code)

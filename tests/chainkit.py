@@ -5,6 +5,7 @@ record), but lets a test stop before appending, tamper with the action and re-si
 it with the author's real key, so a rejection proves the *rule* and not merely
 the signature.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,7 @@ from zomes import APP
 
 US = 1_000_000
 DAY_US = 86_400 * US
-T0_S = 1_730_678_400          # 2024-11-04T00:00:00Z, a round window start
+T0_S = 1_730_678_400  # 2024-11-04T00:00:00Z, a round window start
 T0 = T0_S * US
 
 
@@ -35,12 +36,20 @@ MALLORY = key(4)
 DNA = Dna.for_app(APP, stewards=(STEWARD.public,))
 
 
-def make_grant(grantee: bytes, amount_mru: int, *, signer: SigningKey = STEWARD,
-               steward: bytes | None = None, dna: Dna = DNA, ts: int = T0,
-               nonce: bytes = b"\x00" * 16) -> tuple[dict, bytes]:
+def make_grant(
+    grantee: bytes,
+    amount_mru: int,
+    *,
+    signer: SigningKey = STEWARD,
+    steward: bytes | None = None,
+    dna: Dna = DNA,
+    ts: int = T0,
+    nonce: bytes = b"\x00" * 16,
+) -> tuple[dict, bytes]:
     """A grant body and the signature over it (by `signer`, naming `steward`)."""
-    g = grant_body(dna.hash, steward if steward is not None else signer.public, grantee,
-                   amount_mru, ts, nonce)
+    g = grant_body(
+        dna.hash, steward if steward is not None else signer.public, grantee, amount_mru, ts, nonce
+    )
     return g, signer.sign(encode(g))
 
 
@@ -54,8 +63,17 @@ class Chain:
         self.key = k
         self.dna = dna
         self.app = app
-        g = Signed.sign({"type": "genesis", "author": k.public, "seq": 0, "prev": None,
-                         "ts": ts, "dna": dna.hash}, k)
+        g = Signed.sign(
+            {
+                "type": "genesis",
+                "author": k.public,
+                "seq": 0,
+                "prev": None,
+                "ts": ts,
+                "dna": dna.hash,
+            },
+            k,
+        )
         self.actions: list[Signed] = [g]
         self.entries: dict[bytes, bytes] = {}
         self.state = budget.initial(ts, dna)
@@ -66,40 +84,66 @@ class Chain:
         return self.actions[-1]
 
     def header(self, ts: int) -> dict:
-        return {"author": self.key.public, "seq": len(self.actions), "prev": self.head.hash,
-                "ts": ts}
+        return {
+            "author": self.key.public,
+            "seq": len(self.actions),
+            "prev": self.head.hash,
+            "ts": ts,
+        }
 
     def create_action(self, entry_type: str, content: dict, ts: int) -> tuple[dict, bytes]:
         edef = self.app.entry_def(entry_type)
         body = entry_bytes(entry_type, content)
         cost = self.dna.cost(edef.op)
         b = budget.charge(self.state, cost, ts, self.dna)
-        a = {"type": "create", **self.header(ts), "entry_type": entry_type,
-             "entry": blake2b_256(body),
-             "budget": {"op": edef.op, "cost": cost, "ws": b.window_start_us,
-                        "rem": b.remaining_mru}}
+        a = {
+            "type": "create",
+            **self.header(ts),
+            "entry_type": entry_type,
+            "entry": blake2b_256(body),
+            "budget": {
+                "op": edef.op,
+                "cost": cost,
+                "ws": b.window_start_us,
+                "rem": b.remaining_mru,
+            },
+        }
         return a, body
 
     def charge_action(self, count: int, ts: int, op: str = "recall_understandings") -> dict:
         cost = self.dna.cost(op, count)
         b = budget.charge(self.state, cost, ts, self.dna)
-        return {"type": "charge", **self.header(ts), "count": count,
-                "budget": {"op": op, "cost": cost, "ws": b.window_start_us,
-                           "rem": b.remaining_mru}}
+        return {
+            "type": "charge",
+            **self.header(ts),
+            "count": count,
+            "budget": {"op": op, "cost": cost, "ws": b.window_start_us, "rem": b.remaining_mru},
+        }
 
     def claim_action(self, grant: dict, sig: bytes, ts: int) -> dict:
         b, granted = budget.claim(self.state, grant["amount"], ts, self.dna)
-        return {"type": "claim", **self.header(ts), "grant": grant, "grant_sig": sig,
-                "budget": {"op": "claim_allocation", "cost": 0, "granted": granted,
-                           "ws": b.window_start_us, "rem": b.remaining_mru}}
+        return {
+            "type": "claim",
+            **self.header(ts),
+            "grant": grant,
+            "grant_sig": sig,
+            "budget": {
+                "op": "claim_allocation",
+                "cost": 0,
+                "granted": granted,
+                "ws": b.window_start_us,
+                "rem": b.remaining_mru,
+            },
+        }
 
     # -- appending valid actions
     def append(self, action: dict, body: bytes | None = None) -> Signed:
         s = Signed.sign(action, self.key)
         rec = action["budget"]
         if action["type"] == "claim":
-            self.state, _ = budget.claim(self.state, action["grant"]["amount"], action["ts"],
-                                         self.dna)
+            self.state, _ = budget.claim(
+                self.state, action["grant"]["amount"], action["ts"], self.dna
+            )
         else:
             self.state = budget.charge(self.state, rec["cost"], action["ts"], self.dna)
         assert (self.state.window_start_us, self.state.remaining_mru) == (rec["ws"], rec["rem"])
@@ -108,10 +152,12 @@ class Chain:
             self.entries[action["entry"]] = body
         return s
 
-    def create(self, entry_type: str = "knowledge", content: dict | None = None,
-               ts: int | None = None) -> Signed:
-        a, body = self.create_action(entry_type, KNOWLEDGE if content is None else content,
-                                     self._ts(ts))
+    def create(
+        self, entry_type: str = "knowledge", content: dict | None = None, ts: int | None = None
+    ) -> Signed:
+        a, body = self.create_action(
+            entry_type, KNOWLEDGE if content is None else content, self._ts(ts)
+        )
         return self.append(a, body)
 
     def charge(self, count: int, ts: int | None = None) -> Signed:

@@ -13,6 +13,7 @@ then writes understandings forever. Protocol on stdout, one flushed line each:
 The clock is fake: it steps a little per write, and when the budget runs out it jumps to the
 window's reset time the refusal names, so windows roll without waiting.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Two deliveries of one action racing through a history fetch must not warrant its author."""
+
 import trio
 
 from node.core.crypto import from_text
@@ -6,8 +7,9 @@ from node.sdk import LocalCluster
 
 
 async def test_duplicate_delivery_during_history_fetch(autojump_clock):
-    async with LocalCluster.open(n=2, transport="memory", r=2, gossip_interval=3600,
-                                 publish_interval=3600) as c:
+    async with LocalCluster.open(
+        n=2, transport="memory", r=2, gossip_interval=3600, publish_interval=3600
+    ) as c:
         a, b = c.nodes
         c.network.partition([a.id], [b.id])
         agent = await a.new_agent()
@@ -21,6 +23,7 @@ async def test_duplicate_delivery_during_history_fetch(autojump_clock):
 
         async def deliver():
             results.append(await b._accept(s, e, a.id))
+
         async with trio.open_nursery() as n:
             n.start_soon(deliver)
             n.start_soon(deliver)

@@ -1,5 +1,6 @@
 """Actions and entries as bytes: what this node reads back from its own store, and the size
 bound on an entry, refused before anything is signed."""
+
 import pytest
 
 from chainkit import ALICE, Chain
@@ -32,8 +33,9 @@ def test_an_entry_over_the_bound_is_refused_with_its_size():
     small = entry_bytes("knowledge", {"content": "x", "tags": []})
     assert decode(small) == {"type": "knowledge", "content": {"content": "x", "tags": []}}
     overhead = len(small) - 1
-    at_bound = entry_bytes("knowledge", {"content": "x" * (MAX_ENTRY_BYTES - overhead - 3),
-                                         "tags": []})
+    at_bound = entry_bytes(
+        "knowledge", {"content": "x" * (MAX_ENTRY_BYTES - overhead - 3), "tags": []}
+    )
     assert len(at_bound) <= MAX_ENTRY_BYTES
     with pytest.raises(TooLarge) as e:
         entry_bytes("knowledge", {"content": "x" * MAX_ENTRY_BYTES, "tags": []})

@@ -1,4 +1,5 @@
 """An app's declaration: one definition per entry type, and content checked as a map."""
+
 import pytest
 
 from node.core.app import App, EntryDef, IntegrityZome, need_keys
@@ -14,8 +15,12 @@ def test_an_entry_type_is_declared_once():
     app = App([zome("notes", d, add_knowledge=33_000)])
     assert app.entry_def("note") is d and app.entry_def("other") is None
     with pytest.raises(ValueError, match="duplicate entry type"):
-        App([zome("notes", d, add_knowledge=33_000),
-             zome("more", EntryDef("note", "record", lambda content: None), record=1_000)])
+        App(
+            [
+                zome("notes", d, add_knowledge=33_000),
+                zome("more", EntryDef("note", "record", lambda content: None), record=1_000),
+            ]
+        )
 
 
 def test_every_paying_op_has_a_cost_and_each_op_one_price():

@@ -1,5 +1,6 @@
 """The node runs the app it is given: another app's entry types, costs and functions work with
 no edit of the node, and the Rose Forest app is only the default."""
+
 import sys
 
 import pytest
@@ -16,9 +17,12 @@ def validate_note(c):
     need_text(c, "text", 100)
 
 
-NOTES_ZOME = IntegrityZome("notes", rules_version=1,
-                           entry_defs=(EntryDef("note", "write_note", validate_note),),
-                           costs={"write_note": 7_000})
+NOTES_ZOME = IntegrityZome(
+    "notes",
+    rules_version=1,
+    entry_defs=(EntryDef("note", "write_note", validate_note),),
+    costs={"write_note": 7_000},
+)
 
 
 @zome_fn("notes")

@@ -1,5 +1,6 @@
 """Every table a peer can grow has a limit, and at the limit a policy that a hostile peer cannot
 use to evict honest state or to lift a warrant."""
+
 import trio
 
 from node.app.events import EventHub
@@ -19,8 +20,9 @@ def fork_warrant(offender: SigningKey, issuer: SigningKey, ts: int = 10) -> W.Wa
     return W.make("fork", offender.public, "fork", 0, twins, issuer, ts)
 
 
-async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(clock, autojump_clock,
-                                                                      monkeypatch):
+async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(
+    clock, autojump_clock, monkeypatch
+):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=2) as c:
         author, holder = c.nodes
         alice = await author.new_agent()
@@ -30,12 +32,12 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(clock, au
         bob = await author.new_agent()
         await alice.transmit_understanding("a held chain", "still", "grows")
         with trio.fail_after(60):
-            while holder.metrics["chains_full"] == 0 or \
-                    holder._head(from_text("agent", alice.agent_id)) != \
-                    author._head(from_text("agent", alice.agent_id)):
+            while holder.metrics["chains_full"] == 0 or holder._head(
+                from_text("agent", alice.agent_id)
+            ) != author._head(from_text("agent", alice.agent_id)):
                 await c.wait_changed()
         assert from_text("agent", bob.agent_id) not in holder.chains  # answered busy
-        assert held.keys() <= holder.chains.keys()                    # nothing evicted
+        assert held.keys() <= holder.chains.keys()  # nothing evicted
         # room again: the author's publisher, which kept the op, delivers it
         monkeypatch.setattr(node_module, "MAX_CHAINS", len(holder.chains) + 1)
         author._wake_publisher()
@@ -44,25 +46,27 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(clock, au
 
 
 async def test_agent_hosts_keep_existing_hints_at_the_bound_and_forget_what_a_peer_dropped(
-        clock, autojump_clock, monkeypatch):
+    clock, autojump_clock, monkeypatch
+):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         n0, n1 = c.nodes
         a, b, x = b"a" * 32, b"b" * 32, b"x" * 32
         monkeypatch.setattr(node_module, "MAX_AGENT_HOSTS", len(n0.agent_hosts) + 2)
         n0._host_agents(n1.id, (a, b), ())
-        n0._host_agents(b"p" * 32, (x,), ())          # full: a new hint is not kept...
+        n0._host_agents(b"p" * 32, (x,), ())  # full: a new hint is not kept...
         assert n0.agent_hosts[a] == n1.id and x not in n0.agent_hosts
         assert n0.metrics["agent_hosts_full"] == 1
-        n0._host_agents(b"p" * 32, (a,), ())          # ...but a moved agent is re-pointed
+        n0._host_agents(b"p" * 32, (a,), ())  # ...but a moved agent is re-pointed
         assert n0.agent_hosts[a] == b"p" * 32
-        n0._host_agents(n1.id, (b,), (a, b))          # n1 no longer names a: not its to drop
+        n0._host_agents(n1.id, (b,), (a, b))  # n1 no longer names a: not its to drop
         assert n0.agent_hosts[a] == b"p" * 32
-        n0._host_agents(b"p" * 32, (), (a,))          # p no longer names a: forgotten
+        n0._host_agents(b"p" * 32, (), (a,))  # p no longer names a: forgotten
         assert a not in n0.agent_hosts and n0.agent_hosts[b] == n1.id
 
 
 async def test_past_max_warranted_only_offenders_whose_state_is_held_are_kept(
-        clock, autojump_clock, monkeypatch):
+    clock, autojump_clock, monkeypatch
+):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         node, other = c.nodes
         issuer = SigningKey(b"\x07" * 32)
@@ -70,17 +74,17 @@ async def test_past_max_warranted_only_offenders_whose_state_is_held_are_kept(
         assert await node._remember_warrant(first)
         monkeypatch.setattr(warrants_module, "MAX_WARRANTED", 1)
         stranger = fork_warrant(SigningKey(b"\x02" * 32), issuer)
-        assert not await node._remember_warrant(stranger)            # made up in bulk: refused
+        assert not await node._remember_warrant(stranger)  # made up in bulk: refused
         assert node.metrics["warrants_table_full"] == 1
-        assert first.offender in node.warranted                 # never evicted
+        assert first.offender in node.warranted  # never evicted
         alice = await other.new_agent()
         await c.await_consistency(timeout=60)
         pub = from_text("agent", alice.agent_id)
         assert pub in node.chains
         cell = other.cells[pub]
-        relevant = fork_warrant(cell.key, issuer)              # a chain it holds: kept
+        relevant = fork_warrant(cell.key, issuer)  # a chain it holds: kept
         assert await node._remember_warrant(relevant) and pub in node.warranted
-        peer_w = fork_warrant(other.node_key, issuer)           # a peer it routes to: kept
+        peer_w = fork_warrant(other.node_key, issuer)  # a peer it routes to: kept
         assert await node._remember_warrant(peer_w) and other.id in node.warranted
         assert len(node.warranted) == 3
 
@@ -111,28 +115,29 @@ def test_the_event_hub_pushes_each_warrant_once_and_keeps_no_table_of_them():
         got.append(sub.queue._items.popleft()["agent_id"])
     assert got == sent
     assert hub._seen == len(node.warrants_by_hash)
-    assert not any(isinstance(v, (set, dict, list)) and v for k, v in vars(hub).items()
-                   if k != "subscribers")
+    assert not any(
+        isinstance(v, (set, dict, list)) and v for k, v in vars(hub).items() if k != "subscribers"
+    )
 
 
 def test_strikes_count_per_window_back_off_and_never_evict_a_backed_off_peer():
     s = Strikes(limit=3, window=10.0, backoff=100.0, max_peers=2)
     a, b, c, d = b"a", b"b", b"c", b"d"
     assert not s.strike(a, 0) and not s.strike(a, 1)
-    assert not s.strike(a, 12)       # the window passed: counting starts over
+    assert not s.strike(a, 12)  # the window passed: counting starts over
     assert s.count(a) == 1
     assert not s.strike(a, 13) and s.strike(a, 14) and s.backed_off(a, 14)
-    assert not s.strike(a, 15)       # already backed off: it is not backed off again
+    assert not s.strike(a, 15)  # already backed off: it is not backed off again
     assert s.backed_off(a, 113) and not s.backed_off(a, 115)
     s2 = Strikes(limit=2, window=10.0, backoff=100.0, max_peers=2)
-    s2.strike(a, 0), s2.strike(a, 0)                   # a: backed off
-    s2.strike(b, 0)                                     # b: one strike
-    s2.strike(c, 1)                                     # full: b (not backed off) makes room
+    s2.strike(a, 0), s2.strike(a, 0)  # a: backed off
+    s2.strike(b, 0)  # b: one strike
+    s2.strike(c, 1)  # full: b (not backed off) makes room
     assert s2.count(b) == 0 and s2.count(c) == 1 and s2.backed_off(a, 1)
-    s2.strike(c, 1)                                     # c: backed off too
-    s2.strike(d, 2)                                     # full of backed-off peers: d uncounted
+    s2.strike(c, 1)  # c: backed off too
+    s2.strike(d, 2)  # full of backed-off peers: d uncounted
     assert s2.untracked == 1 and s2.backed_off(a, 2) and s2.backed_off(c, 2)
-    s2.strike(d, 200)                                   # both expired: room again
+    s2.strike(d, 200)  # both expired: room again
     assert s2.count(d) == 1 and len(s2) == 1
 
 

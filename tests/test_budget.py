@@ -1,5 +1,6 @@
 """The budget engine: exact refusals, window rolling, the cap, and property tests that
 drive both the pure engine and a real in-process node against an independent model."""
+
 from __future__ import annotations
 
 import math
@@ -26,29 +27,41 @@ DNA = Dna.for_app(APP)
 
 # ---------------------------------------------------------------- the refusal
 
+
 def test_insufficient_ru_exact_message_and_fields():
     state = BudgetState(T0, 5_000, 95_000)
     now = T0 + 3_600 * US
     with pytest.raises(InsufficientRU) as ei:
         budget.charge(state, 33_000, now, DNA)
     e = ei.value
-    assert str(e) == ("E_INSUFFICIENT_RU: need 33.00 RU, have 5.00 RU. "
-                      "Budget resets at 1730764800")
+    assert str(e) == ("E_INSUFFICIENT_RU: need 33.00 RU, have 5.00 RU. Budget resets at 1730764800")
     assert e.code == "E_INSUFFICIENT_RU"
     assert isinstance(e, BudgetError)
     assert e.need == 33.0 and e.have == 5.0
     assert (e.need_mru, e.have_mru) == (33_000, 5_000)
     assert type(e.resets_at) is int and e.resets_at == 1_730_764_800
     assert type(e.retry_after_s) is int and e.retry_after_s == 86_400 - 3_600
-    assert e.to_dict() == {"code": "E_INSUFFICIENT_RU",
-                           "message": "need 33.00 RU, have 5.00 RU. Budget resets at 1730764800",
-                           "need_mru": 33_000, "have_mru": 5_000, "resets_at": 1_730_764_800,
-                           "retry_after_s": 82_800}
+    assert e.to_dict() == {
+        "code": "E_INSUFFICIENT_RU",
+        "message": "need 33.00 RU, have 5.00 RU. Budget resets at 1730764800",
+        "need_mru": 33_000,
+        "have_mru": 5_000,
+        "resets_at": 1_730_764_800,
+        "retry_after_s": 82_800,
+    }
 
 
-@pytest.mark.parametrize("offset_us,retry", [
-    (0, 86_400), (1, 86_400), (US, 86_399), (US + 1, 86_399), (W - US, 1), (W - 1, 1),
-])
+@pytest.mark.parametrize(
+    "offset_us,retry",
+    [
+        (0, 86_400),
+        (1, 86_400),
+        (US, 86_399),
+        (US + 1, 86_399),
+        (W - US, 1),
+        (W - 1, 1),
+    ],
+)
 def test_retry_after_is_the_whole_seconds_until_the_reset(offset_us, retry):
     with pytest.raises(InsufficientRU) as ei:
         budget.charge(BudgetState(T0, 0, 100_000), 1, T0 + offset_us, DNA)
@@ -61,7 +74,7 @@ def test_retry_after_is_the_whole_seconds_until_the_reset(offset_us, retry):
 
 
 def test_resets_at_rounds_a_fractional_window_start_up():
-    ws = T0 + 250_000   # window opened at .25 s
+    ws = T0 + 250_000  # window opened at .25 s
     with pytest.raises(InsufficientRU) as ei:
         budget.charge(BudgetState(ws, 0, 100_000), 100, ws + 10 * US, DNA)
     assert ei.value.resets_at == T0_S + 86_401
@@ -69,13 +82,16 @@ def test_resets_at_rounds_a_fractional_window_start_up():
     assert budget.status(BudgetState(ws, 0, 100_000), ws, DNA).window_start == T0_S
 
 
-@pytest.mark.parametrize("need,have,text", [
-    (100, 0, "need 0.10 RU, have 0.00 RU"),
-    (33_001, 33_000, "need 33.01 RU, have 33.00 RU"),
-    (55, 54, "need 0.06 RU, have 0.05 RU"),       # need rounds up, have rounds down
-    (1, 0, "need 0.01 RU, have 0.00 RU"),
-    (200_000, 199_999, "need 200.00 RU, have 199.99 RU"),
-])
+@pytest.mark.parametrize(
+    "need,have,text",
+    [
+        (100, 0, "need 0.10 RU, have 0.00 RU"),
+        (33_001, 33_000, "need 33.01 RU, have 33.00 RU"),
+        (55, 54, "need 0.06 RU, have 0.05 RU"),  # need rounds up, have rounds down
+        (1, 0, "need 0.01 RU, have 0.00 RU"),
+        (200_000, 199_999, "need 200.00 RU, have 199.99 RU"),
+    ],
+)
 def test_amounts_never_flatter(need, have, text):
     with pytest.raises(InsufficientRU) as ei:
         budget.charge(BudgetState(T0, have, 0), need, T0, DNA)
@@ -92,6 +108,7 @@ def test_a_refused_charge_leaves_the_state_alone():
 
 
 # ---------------------------------------------------------------- windows
+
 
 def test_initial_state_is_a_full_window_at_genesis():
     assert budget.initial(T0 + 7, DNA) == BudgetState(T0 + 7, 100_000, 0)
@@ -127,21 +144,30 @@ def test_status_shows_an_expired_window_as_the_fresh_one():
     st_ = budget.status(s, T0 + W, DNA)
     assert st_ == BudgetStatus(100_000, 0, T0_S + 86_400, T0_S + 2 * 86_400)
     assert (st_.remaining_ru, st_.used_ru) == (100.0, 0.0)
-    assert st_.to_dict() == {"remaining_ru": 100.0, "used_ru": 0.0, "remaining_mru": 100_000,
-                             "used_mru": 0, "window_start": T0_S + 86_400,
-                             "resets_at": T0_S + 2 * 86_400}
+    assert st_.to_dict() == {
+        "remaining_ru": 100.0,
+        "used_ru": 0.0,
+        "remaining_mru": 100_000,
+        "used_mru": 0,
+        "window_start": T0_S + 86_400,
+        "resets_at": T0_S + 2 * 86_400,
+    }
 
 
 # ---------------------------------------------------------------- claims and the cap
 
-@pytest.mark.parametrize("rem,amount,after,granted", [
-    (100_000, 150_000, 200_000, 100_000),
-    (100_000, 100_000, 200_000, 100_000),
-    (100_000, 50_000, 150_000, 50_000),
-    (0, 200_000, 200_000, 200_000),
-    (200_000, 1, 200_000, 0),
-    (199_999, 200_000, 200_000, 1),
-])
+
+@pytest.mark.parametrize(
+    "rem,amount,after,granted",
+    [
+        (100_000, 150_000, 200_000, 100_000),
+        (100_000, 100_000, 200_000, 100_000),
+        (100_000, 50_000, 150_000, 50_000),
+        (0, 200_000, 200_000, 200_000),
+        (200_000, 1, 200_000, 0),
+        (199_999, 200_000, 200_000, 1),
+    ],
+)
 def test_claim_never_exceeds_the_cap_and_reports_what_it_granted(rem, amount, after, granted):
     s, g = budget.claim(BudgetState(T0, rem, 100_000 - rem), amount, T0 + US, DNA)
     assert (s.remaining_mru, g) == (after, granted)
@@ -154,7 +180,7 @@ def test_claim_after_the_window_end_rolls_first():
 
 
 def test_remaining_above_cap_is_kept_but_not_raised():
-    dna = Dna.for_app(APP, base_mru=300_000)   # a network whose base exceeds the cap
+    dna = Dna.for_app(APP, base_mru=300_000)  # a network whose base exceeds the cap
     s, g = budget.claim(budget.initial(T0, dna), 50_000, T0, dna)
     assert (s.remaining_mru, g) == (300_000, 0)
 
@@ -166,6 +192,7 @@ def test_grants_last_only_for_their_window():
 
 
 # ---------------------------------------------------------------- properties of the engine
+
 
 class Model:
     """An independent re-statement of the rules, in plain integers."""
@@ -194,27 +221,39 @@ class Model:
 
     def claim(self, amount, ts) -> int:
         self._roll(ts)
-        new = self.rem if self.rem >= self.dna.cap_mru else min(self.rem + amount,
-                                                                self.dna.cap_mru)
+        new = self.rem if self.rem >= self.dna.cap_mru else min(self.rem + amount, self.dna.cap_mru)
         granted, self.rem = new - self.rem, new
         return granted
 
 
 dnas = st.one_of(
     st.just(DNA),
-    st.builds(lambda w, b, c: Dna.for_app(APP, window_s=w, base_mru=b, cap_mru=c),
-              st.integers(1, 50), st.integers(0, 50_000), st.integers(0, 100_000)))
+    st.builds(
+        lambda w, b, c: Dna.for_app(APP, window_s=w, base_mru=b, cap_mru=c),
+        st.integers(1, 50),
+        st.integers(0, 50_000),
+        st.integers(0, 100_000),
+    ),
+)
 
 
 def steps(window_s_max=86_400):
-    dt = st.one_of(st.integers(0, 3 * US), st.sampled_from([-1, 0, 1]).map(lambda d: ("w", d)),
-                   st.integers(0, 3 * window_s_max * US))
-    return st.lists(st.one_of(
-        st.tuples(st.just("charge"), st.one_of(st.integers(0, 40_000),
-                                               st.sampled_from([100, 3_000, 33_000]))),
-        st.tuples(st.just("claim"), st.integers(1, 200_000)),
-        st.tuples(st.just("advance"), dt),
-    ), max_size=60)
+    dt = st.one_of(
+        st.integers(0, 3 * US),
+        st.sampled_from([-1, 0, 1]).map(lambda d: ("w", d)),
+        st.integers(0, 3 * window_s_max * US),
+    )
+    return st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("charge"),
+                st.one_of(st.integers(0, 40_000), st.sampled_from([100, 3_000, 33_000])),
+            ),
+            st.tuples(st.just("claim"), st.integers(1, 200_000)),
+            st.tuples(st.just("advance"), dt),
+        ),
+        max_size=60,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -223,10 +262,10 @@ def test_engine_properties(dna, ops):
     state = budget.initial(T0, dna)
     model = Model(dna, T0)
     ts = T0
-    charged = granted = 0          # in the current window
+    charged = granted = 0  # in the current window
     for kind, arg in ops:
         if kind == "advance":
-            if isinstance(arg, tuple):   # land exactly on (or 1 us around) the window's end
+            if isinstance(arg, tuple):  # land exactly on (or 1 us around) the window's end
                 ts = max(ts, state.window_start_us + dna.window_us + arg[1])
             else:
                 ts += arg
@@ -270,27 +309,42 @@ def test_engine_properties(dna, ops):
 # ---------------------------------------------------------------- a real node, randomly driven
 
 UNDERSTANDING = ("sky", "is", "blue")
-OPS = {   # name -> cost in mRU
-    "add_knowledge": 33_000, "transmit_understanding": 3_000,
-    "create_thought_credential": 10_000, "link_edge": 3_000, "validate_triple": 2_000,
+OPS = {  # name -> cost in mRU
+    "add_knowledge": 33_000,
+    "transmit_understanding": 3_000,
+    "create_thought_credential": 10_000,
+    "link_edge": 3_000,
+    "validate_triple": 2_000,
     "compose_memories": 5_000,
 }
 
-node_ops = st.lists(st.one_of(
-    # a write, repeated a few times (so budgets run out and refusals happen)
-    st.tuples(st.sampled_from(sorted(OPS) + ["add_knowledge"] * 2), st.integers(1, 5)),
-    st.tuples(st.just("recall"), st.integers(1, 30)),
-    st.tuples(st.just("allocate"), st.sampled_from(["0.1", "1", "33", "99.9", "150", "200"])),
-    st.tuples(st.just("advance"), st.one_of(
-        st.integers(0, 5 * US),
-        st.sampled_from([W - 1, W, W + 1, 2 * W, 3_600 * US]),
-        st.just("to_end"), st.just("just_before_end"))),
-    st.tuples(st.just("back"), st.integers(1, 2 * W)),   # the wall clock may step backwards
-), min_size=1, max_size=40)
+node_ops = st.lists(
+    st.one_of(
+        # a write, repeated a few times (so budgets run out and refusals happen)
+        st.tuples(st.sampled_from(sorted(OPS) + ["add_knowledge"] * 2), st.integers(1, 5)),
+        st.tuples(st.just("recall"), st.integers(1, 30)),
+        st.tuples(st.just("allocate"), st.sampled_from(["0.1", "1", "33", "99.9", "150", "200"])),
+        st.tuples(
+            st.just("advance"),
+            st.one_of(
+                st.integers(0, 5 * US),
+                st.sampled_from([W - 1, W, W + 1, 2 * W, 3_600 * US]),
+                st.just("to_end"),
+                st.just("just_before_end"),
+            ),
+        ),
+        st.tuples(st.just("back"), st.integers(1, 2 * W)),  # the wall clock may step backwards
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(node_ops)
 def test_node_driven_by_random_ops_keeps_a_valid_chain(ops):
     trio.run(_drive_node, ops)
@@ -306,8 +360,9 @@ async def _drive_node(ops):
         model = Model(node.dna, T0)
         last_ts = T0
         understandings = 0
-        flat = [(k, None) if k in OPS else (k, a)
-                for k, a in ops for _ in range(a if k in OPS else 1)]
+        flat = [
+            (k, None) if k in OPS else (k, a) for k, a in ops for _ in range(a if k in OPS else 1)
+        ]
         for kind, arg in flat:
             if kind == "advance":
                 if arg == "to_end":
@@ -364,10 +419,12 @@ async def _drive_node(ops):
         for who in (alice, steward):
             key = from_text("agent", who.agent_id)
             chain = node.store.chain(key)
-            cs = validate_chain(chain, node.dna, APP, node.store.entries_of(key),
-                                now_us=max(now[0], chain[-1].ts))  # the clock may have stepped back
-            assert budget.status(cs.budget, max(now[0], cs.ts), node.dna) == \
-                await who.budget_status()
+            cs = validate_chain(
+                chain, node.dna, APP, node.store.entries_of(key), now_us=max(now[0], chain[-1].ts)
+            )  # the clock may have stepped back
+            assert (
+                budget.status(cs.budget, max(now[0], cs.ts), node.dna) == await who.budget_status()
+            )
         windows = _check_windows(node.store.chain(pub), node.dna)
         event(f"windows on alice's chain: {min(windows, 3)}{'+' if windows >= 3 else ''}")
 
@@ -418,13 +475,18 @@ async def test_node_refusal_message_and_nothing_written():
         n = len(node.store.chain(pub))
         with pytest.raises(InsufficientRU) as ei:
             await alice.add_knowledge(content="x")
-        assert str(ei.value) == ("E_INSUFFICIENT_RU: need 33.00 RU, have 1.00 RU. "
-                                 "Budget resets at 1730764801")
+        assert str(ei.value) == (
+            "E_INSUFFICIENT_RU: need 33.00 RU, have 1.00 RU. Budget resets at 1730764801"
+        )
         assert ei.value.retry_after_s == 86_400 - 3_600
         assert len(node.store.chain(pub)) == n
         s = await alice.budget_status()
-        assert (s.remaining_ru, s.used_ru, s.window_start, s.resets_at) == \
-            (1.0, 99.0, T0_S, T0_S + 86_401)
+        assert (s.remaining_ru, s.used_ru, s.window_start, s.resets_at) == (
+            1.0,
+            99.0,
+            T0_S,
+            T0_S + 86_401,
+        )
         # exactly a window after genesis the budget is back
         now[0] = T0_S + 86_400.5
         await alice.add_knowledge(content="x")

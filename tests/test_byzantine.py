@@ -1,6 +1,7 @@
 """Byzantine peers (sims/byzantine.py): they lie on the wire, and honest nodes must neither crash,
 stall, nor warrant an honest agent because of it; in the simulator, on a LocalCluster, and on
 a real libp2p stream."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ from node.net import rogue as adversarial
 from node.net.transport import MAX_FRAME
 from node.sdk import LocalCluster
 from sims import SimConfig, run
-from sims.byzantine import (MISBEHAVIOURS, REPLY_FIELDS, REQUEST_FIELDS, Byzantine, Garbage,
-                            byzantine_factory)
+from sims.byzantine import (
+    REPLY_FIELDS,
+    REQUEST_FIELDS,
+    Byzantine,
+    Garbage,
+)
 from sims.cli import _configure, config_from_args
 from sims.config import load_scenario
 from sims.mixed import mixed
@@ -59,6 +64,7 @@ def test_garbage_is_built_from_the_real_messages_and_bounded():
 
 async def test_a_byzantine_transport_lies_as_its_seed_says(autojump_clock):
     """Same seed, same lies: a replayed simulation meets the same Byzantine behaviour."""
+
     async def honest(peer, raw):
         return P.reply(records=[[b"b", b"s", None]])
 
@@ -71,6 +77,7 @@ async def test_a_byzantine_transport_lies_as_its_seed_says(autojump_clock):
             with trio.move_on_after(5):  # a "hang" outlasts any requester's timeout
                 out.append(await handle(b"\2" * 32, req))
         return out
+
     a, b = await lies(1), await lies(1)
     assert a == b and a != await lies(2)
     assert len(set(a)) > 5  # many different lies, honest answers among them
@@ -91,6 +98,7 @@ def test_an_honest_node_crash_is_counted_reported_and_fails_the_run(monkeypatch)
     # (a gossip round or a background task that fails is counted by the node itself and the
     # node goes on; the publisher's loop is one whose failure still ends the node)
     from node.net.publishing import Publishing
+
     original = Publishing._publish_round
     left = [1]
 
@@ -99,11 +107,13 @@ def test_an_honest_node_crash_is_counted_reported_and_fails_the_run(monkeypatch)
             left[0] -= 1
             raise RuntimeError("boom in a publish round")
         return await original(self, *args)
+
     monkeypatch.setattr(Publishing, "_publish_round", crash_once)
     r = run(SimConfig(seed=5, nodes=5, agents=10, hours=0.1, warmup=60))
     assert r["honest_node_crashes"] == 1 and not r["ok"]
-    assert any("crashed: RuntimeError: boom in a publish round" in v
-               for v in r["invariant_violations"])
+    assert any(
+        "crashed: RuntimeError: boom in a publish round" in v for v in r["invariant_violations"]
+    )
     assert r["converged"]  # the crashed node was restarted for the liveness phase
 
 
@@ -116,8 +126,9 @@ def test_byzantine_options_reach_config_replay_scenario_and_mixed():
     with pytest.raises(SystemExit, match="node 0 honest"):
         config_from_args(parse(["--nodes", "6", "--rogue", "3", "--byzantine", "3"]))
     scenario = load_scenario(f"{SCENARIOS}/byzantine.toml")
-    assert scenario["byzantine"] >= 1 and scenario["rogue"] + scenario["byzantine"] < \
-        scenario["nodes"]
+    assert (
+        scenario["byzantine"] >= 1 and scenario["rogue"] + scenario["byzantine"] < scenario["nodes"]
+    )
     for seed in range(730001, 730041):
         off = mixed(seed, 8)
         assert mixed(seed, 8, byzantine=False) == off and off.byzantine == 0
@@ -136,8 +147,9 @@ def test_cluster_with_a_byzantine_node_converges(clock):
 
 
 async def _byzantine_cluster(clock):
-    async with LocalCluster.open(n=4, clock=lambda: clock[0], transport="memory",
-                                 rogue={2: "byzantine"}) as c:
+    async with LocalCluster.open(
+        n=4, clock=lambda: clock[0], transport="memory", rogue={2: "byzantine"}
+    ) as c:
         agents = [await c.nodes[i].new_agent() for i in (0, 1, 3)]
         for a in agents:
             await a.add_knowledge("fern")
@@ -203,9 +215,9 @@ async def test_a_libp2p_node_survives_garbage_frames_on_its_protocol_stream():
 
     async def unused(peer, raw):
         return P.error_reply(P.ProtocolError("not serving"))
+
     seed = hashlib.sha256(b"budgetnode-byzantine-raw-peer").digest()
-    async with NetNode.open(libp2p_factory()) as node, \
-            open_libp2p_transport(seed, unused) as raw:
+    async with NetNode.open(libp2p_factory()) as node, open_libp2p_transport(seed, unused) as raw:
         agent = await node.new_agent()
         await agent.add_knowledge("stone")
         with trio.fail_after(20):
@@ -221,14 +233,25 @@ async def test_a_libp2p_node_survives_garbage_frames_on_its_protocol_stream():
                 except Exception:  # noqa: BLE001 - the node may have reset it already
                     pass
                 return await _read_all(s)
+
             rng = random.Random(3)
             answers = [
-                await send(_frame(rng.randbytes(200))),                      # random bytes
-                await send(_frame(encode_trusted([1, {"t": 5}, b"x"]))),     # wrong shape
-                await send(_frame(encode_trusted({"t": "summary", "dna": node.dna.hash,
-                                                  "heads": 5, "warranted": 7}))),
-                await send(_frame(encode_trusted({"t": "publish", "dna": node.dna.hash,
-                                                  "ops": [[b"x"]], "batch": {}}))),
+                await send(_frame(rng.randbytes(200))),  # random bytes
+                await send(_frame(encode_trusted([1, {"t": 5}, b"x"]))),  # wrong shape
+                await send(
+                    _frame(
+                        encode_trusted(
+                            {"t": "summary", "dna": node.dna.hash, "heads": 5, "warranted": 7}
+                        )
+                    )
+                ),
+                await send(
+                    _frame(
+                        encode_trusted(
+                            {"t": "publish", "dna": node.dna.hash, "ops": [[b"x"]], "batch": {}}
+                        )
+                    )
+                ),
             ]
             for a in answers:  # each refused with an error reply, in one frame
                 (n,) = struct.unpack(">I", a[:4])
@@ -241,6 +264,17 @@ async def test_a_libp2p_node_survives_garbage_frames_on_its_protocol_stream():
             # and it keeps serving
             rep = P.parse_reply("dna", await raw.request(node.id, P.request("dna", b"")))
             assert rep.dna == node.dna.encoded()
-            rep = P.parse_reply("chain", await raw.request(node.id, P.request(
-                "chain", node.dna.hash, author=agent._cell.key.public, **{"from": 0}, limit=8)))
+            rep = P.parse_reply(
+                "chain",
+                await raw.request(
+                    node.id,
+                    P.request(
+                        "chain",
+                        node.dna.hash,
+                        author=agent._cell.key.public,
+                        **{"from": 0},
+                        limit=8,
+                    ),
+                ),
+            )
             assert len(rep.records) == agent._cell.state.seq + 1 >= 2

@@ -1,5 +1,6 @@
 """Real libp2p hosts (Noise, Yamux) on 127.0.0.1 in one process. Real time: every wait is on a
 condition, bounded by a timeout."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """Concurrent writers never over-spend; a grant is claimed once; the cap holds through the SDK."""
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,7 @@ from node.core.action import grant_body
 from node.core.crypto import SigningKey, from_text
 from node.core.encoding import encode
 from node.core.validate import validate_chain
-from node.sdk import (GrantAlreadyClaimed, HeadMoved, InsufficientRU, LocalNode,
-                      NotAuthorized)
+from node.sdk import GrantAlreadyClaimed, HeadMoved, InsufficientRU, LocalNode, NotAuthorized
 from zomes import APP
 
 US = 1_000_000
@@ -51,17 +51,19 @@ async def race(calls):
 
 # ---------------------------------------------------------------- no over-spend
 
+
 async def test_fifty_concurrent_add_knowledge_never_over_spend():
     now, clk = clock()
     async with LocalNode.open(clock=clk) as node:
         alice = await node.new_agent()
         length = len(node.store.chain(pub_of(alice)))
-        ok, refused = await race([("k", lambda i=i: alice.add_knowledge(content=f"fact {i}"))
-                                  for i in range(50)])
+        ok, refused = await race(
+            [("k", lambda i=i: alice.add_knowledge(content=f"fact {i}")) for i in range(50)]
+        )
         assert len(ok) + len(refused) == 50
         assert all(isinstance(e, InsufficientRU) for _, e in refused), refused
         assert len(ok) * 33 <= 100
-        assert len(ok) == 3                      # and nothing affordable was refused
+        assert len(ok) == 3  # and nothing affordable was refused
         assert len(set(h for _, h in ok)) == 3
         assert len(node.store.chain(pub_of(alice))) == length + len(ok)
         cs = validated(node, alice)
@@ -81,8 +83,12 @@ async def test_mixed_concurrent_writes_never_over_spend():
             if rng.random() < 0.5:
                 calls.append((33_000, lambda i=i: alice.add_knowledge(content=f"k{i}")))
             else:
-                calls.append((3_000, lambda i=i: alice.transmit_understanding(
-                    f"s{i}", "p", "o", context=None)))
+                calls.append(
+                    (
+                        3_000,
+                        lambda i=i: alice.transmit_understanding(f"s{i}", "p", "o", context=None),
+                    )
+                )
         ok, refused = await race(calls)
         assert all(isinstance(e, InsufficientRU) for _, e in refused), refused
         spent = sum(cost for cost, _ in ok)
@@ -102,8 +108,11 @@ async def test_many_agents_at_once_each_keep_their_own_budget():
     now, clk = clock()
     async with LocalNode.open(clock=clk) as node:
         agents = [await node.new_agent() for _ in range(5)]
-        calls = [(a.agent_id, lambda a=a, i=i: a.add_knowledge(content=f"{i}"))
-                 for i in range(10) for a in agents]
+        calls = [
+            (a.agent_id, lambda a=a, i=i: a.add_knowledge(content=f"{i}"))
+            for i in range(10)
+            for a in agents
+        ]
         random.Random(3).shuffle(calls)
         ok, refused = await race(calls)
         assert all(isinstance(e, InsufficientRU) for _, e in refused)
@@ -124,8 +133,9 @@ async def test_two_node_handles_on_one_store_never_over_spend(tmp_path):
             calls = []
             for i in range(40):
                 who = alice_a if i % 2 else alice_b
-                calls.append((who, lambda who=who, i=i: who.transmit_understanding(
-                    f"s{i}", "p", "o")))
+                calls.append(
+                    (who, lambda who=who, i=i: who.transmit_understanding(f"s{i}", "p", "o"))
+                )
             ok, refused = await race(calls)
             assert all(isinstance(e, (InsufficientRU, HeadMoved)) for _, e in refused), refused
             assert len(ok) * 3 <= 100
@@ -145,11 +155,13 @@ async def test_concurrent_writes_across_a_window_reset():
     now, clk = clock()
     async with LocalNode.open(clock=clk) as node:
         alice = await node.new_agent()
-        ok1, _ = await race([(0, lambda i=i: alice.add_knowledge(content=f"a{i}"))
-                             for i in range(10)])
-        now[0] = T0_S + W_S   # exactly one window after genesis
-        ok2, refused2 = await race([(1, lambda i=i: alice.add_knowledge(content=f"b{i}"))
-                                    for i in range(10)])
+        ok1, _ = await race(
+            [(0, lambda i=i: alice.add_knowledge(content=f"a{i}")) for i in range(10)]
+        )
+        now[0] = T0_S + W_S  # exactly one window after genesis
+        ok2, refused2 = await race(
+            [(1, lambda i=i: alice.add_knowledge(content=f"b{i}")) for i in range(10)]
+        )
         assert (len(ok1), len(ok2)) == (3, 3)
         assert all(isinstance(e, InsufficientRU) for _, e in refused2)
         cs = validated(node, alice)
@@ -158,6 +170,7 @@ async def test_concurrent_writes_across_a_window_reset():
 
 
 # ---------------------------------------------------------------- grants
+
 
 def _cells(node, alice):
     steward = node.cells[node.dna.stewards[0]]
@@ -213,13 +226,13 @@ async def test_a_grant_that_does_not_verify_writes_nothing():
         steward, cell = _cells(node, alice)
         length = len(node.store.chain(cell.key.public))
         forger = SigningKey(b"\x05" * 32)
-        g, sig = _grant(node, forger, cell.key.public, 100_000)          # not a steward
+        g, sig = _grant(node, forger, cell.key.public, 100_000)  # not a steward
         with pytest.raises(NotAuthorized):
             await cell.claim(g, sig)
         g, _ = _grant(node, steward.key, cell.key.public, 100_000)
-        with pytest.raises(NotAuthorized):                                 # forged signature
+        with pytest.raises(NotAuthorized):  # forged signature
             await cell.claim(g, forger.sign(encode(g)))
-        g, sig = _grant(node, steward.key, pub_of(bob), 100_000)          # bob's grant
+        g, sig = _grant(node, steward.key, pub_of(bob), 100_000)  # bob's grant
         with pytest.raises(NotAuthorized):
             await cell.claim(g, sig)
         assert len(node.store.chain(cell.key.public)) == length
@@ -227,6 +240,7 @@ async def test_a_grant_that_does_not_verify_writes_nothing():
 
 
 # ---------------------------------------------------------------- the cap through the SDK
+
 
 async def test_allocation_is_capped_at_200_ru():
     now, clk = clock()
@@ -261,13 +275,15 @@ async def test_concurrent_allocations_never_push_past_the_cap():
     async with LocalNode.open(clock=clk) as node:
         alice = await node.new_agent()
         steward = node.steward
-        ok, refused = await race([(i, lambda: steward.allocate_budget(alice.agent_id, 50))
-                                  for i in range(10)])
+        ok, refused = await race(
+            [(i, lambda: steward.allocate_budget(alice.agent_id, 50)) for i in range(10)]
+        )
         assert not refused, refused
         assert sum(g.granted_ru for _, g in ok) == 100.0
         assert len({g.grant for _, g in ok}) == 10
         cs = validated(node, alice)
         assert cs.budget.remaining_mru == 200_000 and len(cs.claimed) == 10
         steward_pub = node.dna.stewards[0]
-        validate_chain(node.store.chain(steward_pub), node.dna, APP,
-                       node.store.entries_of(steward_pub))
+        validate_chain(
+            node.store.chain(steward_pub), node.dna, APP, node.store.entries_of(steward_pub)
+        )

@@ -4,6 +4,7 @@ it leaves behind always reopens and verifies.
 tests/crash_writer.py is run as a real subprocess; the test waits for the lines it prints
 (never a fixed sleep), kills it with SIGKILL, and reopens the store in this process.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,12 +35,16 @@ class Writer:
         self.lines: list[str] = []
 
     @classmethod
-    async def start(cls, store: Path, tmp_path: Path) -> "Writer":
+    async def start(cls, store: Path, tmp_path: Path) -> Writer:
         stderr_path = tmp_path / f"writer-{os.urandom(4).hex()}.err"
         with open(stderr_path, "wb") as err:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, str(WRITER), str(store)], cwd=str(ROOT),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+                [sys.executable, str(WRITER), str(store)],
+                cwd=str(ROOT),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
         return cls(proc, stderr_path)
 
     async def _fill(self) -> bool:
@@ -53,8 +58,10 @@ class Writer:
             while b"\n" not in self.buf:
                 if not await self._fill():
                     await self.proc.wait()
-                    pytest.fail(f"writer exited ({self.proc.returncode}) after {self.lines[-3:]}:"
-                                f"\n{self.stderr_path.read_text()}")
+                    pytest.fail(
+                        f"writer exited ({self.proc.returncode}) after {self.lines[-3:]}:"
+                        f"\n{self.stderr_path.read_text()}"
+                    )
             line, self.buf = self.buf.split(b"\n", 1)
             self.lines.append(line.decode())
 

@@ -1,4 +1,5 @@
 """Signature checks, including the cache of ones already found good."""
+
 from node.core import crypto
 from node.core.crypto import SigningKey, verify
 
@@ -10,9 +11,9 @@ def test_a_good_signature_is_remembered_and_a_forgery_never_is():
     forged = bytes([sig[0] ^ 1]) + sig[1:]
     assert not verify(key.public, forged, data)
     assert verify(key.public, sig, data)
-    assert verify(key.public, sig, data)                  # a cache hit
-    assert not verify(key.public, forged, data)           # still refused after the good one
-    assert not verify(key.public, sig, data + b"!")       # the signature covers these bytes only
+    assert verify(key.public, sig, data)  # a cache hit
+    assert not verify(key.public, forged, data)  # still refused after the good one
+    assert not verify(key.public, sig, data + b"!")  # the signature covers these bytes only
     assert not verify(SigningKey(b"\x02" * 32).public, sig, data)
     assert not verify(key.public, sig[:63], data)
 

@@ -1,6 +1,7 @@
 """What a node takes from a peer about the DHT: validation receipts (evidence that an authority
 checked an action) and signed peer infos (who is on this network, where). Each is refused unless
 its signer signed exactly what is claimed, for this network."""
+
 import pytest
 
 from chainkit import ALICE, BOB, DNA, T0, Chain, key
@@ -15,21 +16,28 @@ OTHER_DNA = Dna(stewards=(BOB.public,))
 
 # -- receipts
 
+
 def test_a_receipt_vouches_for_one_action_by_one_validator():
     s = Chain(ALICE).create()
     other = Chain(BOB).create()
     sig = dht.sign_receipt(s.hash, VALIDATOR)
     assert dht.check_receipt(s.hash, VALIDATOR.public, sig)
-    assert not dht.check_receipt(other.hash, VALIDATOR.public, sig)        # another action
-    assert not dht.check_receipt(s.hash, BOB.public, sig)                  # claimed by another
+    assert not dht.check_receipt(other.hash, VALIDATOR.public, sig)  # another action
+    assert not dht.check_receipt(s.hash, BOB.public, sig)  # claimed by another
     assert not dht.check_receipt(s.hash, BOB.public, dht.sign_receipt(s.hash, VALIDATOR))
-    forged = BOB.sign(dht.receipt_body(s.hash, VALIDATOR.public))          # not its key
+    forged = BOB.sign(dht.receipt_body(s.hash, VALIDATOR.public))  # not its key
     assert not dht.check_receipt(s.hash, VALIDATOR.public, forged)
 
 
-@pytest.mark.parametrize("action_hash,validator", [
-    ("a" * 32, VALIDATOR.public), (b"h" * 32, VALIDATOR.public.hex()), (None, None),
-    (bytearray(32), VALIDATOR.public)])
+@pytest.mark.parametrize(
+    "action_hash,validator",
+    [
+        ("a" * 32, VALIDATOR.public),
+        (b"h" * 32, VALIDATOR.public.hex()),
+        (None, None),
+        (bytearray(32), VALIDATOR.public),
+    ],
+)
 def test_a_receipt_naming_something_other_than_bytes_is_refused(action_hash, validator):
     assert not dht.check_receipt(action_hash, validator, b"s" * 64)
     with pytest.raises(MalformedInput):
@@ -37,6 +45,7 @@ def test_a_receipt_naming_something_other_than_bytes_is_refused(action_hash, val
 
 
 # -- peer infos
+
 
 def info(k=VALIDATOR, dna=DNA, **body):
     i = dht.peer_info(k, dna.hash, ["/memory/1"], [ALICE.public], T0)
@@ -51,13 +60,23 @@ def resigned(i, k=VALIDATOR):
 
 def test_a_signed_peer_info_for_this_network_is_taken():
     body = dht.check_peer_info(info(), DNA.hash)
-    assert body == {"peer": VALIDATOR.public, "dna": DNA.hash, "addrs": ["/memory/1"],
-                    "agents": [ALICE.public], "ts": T0}
+    assert body == {
+        "peer": VALIDATOR.public,
+        "dna": DNA.hash,
+        "addrs": ["/memory/1"],
+        "agents": [ALICE.public],
+        "ts": T0,
+    }
 
 
 def test_a_peer_info_is_bounded_when_signed():
-    i = dht.peer_info(VALIDATOR, DNA.hash, [f"/memory/{n}" for n in range(100)],
-                      [key(n % 250 + 1).public for n in range(2000)], T0)
+    i = dht.peer_info(
+        VALIDATOR,
+        DNA.hash,
+        [f"/memory/{n}" for n in range(100)],
+        [key(n % 250 + 1).public for n in range(2000)],
+        T0,
+    )
     assert len(i["body"]["addrs"]) == 16 and len(i["body"]["agents"]) == 1024
     assert dht.check_peer_info(i, DNA.hash) is not None
 
@@ -80,9 +99,22 @@ def test_a_peer_info_for_another_network_is_refused():
     assert dht.peer_info_body(i, DNA.hash) is None
 
 
-@pytest.mark.parametrize("case", [
-    "not a map", "body not a map", "no body", "peer as text", "peer missing", "sig not bytes",
-    "addrs not a list", "agents not a list", "ts as text", "ts missing", "dna missing"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not a map",
+        "body not a map",
+        "no body",
+        "peer as text",
+        "peer missing",
+        "sig not bytes",
+        "addrs not a list",
+        "agents not a list",
+        "ts as text",
+        "ts missing",
+        "dna missing",
+    ],
+)
 def test_a_peer_info_of_the_wrong_shape_is_refused(case):
     i = info()
     spoilt = {
@@ -90,22 +122,25 @@ def test_a_peer_info_of_the_wrong_shape_is_refused(case):
         "body not a map": lambda: {"body": [1, 2], "sig": i["sig"]},
         "no body": lambda: {"sig": i["sig"]},
         "peer as text": lambda: resigned(info(peer=VALIDATOR.public.hex())),
-        "peer missing": lambda: {"body": {k: v for k, v in i["body"].items() if k != "peer"},
-                                 "sig": i["sig"]},
+        "peer missing": lambda: {
+            "body": {k: v for k, v in i["body"].items() if k != "peer"},
+            "sig": i["sig"],
+        },
         "sig not bytes": lambda: {"body": i["body"], "sig": i["sig"].hex()},
         "addrs not a list": lambda: resigned(info(addrs="/memory/1")),
         "agents not a list": lambda: resigned(info(agents=ALICE.public)),
         "ts as text": lambda: resigned(info(ts=str(T0))),
-        "ts missing": lambda: resigned({"body": {k: v for k, v in i["body"].items()
-                                                  if k != "ts"}}),
-        "dna missing": lambda: resigned({"body": {k: v for k, v in i["body"].items()
-                                                   if k != "dna"}}),
+        "ts missing": lambda: resigned({"body": {k: v for k, v in i["body"].items() if k != "ts"}}),
+        "dna missing": lambda: resigned(
+            {"body": {k: v for k, v in i["body"].items() if k != "dna"}}
+        ),
     }[case]()
     assert dht.peer_info_body(spoilt, DNA.hash) is None
     assert dht.check_peer_info(spoilt, DNA.hash) is None
 
 
 # -- the ring
+
 
 def test_a_member_is_its_own_nearest_and_a_small_ring_gives_all_it_has():
     members = [key(n).public for n in range(20, 25)]

@@ -1,5 +1,6 @@
 """The DNA hash covers the integrity zomes' fingerprint: nodes whose validation rules differ are
 on different networks, and refuse each other instead of warranting each other's honest agents."""
+
 import dataclasses
 
 import pytest
@@ -28,17 +29,36 @@ def test_every_integrity_change_changes_the_fingerprint_and_the_dna_hash():
     edge = rf_i.ZOME.entry_defs[1]
     variants = {
         "rules_version": NEW_RULES,
-        "cost": rose_forest_with(dataclasses.replace(
-            rf_i.ZOME, costs={**rf_i.ZOME.costs, "link_edge": 2_000})),
-        "index keys": rose_forest_with(dataclasses.replace(rf_i.ZOME, entry_defs=(
-            rf_i.ZOME.entry_defs[0], dataclasses.replace(edge, keys=("edge_to",)),
-            rf_i.ZOME.entry_defs[2]))),
-        "paying op": rose_forest_with(dataclasses.replace(rf_i.ZOME, entry_defs=(
-            rf_i.ZOME.entry_defs[0], dataclasses.replace(edge, op="add_knowledge"),
-            rf_i.ZOME.entry_defs[2]))),
-        "steward only": rose_forest_with(dataclasses.replace(budget_i.ZOME, entry_defs=(
-            dataclasses.replace(budget_i.ZOME.entry_defs[0], steward_only=False),),
-            grant_entry=None)),
+        "cost": rose_forest_with(
+            dataclasses.replace(rf_i.ZOME, costs={**rf_i.ZOME.costs, "link_edge": 2_000})
+        ),
+        "index keys": rose_forest_with(
+            dataclasses.replace(
+                rf_i.ZOME,
+                entry_defs=(
+                    rf_i.ZOME.entry_defs[0],
+                    dataclasses.replace(edge, keys=("edge_to",)),
+                    rf_i.ZOME.entry_defs[2],
+                ),
+            )
+        ),
+        "paying op": rose_forest_with(
+            dataclasses.replace(
+                rf_i.ZOME,
+                entry_defs=(
+                    rf_i.ZOME.entry_defs[0],
+                    dataclasses.replace(edge, op="add_knowledge"),
+                    rf_i.ZOME.entry_defs[2],
+                ),
+            )
+        ),
+        "steward only": rose_forest_with(
+            dataclasses.replace(
+                budget_i.ZOME,
+                entry_defs=(dataclasses.replace(budget_i.ZOME.entry_defs[0], steward_only=False),),
+                grant_entry=None,
+            )
+        ),
     }
     base = Dna.for_app(ROSE_FOREST, stewards=(b"s" * 32,))
     for what, app in variants.items():
@@ -56,8 +76,9 @@ async def test_nodes_with_other_integrity_zomes_do_not_talk(clock, autojump_cloc
         a = c.nodes[0]
         addr = a.transport.listen_addrs()
         # Joining with its own network: every request is refused for naming another DNA.
-        async with NetNode.open(c.network.transport, clock=lambda: clock[0], bootstrap=addr,
-                                app=NEW_RULES) as b:
+        async with NetNode.open(
+            c.network.transport, clock=lambda: clock[0], bootstrap=addr, app=NEW_RULES
+        ) as b:
             assert b.dna.hash != a.dna.hash
             assert "another network" in b.last_join_error
             assert b.id not in a.peers and a.id not in b.peers
@@ -66,8 +87,9 @@ async def test_nodes_with_other_integrity_zomes_do_not_talk(clock, autojump_cloc
         dna = await fetch_dna(c.network.transport, addr[0])
         assert dna.hash == a.dna.hash
         with pytest.raises(WrongNetwork, match="other integrity zomes"):
-            async with NetNode.open(c.network.transport, clock=lambda: clock[0], bootstrap=addr,
-                                    dna=dna, app=NEW_RULES):
+            async with NetNode.open(
+                c.network.transport, clock=lambda: clock[0], bootstrap=addr, dna=dna, app=NEW_RULES
+            ):
                 pass
 
 

@@ -1,5 +1,6 @@
 """Canonical CBOR: what is hashed and signed round-trips exactly, and anything else is refused
 with MalformedInput or TooLarge (never another exception, never a silently different value)."""
+
 from __future__ import annotations
 
 import cbor2
@@ -15,11 +16,16 @@ from node.sdk import BudgetError, InvalidInput, MalformedInput, TooLarge
 # -- round trip
 
 plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 64) + 1, (1 << 64) - 1) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 64) + 1, (1 << 64) - 1)
+    | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
-    max_leaves=30)
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -31,9 +37,17 @@ def test_round_trip_is_exact_and_canonical(obj):
 
 
 def test_round_trip_of_an_action_shaped_value():
-    obj = {"type": "create", "seq": 7, "prev": b"\x01" * 32, "ts": 1_700_000_000_000_000,
-           "budget": {"op": "add_knowledge", "cost": 33_000, "rem": 67_000},
-           "tags": ["a", "b"], "ok": True, "none": None, "neg": -(1 << 63)}
+    obj = {
+        "type": "create",
+        "seq": 7,
+        "prev": b"\x01" * 32,
+        "ts": 1_700_000_000_000_000,
+        "budget": {"op": "add_knowledge", "cost": 33_000, "rem": 67_000},
+        "tags": ["a", "b"],
+        "ok": True,
+        "none": None,
+        "neg": -(1 << 63),
+    }
     assert decode(encode(obj)) == obj
 
 
@@ -46,6 +60,7 @@ def test_tuples_encode_as_arrays():
 
 
 # -- refusals
+
 
 def nested_arrays(depth: int) -> bytes:
     return b"\x81" * depth + b"\x00"  # [[[...[0]...]]]
@@ -140,12 +155,20 @@ def test_input_over_max_bytes_is_too_large_before_parsing():
         decode(b"\xff" * (MAX_MESSAGE_BYTES + 1))
 
 
-@pytest.mark.parametrize("obj,why", [
-    (1.5, "float"), ({"a": [0.0]}, "float"), ({1: "x"}, "map keys must be text"),
-    ({b"k": 1}, "map keys must be text"), (cbor2.CBORTag(99, 1), "CBORTag"), ({1, 2}, "set"),
-    (1 << 64, "integer out of range"), (-(1 << 64), "integer out of range"),
-    (nested_lists(MAX_DEPTH + 1), "nesting"),
-])
+@pytest.mark.parametrize(
+    "obj,why",
+    [
+        (1.5, "float"),
+        ({"a": [0.0]}, "float"),
+        ({1: "x"}, "map keys must be text"),
+        ({b"k": 1}, "map keys must be text"),
+        (cbor2.CBORTag(99, 1), "CBORTag"),
+        ({1, 2}, "set"),
+        (1 << 64, "integer out of range"),
+        (-(1 << 64), "integer out of range"),
+        (nested_lists(MAX_DEPTH + 1), "nesting"),
+    ],
+)
 def test_encode_refuses_what_decode_would_refuse(obj, why):
     with pytest.raises(MalformedInput) as e:
         encode(obj)
@@ -193,17 +216,20 @@ def test_signed_from_wire_round_trips():
     assert back == s and back.hash == s.hash and back.seq == 0
 
 
-@pytest.mark.parametrize("body,sig,why", [
-    (b"\xff\x00garbage", b"s" * 64, "invalid CBOR"),
-    (b"", b"s" * 64, "empty input"),
-    (encode([1, 2]), b"s" * 64, "an action is a map"),
-    (encode("text"), b"s" * 64, "an action is a map"),
-    (encode({"seq": 1}) + b"\x00", b"s" * 64, "trailing"),
-    (b"\xa1\x63seq\xf9\x3c\x00", b"s" * 64, "float"),
-    (encode({"seq": 1}), "not bytes", "a signature is bytes"),
-    (encode({"seq": 1}), None, "a signature is bytes"),
-    ("not bytes", b"s" * 64, "expected bytes"),
-])
+@pytest.mark.parametrize(
+    "body,sig,why",
+    [
+        (b"\xff\x00garbage", b"s" * 64, "invalid CBOR"),
+        (b"", b"s" * 64, "empty input"),
+        (encode([1, 2]), b"s" * 64, "an action is a map"),
+        (encode("text"), b"s" * 64, "an action is a map"),
+        (encode({"seq": 1}) + b"\x00", b"s" * 64, "trailing"),
+        (b"\xa1\x63seq\xf9\x3c\x00", b"s" * 64, "float"),
+        (encode({"seq": 1}), "not bytes", "a signature is bytes"),
+        (encode({"seq": 1}), None, "a signature is bytes"),
+        ("not bytes", b"s" * 64, "expected bytes"),
+    ],
+)
 def test_signed_from_wire_refuses_garbage(body, sig, why):
     with pytest.raises(MalformedInput) as e:
         Signed.from_wire(body, sig)

@@ -7,6 +7,7 @@ each example opens nodes 0 and 1 again from copies of those stores (on /dev/shm 
 one: a store on disk costs its syncs), on the in-memory transport and trio's virtual clock, with
 trio's scheduling made deterministic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,13 @@ from sims.sim import memory_backed_dir, deterministic_trio
 
 from conftest import START
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 TYPES = sorted(P.REQUESTS)
 
 
@@ -51,8 +57,9 @@ def captured() -> tuple[str, dict, dict]:
 
     async def main():
         paths = [os.path.join(root, f"n{i}") for i in range(3)]
-        async with LocalCluster.open(n=3, transport="memory", clock=_now, paths=paths,
-                                     rogue={2: "skip_preflight"}) as c:
+        async with LocalCluster.open(
+            n=3, transport="memory", clock=_now, paths=paths, rogue={2: "skip_preflight"}
+        ) as c:
             for node in c.nodes:
                 inner = c.network.handlers[node.id]
 
@@ -63,6 +70,7 @@ def captured() -> tuple[str, dict, dict]:
                         requests[t].append(raw)
                         replies[t].append(reply)
                     return reply
+
                 c.network.handlers[node.id] = recording
             n0, n1, n2 = c.nodes
             alice, bob, rogue = [await n.new_agent() for n in c.nodes]
@@ -79,6 +87,7 @@ def captured() -> tuple[str, dict, dict]:
             with trio.fail_after(600):  # virtual time: gossip rounds bring summaries and warrants
                 while not all(requests.values()):
                     await c.wait_changed()
+
     with deterministic_trio(1):
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     missing = [t for t in TYPES if not requests[t]]
@@ -94,8 +103,11 @@ async def two_nodes():
     try:
         paths = []
         for i in (0, 1):
-            shutil.copytree(os.path.join(root, f"n{i}"), os.path.join(tmp, f"n{i}"),
-                            ignore=shutil.ignore_patterns("node.lock"))
+            shutil.copytree(
+                os.path.join(root, f"n{i}"),
+                os.path.join(tmp, f"n{i}"),
+                ignore=shutil.ignore_patterns("node.lock"),
+            )
             paths.append(os.path.join(tmp, f"n{i}"))
         async with LocalCluster.open(n=2, transport="memory", clock=_now, paths=paths) as c:
             yield c
@@ -115,11 +127,17 @@ def run_trio(fn, *, autojump: bool) -> None:
 
 # -- strategies
 cbor = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(1 << 64), max_value=1 << 64)
-    | st.text(max_size=16) | st.binary(max_size=40) | st.just(b"\0" * 32),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 64), max_value=1 << 64)
+    | st.text(max_size=16)
+    | st.binary(max_size=40)
+    | st.just(b"\0" * 32),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -133,9 +151,10 @@ def mutated(draw, value, depth=0):
             if how == "cut":
                 return value[:i]
             if how == "grow":
-                return value + [value[i]] * draw(st.sampled_from((P.MAX_OPS_PER_MESSAGE,
-                                                                  P.MAX_SUMMARY_AUTHORS)))
-            return value[:i] + [draw(mutated(value[i], depth + 1))] + value[i + 1:]
+                return value + [value[i]] * draw(
+                    st.sampled_from((P.MAX_OPS_PER_MESSAGE, P.MAX_SUMMARY_AUTHORS))
+                )
+            return value[:i] + [draw(mutated(value[i], depth + 1))] + value[i + 1 :]
         k = draw(st.sampled_from(sorted(value, key=repr)))
         if draw(st.integers(0, 4)) == 0:
             return {x: v for x, v in value.items() if x != k}
@@ -158,7 +177,7 @@ def near_valid_request(draw, t: str):
     raw = draw(st.sampled_from(_real(1, t)))
     msg = decode(raw, MAX_FRAME, canonical=False)
     if draw(st.integers(0, 9)) == 0:  # cut short on the wire
-        return raw[:draw(st.integers(0, max(0, len(raw) - 1)))]
+        return raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
     out = draw(mutated({k: v for k, v in msg.items() if k != "t"}))
     if isinstance(out, dict):
         out = {**out, "t": t}
@@ -167,8 +186,13 @@ def near_valid_request(draw, t: str):
 
 def snapshot(node) -> tuple:
     """What a refused request must leave as it was."""
-    return (node.state_hash(), sorted((p, i.ts) for p, i in node.peers.items()),
-            sorted(node.warrants_by_hash), sorted(node.limbo), node.store.db.total_changes)
+    return (
+        node.state_hash(),
+        sorted((p, i.ts) for p, i in node.peers.items()),
+        sorted(node.warrants_by_hash),
+        sorted(node.limbo),
+        node.store.db.total_changes,
+    )
 
 
 async def _feed(c, raw: bytes) -> None:
@@ -198,6 +222,7 @@ def test_requests_with_arbitrary_fields_are_refused_or_answered(t, data):
     async def main():
         async with two_nodes() as c:
             await _feed(c, data.draw(arbitrary_request(t, c.nodes[1].dna.hash)))
+
     run_trio(main, autojump=False)
 
 
@@ -210,6 +235,7 @@ def test_near_valid_mutations_of_real_requests_are_refused_or_answered(t, data):
     async def main():
         async with two_nodes() as c:
             await _feed(c, raw)
+
     run_trio(main, autojump=False)
 
 
@@ -219,6 +245,7 @@ def test_garbage_bytes_and_wrong_shapes_are_refused(raw):
     async def main():
         async with two_nodes() as c:
             await _feed(c, raw)
+
     run_trio(main, autojump=False)
 
 
@@ -226,6 +253,7 @@ def test_a_refused_peers_request_teaches_the_node_nothing():
     """The case the fuzzer finds when a captured info is newer than the one the node holds: a
     `peers` request whose `have` is malformed is refused, and must not have been half acted on
     (its sender's fresh info taken into the peer table) first."""
+
     async def main():
         async with two_nodes() as c:
             sender, target = c.nodes
@@ -237,6 +265,7 @@ def test_a_refused_peers_request_teaches_the_node_nothing():
             answer = decode(await c.network.handlers[target.id](sender.id, raw), MAX_FRAME)
             assert answer["err"] == "E_MALFORMED"
             assert snapshot(target) == before
+
     run_trio(main, autojump=False)
 
 
@@ -248,14 +277,15 @@ def garbage_reply(draw, t: str):
     if how == "bytes":
         return draw(st.binary(max_size=128))
     if how == "cut":
-        return real[:draw(st.integers(0, max(0, len(real) - 1)))]
+        return real[: draw(st.integers(0, max(0, len(real) - 1)))]
     if how == "fields":
         return encode_trusted({f: draw(cbor) for f in REPLY_FIELDS[t]})
     return encode_trusted(draw(mutated(decode(real, MAX_FRAME, canonical=False))))
 
 
 replies_by_type = st.fixed_dictionaries(
-    {}, optional={t: st.lists(garbage_reply(t), min_size=1, max_size=3) for t in TYPES})
+    {}, optional={t: st.lists(garbage_reply(t), min_size=1, max_size=3) for t in TYPES}
+)
 
 
 # Without shrinking: an example is a short run of two nodes, and a failure shows the garbage
@@ -276,6 +306,7 @@ def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
                     turn[t] += 1
                     return garbage[t][turn[t] % len(garbage[t])]
                 return reply
+
             c.network.handlers[liar.id] = lying
             me = next(p for p, cell in honest.cells.items() if p not in honest.dna.stewards)
             them = next(p for p, cell in liar.cells.items() if p not in liar.dna.stewards)
@@ -286,9 +317,11 @@ def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
                 bob = await liar.agent(to_text("agent", them))
                 theirs = await bob.transmit_understanding("oak", "drops", "leaf")
                 c.network.heal()
-                for call, arg in ((honest.fetch_record, theirs),
-                                  (honest.get_budget_state, to_text("agent", them)),
-                                  (honest.agent_activity, to_text("agent", them))):
+                for call, arg in (
+                    (honest.fetch_record, theirs),
+                    (honest.get_budget_state, to_text("agent", them)),
+                    (honest.agent_activity, to_text("agent", them)),
+                ):
                     with contextlib.suppress(BudgetError):  # a refusal, not a crash
                         await call(arg)
                 with contextlib.suppress(BudgetError):
@@ -296,4 +329,5 @@ def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
                 await trio.sleep(20)  # the node's own rounds: publisher, gossiper, limbo worker
                 alice = await honest.agent(to_text("agent", me))
                 assert (await alice.budget_status()).remaining_ru < 100
+
     run_trio(main, autojump=True)

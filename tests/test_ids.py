@@ -1,6 +1,7 @@
 """Text ids (what a user types and logs show) and the keys behind them: an id reads back as the
 exact bytes it was made from, or is refused with a clear error; it is never taken for another
 kind of id, another spelling, or a shorter value."""
+
 import base64
 
 import pytest
@@ -33,17 +34,23 @@ def _body(text):
     return text[2:]
 
 
-@pytest.mark.parametrize("text", [
-    None, 42, RAW, "",                                   # not text
-    "ag",                                                # the prefix alone
-    "ag" + _body(to_text("agent", RAW))[:-1],            # a character short: not base64 length
-    "ag" + _body(to_text("agent", RAW[:31])),            # 31 bytes
-    "ag" + _body(to_text("agent", RAW + b"\x00")),       # 33 bytes
-    to_text("agent", RAW) + "=",                         # padded: another spelling
-    to_text("agent", RAW) + "\u00e9",                    # not ASCII
-    to_text("agent", RAW).upper(),                       # another prefix (and bytes)
-    "ag" + base64.b64encode(b"\xfb\xff" * 16).decode().rstrip("="),  # "+/", not "-_"
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        42,
+        RAW,
+        "",  # not text
+        "ag",  # the prefix alone
+        "ag" + _body(to_text("agent", RAW))[:-1],  # a character short: not base64 length
+        "ag" + _body(to_text("agent", RAW[:31])),  # 31 bytes
+        "ag" + _body(to_text("agent", RAW + b"\x00")),  # 33 bytes
+        to_text("agent", RAW) + "=",  # padded: another spelling
+        to_text("agent", RAW) + "\u00e9",  # not ASCII
+        to_text("agent", RAW).upper(),  # another prefix (and bytes)
+        "ag" + base64.b64encode(b"\xfb\xff" * 16).decode().rstrip("="),  # "+/", not "-_"
+    ],
+)
 def test_a_malformed_agent_id_is_refused(text):
     with pytest.raises(InvalidInput) as e:
         from_text("agent", text)
@@ -63,9 +70,10 @@ def test_a_non_canonical_spelling_of_the_same_bytes_is_refused():
 
 # -- signatures
 
+
 def test_a_32_byte_value_that_is_no_key_verifies_nothing():
-    assert not verify(b"\xff" * 32, b"\x00" * 64, b"data")   # not a point on the curve
-    assert not verify(b"\x01" * 31, b"\x00" * 64, b"data")   # too short for a key
+    assert not verify(b"\xff" * 32, b"\x00" * 64, b"data")  # not a point on the curve
+    assert not verify(b"\x01" * 31, b"\x00" * 64, b"data")  # too short for a key
 
 
 def test_forgetting_the_cache_keeps_every_answer():

@@ -2,6 +2,7 @@
 file lose nothing; a torn last record (a crash mid-append) is dropped and cut off, a damaged
 record before good ones is refused; an old-format keystore.cbor migrates once; the file is
 private."""
+
 from __future__ import annotations
 
 import hashlib
@@ -86,15 +87,19 @@ for i in range(int(sys.argv[3])):
 
 def test_two_processes_appending_at_once_lose_nothing(tmp_path):
     n = 300
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), who, str(n)])
-             for who in ("p", "q")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), who, str(n)])
+        for who in ("p", "q")
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert held(tmp_path) == {key(f"{who}{i}").public for who in "pq" for i in range(n)}
     assert os.path.getsize(tmp_path / FILE) == len(HEADER) + 2 * n * RECORD
 
 
-@pytest.mark.parametrize("tail", [b"\x00", lambda r: r[:RECORD - 1], lambda r: r[:-1] + b"\x00",
-                                  lambda r: b"\x00" * RECORD])
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x00", lambda r: r[: RECORD - 1], lambda r: r[:-1] + b"\x00", lambda r: b"\x00" * RECORD],
+)
 def test_a_torn_last_record_is_dropped_and_cut_off_by_the_next_append(tmp_path, tail):
     ks, keys = filled(tmp_path)
     path = tmp_path / FILE
@@ -107,7 +112,7 @@ def test_a_torn_last_record_is_dropped_and_cut_off_by_the_next_append(tmp_path, 
     assert reopened.get(torn_key.public) is None
     late = key("late")
     reopened.add(late)
-    assert path.read_bytes()[:len(good)] == good
+    assert path.read_bytes()[: len(good)] == good
     assert os.path.getsize(path) == len(good) + RECORD
     assert held(tmp_path) == {k.public for k in keys + [late]}
 
@@ -124,7 +129,9 @@ def test_a_damaged_record_before_good_ones_is_refused(tmp_path, where):
     assert f"record at byte {len(HEADER) + RECORD} is damaged" in str(e.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"budgetnode-keys", b"budgetnode-keys2" + b"\x00" * RECORD])
+@pytest.mark.parametrize(
+    "content", [b"", b"budgetnode-keys", b"budgetnode-keys2" + b"\x00" * RECORD]
+)
 def test_a_file_that_is_not_a_keystore_is_refused(tmp_path, content):
     (tmp_path / FILE).write_bytes(content)
     os.chmod(tmp_path / FILE, 0o600)
@@ -174,8 +181,9 @@ def test_an_old_keystore_migrates_once_into_the_new_file(tmp_path):
     assert os.path.getsize(tmp_path / FILE) == len(HEADER) + 50 * RECORD  # once
 
 
-def test_a_crash_before_the_old_keystore_is_removed_loses_and_repeats_nothing(tmp_path,
-                                                                             monkeypatch):
+def test_a_crash_before_the_old_keystore_is_removed_loses_and_repeats_nothing(
+    tmp_path, monkeypatch
+):
     keys = [key(f"old{i}") for i in range(20)]
     legacy(tmp_path, keys)
     real_unlink = os.unlink
@@ -206,8 +214,9 @@ def test_an_old_keystore_left_beside_the_new_one_adds_only_what_is_missing(tmp_p
     assert os.listdir(tmp_path) == [FILE]
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xff", encode([1, 2]), encode({"a": b"x"}),
-                                     encode([b"short"])])
+@pytest.mark.parametrize(
+    "content", [b"", b"\xff\xff", encode([1, 2]), encode({"a": b"x"}), encode([b"short"])]
+)
 def test_a_damaged_old_keystore_is_refused_and_kept(tmp_path, content):
     (tmp_path / LEGACY_FILE).write_bytes(content)
     os.chmod(tmp_path / LEGACY_FILE, 0o600)

@@ -3,6 +3,7 @@
 No fixed sleeps: every wait is on a condition, bounded by trio.fail_after. Hosts are
 entered outside any fail_after (LIBP2P-NOTES trap 6).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,11 @@ def seed(i: int) -> bytes:
 
 
 def public_of(s: bytes) -> bytes:
-    return Ed25519PrivateKey.from_private_bytes(s).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return (
+        Ed25519PrivateKey.from_private_bytes(s)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
 
 
 async def wait_until(transport, cond, timeout: float = 5.0) -> None:
@@ -159,8 +163,12 @@ async def test_one_megabyte_round_trip_and_max_frame_boundary():
         with trio.fail_after(20):
             assert await b.request(a.peer_id, big, timeout=15) == b"h1|" + big
             # exactly MAX_FRAME is a legal request; a MAX_FRAME reply too
-            assert await b.request(a.peer_id, b"\0" * MAX_FRAME, timeout=15) == b"len:%d" % MAX_FRAME
-            assert await b.request(a.peer_id, b"size:%d" % MAX_FRAME, timeout=15) == b"z" * MAX_FRAME
+            assert (
+                await b.request(a.peer_id, b"\0" * MAX_FRAME, timeout=15) == b"len:%d" % MAX_FRAME
+            )
+            assert (
+                await b.request(a.peer_id, b"size:%d" % MAX_FRAME, timeout=15) == b"z" * MAX_FRAME
+            )
 
 
 async def test_oversized_frames_are_refused_and_the_server_keeps_serving():
@@ -200,6 +208,7 @@ async def test_oversized_frames_are_refused_and_the_server_keeps_serving():
 
 async def test_requester_refuses_an_oversized_reply_without_reading_it():
     async with hosts(2) as ([evil, b], _):
+
         async def lying_server(stream):
             await stream.read(4096)
             # declare 1 byte over MAX_FRAME, send only a little, keep the stream open
@@ -283,8 +292,10 @@ async def test_inbound_handlers_are_bounded():
         inside -= 1
         return payload
 
-    async with open_libp2p_transport(seed(6), slow, max_inbound=4) as srv, \
-            open_libp2p_transport(seed(7), slow) as cli:
+    async with (
+        open_libp2p_transport(seed(6), slow, max_inbound=4) as srv,
+        open_libp2p_transport(seed(7), slow) as cli,
+    ):
         with trio.fail_after(10):
             await cli.connect(srv.listen_addrs()[0])
         results = []
@@ -296,8 +307,9 @@ async def test_inbound_handlers_are_bounded():
             async with trio.open_nursery() as n:
                 for i in range(10):
                     n.start_soon(one, i)
-                await wait_until(srv, lambda: inside == 4
-                                 and srv._limiter.statistics().tasks_waiting == 6, 10)
+                await wait_until(
+                    srv, lambda: inside == 4 and srv._limiter.statistics().tasks_waiting == 6, 10
+                )
                 assert peak == 4
                 release.set()
         assert sorted(results) == sorted(b"%d" % i for i in range(10))
@@ -316,8 +328,10 @@ async def test_inbound_streams_waiting_for_a_handler_are_bounded_too():
         await release.wait()
         return payload
 
-    async with open_libp2p_transport(seed(10), slow, max_inbound=2, max_waiting=3) as srv, \
-            open_libp2p_transport(seed(11), slow) as cli:
+    async with (
+        open_libp2p_transport(seed(10), slow, max_inbound=2, max_waiting=3) as srv,
+        open_libp2p_transport(seed(11), slow) as cli,
+    ):
         with trio.fail_after(10):
             await cli.connect(srv.listen_addrs()[0])
         results, refused, three_refused = [], [], trio.Event()
@@ -334,8 +348,9 @@ async def test_inbound_streams_waiting_for_a_handler_are_bounded_too():
             async with trio.open_nursery() as n:
                 for i in range(8):
                     n.start_soon(one, i)
-                await wait_until(srv, lambda: inside == 2 and srv._waiting == 3
-                                 and srv.refused_inbound == 3, 10)
+                await wait_until(
+                    srv, lambda: inside == 2 and srv._waiting == 3 and srv.refused_inbound == 3, 10
+                )
                 await three_refused.wait()  # the resets reach the requesters
                 release.set()
         assert len(results) == 5 and len(refused) == 3
@@ -370,14 +385,18 @@ async def test_unencrypted_dialers_are_refused():
 
     async with hosts(1) as ([a], [ha]):
         kp = create_new_key_pair(seed(2))
-        evil = new_host(key_pair=kp,
-                        sec_opt={TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(kp)},
-                        connection_config=ConnectionConfig(max_connections_per_peer=1))
+        evil = new_host(
+            key_pair=kp,
+            sec_opt={TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(kp)},
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+        )
         async with evil.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             try:
                 with trio.fail_after(10):
                     with pytest.raises(Exception):
-                        await evil.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.listen_addrs()[0])))
+                        await evil.connect(
+                            info_from_p2p_addr(multiaddr.Multiaddr(a.listen_addrs()[0]))
+                        )
             finally:
                 with trio.CancelScope(shield=True):
                     await evil.close()

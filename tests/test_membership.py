@@ -1,5 +1,6 @@
 """Membership on the in-memory transport and virtual time: who a node routes to, and how that
 changes as peers join, vanish and come back."""
+
 import random
 
 import pytest
@@ -19,9 +20,11 @@ async def until(nodes, cond, timeout=120):
     with trio.fail_after(timeout):
         while not cond():
             async with trio.open_nursery() as race:
+
                 async def first(n):
                     await n.wait_changed()
                     race.cancel_scope.cancel()
+
                 for n in nodes:
                     race.start_soon(first, n)
 
@@ -29,8 +32,9 @@ async def until(nodes, cond, timeout=120):
 async def test_a_nearer_newcomer_gets_the_head_without_gossip(clock, autojump_clock):
     """When a new node becomes an agent's author authority, the agent's node pushes the head
     to it at once; gossip (here: never within the test) is only the backstop."""
-    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=1,
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=2, clock=lambda: clock[0], transport="memory", r=1, gossip_interval=1e6
+    ) as c:
         a = await c.nodes[0].new_agent()
         await a.add_knowledge("before the newcomer")
         await c.await_consistency(timeout=30)
@@ -39,13 +43,22 @@ async def test_a_nearer_newcomer_gets_the_head_without_gossip(clock, autojump_cl
         # a node key that will be the agent's nearest authority once it joins (a random key
         # beats both nodes with odds 1/3; within 1000 tries all lose with odds ~2/1000, which a
         # full run met once: search further)
-        k = next(k for k in range(100_000) if dht.nearest(
-            pub, ids + [SigningKey.generate(random.Random(k).randbytes).public], 1) ==
-            [SigningKey.generate(random.Random(k).randbytes).public])
-        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=1,
-                                gossip_interval=1e6, publish_interval=0.5,
-                                bootstrap=c.nodes[0].transport.listen_addrs(),
-                                dna=c.nodes[0].dna, randbytes=random.Random(k).randbytes) as new:
+        k = next(
+            k
+            for k in range(100_000)
+            if dht.nearest(pub, ids + [SigningKey.generate(random.Random(k).randbytes).public], 1)
+            == [SigningKey.generate(random.Random(k).randbytes).public]
+        )
+        async with NetNode.open(
+            c.network.transport,
+            clock=lambda: clock[0],
+            r=1,
+            gossip_interval=1e6,
+            publish_interval=0.5,
+            bootstrap=c.nodes[0].transport.listen_addrs(),
+            dna=c.nodes[0].dna,
+            randbytes=random.Random(k).randbytes,
+        ) as new:
             assert dht.nearest(pub, ids + [new.id], 1) == [new.id]
             await until(new, lambda: new._head(pub) == c.nodes[0]._head(pub))
             assert new.metrics["gossip_rounds"] == 0 and new.metrics["ops_validated"] >= 2
@@ -69,8 +82,16 @@ async def test_a_dead_peer_is_routed_around_and_readmitted_when_back(clock, auto
         c.network.heal()
         await until(n0, lambda: n2.id in n0.peers and n0.id in n2.peers)
         await c.await_consistency(timeout=120)
-        assert len({n._head(pub) for n in c.nodes if n.id in dht.nearest(
-            pub, [x.id for x in c.nodes], 2)}) == 1
+        assert (
+            len(
+                {
+                    n._head(pub)
+                    for n in c.nodes
+                    if n.id in dht.nearest(pub, [x.id for x in c.nodes], 2)
+                }
+            )
+            == 1
+        )
 
 
 async def test_peer_info_is_resigned_only_when_it_changes(clock, autojump_clock):
@@ -81,9 +102,11 @@ async def test_peer_info_is_resigned_only_when_it_changes(clock, autojump_clock)
         assert n._my_info() is first  # peers verify each info once, not on every exchange
         await n.new_agent()
         newer = n._my_info()
-        assert newer["body"]["ts"] > first["body"]["ts"] and len(newer["body"]["agents"]) == len(first["body"]["agents"]) + 1
-        await until(c.nodes[1], lambda: c.nodes[1].peers[n.id].ts >=
-                    newer["body"]["ts"])
+        assert (
+            newer["body"]["ts"] > first["body"]["ts"]
+            and len(newer["body"]["agents"]) == len(first["body"]["agents"]) + 1
+        )
+        await until(c.nodes[1], lambda: c.nodes[1].peers[n.id].ts >= newer["body"]["ts"])
 
 
 async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock):
@@ -103,8 +126,9 @@ async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock
 async def test_an_authority_forwards_to_one_the_publisher_does_not_know(clock, autojump_clock):
     """The publisher's peer table is behind (it has not heard of a newcomer that is now one of
     its agent's authorities): a fellow authority that knows the newcomer passes the action on."""
-    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory", r=2,
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=3, clock=lambda: clock[0], transport="memory", r=2, gossip_interval=1e6
+    ) as c:
         n0 = c.nodes[0]
         ids = [n.id for n in c.nodes]
         for _ in range(40):  # an agent of n0 that a newcomer and another node can both be nearer to
@@ -116,12 +140,23 @@ async def test_an_authority_forwards_to_one_the_publisher_does_not_know(clock, a
 
         def key(k):
             return SigningKey.generate(random.Random(k).randbytes).public
-        k = next(k for k in range(1000) if key(k) in dht.nearest(pub, ids + [key(k)], 2)
-                 and n0.id not in dht.nearest(pub, ids + [key(k)], 2))
-        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=2,
-                                gossip_interval=1e6, publish_interval=0.5,
-                                bootstrap=c.nodes[1].transport.listen_addrs(),
-                                dna=n0.dna, randbytes=random.Random(k).randbytes) as new:
+
+        k = next(
+            k
+            for k in range(1000)
+            if key(k) in dht.nearest(pub, ids + [key(k)], 2)
+            and n0.id not in dht.nearest(pub, ids + [key(k)], 2)
+        )
+        async with NetNode.open(
+            c.network.transport,
+            clock=lambda: clock[0],
+            r=2,
+            gossip_interval=1e6,
+            publish_interval=0.5,
+            bootstrap=c.nodes[1].transport.listen_addrs(),
+            dna=n0.dna,
+            randbytes=random.Random(k).randbytes,
+        ) as new:
             other = next(n for n in c.nodes if n.id in dht.nearest(pub, ids + [new.id], 2))
             await until(other, lambda: new.id in other.peers)
             n0._forget_peer(new.id)  # the publisher has not heard of it
@@ -164,33 +199,51 @@ async def test_peer_exchanges_carry_only_what_each_side_lacks(clock, autojump_cl
             await n0._request(n1.id, "peers", info=n0._my_info(), have=b"not 16 bytes")
 
 
-async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(clock, autojump_clock,
-                                                                              tmp_path):
+async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(
+    clock, autojump_clock, tmp_path
+):
     """Peers are cached in the store: a node that restarts while its bootstrap node is away
     starts from the peers it knew, not from nothing."""
-    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
-                                 gossip_interval=1e6) as c:  # nobody goes looking for it
+    async with LocalCluster.open(
+        n=3, clock=lambda: clock[0], transport="memory", gossip_interval=1e6
+    ) as c:  # nobody goes looking for it
         path = str(tmp_path / "roamer")
         boot = c.nodes[0].transport.listen_addrs()
-        async with NetNode.open(c.network.transport, path=path, clock=lambda: clock[0],
-                                bootstrap=boot, dna=c.nodes[0].dna) as n:
+        async with NetNode.open(
+            c.network.transport,
+            path=path,
+            clock=lambda: clock[0],
+            bootstrap=boot,
+            dna=c.nodes[0].dna,
+        ) as n:
             await until(n, lambda: len(n.peers) == 3)
             n._save_peer_cache()  # what a gossip round does
             me, before = n.id, n._my_info()["body"]["ts"]
         c.network.partition([c.nodes[0].id], [c.nodes[1].id, c.nodes[2].id, me])
         clock[0] += 60  # a minute later
-        async with NetNode.open(c.network.transport, path=path, clock=lambda: clock[0],
-                                bootstrap=boot, dna=c.nodes[0].dna, gossip_interval=1e6) as n:
+        async with NetNode.open(
+            c.network.transport,
+            path=path,
+            clock=lambda: clock[0],
+            bootstrap=boot,
+            dna=c.nodes[0].dna,
+            gossip_interval=1e6,
+        ) as n:
             assert n.id == me
             # the others hold its new info (it told them), and it routes to them
-            await until([n, c], lambda: all(me in o.peers and o.peers[me].ts > before
-                                       for o in c.nodes[1:])
-                        and {c.nodes[1].id, c.nodes[2].id} <= set(n.peers))
+            await until(
+                [n, c],
+                lambda: (
+                    all(me in o.peers and o.peers[me].ts > before for o in c.nodes[1:])
+                    and {c.nodes[1].id, c.nodes[2].id} <= set(n.peers)
+                ),
+            )
 
 
 async def test_a_dropped_peer_that_answers_anything_is_a_peer_again(clock, autojump_clock):
-    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=3, clock=lambda: clock[0], transport="memory", gossip_interval=1e6
+    ) as c:
         n0, n2 = c.nodes[0], c.nodes[2]
         await until(n0, lambda: n2.id in n0.peers)
         c.network.partition([n0.id], [n2.id])
@@ -204,8 +257,9 @@ async def test_a_dropped_peer_that_answers_anything_is_a_peer_again(clock, autoj
 
 
 async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
-    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory",
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=2, clock=lambda: clock[0], transport="memory", gossip_interval=1e6
+    ) as c:
         n0, n1 = c.nodes
         await until(n0, lambda: n1.id in n0.peers)
         n0._forget_peer(n1.id)  # as after a restart that lost the table
@@ -214,17 +268,20 @@ async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
 
 
 async def test_a_node_back_from_a_cut_is_taken_back_by_the_nodes_that_dropped_it(
-        clock, autojump_clock):
+    clock, autojump_clock
+):
     """Nodes take a dropped peer back only on a fresher info (an old one replayed must not bring
     a dead node back). A node that a dropped peer answers again re-signs its info, so a node
     beyond a healed cut takes it back from any peer swap, without greeting it itself."""
-    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=3, clock=lambda: clock[0], transport="memory", gossip_interval=1e6
+    ) as c:
         n0, n1, n2 = c.nodes
         await until(c.nodes, lambda: all(len(n.peers) == 2 for n in c.nodes))
 
         async def ask(a, b):
             await a._request(b.id, "chain", author=b.id, **{"from": 0}, limit=1)
+
         c.network.partition([n0.id], [n1.id, n2.id])
         for _ in range(DEAD_AFTER_FAILURES):
             for a, b in ((n0, n1), (n2, n0)):
@@ -241,14 +298,14 @@ async def test_a_node_back_from_a_cut_is_taken_back_by_the_nodes_that_dropped_it
         assert n0.id in n2.peers and n0.id not in n2._dropped
 
 
-async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(
-        clock, autojump_clock):
+async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(clock, autojump_clock):
     """A node that dropped nobody never learns from its own requests that a cut healed; the
     nodes beyond the cut that dropped it would greet it back a few at a time. A probe from a
     node that had dropped it says so, and it re-signs its info (once a gossip interval), which
     peer swaps carry to all of them. An ordinary greeting leaves its info as it was."""
-    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory",
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=2, clock=lambda: clock[0], transport="memory", gossip_interval=1e6
+    ) as c:
         n0, n1 = c.nodes
         await until(c.nodes, lambda: all(len(n.peers) == 1 for n in c.nodes))
         ts = n1._my_info()["body"]["ts"]

@@ -1,5 +1,6 @@
 """The nearest-peers cache must answer exactly what recomputing would, through any sequence of
 peers coming and going (the simulator's trace hashes depend on it, and so does routing)."""
+
 import random
 
 import pytest
@@ -23,6 +24,7 @@ def test_cache_answers_what_recomputing_would_through_churn(monkeypatch, replay_
     def everyone():
         rebuilt[0] += 1
         return [me, *members]
+
     replayed = 0
     for step in range(3000):
         p = rng.choice(pool)

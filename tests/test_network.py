@@ -1,4 +1,5 @@
 """Several nodes on the in-memory transport, on virtual time (trio's autojump clock)."""
+
 from contextlib import asynccontextmanager
 
 import pytest
@@ -10,10 +11,9 @@ from node.core import warrant as W
 from node.core.encoding import encode
 from node.core.errors import StoreBusy
 from node.net import protocol as P
-from node.sdk import InsufficientRU, LocalCluster, UnknownAgent, Warranted
+from node.sdk import LocalCluster, UnknownAgent, Warranted
 
 from conftest import START
-
 
 
 def cluster(clock, **kw):
@@ -26,7 +26,9 @@ async def test_budget_state_is_visible_and_rederived_on_every_node(clock, autoju
         b = await c.nodes[3].new_agent()
         await a.add_knowledge("x")
         await a.transmit_understanding("s", "p", "o")
-        await b.recall_understandings()  # nothing on node 3 yet may be found; charges what it returns
+        await (
+            b.recall_understandings()
+        )  # nothing on node 3 yet may be found; charges what it returns
         await c.await_consistency(timeout=30)
         for node in c.nodes:
             st = await node.get_budget_state(a.agent_id)
@@ -56,11 +58,14 @@ async def test_grants_and_compose_cross_nodes(clock, autojump_clock):
             await alice.compose_memories(other_agent_id="ag" + "A" * 43)
 
 
-@pytest.mark.parametrize("mode,reason", [
-    ("skip_preflight", "over_spend"),
-    ("forge_budget", "wrong_remaining"),
-    ("wrong_cost", "wrong_cost"),
-])
+@pytest.mark.parametrize(
+    "mode,reason",
+    [
+        ("skip_preflight", "over_spend"),
+        ("forge_budget", "wrong_remaining"),
+        ("wrong_cost", "wrong_cost"),
+    ],
+)
 async def test_rogue_node_is_caught_by_validators(clock, autojump_clock, mode, reason):
     async with cluster(clock, n=4, rogue=(3,), rogue_modes=(mode,)) as c:
         honest = await c.nodes[0].new_agent()
@@ -147,16 +152,19 @@ async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, a
         assert not target.dht.has_action(s.hash)
         ops = [[s.body, s.sig, a.dht.entry(s.action["entry"])]]
         unchecked = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x02" * 64)
-        out = P.parse_reply("publish", await target._handle(
-            a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)))
+        out = P.parse_reply(
+            "publish",
+            await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)),
+        )
         assert out.results[0].status == "valid" and target.dht.has_action(s.hash)
         c.network.heal()
         await c.await_consistency(timeout=30)
         cell = a.cells[pub]
         s = a.dht.action_at(pub, cell.state.seq)
         good = [s.body, s.sig, a.dht.entry(s.action["entry"])]
-        later = Signed.sign(dict(s.action, seq=s.seq + 1, prev=s.hash, ts=s.action["ts"] + 1),
-                            cell.key)
+        later = Signed.sign(
+            dict(s.action, seq=s.seq + 1, prev=s.hash, ts=s.action["ts"] + 1), cell.key
+        )
         forged = [later.body, bytes([later.sig[0] ^ 1]) + later.sig[1:], good[2]]
         before = target.state_hash()
         # A forged action under a batch signature that does not verify: nothing proves who sent
@@ -198,11 +206,15 @@ async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
     async with _alice_on_two_nodes(clock) as (c, alice):
         a, target = c.nodes[0], c.nodes[1]
         before = target.state_hash()
-        for raw in (b"", b"\xff\xfe", encode({"t": "nope", "dna": a.dna.hash}),
-                    encode({"t": "publish", "dna": b"x" * 32, "ops": []}),
-                    encode({"t": "publish", "dna": a.dna.hash, "ops": "zzz"}),
-                    encode({"t": "chain", "dna": a.dna.hash}),
-                    b"\xa1" + b"\x61t" + b"\x7a" + b"\xff" * 4):
+        for raw in (
+            b"",
+            b"\xff\xfe",
+            encode({"t": "nope", "dna": a.dna.hash}),
+            encode({"t": "publish", "dna": b"x" * 32, "ops": []}),
+            encode({"t": "publish", "dna": a.dna.hash, "ops": "zzz"}),
+            encode({"t": "chain", "dna": a.dna.hash}),
+            b"\xa1" + b"\x61t" + b"\x7a" + b"\xff" * 4,
+        ):
             out = await target._handle(a.id, raw)
             assert b"err" in out
         # oversize: refused by the transport before the handler runs
@@ -239,13 +251,20 @@ async def test_restarted_node_rejoins_and_catches_up(clock, autojump_clock, tmp_
         await a0.transmit_understanding("while", "node2", "was down")
         await c2.await_consistency(timeout=30)
         from node.net.node import NetNode
-        async with NetNode.open(c2.network.transport, path=paths[2], clock=lambda: clock[0],
-                                bootstrap=c2.nodes[0].transport.listen_addrs(),
-                                gossip_interval=0.5, publish_interval=0.5) as n2:
+
+        async with NetNode.open(
+            c2.network.transport,
+            path=paths[2],
+            clock=lambda: clock[0],
+            bootstrap=c2.nodes[0].transport.listen_addrs(),
+            gossip_interval=0.5,
+            publish_interval=0.5,
+        ) as n2:
             assert n2.dna.hash == dna.hash
             with trio.fail_after(60):
                 while n2._head(from_text("agent", a.agent_id)) != c2.nodes[0]._head(
-                        from_text("agent", a.agent_id)):
+                    from_text("agent", a.agent_id)
+                ):
                     await n2.wait_changed()
             st = await n2.get_budget_state(a.agent_id)
             assert st.remaining_ru == 64.0
@@ -253,19 +272,22 @@ async def test_restarted_node_rejoins_and_catches_up(clock, autojump_clock, tmp_
             # once the first has stopped, the store opens again.
             head = n2._head(from_text("agent", a.agent_id))
             with pytest.raises(StoreBusy, match="already running"):
-                async with NetNode.open(c2.network.transport, path=paths[2],
-                                        clock=lambda: clock[0]):
+                async with NetNode.open(
+                    c2.network.transport, path=paths[2], clock=lambda: clock[0]
+                ):
                     pass
             assert n2._head(from_text("agent", a.agent_id)) == head
         async with NetNode.open(c2.network.transport, path=paths[2], clock=lambda: clock[0]) as n2:
             assert n2._head(from_text("agent", a.agent_id)) == head
 
 
-async def test_a_write_by_another_process_sharing_the_store_is_published(clock, autojump_clock,
-                                                                         tmp_path):
+async def test_a_write_by_another_process_sharing_the_store_is_published(
+    clock, autojump_clock, tmp_path
+):
     """`budgetnode call --path` may write to the store of a running node: the node notices the
     other connection's commit (its gossiper asks SQLite) and publishes the action."""
     from node.sdk import LocalNode
+
     paths = [str(tmp_path / f"n{i}") for i in range(2)]
     async with cluster(clock, n=2, paths=paths) as c:
         a = await c.nodes[0].new_agent()

@@ -1,5 +1,6 @@
 """Authorities of an action's hash or entry (not of its author's key) validate the one step from
 the action before it and keep the action alone; warrants they issue prove themselves."""
+
 import random
 from collections import Counter
 
@@ -56,8 +57,14 @@ async def test_op_authorities_keep_single_actions_without_the_history(clock, aut
 
 
 async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_clock):
-    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1,
-                                 rogue=(4,), rogue_modes=("forge_budget",)) as c:
+    async with LocalCluster.open(
+        n=5,
+        clock=lambda: clock[0],
+        transport="memory",
+        r=1,
+        rogue=(4,),
+        rogue_modes=("forge_budget",),
+    ) as c:
         rogue = await c.nodes[4].new_agent()
         for i in range(8):
             try:
@@ -69,8 +76,9 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
         assert step, "no op authority issued a warrant"
         w = step[0]
         assert w.reason == "wrong_remaining"
-        async with NetNode.open(c.network.transport, clock=lambda: clock[0], r=1,
-                                dna=c.nodes[0].dna) as fresh:
+        async with NetNode.open(
+            c.network.transport, clock=lambda: clock[0], r=1, dna=c.nodes[0].dna
+        ) as fresh:
             assert w.offender not in fresh.chains
             assert await fresh._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
@@ -88,7 +96,8 @@ async def _one_create_everywhere(c):
 
 
 async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_partition(
-        clock, autojump_clock):
+    clock, autojump_clock
+):
     """A fork is caught only if an op held alone reaches someone holding the chain: the op goes
     to the next author-key authority when the nearest does not answer, and stays queued in the
     store until one does."""
@@ -115,12 +124,12 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
                 await c.wait_changed()
 
 
-async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clock,
-                                                                             autojump_clock):
+async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clock, autojump_clock):
     """A create's twins share their entry, so the entry's authorities are sent both: whichever
     author-key authorities saw which twin, they hold the proof of the fork themselves (seed
     200465 of the mixed sweep: the twin had been shown only to the forker's own node)."""
     from node.core.action import Signed
+
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
         pub, s, entry = await _one_create_everywhere(c)
         key = c.nodes[0].cells[pub].key
@@ -128,11 +137,9 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         prev = c.nodes[0].store.chain(pub)[-2]
         holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
         sender = c.nodes[0].id
-        assert await holder._accept(s, entry, sender, op=True,
-                                    prev=prev) == "valid"
+        assert await holder._accept(s, entry, sender, op=True, prev=prev) == "valid"
         assert pub not in holder.warranted
-        assert await holder._accept(twin, entry, sender, op=True,
-                                    prev=prev) == "invalid"
+        assert await holder._accept(twin, entry, sender, op=True, prev=prev) == "invalid"
         w = holder.warranted[pub]
         assert (w.kind, w.body["seq"]) == ("fork", s.seq)
         assert {e.hash for e in w.evidence()} == {s.hash, twin.hash}
@@ -146,16 +153,17 @@ async def test_a_chain_that_brings_the_twin_of_an_op_held_alone_is_a_fork(clock,
     fetched the history for a query) holding the other twin at that seq. It kept both and
     warranted nobody, so no honest node ever did."""
     from node.core.action import Signed
+
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=1) as c:
         pub, s, entry = await _one_create_everywhere(c)
         key = c.nodes[0].cells[pub].key
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
-        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub) and
-                      not n.dht.has_action(s.hash))
+        holder = next(
+            n for n in c.nodes[1:] if n.id not in n._nearest(pub) and not n.dht.has_action(s.hash)
+        )
         sender = c.nodes[0].id
-        assert await holder._accept(twin, entry, sender, op=True,
-                                    prev=prev) == "valid"
+        assert await holder._accept(twin, entry, sender, op=True, prev=prev) == "valid"
         assert pub not in holder.chains and pub not in holder.warranted
         assert await holder._accept(s, entry, sender) == "invalid"  # fetches the history first
         w = holder.warranted[pub]
@@ -176,8 +184,9 @@ async def _ring_and_a_bystander(c):
     pub = from_text("agent", a.agent_id)
     rng = random.Random(4)
     share = Counter(dht.nearest(rng.randbytes(32), ids, 1)[0] for _ in range(2000))
-    other = max((n for n in c.nodes[1:] if n.id != dht.nearest(pub, ids, 1)[0]),
-                key=lambda n: share[n.id])
+    other = max(
+        (n for n in c.nodes[1:] if n.id != dht.nearest(pub, ids, 1)[0]), key=lambda n: share[n.id]
+    )
     return a, pub, other
 
 
@@ -241,6 +250,7 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
             if s.author == pub and offers[s.hash] <= 2:
                 return "pending"  # ...and its limbo entry expired: the publish and a recheck
             return await real(s, entry, peer, prev_wire, vouch)
+
         slow._accept_op = accept_op
         missed = await _write_until_two_land_on(c, clock, a, pub, slow)
         with trio.fail_after(600):
@@ -272,6 +282,7 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
             if t == "publish":
                 sent.extend(fields["ops"])
             return await real_request(peer, t, **fields)
+
         publisher._request = spy
         for i in range(4):
             await a.transmit_understanding("after", "the authority went bad", str(i))
@@ -285,7 +296,8 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
 
 
 async def test_only_an_author_key_authority_signs_a_receipt_and_it_still_vouches(
-        clock, autojump_clock):
+    clock, autojump_clock
+):
     """A receipt is evidence only as a vouch, and only an author-key authority's receipt vouches
     (it holds the chain, so it catches a twin). Hash and entry authorities answer `valid`
     without signing, which the publisher counts as held, so nothing is sent twice."""
@@ -308,6 +320,7 @@ async def test_only_an_author_key_authority_signs_a_receipt_and_it_still_vouches
             if t == "publish":
                 sent.extend((peer, op) for op in fields["ops"])
             return await real_request(peer, t, **fields)
+
         publisher._request = spy
         for i in range(6):
             await a.transmit_understanding("receipts", "who signs", str(i))

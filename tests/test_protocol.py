@@ -1,6 +1,7 @@
 """The typed wire protocol: every request and reply is parsed once, at the edge, or refused with
 MalformedInput; and a peer's malformed reply or request costs that peer, never the node that
 received it."""
+
 import copy
 
 import pytest
@@ -38,8 +39,10 @@ def a_warrant(kind="fork"):
 
 
 def publish_fields(n=2):
-    ops = [[s.body, s.sig, b"entry" if i else None, None, [KEY.public], None]
-           for i, s in enumerate(action(i) for i in range(n))]
+    ops = [
+        [s.body, s.sig, b"entry" if i else None, None, [KEY.public], None]
+        for i, s in enumerate(action(i) for i in range(n))
+    ]
     return {"ops": ops, "batch": W.sign_batch(ops, OTHER.public, 7, KEY)}
 
 
@@ -53,8 +56,10 @@ REQUESTS = {
     "record": {"hash": b"r" * 32},
     "summary": {"heads": [[KEY.public, 3, b"h" * 32]], "warranted": [OTHER.public]},
     "warrants": {"warrants": [a_warrant()]},
-    "grant": {"grant": grant_body(DNA, KEY.public, OTHER.public, 5000, 9, b"n" * 16),
-              "sig": b"s" * 64},
+    "grant": {
+        "grant": grant_body(DNA, KEY.public, OTHER.public, 5000, 9, b"n" * 16),
+        "sig": b"s" * 64,
+    },
 }
 
 # ...and of every reply.
@@ -63,11 +68,15 @@ REPLIES = {
     "hello": {"info": info()},
     "peers": {"infos": [info(), info(OTHER)], "have": b"h" * 16},
     "publish": {"results": [[b"a" * 32, "valid", b"r" * 64], [b"b" * 32, "pending", None]]},
-    "chain": {"records": [[action().body, action().sig, None], [action(1).body, action(1).sig,
-                                                                 b"entry"]]},
+    "chain": {
+        "records": [[action().body, action().sig, None], [action(1).body, action(1).sig, b"entry"]]
+    },
     "record": {"record": [action().body, action().sig, b"entry"]},
-    "summary": {"heads": [[KEY.public, 0, b"h" * 32]], "warrants": [a_warrant()],
-                "warranted": [OTHER.public]},
+    "summary": {
+        "heads": [[KEY.public, 0, b"h" * 32]],
+        "warrants": [a_warrant()],
+        "warranted": [OTHER.public],
+    },
     "warrants": {"ok": True},
     "grant": {"granted": 5000},
 }
@@ -100,7 +109,9 @@ def test_typed_fields_carry_what_was_sent():
     assert pub.batch.to_wire() == REQUESTS["publish"]["batch"]
     rep = P.parse_reply("publish", P.reply(**REPLIES["publish"]))
     assert [(r.hash, r.status, r.receipt) for r in rep.results] == [
-        (b"a" * 32, "valid", b"r" * 64), (b"b" * 32, "pending", None)]
+        (b"a" * 32, "valid", b"r" * 64),
+        (b"b" * 32, "pending", None),
+    ]
     _, hello = P.parse_request(P.request("hello", DNA, **REQUESTS["hello"]), DNA)
     assert hello.info.to_wire() == REQUESTS["hello"]["info"] and hello.dropped is True
     _, ws = P.parse_request(P.request("warrants", DNA, **REQUESTS["warrants"]), DNA)
@@ -122,27 +133,27 @@ def _set(m, path, value):
 
 DELETE = object()
 BAD_REQUESTS = [
-    ("hello", ("info",), DELETE),                              # missing field
-    ("hello", ("info",), [1, 2]),                              # wrong nesting
-    ("hello", ("info", "body", "peer"), b"short"),             # wrong length
-    ("hello", ("info", "body", "ts"), "5"),                    # wrong type
-    ("hello", ("info", "body", "addrs"), ["a"] * 17),          # over-long list
-    ("hello", ("info", "body", "extra"), 1),                   # unknown field
+    ("hello", ("info",), DELETE),  # missing field
+    ("hello", ("info",), [1, 2]),  # wrong nesting
+    ("hello", ("info", "body", "peer"), b"short"),  # wrong length
+    ("hello", ("info", "body", "ts"), "5"),  # wrong type
+    ("hello", ("info", "body", "addrs"), ["a"] * 17),  # over-long list
+    ("hello", ("info", "body", "extra"), 1),  # unknown field
     ("hello", ("dropped",), "yes"),
     ("peers", ("have",), b"not 16 bytes"),
     ("peers", ("push",), [info()] * (P.MAX_PEERS_PER_MESSAGE + 1)),
     ("peers", ("digest",), 5),
     ("publish", ("ops",), "zzz"),
     ("publish", ("ops",), [[b"x"]]),
-    ("publish", ("ops", 0, 0), b"\xff\xfe"),                   # an action that does not decode
-    ("publish", ("ops", 0, 1), b"sig"),                        # a signature of the wrong length
-    ("publish", ("ops", 0, 2), 5),                             # an entry that is not bytes
-    ("publish", ("ops", 0, 3), [b"x"]),                        # a prev of the wrong shape
+    ("publish", ("ops", 0, 0), b"\xff\xfe"),  # an action that does not decode
+    ("publish", ("ops", 0, 1), b"sig"),  # a signature of the wrong length
+    ("publish", ("ops", 0, 2), 5),  # an entry that is not bytes
+    ("publish", ("ops", 0, 3), [b"x"]),  # a prev of the wrong shape
     ("publish", ("ops", 0, 4), [b"k" * 32] * (P.MAX_TOLD + 1)),
     ("publish", ("ops", 0, 5), [[b"k" * 32, b"r" * 64]] * (P.MAX_VOUCHES + 1)),
     ("publish", ("ops", 0, 5), [[b"k" * 32]]),
     ("publish", ("batch",), None),
-    ("publish", ("batch", "hashes"), []),                      # does not match its ops
+    ("publish", ("batch", "hashes"), []),  # does not match its ops
     ("chain", ("author",), 5),
     ("chain", ("from",), -1),
     ("chain", ("limit",), 0),
@@ -186,14 +197,14 @@ BAD_REPLIES = [
     ("hello", ("info",), None),
     ("peers", ("infos",), [info()] * (P.MAX_PEERS_PER_MESSAGE + 2)),
     ("peers", ("have",), b"odd"),
-    ("publish", ("results",), [[b"x"]]),                       # crash 1 of issue 14
+    ("publish", ("results",), [[b"x"]]),  # crash 1 of issue 14
     ("publish", ("results",), [[b"a" * 32, "forged", None]]),  # not a status anyone sends
     ("publish", ("results",), [[b"a" * 32, "valid", b"short"]]),
     ("publish", ("results",), [[b"a" * 32, "valid", None]] * (MAX_OPS_PER_MESSAGE + 1)),
     ("chain", ("records",), [[b"x", b"y"]]),
     ("chain", ("records",), 7),
     ("record", ("record",), [action().body]),
-    ("summary", ("heads",), 5),                                # crash 2 of issue 14
+    ("summary", ("heads",), 5),  # crash 2 of issue 14
     ("summary", ("warrants",), [{"body": {}, "sig": b""}]),
     ("summary", ("warranted",), DELETE),
     ("warrants", ("ok",), False),
@@ -217,6 +228,7 @@ def test_a_refusal_is_a_protocol_error_not_a_malformed_reply():
 
 # -- on a two-node in-memory cluster, under virtual time
 
+
 async def until(cond, cluster, timeout=3000):
     with trio.fail_after(timeout):
         while not cond():
@@ -234,16 +246,21 @@ def hostile(cluster, node, answers):
         if switch["on"] and t in answers:
             return encode_trusted(answers[t])
         return await real(peer, raw)
+
     cluster.network.handlers[node.id] = handler
     return switch
 
 
-@pytest.mark.parametrize("t,answer", [
-    ("publish", {"results": [[b"x"]]}),
-    ("summary", {"heads": 5, "warrants": [], "warranted": []}),
-])
-async def test_a_malformed_reply_costs_its_sender_not_the_honest_node(clock, autojump_clock, t,
-                                                                      answer):
+@pytest.mark.parametrize(
+    "t,answer",
+    [
+        ("publish", {"results": [[b"x"]]}),
+        ("summary", {"heads": 5, "warrants": [], "warranted": []}),
+    ],
+)
+async def test_a_malformed_reply_costs_its_sender_not_the_honest_node(
+    clock, autojump_clock, t, answer
+):
     """Issue 14: one such reply made the honest node's nursery fail, and NetNode.open exit."""
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=2) as c:
         honest, liar = c.nodes
@@ -267,12 +284,15 @@ async def test_a_malformed_reply_costs_its_sender_not_the_honest_node(clock, aut
 
         async def silent(peer, raw):
             return P.error_reply(P.ProtocolError("not serving"))
+
         async with c.network.transport(b"\x33" * 32, silent) as other:
-            raw = await other.request(honest.id, P.request("chain", honest.dna.hash, author=pub,
-                                                           **{"from": 0}, limit=8))
+            raw = await other.request(
+                honest.id, P.request("chain", honest.dna.hash, author=pub, **{"from": 0}, limit=8)
+            )
         head = honest._head(pub)
-        assert [r.action.seq for r in P.parse_reply("chain", raw).records] == \
-            list(range(head[0] + 1))
+        assert [r.action.seq for r in P.parse_reply("chain", raw).records] == list(
+            range(head[0] + 1)
+        )
         assert honest.warranted == {} and liar.warranted == {}  # garbage proves nothing
         # Once the peer behaves (and its backoff is over) the cluster converges.
         switch["on"] = False
@@ -285,8 +305,9 @@ async def test_malformed_requests_cost_their_sender_and_back_it_off(clock, autoj
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         honest, liar = c.nodes
         await until(lambda: liar.id in honest.peers, c)
-        bad = encode_trusted({"t": "chain", "dna": honest.dna.hash, "author": 5, "from": 0,
-                              "limit": 1})
+        bad = encode_trusted(
+            {"t": "chain", "dna": honest.dna.hash, "author": 5, "from": 0, "limit": 1}
+        )
         for i in range(MAX_MALFORMED):
             out = await liar.transport.request(honest.id, bad)
             assert b"E_MALFORMED" in out
@@ -299,17 +320,16 @@ async def test_malformed_requests_cost_their_sender_and_back_it_off(clock, autoj
         assert honest._add_peer(P.PeerInfo.parse(liar._my_info())) is None
         # ...until the backoff is over
         await trio.sleep(node_module.MALFORMED_BACKOFF_S)
-        assert P.parse_reply("chain", await liar.transport.request(honest.id, good)) == \
-            P.ChainReply(records=())  # served, not refused
+        assert P.parse_reply(
+            "chain", await liar.transport.request(honest.id, good)
+        ) == P.ChainReply(records=())  # served, not refused
         await until(lambda: liar.id in honest.peers, c)
 
 
-async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(clock,
-                                                                           autojump_clock):
+async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(clock, autojump_clock):
     """What this node builds and what it parses are one set of shapes: every request and reply a
     working cluster exchanges (joins, publishing, gossip, warrants, grants) parses."""
-    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory",
-                                 rogue=(2,)) as c:
+    async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory", rogue=(2,)) as c:
         seen, news = set(), [trio.Event()]
         for n in c.nodes:
             real = c.network.handlers[n.id]
@@ -322,6 +342,7 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
                 seen.add(t)
                 news[0].set()
                 return out
+
             c.network.handlers[n.id] = checked
         agents = [await n.new_agent() for n in c.nodes]
         for a in agents:
@@ -337,8 +358,9 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
         await fetch_dna(c.network.transport, c.nodes[1].transport.listen_addrs()[0])
         s = c.nodes[1].store.chain(from_text("agent", agents[1].agent_id))[-1]
         await c.nodes[0]._request(c.nodes[1].id, "record", hash=s.hash)
-        await c.nodes[0]._request(c.nodes[1].id, "chain", author=s.author, **{"from": 0},
-                                  limit=P.MAX_OPS_PER_MESSAGE)
+        await c.nodes[0]._request(
+            c.nodes[1].id, "chain", author=s.author, **{"from": 0}, limit=P.MAX_OPS_PER_MESSAGE
+        )
         with trio.fail_after(600):  # gossip rounds bring summaries and peer swaps
             while not P.REQUESTS.keys() <= seen:
                 news[0] = trio.Event()
@@ -347,12 +369,14 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
 
 
 async def test_a_background_task_that_fails_on_peer_data_does_not_stop_the_node(
-        clock, autojump_clock):
+    clock, autojump_clock
+):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         node = c.nodes[0]
 
         async def unpack_garbage():
             h, status, receipt = [b"x"]  # what peer data did to the publisher in issue 14
+
         node._spawn(unpack_garbage)
         await trio.testing.wait_all_tasks_blocked()
         assert node.metrics["task_errors"] == 1 and "ValueError" in node.last_task_error
@@ -364,16 +388,23 @@ async def test_a_background_task_that_fails_on_peer_data_does_not_stop_the_node(
 async def test_every_fetch_treats_a_malformed_reply_as_no_answer(clock, autojump_clock):
     """The chain, record and prev fetches, warrant proofs, hello, peer swaps and grants each
     unpacked replies as the publisher and gossip did: each now gets no answer instead."""
-    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory", r=2,
-                                 gossip_interval=1e6) as c:
+    async with LocalCluster.open(
+        n=2, clock=lambda: clock[0], transport="memory", r=2, gossip_interval=1e6
+    ) as c:
         honest, liar = c.nodes
         bob = await liar.new_agent()
         await bob.transmit_understanding("bob", "writes", "twice")
         await c.await_consistency(timeout=60)
         pub = from_text("agent", bob.agent_id)
         s = liar.dht.action_at(pub, 1)
-        garbage = {"records": [[b"x"]], "record": [b"x"], "info": 5, "infos": [5],
-                   "granted": "lots", "results": 5}
+        garbage = {
+            "records": [[b"x"]],
+            "record": [b"x"],
+            "info": 5,
+            "infos": [5],
+            "granted": "lots",
+            "results": 5,
+        }
         hostile(c, liar, {t: garbage for t in ("chain", "record", "hello", "peers", "grant")})
         before = honest._head(pub)
         assert await honest._fetch_prefix(pub, 2, liar.id) == []

@@ -1,4 +1,5 @@
 """The adversaries live in sims/rogue.py and plug into neutral seams; honest nodes carry none."""
+
 import pytest
 
 from node.cell import Cell
@@ -13,17 +14,24 @@ from conftest import START
 def test_plug_gives_the_seams_for_each_mode_and_refuses_unknown_ones():
     def factory(seed, handler):
         raise AssertionError("not opened here")
+
     assert plug(factory, (), 1) == (factory, {})
     f, kw = plug(factory, ("skip_preflight",), 1)
     assert f is factory and issubclass(kw["cell_type"], RogueCell)
     assert kw["cell_type"].modes == {"skip_preflight"} and "outgoing" not in kw
     assert set(plug(factory, ("fork",), 1)[1]) == {"cell_type", "outgoing"}
-    f, kw = plug(factory, ("byzantine",), 1)   # honest node code behind a lying transport
+    f, kw = plug(factory, ("byzantine",), 1)  # honest node code behind a lying transport
     assert f is not factory and kw == {}
     with pytest.raises(ValueError, match="unknown rogue mode"):
         plug(factory, ("skip_preflight", "free_lunch"), 1)
-    assert set(KNOWN) == {"skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "fork",
-                          "byzantine"}
+    assert set(KNOWN) == {
+        "skip_preflight",
+        "forge_budget",
+        "wrong_cost",
+        "bad_signature",
+        "fork",
+        "byzantine",
+    }
 
 
 async def test_only_the_rogue_node_cheats_and_honest_nodes_use_the_plain_cell(autojump_clock):

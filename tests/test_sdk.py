@@ -1,12 +1,20 @@
 """The in-process SDK surface, as agent code uses it."""
+
 import pytest
 
 from node.core.crypto import from_text
-from node.sdk import (BudgetError, InsufficientRU, InvalidInput, LocalNode, NotAuthorized, NotFound,
-                      UnknownAgent, UnknownFunction)
+from node.sdk import (
+    BudgetError,
+    InsufficientRU,
+    InvalidInput,
+    LocalNode,
+    NotAuthorized,
+    NotFound,
+    UnknownAgent,
+    UnknownFunction,
+)
 
 from conftest import START
-
 
 
 def chain_len(node, agent):
@@ -20,8 +28,9 @@ async def test_every_zome_function_writes_what_reads_return(clock):
         h2 = await alice.add_knowledge(content="roots hold soil")
         edge = await alice.link_edge(from_hash=h2, to_hash=h1, relation="supports")
         cred = await alice.create_thought_credential(title="t", body="b")
-        u = await bob.transmit_understanding(subject="soil", predicate="holds", object="water",
-                                             context="field notes")
+        u = await bob.transmit_understanding(
+            subject="soil", predicate="holds", object="water", context="field notes"
+        )
         comp = await alice.compose_memories(other_agent_id=bob.agent_id)
         tv = await alice.validate_triple(subject="soil", predicate="holds", object="water")
 
@@ -32,8 +41,16 @@ async def test_every_zome_function_writes_what_reads_return(clock):
         assert node.get_record(tv)["content"]["known"] == 1
         assert [e["hash"] for e in await alice.get_edges(h2)] == [edge]
         rows = await alice.recall_understandings(subject="soil", limit=10)
-        assert rows == [{"subject": "soil", "predicate": "holds", "object": "water",
-                         "context": "field notes", "author": bob.agent_id, "hash": u}]
+        assert rows == [
+            {
+                "subject": "soil",
+                "predicate": "holds",
+                "object": "water",
+                "context": "field notes",
+                "author": bob.agent_id,
+                "hash": u,
+            }
+        ]
         st = await alice.budget_status()
         # 33 + 33 + 3 + 10 + 5 + 2 + 0.1
         assert st.used_ru == pytest.approx(86.1) and st.remaining_mru == 13_900
@@ -44,15 +61,20 @@ async def test_every_zome_function_writes_what_reads_return(clock):
 async def test_generic_call_matches_methods_and_rejects_bad_calls(clock):
     async with LocalNode.open(clock=lambda: clock[0]) as node:
         a = await node.new_agent()
-        h = await a.call("memory", "transmit_understanding",
-                         {"subject": "s", "predicate": "p", "object": "o"})
+        h = await a.call(
+            "memory", "transmit_understanding", {"subject": "s", "predicate": "p", "object": "o"}
+        )
         assert node.get_record(h)["content"]["object"] == "o"
         n = chain_len(node, a)
         with pytest.raises(UnknownFunction) as e:
             await a.call("memory", "forget_everything", {})
         assert e.value.code == "E_UNKNOWN_FUNCTION"
-        for bad in ({"subject": "s"}, {"subject": "s", "predicate": "p", "object": "o", "x": 1},
-                    ["s", "p", "o"], {"subject": 5, "predicate": "p", "object": "o"}):
+        for bad in (
+            {"subject": "s"},
+            {"subject": "s", "predicate": "p", "object": "o", "x": 1},
+            ["s", "p", "o"],
+            {"subject": 5, "predicate": "p", "object": "o"},
+        ):
             with pytest.raises(InvalidInput):
                 await a.call("memory", "transmit_understanding", bad)
         with pytest.raises(InvalidInput):
@@ -74,8 +96,16 @@ async def test_refusal_is_exact_and_writes_nothing(clock):
         with pytest.raises(InsufficientRU) as e:
             await a.add_knowledge("three")
         err = e.value
-        assert str(err) == "E_INSUFFICIENT_RU: need 33.00 RU, have 5.00 RU. Budget resets at 1730764800"
-        assert (err.code, err.need, err.have, err.resets_at) == ("E_INSUFFICIENT_RU", 33.0, 5.0, 1730764800)
+        assert (
+            str(err)
+            == "E_INSUFFICIENT_RU: need 33.00 RU, have 5.00 RU. Budget resets at 1730764800"
+        )
+        assert (err.code, err.need, err.have, err.resets_at) == (
+            "E_INSUFFICIENT_RU",
+            33.0,
+            5.0,
+            1730764800,
+        )
         assert err.retry_after_s == 86_400 - 3600
         assert isinstance(err, BudgetError)
         assert chain_len(node, a) == n
@@ -92,7 +122,9 @@ async def test_recall_charges_per_result_and_refuses_before_returning(clock):
         assert len(await reader.recall_understandings(subject="topic", limit=7)) == 7
         assert (await reader.budget_status()).remaining_mru == 100_000 - 700
         assert await reader.recall_understandings(subject="nothing here") == []
-        assert (await reader.budget_status()).remaining_mru == 99_300  # nothing returned, nothing charged
+        assert (
+            await reader.budget_status()
+        ).remaining_mru == 99_300  # nothing returned, nothing charged
         # Spend reader down to 2.0 RU: 30 results cost 3.0 RU, so the recall is refused whole.
         for _ in range(2):
             await reader.add_knowledge("x")

@@ -1,4 +1,5 @@
 """Two processes' worth of nodes on one directory: what one does, the other sees."""
+
 import pytest
 
 from node.sdk import LocalNode, StoreCorrupted
@@ -32,6 +33,7 @@ async def test_missing_chain_store_with_keys_is_refused(tmp_path):
 
 async def test_unreadable_dna_is_reported_as_corruption(tmp_path):
     import sqlite3
+
     async with LocalNode.open(path=str(tmp_path)):
         pass
     db = sqlite3.connect(tmp_path / "chain.db")

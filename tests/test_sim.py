@@ -1,4 +1,5 @@
 """The network simulator: seeded, replayable runs of real NetNodes under faults."""
+
 import json
 import os
 import subprocess
@@ -37,10 +38,22 @@ def test_parsers():
 
 
 def test_faults_partition_and_rogues_converge_without_violations():
-    r = run(SimConfig(seed=3, nodes=8, agents=16, hours=0.75, loss=0.01, dup=0.01, reorder=True,
-                      partitions=[Partition.parse("50/50@10m-20m"),
-                                  Partition.parse("isolate@25m-30m")],
-                      skew=5, rogue=2, churn=0.2, warmup=60))
+    r = run(
+        SimConfig(
+            seed=3,
+            nodes=8,
+            agents=16,
+            hours=0.75,
+            loss=0.01,
+            dup=0.01,
+            reorder=True,
+            partitions=[Partition.parse("50/50@10m-20m"), Partition.parse("isolate@25m-30m")],
+            skew=5,
+            rogue=2,
+            churn=0.2,
+            warmup=60,
+        )
+    )
     assert r["invariant_violations"] == []
     assert r["converged"] and r["ok"]
     assert r["writes"] > 50 and r["refusals"] > 0
@@ -55,8 +68,19 @@ def test_sixty_nodes_heal_a_long_split_well_within_the_deadline():
     # four at a time, and 11-34 writes (seeds 1-3) were still missing at hash and entry
     # authorities 5 minutes into the liveness phase. A node a dropped peer answers re-signs its
     # info now, and the nodes that dropped it take it back from any peer swap.
-    r = run(SimConfig(seed=3, nodes=60, agents=60, hours=0.5, latency=0.05, jitter=0.02,
-                      loss=0.01, partitions=[Partition.parse("50/50@5m-25m")], deadline=300))
+    r = run(
+        SimConfig(
+            seed=3,
+            nodes=60,
+            agents=60,
+            hours=0.5,
+            latency=0.05,
+            jitter=0.02,
+            loss=0.01,
+            partitions=[Partition.parse("50/50@5m-25m")],
+            deadline=300,
+        )
+    )
     assert r["ok"] and r["writes_missing_at_op_authorities"] == 0, r["invariant_violations"][:2]
     assert r["sim_seconds"] - 1800 < 150  # the liveness phase began at 30 min
 
@@ -65,40 +89,90 @@ def test_a_run_is_a_function_of_its_seed_not_of_the_hash_seed():
     """Sets of byte strings iterate in hash order, which PYTHONHASHSEED changes per process:
     nothing whose order reaches the network may depend on it (the publisher once sent to an
     op's authorities in set order), so a replay in any process is the same run."""
-    cmd = [sys.executable, "-m", "sims", "--seed", "730001", "--nodes", "8", "--agents", "16",
-           "--hours", "0.25", "--loss", "0.01", "--dup", "0.01", "--reorder", "--churn", "0.3",
-           "--rogue", "2", "--rogue-modes", "fork,skip_preflight", "--byzantine", "1",
-           "--partition", "50/50@5m-10m", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sims",
+        "--seed",
+        "730001",
+        "--nodes",
+        "8",
+        "--agents",
+        "16",
+        "--hours",
+        "0.25",
+        "--loss",
+        "0.01",
+        "--dup",
+        "0.01",
+        "--reorder",
+        "--churn",
+        "0.3",
+        "--rogue",
+        "2",
+        "--rogue-modes",
+        "fork,skip_preflight",
+        "--byzantine",
+        "1",
+        "--partition",
+        "50/50@5m-10m",
+        "--json",
+    ]
     traces = set()
     for hash_seed in ("0", "1", "4242"):
-        p = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED=hash_seed),
-                           capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            cmd,
+            env=dict(os.environ, PYTHONHASHSEED=hash_seed),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         traces.add(json.loads(p.stdout)["trace_hash"])
     assert len(traces) == 1
 
 
 def test_same_seed_same_trace_other_seed_other_trace():
-    cfg = small(loss=0.02, dup=0.02, reorder=True, rogue=1,
-                partitions=[Partition.parse("50/50@5m-10m")])
+    cfg = small(
+        loss=0.02, dup=0.02, reorder=True, rogue=1, partitions=[Partition.parse("50/50@5m-10m")]
+    )
     a, b = run(cfg), run(cfg)
     assert a["trace_hash"] == b["trace_hash"]
-    assert (a["writes"], a["refusals"], a["convergence_p99_s"]) == \
-        (b["writes"], b["refusals"], b["convergence_p99_s"])
+    assert (a["writes"], a["refusals"], a["convergence_p99_s"]) == (
+        b["writes"],
+        b["refusals"],
+        b["convergence_p99_s"],
+    )
     c = run(cfg.replace(seed=2))
     assert c["trace_hash"] != a["trace_hash"]
 
 
 def test_every_budget_cheat_is_warranted_everywhere():
-    r = run(small(seed=4, nodes=8, agents=16, hours=0.5, rogue=3,
-                  rogue_modes=("skip_preflight", "forge_budget", "wrong_cost")))
+    r = run(
+        small(
+            seed=4,
+            nodes=8,
+            agents=16,
+            hours=0.5,
+            rogue=3,
+            rogue_modes=("skip_preflight", "forge_budget", "wrong_cost"),
+        )
+    )
     assert r["ok"], r["invariant_violations"]
     assert r["rogue_agents"] >= 3 and r["warranted_rogue_agents"] == r["rogue_agents"]
 
 
 def test_fork_is_warranted_everywhere():
-    r = run(small(seed=4, nodes=8, agents=16, hours=0.5, rogue=4,
-                  rogue_modes=("skip_preflight", "forge_budget", "wrong_cost", "fork")))
+    r = run(
+        small(
+            seed=4,
+            nodes=8,
+            agents=16,
+            hours=0.5,
+            rogue=4,
+            rogue_modes=("skip_preflight", "forge_budget", "wrong_cost", "fork"),
+        )
+    )
     assert r["ok"], r["invariant_violations"]
     assert r["rogue_agents"] >= 4 and r["warranted_rogue_agents"] == r["rogue_agents"]
 
@@ -106,6 +180,7 @@ def test_fork_is_warranted_everywhere():
 def test_an_injected_validator_bug_is_caught(monkeypatch):
     """Authorities that stop checking over-spends must show up as violations, not pass."""
     import node.net.node as netnode
+
     real = netnode.validate_next
 
     def lenient(cs, s, *a, **kw):
@@ -118,9 +193,16 @@ def test_an_injected_validator_bug_is_caught(monkeypatch):
             rec = s.action["budget"]  # accept the author's word: the bug
             from node.core.budget import BudgetState
             from node.core.validate import ChainState
-            return ChainState(cs.author, s.seq, s.hash, s.action["ts"],
-                              BudgetState(rec["ws"], rec["rem"], cs.budget.used_mru + rec["cost"]),
-                              cs.claimed)
+
+            return ChainState(
+                cs.author,
+                s.seq,
+                s.hash,
+                s.action["ts"],
+                BudgetState(rec["ws"], rec["rem"], cs.budget.used_mru + rec["cost"]),
+                cs.claimed,
+            )
+
     monkeypatch.setattr(netnode, "validate_next", lenient)
     r = run(small(seed=5, nodes=6, agents=12, hours=0.5, rogue=1, rogue_modes=("skip_preflight",)))
     assert not r["ok"]
@@ -134,20 +216,49 @@ def test_audit_catches_forged_budget_state():
     from node.core.crypto import SigningKey
     from node.core.dna import Dna
     from zomes import ROSE_FOREST
+
     key = SigningKey(b"k" * 32)
     dna = Dna.for_app(ROSE_FOREST)
-    g = Signed.sign({"type": "genesis", "author": key.public, "seq": 0, "prev": None, "ts": 0,
-                     "dna": dna.hash}, key)
-    a = Signed.sign({"type": "charge", "author": key.public, "seq": 1, "prev": g.hash, "ts": 1,
-                     "count": 3, "budget": {"op": "recall_understandings", "cost": 300, "ws": 0,
-                                            "rem": 100_000}}, key)
+    g = Signed.sign(
+        {"type": "genesis", "author": key.public, "seq": 0, "prev": None, "ts": 0, "dna": dna.hash},
+        key,
+    )
+    a = Signed.sign(
+        {
+            "type": "charge",
+            "author": key.public,
+            "seq": 1,
+            "prev": g.hash,
+            "ts": 1,
+            "count": 3,
+            "budget": {"op": "recall_understandings", "cost": 300, "ws": 0, "rem": 100_000},
+        },
+        key,
+    )
     problems, _ = audit_chain([g, a], dna)
     assert problems and "forged BudgetState" in problems[0]
 
 
 def test_ci_sweep(capsys):
-    code = sim_main(["--seeds", "1-5", "--nodes", "10", "--agents", "20", "--hours", "0.25",
-                     "--loss", "0.01", "--partition", "50/50@10m-15m", "--rogue", "1", "--json"])
+    code = sim_main(
+        [
+            "--seeds",
+            "1-5",
+            "--nodes",
+            "10",
+            "--agents",
+            "20",
+            "--hours",
+            "0.25",
+            "--loss",
+            "0.01",
+            "--partition",
+            "50/50@10m-15m",
+            "--rogue",
+            "1",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
     assert out["seeds"] == 5 and out["violations"] == 0 and out["failed"] == []
@@ -161,6 +272,7 @@ def test_mixed_fault_seeds_pass_and_their_replay_commands_rebuild_them():
 
     from sims.cli import _configure, config_from_args
     from sims.mixed import mixed
+
     kinds = set()
     for seed in (3, 11):
         cfg = mixed(seed, nodes=6, hours=0.25)
@@ -181,20 +293,31 @@ def test_a_restart_racing_the_liveness_phase_starts_one_node_not_two():
     same store. The twin took over the node's address, so the node the checker watched never
     heard a reply again and the run could not converge."""
     from sims.mixed import mixed
+
     cfg = mixed(412830)
     assert cfg.churn > 0
     r = run(cfg)
     assert r["ok"], r["invariant_violations"][:3]
 
 
-@pytest.mark.parametrize("seed, what", [
-    (460159, "a recheck pass that ended short was re-armed for later, and the publisher went "
-             "idle instead of waiting for it: an authority of the write's hash never got it"),
-    (470051, "after a three-way partition a node had dropped four peers and greeted one every "
-             "other gossip round: the one it had not re-admitted was an entry authority"),
-])
+@pytest.mark.parametrize(
+    "seed, what",
+    [
+        (
+            460159,
+            "a recheck pass that ended short was re-armed for later, and the publisher went "
+            "idle instead of waiting for it: an authority of the write's hash never got it",
+        ),
+        (
+            470051,
+            "after a three-way partition a node had dropped four peers and greeted one every "
+            "other gossip round: the one it had not re-admitted was an entry authority",
+        ),
+    ],
+)
 def test_mixed_seeds_that_once_failed_the_op_authority_invariant(seed, what):
     from sims.mixed import mixed
+
     r = run(mixed(seed))
     assert r["ok"], (what, r["invariant_violations"][:3])
     assert r["writes_missing_at_op_authorities"] == 0

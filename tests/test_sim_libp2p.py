@@ -1,5 +1,6 @@
 """The simulator's cross-check: the same Simulation on real libp2p hosts (127.0.0.1, wall-clock
 time). A short scenario, so this runs for about half a minute of real time."""
+
 import pytest
 
 from sims import SimConfig, run
@@ -7,10 +8,22 @@ from sims.cli import main as sim_main
 
 
 def test_a_scenario_runs_on_real_libp2p_hosts_and_converges():
-    cfg = SimConfig(seed=2, nodes=4, agents=8, hours=0.005, warmup=5, deadline=60,
-                    gossip_interval=1, publish_interval=0.3, request_timeout=2,
-                    actions_per_agent_hour=1500, grants_per_hour=200, rogue=1,
-                    rogue_modes=("skip_preflight",), transport="libp2p")
+    cfg = SimConfig(
+        seed=2,
+        nodes=4,
+        agents=8,
+        hours=0.005,
+        warmup=5,
+        deadline=60,
+        gossip_interval=1,
+        publish_interval=0.3,
+        request_timeout=2,
+        actions_per_agent_hour=1500,
+        grants_per_hour=200,
+        rogue=1,
+        rogue_modes=("skip_preflight",),
+        transport="libp2p",
+    )
     r = run(cfg)
     assert r["transport"] == "libp2p" and r["trace_hash"] is None
     assert r["invariant_violations"] == [] and r["converged"] and r["ok"]

@@ -1,6 +1,7 @@
 """The simulated transport on its own: latency, loss, duplication, timeouts and cancellation, on
 trio's virtual clock, with messages in flight held in the network's event heap and delivered by
 the clock."""
+
 import random
 
 import pytest
@@ -36,6 +37,7 @@ async def test_a_reply_takes_a_round_trip_and_a_lost_one_times_out(sim_clock):
     async def echo(peer, raw):
         seen.append((trio.current_time(), raw))
         return raw[::-1]
+
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, echo, latency=0.05, jitter=0.0)
         t0 = trio.current_time()
@@ -62,6 +64,7 @@ async def test_a_duplicated_request_runs_twice_and_is_answered_once(sim_clock):
             await release.wait()  # the second copy answers only after the first got home
             second_done.set()
         return b"%d" % k
+
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, handler, latency=0.05, jitter=0.0, dup=1.0)
         assert await a.request(b.peer_id, b"x") == b"1"
@@ -82,6 +85,7 @@ async def test_a_cancelled_caller_leaves_the_network_running(sim_clock):
         await release.wait()
         finished.set()
         return b"late"
+
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, slow, latency=0.05, jitter=0.0)
         with trio.move_on_after(1):
@@ -104,6 +108,7 @@ async def test_a_partition_blocks_and_a_departed_peer_is_unreachable(sim_clock):
     async def handler(peer, raw):
         served.append(peer)
         return b"fast"
+
     async with trio.open_nursery() as n:
         net, a, b = await _net(n, handler, latency=0.05, jitter=0.01)
         net.set_rules([lambda s, d: s == a.peer_id and d == b.peer_id])

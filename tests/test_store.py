@@ -1,6 +1,7 @@
 """The store on disk: tampering is reported (naming the agent), never silently used; the
 keystore is private and durable; two nodes on one directory never fork a chain; oversized
 input writes nothing."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,7 @@ from node.core.encoding import encode
 from node.core.errors import HeadMoved
 from node.core.validate import validate_chain
 from node.keystore import FILE, HEADER, RECORD
-from node.sdk import (BudgetError, InsufficientRU, InvalidInput, LocalNode, StoreCorrupted,
-                      TooLarge)
+from node.sdk import BudgetError, InsufficientRU, InvalidInput, LocalNode, StoreCorrupted, TooLarge
 from zomes import APP
 
 START = 1_730_678_400
@@ -70,12 +70,15 @@ def chain_len(node, agent_id) -> int:
 
 # -- tampering with chain.db
 
+
 async def test_untampered_store_reopens(tmp_path):
     agent_id, hashes = await populate(tmp_path)
     async with opened(tmp_path) as node:
         assert [node.get_record(h)["seq"] for h in hashes] == list(range(1, len(hashes) + 1))
-        assert node.get_record(hashes[-1])["content"] == {"content": "soil holds water",
-                                                        "tags": ["soil"]}
+        assert node.get_record(hashes[-1])["content"] == {
+            "content": "soil holds water",
+            "tags": ["soil"],
+        }
 
 
 async def test_flipped_bytes_in_an_action_body_are_reported(tmp_path):
@@ -101,8 +104,10 @@ async def test_edited_and_rehashed_action_is_reported(tmp_path):
     forged = Signed.from_wire(body, b"")
     action = dict(forged.action, ts=forged.action["ts"] + 1)
     new = Signed.sign(action, SigningKey(b"\x07" * 32))  # not alice's key
-    sql(tmp_path, ("UPDATE actions SET body=?, hash=? WHERE hash=?",
-                   (new.body, new.hash, raw(hashes[1]))))
+    sql(
+        tmp_path,
+        ("UPDATE actions SET body=?, hash=? WHERE hash=?", (new.body, new.hash, raw(hashes[1]))),
+    )
     err = await refused(tmp_path, agent_id)
     assert "bad_signature" in str(err)
 
@@ -110,23 +115,37 @@ async def test_edited_and_rehashed_action_is_reported(tmp_path):
 async def test_genesis_tampering_is_reported(tmp_path):
     agent_id, _ = await populate(tmp_path)
     pub = from_text("agent", agent_id)
-    sql(tmp_path, ("UPDATE actions SET body=substr(body, 1, length(body) - 1) "
-                   "WHERE author=? AND seq=0", (pub,)))
+    sql(
+        tmp_path,
+        (
+            "UPDATE actions SET body=substr(body, 1, length(body) - 1) WHERE author=? AND seq=0",
+            (pub,),
+        ),
+    )
     await refused(tmp_path, agent_id)
 
 
 @pytest.mark.parametrize("how", ["flip_byte", "other_valid_entry", "delete", "empty"])
 async def test_changed_entry_bytes_are_reported(tmp_path, how):
     agent_id, hashes = await populate(tmp_path)
-    [(eh, body)] = sql(tmp_path, ("SELECT e.hash, e.body FROM entries e JOIN actions a "
-                                  "ON a.entry=e.hash WHERE a.hash=?", (raw(hashes[3]),)))
+    [(eh, body)] = sql(
+        tmp_path,
+        (
+            "SELECT e.hash, e.body FROM entries e JOIN actions a ON a.entry=e.hash WHERE a.hash=?",
+            (raw(hashes[3]),),
+        ),
+    )
     if how == "flip_byte":
         bad = bytearray(body)
         bad[len(bad) // 2] ^= 0x20
         q = ("UPDATE entries SET body=? WHERE hash=?", (bytes(bad), eh))
     elif how == "other_valid_entry":
-        other = encode({"type": "understanding", "content": {
-            "subject": "s3", "predicate": "p", "object": "FORGED", "context": None}})
+        other = encode(
+            {
+                "type": "understanding",
+                "content": {"subject": "s3", "predicate": "p", "object": "FORGED", "context": None},
+            }
+        )
         q = ("UPDATE entries SET body=? WHERE hash=?", (other, eh))
     elif how == "delete":
         q = ("DELETE FROM entries WHERE hash=?", (eh,))
@@ -153,9 +172,11 @@ async def test_deleted_chain_head_row_is_reported(tmp_path):
     await refused(tmp_path, agent_id)
 
 
-@pytest.mark.parametrize("seq,which", [(None, 1), (2, 1), (9, None)],
-                         ids=["hash_of_an_older_action", "rewound_to_an_older_action",
-                              "ahead_of_the_chain"])
+@pytest.mark.parametrize(
+    "seq,which",
+    [(None, 1), (2, 1), (9, None)],
+    ids=["hash_of_an_older_action", "rewound_to_an_older_action", "ahead_of_the_chain"],
+)
 async def test_head_row_not_at_the_last_action_is_reported(tmp_path, seq, which):
     agent_id, hashes = await populate(tmp_path)
     pub = from_text("agent", agent_id)
@@ -171,8 +192,11 @@ async def test_swapped_signatures_are_reported(tmp_path):
     a, b = raw(hashes[1]), raw(hashes[2])
     [(sa,)] = sql(tmp_path, ("SELECT sig FROM actions WHERE hash=?", (a,)))
     [(sb,)] = sql(tmp_path, ("SELECT sig FROM actions WHERE hash=?", (b,)))
-    sql(tmp_path, ("UPDATE actions SET sig=? WHERE hash=?", (sb, a)),
-        ("UPDATE actions SET sig=? WHERE hash=?", (sa, b)))
+    sql(
+        tmp_path,
+        ("UPDATE actions SET sig=? WHERE hash=?", (sb, a)),
+        ("UPDATE actions SET sig=? WHERE hash=?", (sa, b)),
+    )
     err = await refused(tmp_path, agent_id)
     assert "bad_signature" in str(err)
 
@@ -188,14 +212,24 @@ async def test_steward_chain_tampering_names_the_steward(tmp_path):
     await populate(tmp_path)
     async with opened(tmp_path) as node:
         steward = node.steward.agent_id
-    sql(tmp_path, ("UPDATE actions SET sig=zeroblob(64) WHERE author=? AND seq=0",
-                   (from_text("agent", steward),)))
+    sql(
+        tmp_path,
+        (
+            "UPDATE actions SET sig=zeroblob(64) WHERE author=? AND seq=0",
+            (from_text("agent", steward),),
+        ),
+    )
     await refused(tmp_path, steward)
 
 
-@pytest.mark.parametrize("content", [b"this is not a database, just some text\n" * 100,
-                                     bytes(random.Random(1).randrange(256) for _ in range(8192)),
-                                     b"SQLite format 3\x00" + b"\xff" * 4080])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is not a database, just some text\n" * 100,
+        bytes(random.Random(1).randrange(256) for _ in range(8192)),
+        b"SQLite format 3\x00" + b"\xff" * 4080,
+    ],
+)
 async def test_garbage_chain_db_is_refused(tmp_path, content):
     (tmp_path / "chain.db").write_bytes(content)
     with pytest.raises(StoreCorrupted) as e:
@@ -223,6 +257,7 @@ async def test_truncated_chain_db_is_refused(tmp_path):
 
 # -- the keystore
 
+
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -241,10 +276,12 @@ async def test_keystore_is_private_and_reopening_restores_agents_chains_and_budg
 
     async with opened(tmp_path) as node:
         assert node.agents() == agents
-        assert {a: [s.hash for s in node.store.chain(from_text("agent", a))]
-                for a in agents} == chains
-        assert {a: (await (await node.agent(a)).budget_status()).to_dict()
-                for a in agents} == budgets
+        assert {
+            a: [s.hash for s in node.store.chain(from_text("agent", a))] for a in agents
+        } == chains
+        assert {
+            a: (await (await node.agent(a)).budget_status()).to_dict() for a in agents
+        } == budgets
         assert budgets[alice.agent_id]["remaining_mru"] == 100_000 - 4 * 3_000
         assert budgets[bob.agent_id]["remaining_mru"] == 100_000 - 33_000
         # the re-attached agents write on where they left off, with the keys they had
@@ -285,8 +322,9 @@ async def test_keystore_is_private_whatever_the_umask(tmp_path):
         assert len(node.agents()) == 3 and agent_id in node.agents()
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xff", encode([b"x" * 32]), HEADER[:-1],
-                                     HEADER + b"\x00" * RECORD * 2])
+@pytest.mark.parametrize(
+    "content", [b"", b"\xff\xff", encode([b"x" * 32]), HEADER[:-1], HEADER + b"\x00" * RECORD * 2]
+)
 async def test_damaged_keystore_is_refused(tmp_path, content):
     await populate(tmp_path, n=1)
     (tmp_path / FILE).write_bytes(content)
@@ -319,6 +357,7 @@ async def test_two_nodes_adding_agents_keep_each_others_keys(tmp_path):
 
 
 # -- compare-and-swap: two nodes, one directory, one agent
+
 
 async def test_two_writers_on_one_chain_never_fork_and_share_one_budget(tmp_path, monkeypatch):
     reloads = []
@@ -359,8 +398,10 @@ async def test_two_writers_on_one_chain_never_fork_and_share_one_budget(tmp_path
                 state = validate_chain(chain, node.dna, APP, node.store.entries_of(pub))
                 assert state.seq == 33 and state.budget.remaining_mru == 1_000
                 assert [s.hash for s in chain[1:]] == [raw(h) for h in written]
-                assert sql(tmp_path, ("SELECT count(*) FROM actions WHERE author=?",
-                                      (pub,)))[0][0] == 34
+                assert (
+                    sql(tmp_path, ("SELECT count(*) FROM actions WHERE author=?", (pub,)))[0][0]
+                    == 34
+                )
 
             # a new window: each node writes once more, still on one chain
             now[0] += DAY
@@ -373,8 +414,18 @@ async def test_two_writers_on_one_chain_never_fork_and_share_one_budget(tmp_path
             stale = n1.cells[pub].state  # n1 has not seen h2
             assert stale.seq == 34
             key = n1.keystore.get(pub)
-            fork = Signed.sign({"type": "charge", "author": pub, "seq": 35, "prev": stale.hash,
-                                "ts": stale.ts, "count": 1, "budget": {}}, key)
+            fork = Signed.sign(
+                {
+                    "type": "charge",
+                    "author": pub,
+                    "seq": 35,
+                    "prev": stale.hash,
+                    "ts": stale.ts,
+                    "count": 1,
+                    "budget": {},
+                },
+                key,
+            )
             with pytest.raises(HeadMoved):
                 await n1.store.append(fork, stale.seq, stale.hash)
             with pytest.raises(HeadMoved):  # and a second genesis for the same agent
@@ -389,18 +440,32 @@ async def test_two_writers_on_one_chain_never_fork_and_share_one_budget(tmp_path
 
 # -- oversized and invalid input through the SDK writes nothing
 
-@pytest.mark.parametrize("call", [
-    lambda a: a.add_knowledge("x" * 100_000),
-    lambda a: a.add_knowledge("ok", ["t" * 100_000]),
-    lambda a: a.add_knowledge("ok", ["t"] * 10_000),
-    lambda a: a.transmit_understanding("s" * 100_000, "p", "o"),
-    lambda a: a.transmit_understanding("s", "p", "o", context="c" * 100_000),
-    lambda a: a.create_thought_credential("t", "b" * 100_000),
-    lambda a: a.call("rose_forest", "add_knowledge", {"content": "x" * (1 << 20)}),
-    lambda a: a.add_knowledge(b"bytes, not text"),
-    lambda a: a.add_knowledge(""),
-], ids=["knowledge_100KB", "tag_100KB", "10k_tags", "subject_100KB", "context_100KB",
-        "credential_body_100KB", "call_1MB", "bytes_content", "empty_content"])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: a.add_knowledge("x" * 100_000),
+        lambda a: a.add_knowledge("ok", ["t" * 100_000]),
+        lambda a: a.add_knowledge("ok", ["t"] * 10_000),
+        lambda a: a.transmit_understanding("s" * 100_000, "p", "o"),
+        lambda a: a.transmit_understanding("s", "p", "o", context="c" * 100_000),
+        lambda a: a.create_thought_credential("t", "b" * 100_000),
+        lambda a: a.call("rose_forest", "add_knowledge", {"content": "x" * (1 << 20)}),
+        lambda a: a.add_knowledge(b"bytes, not text"),
+        lambda a: a.add_knowledge(""),
+    ],
+    ids=[
+        "knowledge_100KB",
+        "tag_100KB",
+        "10k_tags",
+        "subject_100KB",
+        "context_100KB",
+        "credential_body_100KB",
+        "call_1MB",
+        "bytes_content",
+        "empty_content",
+    ],
+)
 async def test_oversized_or_invalid_input_writes_nothing(tmp_path, call):
     async with opened(tmp_path) as node:
         alice = await node.new_agent()

@@ -2,6 +2,7 @@
 sharing a running node's store) never freezes the node: its handlers, gossip and timers run
 while its writes wait, in trio, for the lock; a write completes once the lock is free, exactly
 once, or, past the bound, is refused with StoreBusy having changed nothing."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ db.execute("COMMIT")
 
 
 def cluster(clock, paths, **kw):
-    return LocalCluster.open(n=len(paths), clock=lambda: clock[0], transport="memory",
-                             paths=paths, **kw)
+    return LocalCluster.open(
+        n=len(paths), clock=lambda: clock[0], transport="memory", paths=paths, **kw
+    )
 
 
 @contextmanager
@@ -52,8 +54,9 @@ def write_lock(path: str):
 
 
 def rows(node, author: bytes) -> list:
-    return node.store.db.execute("SELECT seq, hash FROM actions WHERE author=? ORDER BY seq",
-                                 (author,)).fetchall()
+    return node.store.db.execute(
+        "SELECT seq, hash FROM actions WHERE author=? ORDER BY seq", (author,)
+    ).fetchall()
 
 
 async def until(cond, c, timeout=60):
@@ -75,6 +78,7 @@ async def gossip_rounds(node, peer, n: int) -> None:
             if got[0] >= n:
                 seen.set()
         return await serve(sender, msg)
+
     peer._handlers["summary"] = counting
     try:
         with trio.fail_after(60):
@@ -84,7 +88,8 @@ async def gossip_rounds(node, peer, n: int) -> None:
 
 
 async def test_a_node_serves_while_another_connection_holds_the_write_lock(
-        clock, autojump_clock, tmp_path):
+    clock, autojump_clock, tmp_path
+):
     paths = [str(tmp_path / f"n{i}") for i in range(2)]
     async with cluster(clock, paths) as c:
         n0, n1 = c.nodes
@@ -129,7 +134,8 @@ async def test_a_node_serves_while_another_connection_holds_the_write_lock(
 
 
 async def test_a_lock_held_past_the_bound_refuses_writes_and_changes_nothing(
-        clock, autojump_clock, tmp_path):
+    clock, autojump_clock, tmp_path
+):
     paths = [str(tmp_path / f"n{i}") for i in range(2)]
     async with cluster(clock, paths) as c:
         n0, n1 = c.nodes
@@ -186,17 +192,36 @@ async def test_a_second_process_writing_to_the_store_does_not_stop_the_node(tmp_
         await c.await_consistency(timeout=30)
         before = rows(n0, pa)
         holder = await trio.lowlevel.open_process(
-            [sys.executable, "-c", HOLD_LOCK, store_path(paths[0])], cwd=str(ROOT),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            [sys.executable, "-c", HOLD_LOCK, store_path(paths[0])],
+            cwd=str(ROOT),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         call = None
         try:
             with trio.fail_after(30):
                 assert (await holder.stdout.receive_some(64)).startswith(b"locked")
             call = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "node.cli", "call", "--path", paths[0], "--agent",
-                 a.agent_id, "--json", "rose_forest", "add_knowledge",
-                 json.dumps({"content": "from another process"})],
-                cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "node.cli",
+                    "call",
+                    "--path",
+                    paths[0],
+                    "--agent",
+                    a.agent_id,
+                    "--json",
+                    "rose_forest",
+                    "add_knowledge",
+                    json.dumps({"content": "from another process"}),
+                ],
+                cwd=str(ROOT),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
             mine = {}
 
             async def write():
@@ -224,14 +249,13 @@ async def test_a_second_process_writing_to_the_store_does_not_stop_the_node(tmp_
                     p.kill()
         theirs = from_text("action", json.loads(out))
         got = rows(n0, pa)
-        assert got[:len(before)] == before and len(got) == len(before) + 2
-        assert {h for _, h in got[len(before):]} == {theirs, from_text("action", mine["h"])}
+        assert got[: len(before)] == before and len(got) == len(before) + 2
+        assert {h for _, h in got[len(before) :]} == {theirs, from_text("action", mine["h"])}
         # the node publishes the other process's write as its own
         await until(lambda: n1._head(pa) == got[-1], c)
 
 
-async def test_the_peer_cache_is_not_waited_for_and_is_saved_later(clock, autojump_clock,
-                                                                  tmp_path):
+async def test_the_peer_cache_is_not_waited_for_and_is_saved_later(clock, autojump_clock, tmp_path):
     """A cache flush (each gossip round) does not wait for the lock: it keeps what it could
     not save, and the next flush saves it."""
     paths = [str(tmp_path / f"n{i}") for i in range(2)]
@@ -250,6 +274,7 @@ async def test_the_peer_cache_is_not_waited_for_and_is_saved_later(clock, autoju
 async def test_status_of_a_store_needs_no_write_lock(tmp_path):
     """`budgetnode status --path` reads a store whose write lock another process holds."""
     from node.sdk import LocalNode
+
     path = str(tmp_path / "n")
     async with LocalNode.open(path=path) as node:
         a = await node.new_agent()
@@ -258,6 +283,11 @@ async def test_status_of_a_store_needs_no_write_lock(tmp_path):
         with trio.fail_after(60):
             p = await trio.run_process(
                 [sys.executable, "-m", "node.cli", "status", "--path", path, "--json"],
-                cwd=str(ROOT), capture_stdout=True, capture_stderr=True, env=env, check=False)
+                cwd=str(ROOT),
+                capture_stdout=True,
+                capture_stderr=True,
+                env=env,
+                check=False,
+            )
     assert p.returncode == 0, p.stderr.decode()
     assert a.agent_id in {x["agent_id"] for x in json.loads(p.stdout)["agents"]}

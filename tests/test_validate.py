@@ -3,6 +3,7 @@
 Bad actions are re-signed with the author's real key wherever the point is that the
 *content* breaks a rule, so the budget/integrity rule is what catches them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,20 @@ from node.core.errors import InvalidChain
 from node.core.validate import validate_chain
 from zomes import APP
 
-from chainkit import (ALICE, BOB, DAY_US, DNA, KNOWLEDGE, MALLORY, STEWARD, T0, US, Chain,
-                      make_grant, tweak)
+from chainkit import (
+    ALICE,
+    BOB,
+    DAY_US,
+    DNA,
+    KNOWLEDGE,
+    MALLORY,
+    STEWARD,
+    T0,
+    US,
+    Chain,
+    make_grant,
+    tweak,
+)
 
 
 def rejects(actions, reason, seq, *, dna=DNA, entries=None, now_us=None) -> InvalidChain:
@@ -42,20 +55,24 @@ def two_knowledge() -> Chain:
 
 # ---------------------------------------------------------------- good chains
 
+
 def test_good_chain_with_grants_window_resets_and_per_result_charges():
     c = Chain()
-    c.create(ts=T0 + 10 * US)                                    # 100 -> 67
-    c.charge(7, ts=T0 + 11 * US)                                 # 0.7 RU -> 66.3
-    c.create("understanding", {"subject": "s", "predicate": "p", "object": "o",
-                               "context": None}, ts=T0 + 12 * US)  # 3 -> 63.3
+    c.create(ts=T0 + 10 * US)  # 100 -> 67
+    c.charge(7, ts=T0 + 11 * US)  # 0.7 RU -> 66.3
+    c.create(
+        "understanding",
+        {"subject": "s", "predicate": "p", "object": "o", "context": None},
+        ts=T0 + 12 * US,
+    )  # 3 -> 63.3
     g, sig = make_grant(ALICE.public, 150_000, nonce=b"\x01" * 16)
-    c.claim(g, sig, ts=T0 + 13 * US)                             # capped at 200: +136.7
+    c.claim(g, sig, ts=T0 + 13 * US)  # capped at 200: +136.7
     assert c.actions[-1].action["budget"]["granted"] == 136_700
     assert c.actions[-1].action["budget"]["rem"] == 200_000
-    for i in range(6):                                           # 6 * 33 = 198 -> 2
+    for i in range(6):  # 6 * 33 = 198 -> 2
         c.create(content={"content": f"fact {i}", "tags": []}, ts=T0 + (20 + i) * US)
     assert c.state.remaining_mru == 2_000
-    c.charge(20, ts=T0 + 30 * US)                                # exactly 2 RU -> 0
+    c.charge(20, ts=T0 + 30 * US)  # exactly 2 RU -> 0
     assert c.state.remaining_mru == 0
     # the next window opens exactly one day after the first one's start
     c.create(ts=T0 + DAY_US)
@@ -63,8 +80,11 @@ def test_good_chain_with_grants_window_resets_and_per_result_charges():
     # a second grant in the new window, then a third window opened late
     g2, sig2 = make_grant(ALICE.public, 10_000, nonce=b"\x02" * 16)
     c.claim(g2, sig2, ts=T0 + DAY_US + US)
-    c.create("edge", {"from": b"\x01" * 32, "to": b"\x02" * 32, "relation": "rel"},
-             ts=T0 + 3 * DAY_US + 5 * US)
+    c.create(
+        "edge",
+        {"from": b"\x01" * 32, "to": b"\x02" * 32, "relation": "rel"},
+        ts=T0 + 3 * DAY_US + 5 * US,
+    )
     c.create("thought_credential", {"title": "t", "body": "b"}, ts=T0 + 3 * DAY_US + 6 * US)
 
     cs = ok(c, now_us=T0 + 3 * DAY_US + 6 * US)
@@ -99,6 +119,7 @@ def test_empty_chain_is_refused():
 
 
 # ---------------------------------------------------------------- signatures & linkage
+
 
 def test_bad_signature_tampered_body():
     c = two_knowledge()
@@ -137,7 +158,7 @@ def test_bad_seq_replayed_action():
 def test_bad_prev():
     c = two_knowledge()
     a, _ = c.create_action("knowledge", KNOWLEDGE, T0 + 3 * US)
-    a["prev"] = c.actions[1].hash   # a fork off an older action
+    a["prev"] = c.actions[1].hash  # a fork off an older action
     rejects(c.with_(c.signed(a)), "bad_prev", 3)
     a["prev"] = b"\x00" * 32
     rejects(c.with_(c.signed(a)), "bad_prev", 3)
@@ -173,6 +194,7 @@ def test_future_timestamp_only_with_a_clock():
 
 # ---------------------------------------------------------------- genesis
 
+
 def test_wrong_dna_in_genesis():
     other = Dna.for_app(APP, stewards=(STEWARD.public,), base_mru=1_000_000)
     c = Chain(dna=other)
@@ -194,6 +216,7 @@ def test_bad_genesis_with_prev_or_seq():
 
 
 # ---------------------------------------------------------------- the budget rules
+
 
 def test_wrong_cost_knowledge_recorded_as_cheap():
     c = two_knowledge()
@@ -245,12 +268,20 @@ def test_early_window_reset():
     for i in range(3):
         c.create(ts=T0 + (i + 1) * US)
     assert c.state.remaining_mru == 1_000
-    ts = T0 + DAY_US - 1   # one microsecond before the window may reset
+    ts = T0 + DAY_US - 1  # one microsecond before the window may reset
     body = entry_bytes("thought_credential", {"title": "t", "body": "b"})
-    a = {"type": "create", **c.header(ts), "entry_type": "thought_credential",
-         "entry": blake2b_256(body),
-         "budget": {"op": "create_thought_credential", "cost": 10_000, "ws": ts,
-                    "rem": DNA.base_mru - 10_000}}
+    a = {
+        "type": "create",
+        **c.header(ts),
+        "entry_type": "thought_credential",
+        "entry": blake2b_256(body),
+        "budget": {
+            "op": "create_thought_credential",
+            "cost": 10_000,
+            "ws": ts,
+            "rem": DNA.base_mru - 10_000,
+        },
+    }
     rejects(c.with_(c.signed(a)), "early_window_reset", 4)
     # one microsecond later the very same reset is legitimate
     a, body = c.create_action("thought_credential", {"title": "t", "body": "b"}, T0 + DAY_US)
@@ -262,8 +293,7 @@ def test_early_window_reset():
 def test_wrong_window_not_reset_when_it_must_be():
     c = two_knowledge()
     ts = T0 + DAY_US + 5 * US
-    a, _ = c.create_action("edge",
-                           {"from": b"\x01" * 32, "to": b"\x02" * 32, "relation": "r"}, ts)
+    a, _ = c.create_action("edge", {"from": b"\x01" * 32, "to": b"\x02" * 32, "relation": "r"}, ts)
     assert a["budget"]["ws"] == ts
     # keeps the old (exhausted-ish) window instead of opening the new one
     a = tweak(a, ws=T0, rem=c.state.remaining_mru - 3_000)
@@ -278,9 +308,13 @@ def test_over_spend_create():
     for i in range(3):
         c.create(ts=T0 + (i + 1) * US)
     # a fourth knowledge entry in the window: honest cost, the arithmetic it implies
-    a = {"type": "create", **c.header(T0 + 4 * US), "entry_type": "knowledge",
-         "entry": blake2b_256(entry_bytes("knowledge", KNOWLEDGE)),
-         "budget": {"op": "add_knowledge", "cost": 33_000, "ws": T0, "rem": 1_000 - 33_000}}
+    a = {
+        "type": "create",
+        **c.header(T0 + 4 * US),
+        "entry_type": "knowledge",
+        "entry": blake2b_256(entry_bytes("knowledge", KNOWLEDGE)),
+        "budget": {"op": "add_knowledge", "cost": 33_000, "ws": T0, "rem": 1_000 - 33_000},
+    }
     rejects(c.with_(c.signed(a)), "over_spend", 4)
     # also when it records a plausible non-negative remaining
     rejects(c.with_(c.signed(tweak(a, rem=0))), "over_spend", 4)
@@ -290,11 +324,15 @@ def test_over_spend_per_result_charge_by_one_result():
     c = Chain()
     for i in range(3):
         c.create(ts=T0 + (i + 1) * US)
-    c.charge(9, ts=T0 + 4 * US)                      # 1.0 - 0.9 = 0.1 RU left
-    a = c.charge_action(1, T0 + 5 * US)              # exactly affordable
+    c.charge(9, ts=T0 + 4 * US)  # 1.0 - 0.9 = 0.1 RU left
+    a = c.charge_action(1, T0 + 5 * US)  # exactly affordable
     assert a["budget"]["rem"] == 0
-    a2 = {"type": "charge", **c.header(T0 + 5 * US), "count": 2,
-          "budget": {"op": "recall_understandings", "cost": 200, "ws": T0, "rem": -100}}
+    a2 = {
+        "type": "charge",
+        **c.header(T0 + 5 * US),
+        "count": 2,
+        "budget": {"op": "recall_understandings", "cost": 200, "ws": T0, "rem": -100},
+    }
     rejects(c.with_(c.signed(a2)), "over_spend", 5)
     c.append(a)
     ok(c)
@@ -360,6 +398,7 @@ def test_unknown_action_type():
 
 # ---------------------------------------------------------------- grants
 
+
 def test_grant_claimed_twice():
     c = two_knowledge()
     g, sig = make_grant(ALICE.public, 10_000)
@@ -383,7 +422,7 @@ def test_grant_claimed_twice_across_a_window_reset():
 
 def test_grant_by_a_key_that_is_not_a_steward():
     c = two_knowledge()
-    g, sig = make_grant(ALICE.public, 100_000, signer=MALLORY)   # names and signed by mallory
+    g, sig = make_grant(ALICE.public, 100_000, signer=MALLORY)  # names and signed by mallory
     a = c.claim_action(g, sig, T0 + 3 * US)
     rejects(c.with_(c.signed(a)), "grant_not_by_steward", 3)
 
@@ -429,6 +468,7 @@ def test_grant_amount_out_of_range_is_malformed():
 
 # ---------------------------------------------------------------- entries
 
+
 def test_entry_bytes_not_matching_the_hash():
     c = two_knowledge()
     eh = c.actions[2].action["entry"]
@@ -449,10 +489,10 @@ def test_entry_of_another_type_than_the_action_says():
 
 def test_invalid_entry_content():
     c = two_knowledge()
-    bad = {"content": "", "tags": ["x"]}                  # empty knowledge
+    bad = {"content": "", "tags": ["x"]}  # empty knowledge
     a, body = c.create_action("knowledge", bad, T0 + 3 * US)
     rejects(c.with_(c.signed(a)), "entry_invalid", 3, entries=c.entries | {a["entry"]: body})
-    bad = {"content": "x", "tags": [], "owner": "me"}      # an unexpected field
+    bad = {"content": "x", "tags": [], "owner": "me"}  # an unexpected field
     a, body = c.create_action("knowledge", bad, T0 + 3 * US)
     rejects(c.with_(c.signed(a)), "entry_invalid", 3, entries=c.entries | {a["entry"]: body})
     bad = {"from": b"\x01" * 31, "to": b"\x02" * 32, "relation": "r"}
@@ -469,10 +509,21 @@ def test_entry_missing():
 
 # ---------------------------------------------------------------- malformed
 
-@pytest.mark.parametrize("field,value", [
-    ("seq", "3"), ("seq", True), ("ts", "1.5"), ("ts", None), ("author", b"\x01" * 31),
-    ("type", 7), ("entry", "not bytes"), ("entry", [1, 2]), ("entry_type", None),
-])
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("seq", "3"),
+        ("seq", True),
+        ("ts", "1.5"),
+        ("ts", None),
+        ("author", b"\x01" * 31),
+        ("type", 7),
+        ("entry", "not bytes"),
+        ("entry", [1, 2]),
+        ("entry_type", None),
+    ],
+)
 def test_malformed_header_fields(field, value):
     c = two_knowledge()
     a, _ = c.create_action("knowledge", KNOWLEDGE, T0 + 3 * US)
@@ -510,12 +561,14 @@ def test_charge_count_at_max_results_is_fine():
     c = Chain()
     g, sig = make_grant(ALICE.public, 100_000)
     c.claim(g, sig, ts=T0 + US)
-    c.charge(DNA.max_results, ts=T0 + 2 * US)   # 100 RU of reads
+    c.charge(DNA.max_results, ts=T0 + 2 * US)  # 100 RU of reads
     assert ok(c).budget.remaining_mru == 100_000
 
 
-@pytest.mark.parametrize("field,value", [("steward", STEWARD.public.hex()), ("steward", None),
-                                         ("amount", True), ("amount", "10000")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("steward", STEWARD.public.hex()), ("steward", None), ("amount", True), ("amount", "10000")],
+)
 def test_malformed_grant_fields(field, value):
     """Signed by the steward, so it is the shape that is refused, not the signature."""
     c = two_knowledge()
@@ -528,6 +581,7 @@ def test_malformed_grant_fields(field, value):
 
 def test_a_chain_longer_than_the_bound_is_refused_before_any_work(monkeypatch):
     from node.core import validate
+
     c = two_knowledge()
     monkeypatch.setattr(validate, "MAX_CHAIN", len(c.actions))
     assert ok(c).seq == 2

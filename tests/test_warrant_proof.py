@@ -1,6 +1,7 @@
 """What a node needs before it believes a warrant, and what it will not take as proof: a warrant
 reaches every node whoever holds the history, and nobody can frame an honest author with
 history or entry bytes of their own making."""
+
 import trio
 
 from node.core import warrant as W
@@ -12,15 +13,16 @@ from node.net.messages import Record
 from node.sdk import LocalCluster, Warranted
 
 
-
-
 def cluster(clock, **kw):
     return LocalCluster.open(clock=lambda: clock[0], transport="memory", **kw)
 
 
 def without_history(c, pub, seq, exclude=()):
-    return [n for n in c.nodes if n not in exclude and pub not in n.cells
-            and len(n.dht.records(pub, 0, seq)) < seq]
+    return [
+        n
+        for n in c.nodes
+        if n not in exclude and pub not in n.cells and len(n.dht.records(pub, 0, seq)) < seq
+    ]
 
 
 async def test_an_invalid_warrant_is_proven_with_history_its_sender_lacks(clock, autojump_clock):
@@ -33,13 +35,23 @@ async def test_an_invalid_warrant_is_proven_with_history_its_sender_lacks(clock,
                 break
         await c.await_consistency(timeout=60)
         pub = from_text("agent", rogue.agent_id)
-        w0 = min((w for n in c.nodes[:5] for w in n.warrants() if w.offender == pub),
-                 key=lambda w: w.body["seq"])  # the first offence: the history before it is valid
+        w0 = min(
+            (w for n in c.nodes[:5] for w in n.warrants() if w.offender == pub),
+            key=lambda w: w.body["seq"],
+        )  # the first offence: the history before it is valid
         s = w0.evidence()[0]
         assert w0.reason == "over_spend" and s.seq > 0
         # The same offence with the action alone as evidence: only the chain before it proves it.
-        w = W.make("invalid", pub, w0.reason, s.seq, [s], c.nodes[0].node_key,
-                   c.nodes[0].now_us(), entry=w0.body["entry"])
+        w = W.make(
+            "invalid",
+            pub,
+            w0.reason,
+            s.seq,
+            [s],
+            c.nodes[0].node_key,
+            c.nodes[0].now_us(),
+            entry=w0.body["entry"],
+        )
         lacking = without_history(c, pub, s.seq, exclude=(c.nodes[0],))
         assert len(lacking) >= 2, "r=1 on 6 nodes leaves most nodes without the history"
         receiver, sender = lacking[:2]
@@ -57,15 +69,31 @@ async def test_history_with_a_record_left_out_frames_nobody(clock, autojump_cloc
         pub = from_text("agent", a.agent_id)
         chain = c.nodes[0].store.chain(pub)
         s = chain[-1]
-        honest = [Record(x, c.nodes[0].dht.entry(x.action["entry"])
-                         if x.action.get("type") == "create" else None) for x in chain[:s.seq]]
+        honest = [
+            Record(
+                x,
+                c.nodes[0].dht.entry(x.action["entry"])
+                if x.action.get("type") == "create"
+                else None,
+            )
+            for x in chain[: s.seq]
+        ]
         framer = SigningKey(b"\x07" * 32)
-        w = W.make("invalid", pub, "over_spend", s.seq, [s], framer, c.nodes[0].now_us(),
-                   entry=c.nodes[0].dht.entry(s.action["entry"]))
+        w = W.make(
+            "invalid",
+            pub,
+            "over_spend",
+            s.seq,
+            [s],
+            framer,
+            c.nodes[0].now_us(),
+            entry=c.nodes[0].dht.entry(s.action["entry"]),
+        )
         receiver = without_history(c, pub, s.seq)[0]
 
         async def gapped(author, seq, source):  # the action before last left out
-            return honest[:seq - 2] + honest[seq - 1:] + honest[seq - 1:]
+            return honest[: seq - 2] + honest[seq - 1 :] + honest[seq - 1 :]
+
         receiver._fetch_prefix = gapped
         assert not await receiver._invalid_proven(w, c.nodes[0].id)
         assert pub not in receiver.warranted
@@ -81,8 +109,16 @@ async def test_wrong_entry_bytes_blame_the_messenger_not_the_author(clock, autoj
         prev = c.nodes[0].store.chain(pub)[-2]
         wrong = encode({"type": "knowledge", "content": {"content": "water is dry", "tags": []}})
         # A warrant made from wrong bytes is not believed...
-        w = W.make("invalid", pub, "entry_hash_mismatch", s.seq, [s, prev],
-                   SigningKey(b"\x07" * 32), c.nodes[0].now_us(), entry=wrong)
+        w = W.make(
+            "invalid",
+            pub,
+            "entry_hash_mismatch",
+            s.seq,
+            [s, prev],
+            SigningKey(b"\x07" * 32),
+            c.nodes[0].now_us(),
+            entry=wrong,
+        )
         for node in c.nodes:
             assert not await node._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[1].id)
         # ...and a node that is handed the action with wrong bytes refuses it without a warrant.
@@ -109,7 +145,8 @@ async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
 
 
 async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin(
-        clock, autojump_clock):
+    clock, autojump_clock
+):
     """An action that does not build on the action its author signed at the seq before proves
     a fork by itself, even to a node whose own copy of the chain holds the other twin, which
     the action does build on (seed 301172 of the mixed sweep: two honest nodes refused such a
@@ -126,12 +163,12 @@ async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin
         issuer = c.nodes[1]
         judge = c.nodes[2]
         assert judge.dht.in_chain(s1.hash) and judge.dht.in_chain(s2.hash)
-        framing = W.make("invalid", pub, "bad_prev", s2.seq, [s2, s1], issuer.node_key,
-                         issuer.now_us())
+        framing = W.make(
+            "invalid", pub, "bad_prev", s2.seq, [s2, s1], issuer.node_key, issuer.now_us()
+        )
         assert not await judge._receive_warrant(P.WarrantMsg.parse(framing.to_wire()), issuer.id)
         assert pub not in judge.warranted
-        w = W.make("invalid", pub, "bad_prev", s2.seq, [s2, twin], issuer.node_key,
-                   issuer.now_us())
+        w = W.make("invalid", pub, "bad_prev", s2.seq, [s2, twin], issuer.node_key, issuer.now_us())
         assert W.prev_mismatch_proven(w) and not W.prev_mismatch_proven(framing)
         assert await judge._receive_warrant(P.WarrantMsg.parse(w.to_wire()), issuer.id)
         assert pub in judge.warranted

@@ -1,6 +1,7 @@
 """What a warrant must be before anyone believes it. Any peer can sign a warrant with its own key,
 so every refusal below is for a warrant whose issuer signature is good: what is refused is the
 shape or the proof, never merely a bad signature."""
+
 import copy
 
 import pytest
@@ -12,12 +13,11 @@ from chainkit import ALICE, BOB, MALLORY, T0, Chain, key
 from node.core import warrant as W
 from node.core.action import Signed
 from node.core.encoding import encode, encode_trusted
-from node.core.errors import MalformedInput
 from node.core.crypto import from_text, to_text
 from node.sdk import LocalCluster
 
 ISSUER = key(7)
-PEER = key(9)          # a node operator's key: it signs the batches it publishes
+PEER = key(9)  # a node operator's key: it signs the batches it publishes
 RECIPIENT = key(10)
 
 
@@ -42,25 +42,33 @@ def fork(a: Signed, b: Signed) -> W.Warrant:
 
 # -- from_wire: the shape, and the issuer's signature over it
 
+
 def test_a_warrant_survives_the_wire_unchanged():
     _, s1, s2 = two_creates()
-    w = W.make("invalid", ALICE.public, "over_spend", s2.seq, [s2, s1], ISSUER, T0,
-               entry=b"entry bytes")
+    w = W.make(
+        "invalid", ALICE.public, "over_spend", s2.seq, [s2, s1], ISSUER, T0, entry=b"entry bytes"
+    )
     got = W.from_wire(signed_wire(w.body))
     assert got is not None and got.hash == w.hash and got.body == w.body
     assert got.evidence() == [s2, s1] and got.issuer == ISSUER.public
-    assert got.to_dict() == {"agent_id": to_text("agent", ALICE.public), "kind": "invalid",
-                             "reason": "over_spend", "issuer": to_text("agent", ISSUER.public),
-                             "seq": s2.seq}
+    assert got.to_dict() == {
+        "agent_id": to_text("agent", ALICE.public),
+        "kind": "invalid",
+        "reason": "over_spend",
+        "issuer": to_text("agent", ISSUER.public),
+        "seq": s2.seq,
+    }
 
 
 def _mutations():
     """(name, how to spoil a well-formed invalid warrant's body) pairs; each is re-signed."""
+
     def drop(k):
         return lambda b: {x: v for x, v in b.items() if x != k}
 
     def put(k, v):
         return lambda b: {**b, k: v}
+
     return [
         ("unknown kind", put("kind", "slander")),
         ("kind missing", drop("kind")),
@@ -90,8 +98,9 @@ def test_a_warrant_of_the_wrong_shape_is_refused_not_raised(name, spoil):
     assert W.from_wire(signed_wire(spoil(copy.deepcopy(w.body)))) is None
 
 
-@pytest.mark.parametrize("wire", [None, "warrant", [1, 2], {"sig": b"s" * 64},
-                                  {"body": [1], "sig": b"s" * 64}])
+@pytest.mark.parametrize(
+    "wire", [None, "warrant", [1, 2], {"sig": b"s" * 64}, {"body": [1], "sig": b"s" * 64}]
+)
 def test_a_warrant_that_is_not_a_map_with_a_body_map_is_refused(wire):
     assert W.from_wire(wire) is None
 
@@ -99,7 +108,7 @@ def test_a_warrant_that_is_not_a_map_with_a_body_map_is_refused(wire):
 def test_the_issuer_signature_must_cover_the_body_as_sent():
     _, _, s2 = two_creates()
     w = W.make("invalid", ALICE.public, "over_spend", s2.seq, [s2], ISSUER, T0)
-    assert W.from_wire({"body": w.body, "sig": w.sig.hex()}) is None          # sig not bytes
+    assert W.from_wire({"body": w.body, "sig": w.sig.hex()}) is None  # sig not bytes
     assert W.from_wire({"body": w.body, "sig": BOB.sign(encode(w.body))}) is None  # not the issuer
     assert W.from_wire({"body": {**w.body, "reason": "fork"}, "sig": w.sig}) is None  # altered
 
@@ -115,12 +124,17 @@ def test_evidence_must_be_the_offenders_own_actions_at_the_seq_named():
     ]
     assert all(W.from_wire(w.to_wire()) is None for w in cases)
     # the same, told truthfully, are taken
-    assert W.from_wire(W.make("invalid", ALICE.public, "over_spend", s2.seq, [s2, s1],
-                              ISSUER, T0).to_wire()) is not None
+    assert (
+        W.from_wire(
+            W.make("invalid", ALICE.public, "over_spend", s2.seq, [s2, s1], ISSUER, T0).to_wire()
+        )
+        is not None
+    )
     assert W.from_wire(fork(s2, twin(s2)).to_wire()) is not None
 
 
 # -- fork warrants prove themselves
+
 
 def test_two_different_signed_actions_at_one_seq_prove_a_fork():
     _, _, s2 = two_creates()
@@ -147,12 +161,14 @@ def test_a_twin_the_author_did_not_sign_frames_nobody():
 
 def test_twins_prove_a_fork_only_in_a_fork_warrant():
     _, _, s2 = two_creates()
-    w = W.from_wire(W.make("peer", ALICE.public, "fork", s2.seq, [s2, twin(s2)], ISSUER,
-                           T0).to_wire())
+    w = W.from_wire(
+        W.make("peer", ALICE.public, "fork", s2.seq, [s2, twin(s2)], ISSUER, T0).to_wire()
+    )
     assert w is not None and not W.fork_proven(w) and not W.peer_proven(w)
 
 
 # -- bad_prev: the action before, as evidence, that the action does not build on
+
 
 def _bad_prev(evidence, kind="invalid", reason="bad_prev"):
     return W.make(kind, ALICE.public, reason, evidence[0].seq, evidence, ISSUER, T0)
@@ -163,21 +179,24 @@ def test_an_action_not_built_on_its_authors_action_before_proves_itself():
     assert W.prev_mismatch_proven(_bad_prev([s2, twin(s1)]))
 
 
-@pytest.mark.parametrize("case", ["builds on it", "other reason", "alone", "fork kind",
-                                  "before forged", "action forged"])
+@pytest.mark.parametrize(
+    "case", ["builds on it", "other reason", "alone", "fork kind", "before forged", "action forged"]
+)
 def test_bad_prev_is_not_proven_by(case):
     _, s1, s2 = two_creates()
-    w = {"builds on it": lambda: _bad_prev([s2, s1]),
-         "other reason": lambda: _bad_prev([s2, twin(s1)], reason="over_spend"),
-         "alone": lambda: _bad_prev([s2]),
-         "fork kind": lambda: _bad_prev([s2, twin(s1)], kind="fork"),
-         "before forged": lambda: _bad_prev([s2, twin(s1, MALLORY)]),
-         "action forged": lambda: _bad_prev([Signed.sign(s2.action, MALLORY), twin(s1)]),
-         }[case]()
+    w = {
+        "builds on it": lambda: _bad_prev([s2, s1]),
+        "other reason": lambda: _bad_prev([s2, twin(s1)], reason="over_spend"),
+        "alone": lambda: _bad_prev([s2]),
+        "fork kind": lambda: _bad_prev([s2, twin(s1)], kind="fork"),
+        "before forged": lambda: _bad_prev([s2, twin(s1, MALLORY)]),
+        "action forged": lambda: _bad_prev([Signed.sign(s2.action, MALLORY), twin(s1)]),
+    }[case]()
     assert not W.prev_mismatch_proven(w)
 
 
 # -- peer warrants: a peer signed a batch carrying an action whose signature is forged
+
 
 def forged_action() -> Signed:
     """An action naming Alice as its author, signed by Mallory."""
@@ -186,8 +205,9 @@ def forged_action() -> Signed:
 
 
 def peer_warrant(s: Signed, batch: dict | None, offender=PEER, n=1) -> W.Warrant:
-    return W.make("peer", offender.public, "bad_signature", s.action["seq"], [s] * n, ISSUER,
-                  T0, batch=batch)
+    return W.make(
+        "peer", offender.public, "bad_signature", s.action["seq"], [s] * n, ISSUER, T0, batch=batch
+    )
 
 
 def batch_of(*actions: Signed, by=PEER) -> dict:
@@ -205,24 +225,36 @@ def test_an_action_with_no_key_for_an_author_is_forged_whatever_its_signature():
     assert W.peer_proven(peer_warrant(s, batch_of(s)))
 
 
-@pytest.mark.parametrize("case", [
-    "honest action", "batch by another peer", "action not in the batch", "batch altered",
-    "no batch", "batch signature not bytes", "hashes not a list",
-    "two actions", "fork kind"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "honest action",
+        "batch by another peer",
+        "action not in the batch",
+        "batch altered",
+        "no batch",
+        "batch signature not bytes",
+        "hashes not a list",
+        "two actions",
+        "fork kind",
+    ],
+)
 def test_a_peer_is_not_proven_guilty_by(case):
     s, honest = forged_action(), two_creates()[2]
     good = batch_of(s)
-    w = {"honest action": lambda: peer_warrant(honest, batch_of(honest)),
-         "batch by another peer": lambda: peer_warrant(s, batch_of(s, by=BOB)),
-         "action not in the batch": lambda: peer_warrant(s, batch_of(honest)),
-         "batch altered": lambda: peer_warrant(s, {**good, "ts": T0 + 1}),
-         "no batch": lambda: peer_warrant(s, None),
-         "batch signature not bytes": lambda: peer_warrant(s, {**good, "sig": good["sig"].hex()}),
-         "hashes not a list": lambda: peer_warrant(s, {**good, "hashes": good["hashes"][0]}),
-         "two actions": lambda: peer_warrant(s, good, n=2),
-         "fork kind": lambda: W.make("fork", PEER.public, "bad_signature", s.action["seq"],
-                                     [s], ISSUER, T0, batch=good),
-         }[case]()
+    w = {
+        "honest action": lambda: peer_warrant(honest, batch_of(honest)),
+        "batch by another peer": lambda: peer_warrant(s, batch_of(s, by=BOB)),
+        "action not in the batch": lambda: peer_warrant(s, batch_of(honest)),
+        "batch altered": lambda: peer_warrant(s, {**good, "ts": T0 + 1}),
+        "no batch": lambda: peer_warrant(s, None),
+        "batch signature not bytes": lambda: peer_warrant(s, {**good, "sig": good["sig"].hex()}),
+        "hashes not a list": lambda: peer_warrant(s, {**good, "hashes": good["hashes"][0]}),
+        "two actions": lambda: peer_warrant(s, good, n=2),
+        "fork kind": lambda: W.make(
+            "fork", PEER.public, "bad_signature", s.action["seq"], [s], ISSUER, T0, batch=good
+        ),
+    }[case]()
     assert not W.peer_proven(w)
 
 
@@ -231,19 +263,23 @@ def test_a_batch_names_its_recipient_and_time_exactly():
     b = W.sign_batch(ops, RECIPIENT.public, T0, PEER)
     assert W.batch_ok(b, PEER.public) and not W.batch_ok(b, BOB.public)
     assert not W.batch_ok({**b, "to": BOB.public}, PEER.public)
-    for to, ts in ((RECIPIENT.public.hex(), T0), (RECIPIENT.public, float(T0)),
-                   (RECIPIENT.public, True)):
+    for to, ts in (
+        (RECIPIENT.public.hex(), T0),
+        (RECIPIENT.public, float(T0)),
+        (RECIPIENT.public, True),
+    ):
         with pytest.raises(MalformedInput):
             W.sign_batch(ops, to, ts, PEER)
 
 
 def test_only_the_authors_own_doing_is_proof():
-    assert not W.proves("future_timestamp")            # not yet, not invalid
+    assert not W.proves("future_timestamp")  # not yet, not invalid
     assert not any(W.proves(r) for r in W.MESSENGER_FAULTS)
     assert W.proves("over_spend") and W.proves("bad_prev")
 
 
 # -- at a node: a malformed warrant any peer can sign is refused, and nothing escapes
+
 
 async def test_a_node_refuses_malformed_warrants_without_raising(clock, autojump_clock):
     """Before warrant.from_wire checked the evidence pairs and the entry, these escaped from
@@ -257,8 +293,10 @@ async def test_a_node_refuses_malformed_warrants_without_raising(clock, autojump
         s1, s2 = c.nodes[0].store.chain(pub)[-2:]
         hostile = c.nodes[1]
         w = W.make("invalid", pub, "over_spend", s2.seq, [s2, s1], hostile.node_key, T0)
-        spoilt = [{**w.body, "entry": "water is wet"},           # reached validate_next's hash
-                  {**w.body, "evidence": [[s2.body]]}]           # unpacked as a pair
+        spoilt = [
+            {**w.body, "entry": "water is wet"},  # reached validate_next's hash
+            {**w.body, "evidence": [[s2.body]]},
+        ]  # unpacked as a pair
         judge = c.nodes[0]
         for body in spoilt:
             # refused at the edge: the typed parse (warrant.from_wire refuses them too, above)
@@ -267,6 +305,7 @@ async def test_a_node_refuses_malformed_warrants_without_raising(clock, autojump
         # and a well-formed one from the same hostile issuer is judged, not believed
         refused = judge.metrics["warrants_refused"]
         assert not await judge._receive_warrant(
-            P.WarrantMsg.parse(signed_wire(w.body, hostile.node_key)), hostile.id)
+            P.WarrantMsg.parse(signed_wire(w.body, hostile.node_key)), hostile.id
+        )
         assert judge.metrics["warrants_refused"] == refused + 1
         assert pub not in judge.warranted

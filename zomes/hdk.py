@@ -3,11 +3,12 @@
 A function declares nothing about budgets beyond its entry types (whose integrity
 definition names the paying operation); the node charges, the zome never does.
 """
+
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class ZomeFn:
     zome: str
     name: str
     fn: Callable
-    params: tuple          # parameter names after ctx
+    params: tuple  # parameter names after ctx
     required: frozenset
     writes: bool
 
@@ -23,9 +24,16 @@ class ZomeFn:
 def zome_fn(zome: str, writes: bool = True):
     def wrap(fn):
         sig = list(inspect.signature(fn).parameters.values())[1:]
-        fn.__zome_fn__ = ZomeFn(zome, fn.__name__, fn, tuple(p.name for p in sig),
-                                frozenset(p.name for p in sig if p.default is p.empty), writes)
+        fn.__zome_fn__ = ZomeFn(
+            zome,
+            fn.__name__,
+            fn,
+            tuple(p.name for p in sig),
+            frozenset(p.name for p in sig if p.default is p.empty),
+            writes,
+        )
         return fn
+
     return wrap
 
 

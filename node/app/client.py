@@ -4,6 +4,7 @@
 in-process AgentClient (one method table, `AgentMethods`), the same return types and the same
 typed errors, rebuilt from the wire by their code.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,11 @@ class Session:
                     self.lost = str(error_from_wire(msg["error"]))
         except ConnectionClosed as e:
             r = e.reason
-            self._fail(f"the node closed the connection ({r.code}{' ' + r.reason if r.reason else ''})"
-                       if r is not None else "the connection closed")
+            self._fail(
+                f"the node closed the connection ({r.code}{' ' + r.reason if r.reason else ''})"
+                if r is not None
+                else "the connection closed"
+            )
         except BudgetError as e:
             self._fail(f"the node sent an unreadable message ({e})")
             await self.ws.aclose()
@@ -98,8 +102,10 @@ class Session:
         finally:
             self._pending.pop(rid, None)
         if slot.msg is None:
-            raise ConnectionLost((self.lost or "the connection closed") + " before the node answered;"
-                                 " the call may have committed")
+            raise ConnectionLost(
+                (self.lost or "the connection closed") + " before the node answered;"
+                " the call may have committed"
+            )
         if "error" in slot.msg:
             raise error_from_wire(slot.msg["error"])
         return from_wire(slot.msg.get("result"))
@@ -182,11 +188,14 @@ def connect(url: str, *, token: str | None = None, agent: str | None = None, **k
 async def _open(url, token, agent, cls, *, connect_timeout: float = 10.0):
     token = token or os.environ.get(TOKEN_ENV)
     if not token:
-        raise NotAuthorized(f"no token: pass token= (printed by `budgetnode up`) or set {TOKEN_ENV}")
+        raise NotAuthorized(
+            f"no token: pass token= (printed by `budgetnode up`) or set {TOKEN_ENV}"
+        )
     with unwrap_single_errors():
         try:
-            ws_cm = open_websocket_url(url, max_message_size=1 << 21,
-                                       connect_timeout=connect_timeout, disconnect_timeout=5)
+            ws_cm = open_websocket_url(
+                url, max_message_size=1 << 21, connect_timeout=connect_timeout, disconnect_timeout=5
+            )
             ws = await ws_cm.__aenter__()
         except (OSError, HandshakeError, trio.TooSlowError, ValueError) as e:
             raise NodeUnreachable(f"cannot open {url}: {_why(e)}") from None

@@ -14,6 +14,7 @@ the subscriber then gets `{"type": "overflow", "dropped": n}` before the events 
 slow consumer never stalls the node nor loses the newest budget state (a budget event carries the
 whole state, not a delta).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,8 @@ class DropOldestQueue:
     def __init__(self, maxlen: int = MAX_QUEUED_EVENTS):
         self._items: deque = deque()
         self.maxlen = maxlen
-        self.dropped = 0            # in total
-        self._unreported = 0        # since the last overflow event
+        self.dropped = 0  # in total
+        self._unreported = 0  # since the last overflow event
         self._ready = trio.Event()
         self.closed = False
 

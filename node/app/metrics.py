@@ -1,5 +1,6 @@
 """A node's metrics in the Prometheus text format (prometheus_client's exposition), computed
 from the node's own state at each scrape: nothing is sampled in the background."""
+
 from __future__ import annotations
 
 import re
@@ -28,9 +29,24 @@ _HELP = {
 
 
 # Names this collector exports itself; a node counter by one of these names is not re-exported.
-_OWN = {"ru_used", "ru_remaining", "ru_resets_at_seconds", "agents", "refusals", "peers", "limbo",
-        "unpublished", "warrants", "warranted_agents", "app_connections", "app_calls_in_flight",
-        "app_calls", "app_subscribers", "app_events_queued", "app_events_dropped"}
+_OWN = {
+    "ru_used",
+    "ru_remaining",
+    "ru_resets_at_seconds",
+    "agents",
+    "refusals",
+    "peers",
+    "limbo",
+    "unpublished",
+    "warrants",
+    "warranted_agents",
+    "app_connections",
+    "app_calls_in_flight",
+    "app_calls",
+    "app_subscribers",
+    "app_events_queued",
+    "app_events_dropped",
+}
 
 
 class NodeCollector:
@@ -41,10 +57,14 @@ class NodeCollector:
     def collect(self):
         node = self.node
         used = GaugeMetricFamily(P + "ru_used", "RU used in the current window", labels=["agent"])
-        rem = GaugeMetricFamily(P + "ru_remaining", "RU remaining in the current window",
-                                labels=["agent"])
-        resets = GaugeMetricFamily(P + "ru_resets_at_seconds", "when the agent's window resets "
-                                   "(unix seconds)", labels=["agent"])
+        rem = GaugeMetricFamily(
+            P + "ru_remaining", "RU remaining in the current window", labels=["agent"]
+        )
+        resets = GaugeMetricFamily(
+            P + "ru_resets_at_seconds",
+            "when the agent's window resets (unix seconds)",
+            labels=["agent"],
+        )
         for cell in list(node.cells.values()):
             st = cell.budget_status()
             used.add_metric([cell.agent_id], st.used_mru / 1000)
@@ -66,32 +86,47 @@ class NodeCollector:
                 name = re.sub(r"[^a-zA-Z0-9_]", "_", str(key)).removesuffix("_total")
                 if name in _OWN:
                     continue
-                yield CounterMetricFamily(P + name, _HELP.get(key, key.replace("_", " ")),
-                                          value=counters.get(key, 0))
+                yield CounterMetricFamily(
+                    P + name, _HELP.get(key, key.replace("_", " ")), value=counters.get(key, 0)
+                )
             yield GaugeMetricFamily(P + "peers", "peers known", value=len(node.peers))
-            yield GaugeMetricFamily(P + "limbo", "received actions waiting for a dependency",
-                                    value=len(node.limbo))
-            yield GaugeMetricFamily(P + "unpublished", "own actions not yet held by enough "
-                                    "authorities", value=len(node.dht.unpublished(1 << 20)))
-            yield GaugeMetricFamily(P + "warrants", "warrants held",
-                                    value=len(node.warrants_by_hash))
-            yield GaugeMetricFamily(P + "warranted_agents", "agents (and peers) warranted",
-                                    value=len(node.warranted))
+            yield GaugeMetricFamily(
+                P + "limbo", "received actions waiting for a dependency", value=len(node.limbo)
+            )
+            yield GaugeMetricFamily(
+                P + "unpublished",
+                "own actions not yet held by enough authorities",
+                value=len(node.dht.unpublished(1 << 20)),
+            )
+            yield GaugeMetricFamily(
+                P + "warrants", "warrants held", value=len(node.warrants_by_hash)
+            )
+            yield GaugeMetricFamily(
+                P + "warranted_agents", "agents (and peers) warranted", value=len(node.warranted)
+            )
 
         s = self.server
         if s is not None:
-            yield GaugeMetricFamily(P + "app_connections", "open app-socket connections",
-                                    value=s.connections)
-            yield GaugeMetricFamily(P + "app_calls_in_flight", "calls being served",
-                                    value=s.calls_in_flight)
-            yield CounterMetricFamily(P + "app_calls", "calls served over the app socket",
-                                      value=s.calls_total)
-            yield GaugeMetricFamily(P + "app_subscribers", "subscriptions open",
-                                    value=len(s.hub.subscribers))
-            yield GaugeMetricFamily(P + "app_events_queued", "subscription events queued",
-                                    value=s.hub.queued())
-            yield CounterMetricFamily(P + "app_events_dropped", "subscription events dropped "
-                                      "(slow consumers; oldest first)", value=s.hub.dropped_total())
+            yield GaugeMetricFamily(
+                P + "app_connections", "open app-socket connections", value=s.connections
+            )
+            yield GaugeMetricFamily(
+                P + "app_calls_in_flight", "calls being served", value=s.calls_in_flight
+            )
+            yield CounterMetricFamily(
+                P + "app_calls", "calls served over the app socket", value=s.calls_total
+            )
+            yield GaugeMetricFamily(
+                P + "app_subscribers", "subscriptions open", value=len(s.hub.subscribers)
+            )
+            yield GaugeMetricFamily(
+                P + "app_events_queued", "subscription events queued", value=s.hub.queued()
+            )
+            yield CounterMetricFamily(
+                P + "app_events_dropped",
+                "subscription events dropped (slow consumers; oldest first)",
+                value=s.hub.dropped_total(),
+            )
 
 
 def registry_for(node, server=None) -> CollectorRegistry:

@@ -8,6 +8,7 @@ A call is never cancelled half-way: it runs shielded from its connection, so a c
 disconnects mid-call leaves the node to finish it (it commits fully or, if it was refused,
 not at all); only the reply is lost.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -22,17 +23,27 @@ from ..core.errors import BudgetError, InvalidInput, MalformedInput, NotAuthoriz
 from ..agent_api import refusals
 from . import metrics as M
 from .events import EventHub
-from .wire import (MAX_APP_MESSAGE, PROTOCOL_VERSION, Busy, InternalError, error_to_wire,
-                   from_wire, pack, request_id, to_wire, unpack)
+from .wire import (
+    MAX_APP_MESSAGE,
+    PROTOCOL_VERSION,
+    Busy,
+    InternalError,
+    error_to_wire,
+    from_wire,
+    pack,
+    request_id,
+    to_wire,
+    unpack,
+)
 
 AGENT_PATH = "/agent"
 METRICS_PATH = "/metrics"
 MAX_CONNECTIONS = 256
-MAX_CALLS_PER_CONNECTION = 32      # in flight; further requests wait (the socket is not read)
+MAX_CALLS_PER_CONNECTION = 32  # in flight; further requests wait (the socket is not read)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 8
 HELLO_TIMEOUT_S = 10.0
-CLOSE_POLICY = 1008                # websocket close code: refused (bad token, no hello)
-CLOSE_TRY_AGAIN = 1013             # too many connections
+CLOSE_POLICY = 1008  # websocket close code: refused (bad token, no hello)
+CLOSE_TRY_AGAIN = 1013  # too many connections
 
 log = logging.getLogger("budgetnode.app")
 
@@ -46,8 +57,14 @@ def new_token() -> str:
 def node_status(node) -> dict:
     """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants."""
     st = node.status()
-    out = {"dna": st["dna"], "path": st["path"], "agents": st["agents"], "peers": [],
-           "ops_pending": {"unpublished": 0, "limbo": 0}, "warrants": []}
+    out = {
+        "dna": st["dna"],
+        "path": st["path"],
+        "agents": st["agents"],
+        "peers": [],
+        "ops_pending": {"unpublished": 0, "limbo": 0},
+        "warrants": [],
+    }
     if hasattr(node, "dht"):
         listen = node.transport.listen_addrs()
         out.update(
@@ -55,17 +72,25 @@ def node_status(node) -> dict:
             peer_id=listen[0].rsplit("/p2p/", 1)[-1] if listen else None,
             listen=listen,
             peers=sorted(to_text("agent", p) for p in node.peers),
-            ops_pending={"unpublished": len(node.dht.unpublished(1 << 20)),
-                         "limbo": len(node.limbo)},
-            warrants=[w.to_dict() for w in node.warrants()])
+            ops_pending={
+                "unpublished": len(node.dht.unpublished(1 << 20)),
+                "limbo": len(node.limbo),
+            },
+            warrants=[w.to_dict() for w in node.warrants()],
+        )
     return out
 
 
 class AppServer:
-    def __init__(self, node, token: str | None = None, *,
-                 max_connections: int = MAX_CONNECTIONS,
-                 max_calls: int = MAX_CALLS_PER_CONNECTION,
-                 hello_timeout: float = HELLO_TIMEOUT_S):
+    def __init__(
+        self,
+        node,
+        token: str | None = None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_calls: int = MAX_CALLS_PER_CONNECTION,
+        hello_timeout: float = HELLO_TIMEOUT_S,
+    ):
         self.node = node
         self.token = token or new_token()
         self.max_connections = max_connections
@@ -80,7 +105,7 @@ class AppServer:
 
     @property
     def app_url(self) -> str:
-        return "ws" + self.http_url[len("http"):] + AGENT_PATH
+        return "ws" + self.http_url[len("http") :] + AGENT_PATH
 
     @property
     def metrics_url(self) -> str:
@@ -90,14 +115,17 @@ class AppServer:
         refusals(self.node)[code] += 1
 
     # -- running
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until cancelled; `task_status.started(self)` once the port is bound."""
         from hypercorn.config import Config
         from hypercorn.trio import serve
+
         config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host and not host.startswith("[")
-                       else f"{host}:{port}"]
+        config.bind = [
+            f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        ]
         config.websocket_max_message_size = MAX_APP_MESSAGE
         config.graceful_timeout = 2.0
         config.accesslog = None
@@ -129,15 +157,24 @@ class AppServer:
             status, ctype, body = 200, M.CONTENT_TYPE, M.render(self.registry)
         elif scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
             status, ctype = 200, "text/plain; charset=utf-8"
-            body = (f"budgetnode app server: websocket {AGENT_PATH}, metrics {METRICS_PATH}\n"
-                    ).encode()
+            body = (
+                f"budgetnode app server: websocket {AGENT_PATH}, metrics {METRICS_PATH}\n"
+            ).encode()
         else:
             status, ctype, body = 404, "text/plain; charset=utf-8", b"not found\n"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype.encode()),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body",
-                    "body": b"" if scope["method"] == "HEAD" else body})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
 
     async def _websocket(self, scope, receive, send) -> None:
         ev = await receive()
@@ -149,8 +186,13 @@ class AppServer:
         if self.connections >= self.max_connections:
             self.refused(Busy.code)
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN,
-                        "reason": "too many connections"})
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": CLOSE_TRY_AGAIN,
+                    "reason": "too many connections",
+                }
+            )
             return
         await send({"type": "websocket.accept"})
         self.connections += 1
@@ -219,8 +261,11 @@ class Connection:
             msg = unpack(ev.get("bytes") if ev.get("bytes") is not None else ev.get("text"))
             rid = request_id(msg)
             token = msg.get("token")
-            if msg.get("t") != "hello" or not isinstance(token, str) or not hmac.compare_digest(
-                    token.encode(), self.server.token.encode()):
+            if (
+                msg.get("t") != "hello"
+                or not isinstance(token, str)
+                or not hmac.compare_digest(token.encode(), self.server.token.encode())
+            ):
                 raise NotAuthorized("a connection starts with hello and the node's token")
             agent = msg.get("agent")
             with trio.CancelScope(shield=True):  # a new agent's genesis is written whole
@@ -235,11 +280,23 @@ class Connection:
             await self.send({"id": rid, "error": error_to_wire(e)})
             await self.close(CLOSE_POLICY, e.code)
             return False
-        await self.send({"id": rid, "result": to_wire({
-            "agent_id": self.cell.agent_id if self.cell else None,
-            "node": to_text("agent", self.node.id) if hasattr(self.node, "id") else None,
-            "dna": self.node.dna.hash_text, "version": PROTOCOL_VERSION,
-            "max_message": MAX_APP_MESSAGE, "max_calls": self.server.max_calls})})
+        await self.send(
+            {
+                "id": rid,
+                "result": to_wire(
+                    {
+                        "agent_id": self.cell.agent_id if self.cell else None,
+                        "node": to_text("agent", self.node.id)
+                        if hasattr(self.node, "id")
+                        else None,
+                        "dna": self.node.dna.hash_text,
+                        "version": PROTOCOL_VERSION,
+                        "max_message": MAX_APP_MESSAGE,
+                        "max_calls": self.server.max_calls,
+                    }
+                ),
+            }
+        )
         return True
 
     async def _serve_requests(self, receive) -> None:
@@ -267,9 +324,11 @@ class Connection:
             rid = request_id(msg)
             if rid is None:
                 raise MalformedInput("every request carries an integer id")
-            handler = getattr(self, "_on_" + str(msg.get("t")), None) \
-                if msg.get("t") in ("call", "get_record", "status", "subscribe", "unsubscribe") \
+            handler = (
+                getattr(self, "_on_" + str(msg.get("t")), None)
+                if msg.get("t") in ("call", "get_record", "status", "subscribe", "unsubscribe")
                 else None
+            )
             if handler is None:
                 raise MalformedInput(f"unknown request type {str(msg.get('t'))[:32]!r}")
             result = await handler(msg, rid)

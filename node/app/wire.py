@@ -18,6 +18,7 @@ a float is {"$": "float", "v": repr}, a BudgetStatus {"$": "BudgetStatus", "v": 
 an AllocationResult {"$": "AllocationResult", "v": map}, and a map that itself has a "$" key
 is escaped as {"$": "map", "v": [[key, value], ...]}.
 """
+
 from __future__ import annotations
 
 from dataclasses import fields as dc_fields
@@ -25,10 +26,16 @@ from dataclasses import fields as dc_fields
 from ..agent_api import RESULT_TYPES
 from ..core.budget import InsufficientRU
 from ..core.encoding import decode, encode
-from ..core.errors import (Busy, BudgetError, ConnectionLost, InternalError,  # noqa: F401
-                           InvalidChain, MalformedInput, TooLarge, error_class)
+from ..core.errors import (
+    BudgetError,
+    InternalError,  # noqa: F401
+    InvalidChain,
+    MalformedInput,
+    TooLarge,
+    error_class,
+)
 
-MAX_APP_MESSAGE = 1 << 20       # bytes in one message, either way
+MAX_APP_MESSAGE = 1 << 20  # bytes in one message, either way
 MAX_ID = (1 << 53) - 1
 PROTOCOL_VERSION = 1
 
@@ -75,7 +82,8 @@ def from_wire(v, typed: bool = True):
             raise MalformedInput(f"not a float: {inner!r}") from None
     if kind == "map":
         if not isinstance(inner, list) or not all(
-                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in inner):
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in inner
+        ):
             raise MalformedInput("an escaped map is a list of [key, value] pairs")
         return {k: from_wire(x, typed) for k, x in inner}
     if typed and kind in RESULT_TYPES and isinstance(inner, dict):
@@ -111,8 +119,12 @@ def request_id(msg: dict):
 # -- errors
 def error_to_wire(e: BudgetError) -> dict:
     if isinstance(e, InsufficientRU):
-        fields = {"need_mru": e.need_mru, "have_mru": e.have_mru, "resets_at": e.resets_at,
-                  "retry_after_s": e.retry_after_s}
+        fields = {
+            "need_mru": e.need_mru,
+            "have_mru": e.have_mru,
+            "resets_at": e.resets_at,
+            "retry_after_s": e.retry_after_s,
+        }
     elif isinstance(e, InvalidChain):
         fields = {"reason": e.reason, "seq": e.seq, "detail": e.detail}
     else:

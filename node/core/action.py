@@ -3,6 +3,7 @@
 An action's hash is the BLAKE2b-256 of its canonical bytes; the signature travels
 beside it, so the hash names the content alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ class Signed:
     hash: bytes
 
     @classmethod
-    def sign(cls, action: dict, key: SigningKey) -> "Signed":
+    def sign(cls, action: dict, key: SigningKey) -> Signed:
         body = encode(action)
         return cls(action, body, key.sign(body), blake2b_256(body))
 
     @classmethod
-    def from_wire(cls, body: bytes, sig: bytes) -> "Signed":
+    def from_wire(cls, body: bytes, sig: bytes) -> Signed:
         action = decode(body, MAX_ACTION_BYTES)
         if not isinstance(action, dict):
             raise MalformedInput("an action is a map")
@@ -37,7 +38,7 @@ class Signed:
         return cls(action, bytes(body), bytes(sig), blake2b_256(body))
 
     @classmethod
-    def from_store(cls, body: bytes, sig: bytes) -> "Signed":
+    def from_store(cls, body: bytes, sig: bytes) -> Signed:
         """An action read back from this node's own store (checked by from_wire on its way
         in); its hash is recomputed, so a caller can compare it with the key it was kept under."""
         action = decode_stored(body)
@@ -62,14 +63,22 @@ def entry_bytes(entry_type: str, content: dict) -> bytes:
     body = encode({"type": entry_type, "content": content})
     if len(body) > MAX_ENTRY_BYTES:
         from .errors import TooLarge
+
         raise TooLarge(f"entry of {len(body)} bytes exceeds {MAX_ENTRY_BYTES}")
     return body
 
 
-def grant_body(dna_hash: bytes, steward: bytes, grantee: bytes, amount_mru: int,
-               ts_us: int, nonce: bytes) -> dict:
-    return {"dna": dna_hash, "steward": steward, "grantee": grantee,
-            "amount": amount_mru, "ts": ts_us, "nonce": nonce}
+def grant_body(
+    dna_hash: bytes, steward: bytes, grantee: bytes, amount_mru: int, ts_us: int, nonce: bytes
+) -> dict:
+    return {
+        "dna": dna_hash,
+        "steward": steward,
+        "grantee": grantee,
+        "amount": amount_mru,
+        "ts": ts_us,
+        "nonce": nonce,
+    }
 
 
 def grant_hash(grant: dict) -> bytes:

@@ -2,11 +2,12 @@
 its integrity zomes (entry types, the operation that pays for each, how content is validated,
 which index keys make it findable, the cost table, the rules' version) and its coordinator
 functions. `zomes/` defines the Rose Forest app this way."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from collections.abc import Callable
 
 from .crypto import blake2b_256, to_text
 from .encoding import encode
@@ -16,19 +17,21 @@ from .errors import InvalidInput
 @dataclass(frozen=True)
 class EntryDef:
     name: str
-    op: str                                   # the cost-table operation that pays for it
-    validate: Callable[[dict], None]          # raises InvalidInput; must be deterministic
-    index: Callable[[dict], list] = lambda content: []   # [(kind, key)] for local lookups
-    keys: tuple = ()                          # the kinds `index` may return (in the DNA hash)
-    steward_only: bool = False                # only a DNA steward may write it (its op is free)
+    op: str  # the cost-table operation that pays for it
+    validate: Callable[[dict], None]  # raises InvalidInput; must be deterministic
+    index: Callable[[dict], list] = lambda content: []  # [(kind, key)] for local lookups
+    keys: tuple = ()  # the kinds `index` may return (in the DNA hash)
+    steward_only: bool = False  # only a DNA steward may write it (its op is free)
     present: Callable[[dict], dict] | None = None  # content as reads show it (readable ids)
 
     def index_of(self, content: dict) -> list:
         """The index keys of valid `content`; a kind the zome did not declare is its bug."""
         out = self.index(content)
         if any(kind not in self.keys for kind, _ in out):
-            raise ValueError(f"{self.name}: index kinds {sorted({k for k, _ in out})} "
-                             f"beyond the declared {list(self.keys)}")
+            raise ValueError(
+                f"{self.name}: index kinds {sorted({k for k, _ in out})} "
+                f"beyond the declared {list(self.keys)}"
+            )
         return out
 
 
@@ -37,13 +40,14 @@ class IntegrityZome:
     """One integrity zome. `rules_version` names its validation rules: bump it with any change
     to `validate` or `index` behaviour, so nodes running other rules are another network (the
     code itself cannot be hashed portably; the version is the author's word for it)."""
+
     name: str
     rules_version: int
     entry_defs: tuple
-    costs: dict                               # op -> milli-RU (per result for `per_result` ops)
-    per_result: tuple = ()                    # read ops charged per result returned
-    grant_entry: str | None = None            # the entry a steward records each grant in
-    claim_op: str | None = None               # the op a grantee's claim records (free)
+    costs: dict  # op -> milli-RU (per result for `per_result` ops)
+    per_result: tuple = ()  # read ops charged per result returned
+    grant_entry: str | None = None  # the entry a steward records each grant in
+    claim_op: str | None = None  # the op a grantee's claim records (free)
 
 
 class App:
@@ -66,7 +70,7 @@ class App:
             raise ValueError(f"ops without a cost: {sorted(unpriced - self.costs.keys())}")
         if self.grant_entry is not None and not self.entry_defs[self.grant_entry].steward_only:
             raise ValueError("the grant entry must be steward-only")
-        self.functions = dict(functions or {})   # (zome, fn) -> hdk.ZomeFn
+        self.functions = dict(functions or {})  # (zome, fn) -> hdk.ZomeFn
 
     @cached_property
     def fingerprint(self) -> bytes:
@@ -74,13 +78,25 @@ class App:
         op, index kinds and steward-only flag, costs, per-result ops, the grant entry and claim
         op, and each zome's rules version. The DNA carries it, so nodes whose validation
         rules differ are on different networks."""
-        return blake2b_256(encode([
-            {"zome": z.name, "rules_version": z.rules_version,
-             "entries": [[d.name, d.op, sorted(d.keys), d.steward_only]
-                         for d in sorted(z.entry_defs, key=lambda d: d.name)],
-             "costs": dict(z.costs), "per_result": sorted(z.per_result),
-             "grant_entry": z.grant_entry, "claim_op": z.claim_op}
-            for z in sorted(self.integrity, key=lambda z: z.name)]))
+        return blake2b_256(
+            encode(
+                [
+                    {
+                        "zome": z.name,
+                        "rules_version": z.rules_version,
+                        "entries": [
+                            [d.name, d.op, sorted(d.keys), d.steward_only]
+                            for d in sorted(z.entry_defs, key=lambda d: d.name)
+                        ],
+                        "costs": dict(z.costs),
+                        "per_result": sorted(z.per_result),
+                        "grant_entry": z.grant_entry,
+                        "claim_op": z.claim_op,
+                    }
+                    for z in sorted(self.integrity, key=lambda z: z.name)
+                ]
+            )
+        )
 
     def entry_def(self, name: str) -> EntryDef | None:
         return self.entry_defs.get(name)
@@ -99,12 +115,14 @@ def _one(zomes, attr: str):
 
 def readable_ids(**kinds: str) -> Callable[[dict], dict]:
     """A `present` that shows the named 32-byte fields (or lists of them) as text ids of `kind`."""
+
     def present(content: dict) -> dict:
         out = dict(content)
         for name, kind in kinds.items():
             v = out.get(name)
             out[name] = [to_text(kind, x) for x in v] if isinstance(v, list) else to_text(kind, v)
         return out
+
     return present
 
 

@@ -3,6 +3,7 @@
 The author's node and every validator call the same `charge`/`claim` functions, so
 "what the author wrote" and "what the network re-derives" cannot drift apart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def charge(state: BudgetState, cost_mru: int, ts_us: int, dna: Dna) -> BudgetSta
     s = roll(state, ts_us, dna)
     if cost_mru > s.remaining_mru:
         end_us = s.window_start_us + dna.window_us
-        raise InsufficientRU(cost_mru, s.remaining_mru, ceil_s(end_us),
-                             max(0, ceil_s(end_us - ts_us)))
+        raise InsufficientRU(
+            cost_mru, s.remaining_mru, ceil_s(end_us), max(0, ceil_s(end_us - ts_us))
+        )
     return BudgetState(s.window_start_us, s.remaining_mru - cost_mru, s.used_mru + cost_mru)
 
 
@@ -60,7 +62,7 @@ class BudgetStatus:
     remaining_mru: int
     used_mru: int
     window_start: int  # unix seconds
-    resets_at: int     # unix seconds
+    resets_at: int  # unix seconds
 
     @property
     def remaining_ru(self) -> float:
@@ -71,9 +73,14 @@ class BudgetStatus:
         return self.used_mru / MRU_PER_RU
 
     def to_dict(self) -> dict:
-        return {"remaining_ru": self.remaining_ru, "used_ru": self.used_ru,
-                "remaining_mru": self.remaining_mru, "used_mru": self.used_mru,
-                "window_start": self.window_start, "resets_at": self.resets_at}
+        return {
+            "remaining_ru": self.remaining_ru,
+            "used_ru": self.used_ru,
+            "remaining_mru": self.remaining_mru,
+            "used_mru": self.used_mru,
+            "window_start": self.window_start,
+            "resets_at": self.resets_at,
+        }
 
 
 def status(state: BudgetState, now_us: int, dna: Dna) -> BudgetStatus:

@@ -1,4 +1,5 @@
 """Hashes (BLAKE2b-256) and Ed25519 keys, and the readable text forms of ids."""
+
 from __future__ import annotations
 
 import base64
@@ -30,10 +31,11 @@ class SigningKey:
         self._sk = Ed25519PrivateKey.from_private_bytes(seed)
         self.seed = bytes(seed)
         self.public = self._sk.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     @classmethod
-    def generate(cls, randbytes) -> "SigningKey":
+    def generate(cls, randbytes) -> SigningKey:
         return cls(randbytes(KEY_LEN))
 
     def sign(self, data: bytes) -> bytes:
@@ -95,7 +97,7 @@ def from_text(kind: str, text) -> bytes:
     prefix = _PREFIX[kind]
     if not isinstance(text, str) or not text.startswith(prefix):
         raise InvalidInput(f"not a {kind} id: {text!r}")
-    body = text[len(prefix):]
+    body = text[len(prefix) :]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (ValueError, TypeError):

@@ -1,4 +1,5 @@
 """DHT routing, validation receipts, peer info: pure functions over bytes and keys."""
+
 from __future__ import annotations
 
 import bisect
@@ -62,8 +63,7 @@ class Ring:
                 lo, i, j = k, a, b
             else:
                 hi = k - 1
-        return [m for _, m in heapq.nsmallest(r, zip(map(t.__xor__, locs[i:j]),
-                                                     self.members[i:j]))]
+        return [m for _, m in heapq.nsmallest(r, zip(map(t.__xor__, locs[i:j]), self.members[i:j]))]
 
 
 def bases(s: Signed) -> list[bytes]:
@@ -99,10 +99,16 @@ def check_receipt(action_hash: bytes, validator: bytes, sig: bytes) -> bool:
     return verify(validator, sig, receipt_body(action_hash, validator))
 
 
-def peer_info(key: SigningKey, dna_hash: bytes, addrs: list[str], agents: list[bytes],
-              ts_us: int) -> dict:
-    body = {"peer": key.public, "dna": dna_hash, "addrs": list(addrs)[:16],
-            "agents": list(agents)[:1024], "ts": ts_us}
+def peer_info(
+    key: SigningKey, dna_hash: bytes, addrs: list[str], agents: list[bytes], ts_us: int
+) -> dict:
+    body = {
+        "peer": key.public,
+        "dna": dna_hash,
+        "addrs": list(addrs)[:16],
+        "agents": list(agents)[:1024],
+        "ts": ts_us,
+    }
     return {"body": body, "sig": key.sign(encode(body))}
 
 

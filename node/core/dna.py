@@ -4,6 +4,7 @@ Two nodes with different DNA hashes are on different networks: a change to any
 rule is a new network, so no peer can quietly run with cheaper costs. The cost table
 comes from the application (`Dna.for_app`); the core knows no application.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,48 +23,71 @@ class Dna:
     window_s: int = 86_400
     base_mru: int = 100 * MRU_PER_RU
     cap_mru: int = 200 * MRU_PER_RU
-    costs: dict = field(default_factory=dict)   # op -> milli-RU, from the app
+    costs: dict = field(default_factory=dict)  # op -> milli-RU, from the app
     per_result: tuple = ()
     stewards: tuple = ()
-    max_results: int = 1000          # bound on one recall, and so on one read charge
+    max_results: int = 1000  # bound on one recall, and so on one read charge
     max_future_us: int = 300_000_000  # authorities refuse actions stamped further ahead
-    integrity: bytes = b""           # the app's integrity fingerprint (core.app.App.fingerprint)
+    integrity: bytes = b""  # the app's integrity fingerprint (core.app.App.fingerprint)
 
     @classmethod
-    def for_app(cls, app, **rules) -> "Dna":
+    def for_app(cls, app, **rules) -> Dna:
         """A network running `app` (a core.app.App): its cost table and integrity fingerprint,
         and `rules` as given."""
-        return cls(costs=dict(app.costs), per_result=tuple(app.per_result),
-                   integrity=app.fingerprint, **rules)
+        return cls(
+            costs=dict(app.costs),
+            per_result=tuple(app.per_result),
+            integrity=app.fingerprint,
+            **rules,
+        )
 
     def check_app(self, app) -> None:
         """Refuse to run this network with `app` unless its integrity zomes are the ones the
         network was made with (so their costs and rules are the network's)."""
-        if app.fingerprint != self.integrity or dict(app.costs) != dict(self.costs) or \
-                tuple(app.per_result) != tuple(self.per_result):
-            raise WrongNetwork(f"network {self.hash_text} runs other integrity zomes than this "
-                               f"node's app (fingerprint {self.integrity.hex()[:16]}, this app's "
-                               f"{app.fingerprint.hex()[:16]}): nodes with different validation "
-                               f"rules are on different networks")
+        if (
+            app.fingerprint != self.integrity
+            or dict(app.costs) != dict(self.costs)
+            or tuple(app.per_result) != tuple(self.per_result)
+        ):
+            raise WrongNetwork(
+                f"network {self.hash_text} runs other integrity zomes than this "
+                f"node's app (fingerprint {self.integrity.hex()[:16]}, this app's "
+                f"{app.fingerprint.hex()[:16]}): nodes with different validation "
+                f"rules are on different networks"
+            )
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "version": self.version, "window_s": self.window_s,
-            "base_mru": self.base_mru, "cap_mru": self.cap_mru, "costs": dict(self.costs),
-            "per_result": list(self.per_result), "stewards": list(self.stewards),
-            "max_results": self.max_results, "max_future_us": self.max_future_us,
+            "name": self.name,
+            "version": self.version,
+            "window_s": self.window_s,
+            "base_mru": self.base_mru,
+            "cap_mru": self.cap_mru,
+            "costs": dict(self.costs),
+            "per_result": list(self.per_result),
+            "stewards": list(self.stewards),
+            "max_results": self.max_results,
+            "max_future_us": self.max_future_us,
             "integrity": self.integrity,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Dna":
+    def from_dict(cls, d: dict) -> Dna:
         if not isinstance(d.get("integrity"), bytes):
             raise ValueError("the DNA names no integrity fingerprint")
-        return cls(name=d["name"], version=d["version"], window_s=d["window_s"],
-                   base_mru=d["base_mru"], cap_mru=d["cap_mru"], costs=dict(d["costs"]),
-                   per_result=tuple(d["per_result"]), stewards=tuple(d["stewards"]),
-                   max_results=d["max_results"], max_future_us=d["max_future_us"],
-                   integrity=d["integrity"])
+        return cls(
+            name=d["name"],
+            version=d["version"],
+            window_s=d["window_s"],
+            base_mru=d["base_mru"],
+            cap_mru=d["cap_mru"],
+            costs=dict(d["costs"]),
+            per_result=tuple(d["per_result"]),
+            stewards=tuple(d["stewards"]),
+            max_results=d["max_results"],
+            max_future_us=d["max_future_us"],
+            integrity=d["integrity"],
+        )
 
     def encoded(self) -> bytes:
         return encode(self.to_dict())

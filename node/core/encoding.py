@@ -4,6 +4,7 @@ Only plain data crosses this boundary (maps with text keys, arrays, text, bytes,
 integers, booleans, null). Floats and tags are refused: money is integer milli-RU
 and hashes must not depend on a float's spelling.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,16 @@ def decode_stored(data: bytes):
     decode, would only repeat themselves. A store read that does not parse is still refused."""
     try:
         return cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
-            EOFError, MemoryError, UnicodeDecodeError) as e:
+    except (
+        cbor2.CBORDecodeError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        EOFError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise MalformedInput(f"invalid CBOR: {e}") from None
 
 
@@ -55,13 +64,23 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, canonical: bool = Tr
     buf = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(buf).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
-            EOFError, MemoryError, UnicodeDecodeError) as e:
+    except (
+        cbor2.CBORDecodeError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        EOFError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise MalformedInput(f"invalid CBOR: {e}") from None
     if buf.tell() != len(data):
         raise MalformedInput(f"{len(data) - buf.tell()} trailing bytes after CBOR item")
     _check(obj, 0, [0])
-    if canonical and cbor2.dumps(obj, canonical=True) != data:  # the walk above already vetted every item
+    if (
+        canonical and cbor2.dumps(obj, canonical=True) != data
+    ):  # the walk above already vetted every item
         raise MalformedInput("not canonical CBOR")
     return obj
 

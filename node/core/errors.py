@@ -6,6 +6,7 @@ code is what clients (and the wire protocol) rely on, never the message text. Ev
 defined here (the runtime's too: modules re-export them where they are raised), so the registry
 is complete without importing anything else.
 """
+
 from __future__ import annotations
 
 from functools import cache
@@ -57,6 +58,7 @@ class NotFound(BudgetError):
 
 class HeadMoved(BudgetError):
     """Another writer appended to this chain first; nothing was written."""
+
     code = "E_HEAD_MOVED"
 
 
@@ -66,6 +68,7 @@ class GrantAlreadyClaimed(BudgetError):
 
 class InvalidChain(BudgetError):
     """A chain (or one action of it) breaks a validation rule."""
+
     code = "E_INVALID_CHAIN"
 
     def __init__(self, reason: str, seq: int | None = None, detail: str = ""):
@@ -83,6 +86,7 @@ class StoreCorrupted(BudgetError):
 class StoreBusy(BudgetError):
     """Another network node already runs on this store (two would answer for one node key), or
     another process held the store's write lock past the bound a write waits for it."""
+
     code = "E_STORE_BUSY"
 
 
@@ -99,23 +103,32 @@ class InsufficientRU(BudgetError):
         self.have = have_mru / MRU_PER_RU
         self.resets_at = resets_at
         self.retry_after_s = retry_after_s
-        super().__init__(f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
-                         f"Budget resets at {resets_at}")
+        super().__init__(
+            f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
+            f"Budget resets at {resets_at}"
+        )
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "need_mru": self.need_mru,
-                "have_mru": self.have_mru, "resets_at": self.resets_at,
-                "retry_after_s": self.retry_after_s}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "need_mru": self.need_mru,
+            "have_mru": self.have_mru,
+            "resets_at": self.resets_at,
+            "retry_after_s": self.retry_after_s,
+        }
 
 
 class Warranted(BudgetError):
     """The network has warranted this agent: its writes are refused everywhere."""
+
     code = "E_WARRANTED"
 
 
 # -- the network
 class WrongNetwork(InvalidInput):
     """A DNA this node cannot run: another network's, or made for other integrity zomes."""
+
     code = "E_WRONG_NETWORK"
 
 
@@ -126,6 +139,7 @@ class PeerUnreachable(BudgetError):
 class MalformedReply(PeerUnreachable):
     """A reply that does not parse: the exchange failed, as if the peer had not answered (a
     messenger's garbage proves nothing about anyone else)."""
+
     code = "E_MALFORMED_REPLY"
 
 
@@ -149,6 +163,7 @@ class Busy(BudgetError):
 class ConnectionLost(BudgetError):
     """The socket closed before the node answered: the call may or may not have committed
     (check with budget_status or get_record before retrying a write)."""
+
     code = "E_CONNECTION_LOST"
 
 

@@ -1,4 +1,5 @@
 """Money: integer milli-RU, and how an amount reads (no floats on the way)."""
+
 from __future__ import annotations
 
 MRU_PER_RU = 1000

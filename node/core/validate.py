@@ -2,6 +2,7 @@
 BudgetState. The author's node runs it on open and before each append; authorities
 run the same steps on every op they receive.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ MAX_CHAIN = 10_000_000
 @dataclass(frozen=True, slots=True)
 class ChainState:
     """What a validator remembers about a chain after its last valid action."""
+
     author: bytes
     seq: int
     hash: bytes
@@ -62,8 +64,15 @@ def validate_genesis(s: Signed, dna: Dna, verify_sig: bool = True) -> ChainState
     return ChainState(author, 0, s.hash, ts, budget.initial(ts, dna), frozenset())
 
 
-def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | None = None,
-                  verify_sig: bool = True, now_us: int | None = None) -> ChainState:
+def validate_next(
+    cs: ChainState,
+    s: Signed,
+    dna: Dna,
+    app: App,
+    entry: bytes | None = None,
+    verify_sig: bool = True,
+    now_us: int | None = None,
+) -> ChainState:
     a = s.action
     seq, author, ts, typ = _header(a, cs.seq + 1)
     if author != cs.author:
@@ -93,7 +102,8 @@ def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | 
         if op != edef.op:
             raise InvalidChain("not_paid", seq, f"{et} is paid by {edef.op}, not {op!r}")
         if edef.steward_only and author not in dna.stewards:
-            # free only because only a steward records its grants; anyone else would write for nothing
+            # free only because only a steward records its grants; anyone else would write for
+            # nothing
             raise InvalidChain("not_paid", seq, f"only a steward may record {et}")
         expected_cost = dna.cost(op)
         if entry is not None:
@@ -117,13 +127,15 @@ def validate_next(cs: ChainState, s: Signed, dna: Dna, app: App, entry: bytes | 
     else:
         raise InvalidChain("unknown_action_type", seq, typ)
 
-    new_budget = _derive(cs.budget, rec, expected_cost, ts, dna, seq,
-                         amount if typ == "claim" else None)
+    new_budget = _derive(
+        cs.budget, rec, expected_cost, ts, dna, seq, amount if typ == "claim" else None
+    )
     return ChainState(author, seq, s.hash, ts, new_budget, claimed)
 
 
-def _derive(prev: BudgetState, rec: dict, cost: int, ts: int, dna: Dna, seq: int,
-            grant_mru: int | None) -> BudgetState:
+def _derive(
+    prev: BudgetState, rec: dict, cost: int, ts: int, dna: Dna, seq: int, grant_mru: int | None
+) -> BudgetState:
     for k in ("cost", "ws", "rem"):
         if not isinstance(rec.get(k), int) or isinstance(rec.get(k), bool):
             raise InvalidChain("malformed", seq, f"BudgetState field {k!r}")
@@ -143,8 +155,9 @@ def _derive(prev: BudgetState, rec: dict, cost: int, ts: int, dna: Dna, seq: int
         if rec.get("granted") != granted:
             raise InvalidChain("wrong_remaining", seq, "granted amount does not match the cap")
     if rec["rem"] != derived.remaining_mru:
-        raise InvalidChain("wrong_remaining", seq,
-                           f"recorded {rec['rem']} mRU, re-derived {derived.remaining_mru}")
+        raise InvalidChain(
+            "wrong_remaining", seq, f"recorded {rec['rem']} mRU, re-derived {derived.remaining_mru}"
+        )
     return derived
 
 
@@ -172,8 +185,9 @@ def _check_grant(a: dict, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes
 
 def _check_entry(body: bytes, eh: bytes, et: str, edef, seq: int) -> None:
     if blake2b_256(body) != eh:
-        raise InvalidChain("entry_hash_mismatch", seq,
-                           "entry bytes do not hash to the action's entry")
+        raise InvalidChain(
+            "entry_hash_mismatch", seq, "entry bytes do not hash to the action's entry"
+        )
     try:
         e = decode(body)
         if not isinstance(e, dict) or e.get("type") != et:
@@ -185,8 +199,13 @@ def _check_entry(body: bytes, eh: bytes, et: str, edef, seq: int) -> None:
         raise InvalidChain("entry_invalid", seq, str(err)) from None
 
 
-def validate_chain(actions: list[Signed], dna: Dna, app: App, entries: dict | None = None,
-                   now_us: int | None = None) -> ChainState:
+def validate_chain(
+    actions: list[Signed],
+    dna: Dna,
+    app: App,
+    entries: dict | None = None,
+    now_us: int | None = None,
+) -> ChainState:
     """Validate a whole chain from genesis; `entries` (hash -> bytes), when given, must hold
     every created entry. Returns the state after the last action."""
     if not actions:
@@ -210,8 +229,13 @@ def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
     """The chain state right after `prev`, read from the BudgetState `prev` records, if `prev`
     is the author-signed action `s` builds on; else None. Validating `s` from it checks the one
     step, not the history before it."""
-    if prev is None or prev.hash != s.action.get("prev") or prev.seq != s.seq - 1 or \
-            prev.action.get("author") != s.author or not verify(s.author, prev.sig, prev.body):
+    if (
+        prev is None
+        or prev.hash != s.action.get("prev")
+        or prev.seq != s.seq - 1
+        or prev.action.get("author") != s.author
+        or not verify(s.author, prev.sig, prev.body)
+    ):
         return None
     if prev.seq == 0:
         try:
@@ -219,8 +243,12 @@ def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
         except InvalidChain:
             return None
     rec, ts = prev.action.get("budget"), prev.action.get("ts")
-    if not isinstance(rec, dict) or type(ts) is not int or \
-            not all(type(rec.get(k)) is int for k in ("ws", "rem")):
+    if (
+        not isinstance(rec, dict)
+        or type(ts) is not int
+        or not all(type(rec.get(k)) is int for k in ("ws", "rem"))
+    ):
         return None
-    return ChainState(s.author, prev.seq, prev.hash, ts,
-                      budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset())
+    return ChainState(
+        s.author, prev.seq, prev.hash, ts, budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset()
+    )

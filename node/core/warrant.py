@@ -4,6 +4,7 @@ A fork warrant proves itself (two actions by one author at one seq). An invalid-
 warrant carries the action; a receiver re-runs the validator on it against its own
 view of the author's chain before it believes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,21 +59,42 @@ class Warrant:
         return {"body": self.body, "sig": self.sig}
 
     def to_dict(self) -> dict:
-        return {"agent_id": self.agent_id, "kind": self.kind, "reason": self.reason,
-                "issuer": to_text("agent", self.issuer), "seq": self.body["seq"]}
+        return {
+            "agent_id": self.agent_id,
+            "kind": self.kind,
+            "reason": self.reason,
+            "issuer": to_text("agent", self.issuer),
+            "seq": self.body["seq"],
+        }
 
 
 KINDS = ("fork", "invalid", "peer")
 
 
-def make(kind: str, offender: bytes, reason: str, seq: int, evidence: list[Signed],
-         issuer: SigningKey, ts_us: int, entry: bytes | None = None,
-         batch: dict | None = None) -> Warrant:
+def make(
+    kind: str,
+    offender: bytes,
+    reason: str,
+    seq: int,
+    evidence: list[Signed],
+    issuer: SigningKey,
+    ts_us: int,
+    entry: bytes | None = None,
+    batch: dict | None = None,
+) -> Warrant:
     """`entry` lets a receiver re-validate an invalid create; `batch` is a peer's signed
     publish batch (the proof that the peer itself sent an action with a forged signature)."""
-    body = {"kind": kind, "offender": offender, "reason": reason, "seq": seq,
-            "evidence": [[s.body, s.sig] for s in evidence], "issuer": issuer.public,
-            "ts": ts_us, "entry": entry, "batch": batch}
+    body = {
+        "kind": kind,
+        "offender": offender,
+        "reason": reason,
+        "seq": seq,
+        "evidence": [[s.body, s.sig] for s in evidence],
+        "issuer": issuer.public,
+        "ts": ts_us,
+        "entry": entry,
+        "batch": batch,
+    }
     raw = encode(body)
     return Warrant(body, issuer.sign(raw), blake2b_256(raw))
 
@@ -111,8 +133,9 @@ def from_wire(w) -> Warrant | None:
     if warrant.kind == "invalid" and len(ev) == 2:
         seqs[1] = body["seq"] - 1
     if warrant.kind != "peer" and any(
-            s.action.get("author") != warrant.offender or s.action.get("seq") != q
-            for s, q in zip(ev, seqs)):
+        s.action.get("author") != warrant.offender or s.action.get("seq") != q
+        for s, q in zip(ev, seqs)
+    ):
         return None
     return warrant
 
@@ -131,8 +154,11 @@ def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
 
 def batch_shape_ok(batch) -> bool:
     """A batch as sign_batch makes it, its signature not yet checked."""
-    return isinstance(batch, dict) and isinstance(batch.get("sig"), bytes) and \
-        isinstance(batch.get("hashes"), list)
+    return (
+        isinstance(batch, dict)
+        and isinstance(batch.get("sig"), bytes)
+        and isinstance(batch.get("hashes"), list)
+    )
 
 
 def batch_ok(batch, sender: bytes) -> bool:
@@ -152,8 +178,9 @@ def prev_mismatch_proven(w: Warrant) -> bool:
     if w.kind != "invalid" or w.reason != "bad_prev" or len(ev) != 2:
         return False
     s, before = ev  # from_wire checked both are the offender's, at seq and seq-1
-    return (s.action.get("prev") != before.hash
-            and all(verify(w.offender, a.sig, a.body) for a in ev))
+    return s.action.get("prev") != before.hash and all(
+        verify(w.offender, a.sig, a.body) for a in ev
+    )
 
 
 def peer_proven(w: Warrant) -> bool:
@@ -170,5 +197,9 @@ def peer_proven(w: Warrant) -> bool:
 
 def fork_proven(w: Warrant) -> bool:
     ev = w.evidence()
-    return (w.kind == "fork" and len(ev) == 2 and ev[0].hash != ev[1].hash
-            and all(verify(w.offender, s.sig, s.body) for s in ev))
+    return (
+        w.kind == "fork"
+        and len(ev) == 2
+        and ev[0].hash != ev[1].hash
+        and all(verify(w.offender, s.sig, s.body) for s in ev)
+    )

@@ -1,5 +1,6 @@
 """Several network nodes in one process: real libp2p hosts on 127.0.0.1, or the in-memory
 transport for fast tests."""
+
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,6 +21,7 @@ def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0"):
 
     def factory(seed, handler):
         return open_libp2p_transport(seed, handler, listen=(listen,))
+
     return factory
 
 
@@ -32,10 +34,20 @@ class LocalCluster:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, n: int = 3, clock=None, *, rogue=(), transport: str = "libp2p",
-                   r: int = dht.DEFAULT_R, gossip_interval: float = 0.5,
-                   publish_interval: float = 0.5, paths=None, rogue_modes=("skip_preflight",),
-                   app=None):
+    async def open(
+        cls,
+        n: int = 3,
+        clock=None,
+        *,
+        rogue=(),
+        transport: str = "libp2p",
+        r: int = dht.DEFAULT_R,
+        gossip_interval: float = 0.5,
+        publish_interval: float = 0.5,
+        paths=None,
+        rogue_modes=("skip_preflight",),
+        app=None,
+    ):
         """`rogue=(2,)` starts node 2 in the adversarial modes `rogue_modes` (by default it skips
         its own pre-flight); `rogue={2: "byzantine", 3: ("fork",)}` names each node's modes
         (node/net/rogue.py lists them; an unknown one is a ValueError). The adversary lives in
@@ -49,18 +61,29 @@ class LocalCluster:
                 nodes: list[NetNode] = []
                 for i in range(n):
                     bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
-                    factory_i, adversary = adversarial.plug(factory, modes_of.get(i, ()),
-                                                            f"byzantine:{i}")
-                    node = await stack.enter_async_context(NetNode.open(
-                        factory_i, path=paths[i] if paths else None, clock=clock,
-                        bootstrap=bootstrap, r=r, gossip_interval=gossip_interval,
-                        publish_interval=publish_interval,
-                        dna=nodes[0].dna if nodes else None, app=app, **adversary))
+                    factory_i, adversary = adversarial.plug(
+                        factory, modes_of.get(i, ()), f"byzantine:{i}"
+                    )
+                    node = await stack.enter_async_context(
+                        NetNode.open(
+                            factory_i,
+                            path=paths[i] if paths else None,
+                            clock=clock,
+                            bootstrap=bootstrap,
+                            r=r,
+                            gossip_interval=gossip_interval,
+                            publish_interval=publish_interval,
+                            dna=nodes[0].dna if nodes else None,
+                            app=app,
+                            **adversary,
+                        )
+                    )
                     nodes.append(node)
                 cluster = cls(nodes, network)
                 # a node that misbehaves on the wire owes nobody convergence
-                cluster.accountable = [node for i, node in enumerate(nodes)
-                                       if "byzantine" not in modes_of.get(i, ())]
+                cluster.accountable = [
+                    node for i, node in enumerate(nodes) if "byzantine" not in modes_of.get(i, ())
+                ]
                 for node in nodes:
                     node.on_change = cluster._changed
                 # Peers learnt after a node joined reach it by the next refresh; make it immediate.
@@ -88,7 +111,9 @@ class LocalCluster:
             while self.lagging():
                 await self._change.wait()
             return
-        raise ConsistencyTimeout(f"not consistent after {timeout} s: " + "; ".join(self.lagging()[:8]))
+        raise ConsistencyTimeout(
+            f"not consistent after {timeout} s: " + "; ".join(self.lagging()[:8])
+        )
 
     def state_hashes(self) -> list[bytes]:
         return [n.state_hash() for n in self.nodes]
@@ -125,8 +150,10 @@ def consistency_lag(nodes, labels=None, accountable=None) -> list[str]:
                 j, node = members[nid]
                 if nid in acc and node._head(pub) != want:
                     have = node._head(pub)
-                    problems.append(f"node {j} holds {to_text('agent', pub)[:12]}… at seq "
-                                    f"{None if have is None else have[0]}, node {i} is at {want[0]}")
+                    problems.append(
+                        f"node {j} holds {to_text('agent', pub)[:12]}… at seq "
+                        f"{None if have is None else have[0]}, node {i} is at {want[0]}"
+                    )
         if host.dht.unpublished(1):
             problems.append(f"node {i} has actions not yet published")
     for j, node in zip(labels, nodes):

@@ -5,6 +5,7 @@ authority, and the peer cache.
 
 Every write is awaited (`Store.write`): it waits for the write lock in trio, never in SQLite,
 and raises StoreBusy, having written nothing, if another process holds the lock too long."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -15,7 +16,8 @@ from ..core.errors import HeadMoved, StoreBusy
 from ..store import Store
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL, wire BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL,
+                                    wire BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS ops(hash BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
                                body BLOB NOT NULL, sig BLOB NOT NULL, entry BLOB);
 CREATE INDEX IF NOT EXISTS ops_by_author ON ops(author, seq);
@@ -58,54 +60,69 @@ class DhtStore:
         self._floor = 0
 
     async def set_meta(self, k: str, v: bytes) -> None:
-        await self.store.write(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)",
-                                                     (k, v)))
+        await self.store.write(
+            lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
+        )
 
     def foreign_authors(self) -> list[bytes]:
         return self.store.held_authors()
 
     def action_at(self, author: bytes, seq: int) -> Signed | None:
-        row = self.db.execute("SELECT body, sig FROM actions WHERE author=? AND seq=?",
-                              (author, seq)).fetchone()
+        row = self.db.execute(
+            "SELECT body, sig FROM actions WHERE author=? AND seq=?", (author, seq)
+        ).fetchone()
         return None if row is None else Signed.from_store(*row)
 
     def has_action(self, h: bytes) -> bool:
         """Held as part of a chain or as a single op."""
-        return self.db.execute("SELECT 1 FROM actions WHERE hash=? UNION ALL "
-                               "SELECT 1 FROM ops WHERE hash=?", (h, h)).fetchone() is not None
+        return (
+            self.db.execute(
+                "SELECT 1 FROM actions WHERE hash=? UNION ALL SELECT 1 FROM ops WHERE hash=?",
+                (h, h),
+            ).fetchone()
+            is not None
+        )
 
     def twin_of(self, s: Signed) -> Signed | None:
         """Another action held here (in a chain or alone) by `s`'s author at `s`'s seq."""
         row = self.db.execute(
             "SELECT body, sig FROM ops WHERE author=? AND seq=? AND hash!=? UNION ALL "
             "SELECT body, sig FROM actions WHERE author=? AND seq=? AND hash!=? LIMIT 1",
-            (s.author, s.seq, s.hash, s.author, s.seq, s.hash)).fetchone()
+            (s.author, s.seq, s.hash, s.author, s.seq, s.hash),
+        ).fetchone()
         return None if row is None else Signed.from_store(*row)
 
     def in_chain(self, h: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM actions WHERE hash=?", (h,)).fetchone() is not None
 
-    async def put_op(self, s: Signed, entry: bytes | None,
-                     unshown_from: bytes | None = None) -> None:
+    async def put_op(
+        self, s: Signed, entry: bytes | None, unshown_from: bytes | None = None
+    ) -> None:
         """An action held for its hash or entry basis: validated against the action before it,
         kept without the author's chain (the author-key authorities keep that). `unshown_from`:
         the sender, when the op still has to be shown to an author-key authority (kept with the
         op, so a crash does not forget it)."""
+
         def put(db):
-            db.execute("INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
-                       (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")))
+            db.execute(
+                "INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
+                (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")),
+            )
             if unshown_from is not None:
                 db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+
         await self.store.write(put)
 
     def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> bool:
         """The peer cache a restarted node starts from (one transaction per flush). A cache:
         while another process holds the write lock it is not waited for (False: not saved)."""
+
         def save(db):
             db.executemany("INSERT OR REPLACE INTO peer_infos VALUES (?,?)", infos.items())
             db.executemany("DELETE FROM peer_infos WHERE peer=?", [(p,) for p in forget])
+
         return self.store.try_write(save)
 
     def load_peers(self, limit: int) -> list[bytes]:
@@ -118,45 +135,69 @@ class DhtStore:
         await self.store.write(lambda db: db.execute("DELETE FROM unshown WHERE hash=?", (h,)))
 
     def op_record(self, h: bytes):
-        row = self.db.execute("SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
-                              "ON e.hash=o.entry WHERE o.hash=?", (h,)).fetchone()
+        row = self.db.execute(
+            "SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
+            "ON e.hash=o.entry WHERE o.hash=?",
+            (h,),
+        ).fetchone()
         return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
 
     def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
         """[body, sig, entry-or-None] for seq >= from_seq, in order."""
-        return [[b, s, e] for b, s, e in self.db.execute(
-            "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
-            "WHERE a.author=? AND a.seq>=? ORDER BY a.seq LIMIT ?", (author, from_seq, limit))]
+        return [
+            [b, s, e]
+            for b, s, e in self.db.execute(
+                "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
+                "WHERE a.author=? AND a.seq>=? ORDER BY a.seq LIMIT ?",
+                (author, from_seq, limit),
+            )
+        ]
 
     async def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
         """`s` onto its author's held chain, which must end at the action before it (the one
         `s` was validated against): while this write waited for the lock, another task may
         have stored this action (then nothing more is written) or another at its seq
         (HeadMoved, nothing written)."""
+
         def put(db):
             db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
             try:
-                cur = db.execute("INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
-                                 "VALUES (?,?,?,?,?,?,?)",
-                                 (s.hash, s.author, s.seq, s.action.get("entry_type"),
-                                  s.action.get("entry"), s.body, s.sig))
+                cur = db.execute(
+                    "INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (
+                        s.hash,
+                        s.author,
+                        s.seq,
+                        s.action.get("entry_type"),
+                        s.action.get("entry"),
+                        s.body,
+                        s.sig,
+                    ),
+                )
             except sqlite3.IntegrityError:  # UNIQUE(author, seq): something is there already
                 held = self.action_at(s.author, s.seq)
                 if held is not None and held.hash == s.hash:
                     return
-                raise HeadMoved("another action was stored at this seq first; nothing was "
-                                "written") from None
+                raise HeadMoved(
+                    "another action was stored at this seq first; nothing was written"
+                ) from None
             if entry is not None:
                 db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
             if index:
-                db.executemany("INSERT INTO idx VALUES (?,?,?)",
-                               [(k, key, cur.lastrowid) for k, key in index])
+                db.executemany(
+                    "INSERT INTO idx VALUES (?,?,?)", [(k, key, cur.lastrowid) for k, key in index]
+                )
+
         await self.store.write(put)
 
     # -- warrants
     async def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:
-        await self.store.write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO warrants VALUES (?,?,?)", (h, offender, wire)))
+        await self.store.write(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO warrants VALUES (?,?,?)", (h, offender, wire)
+            )
+        )
 
     def warrants(self) -> list[dict]:
         return [decode(r[0]) for r in self.db.execute("SELECT wire FROM warrants ORDER BY rowid")]
@@ -168,7 +209,8 @@ class DhtStore:
         rows = self.db.execute(
             "SELECT a.id, a.body, a.sig FROM actions a JOIN heads h ON a.author=h.author "
             "WHERE a.id>=? AND a.hash NOT IN (SELECT hash FROM published) ORDER BY a.id LIMIT ?",
-            (self._floor, limit)).fetchall()
+            (self._floor, limit),
+        ).fetchall()
         if rows:
             self._floor = rows[0][0]
         else:
@@ -179,7 +221,9 @@ class DhtStore:
         """Own actions (of the chains this store heads) past a row id, in order."""
         rows = self.db.execute(
             "SELECT a.id, a.body, a.sig FROM actions a JOIN heads h ON a.author=h.author "
-            "WHERE a.id>? ORDER BY a.id LIMIT ?", (after_id, limit)).fetchall()
+            "WHERE a.id>? ORDER BY a.id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
         return [(i, Signed.from_store(b, s)) for i, b, s in rows]
 
     async def add_receipts(self, rows: list[tuple[bytes, bytes, bytes]]) -> None:
@@ -187,12 +231,15 @@ class DhtStore:
         signature: the validator holds the op but signed nothing (not an author-key authority)."""
         if not rows:
             return
-        await self.store.write(lambda db: db.executemany(
-            "INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows))
+        await self.store.write(
+            lambda db: db.executemany("INSERT OR IGNORE INTO receipts VALUES (?,?,?)", rows)
+        )
 
     def receipts(self, h: bytes) -> list[list]:
-        return [[v, sig] for v, sig in self.db.execute(
-            "SELECT validator, sig FROM receipts WHERE hash=?", (h,))]
+        return [
+            [v, sig]
+            for v, sig in self.db.execute("SELECT validator, sig FROM receipts WHERE hash=?", (h,))
+        ]
 
     def receipted_by(self, h: bytes) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT validator FROM receipts WHERE hash=?", (h,))}
@@ -201,8 +248,9 @@ class DhtStore:
         return self.db.execute("SELECT 1 FROM published WHERE hash=?", (h,)).fetchone() is not None
 
     async def mark_published(self, h: bytes, receipts: int) -> None:
-        await self.store.write(lambda db: db.execute(
-            "INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts)))
+        await self.store.write(
+            lambda db: db.execute("INSERT OR REPLACE INTO published VALUES (?,?)", (h, receipts))
+        )
 
     def entry(self, h: bytes) -> bytes | None:
         row = self.db.execute("SELECT body FROM entries WHERE hash=?", (h,)).fetchone()

@@ -1,5 +1,6 @@
 """Gossip at a network node: heads and warrants swapped with one peer per round, so whatever
 publishing missed (a partition, a crash, a lost message) is fetched in the end."""
+
 from __future__ import annotations
 
 import trio
@@ -7,10 +8,10 @@ import trio
 from ..core.errors import BudgetError
 from . import protocol as P
 
-MAX_GOSSIP_BACKOFF = 2        # quiet rounds stretch the gossip interval up to this factor
-EAGER_EXCHANGE_S = 2.0        # peer swaps that bring news are repeated this soon...
-MAX_EAGER_EXCHANGES = 8       # ...this many times in a round
-PROBES_PER_ROUND = 4           # dropped peers greeted (in case they are back) in a round
+MAX_GOSSIP_BACKOFF = 2  # quiet rounds stretch the gossip interval up to this factor
+EAGER_EXCHANGE_S = 2.0  # peer swaps that bring news are repeated this soon...
+MAX_EAGER_EXCHANGES = 8  # ...this many times in a round
+PROBES_PER_ROUND = 4  # dropped peers greeted (in case they are back) in a round
 
 
 class Gossip:
@@ -30,16 +31,18 @@ class Gossip:
                 # several at once: after a long partition a node may have dropped many, and
                 # one every other round took longer than the liveness deadline (seed 470051)
                 async with trio.open_nursery() as n:
-                    for peer in self.rng.sample(sorted(self._dropped),
-                                                min(PROBES_PER_ROUND, len(self._dropped))):
+                    for peer in self.rng.sample(
+                        sorted(self._dropped), min(PROBES_PER_ROUND, len(self._dropped))
+                    ):
                         n.start_soon(self._probe_dropped, peer)
             if not self.peers:
                 for addr in self.bootstrap:  # a restarted node whose peers were away tries again
                     await self.join(addr)
                 continue
             try:
-                settling = trio.current_time() - self._membership_changed_at < \
-                    5 * self.gossip_interval
+                settling = (
+                    trio.current_time() - self._membership_changed_at < 5 * self.gossip_interval
+                )
                 # Every await may drop peers (3 failures in a row): choose after it, not before.
                 if (settling or rounds % 5 == 0) and self.peers:
                     # while membership is changing, swap peer infos every round, and again a
@@ -48,8 +51,9 @@ class Gossip:
                     for _ in range(MAX_EAGER_EXCHANGES):
                         if not got or not self.peers:
                             break
-                        await trio.sleep(min(self.gossip_interval, EAGER_EXCHANGE_S)
-                                         * (0.5 + self.rng.random()))
+                        await trio.sleep(
+                            min(self.gossip_interval, EAGER_EXCHANGE_S) * (0.5 + self.rng.random())
+                        )
                         got = await self._refresh_peers(self._random_peer())
                 if self.peers:
                     await self._gossip_with(self._gossip_partner())
@@ -91,8 +95,12 @@ class Gossip:
 
     async def _gossip_with(self, peer: bytes) -> None:
         mine = self._heads()
-        rep = await self._request(peer, "summary", heads=self._heads_for(peer, mine),
-                                  warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
+        rep = await self._request(
+            peer,
+            "summary",
+            heads=self._heads_for(peer, mine),
+            warranted=list(self.warranted)[: P.MAX_WARRANTED_NAMED],
+        )
         self.metrics["gossip_rounds"] += 1
         found = 0
         for w in rep.warrants:
@@ -103,7 +111,7 @@ class Gossip:
         push = [w.to_wire() for a, w in self.warranted.items() if a not in theirs]
         if push:
             try:
-                await self._request(peer, "warrants", warrants=push[:P.MAX_WARRANTS_PER_MESSAGE])
+                await self._request(peer, "warrants", warrants=push[: P.MAX_WARRANTS_PER_MESSAGE])
             except BudgetError:
                 pass  # the next round finds the gap again
         for author, (seq, h) in self._parse_heads(rep.heads).items():
@@ -124,17 +132,20 @@ class Gossip:
         mine = self._heads()
         for author, (seq, h) in theirs.items():
             have = mine.get(author)
-            if self._should_hold(author) and (have is None or seq > have[0] or
-                                              (seq == have[0] and h != have[1])):
+            if self._should_hold(author) and (
+                have is None or seq > have[0] or (seq == have[0] and h != have[1])
+            ):
                 self._spawn_fetch(author, peer, seq)
                 self._gossip_quiet = 0
         # The asker names the offenders it already holds proof for; one proof each of the
         # others is enough (sending every copy would re-send capped ones every round).
         known = set(msg.warranted)
         missing = [w.to_wire() for a, w in self.warranted.items() if a not in known]
-        return P.reply(heads=self._heads_for(peer, mine),
-                       warrants=missing[:P.MAX_WARRANTS_PER_MESSAGE],
-                       warranted=list(self.warranted)[:P.MAX_WARRANTED_NAMED])
+        return P.reply(
+            heads=self._heads_for(peer, mine),
+            warrants=missing[: P.MAX_WARRANTS_PER_MESSAGE],
+            warranted=list(self.warranted)[: P.MAX_WARRANTED_NAMED],
+        )
 
     def _heads_for(self, peer: bytes, mine: dict) -> list:
         """The heads `peer` should hold as an author-key authority (as this node sees the ring):

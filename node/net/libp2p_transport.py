@@ -10,12 +10,13 @@ proves the remote owns it, so the key handed to the handler is authenticated.
 Only this module imports libp2p. See docs/LIBP2P-NOTES.md for the traps the
 choices below avoid (numbers refer to it).
 """
+
 from __future__ import annotations
 
 import logging
 import struct
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -60,7 +61,9 @@ async def _read_exactly(stream, n: int) -> bytes:
         try:
             chunk = await stream.read(n - len(buf))
         except Exception as e:  # StreamEOF / StreamReset / StreamError
-            raise _FrameError(f"stream ended after {len(buf)} of {n} bytes ({type(e).__name__})") from e
+            raise _FrameError(
+                f"stream ended after {len(buf)} of {n} bytes ({type(e).__name__})"
+            ) from e
         if not chunk:
             raise _FrameError(f"stream ended after {len(buf)} of {n} bytes")
         buf += chunk
@@ -103,7 +106,7 @@ async def _reset(stream) -> None:
 class _ChangeNotifee(INotifee):
     """libp2p calls these after it has updated its connection table."""
 
-    def __init__(self, transport: "Libp2pTransport"):
+    def __init__(self, transport: Libp2pTransport):
         self._t = transport
 
     async def connected(self, network, conn) -> None:
@@ -128,8 +131,17 @@ class _ChangeNotifee(INotifee):
 class Libp2pTransport:
     """Satisfies node.net.transport.Transport. Made by open_libp2p_transport."""
 
-    def __init__(self, host, key_pair, protocol: str, handler: Handler, *,
-                 max_inbound: int, inbound_timeout: float, max_waiting: int = MAX_WAITING):
+    def __init__(
+        self,
+        host,
+        key_pair,
+        protocol: str,
+        handler: Handler,
+        *,
+        max_inbound: int,
+        inbound_timeout: float,
+        max_waiting: int = MAX_WAITING,
+    ):
         self.host = host  # the libp2p host; exposed for tests and diagnostics only
         self.peer_id: bytes = key_pair.public_key.to_bytes()
         self.libp2p_id: ID = host.get_id()
@@ -137,8 +149,8 @@ class Libp2pTransport:
         self._handler = handler
         self._limiter = trio.CapacityLimiter(max_inbound)
         self._max_waiting = max_waiting
-        self._waiting = 0                # inbound streams queued for the limiter
-        self.refused_inbound = 0         # streams reset because too many were queued
+        self._waiting = 0  # inbound streams queued for the limiter
+        self.refused_inbound = 0  # streams reset because too many were queued
         self._inbound_timeout = inbound_timeout
         self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
         self._closed = False
@@ -231,11 +243,14 @@ class Libp2pTransport:
         return key
 
     async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
-        """One framed request, one framed reply, on a fresh stream. PeerUnreachable on any failure."""
+        """One framed request, one framed reply, on a fresh stream. PeerUnreachable on any
+        failure."""
         if self._closed:
             raise PeerUnreachable("transport is closed")
         if len(payload) > MAX_FRAME:
-            raise PeerUnreachable(f"request of {len(payload)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+            raise PeerUnreachable(
+                f"request of {len(payload)} bytes exceeds MAX_FRAME ({MAX_FRAME})"
+            )
         pid = self._ids.get(peer)
         if pid is None:
             if len(peer) != 32:
@@ -358,8 +373,11 @@ async def open_libp2p_transport(
         key_pair=key_pair,
         # Noise only. The default also offers TLS, SECIO and *plaintext*, where the
         # peer's identity is merely claimed; a dialer could then impersonate any key.
-        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
-            key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+        sec_opt={
+            NOISE_PROTOCOL_ID: NoiseTransport(
+                key_pair, noise_privkey=create_x25519_key_pair().private_key
+            )
+        },
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=[multiaddr.Multiaddr(a) for a in listen],
         connection_config=config,
@@ -371,9 +389,15 @@ async def open_libp2p_transport(
     # ~200 connections. Keep it from starting: the node decides whom to dial.
     swarm.auto_connector.start = _no_autoconnect  # type: ignore[method-assign]
 
-    t = Libp2pTransport(host, key_pair, protocol, handler,
-                        max_inbound=max_inbound, inbound_timeout=inbound_timeout,
-                        max_waiting=max_waiting)
+    t = Libp2pTransport(
+        host,
+        key_pair,
+        protocol,
+        handler,
+        max_inbound=max_inbound,
+        inbound_timeout=inbound_timeout,
+        max_waiting=max_waiting,
+    )
     host.set_stream_handler(t.protocol, t._on_stream)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:

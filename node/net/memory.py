@@ -1,4 +1,5 @@
 """An in-memory Transport for unit tests: direct calls, with partitions and crashed peers."""
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -63,8 +64,11 @@ class MemoryTransport:
     async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
         await trio.lowlevel.checkpoint()
         handler = self.net.handlers.get(peer)
-        if handler is None or (self.peer_id, peer) in self.net.blocked \
-                or (peer, self.peer_id) in self.net.blocked:
+        if (
+            handler is None
+            or (self.peer_id, peer) in self.net.blocked
+            or (peer, self.peer_id) in self.net.blocked
+        ):
             raise PeerUnreachable(f"peer {peer.hex()[:12]} is unreachable")
         if len(payload) > MAX_FRAME:
             raise PeerUnreachable("request larger than a frame")

@@ -5,6 +5,7 @@ nothing else, so whoever holds a parsed value never indexes a raw map or unpacks
 Signatures and chain rules are still checked where they always were (the validator, the
 warrant checks, `dht.check_peer_info`): a well-shaped value is not yet a true one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from ..core.errors import BudgetError, MalformedInput
 HASH_LEN = 32
 MAX_OPS_PER_MESSAGE = 256  # actions in one publish (so hashes in its batch) or chain reply
 MAX_INT = (1 << 63) - 1
-MAX_ADDRS = 16            # addresses in one peer info (what dht.peer_info keeps)
+MAX_ADDRS = 16  # addresses in one peer info (what dht.peer_info keeps)
 MAX_ADDR_CHARS = 256
-MAX_AGENTS = 1024         # agents in one peer info (what dht.peer_info keeps)
-MAX_TEXT = 256            # a warrant's reason, a grant's nonce
+MAX_AGENTS = 1024  # agents in one peer info (what dht.peer_info keeps)
+MAX_TEXT = 256  # a warrant's reason, a grant's nonce
 MAX_NONCE = 64
 WARRANT_KINDS = ("fork", "invalid", "peer")
 
@@ -99,15 +100,19 @@ def entry_bytes(v, what: str = "an entry") -> bytes | None:
 @dataclass(frozen=True, slots=True)
 class Record:
     """A signed action with its entry (None for an action without one, or one not held)."""
+
     action: Signed
     entry: bytes | None
 
     @classmethod
-    def parse(cls, v) -> "Record":
+    def parse(cls, v) -> Record:
         body, sig, entry = need_list(v, "a record", 3, 3)
-        return cls(signed_action(body, sig, "a record's action"),
-                   need_bytes(entry, "a record's entry", most=MAX_ENTRY_BYTES)
-                   if entry is not None else None)
+        return cls(
+            signed_action(body, sig, "a record's action"),
+            need_bytes(entry, "a record's entry", most=MAX_ENTRY_BYTES)
+            if entry is not None
+            else None,
+        )
 
     def to_wire(self) -> list:
         return [self.action.body, self.action.sig, self.entry]
@@ -117,6 +122,7 @@ class Record:
 class PeerInfo:
     """A peer's signed info. Its network and signature are checked by whoever takes it in
     (`NetNode._add_peer`, through dht.check_peer_info)."""
+
     peer: bytes
     dna: bytes
     addrs: tuple[str, ...]
@@ -125,41 +131,61 @@ class PeerInfo:
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> "PeerInfo":
+    def parse(cls, v) -> PeerInfo:
         need_map(v, "a peer info", frozenset({"body", "sig"}))
-        body = need_map(v["body"], "a peer info's body",
-                        frozenset({"peer", "dna", "addrs", "agents", "ts"}))
-        return cls(key(body["peer"], "a peer info's peer"),
-                   digest(body["dna"], "a peer info's DNA"),
-                   tuple(need_text(a, "a peer address", MAX_ADDR_CHARS)
-                         for a in need_list(body["addrs"], "a peer info's addresses", MAX_ADDRS)),
-                   tuple(key(a, "a peer info's agent")
-                         for a in need_list(body["agents"], "a peer info's agents", MAX_AGENTS)),
-                   need_int(body["ts"], "a peer info's timestamp"),
-                   need_bytes(v["sig"], "a peer info's signature", size=SIG_LEN))
+        body = need_map(
+            v["body"], "a peer info's body", frozenset({"peer", "dna", "addrs", "agents", "ts"})
+        )
+        return cls(
+            key(body["peer"], "a peer info's peer"),
+            digest(body["dna"], "a peer info's DNA"),
+            tuple(
+                need_text(a, "a peer address", MAX_ADDR_CHARS)
+                for a in need_list(body["addrs"], "a peer info's addresses", MAX_ADDRS)
+            ),
+            tuple(
+                key(a, "a peer info's agent")
+                for a in need_list(body["agents"], "a peer info's agents", MAX_AGENTS)
+            ),
+            need_int(body["ts"], "a peer info's timestamp"),
+            need_bytes(v["sig"], "a peer info's signature", size=SIG_LEN),
+        )
 
     def to_wire(self) -> dict:
-        return {"body": {"peer": self.peer, "dna": self.dna, "addrs": list(self.addrs),
-                         "agents": list(self.agents), "ts": self.ts}, "sig": self.sig}
+        return {
+            "body": {
+                "peer": self.peer,
+                "dna": self.dna,
+                "addrs": list(self.addrs),
+                "agents": list(self.agents),
+                "ts": self.ts,
+            },
+            "sig": self.sig,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A publisher's signature over what it sent (`warrant.sign_batch`): evidence against it if
     an action it carried turns out forged. The signature is checked only then."""
+
     hashes: tuple[bytes, ...]
     to: bytes
     ts: int
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> "Batch":
+    def parse(cls, v) -> Batch:
         need_map(v, "a publish batch", frozenset({"hashes", "to", "ts", "sig"}))
-        return cls(tuple(digest(h, "a batch hash")
-                         for h in need_list(v["hashes"], "a batch's hashes", MAX_OPS_PER_MESSAGE)),
-                   key(v["to"], "a batch's recipient"),
-                   need_int(v["ts"], "a batch's timestamp"),
-                   need_bytes(v["sig"], "a batch's signature", size=SIG_LEN))
+        return cls(
+            tuple(
+                digest(h, "a batch hash")
+                for h in need_list(v["hashes"], "a batch's hashes", MAX_OPS_PER_MESSAGE)
+            ),
+            key(v["to"], "a batch's recipient"),
+            need_int(v["ts"], "a batch's timestamp"),
+            need_bytes(v["sig"], "a batch's signature", size=SIG_LEN),
+        )
 
     def to_wire(self) -> dict:
         return {"hashes": list(self.hashes), "to": self.to, "ts": self.ts, "sig": self.sig}
@@ -169,6 +195,7 @@ class Batch:
 class WarrantMsg:
     """A warrant's shape as `warrant.make` builds it. `warrant.from_wire(m.to_wire())` then
     checks its issuer's signature and that its evidence names the offender."""
+
     kind: str
     offender: bytes
     reason: str
@@ -181,50 +208,73 @@ class WarrantMsg:
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> "WarrantMsg":
+    def parse(cls, v) -> WarrantMsg:
         need_map(v, "a warrant", frozenset({"body", "sig"}))
-        b = need_map(v["body"], "a warrant's body", frozenset(
-            {"kind", "offender", "reason", "seq", "evidence", "issuer", "ts", "entry", "batch"}))
+        b = need_map(
+            v["body"],
+            "a warrant's body",
+            frozenset(
+                {"kind", "offender", "reason", "seq", "evidence", "issuer", "ts", "entry", "batch"}
+            ),
+        )
         if b["kind"] not in WARRANT_KINDS:
             raise MalformedInput(f"a warrant's kind is one of {WARRANT_KINDS}")
         evidence = []
         for pair in need_list(b["evidence"], "a warrant's evidence", 2, 1):
             s = action_pair(pair, "a warrant's evidence")
             evidence.append((s.body, s.sig))
-        return cls(b["kind"], key(b["offender"], "a warrant's offender"),
-                   need_text(b["reason"], "a warrant's reason"),
-                   need_int(b["seq"], "a warrant's seq", -1),
-                   tuple(evidence), key(b["issuer"], "a warrant's issuer"),
-                   need_int(b["ts"], "a warrant's timestamp"),
-                   entry_bytes(b["entry"], "a warrant's entry"),
-                   optional(b["batch"], Batch.parse),
-                   need_bytes(v["sig"], "a warrant's signature", size=SIG_LEN))
+        return cls(
+            b["kind"],
+            key(b["offender"], "a warrant's offender"),
+            need_text(b["reason"], "a warrant's reason"),
+            need_int(b["seq"], "a warrant's seq", -1),
+            tuple(evidence),
+            key(b["issuer"], "a warrant's issuer"),
+            need_int(b["ts"], "a warrant's timestamp"),
+            entry_bytes(b["entry"], "a warrant's entry"),
+            optional(b["batch"], Batch.parse),
+            need_bytes(v["sig"], "a warrant's signature", size=SIG_LEN),
+        )
 
     def to_wire(self) -> dict:
-        return {"body": {"kind": self.kind, "offender": self.offender, "reason": self.reason,
-                         "seq": self.seq, "evidence": [list(p) for p in self.evidence],
-                         "issuer": self.issuer, "ts": self.ts, "entry": self.entry,
-                         "batch": None if self.batch is None else self.batch.to_wire()},
-                "sig": self.sig}
+        return {
+            "body": {
+                "kind": self.kind,
+                "offender": self.offender,
+                "reason": self.reason,
+                "seq": self.seq,
+                "evidence": [list(p) for p in self.evidence],
+                "issuer": self.issuer,
+                "ts": self.ts,
+                "entry": self.entry,
+                "batch": None if self.batch is None else self.batch.to_wire(),
+            },
+            "sig": self.sig,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """One chain's head as a gossip summary names it."""
+
     author: bytes
     seq: int
     hash: bytes
 
     @classmethod
-    def parse(cls, v) -> "Head":
+    def parse(cls, v) -> Head:
         author, seq, h = need_list(v, "a head", 3, 3)
-        return cls(key(author, "a head's author"), need_int(seq, "a head's seq"),
-                   digest(h, "a head's hash"))
+        return cls(
+            key(author, "a head's author"),
+            need_int(seq, "a head's seq"),
+            digest(h, "a head's hash"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
     """A steward's grant as `action.grant_body` builds it (the claim checks it is true)."""
+
     dna: bytes
     steward: bytes
     grantee: bytes
@@ -233,13 +283,23 @@ class Grant:
     nonce: bytes
 
     @classmethod
-    def parse(cls, v) -> "Grant":
+    def parse(cls, v) -> Grant:
         need_map(v, "a grant", frozenset({"dna", "steward", "grantee", "amount", "ts", "nonce"}))
-        return cls(digest(v["dna"], "a grant's DNA"), key(v["steward"], "a grant's steward"),
-                   key(v["grantee"], "a grant's grantee"), need_int(v["amount"], "a grant's amount"),
-                   need_int(v["ts"], "a grant's timestamp"),
-                   need_bytes(v["nonce"], "a grant's nonce", most=MAX_NONCE))
+        return cls(
+            digest(v["dna"], "a grant's DNA"),
+            key(v["steward"], "a grant's steward"),
+            key(v["grantee"], "a grant's grantee"),
+            need_int(v["amount"], "a grant's amount"),
+            need_int(v["ts"], "a grant's timestamp"),
+            need_bytes(v["nonce"], "a grant's nonce", most=MAX_NONCE),
+        )
 
     def to_wire(self) -> dict:
-        return {"dna": self.dna, "steward": self.steward, "grantee": self.grantee,
-                "amount": self.amount, "ts": self.ts, "nonce": self.nonce}
+        return {
+            "dna": self.dna,
+            "steward": self.steward,
+            "grantee": self.grantee,
+            "amount": self.amount,
+            "ts": self.ts,
+            "nonce": self.nonce,
+        }

@@ -1,11 +1,12 @@
 """The R nearest members of a changing peer set, per basis: what `dht.nearest` answers, kept
 across peer-set changes instead of thrown away at each one."""
+
 from __future__ import annotations
 
 from ..core import dht
 
-MAX_ENTRIES = 1 << 16   # bases remembered; all are forgotten at once past this
-MAX_LOG = 1024          # peer-set changes remembered; an entry older than that is recomputed
+MAX_ENTRIES = 1 << 16  # bases remembered; all are forgotten at once past this
+MAX_LOG = 1024  # peer-set changes remembered; an entry older than that is recomputed
 
 
 class NearestCache:
@@ -18,8 +19,8 @@ class NearestCache:
     def __init__(self, r: int):
         self.r = r
         self._entries: dict[bytes, tuple[int, tuple]] = {}
-        self._log: list[tuple[bytes, bool]] = []   # (peer, came) for each change, oldest first
-        self._base = 0                              # how many changes came before _log[0]
+        self._log: list[tuple[bytes, bool]] = []  # (peer, came) for each change, oldest first
+        self._base = 0  # how many changes came before _log[0]
         self._ring: tuple[int, dht.Ring] | None = None  # (version, the whole set) for rebuilds
 
     @property
@@ -43,7 +44,7 @@ class NearestCache:
             if seen == version:
                 return near
             if seen >= self._base and 4 * (version - seen) < size:
-                near = self._replay(basis, near, self._log[seen - self._base:])
+                near = self._replay(basis, near, self._log[seen - self._base :])
                 if near is not None:
                     self._entries[basis] = (version, near)
                     return near
@@ -66,7 +67,7 @@ class NearestCache:
             elif peer not in out and (far is None or dht.location(peer) ^ loc < far):
                 out.append(peer)
                 out.sort(key=lambda p: dht.location(p) ^ loc)
-                del out[self.r:]
+                del out[self.r :]
                 if len(out) >= self.r:
                     far = dht.location(out[-1]) ^ loc
         return tuple(out)

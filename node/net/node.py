@@ -9,6 +9,7 @@ view of the author's chain, fetching missing history from the peer that sent it.
 still share NetNode's state; splitting them into components with explicit dependencies is the
 part of issue 14 not done yet.)
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -29,8 +30,15 @@ from ..core.crypto import SigningKey, from_text, to_text, verify
 from ..core.encoding import decode, encode, encode_trusted
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
-from ..core.errors import (BudgetError, GrantAlreadyClaimed, InvalidChain, MalformedInput, StoreBusy,
-                           TooLarge, UnknownAgent)
+from ..core.errors import (
+    BudgetError,
+    GrantAlreadyClaimed,
+    InvalidChain,
+    MalformedInput,
+    StoreBusy,
+    TooLarge,
+    UnknownAgent,
+)
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..cell import Cell
@@ -45,20 +53,20 @@ from .strikes import Strikes
 from .transport import PeerUnreachable
 from .warrants import MAX_FETCH_ROUNDS, Warrants
 
-MAX_PEERS = P.MAX_PEERS       # full membership: authorities are the R nearest of all known peers
+MAX_PEERS = P.MAX_PEERS  # full membership: authorities are the R nearest of all known peers
 ANNOUNCE_FANOUT = 8
-DEAD_AFTER_FAILURES = 3       # consecutive unreachable requests before a peer is dropped
+DEAD_AFTER_FAILURES = 3  # consecutive unreachable requests before a peer is dropped
 # Tables peers can grow, each with its policy at the bound (docs/ARCHITECTURE.md, "Bounds"):
-MAX_CHAINS = 1 << 18          # other authors' chains held: a new author past it is answered busy
-MAX_AGENT_HOSTS = 1 << 16     # agent -> hosting peer hints: new hints past it are not kept
-MALFORMED_WINDOW_S = 60.0     # malformed messages from one peer are counted over this window;
-MAX_MALFORMED = 8             # this many in one window and the peer is dropped and backed off
-MALFORMED_BACKOFF_S = 600.0   # for this long (its requests refused, its infos ignored)
+MAX_CHAINS = 1 << 18  # other authors' chains held: a new author past it is answered busy
+MAX_AGENT_HOSTS = 1 << 16  # agent -> hosting peer hints: new hints past it are not kept
+MALFORMED_WINDOW_S = 60.0  # malformed messages from one peer are counted over this window;
+MAX_MALFORMED = 8  # this many in one window and the peer is dropped and backed off
+MALFORMED_BACKOFF_S = 600.0  # for this long (its requests refused, its infos ignored)
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
-MAX_GREETING = 64             # unknown requesters greeted at once
-GREET_CACHED = 3               # cached peers a restarted node swaps peers with at once
-MAX_SHOW_PER_PASS = 64        # queued ops shown to an author-key authority per limbo pass
+MAX_GREETING = 64  # unknown requesters greeted at once
+GREET_CACHED = 3  # cached peers a restarted node swaps peers with at once
+MAX_SHOW_PER_PASS = 64  # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
 
 
@@ -68,6 +76,7 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
 
     async def refuse(peer, raw):
         return P.error_reply(P.ProtocolError("not serving yet"))
+
     async with transport_factory(os.urandom(32), refuse) as t:
         peer = await t.connect(addr)
         rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
@@ -99,11 +108,24 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     # -- lifecycle
     @classmethod
     @asynccontextmanager
-    async def open(cls, transport_factory, path: str | None = None, clock=None, *,
-                   bootstrap=(), r: int = dht.DEFAULT_R, gossip_interval: float = 1.0,
-                   publish_interval: float = 1.0, durability: str = "process",
-                   randbytes=os.urandom, request_timeout: float = 5.0, dna=None,
-                   app=None, cell_type=Cell, outgoing=None):
+    async def open(
+        cls,
+        transport_factory,
+        path: str | None = None,
+        clock=None,
+        *,
+        bootstrap=(),
+        r: int = dht.DEFAULT_R,
+        gossip_interval: float = 1.0,
+        publish_interval: float = 1.0,
+        durability: str = "process",
+        randbytes=os.urandom,
+        request_timeout: float = 5.0,
+        dna=None,
+        app=None,
+        cell_type=Cell,
+        outgoing=None,
+    ):
         """`app`: the application (None: the Rose Forest app, `node.apps`). `cell_type` writes
         the agents' chains; `outgoing(node, {peer: [Signed]})` may rewrite
         each publish round's batches (None: sent as they are). Both exist for tests'
@@ -113,15 +135,17 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
         lock = _run_lock(path)
         try:
-            node = await cls.load(path, clock or time.time, durability, randbytes, dna, app,
-                                  cell_type)
+            node = await cls.load(
+                path, clock or time.time, durability, randbytes, dna, app, cell_type
+            )
         except BaseException:
             lock.close()
             raise
         try:
             with unwrap_single_errors():
-                await node._init_net(r, outgoing, gossip_interval, publish_interval,
-                                     request_timeout)
+                await node._init_net(
+                    r, outgoing, gossip_interval, publish_interval, request_timeout
+                )
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
@@ -145,8 +169,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    async def _init_net(self, r, outgoing, gossip_interval, publish_interval,
-                        request_timeout) -> None:
+    async def _init_net(
+        self, r, outgoing, gossip_interval, publish_interval, request_timeout
+    ) -> None:
         self.dht = DhtStore(self.store)
         raw = self.store.get_meta("node_key")
         if raw is None or self.keystore.get(raw) is None:
@@ -168,31 +193,31 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.agent_hosts: dict[bytes, bytes] = {}  # agent -> peer id hosting it
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
-        self._showing: set[bytes] = set()          # ops being shown to an author-key authority
-        self._greeting: set[bytes] = set()         # unknown requesters being greeted
-        self._maybe_unshown = True                 # the store may hold ops not yet shown
+        self._showing: set[bytes] = set()  # ops being shown to an author-key authority
+        self._greeting: set[bytes] = set()  # unknown requesters being greeted
+        self._maybe_unshown = True  # the store may hold ops not yet shown
         self.warrants_by_hash: dict[bytes, Warrant] = {}
         self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
-        self._near = NearestCache(r)                # basis -> R nearest of self + peers
+        self._near = NearestCache(r)  # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
         self._recheck_from: int | None = None  # own actions past this row id: offer again
-        self._recheck_short = False                 # this pass left an authority without one
-        self._recheck_passes = 0                    # passes in a row that did
+        self._recheck_short = False  # this pass left an authority without one
+        self._recheck_passes = 0  # passes in a row that did
         self._recheck_not_before = 0.0
         self._peer_epoch = 0
-        self._table_version = 0                     # bumps on any change to self.peers
+        self._table_version = 0  # bumps on any change to self.peers
         self._sorted_peers: tuple[int, list] = (-1, [])  # (table version, sorted peer ids)
         self._unsaved_peers: dict[bytes, P.PeerInfo] = {}  # peer cache changes, saved each round
         self._unsaved_forgets: set[bytes] = set()
         self._digest_key: tuple | None = None
         self._digest = b""
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
-        self._maybe_unpublished = True       # no need to ask the store until something commits
-        self._failures: Counter = Counter()            # peer -> consecutive unreachable requests
+        self._maybe_unpublished = True  # no need to ask the store until something commits
+        self._failures: Counter = Counter()  # peer -> consecutive unreachable requests
         self._strikes = Strikes(MAX_MALFORMED, MALFORMED_WINDOW_S, MALFORMED_BACKOFF_S, MAX_PEERS)
-        self._dropped: dict[bytes, P.PeerInfo] = {}    # peer -> its info when it was dropped
-        self._announced_at = -float("inf")             # when _back() last re-signed our info
+        self._dropped: dict[bytes, P.PeerInfo] = {}  # peer -> its info when it was dropped
+        self._announced_at = -float("inf")  # when _back() last re-signed our info
         self._probing: set[bytes] = set()
         self._gossip_quiet = 0
         self._membership_changed_at = 0.0
@@ -204,16 +229,24 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self._change = trio.Event()
         self.on_change = None
         # request type -> its handler, which gets the typed request protocol.py parsed
-        self._handlers = {"dna": self._on_dna, "hello": self._on_hello, "peers": self._on_peers,
-                          "publish": self._on_publish, "chain": self._on_chain,
-                          "record": self._on_record, "summary": self._on_summary,
-                          "warrants": self._on_warrants, "grant": self._on_grant}
+        self._handlers = {
+            "dna": self._on_dna,
+            "hello": self._on_hello,
+            "peers": self._on_peers,
+            "publish": self._on_publish,
+            "chain": self._on_chain,
+            "record": self._on_record,
+            "summary": self._on_summary,
+            "warrants": self._on_warrants,
+            "grant": self._on_grant,
+        }
         assert self._handlers.keys() == P.REQUESTS.keys()
-        for pub, cell in self.cells.items():
+        for cell in self.cells.values():
             self._wire_cell(cell)
         for author in self.dht.foreign_authors():
-            self.chains[author] = validate_chain(self.store.chain(author), self.dna, self.app,
-                                                 self.store.entries_of(author))
+            self.chains[author] = validate_chain(
+                self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
+            )
         for wire in self.dht.warrants():
             w = warrant.from_wire(wire)
             if w is not None:
@@ -272,8 +305,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             # Strictly increasing, even on a frozen or skewed clock, so peers never take a
             # fresh info for a replay.
             self._info_ts = max(self.now_us(), getattr(self, "_info_ts", 0) + 1)
-            self._info = dht.peer_info(self.node_key, self.dna.hash, list(content[0]),
-                                       list(content[1]), self._info_ts)
+            self._info = dht.peer_info(
+                self.node_key, self.dna.hash, list(content[0]), list(content[1]), self._info_ts
+            )
             self._info_content = content
         return self._info
 
@@ -281,11 +315,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """Background work; a node that is shutting down starts none. Whatever such a task
         raises (a refusal, or a bug that peer data reached) is counted and kept for
         diagnostics, never let into the node's nursery, where it would stop the node."""
+
         async def guarded():
             try:
                 await unless_store_busy(self.metrics, fn, *args)
             except Exception as e:  # trio.Cancelled is a BaseException: shutdown still works
                 self._task_failed(getattr(fn, "__name__", "task"), e)
+
         try:
             self._nursery.start_soon(guarded)
         except RuntimeError:
@@ -297,8 +333,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
 
     def _add_peer(self, info: P.PeerInfo) -> bytes | None:
         peer = info.peer
-        if info.dna != self.dna.hash or peer == self.id or peer in self.warranted or \
-                self._backed_off(peer):
+        if (
+            info.dna != self.dna.hash
+            or peer == self.id
+            or peer in self.warranted
+            or self._backed_off(peer)
+        ):
             return None
         old = self.peers.get(peer)
         if old is not None and old.ts >= info.ts:
@@ -386,12 +426,16 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _lacking(self, have: bytes, peer: bytes) -> list:
         """The infos a peer holding `have` lacks or holds older, newest first (joins and
         restarts are the news), at most one message's worth."""
-        known = {have[i:i + 8]: int.from_bytes(have[i + 8:i + 16], "big")
-                 for i in range(0, len(have), 16)}
-        infos = sorted((i for p, i in self.peers.items()
-                        if p != peer and known.get(p[:8], -1) < i.ts),
-                       key=lambda i: i.ts, reverse=True)
-        return [i.to_wire() for i in infos[:P.MAX_PEERS_PER_MESSAGE]]
+        known = {
+            have[i : i + 8]: int.from_bytes(have[i + 8 : i + 16], "big")
+            for i in range(0, len(have), 16)
+        }
+        infos = sorted(
+            (i for p, i in self.peers.items() if p != peer and known.get(p[:8], -1) < i.ts),
+            key=lambda i: i.ts,
+            reverse=True,
+        )
+        return [i.to_wire() for i in infos[: P.MAX_PEERS_PER_MESSAGE]]
 
     def _table_digest(self) -> tuple[bytes, bytes]:
         """Which peer-info versions this node holds, itself included: a hash (two nodes with
@@ -402,8 +446,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if self._digest_key != (self._table_version, me):
             h = hashlib.blake2b(digest_size=16)
             have = []
-            for p, ts in sorted([(self.id, me)] + [(p, i.ts)
-                                                   for p, i in self.peers.items()]):
+            for p, ts in sorted([(self.id, me)] + [(p, i.ts) for p, i in self.peers.items()]):
                 h.update(p)
                 h.update(b"%d;" % ts)
                 have.append(p[:8] + min(max(ts, 0), (1 << 63) - 1).to_bytes(8, "big"))
@@ -444,9 +487,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def _save_peer_cache(self) -> None:
         if self._unsaved_peers or self._unsaved_forgets:
             # infos this node signed or took in through a strict decode: plain data already
-            if not self.dht.save_peers({p: encode_trusted(i.to_wire())
-                                        for p, i in self._unsaved_peers.items()},
-                                       self._unsaved_forgets):
+            if not self.dht.save_peers(
+                {p: encode_trusted(i.to_wire()) for p, i in self._unsaved_peers.items()},
+                self._unsaved_forgets,
+            ):
                 return  # the store is busy: kept for the next flush
             self._unsaved_peers.clear()
             self._unsaved_forgets.clear()
@@ -496,8 +540,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.metrics["sent_" + t] += 1
         refused = None
         try:
-            raw = await self.transport.request(peer, P.request(t, self.dna.hash, **fields),
-                                               self.request_timeout)
+            raw = await self.transport.request(
+                peer, P.request(t, self.dna.hash, **fields), self.request_timeout
+            )
             try:
                 rep = P.parse_reply(t, raw)
             except P.ProtocolError as e:
@@ -505,8 +550,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             except BudgetError as e:  # MalformedInput, TooLarge: the messenger's garbage
                 self.metrics["malformed_replies"] += 1
                 self._strike(peer)
-                raise P.MalformedReply(f"malformed {t} reply from {peer.hex()[:12]}: {e}") \
-                    from None
+                raise P.MalformedReply(f"malformed {t} reply from {peer.hex()[:12]}: {e}") from None
         except PeerUnreachable:
             self._failures[peer] += 1
             if self._failures[peer] >= DEAD_AFTER_FAILURES and peer in self.peers:
@@ -576,9 +620,13 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if peer in self._dropped:  # it reached us, so it is back: greet it in return
                 self._spawn(self._probe_dropped, peer)
             t, msg = P.parse_request(raw, self.dna.hash)
-            if peer not in self.peers and t not in ("hello", "peers", "dna") and \
-                    peer not in self._greeting and peer not in self._dropped and \
-                    len(self._greeting) < MAX_GREETING:
+            if (
+                peer not in self.peers
+                and t not in ("hello", "peers", "dna")
+                and peer not in self._greeting
+                and peer not in self._dropped
+                and len(self._greeting) < MAX_GREETING
+            ):
                 # It knows us and we do not know it (we restarted, or lost our peers): learn its
                 # info, so the link works both ways. (hello and peers bring the info along.)
                 self._greeting.add(peer)
@@ -637,9 +685,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         # carries is forged (the peer warrant quotes it); the transport already says who sent
         # it. So it is checked then, before anything is stored, and a valid publish costs one
         # verify less (a third of a publish's crypto).
-        if not all(isinstance(s.action.get("author"), bytes) and
-                   verify(s.action["author"], s.sig, s.body) for s in signed) and \
-                not warrant.batch_ok(batch, peer):
+        if not all(
+            isinstance(s.action.get("author"), bytes) and verify(s.action["author"], s.sig, s.body)
+            for s in signed
+        ) and not warrant.batch_ok(batch, peer):
             raise MalformedInput("publish batch is not signed by the sending peer")
         results = []
         for op in msg.ops:
@@ -657,8 +706,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 status = "invalid"
             # a receipt vouches for the op to the other authorities only if an author-key
             # authority signed it, so only one the publisher counts as such signs one
-            receipt = dht.sign_receipt(s.hash, self.node_key) \
-                if status == "valid" and told is not None and self.id in told else None
+            receipt = (
+                dht.sign_receipt(s.hash, self.node_key)
+                if status == "valid" and told is not None and self.id in told
+                else None
+            )
             results.append([s.hash, status, receipt])
         return P.reply(results=results)
 
@@ -695,10 +747,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         return None if cs is None else (cs.seq, cs.hash)
 
     def _heads(self) -> dict:
-        out = {pub: (c.state.seq, c.state.hash) for pub, c in self.cells.items()
-               if pub not in self.warranted}
-        out.update({a: (cs.seq, cs.hash) for a, cs in self.chains.items()
-                    if a not in self.warranted})
+        out = {
+            pub: (c.state.seq, c.state.hash)
+            for pub, c in self.cells.items()
+            if pub not in self.warranted
+        }
+        out.update(
+            {a: (cs.seq, cs.hash) for a, cs in self.chains.items() if a not in self.warranted}
+        )
         return out
 
     def _should_hold(self, author: bytes) -> bool:
@@ -707,8 +763,16 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         (refresh_agent), so replication stays O(R), not O(N)."""
         return author in self.cells or self._should_hold_as_authority(author)
 
-    async def _accept(self, s: Signed, entry: bytes | None, peer: bytes | None,
-                      fetch: bool = True, prev=None, op: bool = False, vouch=None) -> str:
+    async def _accept(
+        self,
+        s: Signed,
+        entry: bytes | None,
+        peer: bytes | None,
+        fetch: bool = True,
+        prev=None,
+        op: bool = False,
+        vouch=None,
+    ) -> str:
         """Validate and store one action; returns valid, invalid, forged (its signature does not
         verify), warranted, pending or busy. `op`: it was published to this node as one of its
         authorities (`prev`, the action before it, and `vouch`, receipts from authorities of
@@ -740,8 +804,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 # author's own node has the history for sure.
                 host = self.agent_hosts.get(author)
                 head = self._head(author)
-                if host is not None and host not in (peer, self.id) and host in self.peers and \
-                        (head is None or head[0] < seq - 1):
+                if (
+                    host is not None
+                    and host not in (peer, self.id)
+                    and host in self.peers
+                    and (head is None or head[0] < seq - 1)
+                ):
                     await self._fetch_chain(author, host, seq - 1)
                 # While we waited, another delivery may have stored this very action: every
                 # check above must run again, or an honest duplicate would look like bad_seq.
@@ -759,8 +827,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if cs is None:
                 new = validate_genesis(s, self.dna)
             else:
-                new = validate_next(cs, s, self.dna, self.app, entry if is_create else None,
-                                    now_us=self.now_us())
+                new = validate_next(
+                    cs, s, self.dna, self.app, entry if is_create else None, now_us=self.now_us()
+                )
         except InvalidChain as e:
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
@@ -768,8 +837,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
             await self._issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
-        index = self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"]) \
-            if is_create else ()
+        index = (
+            self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"])
+            if is_create
+            else ()
+        )
         await self.dht.put_foreign(s, entry, index)
         self.chains[author] = new
         self._stored(s, entry)
@@ -783,8 +855,16 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry:
             self._spawn(self._claim_if_local, decode(entry)["content"])
 
-    async def _refuse(self, e: InvalidChain, s: Signed, entry, peer, fetch: bool,
-                      op: bool = False, prev: Signed | None = None) -> str:
+    async def _refuse(
+        self,
+        e: InvalidChain,
+        s: Signed,
+        entry,
+        peer,
+        fetch: bool,
+        op: bool = False,
+        prev: Signed | None = None,
+    ) -> str:
         if e.reason in RETRYABLE:
             return self._to_limbo(s, entry, peer, op)
         self.metrics["ops_rejected"] += 1
@@ -800,13 +880,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "warranted"
         # With the action before it as evidence, the warrant proves itself: the author signed
         # both, and one does not follow from the other.
-        await self._issue("invalid", s.author, e.reason, s.seq,
-                          [s] if prev is None else [s, prev],
-                    entry=entry)
+        await self._issue(
+            "invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev], entry=entry
+        )
         return "invalid"
 
-    async def _accept_op(self, s: Signed, entry, peer, sent_prev: Signed | None,
-                         vouch=None) -> str:
+    async def _accept_op(self, s: Signed, entry, peer, sent_prev: Signed | None, vouch=None) -> str:
         """An action published to this node as an authority of its hash or entry, not of its
         author's key: validated as one step from the signed action before it (whose recorded
         BudgetState is the starting point) and kept alone, without the author's chain. Every
@@ -826,8 +905,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
                     return self._to_limbo(s, entry, peer, True, vouch)
-                validate_next(anchor, s, self.dna, self.app, entry if is_create else None,
-                              now_us=self.now_us())
+                validate_next(
+                    anchor,
+                    s,
+                    self.dna,
+                    self.app,
+                    entry if is_create else None,
+                    now_us=self.now_us(),
+                )
         except InvalidChain as e:
             return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
         # Two actions the author signed at one seq are a fork, proven here and now (a create's
@@ -855,8 +940,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return False
         near = self._nearest(s.author)
         for validator, receipt in vouch:
-            if validator in near and validator not in (self.id, sender) and \
-                    dht.check_receipt(s.hash, validator, receipt):
+            if (
+                validator in near
+                and validator not in (self.id, sender)
+                and dht.check_receipt(s.hash, validator, receipt)
+            ):
                 return True
         return False
 
@@ -922,8 +1010,11 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             start = 0 if head is None else head[0] + 1
             if upto is not None and start > upto:
                 return
-            limit = P.MAX_OPS_PER_MESSAGE if upto is None else min(P.MAX_OPS_PER_MESSAGE,
-                                                                  upto - start + 1)
+            limit = (
+                P.MAX_OPS_PER_MESSAGE
+                if upto is None
+                else min(P.MAX_OPS_PER_MESSAGE, upto - start + 1)
+            )
             records = await self._ask_chain(peer, author, start, limit)
             for record in records:
                 self.metrics["history_fetched"] += 1
@@ -937,8 +1028,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         """`author`'s records from seq `start`, at most `limit`, as `peer` holds them: every
         chain fetch asks through here. No answer, a refusal or garbage is no records."""
         try:
-            rep = await self._request(peer, "chain", author=author, **{"from": start},
-                                      limit=limit)
+            rep = await self._request(peer, "chain", author=author, **{"from": start}, limit=limit)
         except BudgetError:
             return ()
         return rep.records[:limit]
@@ -957,6 +1047,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                         await self._check_fork_at(author, peer, seq)
             finally:
                 self._fetching.discard(author)
+
         self._spawn(run)
 
     async def _check_fork_at(self, author: bytes, peer: bytes, seq: int) -> None:
@@ -1042,8 +1133,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         pub = from_text("agent", agent_id)
         await self.ensure_agent(pub)
         await self.refresh_agent(pub)
-        return [record_dict(Signed.from_store(b, s), e, self.app)
-                for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))]
+        return [
+            record_dict(Signed.from_store(b, s), e, self.app)
+            for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))
+        ]
 
     async def fetch_record(self, action_hash: str) -> dict:
         """A record by hash: from this node, or from the authorities of that hash."""
@@ -1055,8 +1148,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 except BudgetError:
                     continue
                 if rep.record is not None:
-                    author, seq = rep.record.action.action.get("author"), \
-                        rep.record.action.action.get("seq")
+                    author, seq = (
+                        rep.record.action.action.get("author"),
+                        rep.record.action.action.get("seq"),
+                    )
                     if type(author) is not bytes or type(seq) is not int or seq < 0:
                         continue  # not an action anyone could have signed: nothing to fetch
                     await self._fetch_chain(author, peer, seq)
@@ -1077,8 +1172,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if grantee in self.cells:
             return await super().allocate(steward, grantee, amount_mru)
         await self.ensure_agent(grantee)  # before anything is written
-        grant = grant_body(self.dna.hash, steward.key.public, grantee, amount_mru,
-                           self.now_us(), self.randbytes(16))
+        grant = grant_body(
+            self.dna.hash,
+            steward.key.public,
+            grantee,
+            amount_mru,
+            self.now_us(),
+            self.randbytes(16),
+        )
         sig = steward.key.sign(encode(grant))
         allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = None
@@ -1088,18 +1189,27 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 granted = (await self._request(host, "grant", grant=grant, sig=sig)).granted
             except BudgetError:
                 granted = None  # the grantee's node claims it when the record reaches it
-        return AllocationResult(amount_mru / MRU_PER_RU,
-                                None if granted is None else granted / MRU_PER_RU,
-                                to_text("grant", grant_hash(grant)), to_text("action", allocation),
-                                claimed=granted is not None)
+        return AllocationResult(
+            amount_mru / MRU_PER_RU,
+            None if granted is None else granted / MRU_PER_RU,
+            to_text("grant", grant_hash(grant)),
+            to_text("action", allocation),
+            claimed=granted is not None,
+        )
 
     # -- observability
     def state_hash(self) -> bytes:
         from ..core.crypto import blake2b_256
+
         heads = sorted([a, s, h] for a, (s, h) in self._heads().items())
         return blake2b_256(encode({"heads": heads, "warranted": sorted(self.warranted)}))
 
     def metrics_snapshot(self) -> dict:
-        return {**self.metrics, "peers": len(self.peers), "limbo": len(self.limbo),
-                "unpublished": len(self.dht.unpublished(1 << 20)),
-                "warrants": len(self.warrants_by_hash), "held_authors": len(self._heads())}
+        return {
+            **self.metrics,
+            "peers": len(self.peers),
+            "limbo": len(self.limbo),
+            "unpublished": len(self.dht.unpublished(1 << 20)),
+            "warrants": len(self.warrants_by_hash),
+            "held_authors": len(self._heads()),
+        }

@@ -10,6 +10,7 @@ that says it refused (`{"err", "msg"}`) raises `ProtocolError`.
 What this node sends is built by `request` and `reply` from its own values; every such frame
 parses here (tests/test_protocol.py checks the shapes this node sends against these parsers).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,20 +18,40 @@ from dataclasses import dataclass
 from ..core.action import Signed
 from ..core.crypto import SIG_LEN, blake2b_256
 from ..core.encoding import decode, encode, encode_trusted
-from ..core.errors import (BudgetError, InternalError, MalformedInput, MalformedReply,  # noqa: F401
-                           PeerUnreachable, ProtocolError)
-from .messages import (MAX_OPS_PER_MESSAGE, Batch, Grant, Head, PeerInfo, Record, WarrantMsg,
-                       action_pair, digest, entry_bytes, key, need_bytes, need_int, need_list,
-                       need_map, optional, signed_action)
+from ..core.errors import (
+    BudgetError,
+    MalformedInput,
+    MalformedReply,  # noqa: F401
+    ProtocolError,
+)
+from .messages import (
+    MAX_OPS_PER_MESSAGE,
+    Batch,
+    Grant,
+    Head,
+    PeerInfo,
+    Record,
+    WarrantMsg,
+    action_pair,
+    digest,
+    entry_bytes,
+    key,
+    need_bytes,
+    need_int,
+    need_list,
+    need_map,
+    optional,
+    signed_action,
+)
 from .transport import MAX_FRAME
 
-MAX_SUMMARY_AUTHORS = 2048     # heads in one gossip summary
+MAX_SUMMARY_AUTHORS = 2048  # heads in one gossip summary
 MAX_WARRANTS_PER_MESSAGE = 64
-MAX_WARRANTED_NAMED = 4096     # offenders named in a summary (request and reply)
-MAX_VOUCHES = 8                # author-key authority receipts sent along with one op
-MAX_PEERS_PER_MESSAGE = 512    # per exchange (~240 B each): those the asker lacks, newest first
-MAX_PEERS = 4096               # full membership: authorities are the R nearest of all known peers
-MAX_TOLD = 256                 # authorities a publisher names as told (R, or a forwarder's 5 R)
+MAX_WARRANTED_NAMED = 4096  # offenders named in a summary (request and reply)
+MAX_VOUCHES = 8  # author-key authority receipts sent along with one op
+MAX_PEERS_PER_MESSAGE = 512  # per exchange (~240 B each): those the asker lacks, newest first
+MAX_PEERS = 4096  # full membership: authorities are the R nearest of all known peers
+MAX_TOLD = 256  # authorities a publisher names as told (R, or a forwarder's 5 R)
 MAX_HAVE = 16 * (MAX_PEERS + 1)  # a peer table's versions: 16 bytes a peer, the sender included
 MAX_ERROR_TEXT = 512
 STATUSES = ("valid", "invalid", "warranted", "pending", "busy")  # an authority's word on an op
@@ -47,8 +68,9 @@ def _have(v) -> bytes:
 @dataclass(frozen=True, slots=True)
 class DnaRequest:
     """Which network is this? (A newcomer asks before it can name one.)"""
+
     @classmethod
-    def parse(cls, m: dict) -> "DnaRequest":
+    def parse(cls, m: dict) -> DnaRequest:
         return cls()
 
 
@@ -58,7 +80,7 @@ class HelloRequest:
     dropped: bool = False  # the asker had dropped this node as dead (a cut healed)
 
     @classmethod
-    def parse(cls, m: dict) -> "HelloRequest":
+    def parse(cls, m: dict) -> HelloRequest:
         need_map(m, "a hello", frozenset({"info"}), frozenset({"dropped"}))
         dropped = m.get("dropped", False)
         if type(dropped) is not bool:
@@ -70,44 +92,60 @@ class HelloRequest:
 class PeersRequest:
     """A peer swap (`info`, `digest`, `have`) or its second leg (`push`: infos the answerer
     lacked, by the asker's reckoning)."""
+
     info: PeerInfo | None
     digest: bytes | None
     have: bytes
     push: tuple[PeerInfo, ...] | None
 
     @classmethod
-    def parse(cls, m: dict) -> "PeersRequest":
+    def parse(cls, m: dict) -> PeersRequest:
         need_map(m, "a peers request", frozenset(), frozenset({"info", "digest", "have", "push"}))
         push = m.get("push")
         if push is not None:
-            push = tuple(PeerInfo.parse(i) for i in need_list(
-                push, f"'push' (at most {MAX_PEERS_PER_MESSAGE} infos)", MAX_PEERS_PER_MESSAGE))
-        return cls(optional(m.get("info"), PeerInfo.parse),
-                   optional(m.get("digest"), need_bytes, "'digest'", size=16),
-                   _have(m.get("have", b"")), push)
+            push = tuple(
+                PeerInfo.parse(i)
+                for i in need_list(
+                    push, f"'push' (at most {MAX_PEERS_PER_MESSAGE} infos)", MAX_PEERS_PER_MESSAGE
+                )
+            )
+        return cls(
+            optional(m.get("info"), PeerInfo.parse),
+            optional(m.get("digest"), need_bytes, "'digest'", size=16),
+            _have(m.get("have", b"")),
+            push,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class PublishOp:
     action: Signed
     entry: bytes | None
-    prev: Signed | None                  # the action before it, for an op authority
-    told: tuple[bytes, ...] | None       # the author-key authorities the publisher told
+    prev: Signed | None  # the action before it, for an op authority
+    told: tuple[bytes, ...] | None  # the author-key authorities the publisher told
     vouch: tuple[tuple[bytes, bytes], ...] | None  # (validator, receipt) of author-key authorities
 
     @classmethod
-    def parse(cls, v) -> "PublishOp":
+    def parse(cls, v) -> PublishOp:
         op = need_list(v, "a published op", 6, 2)
         op = op + [None] * (6 - len(op))
         told, vouch = op[4], op[5]
         if told is not None:
             told = tuple(key(p, "a told authority") for p in need_list(told, "'told'", MAX_TOLD))
         if vouch is not None:
-            vouch = tuple((key(p, "a vouching authority"), need_bytes(r, "a receipt", size=SIG_LEN))
-                          for p, r in (need_list(x, "a vouch", 2, 2) for x in
-                                       need_list(vouch, "'vouch'", MAX_VOUCHES)))
-        return cls(signed_action(op[0], op[1], "a published action"), entry_bytes(op[2]),
-                   optional(op[3], action_pair, "the action before a published one"), told, vouch)
+            vouch = tuple(
+                (key(p, "a vouching authority"), need_bytes(r, "a receipt", size=SIG_LEN))
+                for p, r in (
+                    need_list(x, "a vouch", 2, 2) for x in need_list(vouch, "'vouch'", MAX_VOUCHES)
+                )
+            )
+        return cls(
+            signed_action(op[0], op[1], "a published action"),
+            entry_bytes(op[2]),
+            optional(op[3], action_pair, "the action before a published one"),
+            told,
+            vouch,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +154,14 @@ class PublishRequest:
     batch: Batch
 
     @classmethod
-    def parse(cls, m: dict) -> "PublishRequest":
+    def parse(cls, m: dict) -> PublishRequest:
         need_map(m, "a publish", frozenset({"ops", "batch"}))
-        ops = tuple(PublishOp.parse(op) for op in need_list(
-            m["ops"], f"a publish's ops (1-{MAX_OPS_PER_MESSAGE})", MAX_OPS_PER_MESSAGE))
+        ops = tuple(
+            PublishOp.parse(op)
+            for op in need_list(
+                m["ops"], f"a publish's ops (1-{MAX_OPS_PER_MESSAGE})", MAX_OPS_PER_MESSAGE
+            )
+        )
         batch = Batch.parse(m["batch"])
         if list(batch.hashes) != [blake2b_256(op.action.body + op.action.sig) for op in ops]:
             raise MalformedInput("publish batch is not for this node or does not match its ops")
@@ -129,15 +171,17 @@ class PublishRequest:
 @dataclass(frozen=True, slots=True)
 class ChainRequest:
     author: bytes
-    start: int   # "from": the first seq wanted
+    start: int  # "from": the first seq wanted
     limit: int
 
     @classmethod
-    def parse(cls, m: dict) -> "ChainRequest":
+    def parse(cls, m: dict) -> ChainRequest:
         need_map(m, "a chain request", frozenset({"author", "from", "limit"}))
-        return cls(key(m["author"], "a chain request's author"),
-                   need_int(m["from"], "a chain request's 'from'"),
-                   need_int(m["limit"], "a chain request's limit", 1, MAX_OPS_PER_MESSAGE))
+        return cls(
+            key(m["author"], "a chain request's author"),
+            need_int(m["from"], "a chain request's 'from'"),
+            need_int(m["limit"], "a chain request's limit", 1, MAX_OPS_PER_MESSAGE),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +189,7 @@ class RecordRequest:
     hash: bytes
 
     @classmethod
-    def parse(cls, m: dict) -> "RecordRequest":
+    def parse(cls, m: dict) -> RecordRequest:
         need_map(m, "a record request", frozenset({"hash"}))
         return cls(digest(m["hash"], "a record request's hash"))
 
@@ -156,7 +200,7 @@ class SummaryRequest:
     warranted: tuple[bytes, ...]  # offenders the asker holds proof for
 
     @classmethod
-    def parse(cls, m: dict) -> "SummaryRequest":
+    def parse(cls, m: dict) -> SummaryRequest:
         need_map(m, "a summary", frozenset({"heads", "warranted"}))
         return cls(_heads(m["heads"]), _named(m["warranted"]))
 
@@ -166,7 +210,7 @@ class WarrantsRequest:
     warrants: tuple[WarrantMsg, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> "WarrantsRequest":
+    def parse(cls, m: dict) -> WarrantsRequest:
         need_map(m, "a warrants message", frozenset({"warrants"}))
         return cls(_warrants(m["warrants"]))
 
@@ -177,10 +221,11 @@ class GrantRequest:
     sig: bytes
 
     @classmethod
-    def parse(cls, m: dict) -> "GrantRequest":
+    def parse(cls, m: dict) -> GrantRequest:
         need_map(m, "a grant request", frozenset({"grant", "sig"}))
-        return cls(Grant.parse(m["grant"]), need_bytes(m["sig"], "a grant's signature",
-                                                       size=SIG_LEN))
+        return cls(
+            Grant.parse(m["grant"]), need_bytes(m["sig"], "a grant's signature", size=SIG_LEN)
+        )
 
 
 def _heads(v) -> tuple[Head, ...]:
@@ -188,20 +233,27 @@ def _heads(v) -> tuple[Head, ...]:
 
 
 def _named(v) -> tuple[bytes, ...]:
-    return tuple(key(a, "a warranted agent") for a in need_list(v, "'warranted'",
-                                                                MAX_WARRANTED_NAMED))
+    return tuple(
+        key(a, "a warranted agent") for a in need_list(v, "'warranted'", MAX_WARRANTED_NAMED)
+    )
 
 
 def _warrants(v) -> tuple[WarrantMsg, ...]:
-    return tuple(WarrantMsg.parse(w)
-                 for w in need_list(v, "'warrants'", MAX_WARRANTS_PER_MESSAGE))
+    return tuple(WarrantMsg.parse(w) for w in need_list(v, "'warrants'", MAX_WARRANTS_PER_MESSAGE))
 
 
 # request type -> its parser: the one list of what this node answers
-REQUESTS = {"dna": DnaRequest.parse, "hello": HelloRequest.parse, "peers": PeersRequest.parse,
-            "publish": PublishRequest.parse, "chain": ChainRequest.parse,
-            "record": RecordRequest.parse, "summary": SummaryRequest.parse,
-            "warrants": WarrantsRequest.parse, "grant": GrantRequest.parse}
+REQUESTS = {
+    "dna": DnaRequest.parse,
+    "hello": HelloRequest.parse,
+    "peers": PeersRequest.parse,
+    "publish": PublishRequest.parse,
+    "chain": ChainRequest.parse,
+    "record": RecordRequest.parse,
+    "summary": SummaryRequest.parse,
+    "warrants": WarrantsRequest.parse,
+    "grant": GrantRequest.parse,
+}
 
 
 # -- replies
@@ -210,7 +262,7 @@ class DnaReply:
     dna: bytes  # the network's DNA, encoded (Dna.from_dict(decode(...)) checks it)
 
     @classmethod
-    def parse(cls, m: dict) -> "DnaReply":
+    def parse(cls, m: dict) -> DnaReply:
         need_map(m, "a DNA reply", frozenset({"dna"}))
         return cls(need_bytes(m["dna"], "a DNA", most=MAX_FRAME))
 
@@ -220,7 +272,7 @@ class HelloReply:
     info: PeerInfo
 
     @classmethod
-    def parse(cls, m: dict) -> "HelloReply":
+    def parse(cls, m: dict) -> HelloReply:
         need_map(m, "a hello reply", frozenset({"info"}))
         return cls(PeerInfo.parse(m["info"]))
 
@@ -229,16 +281,20 @@ class HelloReply:
 class PeersReply:
     """The answerer's info and those the asker lacks, and what the answerer holds (`have`, so
     the asker can push back what it lacks); or, to a push, just `ok`."""
+
     infos: tuple[PeerInfo, ...]
     have: bytes | None
 
     @classmethod
-    def parse(cls, m: dict) -> "PeersReply":
+    def parse(cls, m: dict) -> PeersReply:
         need_map(m, "a peers reply", frozenset(), frozenset({"infos", "have", "ok"}))
         infos = m.get("infos", [])
-        return cls(tuple(PeerInfo.parse(i) for i in need_list(infos, "'infos'",
-                                                                MAX_PEERS_PER_MESSAGE + 1)),
-                   optional(m.get("have"), _have))
+        return cls(
+            tuple(
+                PeerInfo.parse(i) for i in need_list(infos, "'infos'", MAX_PEERS_PER_MESSAGE + 1)
+            ),
+            optional(m.get("have"), _have),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,12 +304,15 @@ class PublishResult:
     receipt: bytes | None  # signed only by an authority of the author's key
 
     @classmethod
-    def parse(cls, v) -> "PublishResult":
+    def parse(cls, v) -> PublishResult:
         h, status, receipt = need_list(v, "a publish result", 3, 3)
         if status not in STATUSES:
             raise MalformedInput(f"a publish result's status is one of {STATUSES}")
-        return cls(digest(h, "a publish result's hash"), status,
-                   optional(receipt, need_bytes, "a receipt", size=SIG_LEN))
+        return cls(
+            digest(h, "a publish result's hash"),
+            status,
+            optional(receipt, need_bytes, "a receipt", size=SIG_LEN),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,10 +320,14 @@ class PublishReply:
     results: tuple[PublishResult, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> "PublishReply":
+    def parse(cls, m: dict) -> PublishReply:
         need_map(m, "a publish reply", frozenset({"results"}))
-        return cls(tuple(PublishResult.parse(r) for r in need_list(
-            m["results"], "a publish reply's results", MAX_OPS_PER_MESSAGE)))
+        return cls(
+            tuple(
+                PublishResult.parse(r)
+                for r in need_list(m["results"], "a publish reply's results", MAX_OPS_PER_MESSAGE)
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,10 +335,14 @@ class ChainReply:
     records: tuple[Record, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> "ChainReply":
+    def parse(cls, m: dict) -> ChainReply:
         need_map(m, "a chain reply", frozenset({"records"}))
-        return cls(tuple(Record.parse(r) for r in need_list(m["records"], "a chain reply's records",
-                                                            MAX_OPS_PER_MESSAGE)))
+        return cls(
+            tuple(
+                Record.parse(r)
+                for r in need_list(m["records"], "a chain reply's records", MAX_OPS_PER_MESSAGE)
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +350,7 @@ class RecordReply:
     record: Record | None
 
     @classmethod
-    def parse(cls, m: dict) -> "RecordReply":
+    def parse(cls, m: dict) -> RecordReply:
         need_map(m, "a record reply", frozenset({"record"}))
         return cls(optional(m["record"], Record.parse))
 
@@ -295,7 +362,7 @@ class SummaryReply:
     warranted: tuple[bytes, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> "SummaryReply":
+    def parse(cls, m: dict) -> SummaryReply:
         need_map(m, "a summary reply", frozenset({"heads", "warrants", "warranted"}))
         return cls(_heads(m["heads"]), _warrants(m["warrants"]), _named(m["warranted"]))
 
@@ -303,7 +370,7 @@ class SummaryReply:
 @dataclass(frozen=True, slots=True)
 class OkReply:
     @classmethod
-    def parse(cls, m: dict) -> "OkReply":
+    def parse(cls, m: dict) -> OkReply:
         need_map(m, "an ok reply", frozenset({"ok"}))
         if m["ok"] is not True:
             raise MalformedInput("an ok reply says ok: true")
@@ -315,15 +382,23 @@ class GrantReply:
     granted: int | None  # mRU the claim let in; None if the grant was claimed elsewhere
 
     @classmethod
-    def parse(cls, m: dict) -> "GrantReply":
+    def parse(cls, m: dict) -> GrantReply:
         need_map(m, "a grant reply", frozenset({"granted"}))
         return cls(optional(m["granted"], need_int, "granted mRU"))
 
 
 # request type -> the parser of its reply
-REPLIES = {"dna": DnaReply.parse, "hello": HelloReply.parse, "peers": PeersReply.parse,
-           "publish": PublishReply.parse, "chain": ChainReply.parse, "record": RecordReply.parse,
-           "summary": SummaryReply.parse, "warrants": OkReply.parse, "grant": GrantReply.parse}
+REPLIES = {
+    "dna": DnaReply.parse,
+    "hello": HelloReply.parse,
+    "peers": PeersReply.parse,
+    "publish": PublishReply.parse,
+    "chain": ChainReply.parse,
+    "record": RecordReply.parse,
+    "summary": SummaryReply.parse,
+    "warrants": OkReply.parse,
+    "grant": GrantReply.parse,
+}
 assert REPLIES.keys() == REQUESTS.keys()
 
 

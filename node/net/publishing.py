@@ -1,6 +1,7 @@
 """Publishing at a network node: every own action to its authorities until they receipt it,
 the author's key authorities first; and passing an action on to authorities its publisher did
 not know of."""
+
 from __future__ import annotations
 
 import trio
@@ -25,7 +26,7 @@ class Publishing:
                 self._maybe_unpublished = bool(pending)
             if self.peers and self._republish:
                 have = {s.hash for s in pending}
-                for pub in sorted(self._republish)[:P.MAX_OPS_PER_MESSAGE]:
+                for pub in sorted(self._republish)[: P.MAX_OPS_PER_MESSAGE]:
                     cell = self.cells.get(pub)
                     head = self.dht.action_at(pub, cell.state.seq) if cell is not None else None
                     if head is None or head.hash in have:
@@ -35,8 +36,13 @@ class Publishing:
                         pending.append(head)
             wait = None
             if not pending and self.peers and self._recheck_from is not None:
-                wait = max(self._membership_changed_at + 2 * self.publish_interval,
-                           self._recheck_not_before) - trio.current_time()
+                wait = (
+                    max(
+                        self._membership_changed_at + 2 * self.publish_interval,
+                        self._recheck_not_before,
+                    )
+                    - trio.current_time()
+                )
                 if wait <= 0:
                     pending, ops_only, wait = self._recheck_batch(), True, None
                     if not pending:  # the pass is over, or starts again later: look again
@@ -77,7 +83,8 @@ class Publishing:
             # each time later (up to 2^6 publish intervals), until one finds nothing missing
             self._recheck_from = -1 if self._recheck_short else None
             self._recheck_not_before = trio.current_time() + self.publish_interval * (
-                1 << min(self._recheck_passes, 6))
+                1 << min(self._recheck_passes, 6)
+            )
             self._recheck_passes = self._recheck_passes + 1 if self._recheck_short else 0
             self._recheck_short = False
             return []
@@ -130,9 +137,13 @@ class Publishing:
             """The receipts the author-key authorities gave, read once per op, not per peer;
             checked here, where a receipt first becomes evidence for someone else."""
             if s.hash not in vouches:
-                vouches[s.hash] = [r for r in self.dht.receipts(s.hash)
-                                   if r[0] in must.get(s.hash, ()) and len(r[1]) == SIG_LEN and
-                                   dht.check_receipt(s.hash, r[0], r[1])][:P.MAX_VOUCHES]
+                vouches[s.hash] = [
+                    r
+                    for r in self.dht.receipts(s.hash)
+                    if r[0] in must.get(s.hash, ())
+                    and len(r[1]) == SIG_LEN
+                    and dht.check_receipt(s.hash, r[0], r[1])
+                ][: P.MAX_VOUCHES]
             return vouches[s.hash]
 
         entries: dict[bytes, bytes | None] = {}
@@ -147,9 +158,17 @@ class Publishing:
         got_receipts: list[tuple] = []
 
         async def send(peer, batch, vouch=False):
-            ops = [[s.body, s.sig, entry_of(s), prev_of(s, peer),
-                    list(self._nearest(s.author)), vouch_of(s) if vouch else None]
-                   for s in batch]
+            ops = [
+                [
+                    s.body,
+                    s.sig,
+                    entry_of(s),
+                    prev_of(s, peer),
+                    list(self._nearest(s.author)),
+                    vouch_of(s) if vouch else None,
+                ]
+                for s in batch
+            ]
             signed = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
             rep = None
             for _ in range(2):  # a lost request or reply is retried at once, not a round later
@@ -167,7 +186,7 @@ class Publishing:
             # The reply is the authority's word (the transport says who answered). Only an
             # authority of the author's key signs a receipt (only its receipts vouch for an op
             # to others); that receipt is kept unchecked until it is passed on (vouch_of).
-            for r in rep.results[:len(ops)]:
+            for r in rep.results[: len(ops)]:
                 if r.hash in outcome:
                     if r.status == "valid" and r.receipt is None and peer in must[r.hash]:
                         continue
@@ -186,8 +205,11 @@ class Publishing:
                 n.start_soon(send, peer, batch, True)
         await self.dht.add_receipts(got_receipts)
         if ops_only:  # published already: only whether every authority has it now
-            return all(targets[s.hash] <= receipted[s.hash] | {
-                p for p, v in outcome[s.hash].items() if v in FINAL} for s in pending)
+            return all(
+                targets[s.hash]
+                <= receipted[s.hash] | {p for p, v in outcome[s.hash].items() if v in FINAL}
+                for s in pending
+            )
         for s in pending:
             got = outcome[s.hash]
             have = receipted[s.hash] | {p for p, v in got.items() if v == "valid"}
@@ -209,9 +231,10 @@ class Publishing:
         publisher did not name (the publisher's peer table is behind: it joined late, or the
         other one did) passes the action on, naming everyone told so far. When the two views
         agree, nothing is sent."""
-        told = [p for p in told[:4 * self.r] if isinstance(p, bytes)]
-        targets = [p for p in self._nearest(s.author)
-                   if p != self.id and p != sender and p not in told]
+        told = [p for p in told[: 4 * self.r] if isinstance(p, bytes)]
+        targets = [
+            p for p in self._nearest(s.author) if p != self.id and p != sender and p not in told
+        ]
         if not targets:
             return
         told = sorted(set(told) | set(self._nearest(s.author)))
@@ -224,5 +247,6 @@ class Publishing:
                 await self._request(peer, "publish", ops=ops, batch=batch)
             except BudgetError:
                 pass  # gossip and the publisher's own republish are the backstops
+
         for peer in targets:
             self._spawn(send, peer)

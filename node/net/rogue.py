@@ -4,13 +4,14 @@ transport lies on the wire while the node code stays honest). One table, so the 
 LocalCluster and `budgetnode up` accept and refuse the same names. The adversaries themselves
 live in sims/ (sims/rogue.py, sims/byzantine.py) and are imported only when a mode is asked for:
 production code holds no way to cheat."""
+
 from __future__ import annotations
 
 import random
 
 CELL_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "bad_signature")
-NODE_MODES = ("fork",)            # the publisher sends twins
-WIRE_MODES = ("byzantine",)       # the transport misbehaves; the node code stays honest
+NODE_MODES = ("fork",)  # the publisher sends twins
+WIRE_MODES = ("byzantine",)  # the transport misbehaves; the node code stays honest
 KNOWN = CELL_MODES + NODE_MODES + WIRE_MODES
 
 
@@ -19,8 +20,9 @@ def check(modes) -> tuple:
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     bad = [m for m in modes if m not in KNOWN]
     if bad:
-        raise ValueError(f"unknown rogue mode(s) {', '.join(map(repr, bad))}; known modes: "
-                         f"{', '.join(KNOWN)}")
+        raise ValueError(
+            f"unknown rogue mode(s) {', '.join(map(repr, bad))}; known modes: {', '.join(KNOWN)}"
+        )
     return modes
 
 
@@ -32,8 +34,10 @@ def plug(factory, modes, seed) -> tuple:
     own = [m for m in modes if m not in WIRE_MODES]
     if own:
         from sims.rogue import node_kwargs
+
         kwargs = node_kwargs(own)
     if "byzantine" in modes:
         from sims.byzantine import byzantine_factory
+
         factory = byzantine_factory(factory, random.Random(seed))
     return factory, kwargs

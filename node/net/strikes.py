@@ -10,6 +10,7 @@ evicted, so a flood of fresh identities cannot lift a backoff, and if every entr
 the new sender goes uncounted (its messages are still refused one by one). Honest peers send no
 malformed messages, so nothing of theirs is here to evict.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class _Entry:
-    start: float       # when this window opened
+    start: float  # when this window opened
     count: int
-    until: float       # backed off until then (0: not backed off)
+    until: float  # backed off until then (0: not backed off)
 
 
 class Strikes:
@@ -56,8 +57,9 @@ class Strikes:
         return e is not None and e.until > now
 
     def _make_room(self, now: float) -> bool:
-        expired = [p for p, e in self._by_peer.items()
-                   if e.until <= now and now - e.start > self.window]
+        expired = [
+            p for p, e in self._by_peer.items() if e.until <= now and now - e.start > self.window
+        ]
         for p in expired:
             del self._by_peer[p]
         if expired:

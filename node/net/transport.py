@@ -5,9 +5,11 @@ authenticates who sent each request. Node logic never imports libp2p: the libp2p
 transport, the in-memory transport (unit tests) and the simulator's transport all
 implement this.
 """
+
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 from ..core.errors import PeerUnreachable  # noqa: F401 (raised by every transport)
 

@@ -4,6 +4,7 @@ An `invalid` warrant is proven from the step it names when the action before it 
 else against the offender's history before it, from this node's copy or from whoever can serve
 it; a fetched history must validate in full, so nobody can frame an honest author with one.
 """
+
 from __future__ import annotations
 
 from ..core import warrant
@@ -16,8 +17,8 @@ from . import protocol as P
 from .messages import Record
 
 MAX_WARRANTS_PER_OFFENDER = 3
-MAX_WARRANTED = 1 << 16        # offenders: past it, only one whose chain or node this node holds
-MAX_FETCH_ROUNDS = 64          # * MAX_OPS_PER_MESSAGE actions of history per fetch
+MAX_WARRANTED = 1 << 16  # offenders: past it, only one whose chain or node this node holds
+MAX_FETCH_ROUNDS = 64  # * MAX_OPS_PER_MESSAGE actions of history per fetch
 
 
 def prefix_state(records: list[Record], seq: int, dna, app) -> ChainState | None:
@@ -34,10 +35,20 @@ def prefix_state(records: list[Record], seq: int, dna, app) -> ChainState | None
 
 
 class Warrants:
-    async def _issue(self, kind: str, offender: bytes, reason: str, seq: int, evidence, *,
-               entry=None, batch=None) -> None:
-        w = warrant.make(kind, offender, reason, seq, evidence, self.node_key, self.now_us(),
-                         entry=entry, batch=batch)
+    async def _issue(
+        self, kind: str, offender: bytes, reason: str, seq: int, evidence, *, entry=None, batch=None
+    ) -> None:
+        w = warrant.make(
+            kind,
+            offender,
+            reason,
+            seq,
+            evidence,
+            self.node_key,
+            self.now_us(),
+            entry=entry,
+            batch=batch,
+        )
         if await self._remember_warrant(w):
             self.metrics["warrants_issued"] += 1
             self._spawn(self._broadcast_warrant, w)
@@ -49,14 +60,20 @@ class Warrants:
         up in bulk cannot crowd those out."""
         if w.hash in self.warrants_by_hash:
             return False
-        if w.offender not in self.warranted and len(self.warranted) >= MAX_WARRANTED and \
-                not (w.offender in self.chains or w.offender in self.cells or
-                     w.offender in self.peers):
+        if (
+            w.offender not in self.warranted
+            and len(self.warranted) >= MAX_WARRANTED
+            and not (
+                w.offender in self.chains or w.offender in self.cells or w.offender in self.peers
+            )
+        ):
             self.metrics["warrants_table_full"] += 1
             return False
-        if w.offender in self.warranted and sum(
-                1 for x in self.warrants_by_hash.values() if x.offender == w.offender) \
-                >= MAX_WARRANTS_PER_OFFENDER:
+        if (
+            w.offender in self.warranted
+            and sum(1 for x in self.warrants_by_hash.values() if x.offender == w.offender)
+            >= MAX_WARRANTS_PER_OFFENDER
+        ):
             return False  # enough proof kept; more issuers' copies add nothing
         await self.dht.put_warrant(w.hash, w.offender, encode(w.to_wire()))
         if w.hash in self.warrants_by_hash:  # kept by another task while this one waited
@@ -127,12 +144,20 @@ class Warrants:
             except InvalidChain as e:
                 return proves(e.reason)
             return False
-        sources = [None, peer, w.issuer, *self._nearest(w.offender),
-                   self.agent_hosts.get(w.offender)]
+        sources = [
+            None,
+            peer,
+            w.issuer,
+            *self._nearest(w.offender),
+            self.agent_hosts.get(w.offender),
+        ]
         sources = list(dict.fromkeys(x for x in sources if x != self.id))
         for source in sources:
-            records = self._held_prefix(w.offender, seq) if source is None else \
-                await self._fetch_prefix(w.offender, seq, source)
+            records = (
+                self._held_prefix(w.offender, seq)
+                if source is None
+                else await self._fetch_prefix(w.offender, seq, source)
+            )
             cs = prefix_state(records, seq, self.dna, self.app)
             if cs is None:
                 continue
@@ -146,8 +171,9 @@ class Warrants:
     def _held_prefix(self, author: bytes, seq: int) -> list[Record]:
         """Records 0..seq-1 of `author`'s chain as this node holds it."""
         try:
-            return [Record(Signed.from_wire(b, sg), e)
-                    for b, sg, e in self.dht.records(author, 0, seq)]
+            return [
+                Record(Signed.from_wire(b, sg), e) for b, sg, e in self.dht.records(author, 0, seq)
+            ]
         except BudgetError:
             return []
 
@@ -157,8 +183,9 @@ class Warrants:
         if source == self.id or source not in self.peers:
             return records
         while len(records) < seq and len(records) < MAX_FETCH_ROUNDS * P.MAX_OPS_PER_MESSAGE:
-            got = await self._ask_chain(source, author, len(records),
-                                        min(P.MAX_OPS_PER_MESSAGE, seq - len(records)))
+            got = await self._ask_chain(
+                source, author, len(records), min(P.MAX_OPS_PER_MESSAGE, seq - len(records))
+            )
             if not got:
                 return records
             records.extend(got)

@@ -1,4 +1,5 @@
 """budget functions: budget_status (free) and allocate_budget (stewards only)."""
+
 from decimal import Decimal
 
 from node.core.crypto import from_text

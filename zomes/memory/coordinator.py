@@ -1,5 +1,6 @@
 """memory functions: transmit_understanding (3 RU = 1 transmit + 2 validate),
 recall_understandings (0.1 RU per result returned), compose_memories (5), validate_triple (2)."""
+
 from node.core.crypto import from_text
 from node.core.errors import InvalidInput
 from zomes.hdk import zome_fn
@@ -9,14 +10,22 @@ from .integrity import MAX_REFS, _key
 
 def _row(rec):
     c = rec["content"]
-    return {"subject": c["subject"], "predicate": c["predicate"], "object": c["object"],
-            "context": c.get("context"), "author": rec["author"], "hash": rec["hash"]}
+    return {
+        "subject": c["subject"],
+        "predicate": c["predicate"],
+        "object": c["object"],
+        "context": c.get("context"),
+        "author": rec["author"],
+        "hash": rec["hash"],
+    }
 
 
 @zome_fn("memory")
 async def transmit_understanding(ctx, subject, predicate, object, context=None):
-    return await ctx.create("understanding", {"subject": subject, "predicate": predicate,
-                                              "object": object, "context": context})
+    return await ctx.create(
+        "understanding",
+        {"subject": subject, "predicate": predicate, "object": object, "context": context},
+    )
 
 
 @zome_fn("memory")
@@ -38,8 +47,10 @@ async def recall_understandings(ctx, subject=None, limit=100):
 async def compose_memories(ctx, other_agent_id):
     other = from_text("agent", other_agent_id)
     await ctx.require_agent(other)
-    refs = [from_text("action", r["hash"])
-            for r in ctx.records_of_type("understanding", MAX_REFS, author=other)]
+    refs = [
+        from_text("action", r["hash"])
+        for r in ctx.records_of_type("understanding", MAX_REFS, author=other)
+    ]
     return await ctx.create("composed_memory", {"agent": other, "refs": refs})
 
 

@@ -1,4 +1,5 @@
 """rose_forest functions: add_knowledge (33 RU), link_edge (3), create_thought_credential (10)."""
+
 from node.core.crypto import from_text
 from node.core.errors import InvalidInput
 from zomes.hdk import zome_fn
@@ -13,8 +14,11 @@ async def add_knowledge(ctx, content, tags=()):
 
 @zome_fn("rose_forest")
 async def link_edge(ctx, from_hash, to_hash, relation):
-    c = {"from": from_text("action", from_hash), "to": from_text("action", to_hash),
-         "relation": relation}
+    c = {
+        "from": from_text("action", from_hash),
+        "to": from_text("action", to_hash),
+        "relation": relation,
+    }
     return await ctx.create("edge", c)
 
 

@@ -1,4 +1,5 @@
 """rose_forest integrity: knowledge, edges between entries, thought credentials."""
+
 from node.core.app import EntryDef, IntegrityZome, need_hash, need_keys, need_text, readable_ids
 from node.core.errors import InvalidInput
 
@@ -10,8 +11,11 @@ def validate_knowledge(c):
     need_keys(c, {"content", "tags"})
     need_text(c, "content", MAX_TEXT)
     tags = c.get("tags")
-    if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(
-            isinstance(t, str) and 0 < len(t.encode()) <= 64 for t in tags):
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t.encode()) <= 64 for t in tags)
+    ):
         raise InvalidInput(f"tags must be a list of at most {MAX_TAGS} strings of 1-64 bytes")
 
 
@@ -29,12 +33,24 @@ def validate_credential(c):
 
 
 ZOME = IntegrityZome(
-    "rose_forest", rules_version=1,
+    "rose_forest",
+    rules_version=1,
     entry_defs=(
-        EntryDef("knowledge", "add_knowledge", validate_knowledge,
-                 lambda c: [("tag", t) for t in c["tags"]], keys=("tag",)),
-        EntryDef("edge", "link_edge", validate_edge, lambda c: [("edge_from", c["from"].hex())], keys=("edge_from",),
-                 present=readable_ids(**{"from": "action", "to": "action"})),
+        EntryDef(
+            "knowledge",
+            "add_knowledge",
+            validate_knowledge,
+            lambda c: [("tag", t) for t in c["tags"]],
+            keys=("tag",),
+        ),
+        EntryDef(
+            "edge",
+            "link_edge",
+            validate_edge,
+            lambda c: [("edge_from", c["from"].hex())],
+            keys=("edge_from",),
+            present=readable_ids(**{"from": "action", "to": "action"}),
+        ),
         EntryDef("thought_credential", "create_thought_credential", validate_credential),
     ),
     costs={"add_knowledge": 33_000, "link_edge": 3_000, "create_thought_credential": 10_000},
