@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from ..core.action import Signed
 from ..core.crypto import SIG_LEN, blake2b_256
 from ..core.encoding import decode, encode, encode_trusted
-from ..core.errors import (
-    BudgetError,
-    MalformedInput,
-    MalformedReply,  # noqa: F401
-    ProtocolError,
-)
+from ..core.errors import BudgetError, MalformedInput, ProtocolError
+
+# re-exported: callers of the protocol catch and raise these by this module's name
+from ..core.errors import InternalError as InternalError
+from ..core.errors import MalformedReply as MalformedReply
+from ..core.errors import PeerUnreachable as PeerUnreachable
 from .messages import (
     MAX_OPS_PER_MESSAGE,
     Batch,
