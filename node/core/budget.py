@@ -72,7 +72,7 @@ class BudgetStatus:
     def used_ru(self) -> float:
         return self.used_mru / MRU_PER_RU
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "remaining_ru": self.remaining_ru,
             "used_ru": self.used_ru,
