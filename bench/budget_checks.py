@@ -11,7 +11,8 @@ heart of a charge:
     rem -= cost
 
 Also reported: `roll` alone, charge on a fixed state (no chaining), and "plain_fn": the
-same roll+charge logic as one plain function over a tuple (what a rewrite could reach). Goal >= 200,000/s;
+same roll+charge logic as one plain function over a tuple (what a rewrite could reach).
+Goal >= 200,000/s;
 the ratio charge/floor says how much the dataclass-and-call overhead costs.
 
     python bench/budget_checks.py [--checks 200000] [--rounds 5]

@@ -83,7 +83,7 @@ async def _sdk_round(
             t0 = perf()
 
             async def stopper():
-                while perf() - t0 < seconds:
+                while perf() - t0 < seconds:  # noqa: ASYNC110 - a wall-clock deadline, no event to wait on
                     await trio.sleep(0.01)
                 stop[0] = True
 

@@ -132,7 +132,8 @@ class GossipFloor:
             nursery.start_soon(self._receive, i, sub)
         # Wait for the mesh to form (heartbeat every second).
         with trio.move_on_after(10):
-            while not all(len(gs.mesh.get(TOPIC, ())) >= 4 for gs in self.routers):
+            # noqa below: GossipSub's mesh has no event to wait on
+            while not all(len(gs.mesh.get(TOPIC, ())) >= 4 for gs in self.routers):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         log("  gossipsub mesh sizes: " + str([len(gs.mesh.get(TOPIC, ())) for gs in self.routers]))
 
@@ -244,7 +245,7 @@ async def run(a) -> dict:
             log(f"  gossipsub floor up ({perf() - t_setup:.1f}s)")
 
         # Warm-up: one message per sender on each side.
-        for name, side in sides.items():
+        for side in sides.values():
             for i in range(N):
                 await side.send(i)
                 await trio.sleep(a.gap)

@@ -173,7 +173,8 @@ def main(argv=None) -> int:
             row = trio.run(measure, n, transport, a.writes, a.idle)
             rows.append(row)
             log(
-                f"  N={n:3d} {transport:7s} paced: publish {row['paced']['publish_msgs_per_write']:.2f} "
+                f"  N={n:3d} {transport:7s} paced: publish "
+                f"{row['paced']['publish_msgs_per_write']:.2f} "
                 f"msg/w ({row['paced']['publish_bytes_per_write']} B/w), authorities "
                 f"{row['paced']['authorities_per_action']:.2f}, excess gossip "
                 f"{row['paced']['excess_gossip_msgs_per_write']:+.2f} msg/w, chain "

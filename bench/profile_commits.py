@@ -79,7 +79,7 @@ def categorise(stats: pstats.Stats, n: int) -> list[tuple[str, float, float]]:
     grand = 0.0
     for (f, _line, name), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():
         grand += tt
-        for label, pred in CATEGORIES:
+        for label, pred in CATEGORIES:  # noqa: B007 - `label` is read after the loop
             if pred(f, name):
                 break
         else:

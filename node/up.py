@@ -109,7 +109,8 @@ async def run(args) -> None:
     if args.bootstrap or args.listen:
         factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0")
         dna = None
-        if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):
+        # a stat before the node starts: nothing else runs on the event loop yet
+        if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):  # noqa: ASYNC240
             pin = from_text("dna", args.dna_hash) if args.dna_hash else None
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
         factory, adversary = adversarial.plug(factory, modes, os.urandom(32))

@@ -659,7 +659,7 @@ class Simulation:
                 problems, _ = audit_chain(chain, n.dna)
                 if problems:
                     out.add(pub)
-            for orig, twin in getattr(n, "rogue_twins", {}).items():
+            for twin in getattr(n, "rogue_twins", {}).values():
                 if any(
                     h.node.dht.has_action(twin.hash) or twin.author in h.node.warranted
                     for h in honest

@@ -109,7 +109,8 @@ def cluster(tmp_path_factory):
 
 
 async def _stores_validate(path, acked):
-    """Reopening each store re-validates every chain it holds; every acknowledged action is there."""
+    """Reopening each store re-validates every chain it holds; every acknowledged action is
+    there."""
     from node.net.memory import MemoryNetwork
     from node.net.node import NetNode
 

@@ -115,7 +115,7 @@ async def test_sigkill_never_loses_an_acknowledged_write(tmp_path):
     for rounds_done, k in enumerate(points, 1):
         with trio.fail_after(ROUND_TIMEOUT_S):
             w = await Writer.start(store, tmp_path)
-            await w.read_until(lambda lines: sum(ln.startswith("ac") for ln in lines) >= k)
+            await w.read_until(lambda lines, k=k: sum(ln.startswith("ac") for ln in lines) >= k)
             await w.kill()
         printed = w.hashes()
         assert len(printed) >= k

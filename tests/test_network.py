@@ -3,6 +3,8 @@
 from contextlib import asynccontextmanager
 
 import pytest
+
+from node.core.errors import ConsistencyTimeout, PeerUnreachable
 import trio
 
 from node.core.action import Signed
@@ -190,7 +192,7 @@ async def test_partition_then_heal_converges(clock, autojump_clock):
         c.network.partition(left, right)
         for ag in agents:
             await ag.transmit_understanding("during", "the", "partition")
-        with pytest.raises(Exception):
+        with pytest.raises(ConsistencyTimeout):
             await c.await_consistency(timeout=5)
         sent_before = c.network.messages
         c.network.heal()
@@ -218,7 +220,7 @@ async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
             out = await target._handle(a.id, raw)
             assert b"err" in out
         # oversize: refused by the transport before the handler runs
-        with pytest.raises(Exception):
+        with pytest.raises(PeerUnreachable):
             await a.transport.request(target.id, b"\x00" * (P.MAX_FRAME + 1))
         # a replayed publish batch changes nothing
         pub = from_text("agent", alice.agent_id)
@@ -245,7 +247,6 @@ async def test_restarted_node_rejoins_and_catches_up(clock, autojump_clock, tmp_
         await c.await_consistency(timeout=30)
         dna = c.nodes[0].dna
         # node 2 stops; the others go on
-        net = c.network
     async with cluster(clock, n=2, paths=paths[:2]) as c2:
         a0 = await c2.nodes[0].agent(a.agent_id)
         await a0.transmit_understanding("while", "node2", "was down")

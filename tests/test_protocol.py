@@ -375,7 +375,7 @@ async def test_a_background_task_that_fails_on_peer_data_does_not_stop_the_node(
         node = c.nodes[0]
 
         async def unpack_garbage():
-            h, status, receipt = [b"x"]  # what peer data did to the publisher in issue 14
+            _h, _status, _receipt = [b"x"]  # what peer data did to the publisher in issue 14
 
         node._spawn(unpack_garbage)
         await trio.testing.wait_all_tasks_blocked()

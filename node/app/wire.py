@@ -26,14 +26,12 @@ from dataclasses import fields as dc_fields
 from ..agent_api import RESULT_TYPES
 from ..core.budget import InsufficientRU
 from ..core.encoding import decode, encode
-from ..core.errors import (
-    BudgetError,
-    InternalError,  # noqa: F401
-    InvalidChain,
-    MalformedInput,
-    TooLarge,
-    error_class,
-)
+from ..core.errors import BudgetError, InvalidChain, MalformedInput, TooLarge, error_class
+
+# re-exported: the app socket's server and client name these errors through this module
+from ..core.errors import Busy as Busy
+from ..core.errors import ConnectionLost as ConnectionLost
+from ..core.errors import InternalError as InternalError
 
 MAX_APP_MESSAGE = 1 << 20  # bytes in one message, either way
 MAX_ID = (1 << 53) - 1

@@ -1,4 +1,5 @@
-"""memory integrity: understandings (triples with context), composed memories, triple validations."""
+"""memory integrity: understandings (triples with context), composed memories, triple
+validations."""
 
 from node.core.app import EntryDef, IntegrityZome, need_hash, need_keys, need_text, readable_ids
 from node.core.errors import InvalidInput
