@@ -17,7 +17,7 @@ from .errors import WrongNetwork
 
 if TYPE_CHECKING:
     from .app import App
-from .money import MRU_PER_RU
+from .money import MRU_PER_RU as MRU_PER_RU  # re-exported: apps take it from here
 
 
 @dataclass(frozen=True)

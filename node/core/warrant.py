@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, to_text, verify
 from .encoding import Plain, PlainMap, encode, encode_trusted
-from .errors import BudgetError, MalformedInput, Warranted  # noqa: F401
+from .errors import BudgetError, MalformedInput
+from .errors import Warranted as Warranted  # re-exported: its old import path
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
 RETRYABLE = frozenset({"future_timestamp"})

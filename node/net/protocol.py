@@ -27,7 +27,7 @@ from ..core.errors import InternalError as InternalError
 from ..core.errors import MalformedReply as MalformedReply
 from ..core.errors import PeerUnreachable as PeerUnreachable
 from .messages import (
-    MAX_OPS_PER_MESSAGE,
+    MAX_OPS_PER_MESSAGE as MAX_OPS_PER_MESSAGE,  # re-exported with the other bounds
     Batch,
     Grant,
     Head,
