@@ -425,7 +425,7 @@ class Store:
             )
         )
 
-    def record(self, action_hash: bytes):
+    def record(self, action_hash: bytes) -> tuple[Signed, bytes | None] | None:
         row = self.db.execute(
             "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
             "WHERE a.hash=?",
