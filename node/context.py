@@ -3,12 +3,18 @@ routed through the agent's Cell (so the zome never touches the budget engine).""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .core.crypto import to_text
 from .records import record_dict
 
+if TYPE_CHECKING:  # local_node builds contexts: importing it at run time would be a cycle
+    from .cell import Cell
+    from .local_node import LocalNode
+
 
 class ZomeContext:
-    def __init__(self, node, cell):
+    def __init__(self, node: LocalNode, cell: Cell):
         self._node = node
         self._cell = cell
         self.author = cell.key.public
@@ -27,7 +33,12 @@ class ZomeContext:
         return self._cell.budget_status()
 
     def _records(self, hashes) -> list[dict]:
-        return [record_dict(*self._node.store.record(h), self._node.app) for h in hashes]
+        out = []
+        for h in hashes:
+            found = self._node.store.record(h)
+            assert found is not None  # the same store named it, with no await in between
+            out.append(record_dict(*found, self._node.app))
+        return out
 
     def find(self, kind: str, key: str, limit: int) -> list[dict]:
         return self._records(self._node.store.find(kind, key, limit))
