@@ -3,18 +3,17 @@ routed through the agent's Cell (so the zome never touches the budget engine).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .core.crypto import to_text
 from .records import record_dict
 
-if TYPE_CHECKING:  # local_node builds contexts: importing it at run time would be a cycle
+if TYPE_CHECKING:
     from .cell import Cell
-    from .local_node import LocalNode
 
 
 class ZomeContext:
-    def __init__(self, node: LocalNode, cell: Cell):
+    def __init__(self, node: Any, cell: Cell):  # node: the LocalNode (it imports this module)
         self._node = node
         self._cell = cell
         self.author = cell.key.public
@@ -35,9 +34,8 @@ class ZomeContext:
     def _records(self, hashes) -> list[dict]:
         out = []
         for h in hashes:
-            found = self._node.store.record(h)
-            assert found is not None  # the same store named it, with no await in between
-            out.append(record_dict(*found, self._node.app))
+            s, entry = self._node.store.record(h)  # the same store just named it
+            out.append(record_dict(s, entry, self._node.app))
         return out
 
     def find(self, kind: str, key: str, limit: int) -> list[dict]:
