@@ -19,7 +19,8 @@ from typing import TypeAlias
 
 from ..core.action import Signed
 from ..core.crypto import SIG_LEN, blake2b_256
-from ..core.encoding import Plain, PlainMap, decode, encode, encode_trusted
+from ..core.encoding import Plain, PlainMap  # the types of decoded frames
+from ..core.encoding import decode, encode, encode_trusted
 from ..core.errors import BudgetError, MalformedInput, ProtocolError
 
 # re-exported: callers of the protocol catch and raise these by this module's name
