@@ -38,7 +38,7 @@ class Cell:
         self.on_commit = None  # called with each appended Signed action (the network publishes)
         self.warrant = None  # set when the network has warranted this agent
         self._writing = 0  # tasks inside _append (store.writers counts busy cells)
-        self._agent_id = None
+        self._agent_id: str | None = None
 
     @property
     def agent_id(self) -> str:

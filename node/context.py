@@ -3,12 +3,17 @@ routed through the agent's Cell (so the zome never touches the budget engine).""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .core.crypto import to_text
 from .records import record_dict
 
+if TYPE_CHECKING:
+    from .cell import Cell
+
 
 class ZomeContext:
-    def __init__(self, node, cell):
+    def __init__(self, node: Any, cell: Cell):  # node: the LocalNode (it imports this module)
         self._node = node
         self._cell = cell
         self.author = cell.key.public
@@ -27,7 +32,11 @@ class ZomeContext:
         return self._cell.budget_status()
 
     def _records(self, hashes) -> list[dict]:
-        return [record_dict(*self._node.store.record(h), self._node.app) for h in hashes]
+        out = []
+        for h in hashes:
+            s, entry = self._node.store.record(h)  # the same store just named it
+            out.append(record_dict(s, entry, self._node.app))
+        return out
 
     def find(self, kind: str, key: str, limit: int) -> list[dict]:
         return self._records(self._node.store.find(kind, key, limit))

@@ -17,6 +17,7 @@ import hashlib
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 from .core.crypto import KEY_LEN, SigningKey
@@ -162,7 +163,7 @@ class Keystore:
             self._seeds[key.public] = key.seed
             self._end += RECORD
 
-    def _create(self, keys: list[SigningKey] = ()) -> None:
+    def _create(self, keys: Sequence[SigningKey] = ()) -> None:
         """Make the file appear whole (header and `keys` written and fsynced) or not at all; if
         another process made it first, theirs stands."""
         directory = os.path.dirname(self.path) or "."

@@ -113,6 +113,7 @@ class LocalNode:
                 )
             else:
                 if raw is None:
+                    assert dna is not None  # the branch above took raw and dna both None
                     await store.init_meta("dna", dna.encoded())
                     raw = dna.encoded()
                 try:
@@ -203,15 +204,16 @@ class LocalNode:
 
     def _cell(self, pub: bytes) -> Cell:
         cell = self.cells.get(pub)
-        if cell is None and self.store.head(pub) is not None and self.keystore.get(pub):
+        key = None
+        if cell is None and self.store.head(pub) is not None:
+            key = self.keystore.get(pub)
+        if key is not None:
             # created by another process sharing this store: verify it like any chain on open
             state = validate_chain(
                 self.store.chain(pub), self.dna, self.app, self.store.entries_of(pub)
             )
             cell = self._add_cell(
-                self.cell_type(
-                    self.keystore.get(pub), state, self.store, self.dna, self.app, self.now_us
-                )
+                self.cell_type(key, state, self.store, self.dna, self.app, self.now_us)
             )
         if cell is None:
             raise UnknownAgent(f"{to_text('agent', pub)} is not an agent of this node")
@@ -278,6 +280,8 @@ class LocalNode:
             self.randbytes(16),
         )
         sig = steward.key.sign(encode(grant))
+        if self.app.grant_entry is None:  # was create_entry(None, ...)'s "no entry type None"
+            raise InvalidInput("this app records no grants")
         allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
         granted = await target.claim(grant, sig)
         return AllocationResult(
@@ -293,7 +297,10 @@ class LocalNode:
         if self.app.grant_entry is None:
             return
         for h in self.store.of_type(self.app.grant_entry, 1 << 62):
-            _, entry = self.store.record(h)
+            found = self.store.record(h)
+            # of_type just named it, and this store (local chains only) keeps each create's entry
+            assert found is not None and found[1] is not None
+            entry = found[1]
             c = decode(entry)["content"]
             cell = self.cells.get(c["grant"]["grantee"])
             if cell is not None and grant_hash(c["grant"]) not in cell.state.claimed:

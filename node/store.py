@@ -19,12 +19,35 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
 
 import trio
 
 from .core.action import Signed
 from .core.crypto import to_text
 from .core.errors import BudgetError, HeadMoved, StoreBusy, StoreCorrupted
+
+# One append as `append` takes it: (action, prev_seq, prev_hash, entry, index keys, meta rows).
+Append: TypeAlias = tuple[
+    Signed,
+    int | None,
+    bytes | None,
+    tuple[bytes, bytes] | None,
+    Iterable[tuple[str, str]],
+    dict[str, bytes] | None,
+]
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An append waiting for a group commit: its outcome, and the writer to wake with it."""
+
+    item: Append
+    error: BaseException | None = None
+    waiter: trio.lowlevel.Task | None = None
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -101,7 +124,7 @@ class Store:
             raise
         self.db.execute("PRAGMA busy_timeout=0")  # from now on, writers wait in trio (write)
         self.writers = 0  # chains with a write in progress (kept by Cell); a batching hint
-        self._queue: list = []  # appends waiting for the group commit
+        self._queue: list[_Queued] = []  # appends waiting for the group commit
         self.lock_waits = 0  # writes that found the write lock taken and waited for it
         self._data_version = self._read_data_version()
 
@@ -197,13 +220,13 @@ class Store:
         prev_seq: int | None,
         prev_hash: bytes | None,
         entry: tuple[bytes, bytes] | None = None,
-        index=(),
-        meta: dict | None = None,
+        index: Iterable[tuple[str, str]] = (),
+        meta: dict[str, bytes] | None = None,
     ) -> None:
         """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None."""
         await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta))
 
-    async def append_many(self, items) -> list:
+    async def append_many(self, items: list[Append]) -> list[BaseException | None]:
         """Append each (s, prev_seq, prev_hash, entry, index, meta) of `items` in one
         transaction. An append whose head moved fails alone, having written nothing (its
         compare-and-swap is the first statement, and a miss writes no row); its HeadMoved is
@@ -215,8 +238,8 @@ class Store:
         except _Redo:
             return await self.write(lambda db: self._write_each(db, items))
 
-    def _write_all(self, items) -> list:
-        out = []
+    def _write_all(self, items: list[Append]) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
         for item in items:
             try:
                 self._write(*item)
@@ -228,8 +251,10 @@ class Store:
                 out.append(None)
         return out
 
-    def _write_each(self, db, items) -> list:
-        out = []
+    def _write_each(
+        self, db: sqlite3.Connection, items: list[Append]
+    ) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
         for item in items:
             db.execute("SAVEPOINT a")
             try:
@@ -248,29 +273,29 @@ class Store:
         prev_seq: int | None,
         prev_hash: bytes | None,
         entry: tuple[bytes, bytes] | None = None,
-        index=(),
+        index: Iterable[tuple[str, str]] = (),
     ) -> None:
         """`append`, sharing its transaction with the appends of other chains' writers that
         are ready at the same moment (group commit). Returns (or raises, e.g. HeadMoved) only
         once the shared COMMIT has returned, so nothing is acknowledged before it is durable.
         A lone writer appends at once, without waiting for company."""
-        item = (s, prev_seq, prev_hash, entry, index, None)
+        item: Append = (s, prev_seq, prev_hash, entry, index, None)
         queue = self._queue
         if not queue and self.writers <= 1:
-            await self.append(*item[:5])
+            await self.append(s, prev_seq, prev_hash, entry, index)
             return
-        slot = [item, None, None]  # item, error, waiting task
+        slot = _Queued(item)
         queue.append(slot)
         if len(queue) > 1:  # a leader is gathering this batch: wait for its COMMIT
-            slot[2] = trio.lowlevel.current_task()
+            slot.waiter = trio.lowlevel.current_task()
             # not cancellable: once queued, an append runs to its end (commit or failure)
             await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         else:
             await self._lead(queue)
-        if slot[1] is not None:
-            raise slot[1]
+        if slot.error is not None:
+            raise slot.error
 
-    async def _lead(self, queue: list) -> None:
+    async def _lead(self, queue: list[_Queued]) -> None:
         """Gather the appends of the other active writers (each is at most a scheduler pass
         or two away), then commit them all and release their writers."""
         seen, idle = 1, 0
@@ -283,13 +308,13 @@ class Store:
             # shielded: the batch's other writers wait, uncancellable, for its end, so the
             # leader must reach it (a lock wait ends by LOCK_WAIT_S)
             with trio.CancelScope(shield=True):
-                errors = await self.append_many([slot[0] for slot in queue])
+                errors = await self.append_many([slot.item for slot in queue])
         except BaseException as e:  # the transaction failed: every append in it failed
             errors = [e] * len(queue)
         for slot, err in zip(queue, errors):
-            slot[1] = err
-            if slot[2] is not None:
-                trio.lowlevel.reschedule(slot[2])
+            slot.error = err
+            if slot.waiter is not None:
+                trio.lowlevel.reschedule(slot.waiter)
 
     def _write(self, s: Signed, prev_seq, prev_hash, entry, index, meta) -> None:
         """The statements of one append, inside the caller's transaction."""
@@ -400,7 +425,7 @@ class Store:
             )
         )
 
-    def record(self, action_hash: bytes):
+    def record(self, action_hash: bytes) -> tuple[Signed, bytes | None] | None:
         row = self.db.execute(
             "SELECT a.body, a.sig, e.body FROM actions a LEFT JOIN entries e ON e.hash=a.entry "
             "WHERE a.hash=?",
@@ -419,6 +444,7 @@ class Store:
         ]
 
     def of_type(self, entry_type: str, limit: int, author: bytes | None = None) -> list[bytes]:
+        q: tuple[str, tuple[str | bytes | int, ...]]
         if author is None:
             q = (
                 "SELECT hash FROM actions WHERE entry_type=? ORDER BY id DESC LIMIT ?",

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
 from node.core.encoding import MAX_ITEMS as DECODE_MAX_ITEMS, decode, encode_trusted
 from node.net.protocol import MAX_OPS_PER_MESSAGE, MAX_SUMMARY_AUTHORS, REQUESTS
-from node.net.transport import MAX_FRAME
+from node.net.transport import MAX_FRAME, Handler, Transport, TransportFactory
 
 # The fields of each request and of its honest reply (node/net/node.py, gossip.py, warrants.py).
 REQUEST_FIELDS = {
@@ -74,7 +75,7 @@ MISBEHAVIOURS = (
 # Values of the wrong type for any field: scalars, and the shapes real fields have (lists of
 # lists, maps) with the wrong things inside. `[[b"x"]]` as publish results and 5 as summary
 # heads are the two replies that once killed an honest node.
-_ODD = (
+_ODD: tuple[object, ...] = (
     None,
     True,
     0,
@@ -209,11 +210,11 @@ class Byzantine:
         self.rate = rate
         self.flood = flood
         self.garbage = Garbage(rng)
-        self.seen: deque = deque(maxlen=REPLAY_KEEP)  # raw requests and replies that went by
+        self.seen: deque[bytes] = deque(maxlen=REPLAY_KEEP)  # raw requests and replies that went by
         self.counts: dict[str, int] = {}
         self._floods = 0
         self.nursery: trio.Nursery | None = None
-        self.inner = None
+        self.inner: Transport  # set by byzantine_factory before the node runs
 
     def _pick(self) -> str | None:
         if self.rng.random() >= self.rate:
@@ -244,7 +245,9 @@ class Byzantine:
                 return reply
             msg = _parse(raw)
             t = msg.get("t") if msg is not None else None
-            return self._corrupt(kind, reply, REPLY_FIELDS.get(t, ()), ())
+            return self._corrupt(
+                kind, reply, REPLY_FIELDS.get(t, ()) if isinstance(t, str) else (), ()
+            )
 
         return handle
 
@@ -257,7 +260,9 @@ class Byzantine:
         if kind is not None and kind not in ("slow", "hang"):
             msg = _parse(payload)
             t = msg.get("t") if msg is not None else None
-            payload = self._corrupt(kind, payload, REQUEST_FIELDS.get(t, ()), ("t",))
+            payload = self._corrupt(
+                kind, payload, REQUEST_FIELDS.get(t, ()) if isinstance(t, str) else (), ("t",)
+            )
         elif kind == "slow":
             await trio.sleep(self.rng.uniform(*SLOW_S))
         reply = await self.inner.request(peer, payload, timeout)
@@ -314,11 +319,13 @@ class ByzantineTransport:
         return await self.byzantine.request(peer, payload, timeout)
 
 
-def byzantine_factory(inner_factory, rng: random.Random, rate: float = 0.3, flood: float = 0.02):
+def byzantine_factory(
+    inner_factory: TransportFactory, rng: random.Random, rate: float = 0.3, flood: float = 0.02
+) -> TransportFactory:
     """A transport factory (what NetNode.open takes) whose node misbehaves on the wire."""
 
     @asynccontextmanager
-    async def factory(seed: bytes, handler):
+    async def factory(seed: bytes, handler: Handler) -> AsyncIterator[ByzantineTransport]:
         byz = Byzantine(rng, rate, flood)
         async with trio.open_nursery() as n:
             byz.nursery = n

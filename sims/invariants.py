@@ -70,10 +70,10 @@ def audit_chain(actions, dna: Dna, check_sigs: bool = False) -> tuple[list[str],
             if typ == "create":
                 edef = APP.entry_def(a.get("entry_type"))
                 op = edef.op if edef else None
-                cost = dna.costs.get(op, -1)
+                cost = dna.costs.get(op, -1) if op is not None else -1
             elif typ == "charge":
                 op = rec.get("op")
-                cost = dna.costs.get(op, -1) * a.get("count", 0)
+                cost = (dna.costs.get(op, -1) if isinstance(op, str) else -1) * a.get("count", 0)
             else:
                 problems.append(f"{where}: unknown action type {typ!r}")
                 break

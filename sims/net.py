@@ -16,14 +16,16 @@ import itertools
 import math
 import random
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import outcome
 import trio
 import trio.testing
+from typing import Any
 
 from node.core.crypto import SigningKey
-from node.net.transport import MAX_FRAME, PeerUnreachable
+from node.net.transport import MAX_FRAME, Handler, PeerUnreachable
 
 REORDER_P = 0.1  # with --reorder, this share of messages is held back by up to 5x the latency
 
@@ -56,10 +58,13 @@ def SimClock() -> trio.testing.MockClock:
     instance's `_autojump` (the hook trio's run loop calls when nothing is runnable) is
     replaced; SimNetwork(rng, clock) attaches the network."""
     clock = trio.testing.MockClock(autojump_threshold=0)
-    clock.network = None
+    # MockClock cannot be subclassed, so what the SimClock adds is set on the instance, outside
+    # the class's type: `hooked` is the same object, typed for that
+    hooked: Any = clock
+    hooked.network = None
 
     def autojump() -> None:
-        net = clock.network
+        net = hooked.network
         nxt = net.next_event() if net is not None else math.inf
         now = clock.current_time()
         to_deadline = trio.lowlevel.current_statistics().seconds_to_next_deadline
@@ -70,10 +75,10 @@ def SimClock() -> trio.testing.MockClock:
         elif 0 < to_deadline < math.inf:
             clock.jump(to_deadline)
 
-    clock._autojump = autojump
+    hooked._autojump = autojump
     # rate 0: the time is the virtual base alone (what MockClock computes after reading the real
     # clock it then multiplies by 0), asked on every message and every trio scheduling pass
-    clock.current_time = lambda: clock._virtual_base
+    hooked.current_time = lambda: hooked._virtual_base
     return clock
 
 
@@ -92,14 +97,16 @@ class SimNetwork:
         dup=0.0,
         reorder=False,
     ):
-        clock.network = self
+        clock.network = self  # type: ignore[attr-defined]  # the SimClock's hook (see SimClock)
         self.rng = rng
         self.latency, self.jitter = latency, jitter
         self.loss, self.dup, self.reorder = loss, dup, reorder
         self.transports: dict[bytes, SimTransport] = {}
         self.rules: list = []  # active partitions: callables (src, dst) -> blocked?
         self.trace = hashlib.blake2b(digest_size=32)
-        self.stats = Counter()  # requests, replies, bytes, lost, duplicated, unreachable
+        self.stats: Counter[str] = (
+            Counter()
+        )  # requests, replies, bytes, lost, duplicated, unreachable
         self.delivered = 0  # messages handed to a handler or back to a caller
         self.on_deliver = None  # called after each delivered message (invariant hooks)
         # (time, seq, fn, args): arrivals, replies, timeouts. Bounded by the requests of one
@@ -146,7 +153,7 @@ class SimNetwork:
 
     # -- the Transport factory NetNode.open takes
     @asynccontextmanager
-    async def transport(self, seed: bytes, handler):
+    async def transport(self, seed: bytes, handler: Handler) -> AsyncIterator[SimTransport]:
         t = SimTransport(self, SigningKey(seed).public, handler)
         async with trio.open_nursery() as n:
             t.nursery = n
@@ -214,16 +221,16 @@ def _timeout(box: _Reply) -> None:
 
 
 class SimTransport:
-    def __init__(self, net: SimNetwork, peer_id: bytes, handler):
+    def __init__(self, net: SimNetwork, peer_id: bytes, handler: Handler):
         self.net = net
         self.peer_id = peer_id
         self.handler = handler
-        self.nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery  # set by SimNetwork.transport before it is reachable
 
     def listen_addrs(self) -> list[str]:
         return ["sim://" + self.peer_id.hex()]
 
-    def add_peer_addrs(self, peer: bytes, addrs) -> None:
+    def add_peer_addrs(self, peer: bytes, addrs: Sequence[str]) -> None:
         pass
 
     def peers(self) -> list[bytes]:

@@ -66,7 +66,7 @@ class Libp2pNetwork:
     """What the Simulation asks of its network, over libp2p."""
 
     def __init__(self):
-        self.stats = Counter()
+        self.stats: Counter[str] = Counter()
         self._factory = libp2p_factory()
 
     @asynccontextmanager

@@ -15,6 +15,8 @@ plugs into (`NetNode.open(cell_type=..., outgoing=...)`, which `LocalCluster.ope
 
 from __future__ import annotations
 
+from typing import Any
+
 from node.cell import Cell
 from node.core import budget
 from node.core.action import Signed, grant_hash
@@ -80,7 +82,7 @@ def node_kwargs(modes) -> dict:
     unknown = modes - set(CELL_MODES + NODE_MODES)
     if unknown:
         raise ValueError(f"not a node's own rogue mode: {sorted(unknown)}")
-    kw = {"cell_type": type("RogueCell", (RogueCell,), {"modes": modes})}
+    kw: dict[str, Any] = {"cell_type": type("RogueCell", (RogueCell,), {"modes": modes})}
     if "fork" in modes:
         kw["outgoing"] = fork_outgoing
     return kw

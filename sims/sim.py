@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
@@ -28,6 +29,7 @@ import trio.testing
 from node.core import dht
 from node.core.budget import InsufficientRU
 from node.core.crypto import to_text
+from node.core.dna import Dna
 from node.core.errors import BudgetError
 from node.net import node as netnode
 from node.net.cluster import consistency_lag
@@ -38,6 +40,9 @@ from .config import START_UNIX, SimConfig
 from .invariants import audit_chain
 from .net import SimClock, SimNetwork
 from .workload import Workload
+
+if TYPE_CHECKING:  # imported only for a libp2p run: libp2p is slow to import
+    from .realnet import Libp2pNetwork
 import trio.lowlevel
 
 MAX_VIOLATIONS = 200
@@ -69,9 +74,20 @@ class Slot:
         self.stop: trio.Event | None = None
         self.incarnation = 0
         self.starting = False
-        self.agents: list = []
+        self.agents: list[str] = []
         self._mock = clock
         self.crashes = self.leaves = 0
+
+    @property
+    def running(self) -> NetNode:
+        """The node of a slot its caller knows is up (a live() one)."""
+        if self.node is None:
+            raise RuntimeError(f"node {self.index} is down")
+        return self.node
+
+    def listen_addr(self) -> str:
+        # NetNode.open sets `transport` (node.py, unchecked until its split lands)
+        return self.running.transport.listen_addrs()[0]  # type: ignore[attr-defined]
 
     def clock(self) -> float:
         return START_UNIX + self._mock.current_time() + self.skew
@@ -89,12 +105,13 @@ class Simulation:
             from . import realnet
 
             realnet.check_config(cfg)
-            self.clock, self.net = realnet.RealClock(), realnet.Libp2pNetwork()
+            self.clock: trio.abc.Clock = realnet.RealClock()
+            self.net: SimNetwork | Libp2pNetwork = realnet.Libp2pNetwork()
         elif cfg.transport == "sim":
-            self.clock = SimClock()
+            self.clock = clock = SimClock()
             self.net = SimNetwork(
                 random.Random(f"{s}:net"),
-                self.clock,
+                clock,
                 latency=cfg.latency,
                 jitter=cfg.jitter,
                 loss=cfg.loss,
@@ -127,7 +144,7 @@ class Simulation:
         self.slots = []
         k = 0
         for i in range(cfg.nodes):
-            rogue = ()
+            rogue: tuple[str, ...] = ()
             if i in rogue_idx:
                 rogue = (modes[k % len(modes)],)
                 k += 1
@@ -136,9 +153,9 @@ class Simulation:
                 Slot(i, os.path.join(root, f"n{i}"), rogue, skew, s, self.clock, i in byzantine_idx)
             )
         self.violations: list[str] = []
-        self.crashes = Counter()  # "honest" / "byzantine" / "rogue" node crashes
+        self.crashes: Counter[str] = Counter()  # "honest" / "byzantine" / "rogue" node crashes
         self._seen_violations: set[str] = set()
-        self.dna = None
+        self.dna: Dna | None = None
         self.writes = 0
         self.rogue_writes = 0
         self.pending: dict[bytes, list] = {}  # action hash -> [t, author, seq, bases, auths]
@@ -149,14 +166,16 @@ class Simulation:
         self.phase = "start"
         self.converged = False
         self.lag_left: list[str] = []
-        self.churn_events = Counter()
+        self.churn_events: Counter[str] = Counter()
         self.progress_cb = None
-        self._honest = None
-        self._membership_key = None
-        self._membership_now = None
-        self._live_epoch = None
-        self._live_now = None
-        self._warrants_checked = None
+        self._honest: tuple[int, set[bytes | None], set[bytes]] | None = None
+        self._membership_key: tuple[int, int] | None = None
+        self._membership_now: tuple[dht.Ring, dict[bytes | None, Slot], set[bytes]] | None = None
+        self._live_epoch: int | None = None
+        self._live_now: tuple[list[Slot], list[dict[bytes, Any]], tuple[list[Any], ...]] | None = (
+            None
+        )
+        self._warrants_checked: tuple[object, ...] | None = None
 
     # -- violations
     def violation(self, text: str) -> None:
@@ -174,17 +193,19 @@ class Simulation:
         """(live slots, the warrant tables of the honest ones, every live node's bounded
         queues: limbo, peer table, fetches), kept until a node starts or stops (the epoch
         moves): the checker asks every simulated second. A node never replaces those tables."""
-        if self._live_epoch != self.epoch:
+        live_now = self._live_now
+        if live_now is None or self._live_epoch != self.epoch:
             live = [s for s in self.slots if s.node is not None]
-            nodes = [s.node for s in live]
+            nodes = [s.running for s in live]
             queues = (
                 [n.limbo for n in nodes],
                 [n.peers for n in nodes],
                 [n._fetching for n in nodes],
             )
-            self._live_now = (live, [s.node.warranted for s in live if s.honest], queues)
+            live_now = (live, [s.running.warranted for s in live if s.honest], queues)
+            self._live_now = live_now
             self._live_epoch = self.epoch
-        return self._live_now
+        return live_now
 
     def honest_live(self) -> list[Slot]:
         return [s for s in self.slots if s.node is not None and s.honest]
@@ -223,14 +244,15 @@ class Simulation:
                     started = True
                     task_status.started(node)
                     await slot.stop.wait()
-                    node._sim_closing = True
+                    node._sim_closing = True  # read by the workload (sims/workload.py)
             except Exception as e:  # noqa: BLE001 - one node's crash is a finding, not the run's end
                 self._crashed(slot, e)
                 if not started:
                     task_status.started(None)
             finally:
                 if slot.node is not None:
-                    slot.node._sim_closing = True
+                    # a marker for the workload, which NetNode does not declare
+                    slot.node._sim_closing = True  # type: ignore[attr-defined]
                 slot.node = None
                 self.epoch += 1
 
@@ -254,7 +276,8 @@ class Simulation:
             self._hook_cell(slot, cell)
             return out
 
-        node._add_cell = add_cell
+        # observing commits by wrapping the node's method: the simulator's hook, not an API
+        node._add_cell = add_cell  # type: ignore[method-assign]
 
     def _hook_cell(self, slot: Slot, cell) -> None:
         inner = cell.on_commit
@@ -266,7 +289,7 @@ class Simulation:
                 inner(s)
             self._committed(slot, s)
 
-        on_commit._sim = True
+        on_commit._sim = True  # type: ignore[attr-defined]  # marks the hook (read above)
         cell.on_commit = on_commit
 
     def _committed(self, slot: Slot, s) -> None:
@@ -284,17 +307,17 @@ class Simulation:
         cfg = self.cfg
         n0 = self.slots[0]
         await nursery.start(self._run_node, n0)
-        self.dna = n0.node.dna
+        self.dna = n0.running.dna
         rng = random.Random(f"{cfg.seed}:agents")
         for i in range(1, cfg.nodes):
             await nursery.start(self._run_node, self.slots[i])
         for j in range(cfg.agents):  # agents created before joining: no announcement storm
             slot = self.slots[j % cfg.nodes] if cfg.nodes > 1 else n0
-            agent = await slot.node.new_agent()
+            agent = await slot.running.new_agent()
             slot.agents.append(agent.agent_id)
             self.workload.add_agent(slot, agent.agent_id)
         del rng
-        addr0 = n0.node.transport.listen_addrs()[0]
+        addr0 = n0.listen_addr()
         stagger = min(0.2, cfg.warmup / 2 / max(1, cfg.nodes))
 
         async def join(slot, delay):
@@ -314,7 +337,7 @@ class Simulation:
             return
         slot.incarnation += 1
         others = [s for s in self.live() if s is not slot]
-        boot = [self.rng_faults.choice(others).node.transport.listen_addrs()[0]] if others else []
+        boot = [self.rng_faults.choice(others).listen_addr()] if others else []
         slot.starting = True
         try:
             await nursery.start(functools.partial(self._run_node, slot, bootstrap=boot))
@@ -326,6 +349,8 @@ class Simulation:
     async def _stop(self, slot: Slot, crash: bool) -> None:
         if slot.node is None:
             return
+        # a running node's slot has both (set in _run_node before the node opens)
+        assert slot.scope is not None and slot.stop is not None
         if crash:
             slot.crashes += 1
             slot.scope.cancel()  # mid-whatever: handlers, publishes, fetches all die
@@ -411,12 +436,12 @@ class Simulation:
                     # just as lost, and the two would make an island)
                     other = max(
                         (o for o in live if o is not s and o.node is not None),
-                        key=lambda o: (len(o.node.peers), -o.index),
+                        key=lambda o: (len(o.running.peers), -o.index),
                         default=None,
                     )
                     if other is not None and other.node is not None:
                         self.churn_events["rejoin"] += 1
-                        await s.node.join(other.node.transport.listen_addrs()[0])
+                        await s.node.join(other.listen_addr())
 
     # -- checks
     def check_refusal(self, agent, node, e: InsufficientRU) -> None:
@@ -444,11 +469,12 @@ class Simulation:
         live, tables, _ = self._live()
         key = (self.epoch, sum(map(len, tables)))
         if self._membership_key != key:
-            warranted = set()
+            warranted: set[bytes] = set()
             for s in live:
                 if s.honest:
-                    warranted.update(s.node.warranted)
-            ring = dht.Ring([s.id for s in live if s.id not in warranted])
+                    warranted.update(s.running.warranted)
+            # a live slot's id is set (when its node first started)
+            ring = dht.Ring([s.id for s in live if s.id is not None and s.id not in warranted])
             self._membership_key = key
             self._membership_now = (ring, {s.id: s for s in live}, warranted)
         return self._membership_now
@@ -485,7 +511,7 @@ class Simulation:
             for s in live:
                 if not s.honest:
                     continue
-                n = s.node
+                n = s.running
                 for w in n.warranted:
                     if w in honest_agents or w in honest_ids or w == steward:
                         self.violation(
@@ -565,7 +591,7 @@ class Simulation:
 
     def _audit(self, sample: int | None, check_sigs: bool) -> int:
         """Re-derive the budget of held chains on honest nodes (a sample, or all)."""
-        held = [(s, [*s.node.chains, *s.node.cells]) for s in self.honest_live()]
+        held = [(s, [*s.running.chains, *s.running.cells]) for s in self.honest_live()]
         ends = list(itertools.accumulate(len(a) for _, a in held))
         total = ends[-1] if ends else 0
         # the sample is drawn over indices (what sampling the list of all pairs would pick),
@@ -639,7 +665,7 @@ class Simulation:
     def cheaters(self) -> set[bytes]:
         """Offenders that actually cheated: rogue agents whose own chain is invalid, forkers whose
         twin reached an honest node, and bad_signature nodes that published a forged action."""
-        out = set()
+        out: set[bytes] = set()
         honest = self.honest_live()
         for s in self.slots:
             if not s.rogue or s.node is None:
@@ -651,17 +677,17 @@ class Simulation:
                 chain = n.store.chain(pub)
                 if "bad_signature" in s.rogue:
                     if len(chain) > 1 and any(
-                        h.node.metrics.get("warrants_issued", 0) or s.id in h.node.warranted
+                        h.running.metrics.get("warrants_issued", 0) or s.id in h.running.warranted
                         for h in honest
                     ):
-                        out.add(s.id)
+                        out.add(n.id)  # the slot's id: it is its node's
                     continue
                 problems, _ = audit_chain(chain, n.dna)
                 if problems:
                     out.add(pub)
             for twin in getattr(n, "rogue_twins", {}).values():
                 if any(
-                    h.node.dht.has_action(twin.hash) or twin.author in h.node.warranted
+                    h.running.dht.has_action(twin.hash) or twin.author in h.running.warranted
                     for h in honest
                 ):
                     out.add(twin.author)
@@ -670,11 +696,11 @@ class Simulation:
     def _liveness_lag(self, cheaters: set[bytes]) -> list[str]:
         live = self.live()
         labels = [s.index for s in live]
-        nodes = [s.node for s in live]
-        honest = [s.node for s in live if s.honest]
+        nodes = [s.running for s in live]
+        honest = [s.running for s in live if s.honest]
         problems = consistency_lag(nodes, labels, accountable=honest)
         for s in self.honest_live():
-            missing = cheaters - set(s.node.warranted)
+            missing = cheaters - set(s.running.warranted)
             if missing:
                 problems.append(f"node {s.index} has not warranted {len(missing)} cheater(s)")
         if self.pending:
@@ -731,7 +757,7 @@ class Simulation:
                 warranted_everywhere = {
                     c
                     for c in self.cheater_set
-                    if all(c in s.node.warranted for s in self.honest_live())
+                    if all(c in s.running.warranted for s in self.honest_live())
                 }
                 self.warranted_rogue = warranted_everywhere
                 if not self.converged:
@@ -755,11 +781,11 @@ class Simulation:
                     if self.converged and cfg.strict_op_authorities
                     else self._op_authority_gaps(ring, by_id, self.net_warranted)
                 )
-                self.metrics_total = Counter()
+                self.metrics_total: Counter[str] = Counter()
                 for s in self.live():
-                    self.metrics_total.update(s.node.metrics)
+                    self.metrics_total.update(s.running.metrics)
                 for s in self.live():
-                    s.node._sim_closing = True
+                    s.running._sim_closing = True  # type: ignore[attr-defined]  # as in _run_node
                 nodes.cancel_scope.cancel()
             root.cancel_scope.cancel()
 
@@ -802,8 +828,11 @@ def deterministic_trio(seed: int):
     tiebreak becomes a creation counter (scopes that share a deadline expire in the order they
     registered it), and batches are put in task-creation order before the shuffle; both are
     restored after."""
-    from trio._core import _run as trio_run
+    from trio._core import _run
 
+    # trio's private scheduler, patched on purpose (trio is pinned to the version this was
+    # written against): its declared types (a final flag, a method) do not allow the patches
+    trio_run: Any = _run
     counter = itertools.count()
     original = trio_run.Deadlines.add
 

@@ -17,7 +17,15 @@ from ..errgroups import unwrap_single_errors
 from ..agent_api import AgentMethods
 from ..core.errors import BudgetError, NodeUnreachable, NotAuthorized
 from .events import MAX_QUEUED_EVENTS, DropOldestQueue
-from .wire import ConnectionLost, error_from_wire, from_wire, pack, to_wire, unpack
+from .wire import (
+    ConnectionLost,
+    error_from_wire,
+    from_wire,
+    pack,
+    request_id,
+    to_wire,
+    unpack,
+)
 
 TOKEN_ENV = "BUDGETNODE_TOKEN"
 
@@ -61,7 +69,9 @@ class Session:
                     if q is not None:
                         q.put(from_wire(msg["event"]))
                     continue
-                slot = self._pending.pop(msg.get("id"), None)
+                # a valid id or None: an unhashable "id" from the node used to raise TypeError here
+                rid = request_id(msg)
+                slot = self._pending.pop(rid, None) if rid is not None else None
                 if slot is not None:
                     slot.msg = msg
                     slot.event.set()

@@ -22,7 +22,7 @@ from ..core.crypto import from_text, to_text
 from ..core.errors import BudgetError, InvalidInput, MalformedInput, NotAuthorized, UnknownAgent
 from ..agent_api import refusals
 from . import metrics as M
-from .events import EventHub
+from .events import EventHub, Subscriber
 from .wire import (
     MAX_APP_MESSAGE,
     PROTOCOL_VERSION,
@@ -105,11 +105,16 @@ class AppServer:
 
     @property
     def app_url(self) -> str:
-        return "ws" + self.http_url[len("http") :] + AGENT_PATH
+        return "ws" + self._listening_url()[len("http") :] + AGENT_PATH
 
     @property
     def metrics_url(self) -> str:
-        return self.http_url + METRICS_PATH
+        return self._listening_url() + METRICS_PATH
+
+    def _listening_url(self) -> str:
+        if self.http_url is None:  # was a TypeError from the string arithmetic
+            raise RuntimeError("the app server is not listening yet")
+        return self.http_url
 
     def refused(self, code: str) -> None:
         refusals(self.node)[code] += 1
@@ -213,7 +218,7 @@ class Connection:
         self._slots = trio.Semaphore(server.max_calls)
         self.closed = False
         self.cell = None
-        self.subs: dict[int, object] = {}
+        self.subs: dict[int, Subscriber] = {}
 
     async def send(self, msg: dict) -> None:
         try:

@@ -22,6 +22,7 @@ is escaped as {"$": "map", "v": [[key, value], ...]}.
 from __future__ import annotations
 
 from dataclasses import fields as dc_fields
+from typing import Any
 
 from ..agent_api import RESULT_TYPES
 from ..core.budget import InsufficientRU
@@ -109,13 +110,14 @@ def unpack(raw) -> dict:
     return msg
 
 
-def request_id(msg: dict):
+def request_id(msg: dict[str, Any]) -> int | None:
     i = msg.get("id")
     return i if isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_ID else None
 
 
 # -- errors
-def error_to_wire(e: BudgetError) -> dict:
+def error_to_wire(e: BudgetError) -> dict[str, Any]:
+    fields: dict[str, object]
     if isinstance(e, InsufficientRU):
         fields = {
             "need_mru": e.need_mru,
@@ -134,23 +136,24 @@ def error_from_wire(d) -> BudgetError:
     """The same typed error the node raised, with the same str()."""
     if not isinstance(d, dict) or not isinstance(d.get("code"), str):
         return MalformedInput("the node sent an unreadable error")
-    code, message = d["code"], d.get("message") if isinstance(d.get("message"), str) else ""
-    f = d.get("fields") if isinstance(d.get("fields"), dict) else {}
+    code, raw_message, raw_fields = d["code"], d.get("message"), d.get("fields")
+    message = raw_message if isinstance(raw_message, str) else ""
+    f: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
     cls = error_class(code)
     try:
         if cls is InsufficientRU:
             return InsufficientRU(f["need_mru"], f["have_mru"], f["resets_at"], f["retry_after_s"])
         if cls is InvalidChain:
-            e = InvalidChain(f["reason"], f["seq"], f["detail"])
-            e.message = message
-            e.args = (message,)
-            return e
+            chain_error = InvalidChain(f["reason"], f["seq"], f["detail"])
+            chain_error.message = message
+            chain_error.args = (message,)
+            return chain_error
     except (KeyError, TypeError):
         pass
     if cls is None or cls in (InsufficientRU, InvalidChain):
-        e = BudgetError(message)
-        e.code = code
-        return e
+        unknown = BudgetError(message)
+        unknown.code = code
+        return unknown
     e = cls.__new__(cls)
     BudgetError.__init__(e, message)
     return e

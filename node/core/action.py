@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .crypto import SigningKey, blake2b_256
-from .encoding import decode, decode_stored, encode
+from .encoding import PlainMap, decode, decode_stored, encode
 from .errors import MalformedInput
 
 MAX_ACTION_BYTES = 16 * 1024
@@ -18,13 +18,13 @@ MAX_ENTRY_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Signed:
-    action: dict
+    action: PlainMap
     body: bytes
     sig: bytes
     hash: bytes
 
     @classmethod
-    def sign(cls, action: dict, key: SigningKey) -> Signed:
+    def sign(cls, action: PlainMap, key: SigningKey) -> Signed:
         body = encode(action)
         return cls(action, body, key.sign(body), blake2b_256(body))
 
@@ -48,18 +48,21 @@ class Signed:
 
     @property
     def seq(self) -> int:
-        return self.action["seq"]
+        seq: int = self.action["seq"]  # the validator checked the header's types
+        return seq
 
     @property
     def author(self) -> bytes:
-        return self.action["author"]
+        author: bytes = self.action["author"]
+        return author
 
     @property
     def ts(self) -> int:
-        return self.action["ts"]
+        ts: int = self.action["ts"]
+        return ts
 
 
-def entry_bytes(entry_type: str, content: dict) -> bytes:
+def entry_bytes(entry_type: str, content: PlainMap) -> bytes:
     body = encode({"type": entry_type, "content": content})
     if len(body) > MAX_ENTRY_BYTES:
         from .errors import TooLarge
@@ -70,7 +73,7 @@ def entry_bytes(entry_type: str, content: dict) -> bytes:
 
 def grant_body(
     dna_hash: bytes, steward: bytes, grantee: bytes, amount_mru: int, ts_us: int, nonce: bytes
-) -> dict:
+) -> PlainMap:
     return {
         "dna": dna_hash,
         "steward": steward,
@@ -81,5 +84,5 @@ def grant_body(
     }
 
 
-def grant_hash(grant: dict) -> bytes:
+def grant_hash(grant: PlainMap) -> bytes:
     return blake2b_256(encode(grant))

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .crypto import blake2b_256, to_text
-from .encoding import encode
+from .encoding import Plain, PlainMap, encode
 from .errors import InvalidInput
 
 
@@ -18,13 +19,15 @@ from .errors import InvalidInput
 class EntryDef:
     name: str
     op: str  # the cost-table operation that pays for it
-    validate: Callable[[dict], None]  # raises InvalidInput; must be deterministic
-    index: Callable[[dict], list] = lambda content: []  # [(kind, key)] for local lookups
-    keys: tuple = ()  # the kinds `index` may return (in the DNA hash)
+    # raises InvalidInput (on anything, not only a map); must be deterministic
+    validate: Callable[[Plain], None]
+    # [(kind, key)] for local lookups
+    index: Callable[[PlainMap], list[tuple[str, str]]] = lambda content: []
+    keys: tuple[str, ...] = ()  # the kinds `index` may return (in the DNA hash)
     steward_only: bool = False  # only a DNA steward may write it (its op is free)
-    present: Callable[[dict], dict] | None = None  # content as reads show it (readable ids)
+    present: Callable[[PlainMap], PlainMap] | None = None  # content as reads show it (readable ids)
 
-    def index_of(self, content: dict) -> list:
+    def index_of(self, content: PlainMap) -> list[tuple[str, str]]:
         """The index keys of valid `content`; a kind the zome did not declare is its bug."""
         out = self.index(content)
         if any(kind not in self.keys for kind, _ in out):
@@ -43,15 +46,19 @@ class IntegrityZome:
 
     name: str
     rules_version: int
-    entry_defs: tuple
-    costs: dict  # op -> milli-RU (per result for `per_result` ops)
-    per_result: tuple = ()  # read ops charged per result returned
+    entry_defs: tuple[EntryDef, ...]
+    costs: dict[str, int]  # op -> milli-RU (per result for `per_result` ops)
+    per_result: tuple[str, ...] = ()  # read ops charged per result returned
     grant_entry: str | None = None  # the entry a steward records each grant in
     claim_op: str | None = None  # the op a grantee's claim records (free)
 
 
 class App:
-    def __init__(self, integrity: list[IntegrityZome], functions: dict | None = None):
+    def __init__(
+        self,
+        integrity: Iterable[IntegrityZome],
+        functions: dict[tuple[str, str], Any] | None = None,
+    ):
         self.integrity = tuple(integrity)
         defs = [d for z in self.integrity for d in z.entry_defs]
         self.entry_defs = {d.name: d for d in defs}
@@ -63,8 +70,8 @@ class App:
                 raise ValueError(f"zome {z.name} prices an op another zome prices")
             self.costs.update(z.costs)
         self.per_result = tuple(op for z in self.integrity for op in z.per_result)
-        self.grant_entry = _one(self.integrity, "grant_entry")
-        self.claim_op = _one(self.integrity, "claim_op")
+        self.grant_entry: str | None = _one(self.integrity, "grant_entry")
+        self.claim_op: str | None = _one(self.integrity, "claim_op")
         unpriced = ({d.op for d in defs} | set(self.per_result) | {self.claim_op}) - {None}
         if unpriced - self.costs.keys():
             raise ValueError(f"ops without a cost: {sorted(unpriced - self.costs.keys())}")
@@ -101,25 +108,25 @@ class App:
     def entry_def(self, name: str) -> EntryDef | None:
         return self.entry_defs.get(name)
 
-    def present(self, entry_type: str, content: dict) -> dict:
+    def present(self, entry_type: str, content: PlainMap) -> PlainMap:
         edef = self.entry_defs.get(entry_type)
         return edef.present(content) if edef is not None and edef.present else dict(content)
 
 
-def _one(zomes, attr: str):
+def _one(zomes: Iterable[IntegrityZome], attr: str) -> Any:
     found = [getattr(z, attr) for z in zomes if getattr(z, attr) is not None]
     if len(found) > 1:
         raise ValueError(f"more than one zome declares {attr}")
     return found[0] if found else None
 
 
-def readable_ids(**kinds: str) -> Callable[[dict], dict]:
+def readable_ids(**kinds: str) -> Callable[[PlainMap], PlainMap]:
     """A `present` that shows the named 32-byte fields (or lists of them) as text ids of `kind`."""
 
-    def present(content: dict) -> dict:
+    def present(content: PlainMap) -> PlainMap:
         out = dict(content)
         for name, kind in kinds.items():
-            v = out.get(name)
+            v = out[name]  # present() sees validated content, which holds every named field
             out[name] = [to_text(kind, x) for x in v] if isinstance(v, list) else to_text(kind, v)
         return out
 
@@ -127,7 +134,7 @@ def readable_ids(**kinds: str) -> Callable[[dict], dict]:
 
 
 # Small validation helpers the integrity zomes share.
-def need_text(content: dict, key: str, max_len: int, optional: bool = False) -> None:
+def need_text(content: PlainMap, key: str, max_len: int, optional: bool = False) -> None:
     v = content.get(key)
     if v is None and optional:
         return
@@ -135,13 +142,13 @@ def need_text(content: dict, key: str, max_len: int, optional: bool = False) -> 
         raise InvalidInput(f"{key} must be a non-empty string of at most {max_len} bytes")
 
 
-def need_hash(content: dict, key: str) -> None:
+def need_hash(content: PlainMap, key: str) -> None:
     v = content.get(key)
     if not isinstance(v, bytes) or len(v) != 32:
         raise InvalidInput(f"{key} must be a 32-byte hash")
 
 
-def need_keys(content, allowed: set) -> None:
+def need_keys(content: Plain, allowed: set[str]) -> None:
     if not isinstance(content, dict):
         raise InvalidInput("entry content must be a map")
     extra = set(content) - allowed

@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .dna import Dna
-from .errors import InsufficientRU  # noqa: F401 (raised here; defined with every refusal)
-from .money import MRU_PER_RU, fmt_ru  # noqa: F401
+
+# InsufficientRU is raised here and defined with every refusal; it and fmt_ru are re-exported
+# (explicitly: `as`), as this was their import path
+from .errors import InsufficientRU as InsufficientRU
+from .money import MRU_PER_RU
+from .money import fmt_ru as fmt_ru
 
 US = 1_000_000
 
@@ -72,7 +76,7 @@ class BudgetStatus:
     def used_ru(self) -> float:
         return self.used_mru / MRU_PER_RU
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "remaining_ru": self.remaining_ru,
             "used_ru": self.used_ru,

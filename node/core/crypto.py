@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -35,7 +36,7 @@ class SigningKey:
         )
 
     @classmethod
-    def generate(cls, randbytes) -> SigningKey:
+    def generate(cls, randbytes: Callable[[int], bytes]) -> SigningKey:
         return cls(randbytes(KEY_LEN))
 
     def sign(self, data: bytes) -> bytes:
@@ -93,7 +94,7 @@ def to_text(kind: str, raw: bytes) -> str:
     return _PREFIX[kind] + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def from_text(kind: str, text) -> bytes:
+def from_text(kind: str, text: object) -> bytes:
     prefix = _PREFIX[kind]
     if not isinstance(text, str) or not text.startswith(prefix):
         raise InvalidInput(f"not a {kind} id: {text!r}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import bisect
 import functools
 import heapq
+from collections.abc import Iterable
 
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, verify
-from .encoding import encode, encode_trusted
+from .encoding import Plain, PlainMap, encode, encode_trusted
 from .errors import MalformedInput
 
 DEFAULT_R = 3
@@ -21,13 +22,13 @@ def location(key: bytes) -> int:
     return int.from_bytes(blake2b_256(key), "big")
 
 
-def nearest(basis: bytes, peers, r: int) -> list[bytes]:
+def nearest(basis: bytes, peers: Iterable[bytes], r: int) -> list[bytes]:
     # distinct peers have distinct locations (else BLAKE2b collides), so distances never tie
     # distances computed in C (map over the cached locations), then the r smallest indices:
     # this runs for every basis on every peer-set change, over every peer
-    peers = peers if type(peers) is list else list(peers)
-    d = list(map(location(basis).__xor__, map(location, peers)))
-    return [peers[i] for i in heapq.nsmallest(r, range(len(d)), key=d.__getitem__)]
+    ps = peers if type(peers) is list else list(peers)
+    d = list(map(location(basis).__xor__, map(location, ps)))
+    return [ps[i] for i in heapq.nsmallest(r, range(len(d)), key=d.__getitem__)]
 
 
 class Ring:
@@ -37,7 +38,7 @@ class Ring:
     one contiguous run of the sorted locations: a binary search over prefix lengths finds it,
     and only that run (about 2R members) is compared, instead of every member."""
 
-    def __init__(self, members):
+    def __init__(self, members: Iterable[bytes]):
         pairs = sorted(zip(map(location, members), members))
         self.locs = [loc for loc, _ in pairs]
         self.members = [m for _, m in pairs]
@@ -75,7 +76,7 @@ def bases(s: Signed) -> list[bytes]:
     return out
 
 
-def authorities(s: Signed, peers, r: int) -> set[bytes]:
+def authorities(s: Signed, peers: Iterable[bytes], r: int) -> set[bytes]:
     out: set[bytes] = set()
     for b in bases(s):
         out.update(nearest(b, peers, r))
@@ -101,7 +102,7 @@ def check_receipt(action_hash: bytes, validator: bytes, sig: bytes) -> bool:
 
 def peer_info(
     key: SigningKey, dna_hash: bytes, addrs: list[str], agents: list[bytes], ts_us: int
-) -> dict:
+) -> PlainMap:
     body = {
         "peer": key.public,
         "dna": dna_hash,
@@ -112,7 +113,7 @@ def peer_info(
     return {"body": body, "sig": key.sign(encode(body))}
 
 
-def check_peer_info(info, dna_hash: bytes) -> dict | None:
+def check_peer_info(info: Plain, dna_hash: bytes) -> PlainMap | None:
     """The body of a signed peer info for this network, or None."""
     body = peer_info_body(info, dna_hash)
     # a body off the wire went through the strict decode's walk, so it is plain data already
@@ -121,12 +122,13 @@ def check_peer_info(info, dna_hash: bytes) -> dict | None:
     return body
 
 
-def peer_info_body(info, dna_hash: bytes) -> dict | None:
+def peer_info_body(info: Plain, dna_hash: bytes) -> PlainMap | None:
     """The body of a well-formed peer info for this network, its signature NOT yet checked (so a
     node can skip verifying infos no newer than one it holds), or None."""
     if not isinstance(info, dict) or not isinstance(info.get("body"), dict):
         return None
-    body, sig = info["body"], info.get("sig")
+    body: PlainMap = info["body"]
+    sig = info.get("sig")
     peer = body.get("peer")
     if not isinstance(peer, bytes) or not isinstance(sig, bytes) or body.get("dna") != dna_hash:
         return None

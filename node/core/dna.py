@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from .crypto import blake2b_256, to_text
-from .encoding import encode
+from .encoding import PlainMap, encode
 from .errors import WrongNetwork
-from .money import MRU_PER_RU
+
+if TYPE_CHECKING:
+    from .app import App
+from .money import MRU_PER_RU as MRU_PER_RU  # re-exported: apps take it from here
 
 
 @dataclass(frozen=True)
@@ -23,15 +27,15 @@ class Dna:
     window_s: int = 86_400
     base_mru: int = 100 * MRU_PER_RU
     cap_mru: int = 200 * MRU_PER_RU
-    costs: dict = field(default_factory=dict)  # op -> milli-RU, from the app
-    per_result: tuple = ()
-    stewards: tuple = ()
+    costs: dict[str, int] = field(default_factory=dict)  # op -> milli-RU, from the app
+    per_result: tuple[str, ...] = ()
+    stewards: tuple[bytes, ...] = ()
     max_results: int = 1000  # bound on one recall, and so on one read charge
     max_future_us: int = 300_000_000  # authorities refuse actions stamped further ahead
     integrity: bytes = b""  # the app's integrity fingerprint (core.app.App.fingerprint)
 
     @classmethod
-    def for_app(cls, app, **rules) -> Dna:
+    def for_app(cls, app: App, **rules: Any) -> Dna:
         """A network running `app` (a core.app.App): its cost table and integrity fingerprint,
         and `rules` as given."""
         return cls(
@@ -41,7 +45,7 @@ class Dna:
             **rules,
         )
 
-    def check_app(self, app) -> None:
+    def check_app(self, app: App) -> None:
         """Refuse to run this network with `app` unless its integrity zomes are the ones the
         network was made with (so their costs and rules are the network's)."""
         if (
@@ -56,7 +60,7 @@ class Dna:
                 f"rules are on different networks"
             )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> PlainMap:
         return {
             "name": self.name,
             "version": self.version,
@@ -72,7 +76,7 @@ class Dna:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Dna:
+    def from_dict(cls, d: PlainMap) -> Dna:
         if not isinstance(d.get("integrity"), bytes):
             raise ValueError("the DNA names no integrity fingerprint")
         return cls(

@@ -8,29 +8,36 @@ and hashes must not depend on a float's spelling.
 from __future__ import annotations
 
 import io
+from typing import Any, TypeAlias
 
 import cbor2
 
 from .errors import MalformedInput, TooLarge
+
+# Plain data as the strict decode returns it: None, bool, int, str, bytes, and lists and maps of
+# them. Left as Any: the shape of each message is checked where it is parsed, not here.
+Plain: TypeAlias = Any
+# A map with text keys (an action, an entry, a message): what most of the core passes around.
+PlainMap: TypeAlias = dict[str, Any]
 
 MAX_MESSAGE_BYTES = 1 << 20  # one action, entry or message
 MAX_DEPTH = 32
 MAX_ITEMS = 10_000
 
 
-def encode(obj) -> bytes:
+def encode(obj: Plain) -> bytes:
     _check(obj, 0, [0])
     return cbor2.dumps(obj, canonical=True)
 
 
-def encode_trusted(obj) -> bytes:
+def encode_trusted(obj: Plain) -> bytes:
     """`encode` without the plain-data walk, for maps the node itself builds from values it
     has already validated (its own action headers). Input from anyone else goes through
     `encode`: the walk is what refuses floats, tags, foreign types and oversized input."""
     return cbor2.dumps(obj, canonical=True)
 
 
-def decode_stored(data: bytes):
+def decode_stored(data: bytes) -> Plain:
     """Bytes this node's own store holds: every one was decoded strictly (or encoded here)
     before it was stored, so the walk and the canonical re-encode, two thirds of a strict
     decode, would only repeat themselves. A store read that does not parse is still refused."""
@@ -49,7 +56,7 @@ def decode_stored(data: bytes):
         raise MalformedInput(f"invalid CBOR: {e}") from None
 
 
-def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, canonical: bool = True):
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, canonical: bool = True) -> Plain:
     """Strict decode: plain data only, bounded in size, depth and items. `canonical=False` is
     for wire frames, which are never hashed or signed whole (what is signed inside one is either
     carried as bytes or re-encoded canonically before its signature is checked), so the
@@ -89,7 +96,7 @@ _SCALARS = frozenset({type(None), bool, str, bytes})
 _INT_LIMIT = 1 << 64
 
 
-def _check(obj, depth: int, count: list[int]) -> None:
+def _check(obj: Plain, depth: int, count: list[int]) -> None:
     # Exact type() tests, not isinstance: this walk runs on every message, and the decoder only
     # ever produces these exact types (a subclass from elsewhere is refused as foreign).
     count[0] += 1

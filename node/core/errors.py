@@ -24,7 +24,7 @@ class BudgetError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {"code": self.code, "message": self.message}
 
 
@@ -108,7 +108,7 @@ class InsufficientRU(BudgetError):
             f"Budget resets at {resets_at}"
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "code": self.code,
             "message": self.message,

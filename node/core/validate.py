@@ -6,15 +6,16 @@ run the same steps on every op they receive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from . import budget
 from .action import Signed, grant_hash
-from .app import App
-from .budget import BudgetState, InsufficientRU
+from .app import App, EntryDef
+from .budget import BudgetState
 from .crypto import blake2b_256, verify
 from .dna import Dna
-from .encoding import decode, encode
-from .errors import BudgetError, InvalidChain
+from .encoding import PlainMap, decode, encode
+from .errors import BudgetError, InsufficientRU, InvalidChain
 
 MAX_CHAIN = 10_000_000
 
@@ -28,17 +29,17 @@ class ChainState:
     hash: bytes
     ts: int
     budget: BudgetState
-    claimed: frozenset  # grant hashes already claimed on this chain
+    claimed: frozenset[bytes]  # grant hashes already claimed on this chain
 
 
-def _get(action: dict, key: str, typ, seq):
+def _get(action: PlainMap, key: str, typ: type, seq: int | None) -> Any:
     v = action.get(key)
     if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
         raise InvalidChain("malformed", seq, f"field {key!r} missing or of the wrong type")
     return v
 
 
-def _header(action: dict, seq_hint):
+def _header(action: PlainMap, seq_hint: int | None) -> tuple[int, bytes, int, str]:
     seq = _get(action, "seq", int, seq_hint)
     author = _get(action, "author", bytes, seq)
     ts = _get(action, "ts", int, seq)
@@ -111,7 +112,7 @@ def validate_next(
     elif typ == "charge":
         op = rec.get("op")
         count = _get(a, "count", int, seq)
-        if op not in dna.per_result:
+        if not isinstance(op, str) or op not in dna.per_result:  # per_result holds only text
             raise InvalidChain("not_paid", seq, f"{op!r} is not a per-result charge")
         if not 1 <= count <= dna.max_results:
             raise InvalidChain("malformed", seq, "charge count out of range")
@@ -134,7 +135,7 @@ def validate_next(
 
 
 def _derive(
-    prev: BudgetState, rec: dict, cost: int, ts: int, dna: Dna, seq: int, grant_mru: int | None
+    prev: BudgetState, rec: PlainMap, cost: int, ts: int, dna: Dna, seq: int, grant_mru: int | None
 ) -> BudgetState:
     for k in ("cost", "ws", "rem"):
         if not isinstance(rec.get(k), int) or isinstance(rec.get(k), bool):
@@ -161,7 +162,7 @@ def _derive(
     return derived
 
 
-def _check_grant(a: dict, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes]:
+def _check_grant(a: PlainMap, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes]:
     g = a.get("grant")
     sig = a.get("grant_sig")
     if not isinstance(g, dict) or not isinstance(sig, bytes):
@@ -183,7 +184,7 @@ def _check_grant(a: dict, author: bytes, dna: Dna, seq: int) -> tuple[int, bytes
     return amount, grant_hash(g)
 
 
-def _check_entry(body: bytes, eh: bytes, et: str, edef, seq: int) -> None:
+def _check_entry(body: bytes, eh: bytes, et: str, edef: EntryDef, seq: int) -> None:
     if blake2b_256(body) != eh:
         raise InvalidChain(
             "entry_hash_mismatch", seq, "entry bytes do not hash to the action's entry"
@@ -203,7 +204,7 @@ def validate_chain(
     actions: list[Signed],
     dna: Dna,
     app: App,
-    entries: dict | None = None,
+    entries: dict[bytes, bytes] | None = None,
     now_us: int | None = None,
 ) -> ChainState:
     """Validate a whole chain from genesis; `entries` (hash -> bytes), when given, must hold
@@ -225,7 +226,7 @@ def validate_chain(
     return cs
 
 
-def step_anchor(prev: Signed | None, s: Signed, dna) -> ChainState | None:
+def step_anchor(prev: Signed | None, s: Signed, dna: Dna) -> ChainState | None:
     """The chain state right after `prev`, read from the BudgetState `prev` records, if `prev`
     is the author-signed action `s` builds on; else None. Validating `s` from it checks the one
     step, not the history before it."""

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, to_text, verify
-from .encoding import encode, encode_trusted
-from .errors import BudgetError, MalformedInput, Warranted  # noqa: F401
+from .encoding import Plain, PlainMap, encode, encode_trusted
+from .errors import BudgetError, MalformedInput
+from .errors import Warranted as Warranted  # re-exported: its old import path
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
 RETRYABLE = frozenset({"future_timestamp"})
@@ -28,13 +29,14 @@ def proves(reason: str) -> bool:
 
 @dataclass(frozen=True)
 class Warrant:
-    body: dict
+    body: PlainMap
     sig: bytes
     hash: bytes
 
     @property
     def offender(self) -> bytes:
-        return self.body["offender"]
+        offender: bytes = self.body["offender"]  # from_wire checked the body's types
+        return offender
 
     @property
     def agent_id(self) -> str:
@@ -42,23 +44,26 @@ class Warrant:
 
     @property
     def reason(self) -> str:
-        return self.body["reason"]
+        reason: str = self.body["reason"]
+        return reason
 
     @property
     def kind(self) -> str:
-        return self.body["kind"]
+        kind: str = self.body["kind"]
+        return kind
 
     @property
     def issuer(self) -> bytes:
-        return self.body["issuer"]
+        issuer: bytes = self.body["issuer"]
+        return issuer
 
     def evidence(self) -> list[Signed]:
         return [Signed.from_wire(b, s) for b, s in self.body["evidence"]]
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> PlainMap:
         return {"body": self.body, "sig": self.sig}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "agent_id": self.agent_id,
             "kind": self.kind,
@@ -80,7 +85,7 @@ def make(
     issuer: SigningKey,
     ts_us: int,
     entry: bytes | None = None,
-    batch: dict | None = None,
+    batch: PlainMap | None = None,
 ) -> Warrant:
     """`entry` lets a receiver re-validate an invalid create; `batch` is a peer's signed
     publish batch (the proof that the peer itself sent an action with a forged signature)."""
@@ -99,7 +104,7 @@ def make(
     return Warrant(body, issuer.sign(raw), blake2b_256(raw))
 
 
-def from_wire(w) -> Warrant | None:
+def from_wire(w: Plain) -> Warrant | None:
     """Check shape and the issuer's signature; the evidence is checked by the caller."""
     if not isinstance(w, dict) or not isinstance(w.get("body"), dict):
         return None
@@ -140,11 +145,11 @@ def from_wire(w) -> Warrant | None:
     return warrant
 
 
-def batch_digest(ops: list) -> list[bytes]:
+def batch_digest(ops: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [blake2b_256(op[0] + op[1]) for op in ops]
 
 
-def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
+def sign_batch(ops: list[tuple[bytes, bytes]], to: bytes, ts_us: int, key: SigningKey) -> PlainMap:
     """A publisher signs what it sends, so a forged action it relays is provably its own doing."""
     if type(to) is not bytes or type(ts_us) is not int:
         raise MalformedInput("a batch names its recipient (bytes) and a time (integer us)")
@@ -152,7 +157,7 @@ def sign_batch(ops: list, to: bytes, ts_us: int, key: SigningKey) -> dict:
     return {**b, "sig": key.sign(encode_trusted(b))}
 
 
-def batch_shape_ok(batch) -> bool:
+def batch_shape_ok(batch: Plain) -> bool:
     """A batch as sign_batch makes it, its signature not yet checked."""
     return (
         isinstance(batch, dict)
@@ -161,7 +166,7 @@ def batch_shape_ok(batch) -> bool:
     )
 
 
-def batch_ok(batch, sender: bytes) -> bool:
+def batch_ok(batch: Plain, sender: bytes) -> bool:
     if not batch_shape_ok(batch):
         return False
     b = {k: batch.get(k) for k in ("hashes", "to", "ts")}

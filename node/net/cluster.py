@@ -3,7 +3,8 @@ transport for fast tests."""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -11,15 +12,19 @@ from ..core import dht
 from ..core.crypto import to_text
 from ..core.errors import ConsistencyTimeout
 from .memory import MemoryNetwork
+from .transport import Handler, TransportFactory
 from ..errgroups import unwrap_single_errors
 from .node import NetNode
 from . import rogue as adversarial
 
+if TYPE_CHECKING:
+    from .libp2p_transport import Libp2pTransport
 
-def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0"):
+
+def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0") -> TransportFactory:
     from .libp2p_transport import open_libp2p_transport  # libp2p costs ~0.7 s to import
 
-    def factory(seed, handler):
+    def factory(seed: bytes, handler: Handler) -> AbstractAsyncContextManager[Libp2pTransport]:
         return open_libp2p_transport(seed, handler, listen=(listen,))
 
     return factory
@@ -54,13 +59,17 @@ class LocalCluster:
         sims/, imported only when asked for. `app`: what every node runs (None: the Rose Forest
         app, `node.apps`)."""
         network = MemoryNetwork() if transport == "memory" else None
-        factory = network.transport if network is not None else libp2p_factory()
+        factory: TransportFactory = network.transport if network is not None else libp2p_factory()
         modes_of = _rogue_table(rogue, rogue_modes)
         with unwrap_single_errors():
             async with AsyncExitStack() as stack:
                 nodes: list[NetNode] = []
                 for i in range(n):
-                    bootstrap = nodes[0].transport.listen_addrs()[:1] if nodes else ()
+                    bootstrap = (
+                        nodes[0].transport.listen_addrs()[:1]  # type: ignore[attr-defined]
+                        if nodes
+                        else ()
+                    )
                     factory_i, adversary = adversarial.plug(
                         factory, modes_of.get(i, ()), f"byzantine:{i}"
                     )
@@ -85,12 +94,15 @@ class LocalCluster:
                     node for i, node in enumerate(nodes) if "byzantine" not in modes_of.get(i, ())
                 ]
                 for node in nodes:
-                    node.on_change = cluster._changed
+                    # NetNode.__init__ (node.py, unchecked until its split lands) types it as None
+                    node.on_change = cluster._changed  # type: ignore[assignment]
                 # Peers learnt after a node joined reach it by the next refresh; make it immediate.
                 for node in nodes:
                     for other in nodes:
                         if other is not node and other.id not in node.peers:
-                            await node.join(other.transport.listen_addrs()[0])
+                            await node.join(
+                                other.transport.listen_addrs()[0]  # type: ignore[attr-defined]
+                            )
                 yield cluster
 
     def _changed(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import cast
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Sequence
 
@@ -30,6 +31,7 @@ from libp2p.crypto.keys import KeyType  # noqa: E402
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair  # noqa: E402
 from libp2p.custom_types import TProtocol  # noqa: E402
 from libp2p.network.config import ConnectionConfig, RetryConfig  # noqa: E402
+from libp2p.network.swarm import Swarm  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr  # noqa: E402
 from libp2p.security.noise.transport import (  # noqa: E402
@@ -382,7 +384,9 @@ async def open_libp2p_transport(
         listen_addrs=[multiaddr.Multiaddr(a) for a in listen],
         connection_config=config,
     )
-    swarm = host.get_network()
+    # new_host's network is a Swarm; its interface type (INetworkService) omits the two
+    # attributes set below
+    swarm = cast(Swarm, host.get_network())
     # One quick retry; the node decides its own retry policy above this seam.
     swarm.retry_config = RetryConfig(max_retries=1, initial_delay=0.05, max_delay=0.5)
     # Trap 8: the swarm's AutoConnector dials every peer in the peerstore until it has

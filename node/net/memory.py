@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from ..core.crypto import SigningKey
-from .transport import MAX_FRAME, PeerUnreachable
+from .transport import MAX_FRAME, Handler, PeerUnreachable
 
 
 class MemoryNetwork:
     def __init__(self):
-        self.handlers: dict[bytes, object] = {}
+        self.handlers: dict[bytes, Handler] = {}
         self.blocked: set[tuple[bytes, bytes]] = set()
         self.messages = 0
         self.bytes = 0
@@ -28,7 +29,7 @@ class MemoryNetwork:
         self.blocked.clear()
 
     @asynccontextmanager
-    async def transport(self, seed: bytes, handler):
+    async def transport(self, seed: bytes, handler: Handler) -> AsyncIterator[MemoryTransport]:
         t = MemoryTransport(self, SigningKey(seed).public)
         self.handlers[t.peer_id] = handler
         try:
@@ -45,7 +46,7 @@ class MemoryTransport:
     def listen_addrs(self) -> list[str]:
         return ["mem://" + self.peer_id.hex()]
 
-    def add_peer_addrs(self, peer: bytes, addrs) -> None:
+    def add_peer_addrs(self, peer: bytes, addrs: Sequence[str]) -> None:
         pass
 
     def peers(self) -> list[bytes]:

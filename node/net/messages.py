@@ -8,10 +8,13 @@ warrant checks, `dht.check_peer_info`): a well-shaped value is not yet a true on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ..core.action import MAX_ACTION_BYTES, MAX_ENTRY_BYTES, Signed
 from ..core.crypto import KEY_LEN, SIG_LEN
+from ..core.encoding import Plain, PlainMap
 from ..core.errors import BudgetError, MalformedInput
 
 HASH_LEN = 32
@@ -26,7 +29,7 @@ WARRANT_KINDS = ("fork", "invalid", "peer")
 
 
 # -- field checks: each names the field it refuses
-def need_bytes(v, what: str, *, size: int | None = None, most: int | None = None) -> bytes:
+def need_bytes(v: Plain, what: str, *, size: int | None = None, most: int | None = None) -> bytes:
     if type(v) is not bytes:
         raise MalformedInput(f"{what} must be bytes")
     if size is not None and len(v) != size:
@@ -36,25 +39,27 @@ def need_bytes(v, what: str, *, size: int | None = None, most: int | None = None
     return v
 
 
-def need_int(v, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
+def need_int(v: Plain, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
     if type(v) is not int or not lo <= v <= hi:
         raise MalformedInput(f"{what} must be an integer in {lo}..{hi}")
     return v
 
 
-def need_text(v, what: str, most: int = MAX_TEXT) -> str:
+def need_text(v: Plain, what: str, most: int = MAX_TEXT) -> str:
     if type(v) is not str or len(v) > most:
         raise MalformedInput(f"{what} must be text of at most {most} characters")
     return v
 
 
-def need_list(v, what: str, most: int, least: int = 0) -> list:
+def need_list(v: Plain, what: str, most: int, least: int = 0) -> list[Plain]:
     if type(v) is not list or not least <= len(v) <= most:
         raise MalformedInput(f"{what} must be a list of {least}-{most} items")
     return v
 
 
-def need_map(v, what: str, keys: frozenset, optional: frozenset = frozenset()) -> dict:
+def need_map(
+    v: Plain, what: str, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> PlainMap:
     """A map with exactly `keys` (and any of `optional`): an unknown key is refused too, so a
     value re-encoded from its fields is byte for byte the one that was signed."""
     if type(v) is not dict:
@@ -64,19 +69,25 @@ def need_map(v, what: str, keys: frozenset, optional: frozenset = frozenset()) -
     return v
 
 
-def key(v, what: str) -> bytes:
+def key(v: Plain, what: str) -> bytes:
     return need_bytes(v, what, size=KEY_LEN)
 
 
-def digest(v, what: str) -> bytes:
+def digest(v: Plain, what: str) -> bytes:
     return need_bytes(v, what, size=HASH_LEN)
 
 
-def optional(v, parse, *args, **kw):
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def optional(
+    v: Plain, parse: Callable[Concatenate[Plain, _P], _T], *args: _P.args, **kw: _P.kwargs
+) -> _T | None:
     return None if v is None else parse(v, *args, **kw)
 
 
-def signed_action(body, sig, what: str = "an action") -> Signed:
+def signed_action(body: Plain, sig: Plain, what: str = "an action") -> Signed:
     """A signed action's shape: its body decodes strictly to a map; its signature is 64 bytes
     (whether it verifies is the validator's question)."""
     need_bytes(body, f"{what}'s body", most=MAX_ACTION_BYTES)
@@ -87,13 +98,13 @@ def signed_action(body, sig, what: str = "an action") -> Signed:
         raise MalformedInput(f"{what}: {e.message}") from None
 
 
-def action_pair(v, what: str = "an action") -> Signed:
+def action_pair(v: Plain, what: str = "an action") -> Signed:
     """[body, sig]"""
     body, sig = need_list(v, what, 2, 2)
     return signed_action(body, sig, what)
 
 
-def entry_bytes(v, what: str = "an entry") -> bytes | None:
+def entry_bytes(v: Plain, what: str = "an entry") -> bytes | None:
     return optional(v, need_bytes, what, most=MAX_ENTRY_BYTES)
 
 
@@ -105,7 +116,7 @@ class Record:
     entry: bytes | None
 
     @classmethod
-    def parse(cls, v) -> Record:
+    def parse(cls, v: Plain) -> Record:
         body, sig, entry = need_list(v, "a record", 3, 3)
         return cls(
             signed_action(body, sig, "a record's action"),
@@ -114,7 +125,7 @@ class Record:
             else None,
         )
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Plain]:
         return [self.action.body, self.action.sig, self.entry]
 
 
@@ -131,7 +142,7 @@ class PeerInfo:
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> PeerInfo:
+    def parse(cls, v: Plain) -> PeerInfo:
         need_map(v, "a peer info", frozenset({"body", "sig"}))
         body = need_map(
             v["body"], "a peer info's body", frozenset({"peer", "dna", "addrs", "agents", "ts"})
@@ -151,7 +162,7 @@ class PeerInfo:
             need_bytes(v["sig"], "a peer info's signature", size=SIG_LEN),
         )
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> PlainMap:
         return {
             "body": {
                 "peer": self.peer,
@@ -175,7 +186,7 @@ class Batch:
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> Batch:
+    def parse(cls, v: Plain) -> Batch:
         need_map(v, "a publish batch", frozenset({"hashes", "to", "ts", "sig"}))
         return cls(
             tuple(
@@ -187,7 +198,7 @@ class Batch:
             need_bytes(v["sig"], "a batch's signature", size=SIG_LEN),
         )
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> PlainMap:
         return {"hashes": list(self.hashes), "to": self.to, "ts": self.ts, "sig": self.sig}
 
 
@@ -208,7 +219,7 @@ class WarrantMsg:
     sig: bytes
 
     @classmethod
-    def parse(cls, v) -> WarrantMsg:
+    def parse(cls, v: Plain) -> WarrantMsg:
         need_map(v, "a warrant", frozenset({"body", "sig"}))
         b = need_map(
             v["body"],
@@ -236,7 +247,7 @@ class WarrantMsg:
             need_bytes(v["sig"], "a warrant's signature", size=SIG_LEN),
         )
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> PlainMap:
         return {
             "body": {
                 "kind": self.kind,
@@ -262,7 +273,7 @@ class Head:
     hash: bytes
 
     @classmethod
-    def parse(cls, v) -> Head:
+    def parse(cls, v: Plain) -> Head:
         author, seq, h = need_list(v, "a head", 3, 3)
         return cls(
             key(author, "a head's author"),
@@ -283,7 +294,7 @@ class Grant:
     nonce: bytes
 
     @classmethod
-    def parse(cls, v) -> Grant:
+    def parse(cls, v: Plain) -> Grant:
         need_map(v, "a grant", frozenset({"dna", "steward", "grantee", "amount", "ts", "nonce"}))
         return cls(
             digest(v["dna"], "a grant's DNA"),
@@ -294,7 +305,7 @@ class Grant:
             need_bytes(v["nonce"], "a grant's nonce", most=MAX_NONCE),
         )
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> PlainMap:
         return {
             "dna": self.dna,
             "steward": self.steward,

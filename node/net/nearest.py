@@ -44,10 +44,10 @@ class NearestCache:
             if seen == version:
                 return near
             if seen >= self._base and 4 * (version - seen) < size:
-                near = self._replay(basis, near, self._log[seen - self._base :])
-                if near is not None:
-                    self._entries[basis] = (version, near)
-                    return near
+                replayed = self._replay(basis, near, self._log[seen - self._base :])
+                if replayed is not None:
+                    self._entries[basis] = (version, replayed)
+                    return replayed
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         if self._ring is None or self._ring[0] != version:

@@ -13,10 +13,13 @@ parses here (tests/test_protocol.py checks the shapes this node sends against th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from ..core.action import Signed
 from ..core.crypto import SIG_LEN, blake2b_256
+from ..core.encoding import Plain, PlainMap  # the types of decoded frames
 from ..core.encoding import decode, encode, encode_trusted
 from ..core.errors import BudgetError, MalformedInput, ProtocolError
 
@@ -25,7 +28,7 @@ from ..core.errors import InternalError as InternalError
 from ..core.errors import MalformedReply as MalformedReply
 from ..core.errors import PeerUnreachable as PeerUnreachable
 from .messages import (
-    MAX_OPS_PER_MESSAGE,
+    MAX_OPS_PER_MESSAGE as MAX_OPS_PER_MESSAGE,  # re-exported with the other bounds
     Batch,
     Grant,
     Head,
@@ -57,11 +60,11 @@ MAX_ERROR_TEXT = 512
 STATUSES = ("valid", "invalid", "warranted", "pending", "busy")  # an authority's word on an op
 
 
-def _have(v) -> bytes:
-    need_bytes(v, "'have'", most=MAX_HAVE)
-    if len(v) % 16:
+def _have(v: Plain) -> bytes:
+    have = need_bytes(v, "'have'", most=MAX_HAVE)
+    if len(have) % 16:
         raise MalformedInput("'have' is 16 bytes per peer (id prefix, timestamp)")
-    return v
+    return have
 
 
 # -- requests (every one also carries "t" and "dna")
@@ -70,7 +73,7 @@ class DnaRequest:
     """Which network is this? (A newcomer asks before it can name one.)"""
 
     @classmethod
-    def parse(cls, m: dict) -> DnaRequest:
+    def parse(cls, m: PlainMap) -> DnaRequest:
         return cls()
 
 
@@ -80,7 +83,7 @@ class HelloRequest:
     dropped: bool = False  # the asker had dropped this node as dead (a cut healed)
 
     @classmethod
-    def parse(cls, m: dict) -> HelloRequest:
+    def parse(cls, m: PlainMap) -> HelloRequest:
         need_map(m, "a hello", frozenset({"info"}), frozenset({"dropped"}))
         dropped = m.get("dropped", False)
         if type(dropped) is not bool:
@@ -99,7 +102,7 @@ class PeersRequest:
     push: tuple[PeerInfo, ...] | None
 
     @classmethod
-    def parse(cls, m: dict) -> PeersRequest:
+    def parse(cls, m: PlainMap) -> PeersRequest:
         need_map(m, "a peers request", frozenset(), frozenset({"info", "digest", "have", "push"}))
         push = m.get("push")
         if push is not None:
@@ -126,7 +129,7 @@ class PublishOp:
     vouch: tuple[tuple[bytes, bytes], ...] | None  # (validator, receipt) of author-key authorities
 
     @classmethod
-    def parse(cls, v) -> PublishOp:
+    def parse(cls, v: Plain) -> PublishOp:
         op = need_list(v, "a published op", 6, 2)
         op = op + [None] * (6 - len(op))
         told, vouch = op[4], op[5]
@@ -154,7 +157,7 @@ class PublishRequest:
     batch: Batch
 
     @classmethod
-    def parse(cls, m: dict) -> PublishRequest:
+    def parse(cls, m: PlainMap) -> PublishRequest:
         need_map(m, "a publish", frozenset({"ops", "batch"}))
         ops = tuple(
             PublishOp.parse(op)
@@ -175,7 +178,7 @@ class ChainRequest:
     limit: int
 
     @classmethod
-    def parse(cls, m: dict) -> ChainRequest:
+    def parse(cls, m: PlainMap) -> ChainRequest:
         need_map(m, "a chain request", frozenset({"author", "from", "limit"}))
         return cls(
             key(m["author"], "a chain request's author"),
@@ -189,7 +192,7 @@ class RecordRequest:
     hash: bytes
 
     @classmethod
-    def parse(cls, m: dict) -> RecordRequest:
+    def parse(cls, m: PlainMap) -> RecordRequest:
         need_map(m, "a record request", frozenset({"hash"}))
         return cls(digest(m["hash"], "a record request's hash"))
 
@@ -200,7 +203,7 @@ class SummaryRequest:
     warranted: tuple[bytes, ...]  # offenders the asker holds proof for
 
     @classmethod
-    def parse(cls, m: dict) -> SummaryRequest:
+    def parse(cls, m: PlainMap) -> SummaryRequest:
         need_map(m, "a summary", frozenset({"heads", "warranted"}))
         return cls(_heads(m["heads"]), _named(m["warranted"]))
 
@@ -210,7 +213,7 @@ class WarrantsRequest:
     warrants: tuple[WarrantMsg, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> WarrantsRequest:
+    def parse(cls, m: PlainMap) -> WarrantsRequest:
         need_map(m, "a warrants message", frozenset({"warrants"}))
         return cls(_warrants(m["warrants"]))
 
@@ -221,29 +224,40 @@ class GrantRequest:
     sig: bytes
 
     @classmethod
-    def parse(cls, m: dict) -> GrantRequest:
+    def parse(cls, m: PlainMap) -> GrantRequest:
         need_map(m, "a grant request", frozenset({"grant", "sig"}))
         return cls(
             Grant.parse(m["grant"]), need_bytes(m["sig"], "a grant's signature", size=SIG_LEN)
         )
 
 
-def _heads(v) -> tuple[Head, ...]:
+def _heads(v: Plain) -> tuple[Head, ...]:
     return tuple(Head.parse(h) for h in need_list(v, "'heads'", MAX_SUMMARY_AUTHORS))
 
 
-def _named(v) -> tuple[bytes, ...]:
+def _named(v: Plain) -> tuple[bytes, ...]:
     return tuple(
         key(a, "a warranted agent") for a in need_list(v, "'warranted'", MAX_WARRANTED_NAMED)
     )
 
 
-def _warrants(v) -> tuple[WarrantMsg, ...]:
+def _warrants(v: Plain) -> tuple[WarrantMsg, ...]:
     return tuple(WarrantMsg.parse(w) for w in need_list(v, "'warrants'", MAX_WARRANTS_PER_MESSAGE))
 
 
 # request type -> its parser: the one list of what this node answers
-REQUESTS = {
+Request: TypeAlias = (
+    DnaRequest
+    | HelloRequest
+    | PeersRequest
+    | PublishRequest
+    | ChainRequest
+    | RecordRequest
+    | SummaryRequest
+    | WarrantsRequest
+    | GrantRequest
+)
+REQUESTS: dict[str, Callable[[PlainMap], Request]] = {
     "dna": DnaRequest.parse,
     "hello": HelloRequest.parse,
     "peers": PeersRequest.parse,
@@ -262,7 +276,7 @@ class DnaReply:
     dna: bytes  # the network's DNA, encoded (Dna.from_dict(decode(...)) checks it)
 
     @classmethod
-    def parse(cls, m: dict) -> DnaReply:
+    def parse(cls, m: PlainMap) -> DnaReply:
         need_map(m, "a DNA reply", frozenset({"dna"}))
         return cls(need_bytes(m["dna"], "a DNA", most=MAX_FRAME))
 
@@ -272,7 +286,7 @@ class HelloReply:
     info: PeerInfo
 
     @classmethod
-    def parse(cls, m: dict) -> HelloReply:
+    def parse(cls, m: PlainMap) -> HelloReply:
         need_map(m, "a hello reply", frozenset({"info"}))
         return cls(PeerInfo.parse(m["info"]))
 
@@ -286,7 +300,7 @@ class PeersReply:
     have: bytes | None
 
     @classmethod
-    def parse(cls, m: dict) -> PeersReply:
+    def parse(cls, m: PlainMap) -> PeersReply:
         need_map(m, "a peers reply", frozenset(), frozenset({"infos", "have", "ok"}))
         infos = m.get("infos", [])
         return cls(
@@ -304,7 +318,7 @@ class PublishResult:
     receipt: bytes | None  # signed only by an authority of the author's key
 
     @classmethod
-    def parse(cls, v) -> PublishResult:
+    def parse(cls, v: Plain) -> PublishResult:
         h, status, receipt = need_list(v, "a publish result", 3, 3)
         if status not in STATUSES:
             raise MalformedInput(f"a publish result's status is one of {STATUSES}")
@@ -320,7 +334,7 @@ class PublishReply:
     results: tuple[PublishResult, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> PublishReply:
+    def parse(cls, m: PlainMap) -> PublishReply:
         need_map(m, "a publish reply", frozenset({"results"}))
         return cls(
             tuple(
@@ -335,7 +349,7 @@ class ChainReply:
     records: tuple[Record, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> ChainReply:
+    def parse(cls, m: PlainMap) -> ChainReply:
         need_map(m, "a chain reply", frozenset({"records"}))
         return cls(
             tuple(
@@ -350,7 +364,7 @@ class RecordReply:
     record: Record | None
 
     @classmethod
-    def parse(cls, m: dict) -> RecordReply:
+    def parse(cls, m: PlainMap) -> RecordReply:
         need_map(m, "a record reply", frozenset({"record"}))
         return cls(optional(m["record"], Record.parse))
 
@@ -362,7 +376,7 @@ class SummaryReply:
     warranted: tuple[bytes, ...]
 
     @classmethod
-    def parse(cls, m: dict) -> SummaryReply:
+    def parse(cls, m: PlainMap) -> SummaryReply:
         need_map(m, "a summary reply", frozenset({"heads", "warrants", "warranted"}))
         return cls(_heads(m["heads"]), _warrants(m["warrants"]), _named(m["warranted"]))
 
@@ -370,7 +384,7 @@ class SummaryReply:
 @dataclass(frozen=True, slots=True)
 class OkReply:
     @classmethod
-    def parse(cls, m: dict) -> OkReply:
+    def parse(cls, m: PlainMap) -> OkReply:
         need_map(m, "an ok reply", frozenset({"ok"}))
         if m["ok"] is not True:
             raise MalformedInput("an ok reply says ok: true")
@@ -382,13 +396,24 @@ class GrantReply:
     granted: int | None  # mRU the claim let in; None if the grant was claimed elsewhere
 
     @classmethod
-    def parse(cls, m: dict) -> GrantReply:
+    def parse(cls, m: PlainMap) -> GrantReply:
         need_map(m, "a grant reply", frozenset({"granted"}))
         return cls(optional(m["granted"], need_int, "granted mRU"))
 
 
 # request type -> the parser of its reply
-REPLIES = {
+Reply: TypeAlias = (
+    DnaReply
+    | HelloReply
+    | PeersReply
+    | PublishReply
+    | ChainReply
+    | RecordReply
+    | SummaryReply
+    | OkReply
+    | GrantReply
+)
+REPLIES: dict[str, Callable[[PlainMap], Reply]] = {
     "dna": DnaReply.parse,
     "hello": HelloReply.parse,
     "peers": PeersReply.parse,
@@ -404,11 +429,11 @@ assert REPLIES.keys() == REQUESTS.keys()
 
 # Frames this node builds skip the plain-data walk (encode_trusted): they carry values it made
 # or already decoded strictly, and every receiver walks them anyway.
-def request(t: str, dna: bytes, **fields) -> bytes:
+def request(t: str, dna: bytes, **fields: Plain) -> bytes:
     return encode_trusted({"t": t, "dna": dna, **fields})
 
 
-def parse_request(raw: bytes, dna: bytes) -> tuple[str, object]:
+def parse_request(raw: bytes, dna: bytes) -> tuple[str, Request]:
     """(type, typed request). Raises MalformedInput, or ProtocolError for another network or an
     unknown request type."""
     msg = decode(raw, MAX_FRAME, canonical=False)
@@ -425,7 +450,7 @@ def parse_request(raw: bytes, dna: bytes) -> tuple[str, object]:
     return t, parse(msg)
 
 
-def reply(**fields) -> bytes:
+def reply(**fields: Plain) -> bytes:
     return encode_trusted(fields)
 
 
@@ -433,7 +458,7 @@ def error_reply(err: BudgetError) -> bytes:
     return encode({"err": err.code, "msg": str(err)[:MAX_ERROR_TEXT]})
 
 
-def parse_reply(t: str, raw: bytes):
+def parse_reply(t: str, raw: bytes) -> Reply:
     """The typed reply to a request of type `t`. Raises MalformedInput, or ProtocolError if the
     peer refused the request."""
     msg = decode(raw, MAX_FRAME, canonical=False)

@@ -8,6 +8,10 @@ production code holds no way to cheat."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from typing import Any
+
+from .transport import TransportFactory
 
 CELL_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "bad_signature")
 NODE_MODES = ("fork",)  # the publisher sends twins
@@ -15,7 +19,7 @@ WIRE_MODES = ("byzantine",)  # the transport misbehaves; the node code stays hon
 KNOWN = CELL_MODES + NODE_MODES + WIRE_MODES
 
 
-def check(modes) -> tuple:
+def check(modes: str | Iterable[str]) -> tuple[str, ...]:
     """The modes as a tuple; ValueError naming the known ones if any is unknown."""
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     bad = [m for m in modes if m not in KNOWN]
@@ -26,11 +30,13 @@ def check(modes) -> tuple:
     return modes
 
 
-def plug(factory, modes, seed) -> tuple:
+def plug(
+    factory: TransportFactory, modes: str | Iterable[str], seed: str | bytes
+) -> tuple[TransportFactory, dict[str, Any]]:
     """(transport factory, NetNode.open keyword arguments) for a node in `modes`: unchanged and
     {} for an honest one. `seed` seeds the Byzantine transport's lies."""
     modes = check(modes)
-    kwargs: dict = {}
+    kwargs: dict[str, Any] = {}
     own = [m for m in modes if m not in WIRE_MODES]
     if own:
         from sims.rogue import node_kwargs

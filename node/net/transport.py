@@ -8,8 +8,9 @@ implement this.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
-from collections.abc import Awaitable, Callable
 
 from ..core.errors import PeerUnreachable  # noqa: F401 (raised by every transport)
 
@@ -25,8 +26,16 @@ class Transport(Protocol):
     def listen_addrs(self) -> list[str]:
         """Addresses other peers can dial (multiaddrs, or mem:// for the in-memory one)."""
 
+    def add_peer_addrs(self, peer: bytes, addrs: Sequence[str]) -> None:
+        """Remember where `peer` listens (from its signed peer info), for dialling it later."""
+
     async def connect(self, addr: str) -> bytes:
         """Dial an address; returns the peer id it proved to own. Raises PeerUnreachable."""
 
     async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
         """Send one framed request and await one framed reply. Raises PeerUnreachable."""
+
+
+# factory(seed, handler): a transport for the node whose key the 32-byte seed makes, serving
+# `handler`, open while the context is (NetNode.open takes one; tests and the simulator swap it)
+TransportFactory = Callable[[bytes, Handler], AbstractAsyncContextManager[Transport]]
