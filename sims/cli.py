@@ -350,5 +350,4 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sims", description="budgetnode network simulation")
     _configure(p)
     args = p.parse_args(argv)
-    if argv is None:
-        return run_cli(args)
+    return run_cli(args)
