@@ -258,8 +258,13 @@ def test_a_refused_peers_request_teaches_the_node_nothing():
         async with two_nodes() as c:
             sender, target = c.nodes
             # a fresh info, newer than the one target holds
-            sender._info_ts, sender._info_content = target.peers[sender.id].ts, None
-            raw = P.request("peers", target.dna.hash, info=sender._my_info(), digest=b"", have=None)
+            sender.peer_table._info_ts, sender.peer_table._info_content = (
+                target.peers[sender.id].ts,
+                None,
+            )
+            raw = P.request(
+                "peers", target.dna.hash, info=sender.peer_table.my_info(), digest=b"", have=None
+            )
             await trio.testing.wait_all_tasks_blocked()
             before = snapshot(target)
             answer = decode(await c.network.handlers[target.id](sender.id, raw), MAX_FRAME)

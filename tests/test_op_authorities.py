@@ -80,7 +80,7 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
             c.network.transport, clock=lambda: clock[0], r=1, dna=c.nodes[0].dna
         ) as fresh:
             assert w.offender not in fresh.chains
-            assert await fresh._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
+            assert await fresh.warrant_book.receive(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
 
 
@@ -104,8 +104,8 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=3) as c:
         pub, s, entry = await _one_create_everywhere(c)
         sender = c.nodes[0].id
-        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
-        near = [p for p in holder._nearest(pub) if p != sender]
+        holder = next(n for n in c.nodes[1:] if n.id not in n.peer_table.nearest(pub))
+        near = [p for p in holder.peer_table.nearest(pub) if p != sender]
         others = [n.id for n in c.nodes if n.id != holder.id]
 
         await holder.dht.put_op(s, entry, unshown_from=sender)
@@ -135,7 +135,7 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         key = c.nodes[0].cells[pub].key
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
-        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
+        holder = next(n for n in c.nodes[1:] if n.id not in n.peer_table.nearest(pub))
         sender = c.nodes[0].id
         assert await holder._accept(s, entry, sender, op=True, prev=prev) == "valid"
         assert pub not in holder.warranted
@@ -160,7 +160,9 @@ async def test_a_chain_that_brings_the_twin_of_an_op_held_alone_is_a_fork(clock,
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
         holder = next(
-            n for n in c.nodes[1:] if n.id not in n._nearest(pub) and not n.dht.has_action(s.hash)
+            n
+            for n in c.nodes[1:]
+            if n.id not in n.peer_table.nearest(pub) and not n.dht.has_action(s.hash)
         )
         sender = c.nodes[0].id
         assert await holder._accept(twin, entry, sender, op=True, prev=prev) == "valid"

@@ -23,18 +23,19 @@ class Gossip:
             stretch = min(MAX_GOSSIP_BACKOFF, 1 << min(self._gossip_quiet, 8))
             await trio.sleep(self.gossip_interval * stretch * (0.5 + self.rng.random()))
             rounds += 1
-            self._save_peer_cache()
+            self.peer_table.save_cache()
             if self.store.changed_elsewhere():  # another process sharing the store committed
                 self._maybe_unpublished = True
                 self._wake_publisher()
-            if self._dropped and (rounds % 2 == 0 or not self.peers):
+            if self.peer_table.dropped and (rounds % 2 == 0 or not self.peers):
                 # several at once: after a long partition a node may have dropped many, and
                 # one every other round took longer than the liveness deadline (seed 470051)
                 async with trio.open_nursery() as n:
                     for peer in self.rng.sample(
-                        sorted(self._dropped), min(PROBES_PER_ROUND, len(self._dropped))
+                        sorted(self.peer_table.dropped),
+                        min(PROBES_PER_ROUND, len(self.peer_table.dropped)),
                     ):
-                        n.start_soon(self._probe_dropped, peer)
+                        n.start_soon(self.peer_table.probe_dropped, peer)
             if not self.peers:
                 for addr in self.bootstrap:  # a restarted node whose peers were away tries again
                     await self.join(addr)
@@ -47,14 +48,14 @@ class Gossip:
                 if (settling or rounds % 5 == 0) and self.peers:
                     # while membership is changing, swap peer infos every round, and again a
                     # few seconds later for as long as a swap brings news
-                    got = await self._refresh_peers(self._random_peer())
+                    got = await self.peer_table.refresh(self.peer_table.random_peer())
                     for _ in range(MAX_EAGER_EXCHANGES):
                         if not got or not self.peers:
                             break
                         await trio.sleep(
                             min(self.gossip_interval, EAGER_EXCHANGE_S) * (0.5 + self.rng.random())
                         )
-                        got = await self._refresh_peers(self._random_peer())
+                        got = await self.peer_table.refresh(self.peer_table.random_peer())
                 if self.peers:
                     await self._gossip_with(self._gossip_partner())
             except BudgetError:
@@ -62,36 +63,16 @@ class Gossip:
             except Exception as e:  # whatever a peer's data reached: this round only
                 self._task_failed("gossip", e)
 
-    async def _probe_dropped(self, peer: bytes) -> None:
-        """A dropped peer may be back (a healed partition, a restart nobody told us about):
-        greet it; its reply brings a fresh info, which re-admits it."""
-        if peer not in self._dropped or peer in self._probing or self._backed_off(peer):
-            return
-        self._probing.add(peer)
-        try:
-            rep = await self._request(peer, "hello", info=self._my_info(), dropped=True)
-        except BudgetError:
-            return
-        finally:
-            self._probing.discard(peer)
-        self._dropped.pop(peer, None)
-        self._add_peer(rep.info)
-
-    def _random_peer(self) -> bytes:
-        if self._sorted_peers[0] != self._table_version:  # sorted once a peer-table change
-            self._sorted_peers = (self._table_version, sorted(self.peers))
-        return self.rng.choice(self._sorted_peers[1])
-
     def _gossip_partner(self) -> bytes:
         """Mostly a fellow authority of a chain this node keeps (that is where a summary can
         find something to repair), sometimes anyone (so warrants and stragglers still meet)."""
         if self.rng.random() < 0.75:
             held = [a for a in self._heads() if self._should_hold(a)]
             if held:
-                others = [p for p in self._nearest(self.rng.choice(held)) if p != self.id]
+                others = [p for p in self.peer_table.nearest(self.rng.choice(held)) if p != self.id]
                 if others:
                     return self.rng.choice(others)
-        return self._random_peer()
+        return self.peer_table.random_peer()
 
     async def _gossip_with(self, peer: bytes) -> None:
         mine = self._heads()
@@ -104,7 +85,7 @@ class Gossip:
         self.metrics["gossip_rounds"] += 1
         found = 0
         for w in rep.warrants:
-            found += await self._receive_warrant(w, peer)
+            found += await self.warrant_book.receive(w, peer)
         # Push as well as pull: a warrant spreads both ways through every round, so it reaches
         # every node in O(log N) rounds whoever happens to ask whom.
         theirs = set(rep.warranted)
@@ -150,7 +131,7 @@ class Gossip:
     def _heads_for(self, peer: bytes, mine: dict) -> list:
         """The heads `peer` should hold as an author-key authority (as this node sees the ring):
         a summary's size follows the overlap of two nodes' responsibilities, not all they hold."""
-        heads = [[a, s, h] for a, (s, h) in mine.items() if peer in self._nearest(a)]
+        heads = [[a, s, h] for a, (s, h) in mine.items() if peer in self.peer_table.nearest(a)]
         if len(heads) > P.MAX_SUMMARY_AUTHORS:
             heads = self.rng.sample(heads, P.MAX_SUMMARY_AUTHORS)
         return heads

@@ -13,7 +13,6 @@ part of issue 14 not done yet.)
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import random
 import shutil
@@ -27,7 +26,7 @@ import trio
 from ..core import budget, dht, warrant
 from ..core.action import Signed, grant_body, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text, verify
-from ..core.encoding import decode, encode, encode_trusted
+from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (
@@ -43,29 +42,20 @@ from ..core.validate import ChainState, step_anchor, validate_chain, validate_ge
 from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
 from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
-from .nearest import NearestCache
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossip
+from .peer_table import PeerTable
 from .publishing import Publishing
-from .strikes import Strikes
-from .transport import PeerUnreachable
-from .warrants import MAX_FETCH_ROUNDS, Warrants
+from .warrants import MAX_FETCH_ROUNDS, WarrantBook
 
-MAX_PEERS = P.MAX_PEERS  # full membership: authorities are the R nearest of all known peers
 ANNOUNCE_FANOUT = 8
-DEAD_AFTER_FAILURES = 3  # consecutive unreachable requests before a peer is dropped
 # Tables peers can grow, each with its policy at the bound (docs/ARCHITECTURE.md, "Bounds"):
 MAX_CHAINS = 1 << 18  # other authors' chains held: a new author past it is answered busy
-MAX_AGENT_HOSTS = 1 << 16  # agent -> hosting peer hints: new hints past it are not kept
-MALFORMED_WINDOW_S = 60.0  # malformed messages from one peer are counted over this window;
-MAX_MALFORMED = 8  # this many in one window and the peer is dropped and backed off
-MALFORMED_BACKOFF_S = 600.0  # for this long (its requests refused, its infos ignored)
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
 MAX_GREETING = 64  # unknown requesters greeted at once
-GREET_CACHED = 3  # cached peers a restarted node swaps peers with at once
 MAX_SHOW_PER_PASS = 64  # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
 
@@ -104,7 +94,7 @@ def _run_lock(path: str):
     return f
 
 
-class NetNode(Publishing, Gossip, Warrants, LocalNode):
+class NetNode(Publishing, Gossip, LocalNode):
     # -- lifecycle
     @classmethod
     @asynccontextmanager
@@ -149,16 +139,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 await node._claim_recovered_grants()
                 async with transport_factory(node.node_key.seed, node._handle) as transport:
                     node.transport = transport
+                    node.peer_table.attach(transport)
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
                         nursery.start_soon(keep_running, node.metrics, node._publisher)
                         nursery.start_soon(keep_running, node.metrics, node._gossiper)
                         nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
-                        cached = node._load_peer_cache()
+                        cached = node.peer_table.load_cache()
                         for addr in node.bootstrap:
                             await node.join(addr)
-                        nursery.start_soon(node._greet_cached, cached)  # dead ones cost time
+                        nursery.start_soon(
+                            node.peer_table.greet_cached, cached
+                        )  # dead ones cost time
                         try:
                             yield node
                         finally:
@@ -189,36 +182,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.request_timeout = request_timeout
         self.rng = random.Random(key.public)
         self.metrics = Counter()
-        self.peers: dict[bytes, P.PeerInfo] = {}  # peer id -> signed peer info
-        self.agent_hosts: dict[bytes, bytes] = {}  # agent -> peer id hosting it
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
         self._showing: set[bytes] = set()  # ops being shown to an author-key authority
-        self._greeting: set[bytes] = set()  # unknown requesters being greeted
         self._maybe_unshown = True  # the store may hold ops not yet shown
-        self.warrants_by_hash: dict[bytes, Warrant] = {}
-        self.warranted: dict[bytes, Warrant] = {}
         self._fetching: set[bytes] = set()
-        self._near = NearestCache(r)  # basis -> R nearest of self + peers
         self._republish: set[bytes] = set()  # own agents whose authorities changed
         self._recheck_from: int | None = None  # own actions past this row id: offer again
         self._recheck_short = False  # this pass left an authority without one
         self._recheck_passes = 0  # passes in a row that did
         self._recheck_not_before = 0.0
         self._peer_epoch = 0
-        self._table_version = 0  # bumps on any change to self.peers
-        self._sorted_peers: tuple[int, list] = (-1, [])  # (table version, sorted peer ids)
-        self._unsaved_peers: dict[bytes, P.PeerInfo] = {}  # peer cache changes, saved each round
-        self._unsaved_forgets: set[bytes] = set()
-        self._digest_key: tuple | None = None
-        self._digest = b""
         self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
         self._maybe_unpublished = True  # no need to ask the store until something commits
-        self._failures: Counter = Counter()  # peer -> consecutive unreachable requests
-        self._strikes = Strikes(MAX_MALFORMED, MALFORMED_WINDOW_S, MALFORMED_BACKOFF_S, MAX_PEERS)
-        self._dropped: dict[bytes, P.PeerInfo] = {}  # peer -> its info when it was dropped
-        self._announced_at = -float("inf")  # when _back() last re-signed our info
-        self._probing: set[bytes] = set()
         self._gossip_quiet = 0
         self._membership_changed_at = 0.0
         self.bootstrap: tuple = ()
@@ -228,6 +204,48 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.publisher_idle = trio.Event()  # set while nothing is left to publish or retry
         self._change = trio.Event()
         self.on_change = None
+        # the offenders: the warrant book writes it, the peer table never takes one as a peer
+        warranted: dict[bytes, Warrant] = {}
+        self.peer_table = PeerTable(
+            node_key=key,
+            dna=self.dna,
+            r=r,
+            rng=self.rng,
+            dht_store=self.dht,
+            metrics=self.metrics,
+            now_us=self.now_us,
+            agents=self.cells,
+            warranted=warranted,
+            gossip_interval=gossip_interval,
+            request_timeout=request_timeout,
+            spawn=self._spawn,
+            changed=self._changed,
+            on_set_changed=self._membership_moved,
+            on_new_peer=self._wake_publisher,
+        )
+        self.peers = self.peer_table.peers
+        self.agent_hosts = self.peer_table.agent_hosts
+        self.warrant_book = WarrantBook(
+            node_id=self.id,
+            node_key=key,
+            dna=self.dna,
+            app=self.app,
+            dht=self.dht,
+            metrics=self.metrics,
+            now_us=self.now_us,
+            spawn=self._spawn,
+            changed=self._changed,
+            warranted=warranted,
+            peers=self.peers,
+            request=self.peer_table.request,
+            nearest=self.peer_table.nearest,
+            host_of=self.agent_hosts.get,
+            ask_chain=self._ask_chain,
+            holds=self._holds_state_of,
+            on_warranted=self._route_around,
+        )
+        self.warranted = self.warrant_book.warranted
+        self.warrants_by_hash = self.warrant_book.warrants_by_hash
         # request type -> its handler, which gets the typed request protocol.py parsed
         self._handlers = {
             "dna": self._on_dna,
@@ -237,7 +255,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             "chain": self._on_chain,
             "record": self._on_record,
             "summary": self._on_summary,
-            "warrants": self._on_warrants,
+            "warrants": self.warrant_book.on_warrants,
             "grant": self._on_grant,
         }
         assert self._handlers.keys() == P.REQUESTS.keys()
@@ -247,10 +265,19 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             self.chains[author] = validate_chain(
                 self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
             )
-        for wire in self.dht.warrants():
-            w = warrant.from_wire(wire)
-            if w is not None:
-                await self._remember_warrant(w)
+        await self.warrant_book.load()
+
+    def _holds_state_of(self, agent: bytes) -> bool:
+        """This node holds the agent's chain, hosts it, or routes to it as a peer."""
+        return agent in self.chains or agent in self.cells or agent in self.peers
+
+    def _route_around(self, w: Warrant) -> None:
+        """A new offender: no longer a peer (nor in the peer cache), and an agent of this node
+        is told why it is refused everywhere."""
+        self.peer_table.forget_for_good(w.offender)
+        cell = self.cells.get(w.offender)
+        if cell is not None:
+            cell.warrant = w
 
     def _add_cell(self, cell):
         if hasattr(self, "dht"):
@@ -272,12 +299,12 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     async def _announce(self, pub: bytes) -> None:
         """Tell the agent's authorities and a few others at once; the rest learn the newer peer
         info from peer exchanges (an epidemic, not a broadcast to every peer)."""
-        targets = [p for p in self._nearest(pub) if p != self.id]
+        targets = [p for p in self.peer_table.nearest(pub) if p != self.id]
         others = sorted(set(self.peers) - set(targets))
         targets += self.rng.sample(others, min(ANNOUNCE_FANOUT, len(others)))
         for peer in targets:
             try:
-                await self._hello(peer)
+                await self.peer_table.hello(peer)
             except BudgetError:
                 pass
 
@@ -297,20 +324,6 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         await self._change.wait()
 
     # -- peers
-    def _my_info(self) -> dict:
-        """This node's signed peer info, re-signed only when what it says changes (a new agent,
-        a new address) or on a restart: every re-sign costs each peer a verify."""
-        content = (tuple(self.transport.listen_addrs()), tuple(self.cells))
-        if getattr(self, "_info_content", None) != content:
-            # Strictly increasing, even on a frozen or skewed clock, so peers never take a
-            # fresh info for a replay.
-            self._info_ts = max(self.now_us(), getattr(self, "_info_ts", 0) + 1)
-            self._info = dht.peer_info(
-                self.node_key, self.dna.hash, list(content[0]), list(content[1]), self._info_ts
-            )
-            self._info_content = content
-        return self._info
-
     def _spawn(self, fn, *args) -> None:
         """Background work; a node that is shutting down starts none. Whatever such a task
         raises (a refusal, or a bug that peer data reached) is counted and kept for
@@ -331,194 +344,10 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         self.metrics["task_errors"] += 1
         self.last_task_error = f"{what}: {e!r}"[:512]
 
-    def _add_peer(self, info: P.PeerInfo) -> bytes | None:
-        peer = info.peer
-        if (
-            info.dna != self.dna.hash
-            or peer == self.id
-            or peer in self.warranted
-            or self._backed_off(peer)
-        ):
-            return None
-        old = self.peers.get(peer)
-        if old is not None and old.ts >= info.ts:
-            return peer  # a replayed or older info changes nothing: not worth a verify
-        if peer in self._dropped and self._dropped[peer].ts >= info.ts:
-            return None  # the info of a peer found dead: only a fresher one (it is back) counts
-        if old is None and len(self.peers) >= MAX_PEERS:
-            # Full: the peers known stay (Kademlia's rule). Identities cost nothing, so making
-            # room for new ones would let anyone flush the table; a dead peer leaves by _drop.
-            self.metrics["peers_full"] += 1
-            return None
-        if dht.check_peer_info(info.to_wire(), self.dna.hash) is None:
-            return None
-        self._dropped.pop(peer, None)
-        self.peers[peer] = info
-        self._table_version += 1
-        self._unsaved_peers[peer] = info
-        if len(self._unsaved_peers) >= MAX_PEERS:
-            self._save_peer_cache()
-        if old is None:
-            self._peer_set_changed(peer, True)
-        else:
-            self._changed()  # a peer's fresher info (it restarted, or its agents changed)
-        self.transport.add_peer_addrs(peer, list(info.addrs))
-        self._host_agents(peer, info.agents, () if old is None else old.agents)
-        if old is None:
-            self._wake_publisher()  # a new peer may be an authority for pending ops
-        return peer
-
-    def _host_agents(self, peer: bytes, agents, before) -> None:
-        """Where each agent lives, as its host's newest info says: a hint (the agent's
-        authorities serve its chain too), so past MAX_AGENT_HOSTS new hints are not kept
-        rather than evicting others; a peer's agents its newer info no longer names are
-        forgotten, so one peer holds at most one info's worth."""
-        for agent in set(before) - set(agents):
-            if self.agent_hosts.get(agent) == peer:
-                del self.agent_hosts[agent]
-        for agent in agents:
-            if agent in self.agent_hosts or len(self.agent_hosts) < MAX_AGENT_HOSTS:
-                self.agent_hosts[agent] = peer
-            else:
-                self.metrics["agent_hosts_full"] += 1
-
-    async def join(self, addr: str) -> bytes | None:
-        """Dial a peer, exchange signed peer infos, and learn its peers."""
-        try:
-            peer = await self.transport.connect(addr)
-            await self._hello(peer)
-            await self._refresh_peers(peer)
-            # Two more exchanges with peers just learnt: the newcomer is known beyond its
-            # bootstrap node at once, and learns what that node had not heard of yet.
-            others = sorted(set(self.peers) - {peer})
-            for other in self.rng.sample(others, min(2, len(others))):
-                try:
-                    await self._refresh_peers(other)
-                except BudgetError:
-                    pass
-            return peer
-        except (PeerUnreachable, BudgetError) as e:
-            self.metrics["join_failures"] += 1
-            self.last_join_error = str(e)
-            return None
-
-    async def _hello(self, peer: bytes, dropped: bool = False) -> None:
-        """`dropped`: this node had dropped the peer as dead (it answers again)."""
-        fields = {"dropped": True} if dropped else {}
-        rep = await self._request(peer, "hello", info=self._my_info(), **fields)
-        self._add_peer(rep.info)
-
-    async def _refresh_peers(self, peer: bytes) -> int:
-        """Swap peer infos with `peer`: it sends what this node lacks (ours goes with the
-        request), and names what it holds, so this node sends back what it lacks in turn
-        (push and pull: news spreads both ways). Returns how many peers were new to us."""
-        before = len(self.peers)
-        digest, have = self._table_digest()
-        rep = await self._request(peer, "peers", info=self._my_info(), digest=digest, have=have)
-        for info in rep.infos:
-            self._add_peer(info)
-        if rep.have is not None:
-            push = self._lacking(rep.have, peer)
-            if push:
-                await self._request(peer, "peers", push=push)
-        return len(self.peers) - before
-
-    def _lacking(self, have: bytes, peer: bytes) -> list:
-        """The infos a peer holding `have` lacks or holds older, newest first (joins and
-        restarts are the news), at most one message's worth."""
-        known = {
-            have[i : i + 8]: int.from_bytes(have[i + 8 : i + 16], "big")
-            for i in range(0, len(have), 16)
-        }
-        infos = sorted(
-            (i for p, i in self.peers.items() if p != peer and known.get(p[:8], -1) < i.ts),
-            key=lambda i: i.ts,
-            reverse=True,
-        )
-        return [i.to_wire() for i in infos[: P.MAX_PEERS_PER_MESSAGE]]
-
-    def _table_digest(self) -> tuple[bytes, bytes]:
-        """Which peer-info versions this node holds, itself included: a hash (two nodes with
-        equal hashes have nothing to swap, so a settled network's exchanges are a few bytes)
-        and the list itself, 16 bytes a peer (an id prefix, the info's timestamp), from which
-        the other side sends exactly the infos this node lacks or holds older."""
-        me = self._my_info()["body"]["ts"]
-        if self._digest_key != (self._table_version, me):
-            h = hashlib.blake2b(digest_size=16)
-            have = []
-            for p, ts in sorted([(self.id, me)] + [(p, i.ts) for p, i in self.peers.items()]):
-                h.update(p)
-                h.update(b"%d;" % ts)
-                have.append(p[:8] + min(max(ts, 0), (1 << 63) - 1).to_bytes(8, "big"))
-            self._digest_key = (self._table_version, me)
-            self._digest = (h.digest(), b"".join(have))
-        return self._digest
-
-    def _nearest(self, basis: bytes) -> tuple:
-        """The R nodes nearest `basis` among this node and its peers: its authorities as this
-        node sees them."""
-        return self._near.nearest(basis, lambda: [self.id, *self.peers], len(self.peers) + 1)
-
-    def _load_peer_cache(self) -> list[bytes]:
-        """Start from the peers known before a restart, not just the bootstrap node: a node
-        whose bootstrap peer is away (or restarted too) still finds the network. Dead ones are
-        dropped after their first failed requests, as any peer is."""
-        loaded = []
-        for raw in self.dht.load_peers(MAX_PEERS):
-            try:
-                peer = self._add_peer(P.PeerInfo.parse(decode(raw)))
-            except BudgetError:
-                continue
-            if peer is not None:
-                loaded.append(peer)
-        self._unsaved_peers.clear()
-        return loaded
-
-    async def _greet_cached(self, cached: list[bytes]) -> None:
-        """Swap peers with a few cached peers, so the network hears this node is back (and
-        with which info) without waiting for anyone's gossip round."""
-        for peer in self.rng.sample(sorted(cached), min(GREET_CACHED, len(cached))):
-            if peer in self.peers:
-                try:
-                    await self._refresh_peers(peer)
-                except BudgetError:
-                    pass
-
-    def _save_peer_cache(self) -> None:
-        if self._unsaved_peers or self._unsaved_forgets:
-            # infos this node signed or took in through a strict decode: plain data already
-            if not self.dht.save_peers(
-                {p: encode_trusted(i.to_wire()) for p, i in self._unsaved_peers.items()},
-                self._unsaved_forgets,
-            ):
-                return  # the store is busy: kept for the next flush
-            self._unsaved_peers.clear()
-            self._unsaved_forgets.clear()
-            self._changed()
-
-    def _back(self) -> None:
-        """A dropped peer answered: a cut between us may have healed, and the nodes beyond it
-        dropped this node as well. They take a dropped peer back only on a fresher info (an old
-        one replayed must not bring a dead node back), and greeting them one by one outlasted
-        the liveness deadline at 200 nodes after a 20-minute 50/50 partition. So this node
-        re-signs its info, at most once a gossip interval; peer swaps spread it, and every node
-        that dropped it takes it back."""
-        now = trio.current_time()
-        if now - self._announced_at >= self.gossip_interval:
-            self._announced_at = now
-            self._info_content = None  # _my_info signs a fresh one
-            self._changed()
-
-    def _forget_peer(self, peer: bytes) -> None:
-        if self.peers.pop(peer, None) is not None:
-            self._table_version += 1
-            self._peer_set_changed(peer, False)
-
-    def _peer_set_changed(self, peer: bytes, came: bool) -> None:
+    def _membership_moved(self) -> None:
         """New authorities may now be nearer to our agents than the ones that stored their
         heads: queue each head for the publisher, which sends it to the authorities that hold
         no receipt for it (they fetch the history before it from us)."""
-        self._near.changed(peer, came)
         self._peer_epoch += 1
         self._changed()
         self._gossip_quiet = 0
@@ -531,82 +360,14 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
 
+    async def join(self, addr: str) -> bytes | None:
+        """Dial a peer, exchange signed peer infos, and learn its peers."""
+        return await self.peer_table.join(addr)
+
     async def _request(self, peer: bytes, t: str, **fields):
-        """One exchange; the typed reply (protocol.REPLIES[t]). A peer that does not answer, or
-        answers with a malformed reply (P.MalformedReply), has failed the exchange: it is
-        dropped after DEAD_AFTER_FAILURES in a row, and a malformed reply counts against it
-        besides (`_strike`). Raises P.ProtocolError if the peer refused the request."""
-        self.metrics["messages_sent"] += 1
-        self.metrics["sent_" + t] += 1
-        refused = None
-        try:
-            raw = await self.transport.request(
-                peer, P.request(t, self.dna.hash, **fields), self.request_timeout
-            )
-            try:
-                rep = P.parse_reply(t, raw)
-            except P.ProtocolError as e:
-                refused = e  # it answered: alive, if unwilling
-            except BudgetError as e:  # MalformedInput, TooLarge: the messenger's garbage
-                self.metrics["malformed_replies"] += 1
-                self._strike(peer)
-                raise P.MalformedReply(f"malformed {t} reply from {peer.hex()[:12]}: {e}") from None
-        except PeerUnreachable:
-            self._failures[peer] += 1
-            if self._failures[peer] >= DEAD_AFTER_FAILURES and peer in self.peers:
-                self._drop(peer)
-            raise
-        self._failures.pop(peer, None)
-        # a backed-off peer that answers is still paying for its garbage: not taken back yet
-        was = None if self._backed_off(peer) else self._dropped.pop(peer, None)
-        if was is not None:
-            self._back()
-        if was is not None and peer not in self.peers:
-            # It answered, so it is back: routed to again at once (not just un-dropped, which
-            # would leave it known nowhere), and greeted for the info it has now.
-            self._add_peer(was)
-            if t not in ("hello", "peers"):  # those bring its info already
-                self._spawn(self._hello_quietly, peer, True)
-        if refused is not None:
-            raise refused
-        return rep
-
-    def _drop(self, peer: bytes) -> None:
-        """Route around a peer found dead (or hostile): its ops go to the next-nearest
-        authorities, and it comes back when a fresher peer info (it restarted or re-announced)
-        reaches us, or it answers a request."""
-        self._failures.pop(peer, None)
-        if peer not in self.peers:
-            return
-        self._dropped[peer] = self.peers[peer]
-        if len(self._dropped) > MAX_PEERS:
-            self._dropped.pop(next(iter(self._dropped)))
-        self.metrics["peers_dropped"] += 1
-        self._forget_peer(peer)
-
-    def _strike(self, peer: bytes) -> None:
-        """A malformed request or reply from `peer`: it costs the sender. Past MAX_MALFORMED in
-        MALFORMED_WINDOW_S it is dropped like a dead peer and backed off: its requests are
-        refused unread and its peer infos ignored for MALFORMED_BACKOFF_S."""
-        self.metrics["malformed_from_peers"] += 1
-        if self._strikes.strike(peer, trio.current_time()):
-            self.metrics["peers_backed_off"] += 1
-            self._drop(peer)
-
-    def _backed_off(self, peer: bytes) -> bool:
-        return self._strikes.backed_off(peer, trio.current_time())
-
-    def malformed_count(self, peer: bytes) -> int:
-        """Malformed messages from `peer` in its current window (diagnostics, tests)."""
-        return self._strikes.count(peer)
-
-    async def _hello_quietly(self, peer: bytes, dropped: bool = False) -> None:
-        try:
-            await self._hello(peer, dropped)
-        except BudgetError:
-            pass
-        finally:
-            self._greeting.discard(peer)
+        """One exchange with a peer (PeerTable.request); here so a test can watch what this
+        node sends."""
+        return await self.peer_table.request(peer, t, **fields)
 
     # -- serving requests
     async def _handle(self, peer: bytes, raw: bytes) -> bytes:
@@ -614,28 +375,28 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         try:
             if peer in self.warranted:
                 raise Warranted("this node's operator is warranted; requests are refused")
-            if self._backed_off(peer):
+            if self.peer_table.backed_off(peer):
                 self.metrics["requests_backed_off"] += 1
                 raise P.ProtocolError("too many malformed messages: backed off")
-            if peer in self._dropped:  # it reached us, so it is back: greet it in return
-                self._spawn(self._probe_dropped, peer)
+            if peer in self.peer_table.dropped:  # it reached us, so it is back: greet it in return
+                self._spawn(self.peer_table.probe_dropped, peer)
             t, msg = P.parse_request(raw, self.dna.hash)
             if (
                 peer not in self.peers
                 and t not in ("hello", "peers", "dna")
-                and peer not in self._greeting
-                and peer not in self._dropped
-                and len(self._greeting) < MAX_GREETING
+                and peer not in self.peer_table.greeting
+                and peer not in self.peer_table.dropped
+                and len(self.peer_table.greeting) < MAX_GREETING
             ):
                 # It knows us and we do not know it (we restarted, or lost our peers): learn its
                 # info, so the link works both ways. (hello and peers bring the info along.)
-                self._greeting.add(peer)
-                self._spawn(self._hello_quietly, peer)
+                self.peer_table.greeting.add(peer)
+                self._spawn(self.peer_table.hello_quietly, peer)
             return await self._handlers[t](peer, msg)
         except (MalformedInput, TooLarge) as e:  # the sender's garbage costs the sender
             self.metrics["messages_refused"] += 1
             self.metrics["malformed_requests"] += 1
-            self._strike(peer)
+            self.peer_table.strike(peer)
             return P.error_reply(e)
         except BudgetError as e:
             self.metrics["messages_refused"] += 1
@@ -658,23 +419,27 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         if msg.dropped:
             # It had dropped this node (a cut), and so may every node beyond it: a fresh info
             # lets them all take this node back (rate-limited, so a liar gains nothing).
-            self._back()
-        self._add_peer(info)
-        return P.reply(info=self._my_info())
+            self.peer_table.back()
+        self.peer_table.add(info)
+        return P.reply(info=self.peer_table.my_info())
 
     async def _on_peers(self, peer, msg: P.PeersRequest):
         if msg.info is not None:
             if msg.info.peer != peer or msg.info.dna != self.dna.hash:
                 raise MalformedInput("peer info is not the sending peer's")
-            self._add_peer(msg.info)
+            self.peer_table.add(msg.info)
         if msg.push is not None:  # the second leg: infos we lacked, by the asker's reckoning
             for i in msg.push:
-                self._add_peer(i)
+                self.peer_table.add(i)
             return P.reply(ok=True)
-        digest, mine = self._table_digest()
+        digest, mine = self.peer_table.digest()
         if msg.digest == digest:
-            return P.reply(infos=[self._my_info()])  # same table, same versions: nothing to swap
-        return P.reply(infos=[self._my_info(), *self._lacking(msg.have, peer)], have=mine)
+            return P.reply(
+                infos=[self.peer_table.my_info()]
+            )  # same table, same versions: nothing to swap
+        return P.reply(
+            infos=[self.peer_table.my_info(), *self.peer_table.lacking(msg.have, peer)], have=mine
+        )
 
     async def _on_publish(self, peer, msg: P.PublishRequest):
         if msg.batch.to != self.id:
@@ -702,7 +467,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             if fresh and status == "valid":
                 self._forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
-                await self._issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+                await self.warrant_book.issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"
             # a receipt vouches for the op to the other authorities only if an author-key
             # authority signed it, so only one the publisher counts as such signs one
@@ -795,7 +560,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "forged"
             existing = self.dht.action_at(author, seq)
             if existing is not None:
-                await self._issue("fork", author, "fork", seq, [existing, s])
+                await self.warrant_book.issue("fork", author, "fork", seq, [existing, s])
             return "invalid"
         if seq > (0 if cs is None else cs.seq + 1):
             if fetch and peer is not None:
@@ -835,7 +600,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         twin = self.dht.twin_of(s)
         if twin is not None:  # held alone, as an authority of its hash or entry: a fork
-            await self._issue("fork", author, "fork", seq, [twin, s])
+            await self.warrant_book.issue("fork", author, "fork", seq, [twin, s])
             return "invalid"
         index = (
             self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"])
@@ -880,7 +645,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return "warranted"
         # With the action before it as evidence, the warrant proves itself: the author signed
         # both, and one does not follow from the other.
-        await self._issue(
+        await self.warrant_book.issue(
             "invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev], entry=entry
         )
         return "invalid"
@@ -919,7 +684,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         # twins share an entry, so that entry's authorities are sent both).
         twin = self.dht.twin_of(s)
         if twin is not None:
-            await self._issue("fork", s.author, "fork", s.seq, [twin, s])
+            await self.warrant_book.issue("fork", s.author, "fork", s.seq, [twin, s])
             return "invalid"
         vouched = self._vouched(s, peer, vouch)
         await self.dht.put_op(s, entry, None if vouched else peer or b"")
@@ -938,7 +703,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         (their gossip compares heads), is caught there, and nothing needs showing again."""
         if not vouch:
             return False
-        near = self._nearest(s.author)
+        near = self.peer_table.nearest(s.author)
         for validator, receipt in vouch:
             if (
                 validator in near
@@ -965,7 +730,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         skip = (self.id, sender, self.agent_hosts.get(s.author))
         self._showing.add(h)
         try:
-            for peer in self._nearest(s.author):
+            for peer in self.peer_table.nearest(s.author):
                 if peer in skip:
                     continue
                 ops = [[s.body, s.sig, entry, None]]
@@ -978,7 +743,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 await self.dht.shown(h)
                 self._changed()
                 return
-            if all(p in skip for p in self._nearest(s.author)):
+            if all(p in skip for p in self.peer_table.nearest(s.author)):
                 await self.dht.shown(h)  # no one else to show it to
             else:
                 self._limbo_kick.set()  # still unshown: the limbo worker tries again
@@ -1118,7 +883,7 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
                 return
 
     def _should_hold_as_authority(self, pub: bytes) -> bool:
-        return self.id in self._nearest(pub)
+        return self.id in self.peer_table.nearest(pub)
 
     async def get_budget_state(self, agent_id: str) -> budget.BudgetStatus:
         """An agent's budget, re-derived by this node from the agent's signed chain."""
@@ -1198,6 +963,9 @@ class NetNode(Publishing, Gossip, Warrants, LocalNode):
         )
 
     # -- observability
+    def warrants(self) -> list[Warrant]:
+        return self.warrant_book.warrants()
+
     def state_hash(self) -> bytes:
         from ..core.crypto import blake2b_256
 

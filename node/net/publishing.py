@@ -103,8 +103,10 @@ class Publishing:
         # fetch behind it bring the author-key authorities the whole chain).
         targets, must, receipted = {}, {}, {}
         for s in pending:
-            must[s.hash] = set(self._nearest(s.author)) - {self.id}
-            targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
+            must[s.hash] = set(self.peer_table.nearest(s.author)) - {self.id}
+            targets[s.hash] = {p for b in dht.bases(s) for p in self.peer_table.nearest(b)} - {
+                self.id
+            }
             if ops_only:
                 targets[s.hash] -= must[s.hash]
             receipted[s.hash] = self.dht.receipted_by(s.hash)
@@ -124,7 +126,7 @@ class Publishing:
         def prev_of(s: Signed, peer: bytes):
             """The action before `s`, for a peer that holds it only as an op authority (it
             validates the step from it, without fetching the author's history)."""
-            if s.seq == 0 or peer in self._nearest(s.author):
+            if s.seq == 0 or peer in self.peer_table.nearest(s.author):
                 return None
             if s.hash not in prevs:
                 p = self.dht.action_at(s.author, s.seq - 1)
@@ -164,7 +166,7 @@ class Publishing:
                     s.sig,
                     entry_of(s),
                     prev_of(s, peer),
-                    list(self._nearest(s.author)),
+                    list(self.peer_table.nearest(s.author)),
                     vouch_of(s) if vouch else None,
                 ]
                 for s in batch
@@ -233,11 +235,13 @@ class Publishing:
         agree, nothing is sent."""
         told = [p for p in told[: 4 * self.r] if isinstance(p, bytes)]
         targets = [
-            p for p in self._nearest(s.author) if p != self.id and p != sender and p not in told
+            p
+            for p in self.peer_table.nearest(s.author)
+            if p != self.id and p != sender and p not in told
         ]
         if not targets:
             return
-        told = sorted(set(told) | set(self._nearest(s.author)))
+        told = sorted(set(told) | set(self.peer_table.nearest(s.author)))
         self.metrics["ops_forwarded"] += len(targets)
 
         async def send(peer):

@@ -30,3 +30,6 @@ class Transport(Protocol):
 
     async def request(self, peer: bytes, payload: bytes, timeout: float = 5.0) -> bytes:
         """Send one framed request and await one framed reply. Raises PeerUnreachable."""
+
+    def add_peer_addrs(self, peer: bytes, addrs: list[str]) -> None:
+        """Where `peer` can be dialled, as its signed peer info says."""
