@@ -278,14 +278,14 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
         liar.node_key = SigningKey(b"\x09" * 32)  # its receipts no longer verify as its own
         sent = []
         publisher = c.nodes[0]
-        real_request = publisher._request
+        real_request = publisher.publisher.request
 
         async def spy(peer, t, **fields):
             if t == "publish":
                 sent.extend(fields["ops"])
             return await real_request(peer, t, **fields)
 
-        publisher._request = spy
+        publisher.publisher.request = spy
         for i in range(4):
             await a.transmit_understanding("after", "the authority went bad", str(i))
         await c.await_consistency(timeout=60)
@@ -316,14 +316,14 @@ async def test_only_an_author_key_authority_signs_a_receipt_and_it_still_vouches
                 break
         await c.await_consistency(timeout=60)
         sent = []
-        real_request = publisher._request
+        real_request = publisher.publisher.request
 
         async def spy(peer, t, **fields):
             if t == "publish":
                 sent.extend((peer, op) for op in fields["ops"])
             return await real_request(peer, t, **fields)
 
-        publisher._request = spy
+        publisher.publisher.request = spy
         for i in range(6):
             await a.transmit_understanding("receipts", "who signs", str(i))
         await c.await_consistency(timeout=60)

@@ -25,8 +25,7 @@ class Gossip:
             rounds += 1
             self.peer_table.save_cache()
             if self.store.changed_elsewhere():  # another process sharing the store committed
-                self._maybe_unpublished = True
-                self._wake_publisher()
+                self.publisher.committed()
             if self.peer_table.dropped and (rounds % 2 == 0 or not self.peers):
                 # several at once: after a long partition a node may have dropped many, and
                 # one every other round took longer than the liveness deadline (seed 470051)
@@ -42,7 +41,7 @@ class Gossip:
                 continue
             try:
                 settling = (
-                    trio.current_time() - self._membership_changed_at < 5 * self.gossip_interval
+                    trio.current_time() - self.peer_table.changed_at < 5 * self.gossip_interval
                 )
                 # Every await may drop peers (3 failures in a row): choose after it, not before.
                 if (settling or rounds % 5 == 0) and self.peers:

@@ -13,6 +13,7 @@ part of issue 14 not done yet.)
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import random
 import shutil
@@ -47,7 +48,7 @@ from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossip
 from .peer_table import PeerTable
-from .publishing import Publishing
+from .publishing import Publisher
 from .warrants import MAX_FETCH_ROUNDS, WarrantBook
 
 ANNOUNCE_FANOUT = 8
@@ -94,7 +95,9 @@ def _run_lock(path: str):
     return f
 
 
-class NetNode(Publishing, Gossip, LocalNode):
+class NetNode(Gossip, LocalNode):
+    _parts_built = False  # LocalNode.load adds the cells it finds before _init_net runs
+
     # -- lifecycle
     @classmethod
     @asynccontextmanager
@@ -142,7 +145,7 @@ class NetNode(Publishing, Gossip, LocalNode):
                     node.peer_table.attach(transport)
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
-                        nursery.start_soon(keep_running, node.metrics, node._publisher)
+                        nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node._gossiper)
                         nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
@@ -176,7 +179,7 @@ class NetNode(Publishing, Gossip, LocalNode):
         self.node_key = key
         self.id = key.public
         self.r = r
-        self.outgoing = outgoing
+        self.outgoing = outgoing  # kept for inspection (tests); the publisher calls it
         self.gossip_interval = gossip_interval
         self.publish_interval = publish_interval
         self.request_timeout = request_timeout
@@ -187,21 +190,10 @@ class NetNode(Publishing, Gossip, LocalNode):
         self._showing: set[bytes] = set()  # ops being shown to an author-key authority
         self._maybe_unshown = True  # the store may hold ops not yet shown
         self._fetching: set[bytes] = set()
-        self._republish: set[bytes] = set()  # own agents whose authorities changed
-        self._recheck_from: int | None = None  # own actions past this row id: offer again
-        self._recheck_short = False  # this pass left an authority without one
-        self._recheck_passes = 0  # passes in a row that did
-        self._recheck_not_before = 0.0
-        self._peer_epoch = 0
-        self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
-        self._maybe_unpublished = True  # no need to ask the store until something commits
         self._gossip_quiet = 0
-        self._membership_changed_at = 0.0
         self.bootstrap: tuple = ()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
-        self._publish_kick = trio.Event()
         self._limbo_kick = trio.Event()
-        self.publisher_idle = trio.Event()  # set while nothing is left to publish or retry
         self._change = trio.Event()
         self.on_change = None
         # the offenders: the warrant book writes it, the peer table never takes one as a peer
@@ -245,6 +237,21 @@ class NetNode(Publishing, Gossip, LocalNode):
             on_warranted=self._route_around,
         )
         self.warranted = self.warrant_book.warranted
+        self.publisher = Publisher(
+            node_key=key,
+            r=r,
+            dht_store=self.dht,
+            peer_table=self.peer_table,
+            request=self.peer_table.request,
+            agents=self.cells,
+            warranted=warranted,
+            metrics=self.metrics,
+            now_us=self.now_us,
+            spawn=self._spawn,
+            changed=self._changed,
+            publish_interval=publish_interval,
+            outgoing=None if outgoing is None else functools.partial(outgoing, self),
+        )
         self.warrants_by_hash = self.warrant_book.warrants_by_hash
         # request type -> its handler, which gets the typed request protocol.py parsed
         self._handlers = {
@@ -261,6 +268,7 @@ class NetNode(Publishing, Gossip, LocalNode):
         assert self._handlers.keys() == P.REQUESTS.keys()
         for cell in self.cells.values():
             self._wire_cell(cell)
+        self._parts_built = True
         for author in self.dht.foreign_authors():
             self.chains[author] = validate_chain(
                 self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
@@ -280,16 +288,14 @@ class NetNode(Publishing, Gossip, LocalNode):
             cell.warrant = w
 
     def _add_cell(self, cell):
-        if hasattr(self, "dht"):
+        if self._parts_built:  # else _init_net wires it with the rest
             self._wire_cell(cell)
         return super()._add_cell(cell)
 
     def _wire_cell(self, cell) -> None:
         cell.on_commit = self._on_local_commit
-        self._maybe_unpublished = True  # its genesis was written before it was wired
-        if hasattr(self, "_publish_kick"):
-            self._wake_publisher()
-        cell.warrant = self.warranted.get(cell.key.public) if hasattr(self, "warranted") else None
+        self.publisher.committed()  # its genesis was written before it was wired
+        cell.warrant = self.warranted.get(cell.key.public)
 
     async def new_agent(self):
         agent = await super().new_agent()
@@ -310,9 +316,8 @@ class NetNode(Publishing, Gossip, LocalNode):
 
     def _on_local_commit(self, s: Signed) -> None:
         self._gossip_quiet = 0
-        self._maybe_unpublished = True
         self._changed()
-        self._wake_publisher()
+        self.publisher.committed()
 
     def _changed(self) -> None:
         self._change.set()
@@ -345,17 +350,19 @@ class NetNode(Publishing, Gossip, LocalNode):
         self.last_task_error = f"{what}: {e!r}"[:512]
 
     def _membership_moved(self) -> None:
-        """New authorities may now be nearer to our agents than the ones that stored their
-        heads: queue each head for the publisher, which sends it to the authorities that hold
-        no receipt for it (they fetch the history before it from us)."""
-        self._peer_epoch += 1
+        """A peer came or went: gossip picks up its pace, and the publisher offers our heads to
+        authorities that may now be nearer."""
         self._changed()
         self._gossip_quiet = 0
-        self._membership_changed_at = trio.current_time()
-        self._republish.update(p for p in self.cells if p not in self.warranted)
-        self._recheck_from, self._recheck_short, self._recheck_passes = -1, False, 0
-        self._recheck_not_before = 0.0
-        self._wake_publisher()
+        self.publisher.membership_moved()
+
+    def _wake_publisher(self) -> None:
+        self.publisher.wake()
+
+    @property
+    def publisher_idle(self) -> trio.Event:
+        """Set while nothing is left to publish or retry."""
+        return self.publisher.idle
 
     def peer_ids(self) -> list[bytes]:
         return list(self.peers)
@@ -465,7 +472,7 @@ class NetNode(Publishing, Gossip, LocalNode):
             fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
             status = await self._accept(s, entry, peer, prev=op.prev, op=True, vouch=op.vouch)
             if fresh and status == "valid":
-                self._forward(s, entry, peer, told)
+                self.publisher.forward(s, entry, peer, told)
             if status == "forged":  # the sender signed the batch that carried it: its doing
                 await self.warrant_book.issue("peer", peer, "bad_signature", -1, [s], batch=batch)
                 status = "invalid"

@@ -85,6 +85,7 @@ class PeerTable:
         self._strikes = Strikes(MAX_MALFORMED, MALFORMED_WINDOW_S, MALFORMED_BACKOFF_S, MAX_PEERS)
         self._near = NearestCache(r)  # basis -> R nearest of self + peers
         self._table_version = 0  # bumps on any change to self.peers
+        self.changed_at = 0.0  # when a peer last came or went
         self._sorted_peers: tuple[int, list] = (-1, [])  # (table version, sorted peer ids)
         self.unsaved: dict[bytes, P.PeerInfo] = {}  # peer cache changes, saved each round
         self.unsaved_forgets: set[bytes] = set()
@@ -306,6 +307,7 @@ class PeerTable:
 
     def _set_changed(self, peer: bytes, came: bool) -> None:
         self._near.changed(peer, came)
+        self.changed_at = trio.current_time()
         self.on_set_changed()
 
     async def request(self, peer: bytes, t: str, **fields: Any) -> Any:
