@@ -330,7 +330,7 @@ def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
                     with contextlib.suppress(BudgetError):  # a refusal, not a crash
                         await call(arg)
                 with contextlib.suppress(BudgetError):
-                    await honest._gossip_with(liar.id)  # a summary, whatever the timers do
+                    await honest.gossiper.gossip_with(liar.id)  # a summary, whatever the timers do
                 await trio.sleep(20)  # the node's own rounds: publisher, gossiper, limbo worker
                 alice = await honest.agent(to_text("agent", me))
                 assert (await alice.budget_status()).remaining_ru < 100

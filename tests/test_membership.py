@@ -122,7 +122,7 @@ async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock
         for node in c.nodes:
             mine = node._heads()
             for peer in node.peers:
-                sent = {a for a, _, _ in node._heads_for(peer, mine)}
+                sent = {a for a, _, _ in node.gossiper.heads_for(peer, mine)}
                 assert sent == {a for a in mine if dht.nearest(a, ids, 1) == [peer]}
 
 

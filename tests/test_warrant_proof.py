@@ -142,7 +142,7 @@ async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
         assert await c.nodes[0].warrant_book.remember(w)  # held, not broadcast
         assert key.public not in c.nodes[1].warranted
         # Node 0 asks node 1; node 1 has nothing node 0 lacks, so only a push carries it over.
-        await c.nodes[0]._gossip_with(c.nodes[1].id)
+        await c.nodes[0].gossiper.gossip_with(c.nodes[1].id)
         assert key.public in c.nodes[1].warranted
 
 

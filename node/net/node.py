@@ -46,7 +46,7 @@ from ..local_node import AllocationResult, LocalNode
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
-from .gossip import Gossip
+from .gossip import Gossiper
 from .peer_table import PeerTable
 from .publishing import Publisher
 from .warrants import MAX_FETCH_ROUNDS, WarrantBook
@@ -95,7 +95,7 @@ def _run_lock(path: str):
     return f
 
 
-class NetNode(Gossip, LocalNode):
+class NetNode(LocalNode):
     _parts_built = False  # LocalNode.load adds the cells it finds before _init_net runs
 
     # -- lifecycle
@@ -146,7 +146,7 @@ class NetNode(Gossip, LocalNode):
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
-                        nursery.start_soon(keep_running, node.metrics, node._gossiper)
+                        nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
                         nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node.peer_table.load_cache()
@@ -190,8 +190,6 @@ class NetNode(Gossip, LocalNode):
         self._showing: set[bytes] = set()  # ops being shown to an author-key authority
         self._maybe_unshown = True  # the store may hold ops not yet shown
         self._fetching: set[bytes] = set()
-        self._gossip_quiet = 0
-        self.bootstrap: tuple = ()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._limbo_kick = trio.Event()
         self._change = trio.Event()
@@ -252,6 +250,21 @@ class NetNode(Gossip, LocalNode):
             publish_interval=publish_interval,
             outgoing=None if outgoing is None else functools.partial(outgoing, self),
         )
+        self.gossiper = Gossiper(
+            rng=self.rng,
+            gossip_interval=gossip_interval,
+            peer_table=self.peer_table,
+            warrant_book=self.warrant_book,
+            publisher=self.publisher,
+            request=self.peer_table.request,
+            metrics=self.metrics,
+            changed_elsewhere=self.store.changed_elsewhere,
+            heads=self._heads,
+            head=self._head,
+            should_hold=self._should_hold,
+            fetch=self._spawn_fetch,
+            task_failed=self._task_failed,
+        )
         self.warrants_by_hash = self.warrant_book.warrants_by_hash
         # request type -> its handler, which gets the typed request protocol.py parsed
         self._handlers = {
@@ -261,7 +274,7 @@ class NetNode(Gossip, LocalNode):
             "publish": self._on_publish,
             "chain": self._on_chain,
             "record": self._on_record,
-            "summary": self._on_summary,
+            "summary": self.gossiper.on_summary,
             "warrants": self.warrant_book.on_warrants,
             "grant": self._on_grant,
         }
@@ -315,7 +328,7 @@ class NetNode(Gossip, LocalNode):
                 pass
 
     def _on_local_commit(self, s: Signed) -> None:
-        self._gossip_quiet = 0
+        self.gossiper.news()
         self._changed()
         self.publisher.committed()
 
@@ -353,11 +366,20 @@ class NetNode(Gossip, LocalNode):
         """A peer came or went: gossip picks up its pace, and the publisher offers our heads to
         authorities that may now be nearer."""
         self._changed()
-        self._gossip_quiet = 0
+        self.gossiper.news()
         self.publisher.membership_moved()
 
     def _wake_publisher(self) -> None:
         self.publisher.wake()
+
+    @property
+    def bootstrap(self) -> tuple:
+        """The addresses this node joined through, dialled again when it has no peers left."""
+        return self.gossiper.bootstrap
+
+    @bootstrap.setter
+    def bootstrap(self, addrs: tuple) -> None:
+        self.gossiper.bootstrap = addrs
 
     @property
     def publisher_idle(self) -> trio.Event:
@@ -622,7 +644,7 @@ class NetNode(Gossip, LocalNode):
     def _stored(self, s: Signed, entry) -> None:
         self.limbo.pop(s.hash, None)
         self.metrics["ops_validated"] += 1
-        self._gossip_quiet = 0
+        self.gossiper.news()
         self._changed()
         if s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry:
             self._spawn(self._claim_if_local, decode(entry)["content"])
