@@ -5,9 +5,11 @@ Every action that reaches this node from outside (publish, gossip, query, warran
 evidence) goes through one path, `_accept`, which validates it against this node's own
 view of the author's chain, fetching missing history from the peer that sent it.
 
-(Over 500 lines: the peer table, the request handlers, the chain fetches and the one way in
-still share NetNode's state; splitting them into components with explicit dependencies is the
-part of issue 14 not done yet.)
+NetNode is the composition root: `_init_net` builds the peer table, the warrant book, the
+publisher and the gossiper (peer_table.py, warrants.py, publishing.py, gossip.py), each with
+exactly what it uses, and wires their callbacks. (Over 500 lines: the one way in with its limbo,
+the chain fetches and the request handlers still live here; they are the part of issue 14 not
+split out yet.)
 """
 
 from __future__ import annotations
