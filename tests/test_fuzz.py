@@ -205,7 +205,7 @@ async def _feed(c, raw: bytes) -> None:
     assert isinstance(reply, bytes) and len(reply) <= MAX_FRAME
     answer = decode(reply, MAX_FRAME, canonical=False)
     assert isinstance(answer, dict)
-    assert "handler_errors" not in target.metrics, target.last_handler_error
+    assert "handler_errors" not in target.metrics, target.handlers.last_handler_error
     if "err" in answer:
         assert snapshot(target) == before, "a refused request changed the node's state"
     # it keeps serving: a well-formed request still gets a good answer

@@ -275,7 +275,9 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
                 break
         await c.await_consistency(timeout=60)
         liar = by_id[dht.nearest(pub, ids, 1)[0]]
-        liar.node_key = SigningKey(b"\x09" * 32)  # its receipts no longer verify as its own
+        liar.handlers.node_key = SigningKey(
+            b"\x09" * 32
+        )  # its receipts no longer verify as its own
         sent = []
         publisher = c.nodes[0]
         real_request = publisher.publisher.request

@@ -6,10 +6,10 @@ evidence) goes through one path, `_accept`, which validates it against this node
 view of the author's chain, fetching missing history from the peer that sent it.
 
 NetNode is the composition root: `_init_net` builds the peer table, the warrant book, the
-publisher and the gossiper (peer_table.py, warrants.py, publishing.py, gossip.py), each with
-exactly what it uses, and wires their callbacks. (Over 500 lines: the one way in with its limbo,
-the chain fetches and the request handlers still live here; they are the part of issue 14 not
-split out yet.)
+publisher, the gossiper and the request handlers (peer_table.py, warrants.py, publishing.py,
+gossip.py, handlers.py), each with exactly what it uses, and wires their callbacks. (Over 500
+lines: the one way in with its limbo and the chain fetches still live here; they are the part
+of issue 14 not split out yet.)
 """
 
 from __future__ import annotations
@@ -34,21 +34,19 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (
     BudgetError,
-    GrantAlreadyClaimed,
     InvalidChain,
-    MalformedInput,
     StoreBusy,
-    TooLarge,
     UnknownAgent,
 )
 from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
-from ..core.warrant import RETRYABLE, Warrant, Warranted, proves
+from ..core.warrant import RETRYABLE, Warrant, proves
 from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .gossip import Gossiper
+from .handlers import RequestHandlers
 from .peer_table import PeerTable
 from .publishing import Publisher
 from .warrants import MAX_FETCH_ROUNDS, WarrantBook
@@ -58,7 +56,6 @@ ANNOUNCE_FANOUT = 8
 MAX_CHAINS = 1 << 18  # other authors' chains held: a new author past it is answered busy
 MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
-MAX_GREETING = 64  # unknown requesters greeted at once
 MAX_SHOW_PER_PASS = 64  # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
 
@@ -142,7 +139,7 @@ class NetNode(LocalNode):
                     r, outgoing, gossip_interval, publish_interval, request_timeout
                 )
                 await node._claim_recovered_grants()
-                async with transport_factory(node.node_key.seed, node._handle) as transport:
+                async with transport_factory(node.node_key.seed, node.handlers.handle) as transport:
                     node.transport = transport
                     node.peer_table.attach(transport)
                     async with trio.open_nursery() as nursery:
@@ -268,19 +265,22 @@ class NetNode(LocalNode):
             task_failed=self._task_failed,
         )
         self.warrants_by_hash = self.warrant_book.warrants_by_hash
-        # request type -> its handler, which gets the typed request protocol.py parsed
-        self._handlers = {
-            "dna": self._on_dna,
-            "hello": self._on_hello,
-            "peers": self._on_peers,
-            "publish": self._on_publish,
-            "chain": self._on_chain,
-            "record": self._on_record,
-            "summary": self.gossiper.on_summary,
-            "warrants": self.warrant_book.on_warrants,
-            "grant": self._on_grant,
-        }
-        assert self._handlers.keys() == P.REQUESTS.keys()
+        self.handlers = RequestHandlers(
+            node_key=key,
+            dna=self.dna,
+            dht_store=self.dht,
+            agents=self.cells,
+            metrics=self.metrics,
+            spawn=self._spawn,
+            peer_table=self.peer_table,
+            warrant_book=self.warrant_book,
+            publisher=self.publisher,
+            gossiper=self.gossiper,
+            accept=self._accept,
+            record=self._record,
+            chain_of=self.store.chain,
+        )
+        self._handlers = self.handlers.table  # tests swap a handler in it
         for cell in self.cells.values():
             self._wire_cell(cell)
         self._parts_built = True
@@ -399,142 +399,6 @@ class NetNode(LocalNode):
         """One exchange with a peer (PeerTable.request); here so a test can watch what this
         node sends."""
         return await self.peer_table.request(peer, t, **fields)
-
-    # -- serving requests
-    async def _handle(self, peer: bytes, raw: bytes) -> bytes:
-        self.metrics["messages_received"] += 1
-        try:
-            if peer in self.warranted:
-                raise Warranted("this node's operator is warranted; requests are refused")
-            if self.peer_table.backed_off(peer):
-                self.metrics["requests_backed_off"] += 1
-                raise P.ProtocolError("too many malformed messages: backed off")
-            if peer in self.peer_table.dropped:  # it reached us, so it is back: greet it in return
-                self._spawn(self.peer_table.probe_dropped, peer)
-            t, msg = P.parse_request(raw, self.dna.hash)
-            if (
-                peer not in self.peers
-                and t not in ("hello", "peers", "dna")
-                and peer not in self.peer_table.greeting
-                and peer not in self.peer_table.dropped
-                and len(self.peer_table.greeting) < MAX_GREETING
-            ):
-                # It knows us and we do not know it (we restarted, or lost our peers): learn its
-                # info, so the link works both ways. (hello and peers bring the info along.)
-                self.peer_table.greeting.add(peer)
-                self._spawn(self.peer_table.hello_quietly, peer)
-            return await self._handlers[t](peer, msg)
-        except (MalformedInput, TooLarge) as e:  # the sender's garbage costs the sender
-            self.metrics["messages_refused"] += 1
-            self.metrics["malformed_requests"] += 1
-            self.peer_table.strike(peer)
-            return P.error_reply(e)
-        except BudgetError as e:
-            self.metrics["messages_refused"] += 1
-            return P.error_reply(e)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            self.metrics["messages_refused"] += 1
-            return P.error_reply(MalformedInput(f"malformed request ({type(e).__name__})"))
-        except Exception as e:  # a bug in one handler must not take the node down
-            self.metrics["handler_errors"] += 1
-            self.last_handler_error = repr(e)
-            return P.error_reply(P.InternalError(type(e).__name__))
-
-    async def _on_dna(self, peer, msg):
-        return P.reply(dna=self.dna.encoded())
-
-    async def _on_hello(self, peer, msg: P.HelloRequest):
-        info = msg.info
-        if info.peer != peer or dht.check_peer_info(info.to_wire(), self.dna.hash) is None:
-            raise MalformedInput("peer info is not signed by the sending peer")
-        if msg.dropped:
-            # It had dropped this node (a cut), and so may every node beyond it: a fresh info
-            # lets them all take this node back (rate-limited, so a liar gains nothing).
-            self.peer_table.back()
-        self.peer_table.add(info)
-        return P.reply(info=self.peer_table.my_info())
-
-    async def _on_peers(self, peer, msg: P.PeersRequest):
-        if msg.info is not None:
-            if msg.info.peer != peer or msg.info.dna != self.dna.hash:
-                raise MalformedInput("peer info is not the sending peer's")
-            self.peer_table.add(msg.info)
-        if msg.push is not None:  # the second leg: infos we lacked, by the asker's reckoning
-            for i in msg.push:
-                self.peer_table.add(i)
-            return P.reply(ok=True)
-        digest, mine = self.peer_table.digest()
-        if msg.digest == digest:
-            return P.reply(
-                infos=[self.peer_table.my_info()]
-            )  # same table, same versions: nothing to swap
-        return P.reply(
-            infos=[self.peer_table.my_info(), *self.peer_table.lacking(msg.have, peer)], have=mine
-        )
-
-    async def _on_publish(self, peer, msg: P.PublishRequest):
-        if msg.batch.to != self.id:
-            raise MalformedInput("publish batch is not for this node or does not match its ops")
-        batch = msg.batch.to_wire()  # evidence in a peer warrant, if it carries a forgery
-        signed = [op.action for op in msg.ops]
-        # The batch signature is evidence against the sender, needed only if an action it
-        # carries is forged (the peer warrant quotes it); the transport already says who sent
-        # it. So it is checked then, before anything is stored, and a valid publish costs one
-        # verify less (a third of a publish's crypto).
-        if not all(
-            isinstance(s.action.get("author"), bytes) and verify(s.action["author"], s.sig, s.body)
-            for s in signed
-        ) and not warrant.batch_ok(batch, peer):
-            raise MalformedInput("publish batch is not signed by the sending peer")
-        results = []
-        for op in msg.ops:
-            s, entry, told = op.action, op.entry, op.told
-            self.metrics["ops_received"] += 1
-            # Sent here as an author-key authority: if this node knows authorities the sender
-            # did not name (its view of the ring lags), pass the action on, whether or not this
-            # node itself turns out to be one.
-            fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
-            status = await self._accept(s, entry, peer, prev=op.prev, op=True, vouch=op.vouch)
-            if fresh and status == "valid":
-                self.publisher.forward(s, entry, peer, told)
-            if status == "forged":  # the sender signed the batch that carried it: its doing
-                await self.warrant_book.issue("peer", peer, "bad_signature", -1, [s], batch=batch)
-                status = "invalid"
-            # a receipt vouches for the op to the other authorities only if an author-key
-            # authority signed it, so only one the publisher counts as such signs one
-            receipt = (
-                dht.sign_receipt(s.hash, self.node_key)
-                if status == "valid" and told is not None and self.id in told
-                else None
-            )
-            results.append([s.hash, status, receipt])
-        return P.reply(results=results)
-
-    async def _on_chain(self, peer, msg: P.ChainRequest):
-        return P.reply(records=self.dht.records(msg.author, msg.start, msg.limit))
-
-    async def _on_record(self, peer, msg: P.RecordRequest):
-        found = self._record(msg.hash)
-        if found is None:
-            return P.reply(record=None)
-        s, entry = found
-        return P.reply(record=[s.body, s.sig, entry])
-
-    async def _on_grant(self, peer, msg: P.GrantRequest):
-        grant, sig = msg.grant.to_wire(), msg.sig
-        cell = self.cells.get(msg.grant.grantee)
-        if cell is None:
-            raise UnknownAgent("the grantee is not an agent of this node")
-        try:
-            return P.reply(granted=await cell.claim(grant, sig))
-        except GrantAlreadyClaimed:  # the published record got here first and was claimed
-            return P.reply(granted=self._claimed_amount(cell, grant_hash(grant)))
-
-    def _claimed_amount(self, cell, gh: bytes) -> int | None:
-        for s in reversed(self.store.chain(cell.key.public)):
-            if s.action.get("type") == "claim" and grant_hash(s.action["grant"]) == gh:
-                return s.action["budget"]["granted"]
-        return None
 
     # -- the one way in for other authors' actions
     def _head(self, author: bytes):

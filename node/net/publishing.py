@@ -12,7 +12,7 @@ the ring moved, the recheck pass, and `idle`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -306,7 +306,7 @@ class Publisher:
                     self.metrics["own_ops_refused"] += 1
         return all(v in FINAL for got in outcome.values() for v in got.values())
 
-    def forward(self, s: Signed, entry: bytes | None, sender: bytes, told: list) -> None:
+    def forward(self, s: Signed, entry: bytes | None, sender: bytes, told: Sequence[bytes]) -> None:
         """A node sent an action as an author-key authority that knows an authority the
         publisher did not name (the publisher's peer table is behind: it joined late, or the
         other one did) passes the action on, naming everyone told so far. When the two views
