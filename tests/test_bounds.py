@@ -8,7 +8,7 @@ from node.core import dht
 from node.core import warrant as W
 from node.core.action import Signed
 from node.core.crypto import SigningKey, from_text
-from node.net import node as node_module
+from node.net import acceptor as acceptor_module
 from node.net import peer_table as peer_table_module
 from node.net import protocol as P
 from node.net import warrants as warrants_module
@@ -29,7 +29,7 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(
         alice = await author.new_agent()
         await c.await_consistency(timeout=60)
         held = dict(holder.chains)
-        monkeypatch.setattr(node_module, "MAX_CHAINS", len(holder.chains))
+        monkeypatch.setattr(acceptor_module, "MAX_CHAINS", len(holder.chains))
         bob = await author.new_agent()
         await alice.transmit_understanding("a held chain", "still", "grows")
         with trio.fail_after(60):
@@ -40,7 +40,7 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(
         assert from_text("agent", bob.agent_id) not in holder.chains  # answered busy
         assert held.keys() <= holder.chains.keys()  # nothing evicted
         # room again: the author's publisher, which kept the op, delivers it
-        monkeypatch.setattr(node_module, "MAX_CHAINS", len(holder.chains) + 1)
+        monkeypatch.setattr(acceptor_module, "MAX_CHAINS", len(holder.chains) + 1)
         author._wake_publisher()
         await c.await_consistency(timeout=600)
         assert from_text("agent", bob.agent_id) in holder.chains

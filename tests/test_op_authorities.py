@@ -110,13 +110,13 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
 
         await holder.dht.put_op(s, entry, unshown_from=sender)
         c.network.partition([holder.id], [near[0]])  # the nearest is away: the next one will do
-        await holder._register_activity(s.hash, sender)
+        await holder.acceptor._register_activity(s.hash, sender)
         assert holder.dht.unshown(10) == []
 
         await holder.dht.put_op(s, entry, unshown_from=sender)  # shown again, with nobody reachable
         c.network.heal()
         c.network.partition([holder.id], others)
-        await holder._register_activity(s.hash, sender)
+        await holder.acceptor._register_activity(s.hash, sender)
         assert holder.dht.unshown(10) == [(s.hash, sender)]
         c.network.heal()
         with trio.fail_after(120):  # the limbo worker tries again
@@ -245,7 +245,7 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
         a, pub, slow = await _ring_and_a_bystander(c)
         # the walk a ring change starts is over (it would offer the ops again by itself)
         await c.nodes[0].publisher_idle.wait()
-        real, offers = slow._accept_op, Counter()
+        real, offers = slow.acceptor._accept_op, Counter()
 
         async def accept_op(s, entry, peer, prev_wire, vouch=None):
             offers[s.hash] += 1
@@ -253,7 +253,7 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
                 return "pending"  # ...and its limbo entry expired: the publish and a recheck
             return await real(s, entry, peer, prev_wire, vouch)
 
-        slow._accept_op = accept_op
+        slow.acceptor._accept_op = accept_op
         missed = await _write_until_two_land_on(c, clock, a, pub, slow)
         with trio.fail_after(600):
             while not all(slow.dht.has_action(s.hash) for s in missed):

@@ -408,10 +408,10 @@ async def test_every_fetch_treats_a_malformed_reply_as_no_answer(clock, autojump
         hostile(c, liar, {t: garbage for t in ("chain", "record", "hello", "peers", "grant")})
         before = honest._head(pub)
         assert await honest.warrant_book.fetch_prefix(pub, 2, liar.id) == []
-        await honest._fetch_chain(pub, liar.id)
-        await honest._check_fork_at(pub, liar.id, 0)
+        await honest.acceptor.fetch_chain(pub, liar.id)
+        await honest.acceptor.check_fork_at(pub, liar.id, 0)
         assert liar.id not in honest.peers  # three failed exchanges in a row: dropped
-        assert await honest._prev_of(s, liar.id, None) is None
+        assert await honest.acceptor.prev_of(s, liar.id, None) is None
         with pytest.raises(BudgetError):
             await honest.peer_table.hello(liar.id)
         with pytest.raises(BudgetError):

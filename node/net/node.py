@@ -2,14 +2,14 @@
 re-derive every budget, gossip what publishing missed, and warrant rule-breakers.
 
 Every action that reaches this node from outside (publish, gossip, query, warrant
-evidence) goes through one path, `_accept`, which validates it against this node's own
-view of the author's chain, fetching missing history from the peer that sent it.
+evidence) goes through one path, `Acceptor.accept` (acceptor.py), which validates it against
+this node's own view of the author's chain, fetching missing history from the peer that sent it.
 
 NetNode is the composition root: `_init_net` builds the peer table, the warrant book, the
-publisher, the gossiper and the request handlers (peer_table.py, warrants.py, publishing.py,
-gossip.py, handlers.py), each with exactly what it uses, and wires their callbacks. (Over 500
-lines: the one way in with its limbo and the chain fetches still live here; they are the part
-of issue 14 not split out yet.)
+publisher, the acceptor (the one way in, its limbo and the chain fetches), the gossiper and the
+request handlers (peer_table.py, warrants.py, publishing.py, acceptor.py, gossip.py,
+handlers.py), each with exactly what it uses, and wires their callbacks. What is left here is
+the agent-facing surface (queries, allocate, observability) and the wiring.
 """
 
 from __future__ import annotations
@@ -26,38 +26,32 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..core import budget, dht, warrant
+from ..core import budget, dht
 from ..core.action import Signed, grant_body, grant_hash
-from ..core.crypto import SigningKey, from_text, to_text, verify
+from ..core.crypto import SigningKey, from_text, to_text
 from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (
     BudgetError,
-    InvalidChain,
     StoreBusy,
     UnknownAgent,
 )
-from ..core.validate import ChainState, step_anchor, validate_chain, validate_genesis, validate_next
-from ..core.warrant import RETRYABLE, Warrant, proves
+from ..core.warrant import Warrant
 from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
+from .acceptor import Acceptor, ask_chain
 from .gossip import Gossiper
 from .handlers import RequestHandlers
 from .peer_table import PeerTable
 from .publishing import Publisher
-from .warrants import MAX_FETCH_ROUNDS, WarrantBook
+from .warrants import WarrantBook
 
 ANNOUNCE_FANOUT = 8
 # Tables peers can grow, each with its policy at the bound (docs/ARCHITECTURE.md, "Bounds"):
-MAX_CHAINS = 1 << 18  # other authors' chains held: a new author past it is answered busy
-MAX_LIMBO = 4096
-LIMBO_ATTEMPTS = 30
-MAX_SHOW_PER_PASS = 64  # queued ops shown to an author-key authority per limbo pass
-MAX_PARALLEL_FETCHES = 8
 
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
@@ -146,7 +140,7 @@ class NetNode(LocalNode):
                         node._nursery = nursery
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
-                        nursery.start_soon(keep_running, node.metrics, node._limbo_worker)
+                        nursery.start_soon(keep_running, node.metrics, node.acceptor.run_limbo)
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node.peer_table.load_cache()
                         for addr in node.bootstrap:
@@ -184,13 +178,6 @@ class NetNode(LocalNode):
         self.request_timeout = request_timeout
         self.rng = random.Random(key.public)
         self.metrics = Counter()
-        self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
-        self.limbo: dict[bytes, tuple] = {}
-        self._showing: set[bytes] = set()  # ops being shown to an author-key authority
-        self._maybe_unshown = True  # the store may hold ops not yet shown
-        self._fetching: set[bytes] = set()
-        self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
-        self._limbo_kick = trio.Event()
         self._change = trio.Event()
         self.on_change = None
         # the offenders: the warrant book writes it, the peer table never takes one as a peer
@@ -229,7 +216,7 @@ class NetNode(LocalNode):
             request=self.peer_table.request,
             nearest=self.peer_table.nearest,
             host_of=self.agent_hosts.get,
-            ask_chain=self._ask_chain,
+            ask_chain=functools.partial(ask_chain, self.peer_table.request),
             holds=self._holds_state_of,
             on_warranted=self._route_around,
         )
@@ -249,6 +236,26 @@ class NetNode(LocalNode):
             publish_interval=publish_interval,
             outgoing=None if outgoing is None else functools.partial(outgoing, self),
         )
+        self.acceptor = Acceptor(
+            node_key=key,
+            dna=self.dna,
+            app=self.app,
+            dht_store=self.dht,
+            agents=self.cells,
+            peer_table=self.peer_table,
+            warrant_book=self.warrant_book,
+            request=self.peer_table.request,
+            metrics=self.metrics,
+            now_us=self.now_us,
+            spawn=self._spawn,
+            changed=self._changed,
+            news=self._news,
+            task_failed=self._task_failed,
+            publish_interval=publish_interval,
+        )
+        self.chains = self.acceptor.chains
+        self.limbo = self.acceptor.limbo
+        self._fetching = self.acceptor.fetching
         self.gossiper = Gossiper(
             rng=self.rng,
             gossip_interval=gossip_interval,
@@ -258,10 +265,10 @@ class NetNode(LocalNode):
             request=self.peer_table.request,
             metrics=self.metrics,
             changed_elsewhere=self.store.changed_elsewhere,
-            heads=self._heads,
-            head=self._head,
-            should_hold=self._should_hold,
-            fetch=self._spawn_fetch,
+            heads=self.acceptor.heads,
+            head=self.acceptor.head,
+            should_hold=self.acceptor.should_hold,
+            fetch=self.acceptor.spawn_fetch,
             task_failed=self._task_failed,
         )
         self.warrants_by_hash = self.warrant_book.warrants_by_hash
@@ -276,7 +283,7 @@ class NetNode(LocalNode):
             warrant_book=self.warrant_book,
             publisher=self.publisher,
             gossiper=self.gossiper,
-            accept=self._accept,
+            accept=self.acceptor.accept,
             record=self._record,
             chain_of=self.store.chain,
         )
@@ -284,10 +291,7 @@ class NetNode(LocalNode):
         for cell in self.cells.values():
             self._wire_cell(cell)
         self._parts_built = True
-        for author in self.dht.foreign_authors():
-            self.chains[author] = validate_chain(
-                self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
-            )
+        self.acceptor.load(self.store.chain, self.store.entries_of)
         await self.warrant_book.load()
 
     def _holds_state_of(self, agent: bytes) -> bool:
@@ -400,357 +404,18 @@ class NetNode(LocalNode):
         node sends."""
         return await self.peer_table.request(peer, t, **fields)
 
-    # -- the one way in for other authors' actions
+    # -- the one way in (acceptor.py), as tests, sims and benchmarks reach it
+    async def _accept(self, s: Signed, entry, peer, **kw) -> str:
+        return await self.acceptor.accept(s, entry, peer, **kw)
+
     def _head(self, author: bytes):
-        cell = self.cells.get(author)
-        cs = cell.state if cell is not None else self.chains.get(author)
-        return None if cs is None else (cs.seq, cs.hash)
+        return self.acceptor.head(author)
 
     def _heads(self) -> dict:
-        out = {
-            pub: (c.state.seq, c.state.hash)
-            for pub, c in self.cells.items()
-            if pub not in self.warranted
-        }
-        out.update(
-            {a: (cs.seq, cs.hash) for a, cs in self.chains.items() if a not in self.warranted}
-        )
-        return out
+        return self.acceptor.heads()
 
-    def _should_hold(self, author: bytes) -> bool:
-        """Chains gossip keeps current here: our own agents' and those we are an author-key
-        authority for. Copies held for an action or entry basis are refreshed when queried
-        (refresh_agent), so replication stays O(R), not O(N)."""
-        return author in self.cells or self._should_hold_as_authority(author)
-
-    async def _accept(
-        self,
-        s: Signed,
-        entry: bytes | None,
-        peer: bytes | None,
-        fetch: bool = True,
-        prev=None,
-        op: bool = False,
-        vouch=None,
-    ) -> str:
-        """Validate and store one action; returns valid, invalid, forged (its signature does not
-        verify), warranted, pending or busy. `op`: it was published to this node as one of its
-        authorities (`prev`, the action before it, and `vouch`, receipts from authorities of
-        its author's key, may come along)."""
-        author, seq = s.action.get("author"), s.action.get("seq")
-        if not isinstance(author, bytes) or not isinstance(seq, int) or seq < 0:
-            return "invalid"
-        if self.dht.has_action(s.hash) if op else self.dht.in_chain(s.hash):
-            return "valid"  # held already (an op: in a chain, or alone)
-        w = self.warranted.get(author)
-        if w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"]):
-            return "warranted"  # the history before the offence is still checked and kept
-        if author in self.cells:
-            return "invalid"  # someone else's copy of our own agent's chain: never ours to take
-        cs = self.chains.get(author)
-        if op and (cs is None or seq > cs.seq + 1) and not self._should_hold(author):
-            return await self._accept_op(s, entry, peer, prev, vouch)
-        if cs is not None and seq <= cs.seq:
-            if not verify(author, s.sig, s.body):
-                return "forged"
-            existing = self.dht.action_at(author, seq)
-            if existing is not None:
-                await self.warrant_book.issue("fork", author, "fork", seq, [existing, s])
-            return "invalid"
-        if seq > (0 if cs is None else cs.seq + 1):
-            if fetch and peer is not None:
-                await self._fetch_chain(author, peer, seq - 1)
-                # The sender may hold this action alone (a forwarder, a hash authority): the
-                # author's own node has the history for sure.
-                host = self.agent_hosts.get(author)
-                head = self._head(author)
-                if (
-                    host is not None
-                    and host not in (peer, self.id)
-                    and host in self.peers
-                    and (head is None or head[0] < seq - 1)
-                ):
-                    await self._fetch_chain(author, host, seq - 1)
-                # While we waited, another delivery may have stored this very action: every
-                # check above must run again, or an honest duplicate would look like bad_seq.
-                return await self._accept(s, entry, peer, fetch=False)
-            return self._to_limbo(s, entry, peer)
-        is_create = s.action.get("type") == "create"
-        if is_create and entry is None:
-            return self._to_limbo(s, entry, peer)
-        if cs is None and len(self.chains) >= MAX_CHAINS:
-            # Full: a new author waits (its sender retries, gossip brings it again) rather than
-            # evicting a chain held, whose budget state the next action is checked against.
-            self.metrics["chains_full"] += 1
-            return "busy"
-        try:
-            if cs is None:
-                new = validate_genesis(s, self.dna)
-            else:
-                new = validate_next(
-                    cs, s, self.dna, self.app, entry if is_create else None, now_us=self.now_us()
-                )
-        except InvalidChain as e:
-            prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
-            return await self._refuse(e, s, entry, peer, fetch, prev=prev)
-        twin = self.dht.twin_of(s)
-        if twin is not None:  # held alone, as an authority of its hash or entry: a fork
-            await self.warrant_book.issue("fork", author, "fork", seq, [twin, s])
-            return "invalid"
-        index = (
-            self.app.entry_def(s.action["entry_type"]).index_of(decode(entry)["content"])
-            if is_create
-            else ()
-        )
-        await self.dht.put_foreign(s, entry, index)
-        self.chains[author] = new
-        self._stored(s, entry)
-        return "valid"
-
-    def _stored(self, s: Signed, entry) -> None:
-        self.limbo.pop(s.hash, None)
-        self.metrics["ops_validated"] += 1
+    def _news(self) -> None:
         self.gossiper.news()
-        self._changed()
-        if s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry:
-            self._spawn(self._claim_if_local, decode(entry)["content"])
-
-    async def _refuse(
-        self,
-        e: InvalidChain,
-        s: Signed,
-        entry,
-        peer,
-        fetch: bool,
-        op: bool = False,
-        prev: Signed | None = None,
-    ) -> str:
-        if e.reason in RETRYABLE:
-            return self._to_limbo(s, entry, peer, op)
-        self.metrics["ops_rejected"] += 1
-        if e.reason == "bad_signature":  # proves nothing against the named author
-            return "forged"
-        if not proves(e.reason):
-            return "invalid"  # the messenger's fault: an honest copy comes another way
-        if e.reason == "bad_prev" and peer is not None and fetch:
-            # It builds on an action we do not hold at seq-1: a fork. Fetch that twin so the
-            # warrant is a self-proving fork warrant every node accepts.
-            await self._check_fork_at(s.author, peer, s.seq - 1)
-            if s.author in self.warranted:
-                return "warranted"
-        # With the action before it as evidence, the warrant proves itself: the author signed
-        # both, and one does not follow from the other.
-        await self.warrant_book.issue(
-            "invalid", s.author, e.reason, s.seq, [s] if prev is None else [s, prev], entry=entry
-        )
-        return "invalid"
-
-    async def _accept_op(self, s: Signed, entry, peer, sent_prev: Signed | None, vouch=None) -> str:
-        """An action published to this node as an authority of its hash or entry, not of its
-        author's key: validated as one step from the signed action before it (whose recorded
-        BudgetState is the starting point) and kept alone, without the author's chain. Every
-        step is also checked by the author-key authorities against the whole chain, so a
-        cheating step is caught where it happens; an invalid action before this one is its own
-        authorities' to warrant. Grants claimed twice are visible only to those holding the
-        whole chain."""
-        is_create = s.action.get("type") == "create"
-        if is_create and entry is None:
-            return self._to_limbo(s, entry, peer, True, vouch)
-        prev = None
-        try:
-            if s.seq == 0:
-                validate_genesis(s, self.dna)
-            else:
-                prev = await self._prev_of(s, peer, sent_prev)
-                anchor = step_anchor(prev, s, self.dna)
-                if anchor is None:
-                    return self._to_limbo(s, entry, peer, True, vouch)
-                validate_next(
-                    anchor,
-                    s,
-                    self.dna,
-                    self.app,
-                    entry if is_create else None,
-                    now_us=self.now_us(),
-                )
-        except InvalidChain as e:
-            return await self._refuse(e, s, entry, peer, fetch=False, op=True, prev=prev)
-        # Two actions the author signed at one seq are a fork, proven here and now (a create's
-        # twins share an entry, so that entry's authorities are sent both).
-        twin = self.dht.twin_of(s)
-        if twin is not None:
-            await self.warrant_book.issue("fork", s.author, "fork", s.seq, [twin, s])
-            return "invalid"
-        vouched = self._vouched(s, peer, vouch)
-        await self.dht.put_op(s, entry, None if vouched else peer or b"")
-        self._maybe_unshown |= not vouched
-        self.metrics["ops_held_single"] += 1
-        self._stored(s, entry)
-        if vouched:
-            self.metrics["ops_vouched"] += 1
-        else:
-            self._spawn(self._register_activity, s.hash, peer or b"")
-        return "valid"
-
-    def _vouched(self, s: Signed, sender, vouch) -> bool:
-        """An author-key authority other than the sender has receipted this very action: it
-        holds the chain, so a twin at this seq shown to it, or to its fellow authorities
-        (their gossip compares heads), is caught there, and nothing needs showing again."""
-        if not vouch:
-            return False
-        near = self.peer_table.nearest(s.author)
-        for validator, receipt in vouch:
-            if (
-                validator in near
-                and validator not in (self.id, sender)
-                and dht.check_receipt(s.hash, validator, receipt)
-            ):
-                return True
-        return False
-
-    async def _register_activity(self, h: bytes, sender: bytes) -> None:
-        """Show an op held here to an author-key authority (the nearest that answers, not the
-        sender: it may be the author's own node), which holds the chain: an author who sends
-        different actions at one seq to different authorities (a fork) is caught there,
-        whichever authorities it chose to show each twin to. Until one answers the op stays
-        queued (`unshown`, in the store) and the limbo worker tries again."""
-        if h in self._showing:
-            return
-        found = self.dht.op_record(h)
-        if found is None:
-            await self.dht.shown(h)
-            return
-        s, entry = found
-        # The author's own node would not report its fork: a show to it does not count.
-        skip = (self.id, sender, self.agent_hosts.get(s.author))
-        self._showing.add(h)
-        try:
-            for peer in self.peer_table.nearest(s.author):
-                if peer in skip:
-                    continue
-                ops = [[s.body, s.sig, entry, None]]
-                batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
-                self.metrics["ops_registered"] += 1
-                try:
-                    await self._request(peer, "publish", ops=ops, batch=batch)
-                except BudgetError:
-                    continue  # the next-nearest, else a later pass
-                await self.dht.shown(h)
-                self._changed()
-                return
-            if all(p in skip for p in self.peer_table.nearest(s.author)):
-                await self.dht.shown(h)  # no one else to show it to
-            else:
-                self._limbo_kick.set()  # still unshown: the limbo worker tries again
-        finally:
-            self._showing.discard(h)
-
-    async def _prev_of(self, s: Signed, peer, prev: Signed | None) -> Signed | None:
-        """The action before `s`: the one sent along if it is that one, else the sender's."""
-        if (prev is None or prev.hash != s.action.get("prev")) and peer is not None:
-            self.metrics["op_prev_fetched"] += 1
-            records = await self._ask_chain(peer, s.author, s.seq - 1, 1)
-            prev = records[0].action if records else None
-        return prev
-
-    def _to_limbo(self, s: Signed, entry, peer, op: bool = False, vouch=None) -> str:
-        if s.hash in self.limbo:
-            return "pending"
-        if len(self.limbo) >= MAX_LIMBO:
-            self.metrics["limbo_full"] += 1
-            return "busy"  # the sender keeps it and retries: nothing is dropped silently
-        self.limbo[s.hash] = (s, entry, peer, 0, op, vouch)
-        self._limbo_kick.set()
-        return "pending"
-
-    async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
-        """Fetch and validate `author`'s actions after our head, from `peer`, up to `upto`."""
-        for _ in range(MAX_FETCH_ROUNDS):
-            head = self._head(author)
-            start = 0 if head is None else head[0] + 1
-            if upto is not None and start > upto:
-                return
-            limit = (
-                P.MAX_OPS_PER_MESSAGE
-                if upto is None
-                else min(P.MAX_OPS_PER_MESSAGE, upto - start + 1)
-            )
-            records = await self._ask_chain(peer, author, start, limit)
-            for record in records:
-                self.metrics["history_fetched"] += 1
-                status = await self._accept(record.action, record.entry, peer, fetch=False)
-                if status != "valid":
-                    return
-            if len(records) < limit:
-                return
-
-    async def _ask_chain(self, peer: bytes, author: bytes, start: int, limit: int) -> tuple:
-        """`author`'s records from seq `start`, at most `limit`, as `peer` holds them: every
-        chain fetch asks through here. No answer, a refusal or garbage is no records."""
-        try:
-            rep = await self._request(peer, "chain", author=author, **{"from": start}, limit=limit)
-        except BudgetError:
-            return ()
-        return rep.records[:limit]
-
-    def _spawn_fetch(self, author: bytes, peer: bytes, seq: int) -> None:
-        if author in self._fetching or len(self._fetching) >= 4 * MAX_PARALLEL_FETCHES:
-            return
-        self._fetching.add(author)
-
-        async def run():
-            try:
-                async with self._fetch_limit:
-                    await self._fetch_chain(author, peer, seq)
-                    head = self._head(author)
-                    if head is not None and head[0] >= seq:
-                        await self._check_fork_at(author, peer, seq)
-            finally:
-                self._fetching.discard(author)
-
-        self._spawn(run)
-
-    async def _check_fork_at(self, author: bytes, peer: bytes, seq: int) -> None:
-        for record in await self._ask_chain(peer, author, seq, 1):
-            await self._accept(record.action, record.entry, peer, fetch=False)
-
-    async def _claim_if_local(self, content: dict) -> None:
-        cell = self.cells.get(content["grant"].get("grantee"))
-        if cell is None:
-            return
-        if grant_hash(content["grant"]) in cell.state.claimed:
-            return
-        try:
-            await cell.claim(content["grant"], content["sig"])
-        except BudgetError:
-            self.metrics["grant_claims_failed"] += 1
-
-    # -- background work (publishing.py and gossip.py hold the publisher and the gossiper)
-    async def _limbo_worker(self) -> None:
-        while True:
-            if not (self.limbo or self._maybe_unshown):
-                await self._limbo_kick.wait()  # nothing waits: no need to wake each interval
-            self._limbo_kick = trio.Event()
-            await trio.sleep(self.publish_interval)
-            if self._maybe_unshown and len(self._showing) < MAX_SHOW_PER_PASS:
-                rows = self.dht.unshown(MAX_SHOW_PER_PASS)
-                self._maybe_unshown = bool(rows)  # a row stays until shown: no need to look
-                for h, sender in rows:
-                    if h not in self._showing:
-                        self._spawn(self._register_activity, h, sender)
-            for h, (s, entry, peer, tries, op, vouch) in list(self.limbo.items())[:256]:
-                self.limbo.pop(h, None)
-                try:
-                    status = await self._accept(s, entry, peer, op=op, vouch=vouch)
-                except Exception as e:  # refused on its way in: gossip may bring it anew
-                    self._task_failed("limbo", e)
-                    continue
-                if status == "pending" and h in self.limbo:
-                    if tries + 1 >= LIMBO_ATTEMPTS:
-                        self.limbo.pop(h)
-                        self.metrics["limbo_expired"] += 1  # gossip will bring it again
-                    else:
-                        self.limbo[h] = (s, entry, peer, tries + 1, op, vouch)
 
     # -- queries and cross-node calls
     async def ensure_agent(self, pub: bytes) -> None:
@@ -761,7 +426,7 @@ class NetNode(LocalNode):
         if host is not None and host not in candidates:
             candidates.append(host)
         for peer in candidates:
-            await self._fetch_chain(pub, peer)
+            await self.acceptor.fetch_chain(pub, peer)
             if pub in self.chains:
                 return
         raise UnknownAgent(f"no chain for {to_text('agent', pub)} was found on the network")
@@ -769,16 +434,13 @@ class NetNode(LocalNode):
     async def refresh_agent(self, pub: bytes) -> None:
         """A node that is not one of the agent's authorities may hold an old copy of its chain:
         catch up from an authority before answering from it."""
-        if pub in self.cells or self._should_hold_as_authority(pub):
+        if pub in self.cells or self.acceptor.should_hold_as_authority(pub):
             return
         for peer in dht.nearest(pub, list(self.peers), self.r):
             before = self._head(pub)
-            await self._fetch_chain(pub, peer)
+            await self.acceptor.fetch_chain(pub, peer)
             if self._head(pub) != before or before is not None:
                 return
-
-    def _should_hold_as_authority(self, pub: bytes) -> bool:
-        return self.id in self.peer_table.nearest(pub)
 
     async def get_budget_state(self, agent_id: str) -> budget.BudgetStatus:
         """An agent's budget, re-derived by this node from the agent's signed chain."""
@@ -814,7 +476,7 @@ class NetNode(LocalNode):
                     )
                     if type(author) is not bytes or type(seq) is not int or seq < 0:
                         continue  # not an action anyone could have signed: nothing to fetch
-                    await self._fetch_chain(author, peer, seq)
+                    await self.acceptor.fetch_chain(author, peer, seq)
                     if self._record(h) is not None:
                         break
         return self.get_record(action_hash)
