@@ -41,6 +41,6 @@ from .net.node import NetNode  # noqa: E402
 
 __all__ += ["LocalCluster", "NetNode", "ConsistencyTimeout", "Warranted"]
 from .app.client import NodeClient, NodeUnreachable  # noqa: E402
-from .app.wire import ConnectionLost  # noqa: E402
+from .core.errors import ConnectionLost  # noqa: E402
 
 __all__ += ["NodeClient", "NodeUnreachable", "ConnectionLost"]

@@ -31,7 +31,7 @@ from node.core.budget import InsufficientRU
 from node.core.crypto import to_text
 from node.core.dna import Dna
 from node.core.errors import BudgetError
-from node.net import node as netnode
+from node.net import acceptor, peer_table
 from node.net.cluster import consistency_lag
 from node.net.node import NetNode
 from node.net import rogue as adversarial
@@ -495,7 +495,7 @@ class Simulation:
         honest_ids, honest_agents = self._honest_sets()
         steward = self.dna.stewards[0] if self.dna and self.dna.stewards else None
         live, _, queues = self._live()
-        limits = (netnode.MAX_LIMBO, netnode.MAX_PEERS, 4 * netnode.MAX_PARALLEL_FETCHES)
+        limits = (acceptor.MAX_LIMBO, peer_table.MAX_PEERS, 4 * acceptor.MAX_PARALLEL_FETCHES)
         if any(max(map(len, q), default=0) > lim for q, lim in zip(queues, limits)):
             for s, *sizes in zip(live, *(map(len, q) for q in queues)):
                 if any(n > lim for n, lim in zip(sizes, limits)):

@@ -8,7 +8,8 @@ from node.core import dht
 from node.core import warrant as W
 from node.core.action import Signed
 from node.core.crypto import SigningKey, from_text
-from node.net import node as node_module
+from node.net import acceptor as acceptor_module
+from node.net import peer_table as peer_table_module
 from node.net import protocol as P
 from node.net import warrants as warrants_module
 from node.net.strikes import Strikes
@@ -28,7 +29,7 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(
         alice = await author.new_agent()
         await c.await_consistency(timeout=60)
         held = dict(holder.chains)
-        monkeypatch.setattr(node_module, "MAX_CHAINS", len(holder.chains))
+        monkeypatch.setattr(acceptor_module, "MAX_CHAINS", len(holder.chains))
         bob = await author.new_agent()
         await alice.transmit_understanding("a held chain", "still", "grows")
         with trio.fail_after(60):
@@ -39,7 +40,7 @@ async def test_past_max_chains_a_new_author_waits_and_held_chains_stay(
         assert from_text("agent", bob.agent_id) not in holder.chains  # answered busy
         assert held.keys() <= holder.chains.keys()  # nothing evicted
         # room again: the author's publisher, which kept the op, delivers it
-        monkeypatch.setattr(node_module, "MAX_CHAINS", len(holder.chains) + 1)
+        monkeypatch.setattr(acceptor_module, "MAX_CHAINS", len(holder.chains) + 1)
         author._wake_publisher()
         await c.await_consistency(timeout=600)
         assert from_text("agent", bob.agent_id) in holder.chains
@@ -51,16 +52,16 @@ async def test_agent_hosts_keep_existing_hints_at_the_bound_and_forget_what_a_pe
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         n0, n1 = c.nodes
         a, b, x = b"a" * 32, b"b" * 32, b"x" * 32
-        monkeypatch.setattr(node_module, "MAX_AGENT_HOSTS", len(n0.agent_hosts) + 2)
-        n0._host_agents(n1.id, (a, b), ())
-        n0._host_agents(b"p" * 32, (x,), ())  # full: a new hint is not kept...
+        monkeypatch.setattr(peer_table_module, "MAX_AGENT_HOSTS", len(n0.agent_hosts) + 2)
+        n0.peer_table.host_agents(n1.id, (a, b), ())
+        n0.peer_table.host_agents(b"p" * 32, (x,), ())  # full: a new hint is not kept...
         assert n0.agent_hosts[a] == n1.id and x not in n0.agent_hosts
         assert n0.metrics["agent_hosts_full"] == 1
-        n0._host_agents(b"p" * 32, (a,), ())  # ...but a moved agent is re-pointed
+        n0.peer_table.host_agents(b"p" * 32, (a,), ())  # ...but a moved agent is re-pointed
         assert n0.agent_hosts[a] == b"p" * 32
-        n0._host_agents(n1.id, (b,), (a, b))  # n1 no longer names a: not its to drop
+        n0.peer_table.host_agents(n1.id, (b,), (a, b))  # n1 no longer names a: not its to drop
         assert n0.agent_hosts[a] == b"p" * 32
-        n0._host_agents(b"p" * 32, (), (a,))  # p no longer names a: forgotten
+        n0.peer_table.host_agents(b"p" * 32, (), (a,))  # p no longer names a: forgotten
         assert a not in n0.agent_hosts and n0.agent_hosts[b] == n1.id
 
 
@@ -71,10 +72,10 @@ async def test_past_max_warranted_only_offenders_whose_state_is_held_are_kept(
         node, other = c.nodes
         issuer = SigningKey(b"\x07" * 32)
         first = fork_warrant(SigningKey(b"\x01" * 32), issuer)
-        assert await node._remember_warrant(first)
+        assert await node.warrant_book.remember(first)
         monkeypatch.setattr(warrants_module, "MAX_WARRANTED", 1)
         stranger = fork_warrant(SigningKey(b"\x02" * 32), issuer)
-        assert not await node._remember_warrant(stranger)  # made up in bulk: refused
+        assert not await node.warrant_book.remember(stranger)  # made up in bulk: refused
         assert node.metrics["warrants_table_full"] == 1
         assert first.offender in node.warranted  # never evicted
         alice = await other.new_agent()
@@ -83,9 +84,9 @@ async def test_past_max_warranted_only_offenders_whose_state_is_held_are_kept(
         assert pub in node.chains
         cell = other.cells[pub]
         relevant = fork_warrant(cell.key, issuer)  # a chain it holds: kept
-        assert await node._remember_warrant(relevant) and pub in node.warranted
+        assert await node.warrant_book.remember(relevant) and pub in node.warranted
         peer_w = fork_warrant(other.node_key, issuer)  # a peer it routes to: kept
-        assert await node._remember_warrant(peer_w) and other.id in node.warranted
+        assert await node.warrant_book.remember(peer_w) and other.id in node.warranted
         assert len(node.warranted) == 3
 
 
@@ -145,16 +146,16 @@ async def test_a_full_peer_table_keeps_the_peers_it_knows(clock, autojump_clock,
     async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory") as c:
         node = c.nodes[0]
         known = set(node.peers)
-        monkeypatch.setattr(node_module, "MAX_PEERS", len(known))
+        monkeypatch.setattr(peer_table_module, "MAX_PEERS", len(known))
         stranger = SigningKey(b"\x0f" * 32)
         fresh = P.PeerInfo.parse(dht.peer_info(stranger, node.dna.hash, ["mem://x"], [], 1 << 60))
-        assert node._add_peer(fresh) is None and set(node.peers) == known
+        assert node.peer_table.add(fresh) is None and set(node.peers) == known
         assert node.metrics["peers_full"] == 1
         # a dead peer leaving makes room
-        node._drop(c.nodes[1].id)
-        assert node._add_peer(fresh) == stranger.public
+        node.peer_table.drop(c.nodes[1].id)
+        assert node.peer_table.add(fresh) == stranger.public
 
 
 def test_protocol_and_node_bounds_agree():
-    assert node_module.MAX_PEERS == P.MAX_PEERS
+    assert peer_table_module.MAX_PEERS == P.MAX_PEERS
     assert P.MAX_HAVE == 16 * (P.MAX_PEERS + 1)

@@ -97,9 +97,9 @@ def test_an_honest_node_crash_is_counted_reported_and_fails_the_run(monkeypatch)
     """The simulator catches a node's crash per node: the run goes on, reports it and fails."""
     # (a gossip round or a background task that fails is counted by the node itself and the
     # node goes on; the publisher's loop is one whose failure still ends the node)
-    from node.net.publishing import Publishing
+    from node.net.publishing import Publisher
 
-    original = Publishing._publish_round
+    original = Publisher._publish_round
     left = [1]
 
     async def crash_once(self, *args):
@@ -108,7 +108,7 @@ def test_an_honest_node_crash_is_counted_reported_and_fails_the_run(monkeypatch)
             raise RuntimeError("boom in a publish round")
         return await original(self, *args)
 
-    monkeypatch.setattr(Publishing, "_publish_round", crash_once)
+    monkeypatch.setattr(Publisher, "_publish_round", crash_once)
     r = run(SimConfig(seed=5, nodes=5, agents=10, hours=0.1, warmup=60))
     assert r["honest_node_crashes"] == 1 and not r["ok"]
     assert any(

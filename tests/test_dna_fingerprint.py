@@ -80,7 +80,7 @@ async def test_nodes_with_other_integrity_zomes_do_not_talk(clock, autojump_cloc
             c.network.transport, clock=lambda: clock[0], bootstrap=addr, app=NEW_RULES
         ) as b:
             assert b.dna.hash != a.dna.hash
-            assert "another network" in b.last_join_error
+            assert "another network" in b.peer_table.last_join_error
             assert b.id not in a.peers and a.id not in b.peers
             assert a.metrics["messages_refused"] >= 1
         # Taking the network's DNA (as `budgetnode up --bootstrap` does) is refused at once.

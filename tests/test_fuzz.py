@@ -205,7 +205,7 @@ async def _feed(c, raw: bytes) -> None:
     assert isinstance(reply, bytes) and len(reply) <= MAX_FRAME
     answer = decode(reply, MAX_FRAME, canonical=False)
     assert isinstance(answer, dict)
-    assert "handler_errors" not in target.metrics, target.last_handler_error
+    assert "handler_errors" not in target.metrics, target.handlers.last_handler_error
     if "err" in answer:
         assert snapshot(target) == before, "a refused request changed the node's state"
     # it keeps serving: a well-formed request still gets a good answer
@@ -258,8 +258,13 @@ def test_a_refused_peers_request_teaches_the_node_nothing():
         async with two_nodes() as c:
             sender, target = c.nodes
             # a fresh info, newer than the one target holds
-            sender._info_ts, sender._info_content = target.peers[sender.id].ts, None
-            raw = P.request("peers", target.dna.hash, info=sender._my_info(), digest=b"", have=None)
+            sender.peer_table._info_ts, sender.peer_table._info_content = (
+                target.peers[sender.id].ts,
+                None,
+            )
+            raw = P.request(
+                "peers", target.dna.hash, info=sender.peer_table.my_info(), digest=b"", have=None
+            )
             await trio.testing.wait_all_tasks_blocked()
             before = snapshot(target)
             answer = decode(await c.network.handlers[target.id](sender.id, raw), MAX_FRAME)
@@ -325,7 +330,7 @@ def test_an_honest_node_survives_a_peer_whose_replies_are_garbage(garbage):
                     with contextlib.suppress(BudgetError):  # a refusal, not a crash
                         await call(arg)
                 with contextlib.suppress(BudgetError):
-                    await honest._gossip_with(liar.id)  # a summary, whatever the timers do
+                    await honest.gossiper.gossip_with(liar.id)  # a summary, whatever the timers do
                 await trio.sleep(20)  # the node's own rounds: publisher, gossiper, limbo worker
                 alice = await honest.agent(to_text("agent", me))
                 assert (await alice.budget_status()).remaining_ru < 100

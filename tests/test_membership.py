@@ -9,7 +9,8 @@ import trio
 from node.core import dht
 from node.core.crypto import SigningKey, from_text
 from node.core.errors import BudgetError
-from node.net.node import DEAD_AFTER_FAILURES, NetNode
+from node.net.node import NetNode
+from node.net.peer_table import DEAD_AFTER_FAILURES
 from node.sdk import LocalCluster
 
 
@@ -74,10 +75,12 @@ async def test_a_dead_peer_is_routed_around_and_readmitted_when_back(clock, auto
         for i in range(3):
             await a.add_knowledge(f"while node 2 is away {i}")
         await until(n0, lambda: n2.id not in n0.peers)
-        assert n0.metrics["peers_dropped"] >= 1 and n0._failures[n2.id] < DEAD_AFTER_FAILURES
+        assert (
+            n0.metrics["peers_dropped"] >= 1 and n0.peer_table.failures[n2.id] < DEAD_AFTER_FAILURES
+        )
         # Routed around: the two reachable nodes are the agent's authorities now.
         pub = from_text("agent", a.agent_id)
-        assert set(n0._nearest(pub)) == {n0.id, c.nodes[1].id}
+        assert set(n0.peer_table.nearest(pub)) == {n0.id, c.nodes[1].id}
         await until(n0, lambda: not n0.dht.unpublished(1))
         c.network.heal()
         await until(n0, lambda: n2.id in n0.peers and n0.id in n2.peers)
@@ -97,11 +100,11 @@ async def test_a_dead_peer_is_routed_around_and_readmitted_when_back(clock, auto
 async def test_peer_info_is_resigned_only_when_it_changes(clock, autojump_clock):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         n = c.nodes[0]
-        first = n._my_info()
+        first = n.peer_table.my_info()
         clock[0] += 60
-        assert n._my_info() is first  # peers verify each info once, not on every exchange
+        assert n.peer_table.my_info() is first  # peers verify each info once, not on every exchange
         await n.new_agent()
-        newer = n._my_info()
+        newer = n.peer_table.my_info()
         assert (
             newer["body"]["ts"] > first["body"]["ts"]
             and len(newer["body"]["agents"]) == len(first["body"]["agents"]) + 1
@@ -119,7 +122,7 @@ async def test_gossip_summaries_carry_only_the_peers_share(clock, autojump_clock
         for node in c.nodes:
             mine = node._heads()
             for peer in node.peers:
-                sent = {a for a, _, _ in node._heads_for(peer, mine)}
+                sent = {a for a, _, _ in node.gossiper.heads_for(peer, mine)}
                 assert sent == {a for a in mine if dht.nearest(a, ids, 1) == [peer]}
 
 
@@ -159,7 +162,7 @@ async def test_an_authority_forwards_to_one_the_publisher_does_not_know(clock, a
         ) as new:
             other = next(n for n in c.nodes if n.id in dht.nearest(pub, ids + [new.id], 2))
             await until(other, lambda: new.id in other.peers)
-            n0._forget_peer(new.id)  # the publisher has not heard of it
+            n0.peer_table.forget(new.id)  # the publisher has not heard of it
             await a.transmit_understanding("seen", "by", "the newcomer")
             await until(new, lambda: new._head(pub) == n0._head(pub))
             assert new.id not in n0.peers and other.metrics["ops_forwarded"] >= 1
@@ -182,21 +185,25 @@ async def test_peer_exchanges_carry_only_what_each_side_lacks(clock, autojump_cl
     async with LocalCluster.open(n=4, clock=lambda: clock[0], transport="memory") as c:
         n0, n1 = c.nodes[0], c.nodes[1]
         await until(n0, lambda: all(len(n.peers) == 3 for n in c.nodes))
-        await until(n0, lambda: n0._table_digest() == n1._table_digest())
-        digest, have = n0._table_digest()
-        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
+        await until(n0, lambda: n0.peer_table.digest() == n1.peer_table.digest())
+        digest, have = n0.peer_table.digest()
+        rep = await n0._request(
+            n1.id, "peers", info=n0.peer_table.my_info(), digest=digest, have=have
+        )
         assert [i.peer for i in rep.infos] == [n1.id]
         # A table that differs (here: one peer forgotten) gets exactly the infos it lacks.
-        n0._forget_peer(c.nodes[3].id)
-        digest, have = n0._table_digest()
-        rep = await n0._request(n1.id, "peers", info=n0._my_info(), digest=digest, have=have)
+        n0.peer_table.forget(c.nodes[3].id)
+        digest, have = n0.peer_table.digest()
+        rep = await n0._request(
+            n1.id, "peers", info=n0.peer_table.my_info(), digest=digest, have=have
+        )
         assert [i.peer for i in rep.infos] == [n1.id, c.nodes[3].id]
-        assert await n0._refresh_peers(n1.id) == 1 and c.nodes[3].id in n0.peers
+        assert await n0.peer_table.refresh(n1.id) == 1 and c.nodes[3].id in n0.peers
         # And the other way: the answerer names what it holds, and is sent what it lacks.
-        n1._forget_peer(c.nodes[3].id)
-        assert await n0._refresh_peers(n1.id) == 0 and c.nodes[3].id in n1.peers
+        n1.peer_table.forget(c.nodes[3].id)
+        assert await n0.peer_table.refresh(n1.id) == 0 and c.nodes[3].id in n1.peers
         with pytest.raises(BudgetError, match="16 bytes per peer"):
-            await n0._request(n1.id, "peers", info=n0._my_info(), have=b"not 16 bytes")
+            await n0._request(n1.id, "peers", info=n0.peer_table.my_info(), have=b"not 16 bytes")
 
 
 async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(
@@ -217,8 +224,8 @@ async def test_a_restarted_node_finds_the_network_without_its_bootstrap_peer(
             dna=c.nodes[0].dna,
         ) as n:
             await until(n, lambda: len(n.peers) == 3)
-            n._save_peer_cache()  # what a gossip round does
-            me, before = n.id, n._my_info()["body"]["ts"]
+            n.peer_table.save_cache()  # what a gossip round does
+            me, before = n.id, n.peer_table.my_info()["body"]["ts"]
         c.network.partition([c.nodes[0].id], [c.nodes[1].id, c.nodes[2].id, me])
         clock[0] += 60  # a minute later
         async with NetNode.open(
@@ -250,10 +257,10 @@ async def test_a_dropped_peer_that_answers_anything_is_a_peer_again(clock, autoj
         for _ in range(DEAD_AFTER_FAILURES):
             with pytest.raises(BudgetError):
                 await n0._request(n2.id, "chain", author=n2.id, **{"from": 0}, limit=1)
-        assert n2.id not in n0.peers and n2.id in n0._dropped
+        assert n2.id not in n0.peers and n2.id in n0.peer_table.dropped
         c.network.heal()
         await n0._request(n2.id, "chain", author=n2.id, **{"from": 0}, limit=1)
-        assert n2.id in n0.peers and n2.id not in n0._dropped
+        assert n2.id in n0.peers and n2.id not in n0.peer_table.dropped
 
 
 async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
@@ -262,7 +269,7 @@ async def test_a_node_learns_a_peer_that_talks_to_it(clock, autojump_clock):
     ) as c:
         n0, n1 = c.nodes
         await until(n0, lambda: n1.id in n0.peers)
-        n0._forget_peer(n1.id)  # as after a restart that lost the table
+        n0.peer_table.forget(n1.id)  # as after a restart that lost the table
         await n1._request(n0.id, "chain", author=n1.id, **{"from": 0}, limit=1)
         await until(n0, lambda: n1.id in n0.peers)
 
@@ -287,15 +294,15 @@ async def test_a_node_back_from_a_cut_is_taken_back_by_the_nodes_that_dropped_it
             for a, b in ((n0, n1), (n2, n0)):
                 with pytest.raises(BudgetError):
                     await ask(a, b)
-        assert n1.id in n0._dropped and n0.id in n2._dropped
-        old = n0._my_info()["body"]["ts"]
+        assert n1.id in n0.peer_table.dropped and n0.id in n2.peer_table.dropped
+        old = n0.peer_table.my_info()["body"]["ts"]
         c.network.heal()
         c.network.partition([n0.id], [n2.id])  # n2 can hear of n0 only through n1
         await ask(n0, n1)
-        assert n1.id in n0.peers and n0._my_info()["body"]["ts"] > old
-        await n0._refresh_peers(n1.id)  # n1 now holds the fresh info
-        await n2._refresh_peers(n1.id)
-        assert n0.id in n2.peers and n0.id not in n2._dropped
+        assert n1.id in n0.peers and n0.peer_table.my_info()["body"]["ts"] > old
+        await n0.peer_table.refresh(n1.id)  # n1 now holds the fresh info
+        await n2.peer_table.refresh(n1.id)
+        assert n0.id in n2.peers and n0.id not in n2.peer_table.dropped
 
 
 async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(clock, autojump_clock):
@@ -308,18 +315,18 @@ async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(cloc
     ) as c:
         n0, n1 = c.nodes
         await until(c.nodes, lambda: all(len(n.peers) == 1 for n in c.nodes))
-        ts = n1._my_info()["body"]["ts"]
-        await n0._hello(n1.id)
-        assert n1._my_info()["body"]["ts"] == ts
+        ts = n1.peer_table.my_info()["body"]["ts"]
+        await n0.peer_table.hello(n1.id)
+        assert n1.peer_table.my_info()["body"]["ts"] == ts
         clock[0] += 10
-        n0._dropped[n1.id] = n0.peers[n1.id]
-        n0._forget_peer(n1.id)
-        await n0._probe_dropped(n1.id)
-        assert n1.id in n0.peers and n1.id not in n0._dropped
-        fresh = n1._my_info()["body"]["ts"]
+        n0.peer_table.dropped[n1.id] = n0.peers[n1.id]
+        n0.peer_table.forget(n1.id)
+        await n0.peer_table.probe_dropped(n1.id)
+        assert n1.id in n0.peers and n1.id not in n0.peer_table.dropped
+        fresh = n1.peer_table.my_info()["body"]["ts"]
         assert fresh > ts and n0.peers[n1.id].ts == fresh  # the reply brought it
         clock[0] += 10
-        await n0._probe_dropped(n1.id)  # not dropped now: nothing is sent
-        n0._dropped[n1.id] = n0.peers[n1.id]
-        await n0._probe_dropped(n1.id)
-        assert n1._my_info()["body"]["ts"] == fresh  # at most once a gossip interval
+        await n0.peer_table.probe_dropped(n1.id)  # not dropped now: nothing is sent
+        n0.peer_table.dropped[n1.id] = n0.peers[n1.id]
+        await n0.peer_table.probe_dropped(n1.id)
+        assert n1.peer_table.my_info()["body"]["ts"] == fresh  # at most once a gossip interval

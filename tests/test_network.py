@@ -156,7 +156,9 @@ async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, a
         unchecked = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x02" * 64)
         out = P.parse_reply(
             "publish",
-            await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)),
+            await target.handlers.handle(
+                a.id, P.request("publish", a.dna.hash, ops=ops, batch=unchecked)
+            ),
         )
         assert out.results[0].status == "valid" and target.dht.has_action(s.hash)
         c.network.heal()
@@ -173,7 +175,9 @@ async def test_a_publish_batch_signature_is_checked_when_it_is_evidence(clock, a
         # it, so the whole publish is refused, the valid action beside it included.
         ops = [good, forged]
         bad = dict(W.sign_batch(ops, target.id, a.now_us(), a.node_key), sig=b"\x01" * 64)
-        out = await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=bad))
+        out = await target.handlers.handle(
+            a.id, P.request("publish", a.dna.hash, ops=ops, batch=bad)
+        )
         assert b"not signed by the sending peer" in out
         assert target.state_hash() == before and target.warrants() == []
         # Under a good signature the same publish is the sender's doing: warranted for it.
@@ -217,7 +221,7 @@ async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
             encode({"t": "chain", "dna": a.dna.hash}),
             b"\xa1" + b"\x61t" + b"\x7a" + b"\xff" * 4,
         ):
-            out = await target._handle(a.id, raw)
+            out = await target.handlers.handle(a.id, raw)
             assert b"err" in out
         # oversize: refused by the transport before the handler runs
         with pytest.raises(PeerUnreachable):
@@ -232,7 +236,9 @@ async def test_malformed_oversized_and_replayed_messages(clock, autojump_clock):
             assert rep.results[0].status == "valid"
         # a batch signed for another node is refused
         other = W.sign_batch(ops, a.id, a.now_us(), a.node_key)
-        out = await target._handle(a.id, P.request("publish", a.dna.hash, ops=ops, batch=other))
+        out = await target.handlers.handle(
+            a.id, P.request("publish", a.dna.hash, ops=ops, batch=other)
+        )
         assert b"err" in out
         assert target.state_hash() == before and target.warrants() == []
         await alice.transmit_understanding("still", "served", "fine")

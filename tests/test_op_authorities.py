@@ -80,7 +80,7 @@ async def test_a_step_warrant_proves_itself_without_the_chain(clock, autojump_cl
             c.network.transport, clock=lambda: clock[0], r=1, dna=c.nodes[0].dna
         ) as fresh:
             assert w.offender not in fresh.chains
-            assert await fresh._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
+            assert await fresh.warrant_book.receive(P.WarrantMsg.parse(w.to_wire()), c.nodes[0].id)
             assert fresh.metrics["sent_chain"] == 0 and w.offender in fresh.warranted
 
 
@@ -104,19 +104,19 @@ async def test_an_op_is_shown_to_an_author_authority_that_answers_even_after_a_p
     async with LocalCluster.open(n=6, clock=lambda: clock[0], transport="memory", r=3) as c:
         pub, s, entry = await _one_create_everywhere(c)
         sender = c.nodes[0].id
-        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
-        near = [p for p in holder._nearest(pub) if p != sender]
+        holder = next(n for n in c.nodes[1:] if n.id not in n.peer_table.nearest(pub))
+        near = [p for p in holder.peer_table.nearest(pub) if p != sender]
         others = [n.id for n in c.nodes if n.id != holder.id]
 
         await holder.dht.put_op(s, entry, unshown_from=sender)
         c.network.partition([holder.id], [near[0]])  # the nearest is away: the next one will do
-        await holder._register_activity(s.hash, sender)
+        await holder.acceptor._register_activity(s.hash, sender)
         assert holder.dht.unshown(10) == []
 
         await holder.dht.put_op(s, entry, unshown_from=sender)  # shown again, with nobody reachable
         c.network.heal()
         c.network.partition([holder.id], others)
-        await holder._register_activity(s.hash, sender)
+        await holder.acceptor._register_activity(s.hash, sender)
         assert holder.dht.unshown(10) == [(s.hash, sender)]
         c.network.heal()
         with trio.fail_after(120):  # the limbo worker tries again
@@ -135,7 +135,7 @@ async def test_an_op_authority_sent_two_actions_at_one_seq_warrants_the_fork(clo
         key = c.nodes[0].cells[pub].key
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
-        holder = next(n for n in c.nodes[1:] if n.id not in n._nearest(pub))
+        holder = next(n for n in c.nodes[1:] if n.id not in n.peer_table.nearest(pub))
         sender = c.nodes[0].id
         assert await holder._accept(s, entry, sender, op=True, prev=prev) == "valid"
         assert pub not in holder.warranted
@@ -160,7 +160,9 @@ async def test_a_chain_that_brings_the_twin_of_an_op_held_alone_is_a_fork(clock,
         twin = Signed.sign({**s.action, "ts": s.action["ts"] + 1}, key)
         prev = c.nodes[0].store.chain(pub)[-2]
         holder = next(
-            n for n in c.nodes[1:] if n.id not in n._nearest(pub) and not n.dht.has_action(s.hash)
+            n
+            for n in c.nodes[1:]
+            if n.id not in n.peer_table.nearest(pub) and not n.dht.has_action(s.hash)
         )
         sender = c.nodes[0].id
         assert await holder._accept(twin, entry, sender, op=True, prev=prev) == "valid"
@@ -243,7 +245,7 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
         a, pub, slow = await _ring_and_a_bystander(c)
         # the walk a ring change starts is over (it would offer the ops again by itself)
         await c.nodes[0].publisher_idle.wait()
-        real, offers = slow._accept_op, Counter()
+        real, offers = slow.acceptor._accept_op, Counter()
 
         async def accept_op(s, entry, peer, prev_wire, vouch=None):
             offers[s.hash] += 1
@@ -251,7 +253,7 @@ async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, aut
                 return "pending"  # ...and its limbo entry expired: the publish and a recheck
             return await real(s, entry, peer, prev_wire, vouch)
 
-        slow._accept_op = accept_op
+        slow.acceptor._accept_op = accept_op
         missed = await _write_until_two_land_on(c, clock, a, pub, slow)
         with trio.fail_after(600):
             while not all(slow.dht.has_action(s.hash) for s in missed):
@@ -273,17 +275,19 @@ async def test_a_receipt_that_does_not_verify_is_never_passed_on_as_a_vouch(cloc
                 break
         await c.await_consistency(timeout=60)
         liar = by_id[dht.nearest(pub, ids, 1)[0]]
-        liar.node_key = SigningKey(b"\x09" * 32)  # its receipts no longer verify as its own
+        liar.handlers.node_key = SigningKey(
+            b"\x09" * 32
+        )  # its receipts no longer verify as its own
         sent = []
         publisher = c.nodes[0]
-        real_request = publisher._request
+        real_request = publisher.publisher.request
 
         async def spy(peer, t, **fields):
             if t == "publish":
                 sent.extend(fields["ops"])
             return await real_request(peer, t, **fields)
 
-        publisher._request = spy
+        publisher.publisher.request = spy
         for i in range(4):
             await a.transmit_understanding("after", "the authority went bad", str(i))
         await c.await_consistency(timeout=60)
@@ -314,14 +318,14 @@ async def test_only_an_author_key_authority_signs_a_receipt_and_it_still_vouches
                 break
         await c.await_consistency(timeout=60)
         sent = []
-        real_request = publisher._request
+        real_request = publisher.publisher.request
 
         async def spy(peer, t, **fields):
             if t == "publish":
                 sent.extend((peer, op) for op in fields["ops"])
             return await real_request(peer, t, **fields)
 
-        publisher._request = spy
+        publisher.publisher.request = spy
         for i in range(6):
             await a.transmit_understanding("receipts", "who signs", str(i))
         await c.await_consistency(timeout=60)

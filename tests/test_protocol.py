@@ -14,10 +14,10 @@ from node.core.action import Signed, grant_body
 from node.core.crypto import SigningKey, from_text
 from node.core.encoding import decode, encode, encode_trusted
 from node.core.errors import BudgetError, MalformedInput
-from node.net import node as node_module
 from node.net import protocol as P
 from node.net.messages import MAX_OPS_PER_MESSAGE
-from node.net.node import MAX_MALFORMED, fetch_dna
+from node.net.node import fetch_dna
+from node.net.peer_table import MALFORMED_BACKOFF_S, MAX_MALFORMED
 from node.sdk import LocalCluster
 
 DNA = b"\xd0" * 32
@@ -271,10 +271,10 @@ async def test_a_malformed_reply_costs_its_sender_not_the_honest_node(
             await alice.transmit_understanding("written", "while the peer lies", str(i))
         # the honest node keeps running: its malformed-reply count rises and, past the bound,
         # it drops and backs off the liar
-        await until(lambda: honest._backed_off(liar.id), c)
+        await until(lambda: honest.peer_table.backed_off(liar.id), c)
         assert liar.id not in honest.peers
         assert honest.metrics["malformed_replies"] >= MAX_MALFORMED
-        assert honest.malformed_count(liar.id) >= MAX_MALFORMED
+        assert honest.peer_table.malformed_count(liar.id) >= MAX_MALFORMED
         assert honest.metrics["peers_backed_off"] == 1
         with pytest.raises(P.ProtocolError, match="backed off"):  # its requests are refused
             await liar._request(honest.id, "chain", author=liar.id, **{"from": 0}, limit=1)
@@ -311,15 +311,15 @@ async def test_malformed_requests_cost_their_sender_and_back_it_off(clock, autoj
         for i in range(MAX_MALFORMED):
             out = await liar.transport.request(honest.id, bad)
             assert b"E_MALFORMED" in out
-            assert honest.malformed_count(liar.id) == i + 1
+            assert honest.peer_table.malformed_count(liar.id) == i + 1
         assert honest.metrics["malformed_requests"] == MAX_MALFORMED
-        assert liar.id not in honest.peers and honest._backed_off(liar.id)
+        assert liar.id not in honest.peers and honest.peer_table.backed_off(liar.id)
         # backed off: even a good request is refused unread, and its infos are not taken back
         good = P.request("chain", honest.dna.hash, author=liar.id, **{"from": 0}, limit=1)
         assert b"backed off" in await liar.transport.request(honest.id, good)
-        assert honest._add_peer(P.PeerInfo.parse(liar._my_info())) is None
+        assert honest.peer_table.add(P.PeerInfo.parse(liar.peer_table.my_info())) is None
         # ...until the backoff is over
-        await trio.sleep(node_module.MALFORMED_BACKOFF_S)
+        await trio.sleep(MALFORMED_BACKOFF_S)
         assert P.parse_reply(
             "chain", await liar.transport.request(honest.id, good)
         ) == P.ChainReply(records=())  # served, not refused
@@ -407,20 +407,20 @@ async def test_every_fetch_treats_a_malformed_reply_as_no_answer(clock, autojump
         }
         hostile(c, liar, {t: garbage for t in ("chain", "record", "hello", "peers", "grant")})
         before = honest._head(pub)
-        assert await honest._fetch_prefix(pub, 2, liar.id) == []
-        await honest._fetch_chain(pub, liar.id)
-        await honest._check_fork_at(pub, liar.id, 0)
+        assert await honest.warrant_book.fetch_prefix(pub, 2, liar.id) == []
+        await honest.acceptor.fetch_chain(pub, liar.id)
+        await honest.acceptor.check_fork_at(pub, liar.id, 0)
         assert liar.id not in honest.peers  # three failed exchanges in a row: dropped
-        assert await honest._prev_of(s, liar.id, None) is None
+        assert await honest.acceptor.prev_of(s, liar.id, None) is None
         with pytest.raises(BudgetError):
-            await honest._hello(liar.id)
+            await honest.peer_table.hello(liar.id)
         with pytest.raises(BudgetError):
-            await honest._refresh_peers(liar.id)
+            await honest.peer_table.refresh(liar.id)
         g = await honest.steward.allocate_budget(bob.agent_id, 50)
         assert not g.claimed  # no answer from the grantee's node: it claims the record later
         assert honest._head(pub) == before and honest.warranted == {}
         assert honest.metrics["malformed_replies"] == 7
-        assert honest.malformed_count(liar.id) == 7
+        assert honest.peer_table.malformed_count(liar.id) == 7
         # and the honest node, still running, writes and is served as before
         alice = await honest.new_agent()
         await alice.transmit_understanding("alice", "is", "fine")

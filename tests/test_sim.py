@@ -179,7 +179,7 @@ def test_fork_is_warranted_everywhere():
 
 def test_an_injected_validator_bug_is_caught(monkeypatch):
     """Authorities that stop checking over-spends must show up as violations, not pass."""
-    import node.net.node as netnode
+    import node.net.acceptor as netnode
 
     real = netnode.validate_next
 

@@ -114,7 +114,7 @@ async def test_a_node_serves_while_another_connection_holds_the_write_lock(
                 await trio.testing.wait_all_tasks_blocked()
                 assert n0.store.lock_waits == 2
                 # the node answers requests and runs its tasks while its writes wait
-                rep = await n1._request(n0.id, "hello", info=n1._my_info())
+                rep = await n1._request(n0.id, "hello", info=n1.peer_table.my_info())
                 assert rep.info.peer == n0.id
                 rep = await n1._request(n0.id, "record", hash=before[pa][-1][1])
                 assert rep.record is not None
@@ -232,7 +232,7 @@ async def test_a_second_process_writing_to_the_store_does_not_stop_the_node(tmp_
                 nursery.start_soon(write)
                 await trio.testing.wait_all_tasks_blocked()
                 assert n0.store.lock_waits == 1
-                rep = await n1._request(n0.id, "hello", info=n1._my_info())
+                rep = await n1._request(n0.id, "hello", info=n1.peer_table.my_info())
                 assert rep.info.peer == n0.id
                 await gossip_rounds(n0, n1, 1)
                 assert "h" not in mine
@@ -262,13 +262,13 @@ async def test_the_peer_cache_is_not_waited_for_and_is_saved_later(clock, autoju
     async with cluster(clock, paths) as c:
         n0, n1 = c.nodes
         n0.store.db.execute("DELETE FROM peer_infos")
-        n0._unsaved_peers[n1.id] = n0.peers[n1.id]
+        n0.peer_table.unsaved[n1.id] = n0.peers[n1.id]
         with write_lock(paths[0]):
-            n0._save_peer_cache()
-            assert n1.id in n0._unsaved_peers and n0.store.lock_waits == 0
+            n0.peer_table.save_cache()
+            assert n1.id in n0.peer_table.unsaved and n0.store.lock_waits == 0
         assert n0.dht.load_peers(10) == []
-        n0._save_peer_cache()
-        assert not n0._unsaved_peers and len(n0.dht.load_peers(10)) == 1
+        n0.peer_table.save_cache()
+        assert not n0.peer_table.unsaved and len(n0.dht.load_peers(10)) == 1
 
 
 async def test_status_of_a_store_needs_no_write_lock(tmp_path):

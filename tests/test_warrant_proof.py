@@ -56,7 +56,7 @@ async def test_an_invalid_warrant_is_proven_with_history_its_sender_lacks(clock,
         assert len(lacking) >= 2, "r=1 on 6 nodes leaves most nodes without the history"
         receiver, sender = lacking[:2]
         fetched = receiver.metrics["sent_chain"]
-        assert await receiver._invalid_proven(w, sender.id)
+        assert await receiver.warrant_book.invalid_proven(w, sender.id)
         assert receiver.metrics["sent_chain"] > fetched
 
 
@@ -94,8 +94,8 @@ async def test_history_with_a_record_left_out_frames_nobody(clock, autojump_cloc
         async def gapped(author, seq, source):  # the action before last left out
             return honest[: seq - 2] + honest[seq - 1 :] + honest[seq - 1 :]
 
-        receiver._fetch_prefix = gapped
-        assert not await receiver._invalid_proven(w, c.nodes[0].id)
+        receiver.warrant_book.fetch_prefix = gapped
+        assert not await receiver.warrant_book.invalid_proven(w, c.nodes[0].id)
         assert pub not in receiver.warranted
 
 
@@ -120,7 +120,9 @@ async def test_wrong_entry_bytes_blame_the_messenger_not_the_author(clock, autoj
             entry=wrong,
         )
         for node in c.nodes:
-            assert not await node._receive_warrant(P.WarrantMsg.parse(w.to_wire()), c.nodes[1].id)
+            assert not await node.warrant_book.receive(
+                P.WarrantMsg.parse(w.to_wire()), c.nodes[1].id
+            )
         # ...and a node that is handed the action with wrong bytes refuses it without a warrant.
         target = next(n for n in c.nodes if not n.dht.has_action(s.hash))
         ops = [[s.body, s.sig, wrong, [prev.body, prev.sig]]]
@@ -137,10 +139,10 @@ async def test_gossip_pushes_a_warrant_the_partner_lacks(clock, autojump_clock):
         key = SigningKey(b"\x05" * 32)
         twins = [Signed.sign({"author": key.public, "seq": 0, "ts": t}, key) for t in (1, 2)]
         w = W.make("fork", key.public, "fork", 0, twins, c.nodes[0].node_key, c.nodes[0].now_us())
-        assert await c.nodes[0]._remember_warrant(w)  # held, not broadcast
+        assert await c.nodes[0].warrant_book.remember(w)  # held, not broadcast
         assert key.public not in c.nodes[1].warranted
         # Node 0 asks node 1; node 1 has nothing node 0 lacks, so only a push carries it over.
-        await c.nodes[0]._gossip_with(c.nodes[1].id)
+        await c.nodes[0].gossiper.gossip_with(c.nodes[1].id)
         assert key.public in c.nodes[1].warranted
 
 
@@ -166,9 +168,11 @@ async def test_a_bad_prev_warrant_proves_itself_to_a_node_holding_the_other_twin
         framing = W.make(
             "invalid", pub, "bad_prev", s2.seq, [s2, s1], issuer.node_key, issuer.now_us()
         )
-        assert not await judge._receive_warrant(P.WarrantMsg.parse(framing.to_wire()), issuer.id)
+        assert not await judge.warrant_book.receive(
+            P.WarrantMsg.parse(framing.to_wire()), issuer.id
+        )
         assert pub not in judge.warranted
         w = W.make("invalid", pub, "bad_prev", s2.seq, [s2, twin], issuer.node_key, issuer.now_us())
         assert W.prev_mismatch_proven(w) and not W.prev_mismatch_proven(framing)
-        assert await judge._receive_warrant(P.WarrantMsg.parse(w.to_wire()), issuer.id)
+        assert await judge.warrant_book.receive(P.WarrantMsg.parse(w.to_wire()), issuer.id)
         assert pub in judge.warranted

@@ -304,7 +304,7 @@ async def test_a_node_refuses_malformed_warrants_without_raising(clock, autojump
                 P.WarrantMsg.parse(signed_wire(body, hostile.node_key))
         # and a well-formed one from the same hostile issuer is judged, not believed
         refused = judge.metrics["warrants_refused"]
-        assert not await judge._receive_warrant(
+        assert not await judge.warrant_book.receive(
             P.WarrantMsg.parse(signed_wire(w.body, hostile.node_key)), hostile.id
         )
         assert judge.metrics["warrants_refused"] == refused + 1

@@ -15,17 +15,9 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from ..errgroups import unwrap_single_errors
 from ..agent_api import AgentMethods
-from ..core.errors import BudgetError, NodeUnreachable, NotAuthorized
+from ..core.errors import BudgetError, ConnectionLost, NodeUnreachable, NotAuthorized
 from .events import MAX_QUEUED_EVENTS, DropOldestQueue
-from .wire import (
-    ConnectionLost,
-    error_from_wire,
-    from_wire,
-    pack,
-    request_id,
-    to_wire,
-    unpack,
-)
+from .wire import error_from_wire, from_wire, pack, request_id, to_wire, unpack
 
 TOKEN_ENV = "BUDGETNODE_TOKEN"
 

@@ -19,15 +19,21 @@ from functools import partial
 import trio
 
 from ..core.crypto import from_text, to_text
-from ..core.errors import BudgetError, InvalidInput, MalformedInput, NotAuthorized, UnknownAgent
+from ..core.errors import (
+    Busy,
+    BudgetError,
+    InternalError,
+    InvalidInput,
+    MalformedInput,
+    NotAuthorized,
+    UnknownAgent,
+)
 from ..agent_api import refusals
 from . import metrics as M
 from .events import EventHub, Subscriber
 from .wire import (
     MAX_APP_MESSAGE,
     PROTOCOL_VERSION,
-    Busy,
-    InternalError,
     error_to_wire,
     from_wire,
     pack,

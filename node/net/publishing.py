@@ -1,29 +1,105 @@
 """Publishing at a network node: every own action to its authorities until they receipt it,
 the author's key authorities first; and passing an action on to authorities its publisher did
-not know of."""
+not know of.
+
+A component of NetNode (node.py wires it), built with what it uses: the peer table (who the
+peers are, the ring, when membership last moved), `request` (one exchange with a peer), the
+DhtStore, this node's agents and the warranted (read only), and the node key that signs each
+batch. It owns the publish loop's state: what may be unpublished, the heads to republish after
+the ring moved, the recheck pass, and `idle`.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 
 from ..core import dht, warrant
 from ..core.action import Signed
-from ..core.crypto import SIG_LEN
+from ..core.crypto import SIG_LEN, SigningKey
 from ..core.errors import BudgetError
 from . import protocol as P
+from .dht_store import DhtStore
+from .peer_table import PeerTable
 from .transport import PeerUnreachable
 
 
 FINAL = ("valid", "invalid", "warranted")  # answers after which a recipient need not be asked again
 
 
-class Publishing:
-    async def _publisher(self) -> None:
+Batches = dict[bytes, list[Signed]]
+
+
+class Publisher:
+    def __init__(
+        self,
+        *,
+        node_key: SigningKey,
+        r: int,
+        dht_store: DhtStore,
+        peer_table: PeerTable,
+        request: Callable[..., Awaitable[Any]],
+        agents: Mapping[bytes, Any],
+        warranted: Mapping[bytes, object],
+        metrics: Counter,
+        now_us: Callable[[], int],
+        spawn: Callable[..., None],
+        changed: Callable[[], None],
+        publish_interval: float,
+        outgoing: Callable[[Batches], Batches] | None,
+    ) -> None:
+        """`agents`: this node's own cells (pub -> Cell), whose heads are republished.
+        `outgoing(batches)` may rewrite each round's batches (a test's adversary)."""
+        self.node_key = node_key
+        self.id = node_key.public
+        self.r = r
+        self.dht = dht_store
+        self.peer_table = peer_table
+        self.peers = peer_table.peers
+        self.request = request
+        self.cells = agents
+        self.warranted = warranted
+        self.metrics = metrics
+        self.now_us = now_us
+        self.spawn = spawn
+        self.changed = changed
+        self.publish_interval = publish_interval
+        self.outgoing = outgoing
+        self.maybe_unpublished = True  # no need to ask the store until something commits
+        self._republish: set[bytes] = set()  # own agents whose authorities changed
+        self._republish_heads: dict[bytes, bytes] = {}  # head hash in flight -> its agent
+        self._recheck_from: int | None = None  # own actions past this row id: offer again
+        self._recheck_short = False  # this pass left an authority without one
+        self._recheck_passes = 0  # passes in a row that did
+        self._recheck_not_before = 0.0
+        self._peer_epoch = 0
+        self._kick = trio.Event()
+        self.idle = trio.Event()  # set while nothing is left to publish or retry
+
+    def membership_moved(self) -> None:
+        """New authorities may now be nearer to our agents than the ones that stored their
+        heads: queue each head, to be sent to the authorities that hold no receipt for it
+        (they fetch the history before it from us)."""
+        self._peer_epoch += 1
+        self._republish.update(p for p in self.cells if p not in self.warranted)
+        self._recheck_from, self._recheck_short, self._recheck_passes = -1, False, 0
+        self._recheck_not_before = 0.0
+        self.wake()
+
+    def committed(self) -> None:
+        """Something new may be in the store (a commit here, or by another process)."""
+        self.maybe_unpublished = True
+        self.wake()
+
+    async def run(self) -> None:
         while True:
             pending, ops_only = [], False
-            if self.peers and self._maybe_unpublished:
+            if self.peers and self.maybe_unpublished:
                 pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
-                self._maybe_unpublished = bool(pending)
+                self.maybe_unpublished = bool(pending)
             if self.peers and self._republish:
                 have = {s.hash for s in pending}
                 for pub in sorted(self._republish)[: P.MAX_OPS_PER_MESSAGE]:
@@ -38,7 +114,7 @@ class Publishing:
             if not pending and self.peers and self._recheck_from is not None:
                 wait = (
                     max(
-                        self._membership_changed_at + 2 * self.publish_interval,
+                        self.peer_table.changed_at + 2 * self.publish_interval,
                         self._recheck_not_before,
                     )
                     - trio.current_time()
@@ -54,21 +130,21 @@ class Publishing:
                         self._recheck_from = -1
                 # an op short of receipts is tried again after a quiet interval
                 with trio.move_on_after(self.publish_interval):
-                    await self._publish_kick.wait()
+                    await self._kick.wait()
             elif wait is not None:  # a recheck is due once membership has been still a while
                 with trio.move_on_after(wait):
-                    await self._publish_kick.wait()
-            elif not self._publish_kick.is_set():
-                self.publisher_idle.set()
-                await self._publish_kick.wait()  # a commit, new peers, or the gossiper's nudge
-            self._publish_kick = trio.Event()
+                    await self._kick.wait()
+            elif not self._kick.is_set():
+                self.idle.set()
+                await self._kick.wait()  # a commit, new peers, or the gossiper's nudge
+            self._kick = trio.Event()
 
-    def _wake_publisher(self) -> None:
+    def wake(self) -> None:
         """There may be work: `publisher_idle` is clear from now until the publisher has looked
         and found none (a waiter must not see the idle of before the news)."""
-        self._publish_kick.set()
-        if self.publisher_idle.is_set():
-            self.publisher_idle = trio.Event()
+        self._kick.set()
+        if self.idle.is_set():
+            self.idle = trio.Event()
 
     def _recheck_batch(self) -> list[Signed]:
         """The next own actions to offer again to the authorities of their hash and entry. A
@@ -77,6 +153,8 @@ class Publishing:
         never get the op: a lookup by that hash could find nothing. The pass starts over at
         each membership change, after the ring has been still for two publish intervals, so
         a ring that is still settling (a network starting up) is walked once, not per peer."""
+        if self._recheck_from is None:  # no pass under way (run() asks only during one)
+            return []
         rows = self.dht.own_after(self._recheck_from, P.MAX_OPS_PER_MESSAGE)
         if not rows:
             # a pass that left an authority without its op (lost, timed out) is walked again,
@@ -103,8 +181,10 @@ class Publishing:
         # fetch behind it bring the author-key authorities the whole chain).
         targets, must, receipted = {}, {}, {}
         for s in pending:
-            must[s.hash] = set(self._nearest(s.author)) - {self.id}
-            targets[s.hash] = {p for b in dht.bases(s) for p in self._nearest(b)} - {self.id}
+            must[s.hash] = set(self.peer_table.nearest(s.author)) - {self.id}
+            targets[s.hash] = {p for b in dht.bases(s) for p in self.peer_table.nearest(b)} - {
+                self.id
+            }
             if ops_only:
                 targets[s.hash] -= must[s.hash]
             receipted[s.hash] = self.dht.receipted_by(s.hash)
@@ -117,14 +197,14 @@ class Publishing:
                 (by_peer if p in must[s.hash] else later).setdefault(p, []).append(s)
         outcome: dict[bytes, dict[bytes, str]] = {s.hash: {} for s in pending}
         if self.outgoing is not None:  # a test's adversary (sims.rogue); never in production
-            by_peer, later = self.outgoing(self, by_peer), self.outgoing(self, later)
+            by_peer, later = self.outgoing(by_peer), self.outgoing(later)
 
         prevs: dict[bytes, list | None] = {}
 
-        def prev_of(s: Signed, peer: bytes):
+        def prev_of(s: Signed, peer: bytes) -> list | None:
             """The action before `s`, for a peer that holds it only as an op authority (it
             validates the step from it, without fetching the author's history)."""
-            if s.seq == 0 or peer in self._nearest(s.author):
+            if s.seq == 0 or peer in self.peer_table.nearest(s.author):
                 return None
             if s.hash not in prevs:
                 p = self.dht.action_at(s.author, s.seq - 1)
@@ -157,14 +237,14 @@ class Publishing:
 
         got_receipts: list[tuple] = []
 
-        async def send(peer, batch, vouch=False):
+        async def send(peer: bytes, batch: list[Signed], vouch: bool = False) -> None:
             ops = [
                 [
                     s.body,
                     s.sig,
                     entry_of(s),
                     prev_of(s, peer),
-                    list(self._nearest(s.author)),
+                    list(self.peer_table.nearest(s.author)),
                     vouch_of(s) if vouch else None,
                 ]
                 for s in batch
@@ -173,7 +253,7 @@ class Publishing:
             rep = None
             for _ in range(2):  # a lost request or reply is retried at once, not a round later
                 try:
-                    rep = await self._request(peer, "publish", ops=ops, batch=signed)
+                    rep = await self.request(peer, "publish", ops=ops, batch=signed)
                     break
                 except PeerUnreachable:
                     if peer not in self.peers:
@@ -221,32 +301,34 @@ class Publishing:
                     self._republish.discard(pub)
                 if not self.dht.is_published(s.hash):
                     await self.dht.mark_published(s.hash, len(have))
-                    self._changed()
+                    self.changed()
                 if refused:
                     self.metrics["own_ops_refused"] += 1
         return all(v in FINAL for got in outcome.values() for v in got.values())
 
-    def _forward(self, s: Signed, entry, sender: bytes, told: list) -> None:
+    def forward(self, s: Signed, entry: bytes | None, sender: bytes, told: Sequence[bytes]) -> None:
         """A node sent an action as an author-key authority that knows an authority the
         publisher did not name (the publisher's peer table is behind: it joined late, or the
         other one did) passes the action on, naming everyone told so far. When the two views
         agree, nothing is sent."""
         told = [p for p in told[: 4 * self.r] if isinstance(p, bytes)]
         targets = [
-            p for p in self._nearest(s.author) if p != self.id and p != sender and p not in told
+            p
+            for p in self.peer_table.nearest(s.author)
+            if p != self.id and p != sender and p not in told
         ]
         if not targets:
             return
-        told = sorted(set(told) | set(self._nearest(s.author)))
+        told = sorted(set(told) | set(self.peer_table.nearest(s.author)))
         self.metrics["ops_forwarded"] += len(targets)
 
-        async def send(peer):
+        async def send(peer: bytes) -> None:
             ops = [[s.body, s.sig, entry, None, told]]
             batch = warrant.sign_batch(ops, peer, self.now_us(), self.node_key)
             try:
-                await self._request(peer, "publish", ops=ops, batch=batch)
+                await self.request(peer, "publish", ops=ops, batch=batch)
             except BudgetError:
                 pass  # gossip and the publisher's own republish are the backstops
 
         for peer in targets:
-            self._spawn(send, peer)
+            self.spawn(send, peer)
