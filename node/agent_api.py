@@ -19,7 +19,7 @@ from .core.budget import BudgetStatus
 @dataclass(frozen=True)
 class AllocationResult:
     requested_ru: float
-    granted_ru: float
+    granted_ru: float | None  # None while the grant waits to be claimed (claimed False)
     grant: str  # the grant's hash, text form
     allocation: str  # the steward's action recording it
     claimed: bool = True  # False while a grant to an unreachable agent waits to be claimed

@@ -16,6 +16,7 @@ from .core.app import App
 from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
 from .core.encoding import encode_trusted
+from .core.warrant import Warrant
 from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, InvalidInput, NotAuthorized
 from .core.validate import ChainState, validate_genesis, validate_next
 from .core.warrant import Warranted
@@ -36,7 +37,7 @@ class Cell:
         self.now_us = now_us
         self.lock = trio.Lock()
         self.on_commit = None  # called with each appended Signed action (the network publishes)
-        self.warrant = None  # set when the network has warranted this agent
+        self.warrant: Warrant | None = None  # set when the network has warranted this agent
         self._writing = 0  # tasks inside _append (store.writers counts busy cells)
         self._agent_id: str | None = None
 

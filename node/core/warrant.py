@@ -7,7 +7,9 @@ view of the author's chain before it believes it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .action import Signed
 from .crypto import SigningKey, blake2b_256, to_text, verify
@@ -145,11 +147,12 @@ def from_wire(w: Plain) -> Warrant | None:
     return warrant
 
 
-def batch_digest(ops: list[tuple[bytes, bytes]]) -> list[bytes]:
+def batch_digest(ops: Sequence[Sequence[Any]]) -> list[bytes]:
+    # each op as the wire carries it: [action body, signature, ...] (what follows is not signed)
     return [blake2b_256(op[0] + op[1]) for op in ops]
 
 
-def sign_batch(ops: list[tuple[bytes, bytes]], to: bytes, ts_us: int, key: SigningKey) -> PlainMap:
+def sign_batch(ops: Sequence[Sequence[Any]], to: bytes, ts_us: int, key: SigningKey) -> PlainMap:
     """A publisher signs what it sends, so a forged action it relays is provably its own doing."""
     if type(to) is not bytes or type(ts_us) is not int:
         raise MalformedInput("a batch names its recipient (bytes) and a time (integer us)")

@@ -134,7 +134,7 @@ class DhtStore:
     async def shown(self, h: bytes) -> None:
         await self.store.write(lambda db: db.execute("DELETE FROM unshown WHERE hash=?", (h,)))
 
-    def op_record(self, h: bytes):
+    def op_record(self, h: bytes) -> tuple[Signed, bytes | None] | None:
         row = self.db.execute(
             "SELECT o.body, o.sig, e.body FROM ops o LEFT JOIN entries e "
             "ON e.hash=o.entry WHERE o.hash=?",

@@ -64,6 +64,7 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
     async with transport_factory(os.urandom(32), refuse) as t:
         peer = await t.connect(addr)
         rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+    assert isinstance(rep, P.DnaReply)  # parse_reply("dna", ...) parses nothing else
     try:
         dna = Dna.from_dict(decode(rep.dna))
     except (KeyError, TypeError, ValueError, BudgetError) as e:
@@ -90,11 +91,12 @@ def _run_lock(path: str):
 
 class NetNode(LocalNode):
     _parts_built = False  # LocalNode.load adds the cells it finds before _init_net runs
+    _nursery: trio.Nursery  # the node's background tasks, set by open()
 
     # -- lifecycle
     @classmethod
     @asynccontextmanager
-    async def open(
+    async def open(  # type: ignore[override]  # a network node is opened on a transport
         cls,
         transport_factory,
         path: str | None = None,
@@ -168,7 +170,9 @@ class NetNode(LocalNode):
             self.keystore.add(key)
             await self.dht.set_meta("node_key", key.public)
         else:
-            key = self.keystore.get(raw)
+            found = self.keystore.get(raw)
+            assert found is not None  # checked just above
+            key = found
         self.node_key = key
         self.id = key.public
         self.r = r
@@ -177,7 +181,7 @@ class NetNode(LocalNode):
         self.publish_interval = publish_interval
         self.request_timeout = request_timeout
         self.rng = random.Random(key.public)
-        self.metrics = Counter()
+        self.metrics: Counter[str] = Counter()
         self._change = trio.Event()
         self.on_change = None
         # the offenders: the warrant book writes it, the peer table never takes one as a peer
@@ -481,7 +485,7 @@ class NetNode(LocalNode):
                         break
         return self.get_record(action_hash)
 
-    def _record(self, h: bytes):
+    def _record(self, h: bytes) -> tuple[Signed, bytes | None] | None:
         return self.store.record(h) or self.dht.op_record(h)
 
     def get_record(self, action_hash: str) -> dict:

@@ -21,20 +21,21 @@ from ..core.action import Signed
 from ..core.crypto import SIG_LEN, blake2b_256
 from ..core.encoding import Plain, PlainMap  # the types of decoded frames
 from ..core.encoding import decode, encode, encode_trusted
-from ..core.errors import BudgetError, MalformedInput, ProtocolError
+from ..core.errors import BudgetError, MalformedInput
 
 # re-exported: callers of the protocol catch and raise these by this module's name
 from ..core.errors import InternalError as InternalError
 from ..core.errors import MalformedReply as MalformedReply
 from ..core.errors import PeerUnreachable as PeerUnreachable
+from ..core.errors import ProtocolError as ProtocolError
 from .messages import (
     MAX_OPS_PER_MESSAGE as MAX_OPS_PER_MESSAGE,  # re-exported with the other bounds
     Batch,
     Grant,
     Head,
-    PeerInfo,
+    PeerInfo as PeerInfo,  # re-exported: the values a peer table holds
     Record,
-    WarrantMsg,
+    WarrantMsg as WarrantMsg,  # re-exported: what the warrant book receives
     action_pair,
     digest,
     entry_bytes,

@@ -41,7 +41,11 @@ def prefix_state(records: list[Record], seq: int, dna: Dna, app: App) -> ChainSt
         return None
     try:
         prefix = [r.action for r in records]
-        entries = {r.action.action.get("entry"): r.entry for r in records if r.entry}
+        entries: dict[bytes, bytes] = {
+            e: r.entry
+            for r in records
+            if r.entry and isinstance(e := r.action.action.get("entry"), bytes)
+        }
         return validate_chain(prefix, dna, app, entries)
     except (BudgetError, TypeError, ValueError):  # InvalidChain included
         return None
