@@ -4,6 +4,11 @@ Phases: start (nodes open, create their agents, join node 0), warm-up (peer tabl
 faults + workload until `hours`, then liveness: faults stop, every node is up again, and the
 cluster must converge (consistency_lag() empty, every honest write held by its authorities,
 every cheater warranted at every honest node) within `deadline` simulated seconds.
+
+Why one file of ~900 lines: the run's orchestration (slots, starts and restarts, faults) and
+its checks (the per-second checker, rogue accounting, the liveness lag) read the same slot
+state every simulated second; the pure parts already live apart (config.py, invariants.py,
+net.py, workload.py). The checker is the part to move out next, as a class given the slots.
 """
 
 from __future__ import annotations
