@@ -30,6 +30,19 @@ def encode(obj: Plain) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
+# what cbor2 raises for bytes that are not one well-formed item (refused as MalformedInput)
+_CBOR_ERRORS = (
+    cbor2.CBORDecodeError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    EOFError,
+    MemoryError,
+    UnicodeDecodeError,
+)
+
+
 def encode_trusted(obj: Plain) -> bytes:
     """`encode` without the plain-data walk, for maps the node itself builds from values it
     has already validated (its own action headers). Input from anyone else goes through
@@ -43,16 +56,7 @@ def decode_stored(data: bytes) -> Plain:
     decode, would only repeat themselves. A store read that does not parse is still refused."""
     try:
         return cbor2.loads(data)
-    except (
-        cbor2.CBORDecodeError,
-        ValueError,
-        TypeError,
-        OverflowError,
-        RecursionError,
-        EOFError,
-        MemoryError,
-        UnicodeDecodeError,
-    ) as e:
+    except _CBOR_ERRORS as e:
         raise MalformedInput(f"invalid CBOR: {e}") from None
 
 
@@ -71,16 +75,7 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, canonical: bool = Tr
     buf = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(buf).decode()
-    except (
-        cbor2.CBORDecodeError,
-        ValueError,
-        TypeError,
-        OverflowError,
-        RecursionError,
-        EOFError,
-        MemoryError,
-        UnicodeDecodeError,
-    ) as e:
+    except _CBOR_ERRORS as e:
         raise MalformedInput(f"invalid CBOR: {e}") from None
     if buf.tell() != len(data):
         raise MalformedInput(f"{len(data) - buf.tell()} trailing bytes after CBOR item")
