@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 import shutil
 import tempfile
 import time
@@ -271,6 +272,20 @@ class LocalNode:
 
     async def allocate(self, steward: Cell, grantee: bytes, amount_mru: int) -> AllocationResult:
         target = self._cell(grantee)  # before anything is written
+        grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
+        granted = await target.claim(grant, sig)
+        return AllocationResult(
+            amount_mru / MRU_PER_RU,
+            granted / MRU_PER_RU,
+            to_text("grant", grant_hash(grant)),
+            to_text("action", allocation),
+        )
+
+    async def _record_grant(
+        self, steward: Cell, grantee: bytes, amount_mru: int
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        """The steward signs a grant and records it on its chain: (grant, signature, the
+        recording action's hash). The grantee's chain claims it next, here or at its node."""
         grant = grant_body(
             self.dna.hash,
             steward.key.public,
@@ -283,13 +298,7 @@ class LocalNode:
         if self.app.grant_entry is None:  # was create_entry(None, ...)'s "no entry type None"
             raise InvalidInput("this app records no grants")
         allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
-        granted = await target.claim(grant, sig)
-        return AllocationResult(
-            amount_mru / MRU_PER_RU,
-            granted / MRU_PER_RU,
-            to_text("grant", grant_hash(grant)),
-            to_text("action", allocation),
-        )
+        return grant, sig, allocation
 
     async def _claim_recovered_grants(self) -> None:
         """A crash between a steward's record and the grantee's claim must not lose the grant:

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from ..core import budget, dht
-from ..core.action import Signed, grant_body, grant_hash
+from ..core.action import Signed, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text
 from ..core.encoding import decode, encode
 from ..core.dna import MRU_PER_RU
@@ -499,16 +499,7 @@ class NetNode(LocalNode):
         if grantee in self.cells:
             return await super().allocate(steward, grantee, amount_mru)
         await self.ensure_agent(grantee)  # before anything is written
-        grant = grant_body(
-            self.dna.hash,
-            steward.key.public,
-            grantee,
-            amount_mru,
-            self.now_us(),
-            self.randbytes(16),
-        )
-        sig = steward.key.sign(encode(grant))
-        allocation = await steward.create_entry(self.app.grant_entry, {"grant": grant, "sig": sig})
+        grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
         granted = None
         host = self.agent_hosts.get(grantee)
         if host is not None:
