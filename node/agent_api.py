@@ -92,6 +92,10 @@ class AgentMethods:
     async def allocate_budget(self, agent_id: str, ru) -> AllocationResult:
         return await self.call("budget", "allocate_budget", {"agent_id": agent_id, "ru": ru})
 
+    async def invite(self, note: str = "") -> str:
+        """A steward's single-use invite for one new agent, as text."""
+        return await self.call("budget", "invite", {"note": note})
+
     async def get_record(self, action_hash: str) -> dict:
         return await self._get_record(action_hash)
 

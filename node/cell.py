@@ -7,6 +7,8 @@ persists it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from .core import budget
@@ -17,7 +19,14 @@ from .core.crypto import SigningKey, blake2b_256, to_text
 from .core.dna import Dna
 from .core.encoding import encode_trusted
 from .core.warrant import Warrant
-from .core.errors import GrantAlreadyClaimed, HeadMoved, InvalidChain, InvalidInput, NotAuthorized
+from .core.errors import (
+    GrantAlreadyClaimed,
+    HeadMoved,
+    InvalidChain,
+    InvalidInput,
+    NotAuthorized,
+    NoWitness,
+)
 from .core.validate import ChainState, validate_genesis, validate_next
 from .core.warrant import Warranted
 from .store import Store
@@ -40,6 +49,9 @@ class Cell:
         self.warrant: Warrant | None = None  # set when the network has warranted this agent
         self._writing = 0  # tasks inside _append (store.writers counts busy cells)
         self._agent_id: str | None = None
+        # async (agent, prev) -> a steward's witness opening a new window, or None when no
+        # steward is reachable (the node sets it; None: this cell never opens a window)
+        self.witness: Callable[[bytes, bytes], Awaitable[dict | None]] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -49,19 +61,30 @@ class Cell:
 
     @classmethod
     async def create(
-        cls, key: SigningKey, store: Store, dna: Dna, app: App, now_us, meta: dict | None = None
+        cls,
+        key: SigningKey,
+        store: Store,
+        dna: Dna,
+        app: App,
+        now_us,
+        meta: dict | None = None,
+        invite: dict | None = None,
+        witness: dict | None = None,
     ) -> Cell:
-        g = Signed.sign(
-            {
-                "type": "genesis",
-                "author": key.public,
-                "seq": 0,
-                "prev": None,
-                "ts": now_us(),
-                "dna": dna.hash,
-            },
-            key,
-        )
+        """`invite` and its issuer's `witness` admit the agent under `membrane: invite`."""
+        action = {
+            "type": "genesis",
+            "author": key.public,
+            "seq": 0,
+            "prev": None,
+            "ts": now_us() if witness is None else max(now_us(), witness["at"]),
+            "dna": dna.hash,
+        }
+        if invite is not None:
+            action["invite"] = invite
+        if witness is not None:
+            action["witness"] = witness
+        g = Signed.sign(action, key)
         state = validate_genesis(g, dna, verify_sig=False)
         await store.append(g, None, None, meta=meta)
         return cls(key, state, store, dna, app, now_us)
@@ -80,8 +103,8 @@ class Cell:
         eh = blake2b_256(body)
         cost = self.dna.cost(edef.op)
 
-        def build(ts):
-            b, recorded_cost = self._charge(cost, ts)
+        def build(ts, start):
+            b, recorded_cost = self._charge(start, cost, ts)
             return (
                 {
                     "type": "create",
@@ -105,8 +128,8 @@ class Cell:
             return None
         cost = self.dna.cost(op, count)
 
-        def build(ts):
-            b, recorded_cost = self._charge(cost, ts)
+        def build(ts, start):
+            b, recorded_cost = self._charge(start, cost, ts)
             return (
                 {
                     "type": "charge",
@@ -131,10 +154,10 @@ class Cell:
         gh = grant_hash(grant)
         result = {}
 
-        def build(ts):
+        def build(ts, start):
             if gh in self.state.claimed:
                 raise GrantAlreadyClaimed(f"grant {to_text('grant', gh)} was already claimed")
-            b, granted = budget.claim(self.state.budget, grant["amount"], ts, self.dna)
+            b, granted = budget.claim(start, grant["amount"], self.dna)
             result["granted"] = granted
             return (
                 {
@@ -159,9 +182,22 @@ class Cell:
             raise NotAuthorized(f"grant refused: {e.reason}") from None
         return result["granted"]
 
-    def _charge(self, cost: int, ts: int) -> tuple[budget.BudgetState, int]:
+    def _charge(
+        self, start: budget.BudgetState, cost: int, ts: int
+    ) -> tuple[budget.BudgetState, int]:
         """The pre-flight (raises InsufficientRU): the new budget and the cost to record."""
-        return budget.charge(self.state.budget, cost, ts, self.dna), cost
+        return budget.charge(start, cost, ts, self.dna), cost
+
+    async def _witnessed(self, cs: ChainState, ts: int) -> dict | None:
+        """A steward's witness opening the next window, if the current one has ended and a
+        steward answers; an answer that would not open it (the steward's clock says the window
+        has not ended yet) is not used."""
+        if not budget.due(cs.budget, ts, self.dna) or self.witness is None:
+            return None
+        w = await self.witness(self.key.public, cs.hash)
+        if w is None or not budget.due(cs.budget, w["at"], self.dna):
+            return None
+        return w
 
     def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
         """Self-validation: the chain state after `s`, or InvalidChain (nothing is written)."""
@@ -191,12 +227,25 @@ class Cell:
         for _ in range(CAS_RETRIES):
             cs = self.state
             ts = max(self.now_us(), cs.ts)
+            w = await self._witnessed(cs, ts)
+            start = cs.budget
+            if w is not None:
+                ts = max(ts, w["at"])
+                start = budget.open_window(cs.budget, w["at"], self.dna)
             try:
-                action, entry, index = build(ts)
+                action, entry, index = build(ts, start)
             except InsufficientRU:
-                if not self._catch_up():  # a grant claimed by another process may cover it
-                    raise
-                continue
+                if self._catch_up():  # a grant claimed by another process may cover it
+                    continue
+                if w is None and budget.due(cs.budget, ts, self.dna):
+                    end = budget.ceil_s(cs.budget.window_start_us + self.dna.window_us)
+                    raise NoWitness(
+                        f"the window ended at {end}; the write needs the next one, which "
+                        f"opens only with a steward's witness, and no steward is reachable"
+                    ) from None
+                raise
+            if w is not None:
+                action["witness"] = w
             action.update(author=key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
             if action["type"] == "create":
                 # every field was built here from validated values (the content itself is

@@ -49,3 +49,6 @@ class ZomeContext:
 
     async def allocate(self, grantee: bytes, amount_mru: int):
         return await self._node.allocate(self._cell, grantee, amount_mru)
+
+    async def invite(self, note: str) -> str:
+        return await self._node.invite(self._cell, note)

@@ -22,14 +22,18 @@ from .core.errors import (
     BudgetError,
     InvalidChain,
     InvalidInput,
+    NotAuthorized,
     NotFound,
+    NoWitness,
     StoreCorrupted,
     UnknownAgent,
     UnknownFunction,
     WrongNetwork,
 )
 from .core.validate import validate_chain
+from .core.witness import check_invite, parse_invite
 from .keystore import Keystore
+from .witness import WitnessService
 from .records import record_dict
 from .store import Store, store_path
 
@@ -55,6 +59,13 @@ class LocalNode:
         self.randbytes = randbytes
         self.cells: dict[bytes, Cell] = {}
         self.cell_type = cell_type  # the agents' writer (a test's adversary may swap it)
+        self.max_agents: int | None = None  # a cap on this node's own agents (up --max-agents)
+        self.witness_service: WitnessService | None = None  # set if a steward's key is here
+        for pub in dna.stewards:
+            key = keystore.get(pub)
+            if key is not None:
+                self.witness_service = WitnessService(key, dna, store, self.now_us, randbytes)
+                break
 
     # -- lifecycle
     @classmethod
@@ -66,11 +77,13 @@ class LocalNode:
         *,
         durability: str = "process",
         randbytes=os.urandom,
-        dna: Dna | None = None,
+        dna: Dna | dict | None = None,
         app: App | None = None,
         cell_type: type[Cell] = Cell,
     ):
-        """`app`: the application this node runs (None: the Rose Forest app, `node.apps`)."""
+        """`app`: the application this node runs (None: the Rose Forest app, `node.apps`).
+        `dna`: the network to join (a Dna), or rules for a new one (a dict such as
+        `{"membrane": "invite"}`, see `Dna.rules`), or None (a new network, default rules)."""
         tmp = None
         if path is None:
             path = tmp = tempfile.mkdtemp(prefix="budgetnode-")
@@ -90,13 +103,15 @@ class LocalNode:
         clock,
         durability: str = "process",
         randbytes=os.urandom,
-        dna: Dna | None = None,
+        dna: Dna | dict | None = None,
         app: App | None = None,
         cell_type: type[Cell] = Cell,
     ):
         """Open the store at `path`. A new store starts a new network (with a steward of its
-        own), or joins the network `dna` names."""
+        own; `dna` may be a dict of rules for it), or joins the network `dna` names."""
         app = resolve(app)
+        rules = Dna.rules(dna) if isinstance(dna, dict) else None
+        joining = dna if isinstance(dna, Dna) else None
         os.makedirs(path, exist_ok=True)
         store = Store(store_path(path), durability)
         try:
@@ -108,23 +123,30 @@ class LocalNode:
                     f"the chain store is missing or empty; refusing to start a "
                     f"new network over them"
                 )
-            if raw is None and dna is None:
+            if raw is None and joining is None:
                 node = await cls._new_network(
-                    path, store, keystore, app, clock, randbytes, cell_type
+                    path, store, keystore, app, clock, randbytes, cell_type, rules or {}
                 )
             else:
                 if raw is None:
-                    assert dna is not None  # the branch above took raw and dna both None
-                    await store.init_meta("dna", dna.encoded())
-                    raw = dna.encoded()
+                    assert joining is not None  # the branch above took raw and dna both None
+                    await store.init_meta("dna", joining.encoded())
+                    raw = joining.encoded()
                 try:
                     stored = Dna.from_dict(decode(raw))
                 except (BudgetError, KeyError, TypeError, ValueError) as e:
                     raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
-                if dna is not None and stored.hash != dna.hash:
+                if joining is not None and stored.hash != joining.hash:
                     raise WrongNetwork(
                         f"the store at {path} belongs to network "
-                        f"{stored.hash_text}, not {dna.hash_text}"
+                        f"{stored.hash_text}, not {joining.hash_text}"
+                    )
+                differ = sorted(k for k, v in (rules or {}).items() if getattr(stored, k) != v)
+                if differ:
+                    raise WrongNetwork(
+                        f"the store at {path} holds network {stored.hash_text}, whose rules "
+                        f"{differ} differ from those asked for (rules are set when a network "
+                        f"is made)"
                     )
                 stored.check_app(app)
                 node = cls(path, store, keystore, stored, app, clock, randbytes, cell_type)
@@ -135,10 +157,10 @@ class LocalNode:
         return node
 
     @classmethod
-    async def _new_network(cls, path, store, keystore, app, clock, randbytes, cell_type):
+    async def _new_network(cls, path, store, keystore, app, clock, randbytes, cell_type, rules):
         steward = SigningKey.generate(randbytes)
         keystore.add(steward)
-        dna = Dna.for_app(app, stewards=(steward.public,))
+        dna = Dna.for_app(app, stewards=(steward.public,), **rules)
         node = cls(path, store, keystore, dna, app, clock, randbytes, cell_type)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
         node._add_cell(
@@ -171,8 +193,33 @@ class LocalNode:
         return int(self.clock() * 1_000_000)
 
     def _add_cell(self, cell: Cell) -> Cell:
+        cell.witness = self.witness
         self.cells[cell.key.public] = cell
         return cell
+
+    # -- time witnesses and invites (core/witness.py)
+    async def witness(
+        self, agent: bytes, prev: bytes | None, invite: dict | None = None
+    ) -> dict | None:
+        """A steward's witness for `agent`'s next window (or, with `invite`, its genesis): from
+        this node's own steward, else from one the network reaches; None if none answers. An
+        invite goes to the steward that issued it; its refusals (E_INVITE_USED) are raised."""
+        issuer = invite["body"]["steward"] if invite is not None else None
+        ws = self.witness_service
+        if ws is not None and issuer in (None, ws.key.public):
+            return await ws.witness(agent, prev, invite)
+        return await self._remote_witness(agent, prev, invite)
+
+    async def _remote_witness(
+        self, agent: bytes, prev: bytes | None, invite: dict | None
+    ) -> dict | None:
+        return None  # a node without a network reaches no other steward
+
+    async def invite(self, steward: Cell, note: str = "") -> str:
+        ws = self.witness_service
+        if ws is None or ws.key.public != steward.key.public:
+            raise NotAuthorized("only a steward listed in the DNA can invite agents")
+        return ws.invite(note)
 
     # -- agents
     @property
@@ -185,15 +232,34 @@ class LocalNode:
     def agents(self) -> list[str]:
         return [c.agent_id for c in self.cells.values()]
 
-    async def new_agent(self) -> AgentClient:
+    async def new_agent(self, invite: str | None = None) -> AgentClient:
+        """A new agent of this node. Under `membrane: invite` it needs a steward's invite (its
+        text, from `steward.invite()`), which the issuing steward witnesses into this genesis
+        only."""
+        inv = None if invite is None else parse_invite(invite)
+        if self.max_agents is not None and len(self.cells) >= self.max_agents:
+            raise NotAuthorized(f"this node hosts at most {self.max_agents} agents")
+        if inv is None and self.dna.membrane == "invite":
+            raise NotAuthorized(
+                "this network admits invited agents only: pass invite=... (a steward makes one "
+                "with steward.invite())"
+            )
+        if inv is not None:
+            try:
+                check_invite(inv, self.dna)
+            except InvalidChain as e:
+                raise NotAuthorized(f"invite refused: {e}") from None
         key = SigningKey.generate(self.randbytes)
-        self.keystore.add(key)  # the key is safe on disk before any chain names it
-        return AgentClient(
-            self,
-            self._add_cell(
-                await self.cell_type.create(key, self.store, self.dna, self.app, self.now_us)
-            ),
+        self.keystore.add(key)  # the key is safe on disk before anything names it
+        witness = None
+        if inv is not None:
+            witness = await self.witness(key.public, None, inv)
+            if witness is None:
+                raise NoWitness("the steward that issued the invite is not reachable")
+        cell = await self.cell_type.create(
+            key, self.store, self.dna, self.app, self.now_us, invite=inv, witness=witness
         )
+        return AgentClient(self, self._add_cell(cell))
 
     async def agent(self, agent_id: str) -> AgentClient:
         return AgentClient(self, self._cell(from_text("agent", agent_id)))

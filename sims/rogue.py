@@ -27,8 +27,10 @@ from node.net.rogue import CELL_MODES, NODE_MODES
 class RogueCell(Cell):
     modes: frozenset = frozenset()
 
-    def _charge(self, cost: int, ts: int) -> tuple[budget.BudgetState, int]:
-        s = budget.roll(self.state.budget, ts, self.dna)
+    def _charge(
+        self, start: budget.BudgetState, cost: int, ts: int
+    ) -> tuple[budget.BudgetState, int]:
+        s = start
         if "forge_budget" in self.modes:
             return budget.BudgetState(s.window_start_us, self.dna.base_mru, 0), cost
         if "wrong_cost" in self.modes:
@@ -37,7 +39,7 @@ class RogueCell(Cell):
             return budget.BudgetState(
                 s.window_start_us, s.remaining_mru - cost, s.used_mru + cost
             ), cost
-        return super()._charge(cost, ts)
+        return super()._charge(start, cost, ts)
 
     def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
         """The state after `s` as the rogue claims it, unvalidated (validating would refuse it)."""

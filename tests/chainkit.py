@@ -15,6 +15,7 @@ from node.core.action import Signed, entry_bytes, grant_body
 from node.core.crypto import SigningKey, blake2b_256
 from node.core.dna import Dna
 from node.core.encoding import encode
+from node.core.witness import sign_witness
 
 from zomes import APP
 
@@ -84,18 +85,25 @@ class Chain:
         return self.actions[-1]
 
     def header(self, ts: int) -> dict:
-        return {
+        h = {
             "author": self.key.public,
             "seq": len(self.actions),
             "prev": self.head.hash,
             "ts": ts,
         }
+        if budget.due(self.state, ts, self.dna):  # as a cell does: the steward witnesses it
+            h["witness"] = sign_witness(STEWARD, self.dna.hash, self.key.public, self.head.hash, ts)
+        return h
+
+    def start(self, ts: int) -> budget.BudgetState:
+        """The window an action at `ts` spends from (a due window is witnessed open at `ts`)."""
+        return budget.roll(self.state, ts, self.dna)
 
     def create_action(self, entry_type: str, content: dict, ts: int) -> tuple[dict, bytes]:
         edef = self.app.entry_def(entry_type)
         body = entry_bytes(entry_type, content)
         cost = self.dna.cost(edef.op)
-        b = budget.charge(self.state, cost, ts, self.dna)
+        b = budget.charge(self.start(ts), cost, ts, self.dna)
         a = {
             "type": "create",
             **self.header(ts),
@@ -112,7 +120,7 @@ class Chain:
 
     def charge_action(self, count: int, ts: int, op: str = "recall_understandings") -> dict:
         cost = self.dna.cost(op, count)
-        b = budget.charge(self.state, cost, ts, self.dna)
+        b = budget.charge(self.start(ts), cost, ts, self.dna)
         return {
             "type": "charge",
             **self.header(ts),
@@ -121,7 +129,7 @@ class Chain:
         }
 
     def claim_action(self, grant: dict, sig: bytes, ts: int) -> dict:
-        b, granted = budget.claim(self.state, grant["amount"], ts, self.dna)
+        b, granted = budget.claim(self.start(ts), grant["amount"], self.dna)
         return {
             "type": "claim",
             **self.header(ts),
@@ -140,12 +148,12 @@ class Chain:
     def append(self, action: dict, body: bytes | None = None) -> Signed:
         s = Signed.sign(action, self.key)
         rec = action["budget"]
+        w = action.get("witness")
+        start = self.state if w is None else budget.open_window(self.state, w["at"], self.dna)
         if action["type"] == "claim":
-            self.state, _ = budget.claim(
-                self.state, action["grant"]["amount"], action["ts"], self.dna
-            )
+            self.state, _ = budget.claim(start, action["grant"]["amount"], self.dna)
         else:
-            self.state = budget.charge(self.state, rec["cost"], action["ts"], self.dna)
+            self.state = budget.charge(start, rec["cost"], action["ts"], self.dna)
         assert (self.state.window_start_us, self.state.remaining_mru) == (rec["ws"], rec["rem"])
         self.actions.append(s)
         if body is not None:

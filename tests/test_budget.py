@@ -115,13 +115,17 @@ def test_initial_state_is_a_full_window_at_genesis():
 
 
 def test_charge_exactly_at_window_end_opens_a_new_window_there():
+    # roll: the author's pre-flight when a steward witnesses the new window at that time
     s = BudgetState(T0, 1_000, 99_000)
-    after = budget.charge(s, 33_000, T0 + W, DNA)
+    assert budget.due(s, T0 + W, DNA)
+    after = budget.charge(budget.roll(s, T0 + W, DNA), 33_000, T0 + W, DNA)
     assert after == BudgetState(T0 + W, 67_000, 33_000)
 
 
 def test_one_microsecond_earlier_does_not_reset():
     s = BudgetState(T0, 1_000, 99_000)
+    assert not budget.due(s, T0 + W - 1, DNA)
+    assert budget.roll(s, T0 + W - 1, DNA) is s
     with pytest.raises(InsufficientRU):
         budget.charge(s, 33_000, T0 + W - 1, DNA)
     assert budget.charge(s, 1_000, T0 + W - 1, DNA) == BudgetState(T0, 0, 100_000)
@@ -130,7 +134,7 @@ def test_one_microsecond_earlier_does_not_reset():
 def test_a_late_charge_opens_the_window_at_its_own_timestamp():
     s = BudgetState(T0, 0, 100_000)
     late = T0 + 5 * W + 1234
-    after = budget.charge(s, 3_000, late, DNA)
+    after = budget.charge(budget.roll(s, late, DNA), 3_000, late, DNA)
     assert after == BudgetState(late, 97_000, 3_000)
     # so the next reset is a full window after *that* charge, not on the old grid
     assert budget.roll(after, late + W - 1, DNA) is after
@@ -169,24 +173,33 @@ def test_status_shows_an_expired_window_as_the_fresh_one():
     ],
 )
 def test_claim_never_exceeds_the_cap_and_reports_what_it_granted(rem, amount, after, granted):
-    s, g = budget.claim(BudgetState(T0, rem, 100_000 - rem), amount, T0 + US, DNA)
+    s, g = budget.claim(BudgetState(T0, rem, 100_000 - rem), amount, DNA)
     assert (s.remaining_mru, g) == (after, granted)
     assert s.window_start_us == T0 and s.used_mru == 100_000 - rem
 
 
+def test_charge_never_opens_a_window_by_itself():
+    # only a witness opens one (validate.py); without it the old window goes on, past its end
+    s = BudgetState(T0, 5_000, 95_000)
+    assert budget.charge(s, 5_000, T0 + 3 * W, DNA) == BudgetState(T0, 0, 100_000)
+    with pytest.raises(InsufficientRU) as ei:
+        budget.charge(s, 5_001, T0 + 3 * W, DNA)
+    assert ei.value.retry_after_s == 0 and ei.value.resets_at == T0_S + 86_400
+
+
 def test_claim_after_the_window_end_rolls_first():
-    s, g = budget.claim(BudgetState(T0, 0, 100_000), 150_000, T0 + W, DNA)
+    s, g = budget.claim(budget.roll(BudgetState(T0, 0, 100_000), T0 + W, DNA), 150_000, DNA)
     assert s == BudgetState(T0 + W, 200_000, 0) and g == 100_000
 
 
 def test_remaining_above_cap_is_kept_but_not_raised():
     dna = Dna.for_app(APP, base_mru=300_000)  # a network whose base exceeds the cap
-    s, g = budget.claim(budget.initial(T0, dna), 50_000, T0, dna)
+    s, g = budget.claim(budget.initial(T0, dna), 50_000, dna)
     assert (s.remaining_mru, g) == (300_000, 0)
 
 
 def test_grants_last_only_for_their_window():
-    s, _ = budget.claim(BudgetState(T0, 100_000, 0), 100_000, T0 + US, DNA)
+    s, _ = budget.claim(BudgetState(T0, 100_000, 0), 100_000, DNA)
     assert s.remaining_mru == 200_000
     assert budget.status(s, T0 + W, DNA).remaining_mru == 100_000
 
@@ -273,7 +286,7 @@ def test_engine_properties(dna, ops):
         before = state
         if kind == "charge":
             try:
-                state = budget.charge(state, arg, ts, dna)
+                state = budget.charge(budget.roll(state, ts, dna), arg, ts, dna)
                 ok = True
             except InsufficientRU as e:
                 ok = False
@@ -285,7 +298,7 @@ def test_engine_properties(dna, ops):
                 assert state is before
             assert ok == model.charge(arg, ts)
         else:
-            state, g = budget.claim(state, arg, ts, dna)
+            state, g = budget.claim(budget.roll(state, ts, dna), arg, dna)
             assert g == model.claim(arg, ts)
             assert 0 <= g <= arg
         # (c) a window only ever resets once a full window has passed, at the event's time

@@ -37,28 +37,40 @@ def initial(genesis_ts_us: int, dna: Dna) -> BudgetState:
     return BudgetState(genesis_ts_us, dna.base_mru, 0)
 
 
+def due(state: BudgetState, ts_us: int, dna: Dna) -> bool:
+    """Whether the window has ended by `ts_us`, so a witness may open the next one."""
+    return ts_us >= state.window_start_us + dna.window_us
+
+
+def open_window(state: BudgetState, at_us: int, dna: Dna) -> BudgetState:
+    """The fresh window a witness opens at `at_us` (its own clock, at least a window after the
+    last one started: validate.py checks that before calling this)."""
+    return BudgetState(at_us, dna.base_mru, 0)
+
+
 def roll(state: BudgetState, ts_us: int, dna: Dna) -> BudgetState:
-    """The first event at or after the window's end opens a fresh window at that event."""
-    if ts_us >= state.window_start_us + dna.window_us:
-        return BudgetState(ts_us, dna.base_mru, 0)
-    return state
+    """What the window looks like at `ts_us` if a witness opens the next one when it is due:
+    for display and for the author's pre-flight, never for validation."""
+    return open_window(state, ts_us, dna) if due(state, ts_us, dna) else state
 
 
 def charge(state: BudgetState, cost_mru: int, ts_us: int, dna: Dna) -> BudgetState:
-    s = roll(state, ts_us, dna)
-    if cost_mru > s.remaining_mru:
-        end_us = s.window_start_us + dna.window_us
+    """Spend from the window `state` is in (opening windows is the witness's, see
+    open_window); InsufficientRU says when it ends."""
+    if cost_mru > state.remaining_mru:
+        end_us = state.window_start_us + dna.window_us
         raise InsufficientRU(
-            cost_mru, s.remaining_mru, ceil_s(end_us), max(0, ceil_s(end_us - ts_us))
+            cost_mru, state.remaining_mru, ceil_s(end_us), max(0, ceil_s(end_us - ts_us))
         )
-    return BudgetState(s.window_start_us, s.remaining_mru - cost_mru, s.used_mru + cost_mru)
+    return BudgetState(
+        state.window_start_us, state.remaining_mru - cost_mru, state.used_mru + cost_mru
+    )
 
 
-def claim(state: BudgetState, amount_mru: int, ts_us: int, dna: Dna) -> tuple[BudgetState, int]:
+def claim(state: BudgetState, amount_mru: int, dna: Dna) -> tuple[BudgetState, int]:
     """Add a grant, never above the cap; returns the new state and what was actually granted."""
-    s = roll(state, ts_us, dna)
-    after = min(s.remaining_mru + amount_mru, max(dna.cap_mru, s.remaining_mru))
-    return BudgetState(s.window_start_us, after, s.used_mru), after - s.remaining_mru
+    after = min(state.remaining_mru + amount_mru, max(dna.cap_mru, state.remaining_mru))
+    return BudgetState(state.window_start_us, after, state.used_mru), after - state.remaining_mru
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .crypto import blake2b_256, to_text
 from .encoding import PlainMap, encode
-from .errors import WrongNetwork
+from .errors import InvalidInput, WrongNetwork
 
 if TYPE_CHECKING:
     from .app import App
 from .money import MRU_PER_RU as MRU_PER_RU  # re-exported: apps take it from here
+
+MEMBRANES = ("open", "invite")
+# what `dna={...}` may set for a new network (the cost table and integrity come from the app,
+# the stewards from the network's creation)
+RULES: dict[str, type] = {
+    "name": str,
+    "version": int,
+    "window_s": int,
+    "base_mru": int,
+    "cap_mru": int,
+    "max_results": int,
+    "max_future_us": int,
+    "membrane": str,
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class Dna:
     max_results: int = 1000  # bound on one recall, and so on one read charge
     max_future_us: int = 300_000_000  # authorities refuse actions stamped further ahead
     integrity: bytes = b""  # the app's integrity fingerprint (core.app.App.fingerprint)
+    # "open": anyone may start an agent (unsuited to untrusted agents: each new agent brings a
+    # fresh allowance); "invite": a genesis must carry a steward's single-use invite
+    membrane: str = "open"
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -44,6 +62,26 @@ class Dna:
             integrity=app.fingerprint,
             **rules,
         )
+
+    def __post_init__(self) -> None:
+        if self.membrane not in MEMBRANES:
+            raise InvalidInput(
+                f"unknown membrane {self.membrane!r}; a membrane is one of {', '.join(MEMBRANES)}"
+            )
+
+    @classmethod
+    def rules(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule overrides a new network may be made with (`dna={...}`), checked: any other
+        key is refused, as the DNA names the network and a misspelt rule must not be ignored."""
+        if not isinstance(overrides, Mapping):
+            raise InvalidInput("dna overrides are a map of rule names to values")
+        bad = sorted(set(overrides) - set(RULES))
+        if bad:
+            raise InvalidInput(f"unknown DNA rule(s) {bad}; rules: {', '.join(RULES)}")
+        for k, v in overrides.items():
+            if not isinstance(v, RULES[k]) or isinstance(v, bool):
+                raise InvalidInput(f"DNA rule {k!r} is a {RULES[k].__name__}")
+        return dict(overrides)
 
     def check_app(self, app: App) -> None:
         """Refuse to run this network with `app` unless its integrity zomes are the ones the
@@ -73,6 +111,7 @@ class Dna:
             "max_results": self.max_results,
             "max_future_us": self.max_future_us,
             "integrity": self.integrity,
+            "membrane": self.membrane,
         }
 
     @classmethod
@@ -91,6 +130,7 @@ class Dna:
             max_results=d["max_results"],
             max_future_us=d["max_future_us"],
             integrity=d["integrity"],
+            membrane=d["membrane"],
         )
 
     def encoded(self) -> bytes:

@@ -119,6 +119,19 @@ class InsufficientRU(BudgetError):
         }
 
 
+class InviteUsed(NotAuthorized):
+    """The invite was already used to admit another agent (an invite admits one)."""
+
+    code = "E_INVITE_USED"
+
+
+class NoWitness(BudgetError):
+    """The agent's window has ended and the write needs the next one, which opens only with a
+    time witness's (a steward's) signature, and none is reachable; retry when one is."""
+
+    code = "E_NO_WITNESS"
+
+
 class Warranted(BudgetError):
     """The network has warranted this agent: its writes are refused everywhere."""
 

@@ -16,6 +16,7 @@ from .crypto import blake2b_256, verify
 from .dna import Dna
 from .encoding import PlainMap, decode, encode
 from .errors import BudgetError, InsufficientRU, InvalidChain
+from .witness import check_invite, check_witness
 
 MAX_CHAIN = 10_000_000
 
@@ -55,14 +56,33 @@ def _check_sig(s: Signed, author: bytes, seq: int) -> None:
 
 
 def validate_genesis(s: Signed, dna: Dna, verify_sig: bool = True) -> ChainState:
-    seq, author, ts, typ = _header(s.action, 0)
-    if typ != "genesis" or seq != 0 or s.action.get("prev") is not None:
+    """A genesis: under `membrane: invite` it carries a steward's invite and that steward's
+    witness over it (the steward signs each invite into one genesis), unless its author is a
+    steward. A witnessed genesis starts its first window at the witness's time."""
+    a = s.action
+    seq, author, ts, typ = _header(a, 0)
+    if typ != "genesis" or seq != 0 or a.get("prev") is not None:
         raise InvalidChain("bad_genesis", seq)
-    if s.action.get("dna") != dna.hash:
+    if a.get("dna") != dna.hash:
         raise InvalidChain("wrong_dna", seq)
+    inv, w = a.get("invite"), a.get("witness")
+    ih = None
+    if inv is not None:
+        issuer, ih = check_invite(inv, dna, seq)
+        if w is None:
+            raise InvalidChain("not_invited", seq, "an invite is used with its issuer's witness")
+        if not isinstance(w, dict) or w.get("by") != issuer:
+            raise InvalidChain("bad_witness", seq, "the invite's issuer did not witness it")
+    elif dna.membrane == "invite" and author not in dna.stewards:
+        raise InvalidChain("not_invited", seq, "this network admits invited agents only")
+    ws = ts
+    if w is not None:
+        _, ws = check_witness(w, dna, author, None, ih, seq)
+        if ts < ws:
+            raise InvalidChain("timestamp_before_window", seq)
     if verify_sig:
         _check_sig(s, author, seq)
-    return ChainState(author, 0, s.hash, ts, budget.initial(ts, dna), frozenset())
+    return ChainState(author, 0, s.hash, ts, budget.initial(ws, dna), frozenset())
 
 
 def validate_next(
@@ -128,31 +148,51 @@ def validate_next(
     else:
         raise InvalidChain("unknown_action_type", seq, typ)
 
+    start = cs.budget
+    w = a.get("witness")
+    if w is not None:
+        _, at = check_witness(w, dna, author, cs.hash, None, seq)
+        if not budget.due(cs.budget, at, dna):
+            raise InvalidChain("early_window_reset", seq, "witnessed before the window ended")
+        if ts < at:
+            raise InvalidChain("timestamp_before_window", seq)
+        start = budget.open_window(cs.budget, at, dna)
     new_budget = _derive(
-        cs.budget, rec, expected_cost, ts, dna, seq, amount if typ == "claim" else None
+        start, cs.budget, rec, expected_cost, ts, dna, seq, amount if typ == "claim" else None
     )
     return ChainState(author, seq, s.hash, ts, new_budget, claimed)
 
 
 def _derive(
-    prev: BudgetState, rec: PlainMap, cost: int, ts: int, dna: Dna, seq: int, grant_mru: int | None
+    start: BudgetState,
+    prev: BudgetState,
+    rec: PlainMap,
+    cost: int,
+    ts: int,
+    dna: Dna,
+    seq: int,
+    grant_mru: int | None,
 ) -> BudgetState:
+    """The budget after one action, from `start` (the previous window, or the one the action's
+    witness opened)."""
     for k in ("cost", "ws", "rem"):
         if not isinstance(rec.get(k), int) or isinstance(rec.get(k), bool):
             raise InvalidChain("malformed", seq, f"BudgetState field {k!r}")
     if rec["cost"] != cost:
         raise InvalidChain("wrong_cost", seq, f"recorded {rec['cost']} mRU, the DNA says {cost}")
-    rolled = budget.roll(prev, ts, dna)
-    if rec["ws"] != rolled.window_start_us:
-        early = rec["ws"] > prev.window_start_us and ts < prev.window_start_us + dna.window_us
-        raise InvalidChain("early_window_reset" if early else "wrong_window", seq)
+    if rec["ws"] != start.window_start_us:
+        if start is prev and rec["ws"] > prev.window_start_us:
+            # a window opened at the author's word: the backdating attack's mark
+            due = budget.due(prev, ts, dna)
+            raise InvalidChain("unwitnessed_window" if due else "early_window_reset", seq)
+        raise InvalidChain("wrong_window", seq)
     if grant_mru is None:
         try:
-            derived = budget.charge(prev, cost, ts, dna)
+            derived = budget.charge(start, cost, ts, dna)
         except InsufficientRU as e:
             raise InvalidChain("over_spend", seq, str(e)) from None
     else:
-        derived, granted = budget.claim(prev, grant_mru, ts, dna)
+        derived, granted = budget.claim(start, grant_mru, dna)
         if rec.get("granted") != granted:
             raise InvalidChain("wrong_remaining", seq, "granted amount does not match the cap")
     if rec["rem"] != derived.remaining_mru:

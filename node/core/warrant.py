@@ -22,11 +22,15 @@ RETRYABLE = frozenset({"future_timestamp"})
 # Reasons that blame whoever handed the action over, not its author: a signature that does not
 # verify, entry bytes that do not hash to what the author signed, an entry left out.
 MESSENGER_FAULTS = frozenset({"bad_signature", "entry_hash_mismatch", "entry_missing"})
+# Refused without a warrant: an uninvited genesis starts no chain, so nothing of its author is
+# held, and a warrant per throwaway identity would let a Sybil flood fill the warrant book.
+REFUSED_ONLY = frozenset({"not_invited"})
 
 
 def proves(reason: str) -> bool:
-    """Whether a validation failure with this reason is the author's own doing."""
-    return reason not in RETRYABLE and reason not in MESSENGER_FAULTS
+    """Whether a validation failure with this reason is the author's own doing, worth a
+    warrant."""
+    return reason not in RETRYABLE and reason not in MESSENGER_FAULTS and reason not in REFUSED_ONLY
 
 
 @dataclass(frozen=True)

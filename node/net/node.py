@@ -321,8 +321,8 @@ class NetNode(LocalNode):
         self.publisher.committed()  # its genesis was written before it was wired
         cell.warrant = self.warranted.get(cell.key.public)
 
-    async def new_agent(self):
-        agent = await super().new_agent()
+    async def new_agent(self, invite: str | None = None):
+        agent = await super().new_agent(invite)
         self._spawn(self._announce, agent._cell.key.public)  # peers learn where the agent lives
         return agent
 

@@ -27,3 +27,11 @@ async def allocate_budget(ctx, agent_id, ru):
     if not 0 < mru <= ctx.cap_mru:
         raise InvalidInput(f"ru must be more than 0 and at most {ctx.cap_mru / MRU_PER_RU:g}")
     return await ctx.allocate(grantee, mru)
+
+
+@zome_fn("budget", writes=False)
+async def invite(ctx, note=""):
+    """A single-use invite for one new agent (stewards only; `membrane: invite` networks)."""
+    if not isinstance(note, str):
+        raise InvalidInput("an invite's note is text")
+    return await ctx.invite(note)
