@@ -38,6 +38,9 @@ from .records import record_dict
 from .store import Store, store_path
 
 
+WITNESS_RETRY_US = 30_000_000
+
+
 class LocalNode:
     def __init__(
         self,
@@ -61,6 +64,7 @@ class LocalNode:
         self.cell_type = cell_type  # the agents' writer (a test's adversary may swap it)
         self.max_agents: int | None = None  # a cap on this node's own agents (up --max-agents)
         self.witness_service: WitnessService | None = None  # set if a steward's key is here
+        self._no_witness_until = 0  # unix us: no steward answered, none is asked before this
         for pub in dna.stewards:
             key = keystore.get(pub)
             if key is not None:
@@ -208,7 +212,13 @@ class LocalNode:
         ws = self.witness_service
         if ws is not None and issuer in (None, ws.key.public):
             return await ws.witness(agent, prev, invite)
-        return await self._remote_witness(agent, prev, invite)
+        if invite is None and self.now_us() < self._no_witness_until:
+            return None  # no steward answered just now: the cell goes on in its old window
+        w = await self._remote_witness(agent, prev, invite)
+        if w is None and invite is None:
+            # each write would wait out every steward's timeout again; ask again a while later
+            self._no_witness_until = self.now_us() + WITNESS_RETRY_US
+        return w
 
     async def _remote_witness(
         self, agent: bytes, prev: bytes | None, invite: dict | None

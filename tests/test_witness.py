@@ -299,3 +299,24 @@ async def test_a_node_that_reaches_no_steward_keeps_the_old_window(clock, tmp_pa
         assert node.store.head(pub)[1] == from_text("action", edge)
         b = node.cells[pub].state.budget
         assert (b.window_start_us, b.remaining_mru) == (START * US, 1_000)
+
+
+async def test_a_node_that_reached_no_steward_asks_again_only_after_a_while(clock, tmp_path):
+    async with LocalNode.open(str(tmp_path / "a"), clock=lambda: clock[0]) as first:
+        dna = first.dna
+    async with LocalNode.open(str(tmp_path / "b"), clock=lambda: clock[0], dna=dna) as node:
+        asked = []
+
+        async def nobody(agent, prev, invite):
+            asked.append(clock[0])
+            return None
+
+        node._remote_witness = nobody
+        alice = await node.new_agent()
+        clock[0] += 86_400
+        for _ in range(3):
+            await alice.create_thought_credential(title="t", body="b")
+        assert len(asked) == 1  # three writes, one round of asking
+        clock[0] += 31
+        await alice.create_thought_credential(title="t", body="b")
+        assert len(asked) == 2
