@@ -5,6 +5,7 @@ clock; the invite path also over real libp2p.
 """
 
 import pytest
+import trio
 
 from chainkit import Chain, key
 
@@ -323,3 +324,101 @@ async def test_invites_and_witnesses_over_real_libp2p():
         assert head_action(n1, bob)["witness"]["by"] == pub(n0.steward)
         await c.await_consistency(timeout=20)
         assert await budgets_everywhere(c, bob) == {(67_000, int(t[0]))}
+
+
+# -- the app socket and the command line
+async def test_invites_over_the_app_socket_and_the_cli(tmp_path):
+    """A steward's invite made over node 0's socket (the SDK, then `budgetnode invite --url`)
+    admits a new agent over node 1's (`AgentClient.connect(..., invite=)`, then `budgetnode
+    new-agent --url --invite`); each refusal arrives as its own error, and `max_agents` caps a
+    node. Real sockets, so real time; every wait is bounded."""
+    from test_app import bn  # the CLI in a subprocess, off the event loop
+
+    from node.app.server import AppServer
+    from node.sdk import AgentClient
+
+    async with LocalCluster.open(n=2, transport="memory", dna={"membrane": "invite"}) as c:
+        n0, n1 = c.nodes
+        async with trio.open_nursery() as nursery:
+            s0, s1 = [await nursery.start(AppServer(n).serve, "127.0.0.1", 0) for n in c.nodes]
+            with trio.fail_after(60):
+                steward = AgentClient.connect(s0.app_url, token=s0.token, agent=n0.steward.agent_id)
+                async with steward as st:
+                    invite = await st.invite(note="over the socket")
+                async with AgentClient.connect(s1.app_url, token=s1.token, invite=invite) as bob:
+                    await bob.add_knowledge("admitted over the socket")
+                assert bob.agent_id in n1.agents()
+                with pytest.raises(InviteUsed):
+                    async with AgentClient.connect(s1.app_url, token=s1.token, invite=invite):
+                        pass
+                with pytest.raises(NotAuthorized, match="invited agents only"):
+                    async with AgentClient.connect(s1.app_url, token=s1.token):
+                        pass
+                url0 = ("--url", s0.app_url, "--token", s0.token)
+                text = (await bn("invite", *url0, "--note", "from the cli")).stdout.strip()
+                assert text.startswith("inv_") and text != invite
+                url1 = ("--url", s1.app_url, "--token", s1.token)
+                carol = (await bn("new-agent", *url1, "--invite", text)).stdout.strip()
+                assert carol in n1.agents()
+                used = await bn("new-agent", *url1, "--invite", text, check=False)
+                assert used.returncode == 1 and used.stderr.startswith("E_INVITE_USED: ")
+                assert len(used.stderr.strip().splitlines()) == 1
+                none = await bn("invite", *url1, check=False)  # node 1 holds no steward
+                assert none.returncode == 1 and none.stderr.startswith("E_NOT_AUTHORIZED: ")
+                n1.max_agents = len(n1.cells)  # as `up --max-agents` sets it
+                extra = await bn(
+                    "new-agent", *url1, "--invite", await n0.steward.invite(), check=False
+                )
+                assert extra.returncode == 1 and "at most 2 agents" in extra.stderr
+            nursery.cancel_scope.cancel()
+
+
+def test_cli_init_membrane_invite_and_new_agent_with_an_invite(tmp_path):
+    from test_cli import bn
+
+    d = str(tmp_path / "node")
+    bn("init", "--path", d, "--membrane", "invite")
+    refused = bn("new-agent", "--path", d, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("E_NOT_AUTHORIZED: ")
+    invite = bn("invite", "--path", d, "--note", "bob").stdout.strip()
+    agent = bn("new-agent", "--path", d, "--invite", invite).stdout.strip()
+    assert agent.startswith("ag")
+    again = bn("new-agent", "--path", d, "--invite", invite, check=False)
+    assert again.returncode == 1 and again.stderr.startswith("E_INVITE_USED: ")
+    other = bn("init", "--path", d, "--membrane", "open", check=False)
+    assert other.returncode == 1 and other.stderr.startswith("E_WRONG_NETWORK: ")
+    bad = bn("up", "--max-agents", "0", check=False)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+async def test_up_max_agents_caps_the_agents_a_node_creates(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from node.sdk import AgentClient
+
+    p = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "node.cli", "up", "--listen", "/ip4/127.0.0.1/tcp/0"]
+        + ["--path", str(tmp_path / "n"), "--max-agents", "2", "--json"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        with trio.fail_after(60):
+            line = b""
+            while not line.endswith(b"\n"):  # the node is up once it prints its line
+                chunk = await p.stdout.receive_some(4096)
+                assert chunk, "`budgetnode up` exited before it printed its line"
+                line += chunk
+            node = json.loads(line)["nodes"][0]
+            assert len(node["agents"]) == 1  # its steward, which counts
+            async with AgentClient.connect(node["app_url"], token=node["token"]) as a:
+                await a.add_knowledge("the one agent left room for")
+            with pytest.raises(NotAuthorized, match="at most 2 agents"):
+                async with AgentClient.connect(node["app_url"], token=node["token"]):
+                    pass
+    finally:
+        p.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await p.wait() == 0
