@@ -250,6 +250,17 @@ async def test_a_false_witness_is_a_malformed_reply_and_is_not_used(clock, autoj
         await bob.add_knowledge("from the old window")  # not in a window a forger opened
         assert "witness" not in head_action(n1, bob)
         assert n1.metrics["malformed_replies"] == 1 and n1.peer_table.malformed_count(n0.id) == 1
+        # a witness for another action (bob's genesis, not his head) proves nothing either
+        answer_witness_with(
+            c, n0, lambda m: sign_witness(n0.witness_service.key, n0.dna.hash, m.agent, None, 5)
+        )
+        await bob.add_knowledge("still the old window")
+        assert "witness" not in head_action(n1, bob)
+        # ...and garbage is garbage: no answer, counted the same way
+        answer_witness_with(c, n0, lambda m: {"by": b"short", "at": -1, "sig": b""})
+        with pytest.raises(NoWitness):  # 1 RU left: this write needs the window
+            await bob.add_knowledge("the old window is spent")
+        assert n1.peer_table.malformed_count(n0.id) == 3
 
 
 async def test_a_witness_too_far_ahead_of_this_nodes_clock_is_not_used(clock, autojump_clock):
