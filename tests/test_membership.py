@@ -334,3 +334,22 @@ async def test_a_node_that_dropped_a_peer_tells_it_so_and_the_peer_re_signs(cloc
         n0.peer_table.dropped[n1.id] = n0.peers[n1.id]
         await n0.peer_table.probe_dropped(n1.id)
         assert n1.peer_table.my_info()["body"]["ts"] == fresh  # at most once a gossip interval
+
+
+async def test_a_steward_is_named_in_its_nodes_info_however_many_agents_it_hosts(
+    clock, autojump_clock
+):
+    # an info names at most 1,024 agents; the steward (the time witness) must be among them
+    async with LocalCluster.open(n=1, clock=lambda: clock[0], transport="memory") as c:
+        n = c.nodes[0]
+        steward = n.dna.stewards[0]
+        cell = n.cells.pop(steward)
+        for i in range(1100):  # agents hosted before it, in the table's order
+            n.cells[i.to_bytes(32, "big")] = cell
+        n.cells[steward] = cell
+        try:
+            agents = n.peer_table.my_info()["body"]["agents"]
+            assert len(agents) == 1024 and agents[0] == steward
+        finally:
+            for i in range(1100):
+                del n.cells[i.to_bytes(32, "big")]

@@ -105,7 +105,11 @@ class PeerTable:
     def my_info(self) -> dict:
         """This node's signed peer info, re-signed only when what it says changes (a new agent,
         a new address) or on a restart: every re-sign costs each peer a verify."""
-        content = (tuple(self.transport.listen_addrs()), tuple(self.cells))
+        # stewards first: an info names at most 1,024 agents, and a steward must be findable (it
+        # is the network's time witness and invite issuer)
+        stewards = [a for a in self.dna.stewards if a in self.cells]
+        agents = stewards + [a for a in self.cells if a not in self.dna.stewards]
+        content = (tuple(self.transport.listen_addrs()), tuple(agents))
         if self._info_content != content:
             # Strictly increasing, even on a frozen or skewed clock, so peers never take a
             # fresh info for a replay.
