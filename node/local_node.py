@@ -317,23 +317,8 @@ class LocalNode:
         )
         if zf is None:
             raise UnknownFunction(f"no function {zome}.{fn}")
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
-            raise InvalidInput("the payload must be a map of parameter names to values")
-        known = _PARAM_SETS.get(id(zf))
-        if known is None or known[0] is not zf:
-            known = _PARAM_SETS[id(zf)] = (zf, frozenset(zf.params))
-        params = known[1]
-        keys = payload.keys()
-        unknown = keys - params
-        missing = zf.required - keys
-        if unknown or missing:
-            raise InvalidInput(
-                f"{zome}.{fn} takes {list(zf.params)}; "
-                + (f"unknown {sorted(unknown)} " if unknown else "")
-                + (f"missing {sorted(missing)}" if missing else "")
-            )
+        # every parameter's type and range, declared with the function (zomes.hdk)
+        payload = zf.check(payload, self.dna)
         return await zf.fn(ZomeContext(self, cell), **payload)
 
     async def allocate(self, steward: Cell, grantee: bytes, amount_mru: int) -> AllocationResult:
@@ -380,9 +365,6 @@ class LocalNode:
             cell = self.cells.get(c["grant"]["grantee"])
             if cell is not None and grant_hash(c["grant"]) not in cell.state.claimed:
                 await cell.claim(c["grant"], c["sig"])
-
-
-_PARAM_SETS: dict = {}  # id(ZomeFn) -> (ZomeFn, frozenset of its parameter names)
 
 
 class AgentClient(AgentMethods):
