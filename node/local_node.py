@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 import shutil
@@ -293,10 +294,14 @@ class LocalNode:
             raise NotFound(f"no record {action_hash}")
         return record_dict(*found, self.app)
 
-    def status(self) -> dict:
+    def status(self, start: int = 0, count: int | None = None) -> dict:
+        """The node and its agents, or the `count` agents from the `start`-th on (agents are
+        only ever added, in order, so an offset names the same page on every call)."""
+        stop = None if count is None else start + count
         return {
             "dna": self.dna.hash_text,
             "path": self.directory,
+            "agents_total": len(self.cells),
             "agents": [
                 {
                     "agent_id": c.agent_id,
@@ -304,7 +309,7 @@ class LocalNode:
                     "seq": c.state.seq,
                     **c.budget_status().to_dict(),
                 }
-                for c in self.cells.values()
+                for c in itertools.islice(self.cells.values(), start, stop)
             ],
         }
 

@@ -47,6 +47,7 @@ METRICS_PATH = "/metrics"
 MAX_CONNECTIONS = 256
 MAX_CALLS_PER_CONNECTION = 32  # in flight; further requests wait (the socket is not read)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 8
+STATUS_PAGE = 250  # agents per status reply: ~14 CBOR items each, well within MAX_ITEMS
 HELLO_TIMEOUT_S = 10.0
 CLOSE_POLICY = 1008  # websocket close code: refused (bad token, no hello)
 CLOSE_TRY_AGAIN = 1013  # too many connections
@@ -60,13 +61,19 @@ def new_token() -> str:
     return secrets.token_hex(32)
 
 
-def node_status(node) -> dict:
-    """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants."""
-    st = node.status()
+def node_status(node, start: int = 0) -> dict:
+    """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants.
+    Agents come STATUS_PAGE at a time from the `start`-th on; `next` is where the next page
+    starts (None after the last), so a node with any number of agents answers in bounded
+    messages."""
+    st = node.status(start, STATUS_PAGE)
+    more = start + len(st["agents"]) < st["agents_total"]
     out = {
         "dna": st["dna"],
         "path": st["path"],
         "agents": st["agents"],
+        "agents_total": st["agents_total"],
+        "next": start + len(st["agents"]) if more else None,
         "peers": [],
         "ops_pending": {"unpublished": 0, "limbo": 0},
         "warrants": [],
@@ -378,7 +385,10 @@ class Connection:
         return self.node.get_record(h)
 
     async def _on_status(self, msg, rid):
-        return node_status(self.node)
+        start = msg.get("from", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise InvalidInput("status takes from: the index of the first agent (0 or more)")
+        return node_status(self.node, start)
 
     async def _on_subscribe(self, msg, rid):
         if not self.server.hub.supported:

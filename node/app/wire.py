@@ -6,7 +6,9 @@ Every websocket message is one binary frame holding one canonical-CBOR map
 client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent id | None}
                  {"id": int, "t": "call", "zome": str, "fn": str, "payload": map}
                  {"id": int, "t": "get_record", "hash": str}
-                 {"id": int, "t": "status"}
+                 {"id": int, "t": "status", "from": int (optional: the first agent, 0 default)}
+                   (the reply holds up to STATUS_PAGE agents and "next": where the next page
+                   starts, or None)
                  {"id": int, "t": "subscribe"}
                  {"id": int, "t": "unsubscribe", "sub": int}
 node -> client   {"id": int, "result": value}
