@@ -27,12 +27,14 @@ from .core.errors import (
     NotFound,
     NoWitness,
     StoreCorrupted,
+    StoreUnusable,
     UnknownAgent,
     UnknownFunction,
     WrongNetwork,
 )
 from .core.validate import validate_chain
 from .core.witness import check_invite, parse_invite
+from .keystore import FILE as KEYSTORE_FILE
 from .keystore import Keystore
 from .witness import WitnessService
 from .records import record_dict
@@ -113,10 +115,14 @@ class LocalNode:
         app = resolve(app)
         rules = Dna.rules(dna) if isinstance(dna, dict) else None
         joining = dna if isinstance(dna, Dna) else None
-        os.makedirs(path, exist_ok=True)
-        store = Store(store_path(path), durability)
+        store = Store(store_path(usable_directory(path)), durability)
         try:
-            keystore = Keystore.open(path)
+            try:
+                keystore = Keystore.open(path)
+            except OSError as e:  # e.g. the keystore's file is a directory
+                raise StoreUnusable(
+                    f"{path}: the keystore cannot be read: {_os_reason(e)}"
+                ) from None
             raw = store.get_meta("dna")
             if raw is None and keystore.keys:
                 raise StoreCorrupted(
@@ -370,6 +376,32 @@ class LocalNode:
             cell = self.cells.get(c["grant"]["grantee"])
             if cell is not None and grant_hash(c["grant"]) not in cell.state.claimed:
                 await cell.claim(c["grant"], c["sig"])
+
+
+def usable_directory(path: str) -> str:
+    """`path`, made if missing, once it can hold a writable store; else StoreUnusable saying
+    why (checked before SQLite, whose 'unable to open database file' would read as damage)."""
+    if not isinstance(path, str) or not path:
+        raise StoreUnusable("a store's path must not be empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreUnusable(f"{path}: not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise StoreUnusable(f"{path}: cannot make the store's directory: {_os_reason(e)}") from None
+    files = [f for f in (store_path(path), os.path.join(path, KEYSTORE_FILE)) if os.path.exists(f)]
+    for f in files:
+        if os.path.isdir(f):
+            raise StoreUnusable(f"{f}: a directory, where the node keeps a file")
+    for p in (path, *files):
+        # access() reports a read-only mount (EROFS) and an immutable file even to root
+        if not os.access(p, os.W_OK):
+            raise StoreUnusable(f"{p}: read-only (the node writes to its store)")
+    return path
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
 
 
 class AgentClient(AgentMethods):

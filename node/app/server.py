@@ -20,6 +20,7 @@ import trio
 
 from ..core.crypto import from_text, to_text
 from ..core.errors import (
+    AddressUnusable,
     Busy,
     BudgetError,
     InternalError,
@@ -150,7 +151,16 @@ class AppServer:
         config.loglevel = "WARNING"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.hub.run)
-            binds = await nursery.start(partial(serve, self, config, mode="asgi"))
+            try:
+                binds = await nursery.start(partial(serve, self, config, mode="asgi"))
+            except* OSError as eg:  # in use, not this machine's address, a privileged port
+                leaf: BaseException = eg
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                raise AddressUnusable(
+                    f"the app server cannot listen on {config.bind[0]}: "
+                    f"{getattr(leaf, 'strerror', None) or leaf}"
+                ) from None
             self.http_url = binds[0]
             task_status.started(self)
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
+from ..core.errors import AddressUnusable
 from .transport import MAX_FRAME, Handler, PeerUnreachable
 
 import multiaddr  # noqa: E402  (libp2p dependency)
@@ -405,6 +406,10 @@ async def open_libp2p_transport(
     host.set_stream_handler(t.protocol, t._on_stream)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
+            if listen and not host.get_addrs():  # the library logs a failed bind and goes on
+                raise AddressUnusable(
+                    f"cannot listen on {', '.join(listen)} (in use, or not this machine's)"
+                )
             yield t
         finally:
             t._closed = True

@@ -35,12 +35,13 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (
     BudgetError,
+    PeerUnreachable,
     StoreBusy,
     UnknownAgent,
 )
 from ..core.warrant import Warrant
 from ..cell import Cell
-from ..local_node import AllocationResult, LocalNode
+from ..local_node import AllocationResult, LocalNode, usable_directory
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
@@ -64,7 +65,10 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
 
     async with transport_factory(os.urandom(32), refuse) as t:
         peer = await t.connect(addr)
-        rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+        try:
+            rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+        except PeerUnreachable as e:  # e.g. a libp2p peer that is not a budgetnode
+            raise type(e)(f"bootstrap peer {addr} did not answer: {e.message}") from None
     assert isinstance(rep, P.DnaReply)  # parse_reply("dna", ...) parses nothing else
     try:
         dna = Dna.from_dict(decode(rep.dna))
@@ -80,8 +84,7 @@ def _run_lock(path: str):
     for the same node key with a different view of the network. Released when its file closes,
     so a crashed process leaves nothing to clean up. (One-shot local calls on the store, such
     as `budgetnode call --path`, do not take it: they share the store by design.)"""
-    os.makedirs(path, exist_ok=True)
-    f = open(os.path.join(path, "node.lock"), "ab")
+    f = open(os.path.join(usable_directory(path), "node.lock"), "ab")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
