@@ -201,6 +201,8 @@ def test_a_bad_input_gives_one_line_a_stable_code_and_changes_no_file(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(code + ": "), err
+    if code == "E_PEER_UNREACHABLE":
+        assert DEAD_PEER in lines[0]  # the operator sees which address failed
     assert _snapshot(places["root"]) == before
 
 
@@ -213,3 +215,34 @@ def _steward(store):
     with contextlib.redirect_stdout(out):
         assert cli.main(["status", "--path", store, "--json"]) == 0
     return next(a["agent_id"] for a in json.loads(out.getvalue())["agents"] if a["steward"])
+
+
+async def test_up_bootstrapping_from_a_libp2p_peer_that_is_no_budgetnode_says_so_in_one_line(
+    tmp_path,
+):
+    """A libp2p host that speaks no /budgetnode protocol (as a js-libp2p node would be): `up
+    --bootstrap` to it exits non-zero with one E_PEER_UNREACHABLE line naming the address (it
+    was a 52-line ExceptionGroup traceback), and makes no store."""
+    import sys
+
+    import trio
+
+    from node.net.libp2p_transport import open_libp2p_transport
+
+    async def no_budgetnode(peer, payload):
+        raise AssertionError("never called: nobody dials this protocol")
+
+    new = str(tmp_path / "new")
+    async with open_libp2p_transport(bytes(range(32)), no_budgetnode, protocol="/other/1.0.0") as t:
+        addr = t.listen_addrs()[0]
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "node.cli", "up", "--bootstrap", addr, "--path", new],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr.decode()
+    assert lines[0].startswith("E_PEER_UNREACHABLE: ") and addr in lines[0]
+    assert not os.path.exists(new)

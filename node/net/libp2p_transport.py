@@ -31,6 +31,7 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair  # noqa:
 from libp2p.crypto.keys import KeyType  # noqa: E402
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair  # noqa: E402
 from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.identity.identify import identify as _identify  # noqa: E402
 from libp2p.network.config import ConnectionConfig, RetryConfig  # noqa: E402
 from libp2p.network.swarm import Swarm  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
@@ -346,6 +347,21 @@ def _describe(e: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in msg:
         msg += f" ({str(cause)[:200]})"
     return msg[:400]
+
+
+def _agent_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"budgetnode/{version('budgetnode')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "budgetnode/unknown"
+
+
+# What identify announces, so operators and other implementations can tell what they talk to.
+# py-libp2p offers no per-host option: its identify reads this module global on every reply.
+AGENT_VERSION = _agent_version()
+_identify.AGENT_VERSION = AGENT_VERSION
 
 
 @asynccontextmanager
