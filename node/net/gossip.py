@@ -30,6 +30,9 @@ MAX_GOSSIP_BACKOFF = 2  # quiet rounds stretch the gossip interval up to this fa
 EAGER_EXCHANGE_S = 2.0  # peer swaps that bring news are repeated this soon...
 MAX_EAGER_EXCHANGES = 8  # ...this many times in a round
 PROBES_PER_ROUND = 4  # dropped peers greeted (in case they are back) in a round
+MAX_REDIAL_GAP = (
+    32  # a node without peers redials its bootstrap peers after 1, 2, 4, … rounds, then every 32
+)
 
 
 class Gossiper:
@@ -68,6 +71,9 @@ class Gossiper:
         self.task_failed = task_failed
         self.quiet = 0  # rounds in a row that found nothing
         self.bootstrap: tuple = ()  # addresses a node left without peers dials again
+        self.alone = 0  # rounds in a row without peers
+        self.redial_gap = 1  # rounds until the next redial: doubles per redial, up to the bound
+        self.redial_at = 1  # the `alone` round of the next redial
 
     def news(self) -> None:
         """Something changed here: gossip at the full pace again."""
@@ -94,9 +100,16 @@ class Gossiper:
                     ):
                         n.start_soon(self.peer_table.probe_dropped, peer)
             if not self.peers:
-                for addr in self.bootstrap:  # a restarted node whose peers were away tries again
-                    await self.peer_table.join(addr)
+                # A restarted node whose peers were away tries again, backing off (the rounds'
+                # own seeded jitter spreads the retries): not a hello a second forever.
+                self.alone += 1
+                if self.alone >= self.redial_at:
+                    self.redial_at = self.alone + self.redial_gap
+                    self.redial_gap = min(MAX_REDIAL_GAP, self.redial_gap * 2)
+                    for addr in self.bootstrap:
+                        await self.peer_table.join(addr)
                 continue
+            self.alone, self.redial_gap, self.redial_at = 0, 1, 1
             try:
                 settling = (
                     trio.current_time() - self.peer_table.changed_at < 5 * self.gossip_interval
