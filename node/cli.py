@@ -238,6 +238,12 @@ def _parser(argv) -> argparse.ArgumentParser:
     )
     u.add_argument("--app-host", default="127.0.0.1", help="app server address (default 127.0.0.1)")
     u.add_argument("--no-app", action="store_true", help="run without app servers")
+    u.add_argument(
+        "--metrics-per-agent",
+        action="store_true",
+        help="/metrics also lists each agent's budget by agent id (default: aggregates only; "
+        "the page needs no token)",
+    )
     u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
     u.set_defaults(run=_up)
     with_store(

@@ -76,7 +76,9 @@ async def _announce_until_signal(nodes, servers, as_json: bool) -> None:
 
 
 @asynccontextmanager
-async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
+async def app_servers(
+    nodes, host: str = "127.0.0.1", port: int | None = 0, per_agent_metrics: bool = False
+):
     """An AppServer per node (port 0: free ports; else port, port+1, …); None: no servers."""
     if port is None:
         yield [None] * len(nodes)
@@ -87,7 +89,7 @@ async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
     async with trio.open_nursery() as nursery:
         try:
             for i, node in enumerate(nodes):
-                server = AppServer(node)
+                server = AppServer(node, per_agent_metrics=per_agent_metrics)
                 await nursery.start(server.serve, host, port + i if port else 0)
                 tokens.append(_write_token(node.directory, server.token))
                 servers.append(server)
@@ -175,7 +177,9 @@ async def run(args) -> None:
                     f"the store at {node.directory} belongs to network {node.dna.hash_text}, "
                     f"not the one --dna-hash names"
                 )
-            async with app_servers([node], args.app_host, port) as servers:
+            async with app_servers(
+                [node], args.app_host, port, getattr(args, "metrics_per_agent", False)
+            ) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return
     paths = None
@@ -183,5 +187,7 @@ async def run(args) -> None:
         paths = [os.path.join(args.path, f"node{i}") for i in range(args.nodes)]
     rogue = {args.nodes - 1: modes} if modes else {}
     async with LocalCluster.open(n=args.nodes, paths=paths, rogue=rogue) as cluster:
-        async with app_servers(cluster.nodes, args.app_host, port) as servers:
+        async with app_servers(
+            cluster.nodes, args.app_host, port, args.metrics_per_agent
+        ) as servers:
             await _announce_until_signal(cluster.nodes, servers, args.json)

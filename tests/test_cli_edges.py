@@ -245,4 +245,4 @@ async def test_up_bootstrapping_from_a_libp2p_peer_that_is_no_budgetnode_says_so
     lines = done.stderr.decode().strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr.decode()
     assert lines[0].startswith("E_PEER_UNREACHABLE: ") and addr in lines[0]
-    assert not os.path.exists(new)
+    assert not await trio.Path(new).exists()

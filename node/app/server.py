@@ -104,14 +104,17 @@ class AppServer:
         max_connections: int = MAX_CONNECTIONS,
         max_calls: int = MAX_CALLS_PER_CONNECTION,
         hello_timeout: float = HELLO_TIMEOUT_S,
+        per_agent_metrics: bool = False,
     ):
+        """`per_agent_metrics`: /metrics also shows each agent's budget, labelled by agent id
+        (off by default: the page is unauthenticated, and its size would grow with agents)."""
         self.node = node
         self.token = token or new_token()
         self.max_connections = max_connections
         self.max_calls = max_calls
         self.hello_timeout = hello_timeout
         self.hub = EventHub(node)
-        self.registry = M.registry_for(node, self)
+        self.registry = M.registry_for(node, self, per_agent_metrics)
         self.connections = 0
         self.calls_in_flight = 0
         self.calls_total = 0
