@@ -22,6 +22,7 @@ class Alone:
         self.peers: dict = {}
         self.dropped: set = set()
         self.joins: list[float] = []
+        self.probes: list[float] = []
 
     def random_peer(self):
         return next(iter(self.peers))
@@ -35,6 +36,9 @@ class Alone:
     async def join(self, addr):
         self.joins.append(trio.current_time())
         return None
+
+    async def probe_dropped(self, peer):  # a peer it had dropped as dead: still silent
+        self.probes.append(trio.current_time())
 
 
 def _gossiper(table, seed=7):
@@ -60,10 +64,12 @@ def _gossiper(table, seed=7):
 
 async def test_redials_thin_out_to_the_bound_and_stay_there(autojump_clock):
     table = Alone()
+    table.dropped.add(b"d" * 32)  # a peer cached before the restart, dropped since
     g = _gossiper(table)
     g.bootstrap = ("/ip4/192.0.2.1/tcp/4001/p2p/dead",)
     with trio.move_on_after(3600):  # an hour alone
         await g.run()
+    assert table.probes == table.joins  # the dropped peer is greeted on the same schedule
     gaps = [b - a for a, b in zip(table.joins, table.joins[1:])]
     # doubling at first (each round sleeps 0.5-1.5 intervals: the seeded jitter)...
     assert gaps[0] < 3 * INTERVAL and gaps[4] > 8 * INTERVAL

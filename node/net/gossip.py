@@ -90,7 +90,18 @@ class Gossiper:
             self.peer_table.save_cache()
             if self.changed_elsewhere():  # another process sharing the store committed
                 self.publisher.committed()
-            if self.peer_table.dropped and (rounds % 2 == 0 or not self.peers):
+            # A node without peers (a restart while its peers were away, its bootstrap peer
+            # unreachable) greets its dropped and bootstrap peers again after 1, 2, 4, … rounds,
+            # then every MAX_REDIAL_GAP (the rounds' seeded jitter spreads them): not a hello a
+            # second forever.
+            redial = False
+            if not self.peers:
+                self.alone += 1
+                redial = self.alone >= self.redial_at
+                if redial:
+                    self.redial_at = self.alone + self.redial_gap
+                    self.redial_gap = min(MAX_REDIAL_GAP, self.redial_gap * 2)
+            if self.peer_table.dropped and (redial or (self.peers and rounds % 2 == 0)):
                 # several at once: after a long partition a node may have dropped many, and
                 # one every other round took longer than the liveness deadline (seed 470051)
                 async with trio.open_nursery() as n:
@@ -100,12 +111,7 @@ class Gossiper:
                     ):
                         n.start_soon(self.peer_table.probe_dropped, peer)
             if not self.peers:
-                # A restarted node whose peers were away tries again, backing off (the rounds'
-                # own seeded jitter spreads the retries): not a hello a second forever.
-                self.alone += 1
-                if self.alone >= self.redial_at:
-                    self.redial_at = self.alone + self.redial_gap
-                    self.redial_gap = min(MAX_REDIAL_GAP, self.redial_gap * 2)
+                if redial:
                     for addr in self.bootstrap:
                         await self.peer_table.join(addr)
                 continue
