@@ -66,7 +66,7 @@ def node_status(node, start: int = 0) -> dict:
     """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants.
     Agents come STATUS_PAGE at a time from the `start`-th on; `next` is where the next page
     starts (None after the last), so a node with any number of agents answers in bounded
-    messages."""
+    messages. Peers, pending ops and warrants come with the first page only."""
     st = node.status(start, STATUS_PAGE)
     more = start + len(st["agents"]) < st["agents_total"]
     out = {
@@ -79,7 +79,7 @@ def node_status(node, start: int = 0) -> dict:
         "ops_pending": {"unpublished": 0, "limbo": 0},
         "warrants": [],
     }
-    if hasattr(node, "dht"):
+    if hasattr(node, "dht") and start == 0:  # the node's own state: once, with the first page
         listen = node.transport.listen_addrs()
         out.update(
             node=to_text("agent", node.id),
