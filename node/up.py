@@ -188,6 +188,6 @@ async def run(args) -> None:
     rogue = {args.nodes - 1: modes} if modes else {}
     async with LocalCluster.open(n=args.nodes, paths=paths, rogue=rogue) as cluster:
         async with app_servers(
-            cluster.nodes, args.app_host, port, args.metrics_per_agent
+            cluster.nodes, args.app_host, port, getattr(args, "metrics_per_agent", False)
         ) as servers:
             await _announce_until_signal(cluster.nodes, servers, args.json)
