@@ -246,3 +246,14 @@ async def test_up_bootstrapping_from_a_libp2p_peer_that_is_no_budgetnode_says_so
     assert done.returncode == 1 and len(lines) == 1, done.stderr.decode()
     assert lines[0].startswith("E_PEER_UNREACHABLE: ") and addr in lines[0]
     assert not await trio.Path(new).exists()
+
+
+def test_up_refuses_a_store_of_another_network_than_dna_hash_pins(places, capsys):
+    """`--dna-hash` with a store that exists: the store's network must be the pinned one (it
+    was ignored). The node opens the store to read its DNA, so this row is not in the table."""
+    other = to_text("dna", bytes(32))
+    argv = ["up", "--listen", LISTEN, "--path", places["store"], "--bootstrap", DEAD_PEER]
+    capsys.readouterr()
+    assert cli.main([*argv, "--dna-hash", other, "--no-app"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("E_WRONG_NETWORK: "), lines
