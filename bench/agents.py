@@ -12,8 +12,10 @@ block and a fresh-node block run just before and just after the agents' block:
          made (at most 2 x block x checkpoints): the same work on an empty store
 
 The ratio at a checkpoint is floor time / agent time (1.0 = no overhead over the floor);
-fresh_ratio is fresh-node time / agent time, 1.0 when creation is constant time. Then the
-node is closed and re-opened (timed: it re-validates every chain), and the keystore alone is
+fresh_ratio is fresh-node time / agent time, 1.0 when creation is constant time, and
+first_over_last is the first block's time per agent over the last's. Then `budgetnode status
+--url --json` runs (a subprocess) against an app server on the node and must list every agent;
+the node is closed and re-opened (timed: it re-validates every chain), and the keystore alone is
 re-opened (timed).
 
 With --no-fsync, os.fsync is a no-op in both (CPU and SQLite only): the disk's fsync time
@@ -26,6 +28,7 @@ varies by 10x from minute to minute on a shared machine and hides any trend in t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -105,7 +108,35 @@ async def _create(
                     f"  {done:7d} agents: {s * 1e3:6.2f} ms/agent"
                     + (f"  floor {f * 1e3:6.2f} ms  fresh node {e * 1e3:6.2f} ms" if f else "")
                 )
-    return blocks, perf() - t_all
+        total = perf() - t_all
+        status = await _status_url(node)
+        log(f"status --url listed {status[1]} agents in {status[0]:.1f}s")
+        if status[1] != len(node.cells):
+            raise SystemExit(f"status --url listed {status[1]} of {len(node.cells)} agents")
+    return blocks, total, status
+
+
+async def _status_url(node) -> tuple[float, int]:
+    """`budgetnode status --url --json` (a subprocess, as an operator runs it) against an app
+    server on `node`: (seconds, agents it listed)."""
+    from node.app.server import AppServer
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(node).serve, "127.0.0.1", 0)
+        argv = [sys.executable, "-m", "node.cli", "status", "--url", server.app_url, "--json"]
+        t = perf()
+        done = await trio.run_process(
+            argv,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "BUDGETNODE_TOKEN": server.token},
+        )
+        dt = perf() - t
+        nursery.cancel_scope.cancel()
+    if done.returncode != 0:
+        raise SystemExit(f"status --url failed: {done.stderr.decode().strip()}")
+    return dt, len(json.loads(done.stdout)["agents"])
 
 
 async def _reopen(path: str) -> tuple[float, int]:
@@ -130,7 +161,7 @@ def main(argv=None) -> int:
     try:
         floor = Floor(d)
         node_dir = os.path.join(d, "node")
-        blocks, total = trio.run(
+        blocks, total, (status_s, status_agents) = trio.run(
             _create, node_dir, os.path.join(d, "fresh"), a.agents, a.block, checkpoints, floor
         )
         floor.close()
@@ -178,6 +209,8 @@ def main(argv=None) -> int:
             "ms_per_agent_by_tenth": by_tenth,
             "first_over_last": round(blocks[0][1] / blocks[-1][1], 3),
             "total_s": round(total, 1),
+            "status_url_s": round(status_s, 1),
+            "status_url_agents": status_agents,  # the agents plus the node's steward
             "keystore_bytes": ks_bytes,
             "chain_db_bytes": db_bytes,
             "keystore_open_s": round(ks_open, 3),

@@ -9,7 +9,8 @@ import sys
 
 import trio
 
-from .core.errors import BudgetError, NotAuthorized
+from .core.errors import BudgetError, InvalidInput, NotAuthorized, NotFound
+from .errgroups import unwrap_single_errors
 from .store import store_path
 
 EXIT_REFUSED = 1
@@ -39,9 +40,8 @@ def _open(args, create: bool = False):
     from .sdk import LocalNode
 
     if not create and not os.path.exists(store_path(args.path)):
-        raise SystemExit(
-            f"budgetnode: no node store at {args.path} "
-            f"(create one with: budgetnode init --path {args.path})"
+        raise NotFound(
+            f"no node store at {args.path!r} (create one with: budgetnode init --path DIR)"
         )
     return LocalNode.open(path=args.path, durability=args.durability, dna=_rules(args))
 
@@ -100,9 +100,9 @@ async def _invite(args):
 def _remote(args):
     """--url given: the node's app socket; else the store at --path."""
     if args.url and args.path:
-        raise SystemExit("budgetnode: give --url or --path, not both")
+        raise InvalidInput("give --url or --path, not both")
     if not args.url and not args.path:
-        raise SystemExit("budgetnode: give --path DIR (a store) or --url URL (a running node)")
+        raise InvalidInput("give --path DIR (a store) or --url URL (a running node)")
     return bool(args.url)
 
 
@@ -111,7 +111,7 @@ def _token(args) -> str:
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
-        raise SystemExit(f"budgetnode: --url needs the node's token (--token, or {TOKEN_ENV})")
+        raise InvalidInput(f"--url needs the node's token (--token, or {TOKEN_ENV})")
     return token
 
 
@@ -156,7 +156,7 @@ async def _call(args):
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as e:
-        raise BudgetError(f"payload is not JSON: {e}") from None
+        raise InvalidInput(f"the payload is not JSON: {e}") from None
     if _remote(args):
         from .app.client import connect
 
@@ -177,6 +177,8 @@ async def _up(args):
 async def _demo(args):
     from . import demo
 
+    if not args.single and args.nodes < 3:
+        raise InvalidInput("the demo's cluster has at least 3 nodes (--nodes 3 or more)")
     if args.single:
         await demo.run_single(path=args.path)
     else:
@@ -193,8 +195,25 @@ def _positive(text: str) -> int:
     return n
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line with a stable code, like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{InvalidInput.code}: {self.prog}: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 0 to 65535, not {port}")
+    return port
+
+
 def _parser(argv) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="budgetnode",
         description="Agents that act only within a budget the network can verify.",
     )
@@ -249,7 +268,7 @@ def _parser(argv) -> argparse.ArgumentParser:
     )
     u.add_argument(
         "--app-port",
-        type=int,
+        type=_port,
         default=0,
         help="app server port (agent websocket + /metrics); 0 picks free ports; a "
         "cluster uses PORT, PORT+1, …",
@@ -261,6 +280,12 @@ def _parser(argv) -> argparse.ArgumentParser:
         type=_positive,
         metavar="N",
         help="each node hosts at most N agents (its steward counts); past it E_NOT_AUTHORIZED",
+    )
+    u.add_argument(
+        "--metrics-per-agent",
+        action="store_true",
+        help="/metrics also lists each agent's budget by agent id (default: aggregates only; "
+        "the page needs no token)",
     )
     u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
     u.set_defaults(run=_up)
@@ -305,7 +330,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
     try:
-        trio.run(args.run, args)
+        with unwrap_single_errors():  # a refusal raised inside a nursery (ours or libp2p's)
+            trio.run(args.run, args)
     except BudgetError as e:
         print(str(e), file=sys.stderr)
         return EXIT_REFUSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 import shutil
@@ -26,12 +27,14 @@ from .core.errors import (
     NotFound,
     NoWitness,
     StoreCorrupted,
+    StoreUnusable,
     UnknownAgent,
     UnknownFunction,
     WrongNetwork,
 )
 from .core.validate import validate_chain
 from .core.witness import check_invite, parse_invite
+from .keystore import FILE as KEYSTORE_FILE
 from .keystore import Keystore
 from .witness import WitnessService
 from .records import record_dict
@@ -116,10 +119,14 @@ class LocalNode:
         app = resolve(app)
         rules = Dna.rules(dna) if isinstance(dna, dict) else None
         joining = dna if isinstance(dna, Dna) else None
-        os.makedirs(path, exist_ok=True)
-        store = Store(store_path(path), durability)
+        store = Store(store_path(usable_directory(path)), durability)
         try:
-            keystore = Keystore.open(path)
+            try:
+                keystore = Keystore.open(path)
+            except OSError as e:  # e.g. the keystore's file is a directory
+                raise StoreUnusable(
+                    f"{path}: the keystore cannot be read: {_os_reason(e)}"
+                ) from None
             raw = store.get_meta("dna")
             if raw is None and keystore.keys:
                 raise StoreCorrupted(
@@ -303,10 +310,14 @@ class LocalNode:
             raise NotFound(f"no record {action_hash}")
         return record_dict(*found, self.app)
 
-    def status(self) -> dict:
+    def status(self, start: int = 0, count: int | None = None) -> dict:
+        """The node and its agents, or the `count` agents from the `start`-th on (agents are
+        only ever added, in order, so an offset names the same page on every call)."""
+        stop = None if count is None else start + count
         return {
             "dna": self.dna.hash_text,
             "path": self.directory,
+            "agents_total": len(self.cells),
             "agents": [
                 {
                     "agent_id": c.agent_id,
@@ -314,7 +325,7 @@ class LocalNode:
                     "seq": c.state.seq,
                     **c.budget_status().to_dict(),
                 }
-                for c in self.cells.values()
+                for c in itertools.islice(self.cells.values(), start, stop)
             ],
         }
 
@@ -327,23 +338,8 @@ class LocalNode:
         )
         if zf is None:
             raise UnknownFunction(f"no function {zome}.{fn}")
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
-            raise InvalidInput("the payload must be a map of parameter names to values")
-        known = _PARAM_SETS.get(id(zf))
-        if known is None or known[0] is not zf:
-            known = _PARAM_SETS[id(zf)] = (zf, frozenset(zf.params))
-        params = known[1]
-        keys = payload.keys()
-        unknown = keys - params
-        missing = zf.required - keys
-        if unknown or missing:
-            raise InvalidInput(
-                f"{zome}.{fn} takes {list(zf.params)}; "
-                + (f"unknown {sorted(unknown)} " if unknown else "")
-                + (f"missing {sorted(missing)}" if missing else "")
-            )
+        # every parameter's type and range, declared with the function (zomes.hdk)
+        payload = zf.check(payload, self.dna)
         return await zf.fn(ZomeContext(self, cell), **payload)
 
     async def allocate(self, steward: Cell, grantee: bytes, amount_mru: int) -> AllocationResult:
@@ -392,7 +388,30 @@ class LocalNode:
                 await cell.claim(c["grant"], c["sig"])
 
 
-_PARAM_SETS: dict = {}  # id(ZomeFn) -> (ZomeFn, frozenset of its parameter names)
+def usable_directory(path: str) -> str:
+    """`path`, made if missing, once it can hold a writable store; else StoreUnusable saying
+    why (checked before SQLite, whose 'unable to open database file' would read as damage)."""
+    if not isinstance(path, str) or not path:
+        raise StoreUnusable("a store's path must not be empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreUnusable(f"{path}: not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise StoreUnusable(f"{path}: cannot make the store's directory: {_os_reason(e)}") from None
+    files = [f for f in (store_path(path), os.path.join(path, KEYSTORE_FILE)) if os.path.exists(f)]
+    for f in files:
+        if os.path.isdir(f):
+            raise StoreUnusable(f"{f}: a directory, where the node keeps a file")
+    for p in (path, *files):
+        # access() reports a read-only mount (EROFS) and an immutable file even to root
+        if not os.access(p, os.W_OK):
+            raise StoreUnusable(f"{p}: read-only (the node writes to its store)")
+    return path
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
 
 
 class AgentClient(AgentMethods):

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from .core.crypto import from_text, to_text
+from .core.errors import InvalidInput, WrongNetwork
 from .net.cluster import LocalCluster, libp2p_factory
 from .net import rogue as adversarial
 from .net.node import NetNode, fetch_dna
@@ -75,7 +76,9 @@ async def _announce_until_signal(nodes, servers, as_json: bool) -> None:
 
 
 @asynccontextmanager
-async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
+async def app_servers(
+    nodes, host: str = "127.0.0.1", port: int | None = 0, per_agent_metrics: bool = False
+):
     """An AppServer per node (port 0: free ports; else port, port+1, …); None: no servers."""
     if port is None:
         yield [None] * len(nodes)
@@ -86,7 +89,7 @@ async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
     async with trio.open_nursery() as nursery:
         try:
             for i, node in enumerate(nodes):
-                server = AppServer(node)
+                server = AppServer(node, per_agent_metrics=per_agent_metrics)
                 await nursery.start(server.serve, host, port + i if port else 0)
                 tokens.append(_write_token(node.directory, server.token))
                 servers.append(server)
@@ -106,25 +109,84 @@ def _cap(nodes, args) -> None:
         node.max_agents = getattr(args, "max_agents", None)
 
 
+MAX_PORT = 65535
+
+
+def check_args(args) -> bytes | None:
+    """Every refusal `up` can give from its arguments alone, given before anything is opened or
+    written (so a refused start leaves the directory as it was). Returns the pinned DNA hash."""
+    if args.nodes < 1:
+        raise InvalidInput("--nodes must be at least 1")
+    if args.dna_hash and not args.bootstrap:
+        raise InvalidInput(
+            "--dna-hash pins the network of a --bootstrap peer: give --bootstrap too "
+            "(a node that joins no one runs its store's own network)"
+        )
+    pin = from_text("dna", args.dna_hash) if args.dna_hash else None
+    single = bool(args.bootstrap or args.listen)
+    count = 1 if single else args.nodes
+    if args.app_port and args.app_port + count - 1 > MAX_PORT:
+        raise InvalidInput(f"--app-port {args.app_port} leaves no port for {count} node(s)")
+    if args.listen:
+        _check_multiaddr("--listen", args.listen, peer=False)
+    for addr in args.bootstrap:
+        _check_multiaddr("--bootstrap", addr, peer=True)
+    if args.path and os.path.isdir(args.path):
+        cluster_store = os.path.exists(store_path(os.path.join(args.path, "node0")))
+        node_store = os.path.exists(store_path(args.path))
+        if single and cluster_store and not node_store:
+            raise InvalidInput(
+                f"{args.path} holds a local cluster's stores (node0, …): run it with "
+                f"--nodes N --path {args.path}, or give one node's directory"
+            )
+        if not single and node_store:
+            raise InvalidInput(
+                f"{args.path} holds one node's store: run that node with --listen ADDR "
+                f"--path {args.path} (a cluster's --path holds node0, node1, …)"
+            )
+    return pin
+
+
+def _check_multiaddr(option: str, addr: str, peer: bool) -> None:
+    import multiaddr
+
+    try:
+        ma = multiaddr.Multiaddr(addr)
+        protocols = {p.name for p in ma.protocols()}
+    except Exception as e:  # noqa: BLE001 - the library raises several types for bad text
+        raise InvalidInput(f"{option} {addr!r} is not a multiaddr ({e})") from None
+    if "tcp" not in protocols:
+        raise InvalidInput(f"{option} {addr!r} names no TCP port (e.g. /ip4/0.0.0.0/tcp/4001)")
+    if peer and "p2p" not in protocols:
+        raise InvalidInput(f"{option} {addr!r} must end in /p2p/<peer id>")
+
+
 async def run(args) -> None:
     port = None if getattr(args, "no_app", False) else args.app_port
     try:
         modes = adversarial.check(args.rogue) if getattr(args, "rogue", None) else ()
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise InvalidInput(str(e)) from None
+    pin = check_args(args)
     if args.bootstrap or args.listen:
         factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0")
         dna = None
         # a stat before the node starts: nothing else runs on the event loop yet
         if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):  # noqa: ASYNC240
-            pin = from_text("dna", args.dna_hash) if args.dna_hash else None
             dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
         factory, adversary = adversarial.plug(factory, modes, os.urandom(32))
         async with NetNode.open(
             factory, path=args.path, bootstrap=args.bootstrap, dna=dna, **adversary
         ) as node:
             _cap([node], args)
-            async with app_servers([node], args.app_host, port) as servers:
+            if pin is not None and node.dna.hash != pin:
+                raise WrongNetwork(
+                    f"the store at {node.directory} belongs to network {node.dna.hash_text}, "
+                    f"not the one --dna-hash names"
+                )
+            async with app_servers(
+                [node], args.app_host, port, getattr(args, "metrics_per_agent", False)
+            ) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return
     paths = None
@@ -133,5 +195,7 @@ async def run(args) -> None:
     rogue = {args.nodes - 1: modes} if modes else {}
     async with LocalCluster.open(n=args.nodes, paths=paths, rogue=rogue) as cluster:
         _cap(cluster.nodes, args)
-        async with app_servers(cluster.nodes, args.app_host, port) as servers:
+        async with app_servers(
+            cluster.nodes, args.app_host, port, getattr(args, "metrics_per_agent", False)
+        ) as servers:
             await _announce_until_signal(cluster.nodes, servers, args.json)

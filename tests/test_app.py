@@ -85,6 +85,7 @@ def cluster(tmp_path_factory):
             "--app-port",
             "0",
             "--json",
+            "--metrics-per-agent",
             "--path",
             path,
         ],
@@ -414,6 +415,9 @@ async def test_metrics_are_scraped_and_match_the_budgets(cluster):
         assert m[("budgetnode_ru_used", lab)] == row["used_ru"]
         assert m[("budgetnode_ru_resets_at_seconds", lab)] == row["resets_at"]
     assert m[("budgetnode_agents", ())] == len(agents)
+    assert m[("budgetnode_agents_ru_remaining", ())] == sum(
+        r["remaining_ru"] for r in agents.values()
+    )
     assert m[("budgetnode_refusals_total", (("code", "E_UNKNOWN_FUNCTION"),))] >= 1
     assert m[("budgetnode_refusals_total", (("code", "E_NOT_AUTHORIZED"),))] >= 1
     for name in (

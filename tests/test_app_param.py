@@ -9,7 +9,9 @@ from node.core.app import App, EntryDef, IntegrityZome, need_keys, need_text
 from node.core.errors import InvalidInput, UnknownFunction
 from node.sdk import LocalNode
 from zomes import ROSE_FOREST
-from zomes.hdk import collect, zome_fn
+from typing import Annotated
+
+from zomes.hdk import Text, collect, zome_fn
 
 
 def validate_note(c):
@@ -26,12 +28,14 @@ NOTES_ZOME = IntegrityZome(
 
 
 @zome_fn("notes")
-async def write_note(ctx, text):
+async def write_note(ctx, text: Annotated[str, Text()]):
     return await ctx.create("note", {"text": text})
 
 
 @zome_fn("notes")
-async def write_memo(ctx, text):  # a coordinator bug: no integrity zome defines "memo"
+async def write_memo(
+    ctx, text: Annotated[str, Text()]
+):  # a coordinator bug: no integrity zome defines "memo"
     return await ctx.create("memo", {"text": text})
 
 

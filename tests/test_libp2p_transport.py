@@ -420,3 +420,30 @@ async def test_a_peer_restarted_on_a_new_port_is_reached_at_its_new_address():
             with trio.fail_after(10):
                 assert await a.request(b2.peer_id, b"second run") == b"h2|second run"
             assert h2.seen == [(a.peer_id, b"second run")]
+
+
+async def test_identify_announces_budgetnode_and_its_version():
+    """A remote libp2p peer asking identify learns it talks to budgetnode/<version>, not the
+    library's default agent."""
+    from importlib.metadata import version
+
+    from libp2p.identity.identify.identify import ID as IDENTIFY, parse_identify_response
+
+    async with (
+        open_libp2p_transport(seed(40), Recorder(b"a")) as a,
+        open_libp2p_transport(seed(41), Recorder(b"b")) as b,
+    ):
+        with trio.fail_after(10):
+            await a.connect(b.listen_addrs()[0])
+            stream = await a.host.new_stream(b.libp2p_id, [IDENTIFY])
+            data = b""
+            while True:
+                try:
+                    chunk = await stream.read(4096)
+                except Exception:  # noqa: BLE001 - the library signals the end by raising
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            await stream.close()
+        assert parse_identify_response(data).agent_version == f"budgetnode/{version('budgetnode')}"

@@ -15,7 +15,13 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from ..errgroups import unwrap_single_errors
 from ..agent_api import AgentMethods
-from ..core.errors import BudgetError, ConnectionLost, NodeUnreachable, NotAuthorized
+from ..core.errors import (
+    BudgetError,
+    ConnectionLost,
+    MalformedReply,
+    NodeUnreachable,
+    NotAuthorized,
+)
 from .events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .wire import error_from_wire, from_wire, pack, request_id, to_wire, unpack
 
@@ -134,8 +140,33 @@ class _Remote:
         self.dna = hello.get("dna")
 
     async def status(self) -> dict:
-        """The node: agents and budgets, peers, ops pending, warrants (as `budgetnode status`)."""
-        return await self._session.request("status")
+        """The node: agents and budgets, peers, ops pending, warrants (as `budgetnode status`),
+        every agent's (gathered from as many pages as the node sends)."""
+        out: dict | None = None
+        async for page in self.status_pages():
+            if out is None:
+                out = page
+            else:
+                out["agents"].extend(page["agents"])
+        assert out is not None  # status_pages yields at least one page
+        out.pop("next", None)
+        return out
+
+    async def status_pages(self):
+        """The node's status one page of agents at a time (the node decides the page size)."""
+        start = 0
+        while True:
+            page = await self._session.request("status", **({"from": start} if start else {}))
+            if not isinstance(page, dict) or not isinstance(page.get("agents"), list):
+                raise MalformedReply("the node sent an unreadable status")
+            yield page
+            nxt = page.get("next")
+            if nxt is None:
+                return
+            # a page always moves forward, so the loop ends however the node answers
+            if isinstance(nxt, bool) or not isinstance(nxt, int) or nxt <= start:
+                raise MalformedReply("the node sent a status page that does not move forward")
+            start = nxt
 
     async def subscribe(self, maxlen: int = MAX_QUEUED_EVENTS):
         """Events as dicts with a "type": "budget" (this agent's whole BudgetStatus, first as it

@@ -1,17 +1,24 @@
 """A node's metrics in the Prometheus text format (prometheus_client's exposition), computed
-from the node's own state at each scrape: nothing is sampled in the background."""
+from the node's own state at each scrape: nothing is sampled in the background.
+
+Label cardinality is bounded by default: budgets are aggregated over the node's agents (sums and
+a histogram of remaining RU with fixed buckets), so the page stays the same size at 10 or
+100,000 agents and names no agent. Per-agent series (`ru_remaining{agent}`, …) are exported
+only when asked for (`per_agent`, `budgetnode up --metrics-per-agent`)."""
 
 from __future__ import annotations
 
 import re
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..agent_api import refusals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 P = "budgetnode_"
+# upper bounds (RU) of the remaining-budget histogram's buckets: spent, nearly spent, … full
+RU_BUCKETS = (0, 1, 10, 33, 100, 200)
 
 # NetNode.metrics keys that get their own help text; every other key is exported too.
 _HELP = {
@@ -34,6 +41,9 @@ _OWN = {
     "ru_remaining",
     "ru_resets_at_seconds",
     "agents",
+    "agents_ru_used",
+    "agents_ru_remaining",
+    "agent_ru_remaining",
     "refusals",
     "peers",
     "limbo",
@@ -50,29 +60,37 @@ _OWN = {
 
 
 class NodeCollector:
-    def __init__(self, node, server=None):
+    def __init__(self, node, server=None, per_agent: bool = False):
         self.node = node
         self.server = server
+        self.per_agent = per_agent
 
     def collect(self):
         node = self.node
-        used = GaugeMetricFamily(P + "ru_used", "RU used in the current window", labels=["agent"])
-        rem = GaugeMetricFamily(
-            P + "ru_remaining", "RU remaining in the current window", labels=["agent"]
+        statuses = [(c.agent_id, c.budget_status()) for c in list(node.cells.values())]
+        yield GaugeMetricFamily(
+            P + "agents_ru_used",
+            "RU used by all local agents in their current windows",
+            value=sum(st.used_mru for _, st in statuses) / 1000,
         )
-        resets = GaugeMetricFamily(
-            P + "ru_resets_at_seconds",
-            "when the agent's window resets (unix seconds)",
-            labels=["agent"],
+        yield GaugeMetricFamily(
+            P + "agents_ru_remaining",
+            "RU left to all local agents in their current windows",
+            value=sum(st.remaining_mru for _, st in statuses) / 1000,
         )
-        for cell in list(node.cells.values()):
-            st = cell.budget_status()
-            used.add_metric([cell.agent_id], st.used_mru / 1000)
-            rem.add_metric([cell.agent_id], st.remaining_mru / 1000)
-            resets.add_metric([cell.agent_id], st.resets_at)
-        yield used
-        yield rem
-        yield resets
+        counts = [0] * len(RU_BUCKETS)
+        for _, st in statuses:
+            for i, bound in enumerate(RU_BUCKETS):
+                if st.remaining_mru <= bound * 1000:
+                    counts[i] += 1
+        yield HistogramMetricFamily(
+            P + "agent_ru_remaining",
+            "local agents by RU remaining in their current window",
+            buckets=[(str(b), n) for b, n in zip(RU_BUCKETS, counts)] + [("+Inf", len(statuses))],
+            sum_value=sum(st.remaining_mru for _, st in statuses) / 1000,
+        )
+        if self.per_agent:
+            yield from _per_agent(statuses)
         yield GaugeMetricFamily(P + "agents", "agents hosted by this node", value=len(node.cells))
 
         ref = CounterMetricFamily(P + "refusals", "calls refused, by error code", labels=["code"])
@@ -129,9 +147,28 @@ class NodeCollector:
             )
 
 
-def registry_for(node, server=None) -> CollectorRegistry:
+def _per_agent(statuses):
+    used = GaugeMetricFamily(P + "ru_used", "RU used in the current window", labels=["agent"])
+    rem = GaugeMetricFamily(
+        P + "ru_remaining", "RU remaining in the current window", labels=["agent"]
+    )
+    resets = GaugeMetricFamily(
+        P + "ru_resets_at_seconds",
+        "when the agent's window resets (unix seconds)",
+        labels=["agent"],
+    )
+    for agent_id, st in statuses:
+        used.add_metric([agent_id], st.used_mru / 1000)
+        rem.add_metric([agent_id], st.remaining_mru / 1000)
+        resets.add_metric([agent_id], st.resets_at)
+    yield used
+    yield rem
+    yield resets
+
+
+def registry_for(node, server=None, per_agent: bool = False) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(NodeCollector(node, server))
+    reg.register(NodeCollector(node, server, per_agent))
     return reg
 
 

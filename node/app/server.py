@@ -20,6 +20,7 @@ import trio
 
 from ..core.crypto import from_text, to_text
 from ..core.errors import (
+    AddressUnusable,
     Busy,
     BudgetError,
     InternalError,
@@ -47,6 +48,7 @@ METRICS_PATH = "/metrics"
 MAX_CONNECTIONS = 256
 MAX_CALLS_PER_CONNECTION = 32  # in flight; further requests wait (the socket is not read)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 8
+STATUS_PAGE = 250  # agents per status reply: ~14 CBOR items each, well within MAX_ITEMS
 HELLO_TIMEOUT_S = 10.0
 CLOSE_POLICY = 1008  # websocket close code: refused (bad token, no hello)
 CLOSE_TRY_AGAIN = 1013  # too many connections
@@ -60,18 +62,24 @@ def new_token() -> str:
     return secrets.token_hex(32)
 
 
-def node_status(node) -> dict:
-    """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants."""
-    st = node.status()
+def node_status(node, start: int = 0) -> dict:
+    """What `budgetnode status --url` shows: agents and budgets, peers, ops pending, warrants.
+    Agents come STATUS_PAGE at a time from the `start`-th on; `next` is where the next page
+    starts (None after the last), so a node with any number of agents answers in bounded
+    messages. Peers, pending ops and warrants come with the first page only."""
+    st = node.status(start, STATUS_PAGE)
+    more = start + len(st["agents"]) < st["agents_total"]
     out = {
         "dna": st["dna"],
         "path": st["path"],
         "agents": st["agents"],
+        "agents_total": st["agents_total"],
+        "next": start + len(st["agents"]) if more else None,
         "peers": [],
         "ops_pending": {"unpublished": 0, "limbo": 0},
         "warrants": [],
     }
-    if hasattr(node, "dht"):
+    if hasattr(node, "dht") and start == 0:  # the node's own state: once, with the first page
         listen = node.transport.listen_addrs()
         out.update(
             node=to_text("agent", node.id),
@@ -96,14 +104,17 @@ class AppServer:
         max_connections: int = MAX_CONNECTIONS,
         max_calls: int = MAX_CALLS_PER_CONNECTION,
         hello_timeout: float = HELLO_TIMEOUT_S,
+        per_agent_metrics: bool = False,
     ):
+        """`per_agent_metrics`: /metrics also shows each agent's budget, labelled by agent id
+        (off by default: the page is unauthenticated, and its size would grow with agents)."""
         self.node = node
         self.token = token or new_token()
         self.max_connections = max_connections
         self.max_calls = max_calls
         self.hello_timeout = hello_timeout
         self.hub = EventHub(node)
-        self.registry = M.registry_for(node, self)
+        self.registry = M.registry_for(node, self, per_agent_metrics)
         self.connections = 0
         self.calls_in_flight = 0
         self.calls_total = 0
@@ -143,7 +154,16 @@ class AppServer:
         config.loglevel = "WARNING"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.hub.run)
-            binds = await nursery.start(partial(serve, self, config, mode="asgi"))
+            try:
+                binds = await nursery.start(partial(serve, self, config, mode="asgi"))
+            except* OSError as eg:  # in use, not this machine's address, a privileged port
+                leaf: BaseException = eg
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                raise AddressUnusable(
+                    f"the app server cannot listen on {config.bind[0]}: "
+                    f"{getattr(leaf, 'strerror', None) or leaf}"
+                ) from None
             self.http_url = binds[0]
             task_status.started(self)
 
@@ -380,7 +400,10 @@ class Connection:
         return self.node.get_record(h)
 
     async def _on_status(self, msg, rid):
-        return node_status(self.node)
+        start = msg.get("from", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise InvalidInput("status takes from: the index of the first agent (0 or more)")
+        return node_status(self.node, start)
 
     async def _on_subscribe(self, msg, rid):
         if not self.server.hub.supported:

@@ -7,7 +7,9 @@ client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent 
                   "invite"?: str (a steward's invite text, which admits the "new" agent)}
                  {"id": int, "t": "call", "zome": str, "fn": str, "payload": map}
                  {"id": int, "t": "get_record", "hash": str}
-                 {"id": int, "t": "status"}
+                 {"id": int, "t": "status", "from": int (optional: the first agent, 0 default)}
+                   (the reply holds up to STATUS_PAGE agents and "next": where the next page
+                   starts, or None; peers, ops pending and warrants come with the first page)
                  {"id": int, "t": "subscribe"}
                  {"id": int, "t": "unsubscribe", "sub": int}
 node -> client   {"id": int, "result": value}

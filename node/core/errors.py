@@ -83,6 +83,13 @@ class StoreCorrupted(BudgetError):
     code = "E_STORE_CORRUPTED"
 
 
+class StoreUnusable(BudgetError):
+    """The path cannot hold a node store: empty, a file, under a file, read-only, not ours to
+    write, or a store file that is a directory. Nothing was written."""
+
+    code = "E_STORE_UNUSABLE"
+
+
 class StoreBusy(BudgetError):
     """Another network node already runs on this store (two would answer for one node key), or
     another process held the store's write lock past the bound a write waits for it."""
@@ -143,6 +150,13 @@ class WrongNetwork(InvalidInput):
     """A DNA this node cannot run: another network's, or made for other integrity zomes."""
 
     code = "E_WRONG_NETWORK"
+
+
+class AddressUnusable(BudgetError):
+    """This node cannot listen where it was told to: the address is in use, not this machine's,
+    or not ours to bind."""
+
+    code = "E_ADDRESS_UNUSABLE"
 
 
 class PeerUnreachable(BudgetError):

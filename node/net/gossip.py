@@ -30,6 +30,9 @@ MAX_GOSSIP_BACKOFF = 2  # quiet rounds stretch the gossip interval up to this fa
 EAGER_EXCHANGE_S = 2.0  # peer swaps that bring news are repeated this soon...
 MAX_EAGER_EXCHANGES = 8  # ...this many times in a round
 PROBES_PER_ROUND = 4  # dropped peers greeted (in case they are back) in a round
+MAX_REDIAL_GAP = (
+    32  # a node without peers redials its bootstrap peers after 1, 2, 4, … rounds, then every 32
+)
 
 
 class Gossiper:
@@ -68,6 +71,9 @@ class Gossiper:
         self.task_failed = task_failed
         self.quiet = 0  # rounds in a row that found nothing
         self.bootstrap: tuple = ()  # addresses a node left without peers dials again
+        self.alone = 0  # rounds in a row without peers
+        self.redial_gap = 1  # rounds until the next redial: doubles per redial, up to the bound
+        self.redial_at = 1  # the `alone` round of the next redial
 
     def news(self) -> None:
         """Something changed here: gossip at the full pace again."""
@@ -84,7 +90,18 @@ class Gossiper:
             self.peer_table.save_cache()
             if self.changed_elsewhere():  # another process sharing the store committed
                 self.publisher.committed()
-            if self.peer_table.dropped and (rounds % 2 == 0 or not self.peers):
+            # A node without peers (a restart while its peers were away, its bootstrap peer
+            # unreachable) greets its dropped and bootstrap peers again after 1, 2, 4, … rounds,
+            # then every MAX_REDIAL_GAP (the rounds' seeded jitter spreads them): not a hello a
+            # second forever.
+            redial = False
+            if not self.peers:
+                self.alone += 1
+                redial = self.alone >= self.redial_at
+                if redial:
+                    self.redial_at = self.alone + self.redial_gap
+                    self.redial_gap = min(MAX_REDIAL_GAP, self.redial_gap * 2)
+            if self.peer_table.dropped and (redial or (self.peers and rounds % 2 == 0)):
                 # several at once: after a long partition a node may have dropped many, and
                 # one every other round took longer than the liveness deadline (seed 470051)
                 async with trio.open_nursery() as n:
@@ -94,9 +111,11 @@ class Gossiper:
                     ):
                         n.start_soon(self.peer_table.probe_dropped, peer)
             if not self.peers:
-                for addr in self.bootstrap:  # a restarted node whose peers were away tries again
-                    await self.peer_table.join(addr)
+                if redial:
+                    for addr in self.bootstrap:
+                        await self.peer_table.join(addr)
                 continue
+            self.alone, self.redial_gap, self.redial_at = 0, 1, 1
             try:
                 settling = (
                     trio.current_time() - self.peer_table.changed_at < 5 * self.gossip_interval

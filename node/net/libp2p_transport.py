@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
+from ..core.errors import AddressUnusable
 from .transport import MAX_FRAME, Handler, PeerUnreachable
 
 import multiaddr  # noqa: E402  (libp2p dependency)
@@ -30,6 +31,7 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair  # noqa:
 from libp2p.crypto.keys import KeyType  # noqa: E402
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair  # noqa: E402
 from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.identity.identify import identify as _identify  # noqa: E402
 from libp2p.network.config import ConnectionConfig, RetryConfig  # noqa: E402
 from libp2p.network.swarm import Swarm  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
@@ -347,6 +349,21 @@ def _describe(e: BaseException) -> str:
     return msg[:400]
 
 
+def _agent_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"budgetnode/{version('budgetnode')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "budgetnode/unknown"
+
+
+# What identify announces, so operators and other implementations can tell what they talk to.
+# py-libp2p offers no per-host option: its identify reads this module global on every reply.
+AGENT_VERSION = _agent_version()
+_identify.AGENT_VERSION = AGENT_VERSION
+
+
 @asynccontextmanager
 async def open_libp2p_transport(
     seed: bytes,
@@ -405,6 +422,10 @@ async def open_libp2p_transport(
     host.set_stream_handler(t.protocol, t._on_stream)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
+            if listen and not host.get_addrs():  # the library logs a failed bind and goes on
+                raise AddressUnusable(
+                    f"cannot listen on {', '.join(listen)} (in use, or not this machine's)"
+                )
             yield t
         finally:
             t._closed = True

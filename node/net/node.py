@@ -38,6 +38,7 @@ from ..core.errors import (
     InvalidChain,
     InviteUsed,
     NotAuthorized,
+    PeerUnreachable,
     StoreBusy,
     UnknownAgent,
     error_class,
@@ -45,7 +46,7 @@ from ..core.errors import (
 from ..core.witness import check_witness, invite_hash
 from ..core.warrant import Warrant
 from ..cell import Cell
-from ..local_node import AllocationResult, LocalNode
+from ..local_node import AllocationResult, LocalNode, usable_directory
 from ..records import record_dict
 from . import protocol as P
 from .dht_store import DhtStore, keep_running, unless_store_busy
@@ -69,7 +70,10 @@ async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = No
 
     async with transport_factory(os.urandom(32), refuse) as t:
         peer = await t.connect(addr)
-        rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+        try:
+            rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+        except PeerUnreachable as e:  # e.g. a libp2p peer that is not a budgetnode
+            raise type(e)(f"bootstrap peer {addr} did not answer: {e.message}") from None
     assert isinstance(rep, P.DnaReply)  # parse_reply("dna", ...) parses nothing else
     try:
         dna = Dna.from_dict(decode(rep.dna))
@@ -85,8 +89,7 @@ def _run_lock(path: str):
     for the same node key with a different view of the network. Released when its file closes,
     so a crashed process leaves nothing to clean up. (One-shot local calls on the store, such
     as `budgetnode call --path`, do not take it: they share the store by design.)"""
-    os.makedirs(path, exist_ok=True)
-    f = open(os.path.join(path, "node.lock"), "ab")
+    f = open(os.path.join(usable_directory(path), "node.lock"), "ab")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

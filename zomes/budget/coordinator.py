@@ -1,11 +1,10 @@
 """budget functions: budget_status (free) and allocate_budget (stewards only)."""
 
-from decimal import Decimal
+from node.core.errors import NotAuthorized
+from node.core.witness import MAX_NOTE
+from typing import Annotated
 
-from node.core.crypto import from_text
-from node.core.dna import MRU_PER_RU
-from node.core.errors import InvalidInput, NotAuthorized
-from zomes.hdk import zome_fn
+from zomes.hdk import AgentId, MilliRu, Text, zome_fn
 
 
 @zome_fn("budget", writes=False)
@@ -14,24 +13,16 @@ async def budget_status(ctx):
 
 
 @zome_fn("budget")
-async def allocate_budget(ctx, agent_id, ru):
-    grantee = from_text("agent", agent_id)
+async def allocate_budget(ctx, agent_id: AgentId, ru: MilliRu):
+    # ru arrives in milli-RU, checked against the DNA's cap (zomes.hdk.Ru)
     if not ctx.is_steward:
         raise NotAuthorized("only a steward listed in the DNA can allocate RU")
-    if isinstance(ru, bool) or not isinstance(ru, (int, float)):
-        raise InvalidInput("ru must be a number")
-    d = Decimal(str(ru))
-    if not d.is_finite():
-        raise InvalidInput("ru must be a finite number")
-    mru = int(d * MRU_PER_RU)
-    if not 0 < mru <= ctx.cap_mru:
-        raise InvalidInput(f"ru must be more than 0 and at most {ctx.cap_mru / MRU_PER_RU:g}")
-    return await ctx.allocate(grantee, mru)
+    return await ctx.allocate(agent_id, ru)
 
 
 @zome_fn("budget", writes=False)
-async def invite(ctx, note=""):
+async def invite(
+    ctx, note: Annotated[str, Text(4 * MAX_NOTE)] = ""
+):  # core.witness counts its characters
     """A single-use invite for one new agent (stewards only; `membrane: invite` networks)."""
-    if not isinstance(note, str):
-        raise InvalidInput("an invite's note is text")
     return await ctx.invite(note)

@@ -2,10 +2,15 @@
 recall_understandings (0.1 RU per result returned), compose_memories (5), validate_triple (2)."""
 
 from node.core.crypto import from_text
-from node.core.errors import InvalidInput
-from zomes.hdk import zome_fn
+from typing import Annotated
+
+from zomes.hdk import AgentId, Count, Optional, Text, zome_fn
 
 from .integrity import MAX_REFS, _key
+
+# subject, predicate, object (integrity: non-empty, at most 1 KiB)
+TriplePart = Annotated[str, Text(1024)]
+NonEmptyPart = Annotated[str, Text(1024, min_bytes=1)]
 
 
 def _row(rec):
@@ -21,7 +26,13 @@ def _row(rec):
 
 
 @zome_fn("memory")
-async def transmit_understanding(ctx, subject, predicate, object, context=None):
+async def transmit_understanding(
+    ctx,
+    subject: TriplePart,
+    predicate: TriplePart,
+    object: TriplePart,
+    context: Annotated[str | None, Optional(Text(4096))] = None,
+):
     return await ctx.create(
         "understanding",
         {"subject": subject, "predicate": predicate, "object": object, "context": context},
@@ -29,14 +40,12 @@ async def transmit_understanding(ctx, subject, predicate, object, context=None):
 
 
 @zome_fn("memory")
-async def recall_understandings(ctx, subject=None, limit=100):
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= ctx.max_results:
-        raise InvalidInput(f"limit must be an integer from 1 to {ctx.max_results}")
+async def recall_understandings(
+    ctx, subject: Annotated[str | None, Optional(Text(1024))] = None, limit: Count = 100
+):
     if subject is None:
         recs = ctx.records_of_type("understanding", limit)
     else:
-        if not isinstance(subject, str):
-            raise InvalidInput("subject must be a string")
         recs = ctx.find("subject", subject, limit)
     # Charged for what is returned, and refused before anything is returned.
     await ctx.charge_results("recall_understandings", len(recs))
@@ -44,21 +53,22 @@ async def recall_understandings(ctx, subject=None, limit=100):
 
 
 @zome_fn("memory")
-async def compose_memories(ctx, other_agent_id):
-    other = from_text("agent", other_agent_id)
-    await ctx.require_agent(other)
+async def compose_memories(ctx, other_agent_id: AgentId):
+    await ctx.require_agent(other_agent_id)
     refs = [
         from_text("action", r["hash"])
-        for r in ctx.records_of_type("understanding", MAX_REFS, author=other)
+        for r in ctx.records_of_type("understanding", MAX_REFS, author=other_agent_id)
     ]
-    return await ctx.create("composed_memory", {"agent": other, "refs": refs})
+    return await ctx.create("composed_memory", {"agent": other_agent_id, "refs": refs})
 
 
 @zome_fn("memory")
-async def validate_triple(ctx, subject, predicate, object):
+async def validate_triple(
+    ctx,
+    subject: NonEmptyPart,
+    predicate: NonEmptyPart,
+    object: NonEmptyPart,
+):
     c = {"subject": subject, "predicate": predicate, "object": object}
-    for k, v in c.items():
-        if not isinstance(v, str) or not v:
-            raise InvalidInput(f"{k} must be a non-empty string")
     known = len(ctx.find("triple", _key(c), ctx.max_results))
     return await ctx.create("triple_validation", {**c, "known": known})
