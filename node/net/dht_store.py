@@ -13,7 +13,8 @@ import sqlite3
 from ..core.action import Signed
 from ..core.encoding import decode
 from ..core.errors import HeadMoved, StoreBusy
-from ..store import Store
+from ..core.validate import ChainState
+from ..store import Store, read_action
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL,
@@ -69,9 +70,9 @@ class DhtStore:
 
     def action_at(self, author: bytes, seq: int) -> Signed | None:
         row = self.db.execute(
-            "SELECT body, sig FROM actions WHERE author=? AND seq=?", (author, seq)
+            "SELECT hash, body, sig FROM actions WHERE author=? AND seq=?", (author, seq)
         ).fetchone()
-        return None if row is None else Signed.from_store(*row)
+        return None if row is None else read_action(*row)
 
     def has_action(self, h: bytes) -> bool:
         """Held as part of a chain or as a single op."""
@@ -140,7 +141,7 @@ class DhtStore:
             "ON e.hash=o.entry WHERE o.hash=?",
             (h,),
         ).fetchone()
-        return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
+        return None if row is None else (read_action(h, row[0], row[1]), row[2])
 
     def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
         """[body, sig, entry-or-None] for seq >= from_seq, in order."""
@@ -153,11 +154,14 @@ class DhtStore:
             )
         ]
 
-    async def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
+    async def put_foreign(
+        self, s: Signed, entry: bytes | None, index, state: ChainState | None = None
+    ) -> None:
         """`s` onto its author's held chain, which must end at the action before it (the one
         `s` was validated against): while this write waited for the lock, another task may
         have stored this action (then nothing more is written) or another at its seq
-        (HeadMoved, nothing written)."""
+        (HeadMoved, nothing written). `state`: the verified state after `s`, kept as the chain's
+        checkpoint."""
 
         def put(db):
             db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
@@ -188,6 +192,7 @@ class DhtStore:
                 db.executemany(
                     "INSERT INTO idx VALUES (?,?,?)", [(k, key, cur.lastrowid) for k, key in index]
                 )
+            Store.note_verified(db, s, state)
 
         await self.store.write(put)
 
