@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from node.core import budget  # noqa: E402
 from node.core.action import Signed, entry_bytes  # noqa: E402
-from node.core.crypto import SigningKey, blake2b_256  # noqa: E402
+from node.core.crypto import SigningKey, blake2b_256, forget_verified  # noqa: E402
 from node.core.validate import validate_genesis, validate_next  # noqa: E402
 from node.core.witness import sign_witness  # noqa: E402
 from node.local_node import LocalNode  # noqa: E402
@@ -169,6 +169,7 @@ def floor_open(path: str) -> float:
 
 async def node_open(path: str) -> tuple[float, int]:
     network = MemoryNetwork()
+    forget_verified()  # each round checks its signatures afresh, as a restarted process does
     t0 = time.perf_counter()
     async with NetNode.open(network.transport, path=path, clock=lambda: START_US / 1e6) as node:
         elapsed = time.perf_counter() - t0

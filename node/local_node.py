@@ -34,7 +34,7 @@ from .core.witness import check_invite, parse_invite
 from .keystore import Keystore
 from .witness import WitnessService
 from .records import record_dict
-from .verifier import open_state
+from .verifier import open_states
 from .store import Store, store_path
 
 
@@ -173,12 +173,15 @@ class LocalNode:
     def _verify_and_load(self) -> None:
         """Each chain from its checkpoint (node/verifier.py: what is checked when); a tampered
         or corrupted store is refused, not used."""
+        keys: dict[bytes, SigningKey] = {}
         for author in self.store.authors():
             key = self.keystore.get(author)
             if key is None:
                 raise StoreCorrupted(f"no key in the keystore for {to_text('agent', author)}")
-            state = open_state(self.store, author, self.dna, self.app)
-            self._add_cell(self.cell_type(key, state, self.store, self.dna, self.app, self.now_us))
+            keys[author] = key
+        for author, state in open_states(self.store, list(keys), self.dna, self.app).items():
+            cell = self.cell_type(keys[author], state, self.store, self.dna, self.app, self.now_us)
+            self._add_cell(cell)
 
     def close(self) -> None:
         self.store.close()
@@ -270,7 +273,7 @@ class LocalNode:
             key = self.keystore.get(pub)
         if key is not None:
             # created by another process sharing this store: verified like any chain on open
-            state = open_state(self.store, pub, self.dna, self.app)
+            state = open_states(self.store, [pub], self.dna, self.app)[pub]
             cell = self._add_cell(
                 self.cell_type(key, state, self.store, self.dna, self.app, self.now_us)
             )

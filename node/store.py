@@ -95,7 +95,7 @@ LOCK_WAIT_S = 5.0
 FIRST_BACKOFF_S = 0.001
 MAX_BACKOFF_S = 0.05
 # Only opening may block in SQLite itself, and only on a new store: CREATE TABLE IF NOT EXISTS
-# of tables that exist, the pragmas and quick_check take no write lock; creating the tables
+# of tables that exist and the pragmas take no write lock; creating the tables
 # (and switching a new file to WAL) does. The node serves nobody yet.
 OPEN_WAIT_MS = 5000
 
@@ -122,9 +122,8 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise StoreCorrupted(f"{path}: {ok}")
+            # no quick_check here: it reads the whole file (seconds at a million actions);
+            # `budgetnode verify` runs it (node/verifier.py: what is checked when)
             self.create_tables(SCHEMA)
         except BaseException as e:
             self.db.close()  # a refused store leaves no open connection behind
@@ -393,6 +392,30 @@ class Store:
                 "INSERT OR IGNORE INTO claims VALUES (?,?,?)",
                 [(cs.author, g, cs.seq) for g in cs.claimed],
             )
+
+    def opening(self) -> tuple[dict[bytes, tuple], dict[bytes, list[tuple[bytes, int]]]]:
+        """What opening the store reads of every checkpointed chain, in two queries: author ->
+        (checkpoint (seq, hash, ts, ws, rem, used), the action at its seq (hash, body, sig) or
+        None, the head row (seq, hash) or None, the last seq stored), and author -> the grants
+        it claimed, (grant, seq)."""
+        found = {
+            r[0]: (
+                r[1:7],
+                r[7:10] if r[7] is not None else None,
+                r[10:12] if r[10] is not None else None,
+                r[12],
+            )
+            for r in self.db.execute(
+                "SELECT c.author, c.seq, c.hash, c.ts, c.ws, c.rem, c.used, a.hash, a.body, a.sig, "
+                "h.seq, h.hash, (SELECT max(m.seq) FROM actions m WHERE m.author=c.author) "
+                "FROM checkpoints c LEFT JOIN actions a ON a.author=c.author AND a.seq=c.seq "
+                "LEFT JOIN heads h ON h.author=c.author"
+            )
+        }
+        claims: dict[bytes, list[tuple[bytes, int]]] = {}
+        for author, g, seq in self.db.execute("SELECT author, grant, seq FROM claims"):
+            claims.setdefault(author, []).append((g, seq))
+        return found, claims
 
     def checkpoint(self, author: bytes) -> ChainState | None:
         """The chain's last checkpoint, with the grants claimed up to it; None if it has none."""

@@ -1,12 +1,13 @@
 """What is checked when (docs/ARCHITECTURE.md, "What is checked when").
 
-At open (`open_state`, for every chain: the node's own and those it holds for the network) a
+At open (`open_states`, for every chain: the node's own and those it holds for the network) a
 chain starts from its checkpoint, the verified state the store keeps with the action it follows
 (written in that action's transaction, so never ahead of the data). The checkpoint must agree
-with that action, which is read, hashed and signature-checked, and the chain must end where its
-head says; only the actions past it (none, unless something appended without one) are
-validated. A chain without a checkpoint (a store from before them) is validated from genesis
-once and checkpointed. So opening costs a few reads per chain, whatever its length.
+with that action, which is read and hashed, and the chain must end where its head says; only
+the actions past it (none, unless something appended without one) are validated. A chain
+without a checkpoint (a store from before them) is validated from genesis once and
+checkpointed. So opening costs two queries, then a parse and a hash per chain, whatever the
+chains' lengths.
 
 Everything else is verified in full, from genesis, a chunk at a time (`verify_store`): by a
 network node in the background at a bounded rate (`Verifier`), and on demand
@@ -16,6 +17,7 @@ Any failure is StoreCorrupted naming the chain (or op): the store is refused, no
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 
@@ -25,6 +27,7 @@ from .core.app import App
 from .core.crypto import blake2b_256, to_text, verify
 from .core.dna import Dna
 from .core.errors import InvalidChain, StoreCorrupted
+from .core.budget import BudgetState
 from .core.validate import ChainState, validate_chain, validate_genesis, validate_tail
 from .store import Store, read_action
 
@@ -36,47 +39,73 @@ VERIFY_EVERY_S = 86_400.0  # from the end of one background pass to the start of
 VERIFY_DELAY_S = 60.0
 
 
-def open_state(store: Store, author: bytes, dna: Dna, app: App) -> ChainState:
-    """The verified state of `author`'s chain, as a node opening the store starts from it."""
-    if store.head(author) is None and not store.is_held(author):
-        raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
-    cp = store.checkpoint(author)
+def open_states(store: Store, authors: list[bytes], dna: Dna, app: App) -> dict[bytes, ChainState]:
+    """The verified state of each author's chain, as a node opening the store starts from it:
+    what every chain needs is read in two queries (`Store.opening`), then each chain costs a
+    parse, a hash and a signature check, unless something lies past its checkpoint."""
     try:
-        if cp is None:  # a chain from before checkpoints: verified in full, once
+        found, claims = store.opening()
+        held = set(store.held_authors())
+        return {a: _open_state(store, a, found.get(a), claims, held, dna, app) for a in authors}
+    except sqlite3.DatabaseError as e:  # a damaged page on the way
+        raise StoreCorrupted(f"{store.path}: {e}") from None
+
+
+def _open_state(store, author, found, claims, held, dna, app) -> ChainState:
+    if found is None:  # no checkpoint: a chain from before them, verified in full once
+        if store.head(author) is None and author not in held:
+            raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
+        try:
             state = validate_chain(store.chain(author), dna, app, store.entries_of(author))
-        else:
-            _check_checkpoint(store, cp, dna)
-            tail = store.chain(author, cp.seq)
-            state = validate_tail(cp, tail, dna, app, store.entries_of(author, cp.seq))
+        except InvalidChain as e:
+            raise StoreCorrupted(f"chain of {_who(author)} is invalid: {e}") from None
+        store.try_write(lambda db: Store.put_checkpoint(db, state, claims=True))
+        return state
+    cp_row, action, head, last = found
+    seq, h, ts, ws, rem, used = cp_row
+    claimed = frozenset(g for g, at in claims.get(author, ()) if at <= seq)
+    cp = ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed)
+    if head is None and author not in held:
+        raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
+    _check_checkpoint(cp, action, head, dna)
+    if last == cp.seq:  # the usual case: the checkpoint is the head
+        if head is not None and tuple(head) != (cp.seq, cp.hash):
+            raise StoreCorrupted(
+                f"chain of {_who(author)}: the stored actions do not end at the recorded head "
+                f"(seq {head[0]})"
+            )
+        return cp
+    try:  # actions past the checkpoint (appended without one): validated now
+        tail = store.chain(author, cp.seq)
+        state = validate_tail(cp, tail, dna, app, store.entries_of(author, cp.seq))
     except InvalidChain as e:
         raise StoreCorrupted(f"chain of {_who(author)} is invalid: {e}") from None
-    if state != cp:  # the next open starts here (a cache: written when the lock is free)
-        store.try_write(lambda db: Store.put_checkpoint(db, state, claims=cp is None))
+    store.try_write(lambda db: Store.put_checkpoint(db, state))  # next open starts here
     return state
 
 
-def _check_checkpoint(store: Store, cp: ChainState, dna: Dna) -> None:
+def _check_checkpoint(cp: ChainState, action: tuple | None, head: tuple | None, dna: Dna) -> None:
     """The checkpoint is the state after the action it names, as far as that action says: the
-    action is there (hash and signature), records the same time and budget, and the chain's
-    head is not behind it."""
-    who = _who(cp.author)
-    try:
-        found = store.chain(cp.author, cp.seq - 1, 1)
-    except StoreCorrupted as e:
-        raise StoreCorrupted(f"checkpoint of {who}: {e.message}") from None
-    s = found[0] if found else None
-    head = store.head(cp.author)
+    action is there and hashes to its key, records the same time and budget, and the chain's
+    head row is not behind it. (Its signature, 90% of this check's cost, is left to the full
+    verification: a flipped bit changes the hash, and whoever can rewrite the action and its
+    key can rewrite the checkpoint too.)"""
     if (
-        s is None
-        or s.seq != cp.seq
-        or s.hash != cp.hash
+        action is None
+        or action[0] != cp.hash
         or (head is not None and (head[0] < cp.seq or (head[0] == cp.seq and head[1] != cp.hash)))
     ):
-        raise StoreCorrupted(f"chain of {who}: its checkpoint (seq {cp.seq}) is not on the chain")
-    if not isinstance(s.sig, bytes) or not verify(cp.author, s.sig, s.body):
-        raise StoreCorrupted(f"chain of {who}: its checkpoint's action does not verify")
+        raise StoreCorrupted(
+            f"chain of {_who(cp.author)}: its checkpoint (seq {cp.seq}) is not on the chain"
+        )
+    try:
+        s = read_action(*action)
+    except StoreCorrupted as e:
+        raise StoreCorrupted(f"chain of {_who(cp.author)}: {e.message}") from None
     a, b = s.action, cp.budget
-    if s.seq == 0:
+    if s.seq != cp.seq or a.get("author") != cp.author:
+        agrees = False
+    elif cp.seq == 0:
         try:
             agrees = validate_genesis(s, dna, verify_sig=False) == cp
         except InvalidChain:
@@ -85,7 +114,6 @@ def _check_checkpoint(store: Store, cp: ChainState, dna: Dna) -> None:
         rec = a.get("budget")
         agrees = (
             isinstance(rec, dict)
-            and a.get("author") == cp.author
             and a.get("ts") == cp.ts
             and rec.get("ws") == b.window_start_us
             and rec.get("rem") == b.remaining_mru
@@ -93,7 +121,8 @@ def _check_checkpoint(store: Store, cp: ChainState, dna: Dna) -> None:
         )
     if not agrees:
         raise StoreCorrupted(
-            f"chain of {who}: its checkpoint (seq {cp.seq}) disagrees with the action there"
+            f"chain of {_who(cp.author)}: its checkpoint (seq {cp.seq}) disagrees with the "
+            f"action there"
         )
 
 

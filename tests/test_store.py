@@ -230,7 +230,7 @@ async def test_steward_chain_tampering_names_the_steward(tmp_path):
             (from_text("agent", steward),),
         ),
     )
-    await refused(tmp_path, steward, at_open=True)  # (its genesis is its head)
+    await refused(tmp_path, steward)
 
 
 @pytest.mark.parametrize(

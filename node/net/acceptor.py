@@ -32,7 +32,7 @@ from ..core.errors import BudgetError, InvalidChain
 from ..core.validate import ChainState, step_anchor, validate_genesis, validate_next
 from ..core.warrant import RETRYABLE, proves
 from . import protocol as P
-from ..verifier import open_state
+from ..verifier import open_states
 from .dht_store import DhtStore
 from .peer_table import PeerTable
 from .warrants import MAX_FETCH_ROUNDS, WarrantBook
@@ -104,8 +104,8 @@ class Acceptor:
     def load(self) -> None:
         """The other authors' chains held before a restart, each from its checkpoint
         (node/verifier.py: what is checked when)."""
-        for author in self.dht.foreign_authors():
-            self.chains[author] = open_state(self.dht.store, author, self.dna, self.app)
+        authors = self.dht.foreign_authors()
+        self.chains.update(open_states(self.dht.store, authors, self.dna, self.app))
 
     def should_hold_as_authority(self, pub: bytes) -> bool:
         return self.id in self.peer_table.nearest(pub)

@@ -175,6 +175,7 @@ class DhtStore:
     async def put_foreign_many(self, items: list[tuple[Signed, bytes | None, Any, Any]]) -> None:
         """`put_foreign` for each (s, entry, index, state), in one transaction: all are written,
         or (HeadMoved) none."""
+
         def put(db) -> None:
             for item in items:
                 self._put_foreign(db, *item)
