@@ -17,19 +17,22 @@ Any failure is StoreCorrupted naming the chain (or op): the store is refused, no
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 
 import trio
 
+from .apps import resolve
 from .core.app import App
 from .core.crypto import blake2b_256, to_text, verify
 from .core.dna import Dna
-from .core.errors import InvalidChain, StoreCorrupted
+from .core.encoding import decode
+from .core.errors import BudgetError, InvalidChain, StoreCorrupted
 from .core.budget import BudgetState
 from .core.validate import ChainState, validate_chain, validate_genesis, validate_tail
-from .store import Store, read_action
+from .store import Store, read_action, store_path
 
 CHUNK = 256  # actions verified between two looks at the clock (and the event loop)
 VERIFY_RATE = 2_000  # actions a second a background pass verifies (~15% of one core)
@@ -42,7 +45,7 @@ VERIFY_DELAY_S = 60.0
 def open_states(store: Store, authors: list[bytes], dna: Dna, app: App) -> dict[bytes, ChainState]:
     """The verified state of each author's chain, as a node opening the store starts from it:
     what every chain needs is read in two queries (`Store.opening`), then each chain costs a
-    parse, a hash and a signature check, unless something lies past its checkpoint."""
+    parse and a hash, unless something lies past its checkpoint."""
     try:
         found, claims = store.opening()
         held = set(store.held_authors())
@@ -232,16 +235,10 @@ class Verifier:
         self.metrics["verify_passes"] += 1
 
 
-def verify_path(path: str) -> dict:
-    """`budgetnode verify --path DIR`: the whole store verified now (StoreCorrupted naming the
-    first bad chain, or a summary). Reads only."""
-    import os
-
-    from .apps import resolve
-    from .core.dna import Dna as _Dna
-    from .core.encoding import decode
-    from .store import store_path
-
+def verify_path(path: str, app: App | None = None) -> dict:
+    """`budgetnode verify --path DIR`: the whole store verified now under `app`'s rules (None:
+    the default app, as the CLI runs), StoreCorrupted naming the first bad chain, or a
+    summary. Reads only."""
     if not os.path.exists(store_path(path)):
         raise StoreCorrupted(f"no node store at {path}")
     store = Store(store_path(path))
@@ -252,10 +249,13 @@ def verify_path(path: str) -> dict:
         raw = store.get_meta("dna")
         if raw is None:
             raise StoreCorrupted(f"{path}: the store names no network")
-        dna = _Dna.from_dict(decode(raw))
-        n = sum(verify_store(store, dna, resolve(None)))
+        try:
+            dna = Dna.from_dict(decode(raw))
+        except (BudgetError, KeyError, TypeError, ValueError) as e:
+            raise StoreCorrupted(f"{path}: the stored DNA is unreadable ({e})") from None
+        n = sum(verify_store(store, dna, resolve(app)))
         chains = len(dict.fromkeys(store.authors(every=True) + store.held_authors()))
-        return {"path": path, "ok": True, "actions_and_ops": n, "chains": chains}
+        return {"path": path, "ok": True, "actions": n, "chains": chains}
     finally:
         store.close()
 
