@@ -13,6 +13,12 @@ zero, every write is awaited (`write`), and while another connection (a one-shot
 bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, having written
 nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
 scheduler checkpoint (so a simulation's trace is unchanged).
+
+Each chain's checkpoint (its verified state, node/verifier.py) is written here, in the
+transaction of the action it follows.
+
+(Over 500 lines: this is the one module that speaks SQL about chains, their writes, group
+commit, reads and checkpoints; split, each part would reach into the others' transactions.)
 """
 
 from __future__ import annotations
