@@ -46,6 +46,12 @@ def _open(args, create: bool = False):
     return LocalNode.open(path=args.path, durability=args.durability)
 
 
+async def _verify(args):
+    from .verifier import verify_path
+
+    _emit(verify_path(args.path), args.json)
+
+
 async def _init(args):
     async with _open(args, create=True) as node:
         _emit(
@@ -154,12 +160,6 @@ async def _demo(args):
         await demo.run_single(path=args.path)
     else:
         await demo.run_cluster(nodes=args.nodes)
-
-
-async def _verify(args):
-    from .verifier import verify_path
-
-    _emit(verify_path(args.path), args.json)
 
 
 def _parser(argv) -> argparse.ArgumentParser:
