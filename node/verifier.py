@@ -29,7 +29,7 @@ from .core.app import App
 from .core.crypto import blake2b_256, to_text, verify
 from .core.dna import Dna
 from .core.encoding import decode
-from .core.errors import BudgetError, InvalidChain, StoreCorrupted
+from .core.errors import BudgetError, InvalidChain, NotFound, StoreCorrupted
 from .core.budget import BudgetState
 from .core.validate import ChainState, validate_chain, validate_genesis, validate_tail
 from .store import Store, read_action, store_path
@@ -240,7 +240,7 @@ def verify_path(path: str, app: App | None = None) -> dict:
     the default app, as the CLI runs), StoreCorrupted naming the first bad chain, or a
     summary. Reads only."""
     if not os.path.exists(store_path(path)):
-        raise StoreCorrupted(f"no node store at {path}")
+        raise NotFound(f"no node store at {path!r} (create one with: budgetnode init --path DIR)")
     store = Store(store_path(path))
     try:
         ok = store.db.execute("PRAGMA quick_check").fetchone()[0]
