@@ -86,7 +86,7 @@ class Cell:
             action["witness"] = witness
         g = Signed.sign(action, key)
         state = validate_genesis(g, dna, verify_sig=False)
-        await store.append(g, None, None, meta=meta)
+        await store.append(g, None, None, meta=meta, state=state)
         return cls(key, state, store, dna, app, now_us)
 
     def budget_status(self) -> budget.BudgetStatus:
@@ -256,7 +256,7 @@ class Cell:
                 s = Signed.sign(action, key)
             new_state = self._next_state(cs, s)
             try:
-                await store.commit(s, cs.seq, cs.hash, entry, index)
+                await store.commit(s, cs.seq, cs.hash, entry, index, state=new_state)
             except HeadMoved:
                 self.reload()  # another process wrote; re-derive and try again
                 continue

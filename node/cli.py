@@ -53,6 +53,12 @@ def _rules(args) -> dict | None:
     return None if membrane is None else {"membrane": membrane}
 
 
+async def _verify(args):
+    from .verifier import verify_path
+
+    _emit(verify_path(args.path), args.json)
+
+
 async def _init(args):
     async with _open(args, create=True) as node:
         _emit(
@@ -315,6 +321,12 @@ def _parser(argv) -> argparse.ArgumentParser:
         ),
         url=True,
     ).set_defaults(run=_status)
+    v = sub.add_parser(
+        "verify", help="verify a store in full now (exit 1 naming the first bad chain)"
+    )
+    v.add_argument("--path", required=True, help="the node's data directory")
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.set_defaults(run=_verify)
     c = with_store(sub.add_parser("call", help="call a zome function as an agent"), url=True)
     c.add_argument("--agent", required=True, help="agent id")
     c.add_argument("zome")

@@ -32,12 +32,12 @@ from .core.errors import (
     UnknownFunction,
     WrongNetwork,
 )
-from .core.validate import validate_chain
 from .core.witness import check_invite, parse_invite
 from .keystore import FILE as KEYSTORE_FILE
 from .keystore import Keystore
 from .witness import WitnessService
 from .records import record_dict
+from .verifier import open_states
 from .store import Store, store_path
 
 
@@ -182,20 +182,17 @@ class LocalNode:
         return node
 
     def _verify_and_load(self) -> None:
-        """Verify every chain from genesis; a tampered or corrupted store is refused, not used."""
+        """Each chain from its checkpoint (node/verifier.py: what is checked when); a tampered
+        or corrupted store is refused, not used."""
+        keys: dict[bytes, SigningKey] = {}
         for author in self.store.authors():
             key = self.keystore.get(author)
             if key is None:
                 raise StoreCorrupted(f"no key in the keystore for {to_text('agent', author)}")
-            try:
-                state = validate_chain(
-                    self.store.chain(author), self.dna, self.app, self.store.entries_of(author)
-                )
-            except InvalidChain as e:
-                raise StoreCorrupted(
-                    f"chain of {to_text('agent', author)} is invalid: {e}"
-                ) from None
-            self._add_cell(self.cell_type(key, state, self.store, self.dna, self.app, self.now_us))
+            keys[author] = key
+        for author, state in open_states(self.store, list(keys), self.dna, self.app).items():
+            cell = self.cell_type(keys[author], state, self.store, self.dna, self.app, self.now_us)
+            self._add_cell(cell)
 
     def close(self) -> None:
         self.store.close()
@@ -292,10 +289,8 @@ class LocalNode:
         if cell is None and self.store.head(pub) is not None:
             key = self.keystore.get(pub)
         if key is not None:
-            # created by another process sharing this store: verify it like any chain on open
-            state = validate_chain(
-                self.store.chain(pub), self.dna, self.app, self.store.entries_of(pub)
-            )
+            # created by another process sharing this store: verified like any chain on open
+            state = open_states(self.store, [pub], self.dna, self.app)[pub]
             cell = self._add_cell(
                 self.cell_type(key, state, self.store, self.dna, self.app, self.now_us)
             )

@@ -13,6 +13,12 @@ zero, every write is awaited (`write`), and while another connection (a one-shot
 bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, having written
 nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
 scheduler checkpoint (so a simulation's trace is unchanged).
+
+Each chain's checkpoint (its verified state, node/verifier.py) is written here, in the
+transaction of the action it follows.
+
+(Over 500 lines: this is the one module that speaks SQL about chains, their writes, group
+commit, reads and checkpoints; split, each part would reach into the others' transactions.)
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from typing import TypeAlias
 
 import trio
 
-from .core.action import Signed
+from .core.action import Signed, grant_hash
+from .core.budget import BudgetState
 from .core.crypto import to_text
 from .core.errors import BudgetError, HeadMoved, StoreBusy, StoreCorrupted
+from .core.validate import ChainState
 
-# One append as `append` takes it: (action, prev_seq, prev_hash, entry, index keys, meta rows).
+# One append as `append` takes it: (action, prev_seq, prev_hash, entry, index keys, meta rows,
+# the verified chain state after the action: its checkpoint, or None to leave it where it is).
 Append: TypeAlias = tuple[
     Signed,
     int | None,
@@ -37,6 +46,7 @@ Append: TypeAlias = tuple[
     tuple[bytes, bytes] | None,
     Iterable[tuple[str, str]],
     dict[str, bytes] | None,
+    ChainState | None,
 ]
 
 
@@ -60,7 +70,17 @@ CREATE TABLE IF NOT EXISTS entries(hash BLOB PRIMARY KEY, body BLOB NOT NULL) WI
 CREATE TABLE IF NOT EXISTS idx(kind TEXT NOT NULL, key TEXT NOT NULL, action_id INTEGER NOT NULL,
     PRIMARY KEY(kind, key, action_id) ON CONFLICT IGNORE) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS actions_type ON actions(entry_type, id);
+CREATE TABLE IF NOT EXISTS checkpoints(author BLOB PRIMARY KEY, seq INTEGER NOT NULL,
+    hash BLOB NOT NULL, ts INTEGER NOT NULL, ws INTEGER NOT NULL, rem INTEGER NOT NULL,
+    used INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims(author BLOB NOT NULL, grant BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY(author, grant)) WITHOUT ROWID;
 """
+# checkpoints: a chain's verified state (ChainState) after the action at `seq`, written in the
+# transaction that stores that action (so never ahead of the data); opening a store starts each
+# chain from it (node/verifier.py). claims: the grants a chain claimed, each by seq (a row per
+# stored claim action; a legacy chain verified in full gets its rows at its checkpoint's seq),
+# so a checkpoint's `claimed` set is rebuilt without reading the chain.
 # entries and idx are clustered on their keys (one b-tree each, no rowid table beside an
 # index). A key indexed twice by one action (e.g. a repeated tag) is stored once. Stores
 # created with the earlier schema (rowid tables + idx_kk) open and work unchanged.
@@ -81,7 +101,7 @@ LOCK_WAIT_S = 5.0
 FIRST_BACKOFF_S = 0.001
 MAX_BACKOFF_S = 0.05
 # Only opening may block in SQLite itself, and only on a new store: CREATE TABLE IF NOT EXISTS
-# of tables that exist, the pragmas and quick_check take no write lock; creating the tables
+# of tables that exist and the pragmas take no write lock; creating the tables
 # (and switching a new file to WAL) does. The node serves nobody yet.
 OPEN_WAIT_MS = 5000
 
@@ -108,9 +128,8 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise StoreCorrupted(f"{path}: {ok}")
+            # no quick_check here: it reads the whole file (seconds at a million actions);
+            # `budgetnode verify` runs it (node/verifier.py: what is checked when)
             self.create_tables(SCHEMA)
         except BaseException as e:
             self.db.close()  # a refused store leaves no open connection behind
@@ -222,12 +241,14 @@ class Store:
         entry: tuple[bytes, bytes] | None = None,
         index: Iterable[tuple[str, str]] = (),
         meta: dict[str, bytes] | None = None,
+        state: ChainState | None = None,
     ) -> None:
-        """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None."""
-        await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta))
+        """Append `s` if the author's head is still (prev_seq, prev_hash); genesis passes None.
+        `state`: the verified chain state after `s`, kept as the chain's checkpoint."""
+        await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta, state))
 
     async def append_many(self, items: list[Append]) -> list[BaseException | None]:
-        """Append each (s, prev_seq, prev_hash, entry, index, meta) of `items` in one
+        """Append each (s, prev_seq, prev_hash, entry, index, meta, state) of `items` in one
         transaction. An append whose head moved fails alone, having written nothing (its
         compare-and-swap is the first statement, and a miss writes no row); its HeadMoved is
         returned in its place (None for success). Should an append fail any other way, the
@@ -274,15 +295,16 @@ class Store:
         prev_hash: bytes | None,
         entry: tuple[bytes, bytes] | None = None,
         index: Iterable[tuple[str, str]] = (),
+        state: ChainState | None = None,
     ) -> None:
         """`append`, sharing its transaction with the appends of other chains' writers that
         are ready at the same moment (group commit). Returns (or raises, e.g. HeadMoved) only
         once the shared COMMIT has returned, so nothing is acknowledged before it is durable.
         A lone writer appends at once, without waiting for company."""
-        item: Append = (s, prev_seq, prev_hash, entry, index, None)
+        item: Append = (s, prev_seq, prev_hash, entry, index, None, state)
         queue = self._queue
         if not queue and self.writers <= 1:
-            await self.append(s, prev_seq, prev_hash, entry, index)
+            await self.append(s, prev_seq, prev_hash, entry, index, state=state)
             return
         slot = _Queued(item)
         queue.append(slot)
@@ -316,7 +338,7 @@ class Store:
             if slot.waiter is not None:
                 trio.lowlevel.reschedule(slot.waiter)
 
-    def _write(self, s: Signed, prev_seq, prev_hash, entry, index, meta) -> None:
+    def _write(self, s: Signed, prev_seq, prev_hash, entry, index, meta, state) -> None:
         """The statements of one append, inside the caller's transaction."""
         a = s.action
         author = a["author"]
@@ -344,22 +366,112 @@ class Store:
         if meta:
             for k, v in meta.items():
                 db.execute("INSERT INTO meta VALUES (?,?)", (k, v))
+        self.note_verified(db, s, state)
+
+    # -- checkpoints (node/verifier.py says what is checked when)
+    @staticmethod
+    def note_verified(db: sqlite3.Connection, s: Signed, state: ChainState | None) -> None:
+        """Inside the transaction that stores `s`: its grant, if it claims one, and `state`
+        (the verified state after `s`, if given) as its chain's checkpoint."""
+        a = s.action
+        if a.get("type") == "claim" and isinstance(a.get("grant"), dict):
+            db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?,?,?)",
+                (s.author, grant_hash(a["grant"]), s.seq),
+            )
+        if state is not None:
+            if (state.seq, state.hash) != (s.seq, s.hash):
+                raise ValueError("a checkpoint names the action it is stored with")
+            Store.put_checkpoint(db, state)
+
+    @staticmethod
+    def put_checkpoint(db: sqlite3.Connection, cs: ChainState, claims: bool = False) -> None:
+        """`claims`: also record every grant `cs` claimed (a chain verified from genesis; an
+        append records its own claim)."""
+        b = cs.budget
+        db.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
+            (cs.author, cs.seq, cs.hash, cs.ts, b.window_start_us, b.remaining_mru, b.used_mru),
+        )
+        if claims:
+            db.executemany(
+                "INSERT OR IGNORE INTO claims VALUES (?,?,?)",
+                [(cs.author, g, cs.seq) for g in cs.claimed],
+            )
+
+    def opening(self) -> tuple[dict[bytes, tuple], dict[bytes, list[tuple[bytes, int]]]]:
+        """What opening the store reads of every checkpointed chain, in two queries: author ->
+        (checkpoint (seq, hash, ts, ws, rem, used), the action at its seq (hash, body, sig) or
+        None, the head row (seq, hash) or None, the last seq stored), and author -> the grants
+        it claimed, (grant, seq)."""
+        found = {
+            r[0]: (
+                r[1:7],
+                r[7:10] if r[7] is not None else None,
+                r[10:12] if r[10] is not None else None,
+                r[12],
+            )
+            for r in self.db.execute(
+                "SELECT c.author, c.seq, c.hash, c.ts, c.ws, c.rem, c.used, a.hash, a.body, a.sig, "
+                "h.seq, h.hash, (SELECT max(m.seq) FROM actions m WHERE m.author=c.author) "
+                "FROM checkpoints c LEFT JOIN actions a ON a.author=c.author AND a.seq=c.seq "
+                "LEFT JOIN heads h ON h.author=c.author"
+            )
+        }
+        claims: dict[bytes, list[tuple[bytes, int]]] = {}
+        for author, g, seq in self.db.execute("SELECT author, grant, seq FROM claims"):
+            claims.setdefault(author, []).append((g, seq))
+        return found, claims
+
+    def checkpoint(self, author: bytes) -> ChainState | None:
+        """The chain's last checkpoint, with the grants claimed up to it; None if it has none."""
+        row = self.db.execute(
+            "SELECT seq, hash, ts, ws, rem, used FROM checkpoints WHERE author=?", (author,)
+        ).fetchone()
+        if row is None:
+            return None
+        seq, h, ts, ws, rem, used = row
+        claimed = frozenset(
+            r[0]
+            for r in self.db.execute(
+                "SELECT grant FROM claims WHERE author=? AND seq<=?", (author, seq)
+            )
+        )
+        return ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed)
+
+    def op_rows(self, after_rowid: int, limit: int) -> list[tuple]:
+        """(rowid, hash, body, sig, entry hash, entry) of the single ops a network node holds
+        (node/net/dht_store.py), past a rowid; none in a store no network node has run on."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='ops'").fetchone():
+            return []
+        return self.db.execute(
+            "SELECT o.rowid, o.hash, o.body, o.sig, o.entry, e.body FROM ops o "
+            "LEFT JOIN entries e ON e.hash=o.entry WHERE o.rowid>? ORDER BY o.rowid LIMIT ?",
+            (after_rowid, limit),
+        ).fetchall()
 
     # -- reads
-    def authors(self) -> list[bytes]:
-        """Every local author (with a head), then any author with actions but neither a head nor
-        a `held` row (which chain() reports as corrupted): a deleted head row must not make a
-        chain silently vanish. Other authors' chains held for the network are in `held`."""
+    def authors(self, every: bool = False) -> list[bytes]:
+        """Every local author (with a head), then any author with a checkpoint (or, `every`,
+        with actions: a scan of the whole table) but neither a head nor a `held` row, which
+        chain() reports as corrupted: a deleted head row must not make a chain silently vanish.
+        Other authors' chains held for the network are in `held`."""
         out = [r[0] for r in self.db.execute("SELECT author FROM heads ORDER BY rowid")]
         known = set(out)
+        table = "actions" if every else "checkpoints"
         out += [
             r[0]
             for r in self.db.execute(
-                "SELECT DISTINCT author FROM actions WHERE author NOT IN (SELECT author FROM held)"
+                f"SELECT DISTINCT author FROM {table} WHERE author NOT IN (SELECT author FROM held)"
             )
             if r[0] not in known
         ]
         return out
+
+    def is_held(self, author: bytes) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM held WHERE author=?", (author,)).fetchone() is not None
+        )
 
     def held_authors(self) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT author FROM held ORDER BY rowid")]
@@ -373,10 +485,11 @@ class Store:
     def head(self, author: bytes):
         return self.db.execute("SELECT seq, hash FROM heads WHERE author=?", (author,)).fetchone()
 
-    def chain(self, author: bytes, after_seq: int = -1) -> list[Signed]:
-        """The author's actions after `after_seq`. A stored action that does not parse or does
-        not hash to its key, or a chain that does not reach the recorded head, is reported as
-        StoreCorrupted naming the agent, never returned."""
+    def chain(self, author: bytes, after_seq: int = -1, limit: int = -1) -> list[Signed]:
+        """The author's actions after `after_seq` (at most `limit`, if not -1). A stored action
+        that does not parse or does not hash to its key, or a chain that does not reach the
+        recorded head (checked when the answer reaches the end), is reported as StoreCorrupted
+        naming the agent, never returned."""
         who = to_text("agent", author) if isinstance(author, bytes) else repr(author)
         own_txn = not self.db.in_transaction
         if own_txn:
@@ -384,44 +497,35 @@ class Store:
         try:
             head = self.head(author)
             rows = self.db.execute(
-                "SELECT seq, hash, body, sig FROM actions WHERE author=? AND seq>? ORDER BY seq",
-                (author, after_seq),
+                "SELECT seq, hash, body, sig FROM actions WHERE author=? AND seq>? ORDER BY seq "
+                "LIMIT ?",
+                (author, after_seq, limit),
             ).fetchall()
         finally:
             if own_txn:
                 self.db.execute("COMMIT")
-        if head is None:
-            if (
-                rows
-                and not self.db.execute("SELECT 1 FROM held WHERE author=?", (author,)).fetchone()
-            ):
+        if len(rows) == limit:
+            pass  # not the end: where the chain ends is checked by the read that reaches it
+        elif head is None:
+            if rows and not self.is_held(author):
                 raise StoreCorrupted(f"chain of {who}: actions stored without a chain head")
         elif (rows[-1][:2] != tuple(head)) if rows else head[0] > after_seq:
             raise StoreCorrupted(
                 f"chain of {who}: the stored actions do not end at the "
                 f"recorded head (seq {head[0]})"
             )
-        out = []
-        for _, h, body, sig in rows:
-            try:
-                s = Signed.from_store(body, sig)
-            except BudgetError as e:
-                raise StoreCorrupted(
-                    f"chain of {who}: stored action {_hex(h)} is unreadable: {e}"
-                ) from None
-            if s.hash != h:
-                raise StoreCorrupted(
-                    f"chain of {who}: action stored under {_hex(h)} does not hash to it"
-                )
-            out.append(s)
-        return out
+        try:
+            return [read_action(h, body, sig) for _, h, body, sig in rows]
+        except StoreCorrupted as e:
+            raise StoreCorrupted(f"chain of {who}: {e.message}") from None
 
-    def entries_of(self, author: bytes) -> dict:
+    def entries_of(self, author: bytes, after_seq: int = -1, upto_seq: int = 1 << 62) -> dict:
+        """The entries the author's actions in (after_seq, upto_seq] created."""
         return dict(
             self.db.execute(
                 "SELECT e.hash, e.body FROM actions a JOIN entries e ON e.hash=a.entry "
-                "WHERE a.author=?",
-                (author,),
+                "WHERE a.author=? AND a.seq>? AND a.seq<=?",
+                (author, after_seq, upto_seq),
             )
         )
 
@@ -431,7 +535,7 @@ class Store:
             "WHERE a.hash=?",
             (action_hash,),
         ).fetchone()
-        return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
+        return None if row is None else (read_action(action_hash, row[0], row[1]), row[2])
 
     def find(self, kind: str, key: str, limit: int) -> list[bytes]:
         return [
@@ -456,6 +560,18 @@ class Store:
                 (entry_type, author, limit),
             )
         return [r[0] for r in self.db.execute(*q)]
+
+
+def read_action(key: bytes, body: bytes, sig: bytes) -> Signed:
+    """A stored action, read: one that does not parse, or does not hash to the key it was
+    stored under, is StoreCorrupted, never returned."""
+    try:
+        s = Signed.from_store(body, sig)
+    except BudgetError as e:
+        raise StoreCorrupted(f"stored action {_hex(key)} is unreadable: {e}") from None
+    if s.hash != key:
+        raise StoreCorrupted(f"the action stored under {_hex(key)} does not hash to it")
+    return s
 
 
 def _refuse_abort(_raise_cancel):

@@ -18,6 +18,7 @@ from node.core.encoding import encode
 from node.core.errors import HeadMoved
 from node.core.validate import validate_chain
 from node.keystore import FILE, HEADER, RECORD
+from node.verifier import verify_path
 from node.sdk import BudgetError, InsufficientRU, InvalidInput, LocalNode, StoreCorrupted, TooLarge
 from zomes import APP
 
@@ -55,12 +56,19 @@ def sql(path, *statements):
         db.close()
 
 
-async def refused(path, agent_id) -> StoreCorrupted:
+async def refused(path, agent_id, at_open: bool = False) -> StoreCorrupted:
+    """The full verification (`budgetnode verify`, a network node's background pass) reports
+    the damage, naming the agent; `at_open`: so does opening the store (what opening checks:
+    each chain's checkpoint, head and tail; docs/ARCHITECTURE.md, "What is checked when")."""
     with pytest.raises(StoreCorrupted) as e:
-        async with opened(path):
-            pass
+        verify_path(str(path))
     assert e.value.code == "E_STORE_CORRUPTED"
     assert agent_id in str(e.value), str(e.value)
+    if at_open:
+        with pytest.raises(StoreCorrupted) as e:
+            async with opened(path):
+                pass
+        assert agent_id in str(e.value), str(e.value)
     return e.value
 
 
@@ -92,6 +100,9 @@ async def test_flipped_bytes_in_an_action_body_are_reported(tmp_path):
         bad[i] ^= rng.choice([0x01, 0x80, 0xFF, rng.randrange(1, 256)])
         sql(tmp_path, ("UPDATE actions SET body=? WHERE hash=?", (bytes(bad), target)))
         await refused(tmp_path, agent_id)
+        async with opened(tmp_path) as node:  # a checkpointed action, caught when read
+            with pytest.raises(StoreCorrupted):
+                node.get_record(hashes[2])
     sql(tmp_path, ("UPDATE actions SET body=? WHERE hash=?", (body, target)))
     async with opened(tmp_path) as node:  # restored: accepted again
         assert node.get_record(hashes[2])["seq"] == 3
@@ -162,14 +173,14 @@ async def test_deleted_action_is_reported(tmp_path, which):
     pub = from_text("agent", agent_id)
     seq = {"middle": 3, "first_after_genesis": 1, "head": len(hashes), "genesis": 0}[which]
     sql(tmp_path, ("DELETE FROM actions WHERE author=? AND seq=?", (pub, seq)))
-    await refused(tmp_path, agent_id)
+    await refused(tmp_path, agent_id, at_open=which == "head")
 
 
 async def test_deleted_chain_head_row_is_reported(tmp_path):
     """Without its head row the chain must not silently drop out of the node."""
     agent_id, _ = await populate(tmp_path)
     sql(tmp_path, ("DELETE FROM heads WHERE author=?", (from_text("agent", agent_id),)))
-    await refused(tmp_path, agent_id)
+    await refused(tmp_path, agent_id, at_open=True)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +195,7 @@ async def test_head_row_not_at_the_last_action_is_reported(tmp_path, seq, which)
         sql(tmp_path, ("UPDATE heads SET seq=? WHERE author=?", (seq, pub)))
     if which is not None:
         sql(tmp_path, ("UPDATE heads SET hash=? WHERE author=?", (raw(hashes[which]), pub)))
-    await refused(tmp_path, agent_id)
+    await refused(tmp_path, agent_id, at_open=True)
 
 
 async def test_swapped_signatures_are_reported(tmp_path):

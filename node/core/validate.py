@@ -253,8 +253,20 @@ def validate_chain(
         raise InvalidChain("empty_chain")
     if len(actions) > MAX_CHAIN:
         raise InvalidChain("chain_too_long")
-    cs = validate_genesis(actions[0], dna)
-    for s in actions[1:]:
+    return validate_tail(validate_genesis(actions[0], dna), actions[1:], dna, app, entries, now_us)
+
+
+def validate_tail(
+    cs: ChainState,
+    actions: list[Signed],
+    dna: Dna,
+    app: App,
+    entries: dict[bytes, bytes] | None = None,
+    now_us: int | None = None,
+) -> ChainState:
+    """`validate_chain` past a state already validated (`cs`): the state after the last of
+    `actions` (`cs` itself if there are none)."""
+    for s in actions:
         entry = None
         if entries is not None and s.action.get("type") == "create":
             eh = s.action.get("entry")

@@ -9,11 +9,13 @@ and raises StoreBusy, having written nothing, if another process holds the lock 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from ..core.action import Signed
 from ..core.encoding import decode
 from ..core.errors import HeadMoved, StoreBusy
-from ..store import Store
+from ..core.validate import ChainState
+from ..store import Store, read_action
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS warrants(hash BLOB PRIMARY KEY, offender BLOB NOT NULL,
@@ -69,9 +71,9 @@ class DhtStore:
 
     def action_at(self, author: bytes, seq: int) -> Signed | None:
         row = self.db.execute(
-            "SELECT body, sig FROM actions WHERE author=? AND seq=?", (author, seq)
+            "SELECT hash, body, sig FROM actions WHERE author=? AND seq=?", (author, seq)
         ).fetchone()
-        return None if row is None else Signed.from_store(*row)
+        return None if row is None else read_action(*row)
 
     def has_action(self, h: bytes) -> bool:
         """Held as part of a chain or as a single op."""
@@ -102,16 +104,23 @@ class DhtStore:
         kept without the author's chain (the author-key authorities keep that). `unshown_from`:
         the sender, when the op still has to be shown to an author-key authority (kept with the
         op, so a crash does not forget it)."""
+        await self.put_ops([(s, entry, unshown_from)])
+
+    async def put_ops(self, items: list[tuple[Signed, bytes | None, bytes | None]]) -> None:
+        """`put_op` for each (s, entry, unshown_from), in one transaction."""
 
         def put(db):
-            db.execute(
-                "INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
-                (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")),
-            )
-            if unshown_from is not None:
-                db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
-            if entry is not None:
-                db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+            for s, entry, unshown_from in items:
+                db.execute(
+                    "INSERT OR IGNORE INTO ops VALUES (?,?,?,?,?,?)",
+                    (s.hash, s.author, s.seq, s.body, s.sig, s.action.get("entry")),
+                )
+                if unshown_from is not None:
+                    db.execute("INSERT OR IGNORE INTO unshown VALUES (?,?)", (s.hash, unshown_from))
+                if entry is not None:
+                    db.execute(
+                        "INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry)
+                    )
 
         await self.store.write(put)
 
@@ -140,7 +149,7 @@ class DhtStore:
             "ON e.hash=o.entry WHERE o.hash=?",
             (h,),
         ).fetchone()
-        return None if row is None else (Signed.from_store(row[0], row[1]), row[2])
+        return None if row is None else (read_action(h, row[0], row[1]), row[2])
 
     def records(self, author: bytes, from_seq: int, limit: int) -> list[list]:
         """[body, sig, entry-or-None] for seq >= from_seq, in order."""
@@ -153,43 +162,56 @@ class DhtStore:
             )
         ]
 
-    async def put_foreign(self, s: Signed, entry: bytes | None, index) -> None:
+    async def put_foreign(
+        self, s: Signed, entry: bytes | None, index, state: ChainState | None = None
+    ) -> None:
         """`s` onto its author's held chain, which must end at the action before it (the one
         `s` was validated against): while this write waited for the lock, another task may
         have stored this action (then nothing more is written) or another at its seq
-        (HeadMoved, nothing written)."""
+        (HeadMoved, nothing written). `state`: the verified state after `s`, kept as the chain's
+        checkpoint."""
+        await self.put_foreign_many([(s, entry, index, state)])
 
-        def put(db):
-            db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
-            try:
-                cur = db.execute(
-                    "INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
-                    "VALUES (?,?,?,?,?,?,?)",
-                    (
-                        s.hash,
-                        s.author,
-                        s.seq,
-                        s.action.get("entry_type"),
-                        s.action.get("entry"),
-                        s.body,
-                        s.sig,
-                    ),
-                )
-            except sqlite3.IntegrityError:  # UNIQUE(author, seq): something is there already
-                held = self.action_at(s.author, s.seq)
-                if held is not None and held.hash == s.hash:
-                    return
-                raise HeadMoved(
-                    "another action was stored at this seq first; nothing was written"
-                ) from None
-            if entry is not None:
-                db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
-            if index:
-                db.executemany(
-                    "INSERT INTO idx VALUES (?,?,?)", [(k, key, cur.lastrowid) for k, key in index]
-                )
+    async def put_foreign_many(self, items: list[tuple[Signed, bytes | None, Any, Any]]) -> None:
+        """`put_foreign` for each (s, entry, index, state), in one transaction: all are written,
+        or (HeadMoved) none."""
+
+        def put(db) -> None:
+            for item in items:
+                self._put_foreign(db, *item)
 
         await self.store.write(put)
+
+    def _put_foreign(self, db, s: Signed, entry: bytes | None, index, state) -> None:
+        db.execute("INSERT OR IGNORE INTO held VALUES (?)", (s.author,))
+        try:
+            cur = db.execute(
+                "INSERT INTO actions(hash,author,seq,entry_type,entry,body,sig) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (
+                    s.hash,
+                    s.author,
+                    s.seq,
+                    s.action.get("entry_type"),
+                    s.action.get("entry"),
+                    s.body,
+                    s.sig,
+                ),
+            )
+        except sqlite3.IntegrityError:  # UNIQUE(author, seq): something is there already
+            held = self.action_at(s.author, s.seq)
+            if held is not None and held.hash == s.hash:
+                return
+            raise HeadMoved(
+                "another action was stored at this seq first; nothing was written"
+            ) from None
+        if entry is not None:
+            db.execute("INSERT OR IGNORE INTO entries VALUES (?,?)", (s.action["entry"], entry))
+        if index:
+            db.executemany(
+                "INSERT INTO idx VALUES (?,?,?)", [(k, key, cur.lastrowid) for k, key in index]
+            )
+        Store.note_verified(db, s, state)
 
     # -- warrants
     async def put_warrant(self, h: bytes, offender: bytes, wire: bytes) -> None:

@@ -49,6 +49,7 @@ from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode, usable_directory
 from ..records import record_dict
 from . import protocol as P
+from ..verifier import Verifier
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .acceptor import Acceptor, ask_chain
 from .gossip import Gossiper
@@ -152,6 +153,7 @@ class NetNode(LocalNode):
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
                         nursery.start_soon(keep_running, node.metrics, node.acceptor.run_limbo)
+                        nursery.start_soon(node.verifier.run)  # corruption found stops the node
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node.peer_table.load_cache()
                         for addr in node.bootstrap:
@@ -305,7 +307,8 @@ class NetNode(LocalNode):
         for cell in self.cells.values():
             self._wire_cell(cell)
         self._parts_built = True
-        self.acceptor.load(self.store.chain, self.store.entries_of)
+        self.acceptor.load()
+        self.verifier = Verifier(self.store, self.dna, self.app, self.metrics)
         await self.warrant_book.load()
 
     def _holds_state_of(self, agent: bytes) -> bool:

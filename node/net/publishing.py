@@ -102,7 +102,11 @@ class Publisher:
                 self.maybe_unpublished = bool(pending)
             if self.peers and self._republish:
                 have = {s.hash for s in pending}
-                for pub in sorted(self._republish)[: P.MAX_OPS_PER_MESSAGE]:
+                # a round's ops, backlog and heads together, fit in one publish (the bound its
+                # recipients check): a restart with a backlog once sent 256 + the heads, refused
+                # every round, forever
+                room = P.MAX_OPS_PER_MESSAGE - len(pending)
+                for pub in sorted(self._republish)[:room]:
                     cell = self.cells.get(pub)
                     head = self.dht.action_at(pub, cell.state.seq) if cell is not None else None
                     if head is None or head.hash in have:
@@ -238,6 +242,11 @@ class Publisher:
         got_receipts: list[tuple] = []
 
         async def send(peer: bytes, batch: list[Signed], vouch: bool = False) -> None:
+            # an adversary's hook (`outgoing`) may have grown a batch past the bound
+            for i in range(0, len(batch), P.MAX_OPS_PER_MESSAGE):
+                await send_one(peer, batch[i : i + P.MAX_OPS_PER_MESSAGE], vouch)
+
+        async def send_one(peer: bytes, batch: list[Signed], vouch: bool) -> None:
             ops = [
                 [
                     s.body,
