@@ -131,3 +131,16 @@ def test_an_honest_run_that_rolls_windows_stays_within_the_bound():
     assert r["window_s"] == 300 and r["windows_opened"] >= 5
     assert r["spending_bound_chains"] > 0
 
+
+
+def test_a_sybil_node_on_an_invite_network_gets_no_agent_held_or_warranted():
+    """Its uninvited agents write as any agent would: honest nodes refuse their geneses, and the
+    ops they publish to authorities of an entry or hash (validated there as single steps, which
+    cannot show a genesis) are refused too, without a warrant and without fetching the chain
+    again at every publish."""
+    r = run(small(nodes=4, agents=8, hours=0.3, rogue=1, rogue_modes=("sybil",),
+                  membrane="invite", seed=3))
+    assert r["ok"], r["invariant_violations"][:3]
+    assert r["sybil_agents"] == 2 and r["membrane"] == "invite"
+    assert (r["sybil_accepted"], r["sybil_warranted"], r["rogue_agents"]) == (0, 0, 0)
+    assert r["node_metrics"]["ops_rejected"] < 50  # each sybil author is refused once a node
