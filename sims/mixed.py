@@ -41,9 +41,9 @@ def mixed(
     byzantine: bool = False,
     trust: bool = False,
 ) -> SimConfig:
-    """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: an invite network
-    with one or two more rogue nodes, in the modes backdate and sybil (the first rogue nodes get
-    them, the rest keep the budget modes). Each is drawn from a stream of its own after
+    """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: one or two more
+    rogue nodes, in the modes backdate and sybil (the first rogue nodes get them, the rest keep
+    the budget modes), on an invite network (or, for some lone backdaters, an open one). Each is drawn from a stream of its own after
     everything else, as is the window, so a seed's other faults are the same with them on or
     off."""
     rng = random.Random(f"{seed}:mixed")
@@ -72,9 +72,13 @@ def mixed(
     if trust and nodes >= 4:
         rt = random.Random(f"{seed}:mixed:trust")
         extra = rt.randint(1, min(2, nodes - 2 - rogue)) if nodes - 2 - rogue >= 1 else 0
-        cfg.membrane = "invite"
+        new = tuple(rt.sample(TRUST_MODES, 2))[:extra]
+        # a lone backdater attacks an open network, as in the issue (a genesis days old, its
+        # windows backfilled); on an invite network its genesis is witnessed, so it can only
+        # open windows early
+        cfg.membrane = "open" if new == ("backdate",) and rt.random() < 0.5 else "invite"
         cfg.rogue = rogue = rogue + extra
-        cfg.rogue_modes = tuple(rt.sample(TRUST_MODES, 2))[:extra] + cfg.rogue_modes
+        cfg.rogue_modes = new + cfg.rogue_modes
     if byzantine:
         room = nodes - 1 - rogue
         cfg.byzantine = random.Random(f"{seed}:mixed:byzantine").randint(min(1, room), min(2, room))
