@@ -240,6 +240,10 @@ def _human(r: dict) -> str:
         f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
         f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
         f"  byzantine nodes {r['byzantine_nodes']}, honest node crashes {r['honest_node_crashes']}",
+        f"  membrane {r['membrane']}, window {r['window_s']} s, windows opened "
+        f"{r['windows_opened']}, refusals by code {r['refusals_by_code'] or 'none'}; rogue modes "
+        f"{','.join(r['rogue_modes']) or 'none'}; sybil agents {r['sybil_agents']} (held by an "
+        f"honest node: {r['sybil_accepted']}), backdated actions held {r['backdated_accepted']}",
         f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
         f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
     ]
