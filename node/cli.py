@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from .core.errors import BudgetError
+from .core.errors import BudgetError, NotAuthorized
 from .store import store_path
 
 EXIT_REFUSED = 1
@@ -43,7 +43,14 @@ def _open(args, create: bool = False):
             f"budgetnode: no node store at {args.path} "
             f"(create one with: budgetnode init --path {args.path})"
         )
-    return LocalNode.open(path=args.path, durability=args.durability)
+    return LocalNode.open(path=args.path, durability=args.durability, dna=_rules(args))
+
+
+def _rules(args) -> dict | None:
+    """The rules `init` was asked to make the network with (None: the defaults, or whatever
+    network the store holds)."""
+    membrane = getattr(args, "membrane", None)
+    return None if membrane is None else {"membrane": membrane}
 
 
 async def _init(args):
@@ -62,12 +69,32 @@ async def _new_agent(args):
     if _remote(args):
         from .app.client import connect
 
-        async with connect(args.url, token=_token(args)) as a:
+        async with connect(args.url, token=_token(args), invite=args.invite) as a:
             _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
         return
     async with _open(args) as node:
-        a = await node.new_agent()
+        a = await node.new_agent(invite=args.invite)
         _emit(a.agent_id if not args.json else {"agent_id": a.agent_id}, args.json)
+
+
+async def _invite(args):
+    """A steward's single-use invite, as text (the node must hold a steward's key)."""
+    if _remote(args):
+        from .app.client import NodeClient, connect
+
+        async with NodeClient.connect(args.url, token=_token(args)) as node:
+            st = await node.status()
+        steward = next((a["agent_id"] for a in st["agents"] if a["steward"]), None)
+        if steward is None:
+            raise NotAuthorized("this node holds no steward of its network: it cannot invite")
+        async with connect(args.url, token=_token(args), agent=steward) as a:
+            text = await a.invite(args.note)
+    else:
+        async with _open(args) as node:
+            if node.steward is None:
+                raise NotAuthorized("this node holds no steward of its network: it cannot invite")
+            text = await node.steward.invite(args.note)
+    _emit(text if not args.json else {"invite": text}, args.json)
 
 
 def _remote(args):
@@ -156,6 +183,16 @@ async def _demo(args):
         await demo.run_cluster(nodes=args.nodes)
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return n
+
+
 def _parser(argv) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="budgetnode",
@@ -219,14 +256,33 @@ def _parser(argv) -> argparse.ArgumentParser:
     )
     u.add_argument("--app-host", default="127.0.0.1", help="app server address (default 127.0.0.1)")
     u.add_argument("--no-app", action="store_true", help="run without app servers")
+    u.add_argument(
+        "--max-agents",
+        type=_positive,
+        metavar="N",
+        help="each node hosts at most N agents (its steward counts); past it E_NOT_AUTHORIZED",
+    )
     u.add_argument("--json", action="store_true", help="print one JSON line describing the nodes")
     u.set_defaults(run=_up)
-    with_store(
+    i = with_store(
         sub.add_parser("init", help="create a node store and a new network with one steward")
-    ).set_defaults(run=_init)
-    with_store(
-        sub.add_parser("new-agent", help="create an agent on a node"), url=True
-    ).set_defaults(run=_new_agent)
+    )
+    i.add_argument(
+        "--membrane",
+        choices=("open", "invite"),
+        help="who may create agents: open (anyone; the default, unsuited to untrusted agents) "
+        "or invite (only holders of a steward's single-use invite)",
+    )
+    i.set_defaults(run=_init)
+    n = with_store(sub.add_parser("new-agent", help="create an agent on a node"), url=True)
+    n.add_argument("--invite", help="a steward's invite text (`budgetnode invite`)")
+    n.set_defaults(run=_new_agent)
+    iv = with_store(
+        sub.add_parser("invite", help="a steward's single-use invite for one new agent"),
+        url=True,
+    )
+    iv.add_argument("--note", default="", help="who or what the invite is for (kept in it)")
+    iv.set_defaults(run=_invite)
     with_store(
         sub.add_parser(
             "status",

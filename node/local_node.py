@@ -398,12 +398,20 @@ class AgentClient(AgentMethods):
         return f"AgentClient({self.agent_id})"
 
     @staticmethod
-    def connect(url: str, *, token: str | None = None, agent: str | None = None, **kw):
+    def connect(
+        url: str,
+        *,
+        token: str | None = None,
+        agent: str | None = None,
+        invite: str | None = None,
+        **kw,
+    ):
         """`async with AgentClient.connect(url, token=T) as alice:` — an agent of the node at
-        `url` (a new one when `agent` is None). Same methods, results and errors as in process."""
+        `url` (a new one when `agent` is None, admitted by `invite` where the network asks for
+        one). Same methods, results and errors as in process."""
         from .app.client import connect
 
-        return connect(url, token=token, agent=agent, **kw)
+        return connect(url, token=token, agent=agent, invite=invite, **kw)
 
     async def call(self, zome: str, fn: str, payload: dict | None = None):
         try:

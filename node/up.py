@@ -100,6 +100,12 @@ async def app_servers(nodes, host: str = "127.0.0.1", port: int | None = 0):
                     pass
 
 
+def _cap(nodes, args) -> None:
+    """`--max-agents N`: each node refuses to create agents past N (E_NOT_AUTHORIZED)."""
+    for node in nodes:
+        node.max_agents = getattr(args, "max_agents", None)
+
+
 async def run(args) -> None:
     port = None if getattr(args, "no_app", False) else args.app_port
     try:
@@ -117,6 +123,7 @@ async def run(args) -> None:
         async with NetNode.open(
             factory, path=args.path, bootstrap=args.bootstrap, dna=dna, **adversary
         ) as node:
+            _cap([node], args)
             async with app_servers([node], args.app_host, port) as servers:
                 await _announce_until_signal([node], servers, args.json)
         return
@@ -125,5 +132,6 @@ async def run(args) -> None:
         paths = [os.path.join(args.path, f"node{i}") for i in range(args.nodes)]
     rogue = {args.nodes - 1: modes} if modes else {}
     async with LocalCluster.open(n=args.nodes, paths=paths, rogue=rogue) as cluster:
+        _cap(cluster.nodes, args)
         async with app_servers(cluster.nodes, args.app_host, port) as servers:
             await _announce_until_signal(cluster.nodes, servers, args.json)

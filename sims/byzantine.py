@@ -38,6 +38,7 @@ REQUEST_FIELDS = {
     "summary": ("heads", "warranted"),
     "warrants": ("warrants",),
     "grant": ("grant", "sig"),
+    "witness": ("agent", "prev", "invite"),
 }
 REPLY_FIELDS = {
     "dna": ("dna",),
@@ -49,6 +50,7 @@ REPLY_FIELDS = {
     "summary": ("heads", "warrants", "warranted"),
     "warrants": ("ok",),
     "grant": ("granted",),
+    "witness": ("by", "at", "sig"),
 }
 assert set(REQUEST_FIELDS) == set(REQUESTS) == set(REPLY_FIELDS)
 

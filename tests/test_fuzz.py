@@ -84,6 +84,9 @@ def captured() -> tuple[str, dict, dict]:
             await n0._request(n1.id, "record", hash=h)
             await n0._request(n1.id, "chain", author=bob._cell.key.public, **{"from": 0}, limit=8)
             await n0.transport.request(n1.id, P.request("dna", b""))
+            # witness requests, to the steward's node: one for a window, one with an invite
+            await n1._request(n0.id, "witness", agent=bob._cell.key.public, prev=h, invite=None)
+            await n1.new_agent(invite=await n0.steward.invite(note="fuzz"))
             with trio.fail_after(600):  # virtual time: gossip rounds bring summaries and warrants
                 while not all(requests.values()):
                     await c.wait_changed()
@@ -195,9 +198,10 @@ def snapshot(node) -> tuple:
     )
 
 
-async def _feed(c, raw: bytes) -> None:
-    """`raw` from node 0 to node 1's request handler (the function its transport calls)."""
-    target, sender = c.nodes[1], c.nodes[0]
+async def _feed(c, raw: bytes, to: int = 1) -> None:
+    """`raw` from the other node to node `to`'s request handler (the function its transport
+    calls)."""
+    target, sender = c.nodes[to], c.nodes[1 - to]
     handler = c.network.handlers[target.id]
     await trio.testing.wait_all_tasks_blocked()
     before = snapshot(target)
@@ -221,7 +225,7 @@ async def _feed(c, raw: bytes) -> None:
 def test_requests_with_arbitrary_fields_are_refused_or_answered(t, data):
     async def main():
         async with two_nodes() as c:
-            await _feed(c, data.draw(arbitrary_request(t, c.nodes[1].dna.hash)))
+            await _feed(c, data.draw(arbitrary_request(t, c.nodes[1].dna.hash)), to=_target(t))
 
     run_trio(main, autojump=False)
 
@@ -234,9 +238,14 @@ def test_near_valid_mutations_of_real_requests_are_refused_or_answered(t, data):
 
     async def main():
         async with two_nodes() as c:
-            await _feed(c, raw)
+            await _feed(c, raw, to=_target(t))
 
     run_trio(main, autojump=False)
+
+
+def _target(t: str) -> int:
+    """Node 0 holds the steward: witness requests go there, to reach the witness service."""
+    return 0 if t == "witness" else 1
 
 
 @settings(FUZZ, max_examples=150)

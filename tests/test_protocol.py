@@ -13,7 +13,8 @@ from node.core import warrant as W
 from node.core.action import Signed, grant_body
 from node.core.crypto import SigningKey, from_text
 from node.core.encoding import decode, encode, encode_trusted
-from node.core.errors import BudgetError, MalformedInput
+from node.core.errors import BudgetError, InviteUsed, MalformedInput
+from node.core.witness import make_invite
 from node.net import protocol as P
 from node.net.messages import MAX_OPS_PER_MESSAGE
 from node.net.node import fetch_dna
@@ -60,6 +61,11 @@ REQUESTS = {
         "grant": grant_body(DNA, KEY.public, OTHER.public, 5000, 9, b"n" * 16),
         "sig": b"s" * 64,
     },
+    "witness": {
+        "agent": OTHER.public,
+        "prev": None,
+        "invite": make_invite(KEY, DNA, b"n" * 16, "for bob", 7),
+    },
 }
 
 # ...and of every reply.
@@ -79,6 +85,7 @@ REPLIES = {
     },
     "warrants": {"ok": True},
     "grant": {"granted": 5000},
+    "witness": {"by": KEY.public, "at": 9, "sig": b"s" * 64},
 }
 
 
@@ -172,6 +179,16 @@ BAD_REQUESTS = [
     ("grant", ("grant", "amount"), -1),
     ("grant", ("grant", "grantee"), None),
     ("grant", ("sig",), DELETE),
+    ("witness", ("agent",), b"short"),
+    ("witness", ("prev",), b"p" * 33),
+    ("witness", ("prev",), DELETE),
+    ("witness", ("invite",), "inv_text"),  # the invite's map, not its text form
+    ("witness", ("invite", "body", "note"), "n" * 257),
+    ("witness", ("invite", "body", "nonce"), b"n" * 33),
+    ("witness", ("invite", "body", "dna"), b"d" * 1000),
+    ("witness", ("invite", "body", "extra"), 1),
+    ("witness", ("invite", "sig"), b"s"),
+    ("witness", ("extra",), 1),
 ]
 
 
@@ -210,6 +227,9 @@ BAD_REPLIES = [
     ("warrants", ("ok",), False),
     ("grant", ("granted",), "lots"),
     ("grant", ("granted",), DELETE),
+    ("witness", ("at",), -1),
+    ("witness", ("by",), b"k" * 31),
+    ("witness", ("sig",), DELETE),
 ]
 
 
@@ -224,6 +244,24 @@ def test_a_refusal_is_a_protocol_error_not_a_malformed_reply():
         P.parse_reply("chain", P.error_reply(P.ProtocolError("no")))
     with pytest.raises(MalformedInput):
         P.parse_reply("chain", encode([1, 2]))
+
+
+def test_a_refusal_carries_the_peers_code_and_message():
+    with pytest.raises(P.PeerRefused) as e:
+        P.parse_reply("witness", P.error_reply(InviteUsed("this invite already admitted x")))
+    assert e.value.peer_code == "E_INVITE_USED"
+    assert e.value.peer_message == "this invite already admitted x"
+    with pytest.raises(P.PeerRefused) as e:  # whatever a hostile peer says stays text, bounded
+        P.parse_reply("witness", encode({"err": ["x"] * 100, "msg": 5}))
+    assert e.value.peer_code.startswith("['x'") and len(e.value.peer_code) <= 64
+
+
+def test_a_witness_request_carries_the_invite_as_signed():
+    _, w = P.parse_request(P.request("witness", DNA, **REQUESTS["witness"]), DNA)
+    assert w.agent == OTHER.public and w.prev is None
+    assert w.invite.to_wire() == REQUESTS["witness"]["invite"]  # re-encodes to what was signed
+    rep = P.parse_reply("witness", P.reply(**REPLIES["witness"]))
+    assert rep.to_wire() == REPLIES["witness"]
 
 
 # -- on a two-node in-memory cluster, under virtual time
@@ -355,6 +393,8 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
         await c.await_consistency(timeout=120)
         granted = await c.nodes[0].steward.allocate_budget(agents[1].agent_id, 50)
         assert granted.claimed  # asked of the grantee's node
+        clock[0] += 86_400  # a day on: node 1's agent's next write asks node 0 for a witness
+        await agents[1].add_knowledge("a new window")
         await fetch_dna(c.network.transport, c.nodes[1].transport.listen_addrs()[0])
         s = c.nodes[1].store.chain(from_text("agent", agents[1].agent_id))[-1]
         await c.nodes[0]._request(c.nodes[1].id, "record", hash=s.hash)

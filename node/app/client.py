@@ -181,13 +181,22 @@ class NodeClient(_Remote):
         return _open(url, token, None, NodeClient, **kw)
 
 
-def connect(url: str, *, token: str | None = None, agent: str | None = None, **kw):
-    """An agent of the node at `url`: a new one when `agent` is None, else the agent `agent`."""
-    return _open(url, token, "new" if agent is None else agent, RemoteAgentClient, **kw)
+def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    agent: str | None = None,
+    invite: str | None = None,
+    **kw,
+):
+    """An agent of the node at `url`: a new one when `agent` is None (admitted by `invite`, a
+    steward's invite text, on a `membrane: invite` network), else the agent `agent`."""
+    hello = {} if invite is None else {"invite": invite}
+    return _open(url, token, "new" if agent is None else agent, RemoteAgentClient, hello, **kw)
 
 
 @asynccontextmanager
-async def _open(url, token, agent, cls, *, connect_timeout: float = 10.0):
+async def _open(url, token, agent, cls, hello_fields=None, *, connect_timeout: float = 10.0):
     token = token or os.environ.get(TOKEN_ENV)
     if not token:
         raise NotAuthorized(
@@ -208,7 +217,9 @@ async def _open(url, token, agent, cls, *, connect_timeout: float = 10.0):
                 session = Session(ws, nursery)
                 nursery.start_soon(session.reader)
                 try:
-                    hello = await session.request("hello", token=token, agent=agent)
+                    hello = await session.request(
+                        "hello", token=token, agent=agent, **(hello_fields or {})
+                    )
                     yield cls(session, hello)
                 finally:
                     nursery.cancel_scope.cancel()

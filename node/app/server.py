@@ -278,10 +278,12 @@ class Connection:
                 or not hmac.compare_digest(token.encode(), self.server.token.encode())
             ):
                 raise NotAuthorized("a connection starts with hello and the node's token")
-            agent = msg.get("agent")
+            agent, invite = msg.get("agent"), msg.get("invite")
+            if invite is not None and (agent != "new" or not isinstance(invite, str)):
+                raise InvalidInput("an invite is text, and admits a new agent (agent 'new')")
             with trio.CancelScope(shield=True):  # a new agent's genesis is written whole
                 if agent == "new":
-                    self.cell = (await self.node.new_agent())._cell
+                    self.cell = (await self.node.new_agent(invite=invite))._cell
                 elif isinstance(agent, str):
                     self.cell = self.node._cell(from_text("agent", agent))
                 elif agent is not None:

@@ -3,7 +3,8 @@
 Every websocket message is one binary frame holding one canonical-CBOR map
 (`node.core.encoding`, at most MAX_APP_MESSAGE bytes).
 
-client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent id | None}
+client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent id | None,
+                  "invite"?: str (a steward's invite text, which admits the "new" agent)}
                  {"id": int, "t": "call", "zome": str, "fn": str, "payload": map}
                  {"id": int, "t": "get_record", "hash": str}
                  {"id": int, "t": "status"}

@@ -105,14 +105,16 @@ def parse_invite(text: object) -> PlainMap:
     except (binascii.Error, ValueError, BudgetError):
         raise InvalidInput("the invite text is damaged") from None
     try:
-        _invite_shape(inv, 0)
+        invite_shape(inv, 0)
     except InvalidChain as e:
         raise InvalidInput(f"the invite text is damaged ({e.detail})") from None
-    assert isinstance(inv, dict)  # _invite_shape checked it
+    assert isinstance(inv, dict)  # invite_shape checked it
     return inv
 
 
-def _invite_shape(inv: object, seq: int) -> PlainMap:
+def invite_shape(inv: object, seq: int) -> PlainMap:
+    """An invite's body, its shape checked (types and bounds, not its signature), or
+    InvalidChain."""
     if not isinstance(inv, dict) or set(inv) != {"body", "sig"}:
         raise InvalidChain("malformed", seq, "an invite is {body, sig}")
     b, sig = inv["body"], inv["sig"]
@@ -137,7 +139,7 @@ def _invite_shape(inv: object, seq: int) -> PlainMap:
 def check_invite(inv: object, dna: Dna, seq: int = 0) -> tuple[bytes, bytes]:
     """(issuing steward, invite hash) of an invite signed by a steward of `dna`, or
     InvalidChain."""
-    b = _invite_shape(inv, seq)
+    b = invite_shape(inv, seq)
     assert isinstance(inv, dict)
     if b["dna"] != dna.hash:
         raise InvalidChain("wrong_dna", seq, "the invite is for another network")

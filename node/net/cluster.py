@@ -52,12 +52,14 @@ class LocalCluster:
         paths=None,
         rogue_modes=("skip_preflight",),
         app=None,
+        dna: dict | None = None,
     ):
         """`rogue=(2,)` starts node 2 in the adversarial modes `rogue_modes` (by default it skips
         its own pre-flight); `rogue={2: "byzantine", 3: ("fork",)}` names each node's modes
         (node/net/rogue.py lists them; an unknown one is a ValueError). The adversary lives in
         sims/, imported only when asked for. `app`: what every node runs (None: the Rose Forest
-        app, `node.apps`)."""
+        app, `node.apps`). `dna`: the rules of the new network node 0 makes, such as
+        `{"membrane": "invite"}` (see `Dna.rules`); the other nodes join it."""
         network = MemoryNetwork() if transport == "memory" else None
         factory: TransportFactory = network.transport if network is not None else libp2p_factory()
         modes_of = _rogue_table(rogue, rogue_modes)
@@ -82,7 +84,7 @@ class LocalCluster:
                             r=r,
                             gossip_interval=gossip_interval,
                             publish_interval=publish_interval,
-                            dna=nodes[0].dna if nodes else None,
+                            dna=nodes[0].dna if nodes else dna,
                             app=app,
                             **adversary,
                         )

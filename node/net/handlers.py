@@ -56,9 +56,12 @@ class RequestHandlers:
         accept: Callable[..., Awaitable[str]],
         record: Callable[[bytes], tuple[Signed, bytes | None] | None],
         chain_of: Callable[[bytes], list[Signed]],
+        witness_service: Any = None,
     ) -> None:
         """`agents`: this node's cells (grants are claimed by them); `record(hash)`: an action
-        held here, in a chain or alone; `chain_of(agent)`: an own agent's chain."""
+        held here, in a chain or alone; `chain_of(agent)`: an own agent's chain;
+        `witness_service`: the steward's WitnessService (node/witness.py) if a steward's key is
+        on this node, else None (it witnesses nothing)."""
         self.node_key = node_key  # signs receipts
         self.id = node_key.public
         self.dna = dna
@@ -73,6 +76,7 @@ class RequestHandlers:
         self.accept = accept
         self.record = record
         self.chain_of = chain_of
+        self.witness_service = witness_service
         self.last_handler_error = ""
         # request type -> its handler, which gets the typed request protocol.py parsed
         self.table: dict[str, Handler] = {
@@ -85,6 +89,7 @@ class RequestHandlers:
             "summary": gossiper.on_summary,
             "warrants": warrant_book.on_warrants,
             "grant": self._on_grant,
+            "witness": self._on_witness,
         }
         assert self.table.keys() == P.REQUESTS.keys()
 
@@ -222,3 +227,14 @@ class RequestHandlers:
             if s.action.get("type") == "claim" and grant_hash(s.action["grant"]) == gh:
                 return s.action["budget"]["granted"]
         return None
+
+    async def _on_witness(self, peer: bytes, msg: P.WitnessRequest) -> Any:
+        """The steward's signed clock. Its refusals (an invite used already, E_INVITE_USED, or
+        not this steward's, E_NOT_AUTHORIZED) go back with their codes."""
+        ws = self.witness_service
+        if ws is None:
+            # not E_NOT_AUTHORIZED: the asker's routing was stale, its invite may be fine
+            raise UnknownAgent("no steward of this network is on this node: it witnesses nothing")
+        invite = None if msg.invite is None else msg.invite.to_wire()
+        w = await ws.witness(msg.agent, msg.prev, invite)
+        return P.reply(by=w["by"], at=w["at"], sig=w["sig"])

@@ -16,6 +16,7 @@ from ..core.action import MAX_ACTION_BYTES, MAX_ENTRY_BYTES, Signed
 from ..core.crypto import KEY_LEN, SIG_LEN
 from ..core.encoding import Plain, PlainMap
 from ..core.errors import BudgetError, MalformedInput
+from ..core.witness import MAX_NOTE
 
 HASH_LEN = 32
 MAX_OPS_PER_MESSAGE = 256  # actions in one publish (so hashes in its batch) or chain reply
@@ -314,3 +315,35 @@ class Grant:
             "ts": self.ts,
             "nonce": self.nonce,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A steward's invite as `core.witness.make_invite` builds it (its signature is the
+    witnessing steward's to check)."""
+
+    dna: bytes
+    steward: bytes
+    nonce: bytes
+    note: str
+    at: int
+    sig: bytes
+
+    @classmethod
+    def parse(cls, v: Plain) -> Invite:
+        need_map(v, "an invite", frozenset({"body", "sig"}))
+        b = need_map(
+            v["body"], "an invite's body", frozenset({"dna", "steward", "nonce", "note", "at"})
+        )
+        return cls(
+            digest(b["dna"], "an invite's DNA"),
+            key(b["steward"], "an invite's steward"),
+            need_bytes(b["nonce"], "an invite's nonce", most=32),
+            need_text(b["note"], "an invite's note", MAX_NOTE),
+            need_int(b["at"], "an invite's time"),
+            need_bytes(v["sig"], "an invite's signature", size=SIG_LEN),
+        )
+
+    def to_wire(self) -> PlainMap:
+        body = {"dna": self.dna, "steward": self.steward, "nonce": self.nonce}
+        return {"body": {**body, "note": self.note, "at": self.at}, "sig": self.sig}

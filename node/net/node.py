@@ -35,9 +35,14 @@ from ..core.dna import MRU_PER_RU
 from ..errgroups import unwrap_single_errors
 from ..core.errors import (
     BudgetError,
+    InvalidChain,
+    InviteUsed,
+    NotAuthorized,
     StoreBusy,
     UnknownAgent,
+    error_class,
 )
+from ..core.witness import check_witness, invite_hash
 from ..core.warrant import Warrant
 from ..cell import Cell
 from ..local_node import AllocationResult, LocalNode
@@ -291,6 +296,7 @@ class NetNode(LocalNode):
             accept=self.acceptor.accept,
             record=self._record,
             chain_of=self.store.chain,
+            witness_service=self.witness_service,
         )
         self._handlers = self.handlers.table  # tests swap a handler in it
         for cell in self.cells.values():
@@ -421,6 +427,41 @@ class NetNode(LocalNode):
 
     def _news(self) -> None:
         self.gossiper.news()
+
+    # -- time witnesses (core/witness.py): asked of the stewards' nodes
+    async def _remote_witness(self, agent: bytes, prev: bytes | None, invite: dict | None):
+        """A steward's witness from the node that hosts it (for an invite, only its issuer's),
+        checked before it is used; None if no steward answers with a usable one. The issuer's
+        refusal of an invite (E_INVITE_USED, E_NOT_AUTHORIZED) is raised here as it was there."""
+        ih = None if invite is None else invite_hash(invite)
+        stewards = [invite["body"]["steward"]] if invite is not None else sorted(self.dna.stewards)
+        for steward in stewards:
+            host = self.agent_hosts.get(steward)
+            if host is None or host == self.id:
+                continue
+            try:
+                rep = await self._request(host, "witness", agent=agent, prev=prev, invite=invite)
+            except P.PeerRefused as e:
+                cls = error_class(e.peer_code)
+                if invite is not None and cls in (InviteUsed, NotAuthorized):
+                    raise cls(e.peer_message) from None
+                continue
+            except BudgetError:  # unreachable, or its reply was garbage (counted already)
+                continue
+            w = rep.to_wire()
+            try:
+                check_witness(w, self.dna, agent, prev, ih, 0)
+            except InvalidChain:  # well-shaped but false: malformed, like any other bad reply
+                self.metrics["malformed_replies"] += 1
+                self.peer_table.strike(host)
+                continue
+            if w["at"] > self.now_us() + self.dna.max_future_us:
+                # an action stamped at that time would be refused here (and by every node
+                # whose clock agrees with this one) as a future timestamp
+                self.metrics["witnesses_ahead"] += 1
+                continue
+            return w
+        return None
 
     # -- queries and cross-node calls
     async def ensure_agent(self, pub: bytes) -> None:
