@@ -126,10 +126,24 @@ def test_a_backdating_node_in_the_simulator_gets_nothing_past_honest_nodes():
 
 
 def test_an_honest_run_that_rolls_windows_stays_within_the_bound():
-    r = run(small(window=300, seed=4, skew=2.0))
+    r = run(small(nodes=6, agents=12, window=300, seed=4, skew=2.0))
     assert r["ok"], r["invariant_violations"][:3]
-    assert r["window_s"] == 300 and r["windows_opened"] >= 5
-    assert r["spending_bound_chains"] > 0
+    assert r["window_s"] == 300 and r["windows_opened"] >= 10
+    assert r["node_metrics"]["sent_witness"] > 0  # agents of other nodes asked node 0's steward
+    assert r["spending_bound_chains"] >= 12
+
+
+def test_invited_agents_cut_off_from_the_steward_are_refused_by_code_not_failed():
+    """An invite network with a short window: every honest agent is invited by node 0's steward
+    over the network; node 1, isolated for a quarter hour, cannot open its agents' next windows
+    (E_NO_WITNESS, a refusal), and the run still converges without a violation."""
+    from sims import Partition
+
+    r = run(small(seed=3, membrane="invite", window=300, skew=2.0, churn=0.3,
+                  partitions=[Partition.parse("isolate:1@10m-25m")]))
+    assert r["ok"], r["invariant_violations"][:3]
+    assert r["invite_failures"] == {} and r["windows_opened"] >= 10
+    assert r["refusals_by_code"].get("E_NO_WITNESS", 0) >= 1 and "E_NO_WITNESS" not in r["errors"]
 
 
 
