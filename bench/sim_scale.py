@@ -90,7 +90,12 @@ def sweep(
                 "refusals_by_code": r["refusals_by_code"],
                 **{
                     k: r[k]
-                    for k in ("sybil_agents", "sybil_accepted", "sybil_warranted", "backdated_accepted")
+                    for k in (
+                        "sybil_agents",
+                        "sybil_accepted",
+                        "sybil_warranted",
+                        "backdated_accepted",
+                    )
                 },
                 "rogue_agents": r["rogue_agents"],
                 "warranted_rogue_agents": r["warranted_rogue_agents"],
@@ -164,7 +169,9 @@ def main():
         return profile(a.profile)
     if a.sweep or a.sweep_seeds:
         lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
-        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine, a.trust)
+        return sweep(
+            a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine, a.trust
+        )
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 
 

@@ -204,9 +204,7 @@ class Cell:
             return None
         return w
 
-    async def _window(
-        self, cs: ChainState, ts: int
-    ) -> tuple[int, budget.BudgetState, dict | None]:
+    async def _window(self, cs: ChainState, ts: int) -> tuple[int, budget.BudgetState, dict | None]:
         """(timestamp, the window a write at `ts` charges, the witness that opens it or None)."""
         w = await self._witnessed(cs, ts)
         if w is None:

@@ -129,8 +129,9 @@ class SimConfig:
         if self.membrane not in MEMBRANES:
             raise ValueError(f"membrane is one of {', '.join(MEMBRANES)}, not {self.membrane!r}")
         if "sybil" in self.rogue_modes and self.rogue and self.membrane != "invite":
-            raise ValueError("rogue mode sybil needs membrane 'invite' (an open network admits "
-                             "every agent)")
+            raise ValueError(
+                "rogue mode sybil needs membrane 'invite' (an open network admits every agent)"
+            )
         if self.window is not None and (self.window < 1 or self.window != int(self.window)):
             raise ValueError(f"window is a whole number of seconds >= 1, not {self.window!r}")
 

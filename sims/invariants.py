@@ -80,7 +80,8 @@ def _cost(a: dict, rec: dict, dna: Dna) -> tuple[str | None, int] | None:
     """(op, the DNA's cost) of a create or charge; None for another type."""
     typ = a.get("type")
     if typ == "create":
-        edef = APP.entry_def(a.get("entry_type"))
+        et = a.get("entry_type")
+        edef = APP.entry_def(et) if isinstance(et, str) else None
         op = edef.op if edef else None
         return op, dna.costs.get(op, -1) if op is not None else -1
     if typ == "charge":
@@ -188,7 +189,7 @@ def spending_bound(
         return []
     who = to_text("agent", actions[0].author)[:14]
     window_s = dna.window_s
-    grants: dict[int, int] = {}  # window start -> granted in it
+    grants: dict[object, int] = {}  # window start -> granted in it
     items = []  # (t, spend, window start, seq)
     for s in actions[1:]:
         a = s.action

@@ -43,9 +43,9 @@ def mixed(
 ) -> SimConfig:
     """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: one or two more
     rogue nodes, in the modes backdate and sybil (the first rogue nodes get them, the rest keep
-    the budget modes), on an invite network (or, for some lone backdaters, an open one). Each is drawn from a stream of its own after
-    everything else, as is the window, so a seed's other faults are the same with them on or
-    off."""
+    the budget modes), on an invite network (or, for some lone backdaters, an open one). Each
+    is drawn from a stream of its own after everything else, as is the window, so a seed's
+    other faults are the same with them on or off."""
     rng = random.Random(f"{seed}:mixed")
     end = hours * 3600
     latency = rng.choice((0.005, 0.05, 0.15))

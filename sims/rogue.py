@@ -76,7 +76,7 @@ class RogueCell(Cell):
         # the next window starts a window after the last, at the rogue's word, unless that is
         # still ahead of the real clock; `ts` is already days behind
         opens = max(ts, cs.budget.window_start_us + self.dna.window_us)
-        if opens <= self.now_us.real():  # type: ignore[attr-defined]  # set by _behind
+        if opens <= self.now_us.real():  # set by _behind
             return opens, budget.open_window(cs.budget, opens, self.dna), None
         return ts, cs.budget, None
 

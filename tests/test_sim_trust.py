@@ -46,12 +46,26 @@ def test_rogue_modes_combine_from_repeats_and_lists_and_the_report_names_them(ca
 
     p = _configure(argparse.ArgumentParser())
     cfg = config_from_args(
-        p.parse_args(["--rogue", "2", "--rogue-mode", "backdate", "--rogue-mode", "fork,sybil",
-                      "--membrane", "invite", "--window", "10m"])
+        p.parse_args(
+            [
+                "--rogue",
+                "2",
+                "--rogue-mode",
+                "backdate",
+                "--rogue-mode",
+                "fork,sybil",
+                "--membrane",
+                "invite",
+                "--window",
+                "10m",
+            ]
+        )
     )
     assert cfg.rogue_modes == ("backdate", "fork", "sybil")
     assert (cfg.membrane, cfg.window, cfg.dna_rules()) == (
-        "invite", 600, {"membrane": "invite", "window_s": 600}
+        "invite",
+        600,
+        {"membrane": "invite", "window_s": 600},
     )
     assert config_from_args(p.parse_args(["--rogue-modes", "wrong_cost"])).rogue_modes == (
         "wrong_cost",
@@ -139,12 +153,19 @@ def test_invited_agents_cut_off_from_the_steward_are_refused_by_code_not_failed(
     (E_NO_WITNESS, a refusal), and the run still converges without a violation."""
     from sims import Partition
 
-    r = run(small(seed=3, membrane="invite", window=300, skew=2.0, churn=0.3,
-                  partitions=[Partition.parse("isolate:1@10m-25m")]))
+    r = run(
+        small(
+            seed=3,
+            membrane="invite",
+            window=300,
+            skew=2.0,
+            churn=0.3,
+            partitions=[Partition.parse("isolate:1@10m-25m")],
+        )
+    )
     assert r["ok"], r["invariant_violations"][:3]
     assert r["invite_failures"] == {} and r["windows_opened"] >= 10
     assert r["refusals_by_code"].get("E_NO_WITNESS", 0) >= 1 and "E_NO_WITNESS" not in r["errors"]
-
 
 
 def test_a_sybil_node_on_an_invite_network_gets_no_agent_held_or_warranted():
@@ -152,8 +173,11 @@ def test_a_sybil_node_on_an_invite_network_gets_no_agent_held_or_warranted():
     ops they publish to authorities of an entry or hash (validated there as single steps, which
     cannot show a genesis) are refused too, without a warrant and without fetching the chain
     again at every publish."""
-    r = run(small(nodes=4, agents=8, hours=0.3, rogue=1, rogue_modes=("sybil",),
-                  membrane="invite", seed=3))
+    r = run(
+        small(
+            nodes=4, agents=8, hours=0.3, rogue=1, rogue_modes=("sybil",), membrane="invite", seed=3
+        )
+    )
     assert r["ok"], r["invariant_violations"][:3]
     assert r["sybil_agents"] == 2 and r["membrane"] == "invite"
     assert (r["sybil_accepted"], r["sybil_warranted"], r["rogue_agents"]) == (0, 0, 0)
