@@ -182,3 +182,35 @@ def test_a_sybil_node_on_an_invite_network_gets_no_agent_held_or_warranted():
     assert r["sybil_agents"] == 2 and r["membrane"] == "invite"
     assert (r["sybil_accepted"], r["sybil_warranted"], r["rogue_agents"]) == (0, 0, 0)
     assert r["node_metrics"]["ops_rejected"] < 50  # each sybil author is refused once a node
+
+
+async def test_a_sybil_node_in_a_local_cluster_gets_none_of_its_agents_held(clock, autojump_clock):
+    """rogue={3: "sybil"}: its uninvited agents' actions reach honest nodes as chains and as
+    single ops (as authorities of an entry or hash, which see one step, not the genesis); none
+    is held, none warranted."""
+    from sims.rogue import sybil_agent
+
+    async with LocalCluster.open(
+        n=5,
+        clock=lambda: clock[0],
+        transport="memory",
+        dna={"membrane": "invite"},
+        rogue={3: "sybil"},
+    ) as c:
+        with pytest.raises(ValueError, match="rogue mode 'sybil'"):
+            await sybil_agent(c.nodes[0])
+        sybils = [await sybil_agent(c.nodes[3]) for _ in range(3)]
+        for a in sybils:
+            for i in range(3):
+                await a.add_knowledge(f"free {i}")
+        honest = await c.nodes[1].new_agent(invite=await c.nodes[0].steward.invite())
+        await honest.add_knowledge("invited")
+        c.accountable = [n for i, n in enumerate(c.nodes) if i != 3]
+        await c.await_consistency(timeout=120)
+        for node in c.accountable:
+            for a in sybils:
+                chain = c.nodes[3].store.chain(a._cell.key.public)
+                assert len(chain) == 4
+                assert not any(node.dht.has_action(s.hash) for s in chain)
+                assert a._cell.key.public not in node.chains
+            assert not node.warrants()
