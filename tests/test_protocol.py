@@ -247,11 +247,11 @@ def test_a_refusal_is_a_protocol_error_not_a_malformed_reply():
 
 
 def test_a_refusal_carries_the_peers_code_and_message():
-    with pytest.raises(P.PeerRefused) as e:
+    with pytest.raises(P.ProtocolError) as e:
         P.parse_reply("witness", P.error_reply(InviteUsed("this invite already admitted x")))
     assert e.value.peer_code == "E_INVITE_USED"
     assert e.value.peer_message == "this invite already admitted x"
-    with pytest.raises(P.PeerRefused) as e:  # whatever a hostile peer says stays text, bounded
+    with pytest.raises(P.ProtocolError) as e:  # whatever a hostile peer says stays text, bounded
         P.parse_reply("witness", encode({"err": ["x"] * 100, "msg": 5}))
     assert e.value.peer_code.startswith("['x'") and len(e.value.peer_code) <= 64
 

@@ -1,7 +1,8 @@
 """Issue 15 through the public surface, across nodes: a window opens only with a steward's
 witness (so a node's clock cannot backdate or backfill windows), and under `membrane: invite`
 only a steward's single-use invite admits an agent. In-memory clusters under trio's virtual
-clock; the invite path also over real libp2p.
+clock; then the same over real libp2p, the app socket and the command line (real time, every
+wait bounded).
 """
 
 import pytest
@@ -10,17 +11,22 @@ import trio
 from chainkit import Chain, key
 
 from node.cell import Cell
+from node.core import budget
 from node.core import warrant as W
 from node.core.action import Signed
-from node.core.crypto import from_text
-from node.core import budget
-from node.core.crypto import SigningKey
+from node.core.crypto import SigningKey, from_text
 from node.core.validate import ChainState
-from node.local_node import AgentClient
-from node.core.errors import InviteUsed, NoWitness, NotAuthorized
 from node.core.witness import sign_witness
+from node.local_node import AgentClient
 from node.net import protocol as P
-from node.sdk import InsufficientRU, LocalCluster, UnknownAgent
+from node.sdk import (
+    InsufficientRU,
+    InviteUsed,
+    LocalCluster,
+    NotAuthorized,
+    NoWitness,
+    UnknownAgent,
+)
 
 DAY = 86_400
 US = 1_000_000
@@ -211,6 +217,24 @@ def answer_witness_with(c, node, forge):
     c.network.handlers[node.id] = handler
 
 
+async def test_the_issuers_refusal_of_an_invite_reaches_the_caller_as_itself(clock, autojump_clock):
+    async with LocalCluster.open(
+        n=2, clock=lambda: clock[0], transport="memory", dna={"membrane": "invite"}
+    ) as c:
+        n0, n1 = c.nodes
+        real = c.network.handlers[n0.id]
+
+        async def refusing(peer, raw):
+            if P.parse_request(raw, n0.dna.hash)[0] == "witness":
+                return P.error_reply(NotAuthorized("this steward has stopped inviting"))
+            return await real(peer, raw)
+
+        c.network.handlers[n0.id] = refusing
+        with pytest.raises(NotAuthorized, match="^E_NOT_AUTHORIZED: this steward has stopped"):
+            await n1.new_agent(invite=await n0.steward.invite())
+        assert list(n1.cells) == [] and n1.metrics["malformed_replies"] == 0
+
+
 async def test_a_false_witness_is_a_malformed_reply_and_is_not_used(clock, autojump_clock):
     async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
         n0, n1 = c.nodes
@@ -261,6 +285,15 @@ async def test_an_invite_made_on_one_node_admits_one_agent_on_another(clock, aut
         with pytest.raises(NotAuthorized, match="invited agents only"):
             await n2.new_agent()
         assert (set(n2.cells), set(n2.store.authors())) == before  # nothing written
+        # the issuer out of reach: no agent, and the invite is still good once it is back
+        later = await n0.steward.invite(note="for carol")
+        c.network.partition([n0.id], [n1.id, n2.id])
+        with pytest.raises(NoWitness):
+            await n2.new_agent(invite=later)
+        assert (set(n2.cells), set(n2.store.authors())) == before
+        c.network.heal()
+        carol = await n2.new_agent(invite=later)
+        assert n2.store.chain(pub(carol))[0].action["witness"]["by"] == pub(n0.steward)
         await c.await_consistency(timeout=60)
         assert await budgets_everywhere(c, bob) == {(100_000 - 33_000, int(clock[0]))}
 

@@ -157,7 +157,22 @@ class MalformedReply(PeerUnreachable):
 
 
 class ProtocolError(BudgetError):
+    """A request refused by the peer (or by this node, of a peer). A peer's refusal keeps the
+    code it gave (`peer_code`: text, bounded, whatever a hostile peer wrote) and its message, so
+    a caller that passes a refusal on raises the class `error_class(peer_code)` names, if it is
+    one it expects."""
+
     code = "E_PROTOCOL"
+    peer_code: str | None = None
+    peer_message: str = ""
+
+    @classmethod
+    def from_peer(cls, peer_code: str, text: str) -> ProtocolError:
+        e = cls(f"peer refused: {text}")
+        e.peer_code = peer_code
+        prefix = f"{peer_code}: "
+        e.peer_message = text[len(prefix) :] if text.startswith(prefix) else text
+        return e
 
 
 class ConsistencyTimeout(BudgetError):

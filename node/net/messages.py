@@ -345,5 +345,13 @@ class Invite:
         )
 
     def to_wire(self) -> PlainMap:
-        body = {"dna": self.dna, "steward": self.steward, "nonce": self.nonce}
-        return {"body": {**body, "note": self.note, "at": self.at}, "sig": self.sig}
+        return {
+            "body": {
+                "dna": self.dna,
+                "steward": self.steward,
+                "nonce": self.nonce,
+                "note": self.note,
+                "at": self.at,
+            },
+            "sig": self.sig,
+        }

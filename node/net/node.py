@@ -441,8 +441,8 @@ class NetNode(LocalNode):
                 continue
             try:
                 rep = await self._request(host, "witness", agent=agent, prev=prev, invite=invite)
-            except P.PeerRefused as e:
-                cls = error_class(e.peer_code)
+            except P.ProtocolError as e:
+                cls = error_class(e.peer_code or "")
                 if invite is not None and cls in (InviteUsed, NotAuthorized):
                     raise cls(e.peer_message) from None
                 continue

@@ -507,26 +507,14 @@ def error_reply(err: BudgetError) -> bytes:
     return encode({"err": err.code, "msg": str(err)[:MAX_ERROR_TEXT]})
 
 
-class PeerRefused(ProtocolError):
-    """A peer's refusal, with the code it gave (`peer_code`, a BudgetError code or anything a
-    hostile peer made up) and its text: a caller that passes a refusal on to its user raises
-    the class `core.errors.error_class(peer_code)` names, if it is one it expects."""
-
-    def __init__(self, peer_code: str, text: str):
-        super().__init__(f"peer refused: {text}")
-        self.peer_code = peer_code
-        prefix = f"{peer_code}: "
-        self.peer_message = text[len(prefix) :] if text.startswith(prefix) else text
-
-
 def parse_reply(t: str, raw: bytes) -> Reply:
-    """The typed reply to a request of type `t`. Raises MalformedInput, or PeerRefused (a
-    ProtocolError) if the peer refused the request."""
+    """The typed reply to a request of type `t`. Raises MalformedInput, or ProtocolError (with
+    the peer's code, `peer_code`) if the peer refused the request."""
     msg = decode(raw, MAX_FRAME, canonical=False)
     if not isinstance(msg, dict):
         raise MalformedInput("a reply is a map")
     if "err" in msg:
         code = str(msg["err"])[:64]
         text = msg.get("msg", code)
-        raise PeerRefused(code, str(text)[:MAX_ERROR_TEXT])
+        raise ProtocolError.from_peer(code, str(text)[:MAX_ERROR_TEXT])
     return REPLIES[t](msg)
