@@ -214,3 +214,17 @@ async def test_a_sybil_node_in_a_local_cluster_gets_none_of_its_agents_held(cloc
                 assert not any(node.dht.has_action(s.hash) for s in chain)
                 assert a._cell.key.public not in node.chains
             assert not node.warrants()
+
+
+def test_a_backdaters_ops_after_its_offence_are_not_kept_by_hash_authorities():
+    """Seed 901219 of the trust sweep: a backdater's seq 1 opened a window on its own word and
+    was warranted, but its seq 2, spending from that window, is a valid step from seq 1, and an
+    entry authority that checked it while the warrant arrived stored it after all. Ops of an
+    offender from its offence on are dropped when its warrant comes, and not stored after."""
+    from sims.mixed import mixed
+
+    cfg = mixed(901219, trust=True)
+    assert "backdate" in cfg.rogue_modes[:1] and cfg.window == 600
+    r = run(cfg)
+    assert r["ok"], r["invariant_violations"][:3]
+    assert r["backdated_accepted"] == 0 and r["warranted_rogue_agents"] == r["rogue_agents"] > 0

@@ -157,8 +157,7 @@ class Acceptor:
             return "invalid"
         if self.dht.has_action(s.hash) if op else self.dht.in_chain(s.hash):
             return "valid"  # held already (an op: in a chain, or alone)
-        w = self.warranted.get(author)
-        if w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"]):
+        if self._warranted_from(author, seq):
             return "warranted"  # the history before the offence is still checked and kept
         if author in self.cells:
             return "invalid"  # someone else's copy of our own agent's chain: never ours to take
@@ -315,6 +314,8 @@ class Acceptor:
         if twin is not None:
             await self.warrant_book.issue("fork", s.author, "fork", s.seq, [twin, s])
             return "invalid"
+        if self._warranted_from(s.author, s.seq):
+            return "warranted"  # warranted while this was checked: its ops from then are dropped
         vouched = self._vouched(s, peer, vouch)
         await self.dht.put_op(s, entry, None if vouched else peer or b"")
         self._maybe_unshown |= not vouched
@@ -325,6 +326,11 @@ class Acceptor:
         else:
             self.spawn(self._register_activity, s.hash, peer or b"")
         return "valid"
+
+    def _warranted_from(self, author: bytes, seq: int) -> bool:
+        """`author` is warranted for an offence at or before `seq`."""
+        w = self.warranted.get(author)
+        return w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"])
 
     async def _admitted(self, author: bytes, peer: bytes | None) -> bool | None:
         """Whether `author`'s genesis passes the membrane (None: not known yet). A step validated
