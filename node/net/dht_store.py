@@ -123,7 +123,8 @@ class DhtStore:
 
         def drop(db):
             db.execute(
-                "DELETE FROM unshown WHERE hash IN (SELECT hash FROM ops WHERE author=? AND seq>=?)",
+                "DELETE FROM unshown WHERE hash IN "
+                "(SELECT hash FROM ops WHERE author=? AND seq>=?)",
                 (author, seq),
             )
             db.execute("DELETE FROM ops WHERE author=? AND seq>=?", (author, seq))
