@@ -246,7 +246,8 @@ def _parser(argv) -> argparse.ArgumentParser:
         help="adversarial test mode (one node, or a cluster's last node): "
         "skip_preflight (a bare --rogue), forge_budget, wrong_cost, fork, "
         "bad_signature, backdate (stamps in the past, opens windows without a witness), "
-        "sybil (its agents need no invite), or byzantine (it misbehaves on the wire)",
+        "sybil (tests: sims.rogue.sybil_agent makes its agents without invites), or "
+        "byzantine (it misbehaves on the wire)",
     )
     u.add_argument(
         "--app-port",
