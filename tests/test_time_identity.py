@@ -30,6 +30,7 @@ from node.sdk import (
 
 DAY = 86_400
 US = 1_000_000
+RETRY_S = 60  # past the wait before a node that got no usable witness asks again
 
 
 def pub(agent) -> bytes:
@@ -198,6 +199,7 @@ async def test_without_a_reachable_steward_the_old_window_is_spent_and_no_new_on
             await bob.add_knowledge("needs the new window")
         assert n1.store.head(pub(bob)) == before  # nothing written
         c.network.heal()
+        clock[0] += RETRY_S
         await bob.add_knowledge("after the heal")
         assert head_action(n1, bob)["witness"]["by"] == pub(n0.steward)
         await c.await_consistency(timeout=120)
@@ -250,6 +252,19 @@ async def test_a_false_witness_is_a_malformed_reply_and_is_not_used(clock, autoj
         await bob.add_knowledge("from the old window")  # not in a window a forger opened
         assert "witness" not in head_action(n1, bob)
         assert n1.metrics["malformed_replies"] == 1 and n1.peer_table.malformed_count(n0.id) == 1
+        # a witness for another action (bob's genesis, not his head) proves nothing either
+        answer_witness_with(
+            c, n0, lambda m: sign_witness(n0.witness_service.key, n0.dna.hash, m.agent, None, 5)
+        )
+        clock[0] += RETRY_S
+        await bob.add_knowledge("still the old window")
+        assert "witness" not in head_action(n1, bob)
+        # ...and garbage is garbage: no answer, counted the same way
+        answer_witness_with(c, n0, lambda m: {"by": b"short", "at": -1, "sig": b""})
+        clock[0] += RETRY_S
+        with pytest.raises(NoWitness):  # 1 RU left: this write needs the window
+            await bob.add_knowledge("the old window is spent")
+        assert n1.peer_table.malformed_count(n0.id) == 3
 
 
 async def test_a_witness_too_far_ahead_of_this_nodes_clock_is_not_used(clock, autojump_clock):
@@ -263,6 +278,7 @@ async def test_a_witness_too_far_ahead_of_this_nodes_clock_is_not_used(clock, au
         assert "witness" not in head_action(n1, bob)
         assert n1.metrics["witnesses_ahead"] == 1
         n0.clock = lambda: clock[0] + 60  # within the DNA's skew bound: used
+        clock[0] += RETRY_S
         await bob.add_knowledge("a new window")
         assert head_action(n1, bob)["witness"]["at"] == int((clock[0] + 60) * 1_000_000)
 
