@@ -5,6 +5,7 @@
     python -m bench.sim_scale --sweep 600     # as many mixed-fault seeds as fit in 600 s wall
     python -m bench.sim_scale --sweep-seeds 1-5000 --out a.jsonl   # a shard of a long sweep
     python -m bench.sim_scale --sweep-seeds 1-50 --byzantine       # ... with Byzantine nodes too
+    python -m bench.sim_scale --sweep-seeds 1-50 --trust           # ... with backdate and sybil
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
 A run is a function of its seed alone (not of PYTHONHASHSEED): traces compare across processes.
@@ -58,7 +59,12 @@ def scale(sizes, hours, loss, latency, jitter, agents_per_node):
 
 
 def sweep(
-    budget_s: float | None, nodes: int, seeds: range, out: str | None, byzantine: bool = False
+    budget_s: float | None,
+    nodes: int,
+    seeds: range,
+    out: str | None,
+    byzantine: bool = False,
+    trust: bool = False,
 ):
     """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
     each result is appended to `out` (JSON lines) as it finishes, so shards can run in
@@ -69,7 +75,7 @@ def sweep(
     for seed in seeds:
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
-        cfg = mixed(seed, nodes, byzantine=byzantine)
+        cfg = mixed(seed, nodes, byzantine=byzantine, trust=trust)
         try:
             r = run(cfg)
             row = {
@@ -78,6 +84,21 @@ def sweep(
                 "violations": len(r["invariant_violations"]),
                 "first": (r["invariant_violations"] or [""])[0][:300],
                 "honest_node_crashes": r["honest_node_crashes"],
+                "rogue_modes": r["rogue_modes"],
+                "window_s": r["window_s"],
+                "windows_opened": r["windows_opened"],
+                "refusals_by_code": r["refusals_by_code"],
+                **{
+                    k: r[k]
+                    for k in (
+                        "sybil_agents",
+                        "sybil_accepted",
+                        "sybil_warranted",
+                        "backdated_accepted",
+                    )
+                },
+                "rogue_agents": r["rogue_agents"],
+                "warranted_rogue_agents": r["warranted_rogue_agents"],
                 "wall_seconds": r["wall_seconds"],
                 "replay": cfg.replay_command(),
             }
@@ -137,13 +158,20 @@ def main():
         action="store_true",
         help="the sweep's seeds also get one or two Byzantine nodes (sims/byzantine.py)",
     )
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="the sweep's seeds run an invite network with backdate and sybil nodes (issue 15)",
+    )
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
         return profile(a.profile)
     if a.sweep or a.sweep_seeds:
         lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
-        return sweep(a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine)
+        return sweep(
+            a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine, a.trust
+        )
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 
 

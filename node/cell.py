@@ -85,9 +85,14 @@ class Cell:
         if witness is not None:
             action["witness"] = witness
         g = Signed.sign(action, key)
-        state = validate_genesis(g, dna, verify_sig=False)
+        state = cls._first_state(g, dna)
         await store.append(g, None, None, meta=meta, state=state)
         return cls(key, state, store, dna, app, now_us)
+
+    @classmethod
+    def _first_state(cls, g: Signed, dna: Dna) -> ChainState:
+        """Self-validation of a genesis: its chain state, or InvalidChain (nothing is written)."""
+        return validate_genesis(g, dna, verify_sig=False)
 
     def budget_status(self) -> budget.BudgetStatus:
         self._catch_up()
@@ -199,6 +204,13 @@ class Cell:
             return None
         return w
 
+    async def _window(self, cs: ChainState, ts: int) -> tuple[int, budget.BudgetState, dict | None]:
+        """(timestamp, the window a write at `ts` charges, the witness that opens it or None)."""
+        w = await self._witnessed(cs, ts)
+        if w is None:
+            return ts, cs.budget, None
+        return max(ts, w["at"]), budget.open_window(cs.budget, w["at"], self.dna), w
+
     def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
         """Self-validation: the chain state after `s`, or InvalidChain (nothing is written)."""
         return validate_next(cs, s, self.dna, self.app, verify_sig=False)
@@ -227,11 +239,7 @@ class Cell:
         for _ in range(CAS_RETRIES):
             cs = self.state
             ts = max(self.now_us(), cs.ts)
-            w = await self._witnessed(cs, ts)
-            start = cs.budget
-            if w is not None:
-                ts = max(ts, w["at"])
-                start = budget.open_window(cs.budget, w["at"], self.dna)
+            ts, start, w = await self._window(cs, ts)
             try:
                 action, entry, index = build(ts, start)
             except InsufficientRU:

@@ -270,7 +270,9 @@ def _parser(argv) -> argparse.ArgumentParser:
         metavar="MODE",
         help="adversarial test mode (one node, or a cluster's last node): "
         "skip_preflight (a bare --rogue), forge_budget, wrong_cost, fork, "
-        "bad_signature, or byzantine (it misbehaves on the wire)",
+        "bad_signature, backdate (stamps in the past, opens windows without a witness), "
+        "sybil (tests: sims.rogue.sybil_agent makes its agents without invites), or "
+        "byzantine (it misbehaves on the wire)",
     )
     u.add_argument(
         "--app-port",

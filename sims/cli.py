@@ -18,6 +18,9 @@ import os
 import sys
 import time
 
+from node.core.dna import MEMBRANES
+from node.net.rogue import KNOWN
+
 from .config import Partition, SimConfig, load_scenario, parse_duration
 
 PARTITION_HELP = (
@@ -74,10 +77,26 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--skew", type=parse_duration, help="each node's clock is off by up to +-this")
     p.add_argument("--rogue", type=int, help="adversarial nodes (never node 0)")
     p.add_argument(
+        "--rogue-mode",
         "--rogue-modes",
-        type=lambda s: tuple(s.split(",")),
-        help="comma list cycled over the rogue nodes (default skip_preflight,"
-        "forge_budget,wrong_cost,fork; also bad_signature)",
+        dest="rogue_modes",
+        action="append",
+        metavar="MODE[,MODE...]",
+        help="the rogue nodes' modes, cycled over them; repeatable or a comma list (default "
+        "skip_preflight,forge_budget,wrong_cost,fork; known: " + ", ".join(KNOWN) + ")",
+    )
+    p.add_argument(
+        "--membrane",
+        choices=MEMBRANES,
+        help="the network's membrane (default open); invite: node 0's steward invites each "
+        "honest agent, and a sybil node's uninvited agents are refused",
+    )
+    p.add_argument(
+        "--window",
+        type=parse_duration,
+        help="the DNA's budget window (default 1 day), e.g. 10m: honest agents open each next "
+        "window with node 0's time witness; cut off from it, a write that needs the next "
+        "window is refused (E_NO_WITNESS)",
     )
     p.add_argument(
         "--byzantine",
@@ -134,7 +153,10 @@ def config_from_args(args) -> SimConfig:
         if not os.path.exists(path):
             here = os.path.join(os.path.dirname(__file__), "scenarios", path)
             path = here if os.path.exists(here) else here + ".toml"
-        over.update(load_scenario(path))
+        try:
+            over.update(load_scenario(path))
+        except ValueError as e:
+            raise SystemExit(f"budgetnode sim: {e}") from None
     for k in (
         "nodes",
         "agents",
@@ -148,8 +170,9 @@ def config_from_args(args) -> SimConfig:
         "churn",
         "skew",
         "rogue",
-        "rogue_modes",
         "byzantine",
+        "membrane",
+        "window",
         "r",
         "gossip_interval",
         "publish_interval",
@@ -165,7 +188,12 @@ def config_from_args(args) -> SimConfig:
             over[k] = v
     if args.partition:
         over["partitions"] = list(args.partition)
-    cfg = SimConfig(**over)
+    if args.rogue_modes:
+        over["rogue_modes"] = tuple(m for arg in args.rogue_modes for m in arg.split(",") if m)
+    try:
+        cfg = SimConfig(**over)
+    except ValueError as e:
+        raise SystemExit(f"budgetnode sim: {e}") from None
     if cfg.nodes < 1 or cfg.agents < 0:
         raise SystemExit("--nodes must be at least 1 and --agents at least 0")
     if cfg.byzantine < 0 or cfg.rogue + cfg.byzantine > cfg.nodes - 1:
@@ -212,6 +240,10 @@ def _human(r: dict) -> str:
         f"{r['messages_per_write']} messages and {r['bytes_per_write']:.0f} bytes per write",
         f"  rogue agents {r['rogue_agents']}, warranted everywhere {r['warranted_rogue_agents']}",
         f"  byzantine nodes {r['byzantine_nodes']}, honest node crashes {r['honest_node_crashes']}",
+        f"  membrane {r['membrane']}, window {r['window_s']} s, windows opened "
+        f"{r['windows_opened']}, refusals by code {r['refusals_by_code'] or 'none'}; rogue modes "
+        f"{','.join(r['rogue_modes']) or 'none'}; sybil agents {r['sybil_agents']} (held by an "
+        f"honest node: {r['sybil_accepted']}), backdated actions held {r['backdated_accepted']}",
         f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
         f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
     ]

@@ -19,6 +19,9 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field
 
+from node.core.dna import MEMBRANES
+from node.net import rogue as adversarial
+
 START_UNIX = 1_730_678_400  # the nodes' clock at simulated time 0 (2024-11-04T00:00:00Z)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
@@ -95,6 +98,11 @@ class SimConfig:
     byzantine: int = 0  # nodes that misbehave on the wire (sims/byzantine.py), never
     # node 0 and never a rogue node
     transport: str = "sim"  # or "libp2p": real hosts on 127.0.0.1 in real time (sims/realnet)
+    # the network's rules. membrane "open" is the DNA's own default, so a run asks for invites
+    # only when told (sybil needs "invite": an open network admits anyone); window: the DNA's
+    # window_s (None: its default, a day, which no run of a few simulated hours lives through)
+    membrane: str = "open"
+    window: float | None = None
     # node timing knobs (simulated seconds)
     r: int = 3
     gossip_interval: float = 60.0
@@ -112,6 +120,29 @@ class SimConfig:
     store_root: str | None = None  # parent directory of the per-run store tempdir
     progress: bool = False
     plot: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what would run as something else than asked (ValueError)."""
+        self.rogue_modes = adversarial.check(self.rogue_modes)
+        if not self.rogue_modes:
+            raise ValueError("rogue_modes is empty; known modes: " + ", ".join(adversarial.KNOWN))
+        if self.membrane not in MEMBRANES:
+            raise ValueError(f"membrane is one of {', '.join(MEMBRANES)}, not {self.membrane!r}")
+        if "sybil" in self.rogue_modes and self.rogue and self.membrane != "invite":
+            raise ValueError(
+                "rogue mode sybil needs membrane 'invite' (an open network admits every agent)"
+            )
+        if self.window is not None and (self.window < 1 or self.window != int(self.window)):
+            raise ValueError(f"window is a whole number of seconds >= 1, not {self.window!r}")
+
+    def dna_rules(self) -> dict:
+        """The rules node 0 makes the network with (`dna={...}`)."""
+        rules: dict = {}
+        if self.membrane != "open":
+            rules["membrane"] = self.membrane
+        if self.window is not None:
+            rules["window_s"] = int(self.window)
+        return rules
 
     @property
     def sim_seconds(self) -> float:
@@ -160,6 +191,10 @@ class SimConfig:
             parts.append(f"--transport {self.transport}")
         if tuple(self.rogue_modes) != defaults.rogue_modes:
             parts.append(f"--rogue-modes {','.join(self.rogue_modes)}")
+        if self.membrane != defaults.membrane:
+            parts.append(f"--membrane {self.membrane}")
+        if self.window is not None:
+            parts.append(f"--window {self.window:g}s")
         return " ".join(parts)
 
     def replace(self, **kw) -> SimConfig:
@@ -176,6 +211,7 @@ DURATION_KEYS = {
     "request_timeout",
     "warmup",
     "deadline",
+    "window",
 }
 
 
@@ -197,6 +233,6 @@ def load_scenario(path: str) -> dict:
         elif k == "partitions":
             v = [Partition.parse(p) for p in ([v] if isinstance(v, str) else v)]
         elif k == "rogue_modes":
-            v = tuple(v)
+            v = tuple(v.split(",")) if isinstance(v, str) else tuple(v)
         out[k] = v
     return out

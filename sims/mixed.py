@@ -1,7 +1,9 @@
 """Mixed-fault scenarios drawn from a seed, for sweeps: each seed gets its own latency, loss,
 duplication, reordering, partitions (symmetric, asymmetric, isolate-one, overlapping), churn,
-clock skew and rogue nodes (and, when asked, Byzantine ones), so a sweep explores schedules nobody
-wrote down."""
+clock skew, rogue nodes and, for one seed in three, a short budget window that honest agents
+roll through node 0's time witness (and, when asked, Byzantine nodes, or the time and identity
+attackers: an invite network with backdating and sybil nodes), so a sweep explores schedules
+nobody wrote down."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import random
 from .config import Partition, SimConfig
 
 ROGUE_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "fork", "bad_signature")
+TRUST_MODES = ("backdate", "sybil")  # issue 15's attackers, on an invite network
+WINDOWS = (300, 600, 900)  # seconds: several rolls in a half-hour seed
 
 
 def _partition(rng: random.Random, start: float, end: float, nodes: int) -> Partition:
@@ -30,10 +34,18 @@ def _partition(rng: random.Random, start: float, end: float, nodes: int) -> Part
 
 
 def mixed(
-    seed: int, nodes: int = 8, hours: float = 0.5, warmup: float = 60.0, byzantine: bool = False
+    seed: int,
+    nodes: int = 8,
+    hours: float = 0.5,
+    warmup: float = 60.0,
+    byzantine: bool = False,
+    trust: bool = False,
 ) -> SimConfig:
-    """`byzantine`: also one or two nodes that misbehave on the wire, drawn from a stream of their
-    own after everything else, so a seed's other faults are the same with it on or off."""
+    """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: one or two more
+    rogue nodes, in the modes backdate and sybil (the first rogue nodes get them, the rest keep
+    the budget modes), on an invite network (or, for some lone backdaters, an open one). Each
+    is drawn from a stream of its own after everything else, as is the window, so a seed's
+    other faults are the same with them on or off."""
     rng = random.Random(f"{seed}:mixed")
     end = hours * 3600
     latency = rng.choice((0.005, 0.05, 0.15))
@@ -55,6 +67,18 @@ def mixed(
         rogue_modes=tuple(rng.sample(ROGUE_MODES, len(ROGUE_MODES))),
         partitions=[_partition(rng, warmup, end, nodes) for _ in range(rng.randint(0, 3))],
     )
+    if random.Random(f"{seed}:mixed:window").random() < 1 / 3:
+        cfg.window = random.Random(f"{seed}:mixed:window:s").choice(WINDOWS)
+    if trust and nodes >= 4:
+        rt = random.Random(f"{seed}:mixed:trust")
+        extra = rt.randint(1, min(2, nodes - 2 - rogue)) if nodes - 2 - rogue >= 1 else 0
+        new = tuple(rt.sample(TRUST_MODES, 2))[:extra]
+        # a lone backdater attacks an open network, as in the issue (a genesis days old, its
+        # windows backfilled); on an invite network its genesis is witnessed, so it can only
+        # open windows early
+        cfg.membrane = "open" if new == ("backdate",) and rt.random() < 0.5 else "invite"
+        cfg.rogue = rogue = rogue + extra
+        cfg.rogue_modes = new + cfg.rogue_modes
     if byzantine:
         room = nodes - 1 - rogue
         cfg.byzantine = random.Random(f"{seed}:mixed:byzantine").randint(min(1, room), min(2, room))

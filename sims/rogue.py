@@ -7,6 +7,13 @@ plugs into (`NetNode.open(cell_type=..., outgoing=...)`, which `LocalCluster.ope
 - `RogueCell` (the cell factory): `skip_preflight` writes past the budget, `forge_budget` claims
   a full budget, `wrong_cost` records cost 0, `bad_signature` corrupts its signatures. A rogue
   cell cheats on budgets only, never on grants, and keeps its own state without validating it.
+- `backdate`: the cell's clock runs `BACKDATE_DAYS` behind, and it opens windows on its own
+  word (no witness): each write stamped a window after the last window began, as long as that is
+  not in the real future, so an agent made days ago backfills every window it never lived
+  through (the attack of issue 15). Honest authorities refuse it as `unwitnessed_window`.
+- `sybil`: `sybil_agent(node)` makes an agent without an invite (its genesis is not validated
+  here), on a network whose membrane asks for one. Honest authorities refuse it as
+  `not_invited`, without a warrant.
 - `fork_outgoing` (the outgoing-batch hook): every other target of each own create action gets
   a twin instead (same seq, same entry, stamped 1 µs later, signed by the author), so two
   valid-looking histories split the authorities. The twins are kept in `node.rogue_twins`
@@ -20,12 +27,58 @@ from typing import Any
 from node.cell import Cell
 from node.core import budget
 from node.core.action import Signed, grant_hash
+from node.core.crypto import SigningKey
+from node.core.dna import Dna
 from node.core.validate import ChainState
-from node.net.rogue import CELL_MODES, NODE_MODES
+from node.local_node import AgentClient
+from node.net.rogue import CELL_MODES, IDENTITY_MODES, NODE_MODES
+
+BACKDATE_DAYS = 10
+
+
+def _behind(now_us):
+    """A clock BACKDATE_DAYS behind `now_us` (which stays reachable: the rogue never stamps a
+    time honest nodes would hold back as future)."""
+    if getattr(now_us, "real", None) is not None:
+        return now_us
+
+    def behind() -> int:
+        return now_us() - BACKDATE_DAYS * 86_400 * budget.US
+
+    behind.real = now_us  # type: ignore[attr-defined]
+    return behind
 
 
 class RogueCell(Cell):
     modes: frozenset = frozenset()
+
+    def __init__(self, key, state, store, dna, app, now_us):
+        if "backdate" in self.modes:
+            now_us = _behind(now_us)
+        super().__init__(key, state, store, dna, app, now_us)
+
+    @classmethod
+    async def create(cls, key, store, dna, app, now_us, *args, **kw):
+        if "backdate" in cls.modes:
+            now_us = _behind(now_us)
+        return await super().create(key, store, dna, app, now_us, *args, **kw)
+
+    @classmethod
+    def _first_state(cls, g: Signed, dna: Dna) -> ChainState:
+        if "sybil" not in cls.modes:
+            return super()._first_state(g, dna)
+        ts = g.action["ts"]  # unvalidated: an uninvited genesis is what a sybil writes
+        return ChainState(g.author, 0, g.hash, ts, budget.initial(ts, dna), frozenset())
+
+    async def _window(self, cs: ChainState, ts: int):
+        if "backdate" not in self.modes:
+            return await super()._window(cs, ts)
+        # the next window starts a window after the last, at the rogue's word, unless that is
+        # still ahead of the real clock; `ts` is already days behind
+        opens = max(ts, cs.budget.window_start_us + self.dna.window_us)
+        if opens <= self.now_us.real():  # set by _behind
+            return opens, budget.open_window(cs.budget, opens, self.dna), None
+        return ts, cs.budget, None
 
     def _charge(
         self, start: budget.BudgetState, cost: int, ts: int
@@ -74,6 +127,17 @@ def fork_outgoing(node, by_peer: dict) -> dict:
     return out
 
 
+async def sybil_agent(node) -> AgentClient:
+    """A new agent of a `sybil` node, made without an invite: what `node.new_agent()` does, less
+    the membrane's check (and the announcement: honest nodes would not keep it anyway)."""
+    if "sybil" not in getattr(node.cell_type, "modes", ()):
+        raise ValueError("sybil_agent needs a node in rogue mode 'sybil'")
+    key = SigningKey.generate(node.randbytes)
+    node.keystore.add(key)
+    cell = await node.cell_type.create(key, node.store, node.dna, node.app, node.now_us)
+    return AgentClient(node, node._add_cell(cell))
+
+
 def node_kwargs(modes) -> dict:
     """`NetNode.open` keyword arguments that make a node rogue in `modes` (empty: honest, {});
     node/net/rogue.py's `plug` is the way in (it checks the names and adds the wire modes).
@@ -81,7 +145,7 @@ def node_kwargs(modes) -> dict:
     modes = frozenset(modes)
     if not modes:
         return {}
-    unknown = modes - set(CELL_MODES + NODE_MODES)
+    unknown = modes - set(CELL_MODES + IDENTITY_MODES + NODE_MODES)
     if unknown:
         raise ValueError(f"not a node's own rogue mode: {sorted(unknown)}")
     kw: dict[str, Any] = {"cell_type": type("RogueCell", (RogueCell,), {"modes": modes})}

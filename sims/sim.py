@@ -44,6 +44,7 @@ from node.net import rogue as adversarial
 from .config import START_UNIX, SimConfig
 from .invariants import audit_chain
 from .net import SimClock, SimNetwork
+from .trust import TrustRoots
 from .workload import Workload
 
 if TYPE_CHECKING:  # imported only for a libp2p run: libp2p is slow to import
@@ -128,6 +129,7 @@ class Simulation:
         self.rng_faults = random.Random(f"{s}:faults")
         self.rng_check = random.Random(f"{s}:check")
         self.workload = Workload(self, random.Random(f"{s}:workload"))
+        self.trust = TrustRoots(self)
         rng_nodes = random.Random(f"{s}:nodes")
         rogue_idx = (
             set(rng_nodes.sample(range(1, cfg.nodes), min(cfg.rogue, cfg.nodes - 1)))
@@ -238,7 +240,7 @@ class Simulation:
                     durability="process",
                     randbytes=slot.randbytes(),
                     request_timeout=cfg.request_timeout,
-                    dna=self.dna,
+                    dna=self.dna if self.dna is not None else cfg.dna_rules() or None,
                     **adversary,
                 ) as node:
                     slot.node = node
@@ -299,6 +301,7 @@ class Simulation:
 
     def _committed(self, slot: Slot, s) -> None:
         self.net.note(s.hash)
+        self.trust.committed(s, slot.honest)
         if not slot.honest:
             self.rogue_writes += 1
             return
@@ -313,15 +316,11 @@ class Simulation:
         n0 = self.slots[0]
         await nursery.start(self._run_node, n0)
         self.dna = n0.running.dna
-        rng = random.Random(f"{cfg.seed}:agents")
         for i in range(1, cfg.nodes):
             await nursery.start(self._run_node, self.slots[i])
-        for j in range(cfg.agents):  # agents created before joining: no announcement storm
-            slot = self.slots[j % cfg.nodes] if cfg.nodes > 1 else n0
-            agent = await slot.running.new_agent()
-            slot.agents.append(agent.agent_id)
-            self.workload.add_agent(slot, agent.agent_id)
-        del rng
+        invited = cfg.membrane == "invite"
+        if not invited:  # agents created before joining: no announcement storm
+            await self._make_agents()
         addr0 = n0.listen_addr()
         stagger = min(0.2, cfg.warmup / 2 / max(1, cfg.nodes))
 
@@ -334,6 +333,17 @@ class Simulation:
         async with trio.open_nursery() as n:
             for i in range(1, cfg.nodes):
                 n.start_soon(join, self.slots[i], i * stagger)
+        if invited:  # node 0's steward witnesses each invited genesis: over the network
+            await self._make_agents()
+
+    async def _make_agents(self) -> None:
+        cfg = self.cfg
+        for j in range(cfg.agents):
+            slot = self.slots[j % cfg.nodes]
+            agent = await self.trust.new_agent(slot, j) if slot.node is not None else None
+            if agent is not None:
+                slot.agents.append(agent.agent_id)
+                self.workload.add_agent(slot, agent.agent_id)
 
     async def _restart(self, nursery, slot: Slot) -> None:
         # A start takes simulated time (it joins a peer first): a second restart meanwhile (the
@@ -673,7 +683,8 @@ class Simulation:
         out: set[bytes] = set()
         honest = self.honest_live()
         for s in self.slots:
-            if not s.rogue or s.node is None:
+            # a sybil's agents are refused, never warranted (TrustRoots.accepted_cheats)
+            if not s.rogue or s.node is None or "sybil" in s.rogue:
                 continue
             n = s.node
             for pub in n.cells:
@@ -758,6 +769,8 @@ class Simulation:
                 self.end_time = trio.current_time()
                 self.cheater_set = self.cheaters()
                 self.audited = self._audit(None, check_sigs=False)
+                self.bound_checked = self.trust.check_spending_bound()
+                self.cheats_accepted = self.trust.accepted_cheats()
                 ring, by_id, self.net_warranted = self._membership()
                 warranted_everywhere = {
                     c
@@ -891,11 +904,19 @@ def run(cfg: SimConfig, progress=None) -> dict:
         "writes": sim.writes + sim.rogue_writes,
         "honest_writes": sim.writes,
         "refusals": sim.workload.refusals,
+        "refusals_by_code": dict(sorted(sim.workload.refused.items())),
         "convergence_p50_s": _pct(sim.latencies, 0.50),
         "convergence_p99_s": _pct(sim.latencies, 0.99),
         "messages_per_write": round(st["requests"] / writes, 2),
         "bytes_per_write": round((st["request_bytes"] + st["reply_bytes"]) / writes, 1),
         "invariant_violations": list(sim.violations),
+        "rogue_modes": sorted({m for s in sim.slots for m in s.rogue}),
+        "membrane": cfg.membrane,
+        "window_s": sim.dna.window_s if sim.dna else None,
+        "windows_opened": sim.trust.windows_opened,
+        "spending_bound_chains": sim.bound_checked,
+        **sim.cheats_accepted,
+        "invite_failures": dict(sim.trust.invite_failures),
         "rogue_agents": len(sim.cheater_set),
         "warranted_rogue_agents": len(sim.warranted_rogue),
         "converged": sim.converged,

@@ -20,7 +20,7 @@ import trio
 
 from node.core.budget import InsufficientRU
 from node.core.crypto import from_text
-from node.core.errors import BudgetError
+from node.core.errors import BudgetError, NoWitness
 from node.core.warrant import Warranted
 from node.local_node import AgentClient
 
@@ -66,6 +66,7 @@ class Workload:
         self.agents: list[SimAgent] = []
         self.calls = 0
         self.refusals = 0
+        self.refused: dict[str, int] = {}  # refusals by code: a budget's, a witness's
         self.errors: dict[str, int] = {}
         self.grants = 0
 
@@ -169,8 +170,13 @@ class Workload:
         except InsufficientRU as e:
             outcome = f"refused:{e.have_mru}"
             self.refusals += 1
+            self.refused[e.code] = self.refused.get(e.code, 0) + 1
             if not a.rogue:
                 self.sim.check_refusal(a, node, e)
+        except NoWitness as e:  # cut off from node 0's steward, the next window cannot open
+            outcome = e.code
+            self.refusals += 1
+            self.refused[e.code] = self.refused.get(e.code, 0) + 1
         except Warranted:
             outcome = "warranted"
             self._error("E_WARRANTED")

@@ -31,6 +31,8 @@ def test_plug_gives_the_seams_for_each_mode_and_refuses_unknown_ones():
         "bad_signature",
         "fork",
         "byzantine",
+        "backdate",
+        "sybil",
     }
 
 

@@ -30,7 +30,7 @@ from ..core.dna import Dna
 from ..core.encoding import decode
 from ..core.errors import BudgetError, InvalidChain
 from ..core.validate import ChainState, step_anchor, validate_genesis, validate_next
-from ..core.warrant import RETRYABLE, proves
+from ..core.warrant import REFUSED_ONLY, RETRYABLE, proves
 from . import protocol as P
 from ..verifier import open_states
 from .dht_store import DhtStore
@@ -42,6 +42,7 @@ MAX_LIMBO = 4096
 LIMBO_ATTEMPTS = 30
 MAX_SHOW_PER_PASS = 64  # queued ops shown to an author-key authority per limbo pass
 MAX_PARALLEL_FETCHES = 8
+MAX_ADMISSIONS = 1 << 16  # authors whose genesis this node checked for single ops (membrane)
 
 Request = Callable[..., Awaitable[Any]]
 
@@ -100,6 +101,9 @@ class Acceptor:
         self.fetching: set[bytes] = set()
         self._fetch_limit = trio.Semaphore(MAX_PARALLEL_FETCHES)
         self._limbo_kick = trio.Event()
+        # author -> whether its genesis passed the membrane: a step alone cannot show it, and an
+        # uninvited author, refused without a warrant, would otherwise be fetched again each time
+        self.admitted: dict[bytes, bool] = {}
 
     def load(self) -> None:
         """The other authors' chains held before a restart, each from its checkpoint
@@ -151,11 +155,12 @@ class Acceptor:
             return "invalid"
         if self.dht.has_action(s.hash) if op else self.dht.in_chain(s.hash):
             return "valid"  # held already (an op: in a chain, or alone)
-        w = self.warranted.get(author)
-        if w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"]):
+        if self._warranted_from(author, seq):
             return "warranted"  # the history before the offence is still checked and kept
         if author in self.cells:
             return "invalid"  # someone else's copy of our own agent's chain: never ours to take
+        if self.admitted.get(author) is False:
+            return "invalid"  # its genesis was refused (not_invited): nothing after it is taken
         cs = self.chains.get(author)
         if op and (cs is None or seq > cs.seq + 1) and not self.should_hold(author):
             return await self._accept_op(s, entry, peer, prev, vouch)
@@ -200,6 +205,8 @@ class Acceptor:
                     cs, s, self.dna, self.app, entry if is_create else None, now_us=self.now_us()
                 )
         except InvalidChain as e:
+            if cs is None and e.reason in REFUSED_ONLY:
+                self._admit(s, False)
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         twin = self.dht.twin_of(s)
@@ -278,6 +285,13 @@ class Acceptor:
             if s.seq == 0:
                 validate_genesis(s, self.dna)
             else:
+                if s.seq >= 2 and self.dna.membrane == "invite":  # seq 1 anchors on the genesis
+                    admitted = await self._admitted(s.author, peer)
+                    if admitted is None:
+                        return self._to_limbo(s, entry, peer, True, vouch)
+                    if not admitted:
+                        self.metrics["ops_rejected"] += 1
+                        return "invalid"
                 prev = await self.prev_of(s, peer, sent_prev)
                 anchor = step_anchor(prev, s, self.dna)
                 if anchor is None:
@@ -298,6 +312,8 @@ class Acceptor:
         if twin is not None:
             await self.warrant_book.issue("fork", s.author, "fork", s.seq, [twin, s])
             return "invalid"
+        if self._warranted_from(s.author, s.seq):
+            return "warranted"  # warranted while this was checked: its ops from then are dropped
         vouched = self._vouched(s, peer, vouch)
         await self.dht.put_op(s, entry, None if vouched else peer or b"")
         self._maybe_unshown |= not vouched
@@ -308,6 +324,45 @@ class Acceptor:
         else:
             self.spawn(self._register_activity, s.hash, peer or b"")
         return "valid"
+
+    def _warranted_from(self, author: bytes, seq: int) -> bool:
+        """`author` is warranted for an offence at or before `seq`."""
+        w = self.warranted.get(author)
+        return w is not None and not (type(w.body.get("seq")) is int and seq < w.body["seq"])
+
+    async def _admitted(self, author: bytes, peer: bytes | None) -> bool | None:
+        """Whether `author`'s genesis passes the membrane (None: not known yet). A step validated
+        alone cannot tell an invited chain from an uninvited one, so a single op's holder checks
+        the genesis once per author: the author signed it, and its invite's witness names the
+        author, so no one can show an admitted genesis for a key that has none."""
+        known = self.admitted.get(author)
+        if known is not None or author in self.chains:
+            return known if known is not None else True
+        g = self.dht.action_at(author, 0)
+        if g is None and peer is not None:
+            records = await self.ask_chain(peer, author, 0, 1)
+            g = records[0].action if records else None
+        if g is None or g.action.get("author") != author:
+            return None
+        try:
+            validate_genesis(g, self.dna)
+        except InvalidChain as e:
+            if e.reason not in REFUSED_ONLY or not self._admit(g, False):
+                return None  # a messenger's damaged copy, or not a genesis: ask again later
+            return False
+        self._admit(g, True)
+        return True
+
+    def _admit(self, genesis: Signed, ok: bool) -> bool:
+        """Remember the verdict on an author's genesis, if the author signed it (the membrane is
+        checked before the signature: a messenger that strips an honest genesis's invite must
+        not get its author refused here). Whether it was remembered."""
+        if not verify(genesis.author, genesis.sig, genesis.body):
+            return False
+        if len(self.admitted) >= MAX_ADMISSIONS:
+            self.admitted.pop(next(iter(self.admitted)))  # the oldest: it is checked again
+        self.admitted[genesis.author] = ok
+        return True
 
     def _vouched(self, s: Signed, sender: bytes | None, vouch: list | None) -> bool:
         """An author-key authority other than the sender has receipted this very action: it

@@ -124,6 +124,22 @@ class DhtStore:
 
         await self.store.write(put)
 
+    async def drop_ops_from(self, author: bytes, seq: int) -> None:
+        """Forget the ops held alone by a warranted `author` from its offence at `seq` on: each
+        was checked only as a step from the action before it, which may be the invalid one (a
+        window opened without a witness, then spent from as any window), and nothing after an
+        offence is taken any more (the acceptor answers "warranted")."""
+
+        def drop(db):
+            db.execute(
+                "DELETE FROM unshown WHERE hash IN "
+                "(SELECT hash FROM ops WHERE author=? AND seq>=?)",
+                (author, seq),
+            )
+            db.execute("DELETE FROM ops WHERE author=? AND seq>=?", (author, seq))
+
+        await self.store.write(drop)
+
     def save_peers(self, infos: dict[bytes, bytes], forget: set[bytes]) -> bool:
         """The peer cache a restarted node starts from (one transaction per flush). A cache:
         while another process holds the write lock it is not waited for (False: not saved)."""

@@ -1,7 +1,8 @@
 """Adversarial test modes by name, and the one gateway that plugs them into a node: the modes a
 rogue Cell cheats with on budgets, `fork` (its publisher sends twins), and `byzantine` (its
 transport lies on the wire while the node code stays honest). One table, so the simulator,
-LocalCluster and `budgetnode up` accept and refuse the same names. The adversaries themselves
+LocalCluster and `budgetnode up` accept and refuse the same names (`backdate`: stamps in the past
+and opens windows without a witness; `sybil`: agents without invites). The adversaries themselves
 live in sims/ (sims/rogue.py, sims/byzantine.py) and are imported only when a mode is asked for:
 production code holds no way to cheat."""
 
@@ -13,10 +14,12 @@ from typing import Any
 
 from .transport import TransportFactory
 
-CELL_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "bad_signature")
+CELL_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "backdate")
+# makes agents without invites (sims.rogue.sybil_agent); an open network has nothing to refuse
+IDENTITY_MODES = ("sybil",)
 NODE_MODES = ("fork",)  # the publisher sends twins
 WIRE_MODES = ("byzantine",)  # the transport misbehaves; the node code stays honest
-KNOWN = CELL_MODES + NODE_MODES + WIRE_MODES
+KNOWN = CELL_MODES + IDENTITY_MODES + NODE_MODES + WIRE_MODES
 
 
 def check(modes: str | Iterable[str]) -> tuple[str, ...]:

@@ -159,6 +159,8 @@ class WarrantBook:
         if w.offender not in self.warranted:
             self.warranted[w.offender] = w
             self.on_warranted(w)
+            if type(w.body.get("seq")) is int:  # the offence the acceptor refuses from
+                await self.dht.drop_ops_from(w.offender, w.body["seq"])
         self.changed()
         return True
 
