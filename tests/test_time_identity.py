@@ -11,14 +11,12 @@ import trio
 from chainkit import Chain, key
 
 from node.cell import Cell
-from node.core import budget
 from node.core import warrant as W
 from node.core.action import Signed
 from node.core.crypto import SigningKey, from_text
-from node.core.validate import ChainState
 from node.core.witness import sign_witness
-from node.local_node import AgentClient
 from node.net import protocol as P
+from sims.rogue import sybil_agent
 from node.sdk import (
     InsufficientRU,
     InviteUsed,
@@ -314,33 +312,17 @@ async def test_an_invite_made_on_one_node_admits_one_agent_on_another(clock, aut
         assert await budgets_everywhere(c, bob) == {(100_000 - 33_000, int(clock[0]))}
 
 
-class UninvitedCell(Cell):
-    """A modified node's writer: its genesis carries no invite, and it skips the check that
-    would refuse that."""
-
-    @classmethod
-    async def create(cls, key, store, dna, app, now_us, meta=None, invite=None, witness=None):
-        g = Signed.sign(
-            {"type": "genesis", "author": key.public, "seq": 0, "prev": None, "ts": now_us()}
-            | {"dna": dna.hash},
-            key,
-        )
-        await store.append(g, None, None, meta=meta)
-        state = ChainState(key.public, 0, g.hash, g.ts, budget.initial(g.ts, dna), frozenset())
-        return cls(key, state, store, dna, app, now_us)
-
-
 async def test_a_modified_nodes_uninvited_agents_count_nowhere(clock, autojump_clock):
     async with LocalCluster.open(
-        n=3, clock=lambda: clock[0], transport="memory", dna={"membrane": "invite"}
+        n=3,
+        clock=lambda: clock[0],
+        transport="memory",
+        dna={"membrane": "invite"},
+        rogue={2: "sybil"},
     ) as c:
         n0, n1, n2 = c.nodes
-        sybils = []
-        for _ in range(3):  # what its new_agent would do, without the membrane's check
-            k = SigningKey.generate(n2.randbytes)
-            n2.keystore.add(k)
-            cell = await UninvitedCell.create(k, n2.store, n2.dna, n2.app, n2.now_us)
-            sybils.append(AgentClient(n2, n2._add_cell(cell)))
+        # what its new_agent would do, without the membrane's check
+        sybils = [await sybil_agent(n2) for _ in range(3)]
         for a in sybils:
             await a.add_knowledge("free")  # its own node lets it write
             await a.transmit_understanding("free", "agents", "count")
