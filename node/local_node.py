@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from .agent_api import AgentMethods, AllocationResult, refusals
 from .apps import resolve
+from .budgets import Budgets
 from .cell import Cell
 from .core.app import App
 from .context import ZomeContext
@@ -68,6 +69,7 @@ class LocalNode:
         self.max_agents: int | None = None  # a cap on this node's own agents (up --max-agents)
         self.witness_service: WitnessService | None = None  # set if a steward's key is here
         self._no_witness_until = 0  # unix us: no steward answered, none is asked before this
+        self.budgets = Budgets(self)
         for pub in dna.stewards:
             key = keystore.get(pub)
             if key is not None:
@@ -97,6 +99,7 @@ class LocalNode:
         node = await cls.load(path, clock or time.time, durability, randbytes, dna, app, cell_type)
         try:
             await node._claim_recovered_grants()
+            await node._take_recovered_offers()
             yield node
         finally:
             node.close()
@@ -381,6 +384,29 @@ class LocalNode:
             cell = self.cells.get(c["grant"]["grantee"])
             if cell is not None and grant_hash(c["grant"]) not in cell.state.claimed:
                 await cell.claim(c["grant"], c["sig"])
+
+    async def _take_recovered_offers(self) -> None:
+        """Offers to local agents stored but not accepted (a crash between the two) are
+        accepted now, like recovered grants."""
+        for pub, cell in list(self.cells.items()):
+            for h in self.store.find("offer_to", pub.hex(), 1 << 16):
+                found = self.store.record(h)
+                if found is not None:
+                    await self.budgets.take_offer(cell, found[0])
+
+    async def get_budget(self, budget_id: str):
+        """A budget's view (node/agent_api.py BudgetView), as this node derives it from the
+        holder's signed chain."""
+        return self.budgets.view(from_text("budget", budget_id))
+
+    def ledgers(self):
+        """(agent, ledger) of every chain whose budgets this node knows: its own agents'."""
+        for pub, cell in self.cells.items():
+            yield pub, cell.ledger
+
+    async def send_offer(self, to: bytes, s) -> None:
+        """An offer to an agent of another node: this node reaches none (a network node sends
+        it; see node/net/node.py)."""
 
 
 def usable_directory(path: str) -> str:

@@ -10,6 +10,8 @@ client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent 
                  {"id": int, "t": "status", "from": int (optional: the first agent, 0 default)}
                    (the reply holds up to STATUS_PAGE agents and "next": where the next page
                    starts, or None; peers, ops pending and warrants come with the first page)
+                 {"id": int, "t": "budgets"}   (the budgets the node's agents hold, as maps)
+                 {"id": int, "t": "lineage", "hash": str}   (a record's steps back to its mint)
                  {"id": int, "t": "subscribe"}
                  {"id": int, "t": "unsubscribe", "sub": int}
 node -> client   {"id": int, "result": value}
@@ -131,7 +133,9 @@ def error_to_wire(e: BudgetError) -> dict[str, Any]:
     elif isinstance(e, InvalidChain):
         fields = {"reason": e.reason, "seq": e.seq, "detail": e.detail}
     else:
-        fields = {}
+        fields = {k: getattr(e, k) for k in e.FIELDS}
+    if getattr(e, "attempts", None):  # refine: every budget it tried
+        fields["attempts"] = e.attempts  # type: ignore[attr-defined]
     return {"code": e.code, "message": e.message[:4096], "fields": fields}
 
 
@@ -159,4 +163,8 @@ def error_from_wire(d) -> BudgetError:
         return unknown
     e = cls.__new__(cls)
     BudgetError.__init__(e, message)
+    for k in cls.FIELDS:
+        setattr(e, k, f.get(k))
+    if isinstance(f.get("attempts"), list):
+        e.attempts = f["attempts"]  # type: ignore[attr-defined]
     return e
