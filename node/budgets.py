@@ -183,8 +183,10 @@ class Budgets:
                 raise UnknownFunction(f"no function {zome}.{fn} to refine with")
             calls.append((f"{zome}.{fn}", zf, zf.check(payload, node.dna)))
         for t in targets:
-            if node.store.record(t) is None:
-                raise UnknownTarget(f"no record {to_text('action', t)} to build on")
+            try:
+                node.get_record(to_text("action", t))  # a network node also looks at its ops
+            except NotFound:
+                raise UnknownTarget(f"no record {to_text('action', t)} to build on") from None
         if budgets is None:
             outputs, spent = await self._run(cell, calls, None)
             return RefineResult(outputs, "ambient", shown(spent))

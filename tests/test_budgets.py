@@ -611,3 +611,33 @@ async def test_value_from_an_offer_no_valid_chain_holds_is_never_taken():
             assert e.value.reason == reason
         real = node.store.record(from_text("budget", card))[0]  # an offer on a chain held
         assert real.hash in bob._cell.ledger.accepted
+
+
+async def test_stages_and_the_ledger_action_limit_of_the_dna():
+    dna = {"max_ledger_actions_per_window": 6}
+    async with LocalNode.open(clock=Clock(), dna=dna) as node:
+        st = node.steward
+        alice = await node.new_agent()
+        plan = await st.mint_budget(
+            {}, holder=alice.agent_id, name="idea", schema={"funding_target": {"ru": 100}}
+        )
+        part = await st.mint_budget(
+            {"ru": 40}, holder=alice.agent_id, schema={"funding_target": {"ru": 100}}
+        )
+        full = await st.mint_budget(
+            {"ru": 100}, holder=alice.agent_id, schema={"funding_target": {"ru": 100}}
+        )
+        assert [(await alice.get_budget(b)).stage for b in (plan, part, full)] == [
+            "planning",
+            "partial",
+            "funded",
+        ]
+        # the steward wrote 3 mints; alice 3 accepts: a 4th mint is the steward's 4th of 6,
+        # alice's 4th accept; then both run out
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        seq = node.cells[node.dna.stewards[0]].state.seq
+        with pytest.raises(BudgetExceeded, match="max_ledger_actions_per_window"):
+            await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        assert node.cells[node.dna.stewards[0]].state.seq == seq
