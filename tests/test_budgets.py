@@ -641,3 +641,16 @@ async def test_stages_and_the_ledger_action_limit_of_the_dna():
         with pytest.raises(BudgetExceeded, match="max_ledger_actions_per_window"):
             await st.mint_budget({"ru": 1}, holder=alice.agent_id)
         assert node.cells[node.dna.stewards[0]].state.seq == seq
+
+
+def test_a_network_made_before_budgets_keeps_its_identity_and_mints_nothing():
+    from node.core.dna import Dna
+    from zomes import APP
+
+    new = Dna.for_app(APP)
+    assert Dna.from_dict(new.to_dict()).hash == new.hash
+    stored = new.to_dict()
+    del stored["resources"], stored["max_ledger_actions_per_window"]
+    old = Dna.from_dict(stored)
+    assert old.to_dict() == stored  # the same hash: the same network as before
+    assert old.before_budgets and old.resources == {"ru": {"mint_limit": 0}}

@@ -64,6 +64,9 @@ class Dna:
     # mint of it in one of its windows
     resources: dict[str, dict[str, int]] = field(default_factory=_default_resources)
     max_ledger_actions_per_window: int = 256  # mint, fund, card, accept, revoke, hold, ...
+    # a network made before budgets, whose DNA names neither rule above: its hash (so its
+    # identity) stays what it was, and nothing may be minted on it (mint_limit 0)
+    before_budgets: bool = False
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -132,7 +135,7 @@ class Dna:
             )
 
     def to_dict(self) -> PlainMap:
-        return {
+        d: PlainMap = {
             "name": self.name,
             "version": self.version,
             "window_s": self.window_s,
@@ -145,9 +148,11 @@ class Dna:
             "max_future_us": self.max_future_us,
             "integrity": self.integrity,
             "membrane": self.membrane,
-            "resources": {k: dict(v) for k, v in sorted(self.resources.items())},
-            "max_ledger_actions_per_window": self.max_ledger_actions_per_window,
         }
+        if not self.before_budgets:
+            d["resources"] = {k: dict(v) for k, v in sorted(self.resources.items())}
+            d["max_ledger_actions_per_window"] = self.max_ledger_actions_per_window
+        return d
 
     @classmethod
     def from_dict(cls, d: PlainMap) -> Dna:
@@ -166,8 +171,14 @@ class Dna:
             max_future_us=d["max_future_us"],
             integrity=d["integrity"],
             membrane=d["membrane"],
-            resources={k: dict(v) for k, v in d["resources"].items()},
-            max_ledger_actions_per_window=d["max_ledger_actions_per_window"],
+            **(
+                {
+                    "resources": {k: dict(v) for k, v in d["resources"].items()},
+                    "max_ledger_actions_per_window": d["max_ledger_actions_per_window"],
+                }
+                if "resources" in d
+                else {"resources": {"ru": {"mint_limit": 0}}, "before_budgets": True}
+            ),
         )
 
     def encoded(self) -> bytes:
