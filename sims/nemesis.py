@@ -28,14 +28,17 @@ from dataclasses import dataclass
 import trio
 
 from node.apps import resolve
+from node.core.crypto import to_text
 from node.core.dna import Dna
 from node.core.encoding import decode
 from node.core.errors import BudgetError
+from node.store import Store, store_path
+from node.verifier import open_states, verify_path
 
 from . import netns
 from .nemesis_check import ChainView, History, judge
 from .nemesis_clients import Clients
-from .nemesis_procs import NodeFailed, NodeProc
+from .nemesis_procs import NodeFailed, NodeProc, _tail
 
 FAULTS = ("kill", "partition", "pause", "move")
 WRITE = ("memory", "transmit_understanding")  # the op every writer sends, its cost from the DNA
@@ -87,7 +90,7 @@ class Run:
         """Poll `check()` (async, bool) until true or `timeout` passes: these are real processes
         on real sockets, so there is no event to wait on."""
         with trio.move_on_after(timeout):
-            while not await check():
+            while not await check():  # noqa: ASYNC110 - another process's state: polled
                 await trio.sleep(POLL_S)
             return True
         say(f"{what}: not within {timeout:.0f} s")
@@ -123,7 +126,7 @@ class Run:
         self.history.faults[kind] += 1
         if kind == "kill":
             self.expected_down.add(i)
-            p.kill()
+            await p.kill()
             await trio.sleep(length)  # the fault's length: how long the node stays dead
             await p.start(self.bootstrap_for(i))
             self.expected_down.discard(i)
@@ -156,8 +159,6 @@ class Run:
             for i, p in enumerate(self.procs):
                 if i in self.expected_down or p.running or p.proc is None:
                     continue
-                from .nemesis_procs import _tail
-
                 err = _tail(os.path.join(p.directory, "up.err"), 2000)
                 self.history.crashes.append(
                     {"node": i, "exit": p.proc.returncode, "stderr_tail": err}
@@ -211,15 +212,13 @@ class Run:
 def read_views(directory: str) -> tuple[dict[str, ChainView], str | None]:
     """A stopped node's store: verified in full (`budgetnode verify`), then every chain it holds
     as the node re-derives it on open. (views, None) or ({}, the error)."""
-    from node.core.crypto import to_text
-    from node.store import Store, store_path
-    from node.verifier import open_states, verify_path
-
     try:
         verify_path(directory)
         store = Store(store_path(directory))
         try:
-            dna = Dna.from_dict(decode(store.get_meta("dna")))
+            raw = store.get_meta("dna")
+            assert raw is not None  # verify_path refuses a store that names no network
+            dna = Dna.from_dict(decode(raw))
             authors = list(dict.fromkeys(store.authors(every=True) + store.held_authors()))
             states = open_states(store, authors, dna, resolve(None))
         finally:
@@ -227,9 +226,7 @@ def read_views(directory: str) -> tuple[dict[str, ChainView], str | None]:
     except BudgetError as e:
         return {}, str(e)
     return {
-        to_text("agent", a): ChainView(
-            cs.seq, to_text("action", cs.hash), *_budget(cs.budget)
-        )
+        to_text("agent", a): ChainView(cs.seq, to_text("action", cs.hash), *_budget(cs.budget))
         for a, cs in states.items()
     }, None
 
@@ -255,15 +252,17 @@ async def run(cfg: Config) -> dict:
         report = await _drive(run_, cfg, out)
         report.update(seed=cfg.seed, nodes=cfg.nodes, minutes=cfg.minutes, run=lan.run)
         if cfg.out:
-            with open(os.path.join(out, "report.json"), "w") as f:
-                json.dump(report, f, indent=2, sort_keys=True)
+            text = json.dumps(report, indent=2, sort_keys=True)
+            await trio.Path(out, "report.json").write_text(text)
         return report
     finally:
-        for p in run_.procs if run_ else ():
-            try:
-                p.kill()
-            except NodeFailed:
-                pass
+        # however the run ends (Ctrl-C included): every process reaped, then the hosts removed
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            for p in run_.procs if run_ else ():
+                try:
+                    await p.kill()
+                except NodeFailed as e:
+                    say(str(e))
         lan.close()
         if not cfg.out:
             shutil.rmtree(out, ignore_errors=True)

@@ -107,7 +107,9 @@ def judge(
     for a in history.acks:
         missing = authorities(a, node_ids, r) - held.get(a.hash, set())
         if missing:
-            lost.append({"hash": a.hash, "agent": a.agent, "node": a.node, "missing_at": sorted(missing)})
+            lost.append(
+                {"hash": a.hash, "agent": a.agent, "node": a.node, "missing_at": sorted(missing)}
+            )
 
     ours = set(history.agents) | {a.agent for a in history.acks}
     index = {nid: i for i, nid in enumerate(node_ids)}
@@ -130,12 +132,20 @@ def judge(
         for agent in ours
     }
     wrongly = [
-        {"agent": x.agent, "node": x.node, "at": round(x.at, 3), "final_used_mru": final_used[x.agent]}
+        {
+            "agent": x.agent,
+            "node": x.node,
+            "at": round(x.at, 3),
+            "final_used_mru": final_used[x.agent],
+        }
         for x in history.refusals
         if x.code == "E_INSUFFICIENT_RU" and final_used[x.agent] + write_mru <= base_mru
     ]
     honest = [
-        {"node": i, **w} for i, ws in sorted(warrants.items()) for w in ws if w.get("agent_id") in ours
+        {"node": i, **w}
+        for i, ws in sorted(warrants.items())
+        for w in ws
+        if w.get("agent_id") in ours
     ]
     lat = [visible_at[a.hash] - a.acked for a in history.acks if a.hash in visible_at]
     report = {

@@ -20,7 +20,6 @@ APP_PORT = 8700
 P2P_PORT = 4001
 START_TIMEOUT_S = 90.0  # an interpreter start with libp2p's imports, on a loaded 2-core machine
 STOP_TIMEOUT_S = 20.0
-POLL_S = 0.05
 
 
 class NodeFailed(Exception):
@@ -33,7 +32,7 @@ class NodeProc:
         self.host = host
         self.directory = directory
         self.port = P2P_PORT
-        self.proc: subprocess.Popen | None = None
+        self.proc: trio.Process | None = None
         self.info: dict = {}
         self.paused = False
         self.cut = False
@@ -74,8 +73,6 @@ class NodeProc:
     # -- lifecycle
     async def start(self, bootstrap: list[str]) -> None:
         """Start the process and wait (bounded) for the line `up --json` prints once it serves."""
-        os.makedirs(self.directory, exist_ok=True)
-        out_path = os.path.join(self.directory, "up.out")
         argv = [
             *self.lan.exec_prefix(self.host),
             sys.executable,
@@ -96,48 +93,55 @@ class NodeProc:
             argv += ["--bootstrap", addr]
         self.starts += 1
         self.serving = False
-        with open(out_path, "w") as out, open(os.path.join(self.directory, "up.err"), "a") as err:
-            err.write(f"--- start {self.starts} at {time.time():.3f}: {' '.join(argv)}\n")
-            err.flush()
+        err = _log(
+            self.directory, f"--- start {self.starts} at {time.time():.3f}: {' '.join(argv)}"
+        )
+        try:
             # its own session: the harness's Ctrl-C reaches the harness, which stops the nodes
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+            self.proc = await trio.lowlevel.open_process(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
+        finally:
+            os.close(err)
         self.paused = False
+        assert self.proc.stdout is not None
         with trio.move_on_after(START_TIMEOUT_S):
-            while True:
-                with open(out_path) as f:
-                    line = f.readline()
-                if line.endswith("\n"):
-                    self.info = json.loads(line)["nodes"][0]
-                    self.serving = True
-                    return
-                if self.proc.poll() is not None:
-                    raise NodeFailed(
-                        f"node {self.host} exited ({self.proc.returncode}) while starting: "
-                        f"{_tail(os.path.join(self.directory, 'up.err'))}"
-                    )
-                await trio.sleep(POLL_S)
-        self.kill()
+            line = await _first_line(self.proc.stdout)
+            await self.proc.stdout.aclose()  # `up --json` prints this one line only
+            if line is None:
+                await self.proc.wait()
+                raise NodeFailed(
+                    f"node {self.host} exited ({self.proc.returncode}) while starting: "
+                    f"{_tail(os.path.join(self.directory, 'up.err'))}"
+                )
+            self.info = json.loads(line)["nodes"][0]
+            await trio.Path(self.directory, "up.out").write_bytes(line)
+            self.serving = True
+            return
+        await self.kill()
         raise NodeFailed(f"node {self.host} did not start within {START_TIMEOUT_S:.0f} s")
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: signal.Signals) -> None:
         if self.running:
             assert self.proc is not None
-            os.kill(self.proc.pid, sig)
+            self.proc.send_signal(sig)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """kill -9, and reap it (a killed process is gone at once; the wait is bounded)."""
         self.serving = False
+        self.paused = False
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise NodeFailed(f"node {self.host} did not die on SIGKILL") from None
-        self.paused = False
+        if self.proc.returncode is None:
+            self.proc.kill()
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            await self.proc.wait()
+            return
+        raise NodeFailed(f"node {self.host} did not die on SIGKILL")
 
     async def stop(self) -> int | None:
         """SIGTERM (resumed first if paused) and wait for a clean exit; SIGKILL past the bound.
@@ -150,11 +154,28 @@ class NodeProc:
             self.paused = False
         self.signal(signal.SIGTERM)
         with trio.move_on_after(STOP_TIMEOUT_S):
-            while self.proc.poll() is None:
-                await trio.sleep(POLL_S)
-            return self.proc.returncode
-        self.kill()
+            return await self.proc.wait()
+        await self.kill()
         return None
+
+
+async def _first_line(stream, limit: int = 1 << 16) -> bytes | None:
+    """The first line the stream gives (None: it ended first, or sent `limit` bytes without)."""
+    buf = b""
+    while b"\n" not in buf and len(buf) < limit:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf.split(b"\n", 1)[0] + b"\n" if b"\n" in buf else None
+
+
+def _log(directory: str, header: str) -> int:
+    """The node's stderr file (appended across restarts), opened for the child, with a header."""
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, "up.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, (header + "\n").encode())
+    return fd
 
 
 def _tail(path: str, n: int = 400) -> str:

@@ -83,7 +83,9 @@ def test_a_write_missing_only_where_it_need_not_be_is_not_lost():
 def test_authorities_are_the_writer_and_the_nearest_to_the_hash_and_the_author():
     a = Ack(_hash(0), 4, _agent(0), 0, 0)
     expect = {4} | {
-        NODES.index(p) for b in (bytes([200]) * 32, bytes([100]) * 32) for p in dht.nearest(b, NODES, 3)
+        NODES.index(p)
+        for b in (bytes([200]) * 32, bytes([100]) * 32)
+        for p in dht.nearest(b, NODES, 3)
     }
     assert authorities(a, NODES) == expect
 
