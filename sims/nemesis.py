@@ -84,7 +84,7 @@ class Run:
         await self.procs[0].start([])
         for i, p in enumerate(self.procs[1:], 1):
             await p.start(self.bootstrap_for(i))
-        say(f"{len(self.procs)} nodes up on {self.lan.net}.0/24")
+        say(f"{len(self.procs)} nodes up on {self.lan.net}.0/24 (run {self.lan.run})")
 
     async def wait_until(self, what: str, timeout: float, check) -> bool:
         """Poll `check()` (async, bool) until true or `timeout` passes: these are real processes
@@ -391,7 +391,22 @@ async def _run_cli(args) -> int:
         settle_s=args.settle,
         out=args.out,
     )
-    report = await run(cfg)
+    report = None
+    # SIGTERM and SIGHUP stop the run as Ctrl-C does: cancelled, so everything is torn down
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for sig in signals:
+                    say(f"stopping on {signal.Signals(sig).name}: removing the nodes and hosts")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            report = await run(cfg)
+            nursery.cancel_scope.cancel()
+    if report is None:
+        return 143
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:

@@ -209,3 +209,39 @@ def test_a_short_nemesis_run_on_three_hosts_holds_every_verdict(tmp_path):
     assert report["visibility_p50_s"] <= report["visibility_p99_s"]
     assert json.loads((out / "report.json").read_text())["acked_writes"] == report["acked_writes"]
     assert not _ours(report["run"])  # namespaces, veths and bridge all gone
+
+
+@needs_netns
+async def test_sigterm_mid_run_removes_every_process_and_host():
+    """A run stopped by SIGTERM (as a CI runner or systemd stops it) tears down as Ctrl-C does:
+    exit 143, its node processes gone, its namespaces, veths and bridge removed."""
+    import re
+    import signal
+
+    import trio
+
+    argv = [sys.executable, "-m", "node.cli", "nemesis", "--nodes", "2", "--minutes", "5"]
+    proc = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
+    try:
+        seen = b""
+        with trio.fail_after(120):
+            while b"writing for" not in seen:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, seen.decode()
+                seen += chunk
+        m = re.search(rb"up on ([0-9.]+)\.0/24 \(run ([0-9a-f]+)\)", seen)
+        assert m, seen.decode()
+        net, run = m.group(1).decode(), m.group(2).decode()
+        assert _ours(run)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            assert await proc.wait() == 143
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert not _ours(run)
+    pattern = f"--listen /ip4/{re.escape(net)}\\."  # this run's node processes
+    leftover = await trio.run_process(
+        ["pgrep", "-f", "--", pattern], capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert leftover.returncode == 1, leftover  # 1: no process matched (2 would be an error)
