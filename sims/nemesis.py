@@ -36,7 +36,7 @@ from node.store import Store, store_path
 from node.verifier import open_states, verify_path
 
 from . import netns
-from .nemesis_check import ChainView, History, judge
+from .nemesis_check import ChainView, History, judge, slowest
 from .nemesis_clients import Clients
 from .nemesis_procs import NodeFailed, NodeProc, _tail
 
@@ -302,7 +302,7 @@ async def _drive(r: Run, cfg: Config, out: str) -> dict:
         if err:
             errors[i] = err
     dna = Dna.for_app(resolve(None))
-    return judge(
+    report = judge(
         r.history,
         node_ids,
         held,
@@ -314,6 +314,8 @@ async def _drive(r: Run, cfg: Config, out: str) -> dict:
         dna.base_mru,
         dna.cost(WRITE[1]),
     )
+    report["details"]["slowest"] = slowest(r.history, node_ids, clients.seen_at)
+    return report
 
 
 # -- the command line

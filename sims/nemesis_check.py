@@ -80,6 +80,49 @@ def authorities(ack: Ack, node_ids: list[bytes], r: int = dht.DEFAULT_R) -> set[
     return out
 
 
+def roles(ack: Ack, node_ids: list[bytes], r: int = dht.DEFAULT_R) -> dict[int, str]:
+    """Why each node must hold the write: "writer", "key" (an authority of its author, holding
+    the chain) or "hash" (an authority of its hash only)."""
+    out = {i: "hash" for i in (authorities(ack, node_ids, r) - {ack.node})}
+    for p in dht.nearest(from_text("agent", ack.agent), node_ids, r):
+        out[node_ids.index(p)] = "key"
+    out[ack.node] = "writer"
+    return out
+
+
+def slowest(
+    history: History,
+    node_ids: list[bytes],
+    seen_at: dict[str, dict[int, float]],
+    n: int = 10,
+    r: int = dht.DEFAULT_R,
+) -> list[dict]:
+    """The `n` writes slowest to be seen everywhere they must be, with how long after the
+    acknowledgement each node that must hold it was first seen holding it, and why it must."""
+    rows = []
+    for a in history.acks:
+        seen = seen_at.get(a.hash, {})
+        role = roles(a, node_ids, r)
+        delays = {i: (seen[i] - a.acked if i in seen else None) for i in sorted(role)}
+        worst = max((d for d in delays.values() if d is not None), default=0.0)
+        if None in delays.values():
+            worst = float("inf")
+        rows.append((worst, a, delays, role))
+    rows.sort(key=lambda x: -x[0])
+    return [
+        {
+            "hash": a.hash,
+            "writer": a.node,
+            "acked_s": round(a.acked, 3),
+            "late": {
+                str(i): {"role": role[i], "after_s": None if d is None else round(d, 3)}
+                for i, d in delays.items()
+            },
+        }
+        for _, a, delays, role in rows[:n]
+    ]
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

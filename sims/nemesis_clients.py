@@ -30,6 +30,7 @@ class Clients:
         self.made: dict[int, int] = {i: 0 for i in range(len(procs))}
         self.pending: dict[str, tuple[Ack, set[int], set[int]]] = {}  # hash -> (ack, must, seen)
         self.visible_at: dict[str, float] = {}
+        self.seen_at: dict[str, dict[int, float]] = {}  # hash -> node -> first seen there
 
     def now(self) -> float:
         return trio.current_time() - self.t0
@@ -115,6 +116,7 @@ class Clients:
             for h in found or ():
                 ack, must, seen = self.pending[h]
                 seen.add(i)
+                self.seen_at.setdefault(h, {})[i] = t
                 if seen >= must:
                     self.visible_at[h] = t
                     del self.pending[h]

@@ -16,7 +16,17 @@ from node.core import dht
 from node.core.crypto import to_text
 from node.core.errors import Unsupported
 from sims import netns
-from sims.nemesis_check import Ack, ChainView, History, Refusal, authorities, judge, percentile
+from sims.nemesis_check import (
+    Ack,
+    ChainView,
+    History,
+    Refusal,
+    authorities,
+    judge,
+    percentile,
+    roles,
+    slowest,
+)
 
 BASE, COST = 100_000, 3_000
 NODES = [bytes([i]) * 32 for i in range(5)]
@@ -129,6 +139,23 @@ def test_a_warrant_on_an_honest_agent_a_store_error_a_crash_or_no_convergence_fa
     assert _judge(h, held, views, converged=False)["failed"] == ["converged"]
     h.crashes.append({"node": 1, "exit": 1, "stderr_tail": "Traceback"})
     assert _judge(h, held, views)["failed"] == ["crashes"]
+
+
+def test_the_slowest_writes_name_the_late_node_and_why_it_must_hold_the_write():
+    h, _, _ = _healthy()
+    a = h.acks[1]
+    role = roles(a, NODES)
+    assert role[a.node] == "writer" and set(role) == authorities(a, NODES)
+    key = [NODES.index(p) for p in dht.nearest(bytes([100]) * 32, NODES, 3) if NODES.index(p) != 0]
+    assert all(role[i] == "key" for i in key)
+    seen = {x.hash: {i: x.acked + 0.5 for i in roles(x, NODES)} for x in h.acks}
+    late = key[0]
+    seen[a.hash][late] = a.acked + 30.0
+    del seen[h.acks[2].hash][late]  # never seen there: slowest of all
+    rows = slowest(h, NODES, seen, n=2)
+    assert [r["hash"] for r in rows] == [h.acks[2].hash, a.hash]
+    assert rows[0]["late"][str(late)] == {"role": "key", "after_s": None}
+    assert rows[1]["late"][str(late)] == {"role": "key", "after_s": 30.0}
 
 
 def test_percentiles():
