@@ -215,12 +215,12 @@ def test_a_dead_runs_leftovers_are_removed_and_a_live_runs_are_not():
 
 @needs_netns
 def test_a_short_nemesis_run_on_three_hosts_holds_every_verdict(tmp_path):
-    """3 node processes, each in its own namespace, ~35 s of writes under every kind of fault,
+    """3 node processes, each in its own namespace, 45 s of writes under every kind of fault,
     then the checker: no acknowledged write lost, every node agreeing on every agent's budget,
     nothing over-spent or wrongly refused, no warrant, no crash; and nothing left behind."""
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "nemesis", "--nodes", "3", "--minutes", "0.6"]
+        [sys.executable, "-m", "node.cli", "nemesis", "--nodes", "3", "--minutes", "0.75"]
         + ["--seed", "7", "--settle", "30", "--out", str(out), "--json"],
         capture_output=True,
         text=True,
