@@ -312,6 +312,17 @@ def _parser(argv) -> argparse.ArgumentParser:
             help="seeded network simulation of many real nodes (budgetnode sim --help)",
             add_help=False,
         )
+    if argv[:1] == ["nemesis"]:  # so is the fault injector
+        from sims.nemesis import add_parser as add_nemesis_parser
+
+        add_nemesis_parser(sub)
+    else:
+        sub.add_parser(
+            "nemesis",
+            help="faults injected into real node processes on separate hosts, then a "
+            "checker's verdicts (budgetnode nemesis --help; root, Linux netns)",
+            add_help=False,
+        )
 
     def with_store(sp, required=True, url=False):
         sp.add_argument("--path", required=required and not url, help="the node's data directory")
@@ -435,7 +446,7 @@ def main(argv=None) -> int:
     args = _parser(argv).parse_args(argv)
     try:
         with unwrap_single_errors():  # a refusal raised inside a nursery (ours or libp2p's)
-            trio.run(args.run, args)
+            status = trio.run(args.run, args)  # a command may return its exit status
     except BudgetError as e:
         print(str(e), file=sys.stderr)
         return EXIT_REFUSED
@@ -448,7 +459,7 @@ def main(argv=None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -134,6 +134,12 @@ ROWS = [
     ("demo", "demo --nodes three", "E_INVALID_INPUT", 2),
     ("demo", "demo --single --path {file}", "E_STORE_UNUSABLE", 1),
     ("sim", "sim --nodes many", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --nodes 1", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --nodes many", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --faults kill,flood", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --minutes 0", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --rate fast", "E_INVALID_INPUT", 2),
+    ("nemesis", "nemesis --settle -5", "E_INVALID_INPUT", 2),
 ]
 
 

@@ -236,6 +236,46 @@ async def test_an_op_authority_away_at_publish_gets_the_op_when_back(clock, auto
         assert rec["seq"] == missed[0].seq and rec["author"] == a.agent_id
 
 
+async def test_an_op_authority_back_gets_what_it_missed_while_the_writes_go_on(
+    clock, autojump_clock
+):
+    """As above, but the agent keeps writing after the authority is back (a node under a steady
+    load, as the nemesis drives it): the offer again is not put off until the writes pause.
+    Found by `budgetnode nemesis` (5 nodes, kill -9 only): ops a killed node missed reached it
+    only when the writers stopped, 5 minutes later (visibility p99 750 s)."""
+    async with LocalCluster.open(n=5, clock=lambda: clock[0], transport="memory", r=1) as c:
+        n0 = c.nodes[0]
+        a, pub, away = await _ring_and_a_bystander(c)
+        c.network.partition([n.id for n in c.nodes if n is not away], [away.id])
+        missed = await _write_until_two_land_on(c, clock, a, pub, away)
+        with trio.fail_after(300):  # published (routed around it) and the node dropped
+            while n0.dht.unpublished(1) or away.id in n0.peers:
+                await c.wait_changed()
+        c.network.heal()
+        real_request = n0.publisher.request
+
+        async def slow_request(peer, t, **fields):
+            await trio.sleep(0.4)  # a loaded machine's round trip: a round outlasts a write
+            return await real_request(peer, t, **fields)
+
+        n0.publisher.request = slow_request
+
+        async def steady_writes():
+            for i in range(100_000):
+                await trio.sleep(0.25)  # the workload's pace
+                try:
+                    await a.transmit_understanding("fact", "steady", str(i))
+                except InsufficientRU:
+                    clock[0] += 86_400  # the next window
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(steady_writes)
+            with trio.fail_after(120):  # while the writes go on
+                while not all(away.dht.has_action(s.hash) for s in missed):
+                    await c.wait_changed()
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_op_left_pending_at_an_op_authority_is_offered_again(clock, autojump_clock):
     """An op authority that answers `pending` (it waits in its limbo, which gives up after a few
     tries) was asked, so the publish is done, and nothing else would bring it the op: the ring

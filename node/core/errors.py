@@ -273,6 +273,12 @@ class ConsistencyTimeout(BudgetError):
     code = "E_NOT_CONSISTENT"
 
 
+class Unsupported(BudgetError):
+    """This machine lacks what the command needs (the nemesis: root and `ip netns`)."""
+
+    code = "E_UNSUPPORTED"
+
+
 # -- the app socket
 class InternalError(BudgetError):
     code = "E_INTERNAL"

@@ -96,7 +96,7 @@ class Publisher:
 
     async def run(self) -> None:
         while True:
-            pending, ops_only = [], False
+            pending: list[Signed] = []
             if self.peers and self.maybe_unpublished:
                 pending = self.dht.unpublished(P.MAX_OPS_PER_MESSAGE)
                 self.maybe_unpublished = bool(pending)
@@ -114,8 +114,8 @@ class Publisher:
                     else:
                         self._republish_heads[head.hash] = pub
                         pending.append(head)
-            wait = None
-            if not pending and self.peers and self._recheck_from is not None:
+            wait, rechecked = None, False
+            if self.peers and self._recheck_from is not None:
                 wait = (
                     max(
                         self.peer_table.changed_at + 2 * self.publish_interval,
@@ -124,14 +124,18 @@ class Publisher:
                     - trio.current_time()
                 )
                 if wait <= 0:
-                    pending, ops_only, wait = self._recheck_batch(), True, None
-                    if not pending:  # the pass is over, or starts again later: look again
+                    # a due batch of the pass goes out whether or not new ops wait too: under
+                    # a steady stream of writes the pass once waited for the writes to pause
+                    # (`budgetnode nemesis`: ops a restarted node missed reached it minutes late)
+                    rechecks, wait = self._recheck_batch(), None
+                    if rechecks:
+                        await self._round(rechecks, ops_only=True)
+                        rechecked = True
+                    elif not pending:  # the pass is over, or starts again later: look again
                         continue
             if pending:
-                if not await self._publish_round(pending, ops_only):
-                    self._recheck_short = True
-                    if self._recheck_from is None:  # (an op left in someone's limbo may expire)
-                        self._recheck_from = -1
+                await self._round(pending, ops_only=False)
+            if pending or rechecked:
                 # an op short of receipts is tried again after a quiet interval
                 with trio.move_on_after(self.publish_interval):
                     await self._kick.wait()
@@ -142,6 +146,12 @@ class Publisher:
                 self.idle.set()
                 await self._kick.wait()  # a commit, new peers, or the gossiper's nudge
             self._kick = trio.Event()
+
+    async def _round(self, batch: list[Signed], ops_only: bool) -> None:
+        if not await self._publish_round(batch, ops_only):
+            self._recheck_short = True
+            if self._recheck_from is None:  # (an op left in someone's limbo may expire)
+                self._recheck_from = -1
 
     def wake(self) -> None:
         """There may be work: `publisher_idle` is clear from now until the publisher has looked
