@@ -8,7 +8,7 @@ a fresh node B (same DNA, same clock, its own network: no peers) is fed that cha
   accept   `await B._accept(signed, entry, peer=None)` for every action -- the one path every
            foreign action takes (validate against B's view of the chain, store, index)
   publish  the same chain as real `publish` requests from A to B, 256 ops each, through
-           `B._handle(A.id, raw)`: CBOR decode, batch-signature check, per-op signature
+           `B.handlers.handle(A.id, raw)`: CBOR decode, batch-signature check, per-op signature
            check, `_accept`, and a signed receipt per op -- the whole inbound publish path
            minus the transport
   floor    `pk.verify(sig, body)` over the same signatures (cryptography, key preloaded)
@@ -97,10 +97,10 @@ async def run(a):
                     reqs.append(P.request("publish", A.dna.hash, ops=wire, batch=batch))
                 t = perf()
                 for raw in reqs:
-                    rep = P.parse_reply(await B._handle(A.id, raw))
-                    bad = [r for r in rep["results"] if r[1] != "valid"]
+                    rep = P.parse_reply("publish", await B.handlers.handle(A.id, raw))
+                    bad = [r for r in rep.results if r.status != "valid"]
                     if bad:
-                        raise SystemExit(f"publish: {len(bad)} ops not valid, first {bad[0][1]!r}")
+                        raise SystemExit(f"publish: {len(bad)} ops not valid, first {bad[0].status!r}")
                 dt = perf() - t
                 assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
                 return dt
