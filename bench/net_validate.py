@@ -7,6 +7,8 @@ a fresh node B (same DNA, same clock, its own network: no peers) is fed that cha
 
   accept   `await B._accept(signed, entry, peer=None)` for every action -- the one path every
            foreign action takes (validate against B's view of the chain, store, index)
+  batched  the same, 256 ops to a `B.store.batch()` (one transaction each), as a publish
+           batch is stored
   publish  the same chain as real `publish` requests from A to B, 256 ops each, through
            `B.handlers.handle(A.id, raw)`: CBOR decode, batch-signature check, per-op signature
            check, `_accept`, and a signed receipt per op -- the whole inbound publish path
@@ -87,6 +89,19 @@ async def run(a):
                 assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
                 return dt
 
+        async def batched():
+            async with await fresh_b() as B:
+                t = perf()
+                for i in range(0, n, P.MAX_OPS_PER_MESSAGE):
+                    with B.store.batch():  # as a publish batch is stored
+                        for s, e in ops[i : i + P.MAX_OPS_PER_MESSAGE]:
+                            st = await B._accept(s, e, None)
+                            if st != "valid":
+                                raise SystemExit(f"_accept returned {st!r} at seq {s.seq}")
+                dt = perf() - t
+                assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
+                return dt
+
         async def publish():
             async with await fresh_b() as B:
                 # Requests are built outside the timed part (the sender's cost).
@@ -112,7 +127,7 @@ async def run(a):
                 verify(sig, body)
             return perf() - t
 
-        cases = {"floor": floor, "accept": accept, "publish": publish}
+        cases = {"floor": floor, "accept": accept, "batched": batched, "publish": publish}
         for f in cases.values():  # warm-up
             await f()
         rates = {k: [] for k in cases}
@@ -141,9 +156,11 @@ def main(argv=None) -> int:
             "bench": "net_validate",
             "actions": n,
             "accept_rate": round(med["accept"], 1),
+            "batched_rate": round(med["batched"], 1),
             "publish_rate": round(med["publish"], 1),
             "floor": round(med["floor"], 1),
             "ratio_accept": round(med["accept"] / med["floor"], 4),
+            "ratio_batched": round(med["batched"] / med["floor"], 4),
             "ratio_publish": round(med["publish"] / med["floor"], 4),
             "us_per_op_accept": round(1e6 / med["accept"], 1),
             "us_per_op_publish": round(1e6 / med["publish"], 1),
