@@ -2,27 +2,28 @@
 writes per second that reached every authority, and the time from the call to "visible at
 all authorities", against one node's commit rate measured in the same run.
 
-  cluster  LocalCluster.open(n=10, transport="libp2p", r=3): ten real py-libp2p hosts on
+  cluster  LocalCluster.open(n=10, transport="libp2p"; r=3): ten real py-libp2p hosts on
            127.0.0.1 (TCP + Noise + Yamux), each with its AppServer (hypercorn websocket).
            100 agents, 10 per node, each a RemoteAgentClient on its node's app socket
-           (`node.app.client.connect`: a new agent), all writing at once: each calls
-           `transmit_understanding` W times in a loop (default 30: 90 RU of the 100 RU window,
-           so no write waits for a window). A write is visible when each of its author's R
-           authorities (`dht.nearest` over the ten ids) holds the author's chain at its seq
-           or beyond (`node._head`). A watcher wakes on every change of any node
-           (`cluster.wait_changed`) and checks the writes still pending.
-  single   the same 100 agents' loop through the app socket of ONE node (libp2p transport,
-           no peers: nothing to publish): the node's own commit rate, group commit included.
+           (`node.app.client.connect`, a new agent). A write is visible when each of its
+           author's R authorities (`dht.nearest` over the ten ids) holds the author's chain at
+           its seq or beyond (`node._head`); a watcher wakes on every change of any node
+           (`cluster.wait_changed`) and on every write returned, and checks the writes pending.
+    burst    every agent calls `transmit_understanding` --burst times (default 3) as fast as
+             its node answers: 300 writes at once; then until all are visible.
+    closed   every agent writes, waits until that write is visible at all its authorities,
+             and writes again, for --seconds (default 60; at most --writes in all per agent,
+             30 by default: 90 RU of the 100 RU window, so no write waits for a window).
+  single   the same 100 agents through the app socket of ONE node (libp2p transport, no
+           peers: nothing to publish), --writes each as fast as the node answers: the node's
+           commit rate, group commit included.
 
-Order: single, cluster, single (the single-node rate brackets the cluster run).
-Reported: sustained cluster rate = writes visible at all authorities / (first call to last
-visibility); the cluster's commit rate (calls returned / wall); p50/p99/max of call->visible
-and of the call alone; ratio cluster visible rate / single-node rate.
-
+Order: single, cluster (burst, closed), single. Headline: the closed loop's writes/s visible
+at all authorities and its call->visible p50/p99, over the single-node commit rate.
 Everything runs in ONE process on one trio thread (nodes, app servers, clients, watcher),
 so every cost shares one core: the figures are a floor for real hosts, not a forecast.
 
-    python bench/net_cluster.py [--nodes 10] [--agents 100] [--writes 30] [--timeout 120]
+    python bench/net_cluster.py [--nodes 10] [--agents 100] [--burst 3] [--seconds 60]
 """
 
 from __future__ import annotations
@@ -112,6 +113,62 @@ async def single(a) -> dict:
         return {"rate": rate, "calls": [d[3] - d[2] for d in done]}
 
 
+class Watcher:
+    """Which writes are visible at all of their author's authorities: woken by every change
+    of any node (`cluster.wait_changed`) and by every write returned, never by a timer."""
+
+    def __init__(self, c, pubs, auth):
+        self.c = c
+        self.pubs = pubs
+        self.auth = auth
+        self.pending: dict[int, deque] = {}  # agent -> (seq, t_call) not yet visible, in order
+        self.drained = {k: trio.Event() for k in range(len(pubs))}
+        self.visible: list[float] = []
+        self.last_visible = 0.0
+        self._kick = trio.Event()
+
+    def wrote(self, k: int, seq: int, t_call: float) -> None:
+        self.pending.setdefault(k, deque()).append((seq, t_call))
+        self.drained[k] = trio.Event()
+        self._kick.set()
+
+    def sweep(self) -> None:
+        now = perf()
+        for k in list(self.pending):
+            q, pub = self.pending[k], self.pubs[k]
+            low = min((h[0] if (h := n._head(pub)) is not None else -1) for n in self.auth[k])
+            while q and q[0][0] <= low:
+                self.visible.append(now - q.popleft()[1])
+                self.last_visible = now
+            if not q:
+                del self.pending[k]
+                self.drained[k].set()
+
+    async def run(self) -> None:
+        while True:
+            self.sweep()
+            async with trio.open_nursery() as w:
+
+                async def wake(wait) -> None:
+                    await wait()
+                    w.cancel_scope.cancel()
+
+                w.start_soon(wake, self.c.wait_changed)
+                w.start_soon(wake, self._kick.wait)
+            self._kick = trio.Event()
+
+    async def until_all_visible(self, timeout: float) -> int:
+        """Wait until nothing is pending (at most `timeout` s); the writes still unseen."""
+        with trio.move_on_after(timeout):
+            for k in range(len(self.pubs)):
+                await self.drained[k].wait()
+        return sum(len(q) for q in self.pending.values())
+
+    def take(self) -> list[float]:
+        out, self.visible = self.visible, []
+        return out
+
+
 async def cluster(a) -> dict:
     from node.core import dht
     from node.core.crypto import from_text
@@ -122,91 +179,87 @@ async def cluster(a) -> dict:
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         c = await stack.enter_async_context(LocalCluster.open(n=a.nodes, transport="libp2p"))
-        per_node = a.agents // a.nodes
-        agents = await _agents(stack, nursery, c.nodes, per_node)
+        agents = await _agents(stack, nursery, c.nodes, a.agents // a.nodes)
         ids = [n.id for n in c.nodes]
         pubs = [from_text("agent", agent.agent_id) for _, agent in agents]
-        auth = [[c.nodes[ids.index(p)] for p in dht.nearest(pub, ids, c.nodes[0].r)] for pub in pubs]
-        await c.await_consistency(60)  # the geneses are everywhere they belong
+        r = c.nodes[0].r
+        auth = [[c.nodes[ids.index(p)] for p in dht.nearest(pub, ids, r)] for pub in pubs]
+        await c.await_consistency(a.timeout)  # every genesis is where it belongs
         log(f"  cluster up: {a.nodes} nodes, {len(agents)} agents ({perf() - t_setup:.1f}s)")
+        watcher = Watcher(c, pubs, auth)
+        nursery.start_soon(watcher.run)
+        out: dict = {"r": r}
+
+        # burst: every agent writes `burst` times as fast as its node answers
         before = [n.metrics_snapshot() for n in c.nodes]
-
-        pending: dict[int, deque] = {}  # agent -> (seq, t_call) not yet visible, in seq order
-        visible: list[float] = []
-        last_visible = [0.0]
-        kick = trio.Event()
-
-        def on_done(k: int, seq: int, t_call: float) -> None:
-            pending.setdefault(k, deque()).append((seq, t_call))
-            kick.set()
-
-        def sweep() -> None:
-            now = perf()
-            for k in list(pending):
-                q = pending[k]
-                pub = pubs[k]
-                low = min(
-                    (h[0] if (h := n._head(pub)) is not None else -1) for n in auth[k]
-                )
-                while q and q[0][0] <= low:
-                    visible.append(now - q.popleft()[1])
-                    last_visible[0] = now
-                if not q:
-                    del pending[k]
-
-        writing = [True]
-
-        async def watch() -> None:
-            nonlocal kick
-            while writing[0] or pending:
-                sweep()
-                if not (writing[0] or pending):
-                    return
-                with trio.move_on_after(a.timeout):
-                    # a change on any node, or a write returned (its seq may be visible already)
-                    async with trio.open_nursery() as w:
-                        async def changed():
-                            await c.wait_changed()
-                            w.cancel_scope.cancel()
-
-                        async def written():
-                            await kick.wait()
-                            w.cancel_scope.cancel()
-
-                        w.start_soon(changed)
-                        w.start_soon(written)
-                    kick = trio.Event()
-                    continue
-                return  # nothing changed for `timeout` s: what is pending stays unseen
-
-        async with trio.open_nursery() as n:
-            n.start_soon(watch)
-            done, t0, t1 = await _write_all(agents, a.writes, on_done)
-            writing[0] = False
-            kick.set()
-        unseen = sum(len(q) for q in pending.values())
-        after = [n.metrics_snapshot() for n in c.nodes]
-        delta = {
-            k: sum(x.get(k, 0) - y.get(k, 0) for x, y in zip(after, before))
-            for k in ("messages_sent", "ops_published", "ops_validated", "history_fetched")
-        }
-        span = (last_visible[0] or t1) - t0
-        out = {
+        done, t0, t1 = await _write_all(agents, a.burst, watcher.wrote)
+        unseen = await watcher.until_all_visible(a.timeout)
+        vis = watcher.take()
+        span = (watcher.last_visible or t1) - t0
+        out["burst"] = {
             "writes": len(done),
             "commit_rate": len(done) / (t1 - t0),
-            "visible_rate": len(visible) / span,
+            "visible_rate": len(vis) / span,
             "span_s": span,
             "unseen": unseen,
-            "visible": visible,
-            "calls": [d[3] - d[2] for d in done],
-            "metrics_delta": delta,
+            "call_to_visible": ms(vis),
+            "call": ms([d[3] - d[2] for d in done]),
+            "metrics": _delta(before, c.nodes),
         }
         log(
-            f"  cluster: {len(done)} writes in {t1 - t0:.1f}s ({out['commit_rate']:.0f}/s "
-            f"committed), {len(visible)} visible at all authorities by {span:.1f}s "
-            f"({out['visible_rate']:.0f}/s), {unseen} never seen"
+            f"  burst: {len(done)} writes committed in {t1 - t0:.1f}s "
+            f"({out['burst']['commit_rate']:.0f}/s), visible at all authorities by {span:.1f}s "
+            f"({out['burst']['visible_rate']:.1f}/s), {unseen} never seen"
+        )
+
+        # closed loop: each agent writes, waits until that write is visible, writes again
+        before = [n.metrics_snapshot() for n in c.nodes]
+        calls: list[float] = []
+        cap = a.writes - a.burst
+        t0 = perf()
+        deadline = t0 + a.seconds
+
+        async def closed(k: int, agent, seq: int) -> None:
+            for i in range(cap):
+                if perf() >= deadline:
+                    return
+                t = perf()
+                await agent.transmit_understanding(f"c{k}-{i % 10}", "relates-to", f"o{i}")
+                calls.append(perf() - t)
+                seq += 1
+                watcher.wrote(k, seq, t)
+                await watcher.drained[k].wait()
+
+        async with trio.open_nursery() as n:
+            for k, (_, agent) in enumerate(agents):
+                n.start_soon(closed, k, agent, a.burst)
+        t1 = perf()
+        vis = watcher.take()
+        out["closed"] = {
+            "writes": len(vis),
+            "visible_rate": len(vis) / (t1 - t0),
+            "span_s": t1 - t0,
+            "call_to_visible": ms(vis),
+            "call": ms(calls),
+            "metrics": _delta(before, c.nodes),
+        }
+        log(
+            f"  closed loop: {len(vis)} writes visible at all authorities in {t1 - t0:.1f}s "
+            f"({out['closed']['visible_rate']:.1f}/s), p50 {out['closed']['call_to_visible']}"
         )
         return out
+
+
+def _delta(before: list[dict], nodes) -> dict:
+    after = [n.metrics_snapshot() for n in nodes]
+    keys = ("messages_sent", "ops_published", "ops_validated", "history_fetched")
+    keys += tuple(sorted({k for m in after for k in m if k.startswith("sent_")}))
+    out = {}
+    for k in keys:
+        v = sum(x.get(k, 0) - y.get(k, 0) for x, y in zip(after, before))
+        if v:
+            out[k] = v
+    return out
 
 
 async def run(a) -> dict:
@@ -221,8 +274,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--agents", type=int, default=100)
-    p.add_argument("--writes", type=int, default=30, help="per agent (<= 33 in one window)")
-    p.add_argument("--timeout", type=float, default=120.0, help="s without progress: give up")
+    p.add_argument("--burst", type=int, default=3, help="writes per agent in the burst")
+    p.add_argument("--seconds", type=float, default=60.0, help="of the closed loop")
+    p.add_argument("--writes", type=int, default=30, help="per agent in all (<= 33: one window)")
+    p.add_argument("--timeout", type=float, default=300.0, help="s: give up waiting")
     a = p.parse_args(argv)
     t0 = perf()
     r = trio.run(run, a)
@@ -233,19 +288,17 @@ def main(argv=None) -> int:
             "bench": "net_cluster",
             "nodes": a.nodes,
             "agents": a.agents,
-            "writes": cl["writes"],
-            "transport": "libp2p, app socket (websocket) per agent, one process",
-            "visible_rate": round(cl["visible_rate"], 1),
-            "cluster_commit_rate": round(cl["commit_rate"], 1),
+            "r": cl["r"],
+            "transport": "libp2p; each agent on its node's app socket (websocket); one process",
             "single_node_rate": round(single_rate, 1),
             "single_node_rates": [round(s["rate"], 1) for s in singles],
-            "ratio_visible_to_single": round(cl["visible_rate"] / single_rate, 3),
-            "call_to_visible": ms(cl["visible"]),
-            "call_cluster": ms(cl["calls"]),
-            "call_single": ms(singles[0]["calls"] + singles[1]["calls"]),
-            "never_visible": cl["unseen"],
-            "span_s": round(cl["span_s"], 1),
-            "metrics_delta": cl["metrics_delta"],
+            "single_call": ms(singles[0]["calls"] + singles[1]["calls"]),
+            "closed_visible_rate": round(cl["closed"]["visible_rate"], 1),
+            "ratio_closed_to_single": round(cl["closed"]["visible_rate"] / single_rate, 4),
+            "burst_visible_rate": round(cl["burst"]["visible_rate"], 1),
+            "ratio_burst_to_single": round(cl["burst"]["visible_rate"] / single_rate, 4),
+            "closed": cl["closed"],
+            "burst": cl["burst"],
             "wall_s": round(perf() - t0, 1),
             "env": env(),
         }
