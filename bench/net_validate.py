@@ -115,7 +115,9 @@ async def run(a):
                     rep = P.parse_reply("publish", await B.handlers.handle(A.id, raw))
                     bad = [r for r in rep.results if r.status != "valid"]
                     if bad:
-                        raise SystemExit(f"publish: {len(bad)} ops not valid, first {bad[0].status!r}")
+                        raise SystemExit(
+                            f"publish: {len(bad)} ops not valid, first {bad[0].status!r}"
+                        )
                 dt = perf() - t
                 assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
                 return dt

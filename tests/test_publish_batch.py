@@ -4,7 +4,6 @@ and a COMMIT that fails puts the node's memory back where its store is."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 
@@ -35,8 +34,7 @@ def honest(k: SigningKey, n: int) -> Chain:
 
 def wire_ops(chain: Chain, frm: int = 0, to: int | None = None) -> list[list]:
     return [
-        [s.body, s.sig, chain.entries.get(s.action.get("entry"))]
-        for s in chain.actions[frm:to]
+        [s.body, s.sig, chain.entries.get(s.action.get("entry"))] for s in chain.actions[frm:to]
     ]
 
 
@@ -74,12 +72,7 @@ async def test_one_invalid_op_in_a_batch_is_refused_and_the_valid_ones_are_store
     bob = honest(BOB, 1)
     # Bob signs a create that records the wrong cost: his own doing, refused and warranted
     bad = bob.signed(tweak(bob.charge_action(1, bob.head.ts + 10**6), cost=1))
-    ops = (
-        wire_ops(alice)
-        + wire_ops(bob)
-        + [[bad.body, bad.sig, None]]
-        + wire_ops(carol)
-    )
+    ops = wire_ops(alice) + wire_ops(bob) + [[bad.body, bad.sig, None]] + wire_ops(carol)
     async with open_b(tmp_path / "b") as b:
         statuses = await send(b, ops)
         assert statuses == ["valid"] * 5 + ["valid"] * 2 + ["invalid"] + ["valid"] * 4
@@ -117,7 +110,9 @@ async def test_a_crash_in_the_middle_of_a_batch_leaves_none_of_it_and_a_resend_s
     # On disk at the crash: none of the batch (its COMMIT had not run), yet a store that opens
     # with a consistent view; the sender, never answered, sends the batch again.
     db = sqlite3.connect(crashed / "chain.db")
-    assert db.execute("SELECT count(*) FROM actions WHERE author=?", (ALICE.public,)).fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM actions WHERE author=?", (ALICE.public,)
+    ).fetchone() == (0,)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     async with open_b(crashed) as b:
