@@ -14,6 +14,10 @@ bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, havi
 nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
 scheduler checkpoint (so a simulation's trace is unchanged).
 
+Batches (`batch`): a task storing many received actions at once (a publish request, a chain
+fetch's answer) runs each write in a SAVEPOINT of one transaction, committed when it is done,
+before it waits on anything else, or when another task writes.
+
 Each chain's checkpoint (its verified state, node/verifier.py) is written here, in the
 transaction of the action it follows.
 
