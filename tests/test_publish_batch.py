@@ -16,7 +16,7 @@ from node.net import protocol as P
 from node.net.memory import MemoryNetwork
 from node.net.node import NetNode
 from node.store import Store
-from tests.chainkit import ALICE, BOB, DNA, T0_S, Chain, key, tweak
+from chainkit import ALICE, BOB, DNA, T0_S, Chain, key, tweak
 from zomes import APP
 
 PEER = key(9)  # the sender of the batches: not a node B knows
