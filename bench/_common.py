@@ -20,6 +20,17 @@ DAY_S = 86_400
 
 perf = time.perf_counter
 
+CLOCK_HELP = (
+    "wall: time.perf_counter; cpu: this process's CPU time (time.process_time), which leaves "
+    "out the time other processes had the core: steadier on a shared machine"
+)
+
+
+def use_clock(kind: str) -> None:
+    """Time every later `_common.perf()` by the wall clock or by this process's CPU time."""
+    global perf
+    perf = time.process_time if kind == "cpu" else time.perf_counter
+
 
 # One window plus a second: a window rolls at the first event at (or, in some revisions of
 # budget.roll, strictly after) its end, so a jump of exactly 86,400 s is not always enough.

@@ -35,7 +35,8 @@ from node.sdk import LocalNode
 from node.store import DURABILITY
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import FakeClock, bench_dir, emit, env, log, perf, summary  # noqa: E402
+import _common  # noqa: E402
+from _common import CLOCK_HELP, FakeClock, bench_dir, emit, env, log, summary  # noqa: E402
 
 GOAL_RATIO = 0.5
 GOAL_RATE = 5_000
@@ -80,10 +81,10 @@ async def _sdk_round(
                 for agent in agents:
                     nursery.start_soon(loop, agent, max(1, warmup // writers))
             measured[0] = 0
-            t0 = perf()
+            t0 = _common.perf()
 
             async def stopper():
-                while perf() - t0 < seconds:  # noqa: ASYNC110 - a wall-clock deadline, no event to wait on
+                while _common.perf() - t0 < seconds:  # noqa: ASYNC110 - a wall-clock deadline, no event to wait on
                     await trio.sleep(0.01)
                 stop[0] = True
 
@@ -91,7 +92,7 @@ async def _sdk_round(
                 for agent in agents:
                     nursery.start_soon(loop, agent)
                 nursery.start_soon(stopper)
-            elapsed = perf() - t0
+            elapsed = _common.perf() - t0
             body_len = node.store.db.execute(
                 "SELECT avg(length(body)) FROM actions WHERE seq > 0"
             ).fetchone()[0]
@@ -129,15 +130,15 @@ def _floor_round(mode: str, seconds: float, body_len: int, warmup: int = 50) -> 
             one(i)
             i += 1
         n = 0
-        t0 = perf()
+        t0 = _common.perf()
         deadline = t0 + seconds
         while True:
             one(i)
             i += 1
             n += 1
-            if perf() >= deadline:
+            if _common.perf() >= deadline:
                 break
-        elapsed = perf() - t0
+        elapsed = _common.perf() - t0
         db.close()
         return n, elapsed
     finally:
@@ -198,12 +199,14 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode (default 3)")
     p.add_argument("--modes", default="process,power")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help=CLOCK_HELP)
     p.add_argument(
         "--writers",
         default="1,8",
         help="agents writing at once on one node, one run per value (default 1,8)",
     )
     a = p.parse_args(argv)
+    _common.use_clock(a.clock)
     body_len = _probe_body_len()
     log(
         f"commits: action body ~{body_len} bytes; db dir {bench_dir() or tempfile.gettempdir()}; "
@@ -212,6 +215,7 @@ def main(argv=None) -> int:
     for mode in a.modes.split(","):
         for writers in a.writers.split(","):
             res = run_mode(mode.strip(), a.seconds, a.rounds, body_len, int(writers))
+            res["clock"] = a.clock
             res["env"] = env()
             emit(res)
     return 0

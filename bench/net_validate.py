@@ -7,8 +7,10 @@ a fresh node B (same DNA, same clock, its own network: no peers) is fed that cha
 
   accept   `await B._accept(signed, entry, peer=None)` for every action -- the one path every
            foreign action takes (validate against B's view of the chain, store, index)
+  batched  the same, 256 ops to a `B.store.batch()` (one transaction each), as a publish
+           batch is stored
   publish  the same chain as real `publish` requests from A to B, 256 ops each, through
-           `B._handle(A.id, raw)`: CBOR decode, batch-signature check, per-op signature
+           `B.handlers.handle(A.id, raw)`: CBOR decode, batch-signature check, per-op signature
            check, `_accept`, and a signed receipt per op -- the whole inbound publish path
            minus the transport
   floor    `pk.verify(sig, body)` over the same signatures (cryptography, key preloaded)
@@ -35,13 +37,14 @@ from node.net.memory import MemoryNetwork
 from node.net.node import NetNode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import FakeClock, emit, env, log, perf  # noqa: E402
+import _common  # noqa: E402
+from _common import CLOCK_HELP, FakeClock, emit, env, log  # noqa: E402
 
 
 async def run(a):
     clock = FakeClock()
     net_a = MemoryNetwork()
-    t0 = perf()
+    t0 = _common.perf()
     async with NetNode.open(
         net_a.transport, clock=clock, gossip_interval=3600, publish_interval=3600
     ) as A:
@@ -62,7 +65,7 @@ async def run(a):
             (s, entries.get(s.action.get("entry")) if s.action.get("type") == "create" else None)
             for s in chain
         ]
-        log(f"net_validate: built a chain of {len(chain)} actions in {perf() - t0:.1f}s")
+        log(f"net_validate: built a chain of {len(chain)} actions in {_common.perf() - t0:.1f}s")
         n = len(chain)
         pk = Ed25519PublicKey.from_public_bytes(pub)
         pairs = [(s.sig, s.body) for s in chain]
@@ -78,12 +81,25 @@ async def run(a):
 
         async def accept():
             async with await fresh_b() as B:
-                t = perf()
+                t = _common.perf()
                 for s, e in ops:
                     st = await B._accept(s, e, None)
                     if st != "valid":
                         raise SystemExit(f"_accept returned {st!r} at seq {s.seq}")
-                dt = perf() - t
+                dt = _common.perf() - t
+                assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
+                return dt
+
+        async def batched():
+            async with await fresh_b() as B:
+                t = _common.perf()
+                for i in range(0, n, P.MAX_OPS_PER_MESSAGE):
+                    with B.store.batch():  # as a publish batch is stored
+                        for s, e in ops[i : i + P.MAX_OPS_PER_MESSAGE]:
+                            st = await B._accept(s, e, None)
+                            if st != "valid":
+                                raise SystemExit(f"_accept returned {st!r} at seq {s.seq}")
+                dt = _common.perf() - t
                 assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
                 return dt
 
@@ -95,24 +111,28 @@ async def run(a):
                     wire = [[s.body, s.sig, e] for s, e in ops[i : i + P.MAX_OPS_PER_MESSAGE]]
                     batch = warrant.sign_batch(wire, B.id, A.now_us(), A.node_key)
                     reqs.append(P.request("publish", A.dna.hash, ops=wire, batch=batch))
-                t = perf()
+                t = _common.perf()
                 for raw in reqs:
-                    rep = P.parse_reply(await B._handle(A.id, raw))
-                    bad = [r for r in rep["results"] if r[1] != "valid"]
+                    rep = P.parse_reply("publish", await B.handlers.handle(A.id, raw))
+                    bad = [r for r in rep.results if r.status != "valid"]
                     if bad:
-                        raise SystemExit(f"publish: {len(bad)} ops not valid, first {bad[0][1]!r}")
-                dt = perf() - t
+                        raise SystemExit(
+                            f"publish: {len(bad)} ops not valid, first {bad[0].status!r}"
+                        )
+                dt = _common.perf() - t
                 assert B._head(pub) == (chain[-1].seq, chain[-1].hash)
                 return dt
 
         async def floor():
             verify = pk.verify
-            t = perf()
+            t = _common.perf()
             for sig, body in pairs:
                 verify(sig, body)
-            return perf() - t
+            return _common.perf() - t
 
-        cases = {"floor": floor, "accept": accept, "publish": publish}
+        cases = {"floor": floor, "accept": accept, "batched": batched, "publish": publish}
+        if not hasattr(A.store, "batch"):  # code from before Store.batch (an A/B run)
+            cases["batched"] = accept
         for f in cases.values():  # warm-up
             await f()
         rates = {k: [] for k in cases}
@@ -132,8 +152,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--actions", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help=CLOCK_HELP)
     a = p.parse_args(argv)
-    t0 = perf()
+    _common.use_clock(a.clock)
+    t0 = _common.perf()
     n, rates = trio.run(run, a)
     med = {k: statistics.median(v) for k, v in rates.items()}
     emit(
@@ -141,15 +163,18 @@ def main(argv=None) -> int:
             "bench": "net_validate",
             "actions": n,
             "accept_rate": round(med["accept"], 1),
+            "batched_rate": round(med["batched"], 1),
             "publish_rate": round(med["publish"], 1),
             "floor": round(med["floor"], 1),
             "ratio_accept": round(med["accept"] / med["floor"], 4),
+            "ratio_batched": round(med["batched"] / med["floor"], 4),
             "ratio_publish": round(med["publish"] / med["floor"], 4),
             "us_per_op_accept": round(1e6 / med["accept"], 1),
             "us_per_op_publish": round(1e6 / med["publish"], 1),
             "us_per_verify": round(1e6 / med["floor"], 1),
             "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-            "wall_s": round(perf() - t0, 1),
+            "clock": a.clock,
+            "wall_s": round(_common.perf() - t0, 1),
             "env": env(),
         }
     )

@@ -14,6 +14,10 @@ bounded exponential backoff, and gives up with StoreBusy after LOCK_WAIT_S, havi
 nothing. A free lock costs nothing extra: the first `BEGIN IMMEDIATE` takes it, with no
 scheduler checkpoint (so a simulation's trace is unchanged).
 
+Batches (`batch`): a task storing many received actions at once (a publish request, a chain
+fetch's answer) runs each write in a SAVEPOINT of one transaction, committed when it is done,
+before it waits on anything else, or when another task writes.
+
 Each chain's checkpoint (its verified state, node/verifier.py) is written here, in the
 transaction of the action it follows.
 
@@ -25,7 +29,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -152,6 +157,11 @@ class Store:
         self._queue: list[_Queued] = []  # appends waiting for the group commit
         self.lock_waits = 0  # writes that found the write lock taken and waited for it
         self._data_version = self._read_data_version()
+        # Batches (`batch`): the tasks inside one, the one whose transaction is open now, and
+        # what to undo in memory if that transaction is rolled back instead of committed.
+        self._batching: set[trio.lowlevel.Task] = set()
+        self._batch_task: trio.lowlevel.Task | None = None
+        self._on_lost: list[Callable[[], None]] = []
 
     def _read_data_version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -187,7 +197,22 @@ class Store:
     async def write(self, fn):
         """Run `fn(db)` (plain code: it must not await) in one write transaction and return
         its result: committed if it returns, rolled back (nothing written) if anything
-        escapes it. Waits for the write lock without blocking the event loop."""
+        escapes it. Waits for the write lock without blocking the event loop.
+
+        Inside a `batch` of the calling task, `fn` runs in a SAVEPOINT of the batch's one
+        transaction instead: undone alone if anything escapes it, committed with the batch."""
+        task = self._batch_task
+        if task is not None or self._batching:
+            me = trio.lowlevel.current_task()
+            if task is me:
+                return self._savepoint(fn)
+            if task is not None:  # the batch's task is waiting on something: commit its part
+                self.end_batch()
+            if me in self._batching:
+                if not self._try_begin():
+                    await self._wait_for_lock()
+                self._batch_task = me
+                return self._savepoint(fn)
         if not self._try_begin():
             await self._wait_for_lock()
         return self._run(fn)
@@ -195,10 +220,66 @@ class Store:
     def try_write(self, fn) -> bool:
         """`write` for what can as well be written later (a cache): False, nothing written,
         if another connection holds the write lock now."""
+        if self._batch_task is not None:
+            self.end_batch()
         if not self._try_begin():
             return False
         self._run(fn)
         return True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The calling task's writes (`write`) until the block ends share one transaction,
+        committed when it ends (however it ends: each write in it was complete), or earlier
+        (`end_batch`) when another task writes, or when the task says it is about to wait on
+        something else. A crash before the COMMIT loses the batch's writes, each whole: none
+        is half-written, and none was acknowledged (the block's caller answers after it)."""
+        me = trio.lowlevel.current_task()
+        if me in self._batching:  # nested: the outer block commits
+            yield
+            return
+        self._batching.add(me)
+        try:
+            yield
+        finally:
+            self._batching.discard(me)
+            if self._batch_task is me:
+                self.end_batch()
+
+    def end_batch(self) -> None:
+        """Commit the open batch transaction, if any. Should the COMMIT fail, the batch is
+        rolled back, every `if_lost` callback undoes what was kept in memory, and the error
+        is raised."""
+        if self._batch_task is None:
+            return
+        self._batch_task = None
+        lost, self._on_lost = self._on_lost, []
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            for undo in reversed(lost):
+                undo()
+            raise
+
+    def if_lost(self, undo: Callable[[], None]) -> None:
+        """Inside an open batch transaction: call `undo` should it be rolled back (what the
+        caller changed in memory after a write the batch has not committed yet)."""
+        if self._batch_task is not None:
+            self._on_lost.append(undo)
+
+    def _savepoint(self, fn):
+        db = self.db
+        db.execute("SAVEPOINT w")
+        try:
+            out = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK TO w")
+            db.execute("RELEASE w")
+            raise
+        db.execute("RELEASE w")
+        return out
 
     def _run(self, fn):
         db = self.db

@@ -107,16 +107,25 @@ def _check(obj: Plain, depth: int, count: list[int]) -> None:
             raise MalformedInput("integer out of range")
         return
     if t is dict:
-        if any(type(k) is not str for k in obj):
-            raise MalformedInput("map keys must be text")
+        for k in obj:  # (a plain loop: a generator costs more than these few keys)
+            if type(k) is not str:
+                raise MalformedInput("map keys must be text")
         items = obj.values()
     elif t is list or t is tuple:
         items = obj
     else:
         raise MalformedInput(f"type {t.__name__} is not allowed")
+    inline = depth < MAX_DEPTH  # an int child passes the depth check its own call would make
     for item in items:
-        if type(item) in _SCALARS:  # the common leaf, counted without a call
+        ti = type(item)
+        if ti in _SCALARS:  # the common leaves, counted without a call
             count[0] += 1
+        elif ti is int and inline:  # the checks _check(item, depth + 1, count) would make
+            count[0] += 1
+            if count[0] > MAX_ITEMS:
+                raise TooLarge(f"more than {MAX_ITEMS} items")
+            if not -_INT_LIMIT < item < _INT_LIMIT:
+                raise MalformedInput("integer out of range")
         else:
             _check(item, depth + 1, count)
     if count[0] > MAX_ITEMS:

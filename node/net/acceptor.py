@@ -27,7 +27,7 @@ from ..core.action import Signed, grant_hash
 from ..core.app import App
 from ..core.crypto import SigningKey, verify
 from ..core.dna import Dna
-from ..core.encoding import decode
+from ..core.encoding import decode, decode_stored
 from ..core.errors import BudgetError, InvalidChain
 from ..core.validate import ChainState, step_anchor, validate_genesis, validate_next
 from ..core.warrant import REFUSED_ONLY, RETRYABLE, proves
@@ -227,11 +227,23 @@ class Acceptor:
         if is_create:
             edef = self.app.entry_def(s.action["entry_type"])
             assert edef is not None and entry is not None  # validate_next checked both
-            index = edef.index_of(decode(entry)["content"])
+            # validate_next decoded these very bytes strictly (they hash to the signed entry
+            # hash) and checked their content: a plain parse is enough here
+            index = edef.index_of(decode_stored(entry)["content"])
         await self.dht.put_foreign(s, entry, index, new)
         self.chains[author] = new
+        self.dht.store.if_lost(lambda: self._unstored(author, cs, new))
         self._stored(s, entry)
         return "valid"
+
+    def _unstored(self, author: bytes, before: ChainState | None, after: ChainState) -> None:
+        """A batch that held `after` was rolled back (its COMMIT failed): the chain's head in
+        memory goes back to where the store has it."""
+        if self.chains.get(author) is after:
+            if before is None:
+                self.chains.pop(author)
+            else:
+                self.chains[author] = before
 
     def _stored(self, s: Signed, entry: bytes | None) -> None:
         self.limbo.pop(s.hash, None)
@@ -457,7 +469,12 @@ class Acceptor:
         return "pending"
 
     async def fetch_chain(self, author: bytes, peer: bytes, upto: int | None = None) -> None:
-        """Fetch and validate `author`'s actions after our head, from `peer`, up to `upto`."""
+        """Fetch and validate `author`'s actions after our head, from `peer`, up to `upto`
+        (each answer's records stored in one transaction)."""
+        with self.dht.store.batch():
+            await self._fetch_chain(author, peer, upto)
+
+    async def _fetch_chain(self, author: bytes, peer: bytes, upto: int | None) -> None:
         for _ in range(MAX_FETCH_ROUNDS):
             head = self.head(author)
             start = 0 if head is None else head[0] + 1
@@ -478,6 +495,9 @@ class Acceptor:
                 return
 
     async def ask_chain(self, peer: bytes, author: bytes, start: int, limit: int) -> tuple:
+        # What a batch validated so far is committed before waiting on the network: the
+        # store lock is not held, nor anything kept uncommitted, across a peer's answer.
+        self.dht.store.end_batch()
         return await ask_chain(self.request, peer, author, start, limit)
 
     def spawn_fetch(self, author: bytes, peer: bytes, seq: int) -> None:

@@ -182,28 +182,32 @@ class RequestHandlers:
         ) and not warrant.batch_ok(batch, peer):
             raise MalformedInput("publish batch is not signed by the sending peer")
         results = []
-        for op in msg.ops:
-            s, entry, told = op.action, op.entry, op.told
-            self.metrics["ops_received"] += 1
-            # Sent here as an author-key authority: if this node knows authorities the sender
-            # did not name (its view of the ring lags), pass the action on, whether or not this
-            # node itself turns out to be one.
-            fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
-            status = await self.accept(s, entry, peer, prev=op.prev, op=True, vouch=op.vouch)
-            if fresh and told is not None and status == "valid":
-                self.publisher.forward(s, entry, peer, told)
-            if status == "forged":  # the sender signed the batch that carried it: its doing
-                await self.warrant_book.issue("peer", peer, "bad_signature", -1, [s], batch=batch)
-                status = "invalid"
-            # a receipt vouches for the op to the other authorities only if an author-key
-            # authority signed it, so only one the publisher counts as such signs one
-            receipt = (
-                dht.sign_receipt(s.hash, self.node_key)
-                if status == "valid" and told is not None and self.id in told
-                else None
-            )
-            results.append([s.hash, status, receipt])
+        with self.dht.store.batch():  # one transaction for the batch's ops, not one each
+            for op in msg.ops:
+                results.append(await self._publish_op(peer, op, batch))
         return P.reply(results=results)
+
+    async def _publish_op(self, peer: bytes, op: P.PublishOp, batch: dict) -> list:
+        s, entry, told = op.action, op.entry, op.told
+        self.metrics["ops_received"] += 1
+        # Sent here as an author-key authority: if this node knows authorities the sender
+        # did not name (its view of the ring lags), pass the action on, whether or not this
+        # node itself turns out to be one.
+        fresh = told is not None and self.id in told and not self.dht.has_action(s.hash)
+        status = await self.accept(s, entry, peer, prev=op.prev, op=True, vouch=op.vouch)
+        if fresh and told is not None and status == "valid":
+            self.publisher.forward(s, entry, peer, told)
+        if status == "forged":  # the sender signed the batch that carried it: its doing
+            await self.warrant_book.issue("peer", peer, "bad_signature", -1, [s], batch=batch)
+            status = "invalid"
+        # a receipt vouches for the op to the other authorities only if an author-key
+        # authority signed it, so only one the publisher counts as such signs one
+        receipt = (
+            dht.sign_receipt(s.hash, self.node_key)
+            if status == "valid" and told is not None and self.id in told
+            else None
+        )
+        return [s.hash, status, receipt]
 
     async def _on_chain(self, peer: bytes, msg: P.ChainRequest) -> Any:
         return P.reply(records=self.dht.records(msg.author, msg.start, msg.limit))
