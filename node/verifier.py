@@ -65,9 +65,9 @@ def _open_state(store, author, found, claims, held, dna, app) -> ChainState:
         store.try_write(lambda db: Store.put_checkpoint(db, state, claims=True))
         return state
     cp_row, action, head, last = found
-    seq, h, ts, ws, rem, used = cp_row
+    seq, h, ts, ws, rem, used, window_claims = cp_row
     claimed = frozenset(g for g, at in claims.get(author, ()) if at <= seq)
-    cp = ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed)
+    cp = ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed, window_claims)
     if head is None and author not in held:
         raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
     _check_checkpoint(cp, action, head, dna)

@@ -101,9 +101,11 @@ class RogueCell(Cell):
         if "bad_signature" in self.modes:
             object.__setattr__(s, "sig", bytes([s.sig[0] ^ 1]) + s.sig[1:])
         claimed = cs.claimed
+        window_claims = 0 if "witness" in s.action else cs.window_claims
         if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
             claimed = claimed | {grant_hash(s.action["grant"])}
-        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed)
+            window_claims += 1
+        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed, window_claims)
 
 
 def fork_outgoing(node, by_peer: dict) -> dict:

@@ -32,6 +32,7 @@ RULES: dict[str, type] = {
     "max_results": int,
     "max_future_us": int,
     "membrane": str,
+    "max_grants_per_window": int,
 }
 
 
@@ -51,6 +52,9 @@ class Dna:
     # "open": anyone may start an agent (unsuited to untrusted agents: each new agent brings a
     # fresh allowance); "invite": a genesis must carry a steward's single-use invite
     membrane: str = "open"
+    # grants one agent's chain may claim in one window; None: no limit (a network made before
+    # the rule, whose DNA does not name it: its hash, and so its identity, stays what it was)
+    max_grants_per_window: int | None = 3
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -64,6 +68,8 @@ class Dna:
         )
 
     def __post_init__(self) -> None:
+        if self.max_grants_per_window is not None and self.max_grants_per_window < 1:
+            raise InvalidInput("max_grants_per_window is at least 1")
         if self.membrane not in MEMBRANES:
             raise InvalidInput(
                 f"unknown membrane {self.membrane!r}; a membrane is one of {', '.join(MEMBRANES)}"
@@ -99,7 +105,7 @@ class Dna:
             )
 
     def to_dict(self) -> PlainMap:
-        return {
+        d: PlainMap = {
             "name": self.name,
             "version": self.version,
             "window_s": self.window_s,
@@ -113,6 +119,9 @@ class Dna:
             "integrity": self.integrity,
             "membrane": self.membrane,
         }
+        if self.max_grants_per_window is not None:
+            d["max_grants_per_window"] = self.max_grants_per_window
+        return d
 
     @classmethod
     def from_dict(cls, d: PlainMap) -> Dna:
@@ -131,6 +140,7 @@ class Dna:
             max_future_us=d["max_future_us"],
             integrity=d["integrity"],
             membrane=d["membrane"],
+            max_grants_per_window=d.get("max_grants_per_window"),
         )
 
     def encoded(self) -> bytes:

@@ -101,29 +101,61 @@ class KeystoreInsecure(BudgetError):
     code = "E_KEYSTORE_INSECURE"
 
 
-class InsufficientRU(BudgetError):
-    code = "E_INSUFFICIENT_RU"
+class Shortfall(BudgetError):
+    """A refusal for lack of RU (or of room under a cap or limit): what was needed, what there
+    was, and when the window resets. `limit` names a cap or rule that refused, if one did."""
 
-    def __init__(self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int):
+    abstract = True  # never raised itself: its subclasses name the budget that fell short
+
+    def __init__(
+        self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int, limit: str = ""
+    ):
         self.need_mru, self.have_mru = need_mru, have_mru
         self.need = need_mru / MRU_PER_RU
         self.have = have_mru / MRU_PER_RU
         self.resets_at = resets_at
         self.retry_after_s = retry_after_s
+        self.limit = limit
+        within = f" ({limit})" if limit else ""
         super().__init__(
-            f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
+            f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU{within}. "
             f"Budget resets at {resets_at}"
         )
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "code": self.code,
-            "message": self.message,
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "need_mru": self.need_mru,
             "have_mru": self.have_mru,
             "resets_at": self.resets_at,
             "retry_after_s": self.retry_after_s,
         }
+        if self.limit:
+            out["limit"] = self.limit
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, **self.fields()}
+
+
+class InsufficientRU(Shortfall):
+    """The ambient allowance (the window's RU plus grants) does not cover the write."""
+
+    code = "E_INSUFFICIENT_RU"
+
+
+class BudgetExceeded(Shortfall):
+    """A cap or limit refuses: a grant that would add nothing (the grantee is at the cap) or
+    one past the DNA's `max_grants_per_window`. `have` is the room left under it."""
+
+    code = "E_BUDGET_EXCEEDED"
+
+
+class DeferQueueFull(BudgetError):
+    """A write asked to wait for its budget (`defer=True`), and the deferral queue (the agent's
+    share or the node's) is full: nothing was queued or written (seed 004's
+    REFUSE_DEFER_QUEUE_LIMIT)."""
+
+    code = "E_DEFER_QUEUE_FULL"
 
 
 class InviteUsed(NotAuthorized):
@@ -222,6 +254,8 @@ def error_class(code: str) -> type[BudgetError] | None:
 def _registry() -> dict[str, type[BudgetError]]:
     out: dict[str, type[BudgetError]] = {}
     for c in [c for c in globals().values() if isinstance(c, type) and issubclass(c, BudgetError)]:
+        if c.__dict__.get("abstract"):
+            continue
         if out.setdefault(c.code, c) is not c:
             raise RuntimeError(f"two error classes share the code {c.code}")
     return out

@@ -31,6 +31,7 @@ class ChainState:
     ts: int
     budget: BudgetState
     claimed: frozenset[bytes]  # grant hashes already claimed on this chain
+    window_claims: int = 0  # grants claimed in the current window (dna.max_grants_per_window)
 
 
 def _get(action: PlainMap, key: str, typ: type, seq: int | None) -> Any:
@@ -150,6 +151,11 @@ def validate_next(
 
     start = cs.budget
     w = a.get("witness")
+    window_claims = 0 if w is not None else cs.window_claims
+    if typ == "claim":
+        window_claims += 1
+        if not budget.grants_fit(window_claims, dna):
+            raise InvalidChain("too_many_grants", seq, f"past {dna.max_grants_per_window}")
     if w is not None:
         _, at = check_witness(w, dna, author, cs.hash, None, seq)
         if not budget.due(cs.budget, at, dna):
@@ -160,7 +166,7 @@ def validate_next(
     new_budget = _derive(
         start, cs.budget, rec, expected_cost, ts, dna, seq, amount if typ == "claim" else None
     )
-    return ChainState(author, seq, s.hash, ts, new_budget, claimed)
+    return ChainState(author, seq, s.hash, ts, new_budget, claimed, window_claims)
 
 
 def _derive(
