@@ -104,6 +104,7 @@ class Admissions:
         )
         self.audit = AuditLog(node.store)
         self.refused: Counter = Counter()  # (code, op) -> refusals
+        self.spent: Counter = Counter()  # op -> milli-RU the node's agents spent on it
         self.deferred_total = 0
         self.deferred_run = 0
         self.deferred_refused = 0
@@ -152,15 +153,35 @@ class Admissions:
                 await self._refusal(cell, _op(zome, fn, payload), e)
                 raise
         try:
-            out = await self.node.dispatch(cell, zome, fn, payload)
+            out = await self._spend(cell, zome, fn, payload)
         except BudgetError as e:
             await self._refusal(cell, f"{zome}.{fn}", e)
             raise
         await self._after_write(cell)
         return out
 
+    async def _spend(self, cell, zome: str, fn: str, payload):
+        """The app's function, its RU counted by operation (`spent`, for /metrics)."""
+        before = cell.state.budget
+        out = await self.node.dispatch(cell, zome, fn, payload)
+        after = cell.state.budget
+        same = after.window_start_us == before.window_start_us
+        used = after.used_mru - (before.used_mru if same else 0)
+        if used > 0:
+            self.spent[f"{zome}.{fn}"] += used
+        return out
+
+    def _label(self, op: str) -> str:
+        """`op` as a metric label: a function of the app or the node, else "other" (a caller
+        names what it likes, and a label must not grow without bound)."""
+        zome, _, fn = op.partition(".")
+        known = (zome, fn) in self.node.app.functions or (
+            zome == NODE_ZOME and fn in self.functions
+        )
+        return op if known else "other"
+
     async def _refusal(self, cell, op: str, e: BudgetError) -> None:
-        self.refused[(e.code, op)] += 1
+        self.refused[(e.code, self._label(op))] += 1
         await self._emit({"type": "refusal", **self._context(cell, op, e)})
 
     def _context(self, cell, op: str, e: BudgetError | None) -> dict[str, Any]:
@@ -247,7 +268,7 @@ class Admissions:
             raise InvalidInput("only the app's writes can be deferred")
         op = f"{zome}.{fn}"
         try:
-            out = await self.node.dispatch(cell, zome, fn, inner)
+            out = await self._spend(cell, zome, fn, inner)
         except InsufficientRU as e:  # refused only for lack of RU: wait for the window
             entry, position = await self.queue.add(
                 cell.key.public, zome, fn, to_wire(inner), e.code, e.resets_at, self._now_s()
@@ -324,7 +345,7 @@ class Admissions:
             return 0
         try:
             payload = from_wire(self.queue.payload(entry), typed=False)
-            out = await self.node.dispatch(cell, entry.zome, entry.fn, payload)
+            out = await self._spend(cell, entry.zome, entry.fn, payload)
         except BudgetError as e:
             self.deferred_refused += 1
             await self._done(cell, entry, code=e.code)

@@ -6,6 +6,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
+import trio
+import trio.testing
 
 from node.agent_api import refusals
 from node.core import budget
@@ -279,3 +281,53 @@ def test_docs_sdk_prints_the_precedence_table_as_the_code_has_it():
         f"| {i} | {c.name} | {' '.join(f'`{x}`' for x in c.codes)} | {c.what} |"
         for i, c in enumerate(PRECEDENCE, 1)
     ]
+
+
+async def test_a_low_budget_alert_fires_once_a_window(clock):
+    async with LocalNode.open(clock=lambda: clock[0]) as node:
+        alice = await node.new_agent()
+        events = []
+        node.admissions.listen(events.append)
+        await alice.set_alert(remaining_ru=50)
+        await alice.add_knowledge("1")  # 67 left
+        assert events == []
+        await alice.add_knowledge("2")  # 34 left: below 50
+        await alice.add_knowledge("3")  # 1 left: the window's alert was given
+        assert [(e["type"], e["have"], e["alert_mru"]) for e in events] == [
+            ("low_budget", 34, 50_000)
+        ]
+        clock[0] += DAY
+        await alice.add_knowledge("4")
+        await alice.add_knowledge("5")
+        assert [e["have"] for e in events] == [34, 34]
+        await alice.set_alert(remaining_ru=None)
+        clock[0] += DAY
+        for i in range(3):
+            await alice.add_knowledge(f"x{i}")
+        assert len(events) == 2
+        with pytest.raises(InvalidInput):
+            await alice.set_alert(remaining_ru="lots")
+
+
+async def test_in_process_subscribers_get_their_own_agents_refusals(clock):
+    async with LocalNode.open(clock=lambda: clock[0]) as node:
+        alice, bob = await node.new_agent(), await node.new_agent()
+        got = []
+
+        async def listen(agent):
+            async for ev in agent.subscribe():
+                got.append((agent.agent_id, ev))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(listen, alice)
+            await trio.testing.wait_all_tasks_blocked()  # the subscriber is waiting
+            with pytest.raises(UnknownFunction):
+                await bob.call("rose_forest", "nope", {})
+            with pytest.raises(InvalidInput):
+                await alice.add_knowledge(content=5)
+            await trio.testing.wait_all_tasks_blocked()
+            n.cancel_scope.cancel()
+        assert [(who, ev["type"], ev["code"]) for who, ev in got] == [
+            (alice.agent_id, "refusal", "E_INVALID_INPUT")
+        ]
+        assert len(node.admissions.audit) == 2  # both are kept in the log
