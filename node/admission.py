@@ -355,6 +355,11 @@ class Admissions:
         await self._after_write(cell)
         return 1
 
+    def resume(self) -> None:
+        """A running node opened with deferred writes in its store: start its timer."""
+        if self.queue.next_runs_at() is not None:
+            self._wake_timer()
+
     def _wake_timer(self) -> None:
         nursery = getattr(self.node, "_nursery", None)
         if nursery is None:

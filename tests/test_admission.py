@@ -24,7 +24,7 @@ from node.core.errors import (
     error_class,
 )
 from node.core.validate import validate_chain
-from node.sdk import LocalNode
+from node.sdk import LocalCluster, LocalNode
 from zomes import APP
 
 from conftest import START
@@ -331,3 +331,21 @@ async def test_in_process_subscribers_get_their_own_agents_refusals(clock):
             (alice.agent_id, "refusal", "E_INVALID_INPUT")
         ]
         assert len(node.admissions.audit) == 2  # both are kept in the log
+
+
+async def test_a_grant_to_another_nodes_agent_at_the_cap_is_refused_before_it_is_recorded(
+    clock, autojump_clock
+):
+    async with LocalCluster.open(n=2, clock=lambda: clock[0], transport="memory") as c:
+        n0, n1 = c.nodes
+        bob = await n1.new_agent()
+        await c.await_consistency(timeout=60)
+        g = await n0.steward.allocate_budget(bob.agent_id, 100)
+        assert (g.granted_ru, g.claimed) == (100, True)
+        await c.await_consistency(timeout=60)
+        steward = n0.dna.stewards[0]
+        length = len(n0.store.chain(steward))
+        with pytest.raises(BudgetExceeded):
+            await n0.steward.allocate_budget(bob.agent_id, 5)
+        assert len(n0.store.chain(steward)) == length
+        assert (await bob.budget_status()).remaining_ru == 200

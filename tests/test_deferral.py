@@ -207,3 +207,18 @@ async def test_the_running_nodes_timer_runs_due_work_without_activity(autojump_c
         await trio.sleep(70)
         assert chain_len(node, alice) == length + 1
         assert len(node.admissions.queue) == 0
+
+
+async def test_a_restarted_network_node_runs_its_kept_queue_on_its_timer(autojump_clock, tmp_path):
+    paths = [str(tmp_path / "n0")]
+    clock = lambda: START + trio.current_time()  # noqa: E731 - the nodes' clock is trio's
+    async with LocalCluster.open(n=1, clock=clock, transport="memory", paths=paths) as c:
+        alice = await c.nodes[0].new_agent()
+        await broke(alice)
+        await alice.add_knowledge("kept over a restart", defer=True)
+        length = chain_len(c.nodes[0], alice)
+    async with LocalCluster.open(n=1, clock=clock, transport="memory", paths=paths) as c:
+        node = c.nodes[0]
+        assert len(node.admissions.queue) == 1
+        await trio.sleep(DAY + 60)  # no call at all: the timer runs it
+        assert chain_len(node, alice) == length + 1 and len(node.admissions.queue) == 0

@@ -151,6 +151,7 @@ class NetNode(LocalNode):
                     node.peer_table.attach(transport)
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
+                        node.admissions.resume()  # a queue kept from before: its timer runs
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
                         nursery.start_soon(keep_running, node.metrics, node.acceptor.run_limbo)
