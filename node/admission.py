@@ -28,6 +28,7 @@ from .core.errors import (
     InsufficientRU,
     InvalidInput,
     Shortfall,
+    StoreBusy,
     UnknownAgent,
     UnknownFunction,
 )
@@ -113,6 +114,7 @@ class Admissions:
         self._listeners: list[Callable[[dict], None]] = []
         self._lock = trio.Lock()
         self._timer_kick: trio.Event | None = None  # set: the timer task runs
+        self.timer_store_busy = 0  # timer rounds the store's lock refused
         self.functions = {
             "check": self._check,
             "has_budget": self._has_budget,
@@ -366,25 +368,34 @@ class Admissions:
             return  # an in-process node runs its queue at its next activity
         if self._timer_kick is None:
             self._timer_kick = trio.Event()
-            nursery.start_soon(self.run_timer)
+            nursery.start_soon(self._keep_timer)
         else:
             self._timer_kick.set()
+
+    async def _keep_timer(self) -> None:
+        """The timer, started again after a round the store refused (E_STORE_BUSY comes only
+        after the store's bounded wait, so this never spins)."""
+        try:
+            while True:
+                try:
+                    return await self.run_timer()
+                except StoreBusy:
+                    self.timer_store_busy += 1
+        finally:
+            self._timer_kick = None  # the next deferral starts it again
 
     async def run_timer(self) -> None:
         """The running node's timer: sleeps until the first entry's `runs_at` (at most
         MAX_TIMER_SLEEP_S at a time, or until a new entry arrives) and runs what is due; it
-        ends when the queue is empty (the next deferral starts it again)."""
-        try:
-            while (nxt := self.queue.next_runs_at()) is not None:
-                wait = nxt - self.node.now_us() / US
-                if wait > 0:
-                    self._timer_kick = trio.Event()
-                    with trio.move_on_after(min(wait, MAX_TIMER_SLEEP_S)):
-                        await self._timer_kick.wait()
-                    continue
-                await self.run_due()
-        finally:
-            self._timer_kick = None
+        ends when the queue is empty."""
+        while (nxt := self.queue.next_runs_at()) is not None:
+            wait = nxt - self.node.now_us() / US
+            if wait > 0:
+                self._timer_kick = trio.Event()
+                with trio.move_on_after(min(wait, MAX_TIMER_SLEEP_S)):
+                    await self._timer_kick.wait()
+                continue
+            await self.run_due()
 
     def set_alert(self, cell, remaining_mru: int | None) -> None:
         if remaining_mru is None:
