@@ -26,8 +26,8 @@ from .core.budget import US
 from .core.errors import (
     BudgetError,
     InsufficientRU,
+    BudgetExceeded,
     InvalidInput,
-    Shortfall,
     StoreBusy,
     UnknownAgent,
     UnknownFunction,
@@ -48,9 +48,25 @@ class Admitted(Exception):
         self.cost_mru = cost_mru
 
 
+class NoDryRun(Exception):
+    """`check` of a function whose writes have no pre-flight here yet (the budget verbs of
+    node/budgets.py): `check` refuses it (E_INVALID_INPUT) rather than run it for real. Not a
+    BudgetError, so no function can turn it into an Admission by accident."""
+
+
+class _NoBudgets:
+    def __getattr__(self, name: str):
+        raise NoDryRun(f"check cannot dry-run the budget verbs yet (budgets.{name})")
+
+
 class DryContext(ZomeContext):
     """What a function sees in a dry run: reads as usual; each write runs the same checks as
-    the real one (Cell.entry_cost, Cell.preflight, LocalNode.grant_preflight) and stops."""
+    the real one (Cell.entry_cost, Cell.preflight, LocalNode.grant_preflight) and stops. The
+    budget verbs (ctx.budgets) are not reachable: a dry run of one is refused (NoDryRun)."""
+
+    def __init__(self, node, cell):
+        super().__init__(node, cell)
+        self.budgets = _NoBudgets()
 
     async def create(self, entry_type: str, content: dict) -> str:
         cost = self._cell.entry_cost(entry_type, content)
@@ -197,8 +213,12 @@ class Admissions:
             "resets_at": st.resets_at,
             "budget": None,  # the ambient allowance (explicit budgets name theirs)
         }
-        if isinstance(e, Shortfall):
+        if isinstance(e, InsufficientRU):
             ctx.update(need_mru=e.need_mru, have_mru=e.have_mru, resets_at=e.resets_at)
+        elif isinstance(e, BudgetExceeded) and e.resource == "ru" and e.budget is None:
+            ctx.update(need_mru=e.need_units, have_mru=e.have_units)  # a cap or limit
+        elif isinstance(e, BudgetExceeded):
+            ctx["budget"] = e.budget  # an explicit budget's: its units, not the allowance's
         return ctx
 
     async def _after_write(self, cell) -> None:
@@ -225,9 +245,11 @@ class Admissions:
             need = 0
         except Admitted as a:
             need = a.cost_mru
+        except NoDryRun as e:
+            raise InvalidInput(str(e)) from None
         except BudgetError as e:
             c = self._context(cell, f"{zome}.{fn}", e)
-            retry = e.retry_after_s if isinstance(e, Shortfall) else 0
+            retry = e.retry_after_s if isinstance(e, InsufficientRU) else 0
             return Admission(
                 False, e.code, c["need_mru"], c["have_mru"], c["resets_at"], retry, e.message
             )

@@ -9,6 +9,7 @@ fn, payload)` reaches any function of whatever app the node runs.
 
 from __future__ import annotations
 
+import secrets
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -76,9 +77,63 @@ class Deferred:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Balance:
+    """One resource of a budget (RU in RU): a card's `funded` is its limit."""
+
+    available: float | int
+    reserved: float | int  # escrowed for cards this budget delegated, not yet returned
+    pending: float | int  # in holds not yet resolved
+    spent: float | int
+    funded: float | int
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    id: str
+    name: str
+    kind: str  # "budget", "card" or "wallet"
+    holder: str
+    parent: str | None
+    schema: dict
+    void: bool
+    stage: str  # planning, partial, funded
+    balances: dict  # resource -> {available, reserved, pending, spent, funded}
+
+    def balance(self, resource: str = "ru") -> Balance:
+        b = self.balances.get(resource)
+        return Balance(0, 0, 0, 0, 0) if b is None else Balance(**b)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    outputs: list  # each instruction's result (a write's action hash)
+    authorized_by: str  # the budget that paid, or "ambient"
+    spent: dict  # resource -> amount (RU in RU)
+
+
+@dataclass(frozen=True)
+class HoldView:
+    task_id: str
+    id: str
+    budget: str
+    state: str  # pending, settled, cancelled, expired
+    amounts: dict
+    settled: dict
+    payee: str | None
+    credit: str | None  # the payee's credit (the settle action), once settled
+    expires_at: int  # unix seconds
+
+
 RESULT_TYPES = {
     "BudgetStatus": BudgetStatus,
     "AllocationResult": AllocationResult,
+    "BudgetView": BudgetView,
+    "RefineResult": RefineResult,
+    "HoldView": HoldView,
     "Admission": Admission,
     "Deferred": Deferred,
 }
@@ -210,6 +265,125 @@ class AgentMethods:
 
     async def get_record(self, action_hash: str) -> dict:
         return await self._get_record(action_hash)
+
+    # -- budgets as authorizers (docs/SDK.md, "Budgets")
+    async def mint_budget(self, amounts, holder: str, name: str = "", schema=None) -> str:
+        """A steward's root budget, from nothing (at most the DNA's mint_limit a window)."""
+        return await self.call(
+            "budget",
+            "mint_budget",
+            {"amounts": amounts, "holder": holder, "name": name, "schema": schema},
+        )
+
+    async def fund_budget(self, parent: str, amounts, holder: str, name: str = "", schema=None):
+        return await self.call(
+            "budget",
+            "fund_budget",
+            {
+                "parent": parent,
+                "amounts": amounts,
+                "holder": holder,
+                "name": name,
+                "schema": schema,
+            },
+        )
+
+    async def delegate_budget(
+        self, parent: str, holder: str, max_spend, schema=None, expires_at=None, name: str = ""
+    ) -> str:
+        return await self.call(
+            "budget",
+            "delegate_budget",
+            {
+                "parent": parent,
+                "holder": holder,
+                "max_spend": max_spend,
+                "schema": schema,
+                "expires_at": expires_at,
+                "name": name,
+            },
+        )
+
+    async def revoke_budget(self, budget: str) -> str:
+        return await self.call("budget", "revoke_budget", {"budget": budget})
+
+    async def refine(self, targets=(), instructions=(), budgets=None) -> RefineResult:
+        return await self.call(
+            "budget",
+            "refine",
+            {"targets": list(targets), "instructions": instructions, "budgets": budgets},
+        )
+
+    async def get_budget(self, budget: str) -> BudgetView:
+        return await self.call("budget", "get_budget", {"budget": budget})
+
+    async def list_budgets(self) -> list[BudgetView]:
+        """The budgets, cards and wallet this agent holds."""
+        return await self.call("budget", "list_budgets", {})
+
+    async def wallet(self) -> str | None:
+        return await self.call("budget", "wallet", {})
+
+    async def commit_spend(
+        self, budget: str, amounts, task_id: str, timeout_s: float = 600
+    ) -> HoldView:
+        return await self.call(
+            "budget",
+            "commit_spend",
+            {"budget": budget, "amounts": amounts, "task_id": task_id, "timeout_s": timeout_s},
+        )
+
+    async def settle_spend(self, task_id: str, amounts, payee: str) -> HoldView:
+        return await self.call(
+            "budget", "settle_spend", {"task_id": task_id, "amounts": amounts, "payee": payee}
+        )
+
+    async def cancel_spend(self, task_id: str) -> HoldView:
+        return await self.call("budget", "cancel_spend", {"task_id": task_id})
+
+    def spend(
+        self,
+        budget: str,
+        amounts,
+        payee: str | None = None,
+        task_id: str | None = None,
+        timeout_s: float = 600,
+    ):
+        """`async with agent.spend(budget, {"ru": 20}) as hold: ... hold.use({"ru": 7})`: a
+        two-phase spend that settles what `use` recorded (to `payee`, default this agent) when
+        the block ends, and cancels the hold if the block raises."""
+        return _Spend(self, budget, amounts, payee, task_id, timeout_s)
+
+    async def lineage(self, record: str) -> list[dict]:
+        """The steps from `record` (an output, transfer or settlement) back to its mint."""
+        return await self.call("budget", "lineage", {"record": record})
+
+
+class _Spend:
+    def __init__(self, agent, budget, amounts, payee, task_id, timeout_s):
+        self.agent, self.budget, self.amounts = agent, budget, amounts
+        self.payee = payee or agent.agent_id
+        self.task_id = task_id or f"spend-{secrets.token_hex(8)}"
+        self.timeout_s = timeout_s
+        self.used: dict = {}
+        self.hold: HoldView | None = None
+
+    def use(self, amounts: dict) -> None:
+        """Record what was used (added up; settled when the block ends)."""
+        for k, v in amounts.items():
+            self.used[k] = self.used.get(k, 0) + v
+
+    async def __aenter__(self) -> _Spend:
+        self.hold = await self.agent.commit_spend(
+            self.budget, self.amounts, self.task_id, self.timeout_s
+        )
+        return self
+
+    async def __aexit__(self, et, e, tb) -> None:
+        if et is None:
+            self.hold = await self.agent.settle_spend(self.task_id, self.used, self.payee)
+        else:
+            self.hold = await self.agent.cancel_spend(self.task_id)
 
 
 def refusals(node) -> Counter:

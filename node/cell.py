@@ -7,11 +7,12 @@ persists it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
-from .core import admission, budget
+from .core import admission, budget, ledger
 from .core.action import Signed, entry_bytes, grant_hash
 from .core.budget import InsufficientRU
 from .core.app import App
@@ -52,6 +53,19 @@ class Cell:
         # async (agent, prev) -> a steward's witness opening a new window, or None when no
         # steward is reachable (the node sets it; None: this cell never opens a window)
         self.witness: Callable[[bytes, bytes], Awaitable[dict | None]] | None = None
+        # a refine in progress (see `batch`): the task running it, its appends not yet
+        # stored, the state after them, and the budget paying (None: the allowance)
+        self._batch_task: object | None = None
+        self._staged: list = []
+        self._staged_state: ChainState | None = None
+        self._pay: bytes | None = None
+
+    @property
+    def ledger(self) -> ledger.Ledger:
+        """The budgets this agent's chain holds (an own chain's ledger is always known)."""
+        led = self.state.ledger
+        assert led is not None
+        return led
 
     @property
     def agent_id(self) -> str:
@@ -136,18 +150,12 @@ class Cell:
         eh = blake2b_256(body)
 
         def build(ts, start):
-            b, recorded_cost = self._charge(start, cost, ts)
             return (
                 {
                     "type": "create",
                     "entry_type": entry_type,
                     "entry": eh,
-                    "budget": {
-                        "op": edef.op,
-                        "cost": recorded_cost,
-                        "ws": b.window_start_us,
-                        "rem": b.remaining_mru,
-                    },
+                    "budget": self._record(edef.op, cost, start, ts),
                 },
                 (eh, body),
                 edef.index_of(content),
@@ -161,18 +169,8 @@ class Cell:
         cost = self.dna.cost(op, count)
 
         def build(ts, start):
-            b, recorded_cost = self._charge(start, cost, ts)
             return (
-                {
-                    "type": "charge",
-                    "count": count,
-                    "budget": {
-                        "op": op,
-                        "cost": recorded_cost,
-                        "ws": b.window_start_us,
-                        "rem": b.remaining_mru,
-                    },
-                },
+                {"type": "charge", "count": count, "budget": self._record(op, cost, start, ts)},
                 None,
                 (),
             )
@@ -225,6 +223,86 @@ class Cell:
         """The pre-flight (raises InsufficientRU): the new budget and the cost to record."""
         return budget.charge(start, cost, ts, self.dna), cost
 
+    def _record(self, op: str, cost: int, start: budget.BudgetState, ts: int) -> dict:
+        """A write's BudgetState record: charged to the allowance, or paid by the budget of
+        the refine in progress (its first paid write's seq names the call)."""
+        if self._pay is not None and self._batch_task is trio.lowlevel.current_task():
+            cs = self._staged_state or self.state
+            led = cs.ledger
+            call = led.call[0] if led is not None and led.call is not None else cs.seq + 1
+            return {
+                "op": op,
+                "cost": cost,
+                "ws": start.window_start_us,
+                "rem": start.remaining_mru,
+                "pay": self._pay,
+                "call": call,
+            }
+        b, recorded_cost = self._charge(start, cost, ts)
+        return {"op": op, "cost": recorded_cost, "ws": b.window_start_us, "rem": b.remaining_mru}
+
+    async def ledger_action(self, build_body: Callable[[ChainState, int], dict]) -> Signed:
+        """Append a ledger action (core/ledger.py) whose body `build_body(state, ts)` makes from
+        the chain's state at the moment of writing; refusals are the ledger's BudgetErrors,
+        raised before anything is written. Returns the signed action."""
+        out: list[Signed] = []
+
+        def build(ts, start):
+            cs = self._staged_state or self.state
+            body = build_body(cs, ts)
+            to = body.get("to")
+            return (
+                {
+                    "type": "ledger",
+                    "ledger": body,
+                    "budget": {
+                        "op": "ledger",
+                        "cost": 0,
+                        "ws": start.window_start_us,
+                        "rem": start.remaining_mru,
+                    },
+                },
+                None,
+                # an offer is found by its recipient's node after a crash (node/budgets.py)
+                () if to is None else (("offer_to", to.hex()),),
+            )
+
+        await self._append(build, out)
+        return out[0]
+
+    @asynccontextmanager
+    async def batch(self, pay: bytes | None = None) -> AsyncIterator[list[Signed]]:
+        """The writes this task makes inside are stored together, in one transaction, when the
+        block ends, or not at all if it raises (a refine's instructions commit together);
+        `pay`: the budget paying for them (None: the allowance). Yields the list that holds
+        the actions once they are stored."""
+        committed: list[Signed] = []
+        self._writing += 1
+        if self._writing == 1:
+            self.store.writers += 1
+        try:
+            async with self.lock:
+                self._batch_task = trio.lowlevel.current_task()
+                self._staged, self._staged_state, self._pay = [], None, pay
+                try:
+                    yield committed
+                    staged, state = self._staged, self._staged_state
+                    if staged:
+                        await self.store.append_all(staged)
+                        assert state is not None
+                        self.state = state
+                        committed.extend(item[0] for item in staged)
+                        if self.on_commit is not None:
+                            for item in staged:
+                                self.on_commit(item[0])
+                finally:
+                    self._batch_task, self._staged, self._staged_state = None, [], None
+                    self._pay = None
+        finally:
+            self._writing -= 1
+            if self._writing == 0:
+                self.store.writers -= 1
+
     async def _witnessed(self, cs: ChainState, ts: int) -> dict | None:
         """A steward's witness opening the next window, if the current one has ended and a
         steward answers; an answer that would not open it (the steward's clock says the window
@@ -244,62 +322,88 @@ class Cell:
         return max(ts, w["at"]), budget.open_window(cs.budget, w["at"], self.dna), w
 
     def _next_state(self, cs: ChainState, s: Signed) -> ChainState:
-        """Self-validation: the chain state after `s`, or InvalidChain (nothing is written)."""
-        return validate_next(cs, s, self.dna, self.app, verify_sig=False)
+        """Self-validation: the chain state after `s`, or InvalidChain (nothing is written); a
+        ledger rule's refusal is raised as the ledger's own BudgetError."""
+        return validate_next(cs, s, self.dna, self.app, verify_sig=False, ledger_errors=True)
 
-    async def _append(self, build) -> bytes:
+    async def _append(self, build, out: list[Signed] | None = None) -> bytes:
+        if self._batch_task is not None and self._batch_task is trio.lowlevel.current_task():
+            return await self._stage(build, out)
         store = self.store
         self._writing += 1
         if self._writing == 1:
             store.writers += 1
         try:
             async with self.lock:
-                return await self._append_locked(build, store)
+                return await self._append_locked(build, store, out)
         finally:
             self._writing -= 1
             if self._writing == 0:
                 store.writers -= 1
 
-    async def _append_locked(self, build, store: Store) -> bytes:
-        self.check_writable()
+    async def _signed(self, cs: ChainState, build, catch_up: bool):
+        """(the signed action `build` makes on `cs`, its entry and index, the state after it),
+        or None when `catch_up` found the head moved (the caller re-reads and tries again)."""
         key = self.key
+        ts = max(self.now_us(), cs.ts)
+        ts, start, w = await self._window(cs, ts)
+        try:
+            action, entry, index = build(ts, start)
+        except InsufficientRU:
+            if catch_up and self._catch_up():  # a grant claimed by another process may cover it
+                return None
+            if w is None and budget.due(cs.budget, ts, self.dna):
+                end = budget.ceil_s(cs.budget.window_start_us + self.dna.window_us)
+                raise NoWitness(
+                    f"the window ended at {end}; the write needs the next one, which "
+                    f"opens only with a steward's witness, and no steward is reachable"
+                ) from None
+            raise
+        if w is not None:
+            action["witness"] = w
+        action.update(author=key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
+        if action["type"] == "create":
+            # every field was built here from validated values (the content itself is
+            # only referenced by hash, and was walked by entry_bytes): skip the walk
+            body = encode_trusted(action)
+            s = Signed(action, body, key.sign(body), blake2b_256(body))
+        else:  # a claim's grant or a charge's count came from a caller: check it all
+            s = Signed.sign(action, key)
+        return s, entry, index, self._next_state(cs, s)
+
+    async def _append_locked(self, build, store: Store, out: list[Signed] | None) -> bytes:
+        self.check_writable()
         for _ in range(CAS_RETRIES):
             cs = self.state
-            ts = max(self.now_us(), cs.ts)
-            ts, start, w = await self._window(cs, ts)
-            try:
-                action, entry, index = build(ts, start)
-            except InsufficientRU:
-                if self._catch_up():  # a grant claimed by another process may cover it
-                    continue
-                if w is None and budget.due(cs.budget, ts, self.dna):
-                    end = budget.ceil_s(cs.budget.window_start_us + self.dna.window_us)
-                    raise NoWitness(
-                        f"the window ended at {end}; the write needs the next one, which "
-                        f"opens only with a steward's witness, and no steward is reachable"
-                    ) from None
-                raise
-            if w is not None:
-                action["witness"] = w
-            action.update(author=key.public, seq=cs.seq + 1, prev=cs.hash, ts=ts)
-            if action["type"] == "create":
-                # every field was built here from validated values (the content itself is
-                # only referenced by hash, and was walked by entry_bytes): skip the walk
-                body = encode_trusted(action)
-                s = Signed(action, body, key.sign(body), blake2b_256(body))
-            else:  # a claim's grant or a charge's count came from a caller: check it all
-                s = Signed.sign(action, key)
-            new_state = self._next_state(cs, s)
+            made = await self._signed(cs, build, True)
+            if made is None:
+                continue
+            s, entry, index, new_state = made
             try:
                 await store.commit(s, cs.seq, cs.hash, entry, index, state=new_state)
             except HeadMoved:
                 self.reload()  # another process wrote; re-derive and try again
                 continue
             self.state = new_state
+            if out is not None:
+                out.append(s)
             if self.on_commit is not None:
                 self.on_commit(s)
             return s.hash
         raise HeadMoved(f"chain head of {self.agent_id} kept moving; nothing was written")
+
+    async def _stage(self, build, out: list[Signed] | None) -> bytes:
+        """An append inside `batch`: signed and self-validated now, stored when it ends."""
+        self.check_writable()
+        cs = self._staged_state or self.state
+        made = await self._signed(cs, build, False)
+        assert made is not None
+        s, entry, index, new_state = made
+        self._staged.append((s, cs.seq, cs.hash, entry, index, None, new_state))
+        self._staged_state = new_state
+        if out is not None:
+            out.append(s)
+        return s.hash
 
     def _catch_up(self) -> bool:
         """Reload if another process (sharing this store) moved the head; True if it did."""

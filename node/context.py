@@ -22,6 +22,8 @@ class ZomeContext:
         self.max_results = node.dna.max_results
         self.cap_mru = node.dna.cap_mru
         self.is_steward = self.author in node.dna.stewards
+        self.cell = cell
+        self.budgets = node.budgets
 
     async def create(self, entry_type: str, content: dict) -> str:
         return to_text("action", await self._cell.create_entry(entry_type, content))

@@ -114,6 +114,77 @@ async def run_single(out=print, path: str | None = None) -> None:
         out("\ndemo ok")
 
 
+async def _budgets(out, c, alice, bob, names) -> None:
+    """The budget tree of the demo: minted on node 0, funded and delegated to bob on node 1,
+    spent there, settled, traced back to the mint, and the same on every node."""
+    import trio
+
+    from .core.crypto import from_text
+
+    async def accepted(agent, budget_id: str) -> None:
+        with trio.fail_after(30):
+            while from_text("budget", budget_id) not in agent._cell.ledger.budgets:
+                await c.wait_changed()
+
+    steward = c.nodes[0].steward
+    root = await steward.mint_budget(
+        {"ru": 500},
+        holder=alice.agent_id,
+        name="research",
+        schema={"ops": ["*"], "can_fund": True, "can_delegate": True},
+    )
+    out(f"  steward mints 500 RU 'research' for alice: {root[:14]}…")
+    team = await alice.fund_budget(
+        root,
+        {"ru": 100},
+        holder=bob.agent_id,
+        name="team",
+        schema={"ops": ["memory.*"], "max_per_call": {"ru": 5}, "min_reserve": {"ru": 10}},
+    )
+    card = await alice.delegate_budget(
+        root,
+        holder=bob.agent_id,
+        max_spend={"ru": 30},
+        schema={"ops": ["memory.transmit_understanding"]},
+        name="card",
+    )
+    await accepted(bob, team)
+    await accepted(bob, card)
+    out("  alice funds bob's 'team' (100 RU, memory.* only, 5 RU a call, 10 RU reserve)")
+    out("  and delegates him a 30 RU card for transmit_understanding; node 1 accepts both")
+    r = await bob.refine(
+        instructions=[
+            {
+                "zome": "memory",
+                "fn": "transmit_understanding",
+                "payload": {"subject": "fungi", "predicate": "feed", "object": "trees"},
+            }
+        ],
+        budgets=[card, team],
+    )
+    _expect(r.authorized_by == card, "the card should pay first")
+    out(f"  bob refines: paid {r.spent['ru']:.2f} RU by the card (his allowance untouched)")
+    async with bob.spend(team, {"ru": 20}, payee=alice.agent_id) as hold:
+        hold.use({"ru": 7})
+    out(
+        f"  bob's two-phase spend: held 20 RU, settled {hold.hold.settled['ru']:.2f} RU to "
+        f"alice's wallet, 13 RU back"
+    )
+    steps = await bob.lineage(r.outputs[0])
+    out(
+        "  lineage of bob's output: "
+        + " <- ".join(f"{s['kind']} by {names.get(s['signer'], 'steward')}" for s in steps)
+    )
+    await c.await_consistency(timeout=30)
+    views = [await n.get_budget(card) for n in c.nodes]
+    _expect(all(v == views[0] for v in views), "every node must derive the same card")
+    b = views[0].balance("ru")
+    out(
+        f"  every node sees the card: {b.spent:.2f} spent, {b.available:.2f} of "
+        f"{b.funded:.2f} RU left"
+    )
+
+
 async def run_cluster(out=print, nodes: int = 3) -> None:
     from .core.crypto import to_text
     from .sdk import LocalCluster, Warranted
@@ -176,6 +247,9 @@ async def run_cluster(out=print, nodes: int = 3) -> None:
         _expect(g.claimed and g.granted_ru == 109.0, "the grant should cross and be capped")
         out(f"  granted {g.granted_ru:.2f} RU, claimed on node 1")
         await seen(bob, "after the grant")
+
+        out("\n15:30  budgets: a funded team budget, a card, a refine, a two-phase spend")
+        await _budgets(out, c, alice, bob, names)
 
         out(f"\n16:00  mallory's node {nodes - 1} lets her over-spend; the validators refuse it")
         for i in range(4):

@@ -16,6 +16,7 @@ from .admission import Admissions
 from .agent_api import AgentMethods, AllocationResult, refusals
 from .app.events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .apps import resolve
+from .budgets import Budgets
 from .cell import Cell
 from .core.app import App
 from .context import ZomeContext
@@ -75,6 +76,7 @@ class LocalNode:
         self._no_witness_until = 0  # unix us: no steward answered, none is asked before this
         self.admissions = Admissions(self)  # the deferral queue, the audit log, alerts
         self._grant_lock = trio.Lock()
+        self.budgets = Budgets(self)
         for pub in dna.stewards:
             key = keystore.get(pub)
             if key is not None:
@@ -104,6 +106,7 @@ class LocalNode:
         node = await cls.load(path, clock or time.time, durability, randbytes, dna, app, cell_type)
         try:
             await node._claim_recovered_grants()
+            await node._take_recovered_offers()
             yield node
         finally:
             node.close()
@@ -427,6 +430,29 @@ class LocalNode:
                     await cell.claim(c["grant"], c["sig"])
                 except BudgetExceeded:
                     pass  # the window it was recorded for is full (cap, max grants) by now
+
+    async def _take_recovered_offers(self) -> None:
+        """Offers to local agents stored but not accepted (a crash between the two) are
+        accepted now, like recovered grants."""
+        for pub, cell in list(self.cells.items()):
+            for h in self.store.find("offer_to", pub.hex(), 1 << 16):
+                found = self.store.record(h)
+                if found is not None:
+                    await self.budgets.take_offer(cell, found[0])
+
+    async def get_budget(self, budget_id: str):
+        """A budget's view (node/agent_api.py BudgetView), as this node derives it from the
+        holder's signed chain."""
+        return self.budgets.view(from_text("budget", budget_id))
+
+    def ledgers(self):
+        """(agent, ledger) of every chain whose budgets this node knows: its own agents'."""
+        for pub, cell in self.cells.items():
+            yield pub, cell.ledger
+
+    async def send_offer(self, to: bytes, s) -> None:
+        """An offer to an agent of another node: this node reaches none (a network node sends
+        it; see node/net/node.py)."""
 
 
 def usable_directory(path: str) -> str:

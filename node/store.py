@@ -31,7 +31,10 @@ from typing import TypeAlias
 
 import trio
 
+from .core import ledger
 from .core.action import Signed, grant_hash
+from .core.encoding import decode_stored, encode
+from .core.ledger import LEDGER0, Ledger
 from .core.budget import BudgetState
 from .core.crypto import to_text
 from .core.errors import BudgetError, HeadMoved, StoreBusy, StoreCorrupted
@@ -77,14 +80,18 @@ CREATE TABLE IF NOT EXISTS claims(author BLOB NOT NULL, grant BLOB NOT NULL, seq
     PRIMARY KEY(author, grant)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS window_claims(author BLOB PRIMARY KEY, ws INTEGER NOT NULL,
     n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledgers(author BLOB PRIMARY KEY, seq INTEGER NOT NULL,
+    body BLOB NOT NULL) WITHOUT ROWID;
 """
 # checkpoints: a chain's verified state (ChainState) after the action at `seq`, written in the
 # transaction that stores that action (so never ahead of the data); opening a store starts each
 # chain from it (node/verifier.py). claims: the grants a chain claimed, each by seq (a row per
 # stored claim action; a legacy chain verified in full gets its rows at its checkpoint's seq),
-# so a checkpoint's `claimed` set is rebuilt without reading the chain. window_claims: how many
-# grants the chain claimed in the window starting at `ws` (dna.max_grants_per_window), written
-# with a checkpoint whose window holds any; a row for an older window reads as none.
+# so a checkpoint's `claimed` set is rebuilt without reading the chain. ledgers: the budget
+# ledger (core/ledger.py) of a chain that has one, at its checkpoint's seq.
+# window_claims: how many grants the chain claimed in the window starting at `ws`
+# (dna.max_grants_per_window), written with a checkpoint whose window holds any; a row for an
+# older window reads as none.
 # entries and idx are clustered on their keys (one b-tree each, no rowid table beside an
 # index). A key indexed twice by one action (e.g. a repeated tag) is stored once. Stores
 # created with the earlier schema (rowid tables + idx_kk) open and work unchanged.
@@ -251,6 +258,15 @@ class Store:
         `state`: the verified chain state after `s`, kept as the chain's checkpoint."""
         await self.write(lambda db: self._write(s, prev_seq, prev_hash, entry, index, meta, state))
 
+    async def append_all(self, items: list[Append]) -> None:
+        """Append every item of `items` in one transaction, or (raising) none of them."""
+
+        def write_all(db) -> None:
+            for item in items:
+                self._write(*item)
+
+        await self.write(write_all)
+
     async def append_many(self, items: list[Append]) -> list[BaseException | None]:
         """Append each (s, prev_seq, prev_hash, entry, index, meta, state) of `items` in one
         transaction. An append whose head moved fails alone, having written nothing (its
@@ -402,6 +418,12 @@ class Store:
                 "INSERT OR REPLACE INTO window_claims VALUES (?,?,?)",
                 (cs.author, b.window_start_us, cs.window_claims),
             )
+        led = cs.ledger
+        if led is not None and led != LEDGER0:
+            db.execute(
+                "INSERT OR REPLACE INTO ledgers VALUES (?,?,?)",
+                (cs.author, cs.seq, encode(ledger.dump(led))),
+            )
         if claims:
             db.executemany(
                 "INSERT OR IGNORE INTO claims VALUES (?,?,?)",
@@ -451,7 +473,39 @@ class Store:
         w = self.db.execute(
             "SELECT n FROM window_claims WHERE author=? AND ws=?", (author, ws)
         ).fetchone()
-        return ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed, w[0] if w else 0)
+        return ChainState(
+            author,
+            seq,
+            h,
+            ts,
+            BudgetState(ws, rem, used),
+            claimed,
+            self.ledger_at(author, seq),
+            w[0] if w else 0,
+        )
+
+    def ledgers(self) -> dict[bytes, tuple[int, bytes]]:
+        """Every kept ledger: author -> (seq, body), for `ledger_at` (one query at open)."""
+        return {
+            r[0]: (r[1], r[2]) for r in self.db.execute("SELECT author, seq, body FROM ledgers")
+        }
+
+    def ledger_at(self, author: bytes, seq: int, rows: dict | None = None) -> Ledger:
+        """The ledger kept with `author`'s checkpoint at `seq` (none kept: an empty one);
+        `rows`: `ledgers()`, read once for many chains."""
+        if rows is not None:
+            row = rows.get(author)
+        else:
+            row = self.db.execute(
+                "SELECT seq, body FROM ledgers WHERE author=?", (author,)
+            ).fetchone()
+        if row is None:
+            return LEDGER0
+        if row[0] != seq:
+            raise StoreCorrupted(
+                f"chain {author.hex()[:16]}: its ledger (seq {row[0]}) is not at its checkpoint"
+            )
+        return ledger.load(decode_stored(row[1]))
 
     def op_rows(self, after_rowid: int, limit: int) -> list[tuple]:
         """(rowid, hash, body, sig, entry hash, entry) of the single ops a network node holds

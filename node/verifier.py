@@ -49,12 +49,15 @@ def open_states(store: Store, authors: list[bytes], dna: Dna, app: App) -> dict[
     try:
         found, claims = store.opening()
         held = set(store.held_authors())
-        return {a: _open_state(store, a, found.get(a), claims, held, dna, app) for a in authors}
+        ledgers = store.ledgers()
+        return {
+            a: _open_state(store, a, found.get(a), claims, held, ledgers, dna, app) for a in authors
+        }
     except sqlite3.DatabaseError as e:  # a damaged page on the way
         raise StoreCorrupted(f"{store.path}: {e}") from None
 
 
-def _open_state(store, author, found, claims, held, dna, app) -> ChainState:
+def _open_state(store, author, found, claims, held, ledgers, dna, app) -> ChainState:
     if found is None:  # no checkpoint: a chain from before them, verified in full once
         if store.head(author) is None and author not in held:
             raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
@@ -67,7 +70,16 @@ def _open_state(store, author, found, claims, held, dna, app) -> ChainState:
     cp_row, action, head, last = found
     seq, h, ts, ws, rem, used, window_claims = cp_row
     claimed = frozenset(g for g, at in claims.get(author, ()) if at <= seq)
-    cp = ChainState(author, seq, h, ts, BudgetState(ws, rem, used), claimed, window_claims)
+    cp = ChainState(
+        author,
+        seq,
+        h,
+        ts,
+        BudgetState(ws, rem, used),
+        claimed,
+        store.ledger_at(author, seq, ledgers),
+        window_claims,
+    )
     if head is None and author not in held:
         raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")
     _check_checkpoint(cp, action, head, dna)

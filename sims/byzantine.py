@@ -39,6 +39,7 @@ REQUEST_FIELDS = {
     "warrants": ("warrants",),
     "grant": ("grant", "sig"),
     "witness": ("agent", "prev", "invite"),
+    "offer": ("offer",),
 }
 REPLY_FIELDS = {
     "dna": ("dna",),
@@ -51,6 +52,7 @@ REPLY_FIELDS = {
     "warrants": ("ok",),
     "grant": ("granted",),
     "witness": ("by", "at", "sig"),
+    "offer": ("taken",),
 }
 assert set(REQUEST_FIELDS) == set(REQUESTS) == set(REPLY_FIELDS)
 

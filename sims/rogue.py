@@ -7,6 +7,9 @@ plugs into (`NetNode.open(cell_type=..., outgoing=...)`, which `LocalCluster.ope
 - `RogueCell` (the cell factory): `skip_preflight` writes past the budget, `forge_budget` claims
   a full budget, `wrong_cost` records cost 0, `bad_signature` corrupts its signatures. A rogue
   cell cheats on budgets only, never on grants, and keeps its own state without validating it.
+- `overspend_budget`: writes paid by a budget or card go on past its balance (the rogue's
+  books keep the budget as it was before each refused spend); honest authorities refuse them as
+  `ledger_budget_exceeded`.
 - `backdate`: the cell's clock runs `BACKDATE_DAYS` behind, and it opens windows on its own
   word (no witness): each write stamped a window after the last window began, as long as that is
   not in the real future, so an agent made days ago backfills every window it never lived
@@ -29,7 +32,8 @@ from node.core import budget
 from node.core.action import Signed, grant_hash
 from node.core.crypto import SigningKey
 from node.core.dna import Dna
-from node.core.validate import ChainState
+from node.core.errors import BudgetError
+from node.core.validate import ChainState, validate_next
 from node.local_node import AgentClient
 from node.net.rogue import CELL_MODES, IDENTITY_MODES, NODE_MODES
 
@@ -105,7 +109,18 @@ class RogueCell(Cell):
         if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
             claimed = claimed | {grant_hash(s.action["grant"])}
             window_claims += 1
-        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed, window_claims)
+        ledger = self._ledger_after(cs, s)
+        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed, ledger, window_claims)
+
+    def _ledger_after(self, cs: ChainState, s: Signed):
+        """The ledger as the honest rules derive it; where they refuse, the rogue's books keep
+        it as it was (so an `overspend_budget` rogue spends on)."""
+        try:
+            return validate_next(
+                cs, s, self.dna, self.app, verify_sig=False, ledger_errors=True
+            ).ledger
+        except BudgetError:
+            return cs.ledger
 
 
 def fork_outgoing(node, by_peer: dict) -> dict:

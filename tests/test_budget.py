@@ -313,7 +313,7 @@ def test_engine_properties(dna, ops):
             try:
                 admitted = budget.admit_grant(window, in_window, arg, ts, dna)
             except BudgetExceeded as e:
-                assert expect is None and (e.need_mru, e.have_mru) == (arg, 0)
+                assert expect is None and (e.need_units, e.have_units) == (arg, 0)
                 assert state is before
                 g = 0
             else:
@@ -419,7 +419,7 @@ async def _drive_node(ops):
                 except BudgetExceeded as e:
                     event("a grant was refused")
                     assert expect is None
-                    assert e.have_mru == 0 and e.need_mru == int(round(float(arg) * 1000))
+                    assert e.have_units == 0 and e.need_units == int(round(float(arg) * 1000))
                     # nothing written: neither the steward's record nor the claim
                     assert len(node.store.chain(node.steward._cell.key.public)) == steward_length
                     wrote = False

@@ -99,6 +99,9 @@ def test_cluster_demo_over_libp2p():
     )
     assert "granted 109.00 RU, claimed on node 1" in out
     assert "warrant(s) for mallory: over_spend" in out
+    assert "bob refines: paid 3.00 RU by the card" in out
+    assert "lineage of bob's output: refine by bob@1 <- card by alice@0 <- mint by steward" in out
+    assert "every node sees the card: 3.00 spent, 27.00 of 30.00 RU left" in out
     assert out.rstrip().endswith("demo ok")
 
 

@@ -87,6 +87,8 @@ def captured() -> tuple[str, dict, dict]:
             # witness requests, to the steward's node: one for a window, one with an invite
             await n1._request(n0.id, "witness", agent=bob._cell.key.public, prev=h, invite=None)
             await n1.new_agent(invite=await n0.steward.invite(note="fuzz"))
+            # an offer: a budget minted on node 0 for node 1's agent
+            await n0.steward.mint_budget({"ru": 10}, holder=bob.agent_id)
             with trio.fail_after(600):  # virtual time: gossip rounds bring summaries and warrants
                 while not all(requests.values()):
                     await c.wait_changed()

@@ -66,6 +66,7 @@ REQUESTS = {
         "prev": None,
         "invite": make_invite(KEY, DNA, b"n" * 16, "for bob", 7),
     },
+    "offer": {"offer": [action().body, action().sig]},
 }
 
 # ...and of every reply.
@@ -86,6 +87,7 @@ REPLIES = {
     "warrants": {"ok": True},
     "grant": {"granted": 5000},
     "witness": {"by": KEY.public, "at": 9, "sig": b"s" * 64},
+    "offer": {"taken": True},
 }
 
 

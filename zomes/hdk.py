@@ -111,6 +111,126 @@ class Ru(Param):
         return mru
 
 
+def units_of(resource: str, value, name: str) -> int:
+    """An amount of one resource as integer units: RU given in RU (at most 3 decimals) become
+    milli-RU; any other resource is counted in whole units."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{name}: {resource} must be a number, not {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{name}: {resource} must be a finite number")
+    if resource != "ru":
+        if not isinstance(value, int) and not float(value).is_integer():
+            raise InvalidInput(f"{name}: {resource} is counted in whole units")
+        return int(value)
+    exact = Decimal(str(value)) * MRU_PER_RU
+    if exact != exact.to_integral_value():
+        raise InvalidInput(f"{name}: RU have at most 3 decimals")
+    return int(exact)
+
+
+@dataclass(frozen=True)
+class Amounts(Param):
+    """A map of resource name -> amount (RU in RU): the function receives integer units (RU in
+    milli-RU), each between 0 and 2^53, every resource one the DNA lists."""
+
+    positive: bool = False
+
+    def check(self, name, value, dna):
+        if not isinstance(value, dict):
+            raise InvalidInput(f'{name} must be a map of resources to amounts, e.g. {{"ru": 5}}')
+        out = {}
+        for k, v in value.items():
+            if k not in dna.resources:
+                raise InvalidInput(
+                    f"{name}: unknown resource {k!r}; the network has {list(dna.resources)}"
+                )
+            u = units_of(k, v, name)
+            if not 0 <= u <= 1 << 53:
+                raise InvalidInput(f"{name}: {k} must be between 0 and 2^53 units")
+            out[k] = u
+        if self.positive and not any(out.values()):
+            raise InvalidInput(f"{name} must move some amount")
+        return out
+
+
+SCHEMA_AMOUNTS = ("max_per_call", "min_reserve", "funding_target")
+
+
+@dataclass(frozen=True)
+class BudgetSchema(Param):
+    """A budget's schema (node/core/ledger.py Schema): its amount fields given like Amounts."""
+
+    def check(self, name, value, dna):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{name} must be a map (ops, max_per_call, min_reserve, ...)")
+        out = dict(value)
+        for k in SCHEMA_AMOUNTS:
+            if k in out:
+                out[k] = Amounts().check(f"{name}.{k}", out[k], dna)
+        return out
+
+
+@dataclass(frozen=True)
+class Seconds(Param):
+    """A number of seconds, more than 0 and at most `most`."""
+
+    most: float = 366 * 86_400
+
+    def check(self, name, value, dna):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"{name} must be a number of seconds, not {_kind(value)}")
+        if not 0 < value <= self.most:
+            raise InvalidInput(f"{name} must be more than 0 and at most {self.most:g} s")
+        return value
+
+
+@dataclass(frozen=True)
+class UnixSeconds(Param):
+    """A moment as whole unix seconds."""
+
+    def check(self, name, value, dna):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 40:
+            raise InvalidInput(f"{name} must be whole unix seconds")
+        return value
+
+
+@dataclass(frozen=True)
+class Ids(Param):
+    """A list of text ids of one kind (or one id alone), at most `max_items`: bytes."""
+
+    kind: str
+    max_items: int = 64
+
+    def check(self, name, value, dna):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or len(value) > self.max_items:
+            raise InvalidInput(f"{name} must be a list of at most {self.max_items} ids")
+        return [Id(self.kind).check(name, v, dna) for v in value]
+
+
+@dataclass(frozen=True)
+class Instructions(Param):
+    """One instruction {"zome", "fn", "payload"} or a list of 1-16 of them."""
+
+    def check(self, name, value, dna):
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list) or not 1 <= len(value) <= 16:
+            raise InvalidInput(f"{name}: one instruction or a list of 1 to 16")
+        for ins in value:
+            if (
+                not isinstance(ins, dict)
+                or set(ins) - {"zome", "fn", "payload"}
+                or not isinstance(ins.get("zome"), str)
+                or not isinstance(ins.get("fn"), str)
+            ):
+                raise InvalidInput(f'{name}: an instruction is {{"zome", "fn", "payload"}}')
+        return [(i["zome"], i["fn"], i.get("payload")) for i in value]
+
+
 @dataclass(frozen=True)
 class Optional(Param):
     """`inner`, or None."""
@@ -134,6 +254,7 @@ ActionId = typing.Annotated[bytes, Id("action")]
 AgentId = typing.Annotated[bytes, Id("agent")]
 Count = typing.Annotated[int, Limit()]
 MilliRu = typing.Annotated[int, Ru()]  # given in RU, received in milli-RU
+BudgetId = typing.Annotated[bytes, Id("budget")]
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,21 @@ class _Remote:
                 raise MalformedReply("the node sent a status page that does not move forward")
             start = nxt
 
+    async def budgets(self) -> list[dict]:
+        """Every budget, card and wallet the node's agents hold, as dicts (`budgetnode
+        budgets`): id name kind holder parent schema void stage balances."""
+        out = await self._session.request("budgets")
+        if not isinstance(out, list) or not all(isinstance(b, dict) for b in out):
+            raise MalformedReply("the node sent an unreadable budget list")
+        return out
+
+    async def lineage(self, record: str) -> list[dict]:
+        """The steps from `record` back to its mint, as the node traces them."""
+        out = await self._session.request("lineage", hash=record)
+        if not isinstance(out, list):
+            raise MalformedReply("the node sent an unreadable lineage")
+        return out
+
     async def subscribe(self, maxlen: int = MAX_QUEUED_EVENTS):
         """Events as dicts with a "type": "budget" (this agent's whole BudgetStatus, first as it
         is now, then after each change), "warrant" (any warrant the node learns), this agent's

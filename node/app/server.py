@@ -56,6 +56,9 @@ CLOSE_TRY_AGAIN = 1013  # too many connections
 log = logging.getLogger("budgetnode.app")
 
 
+MAX_BUDGETS_LISTED = 10_000
+
+
 def new_token() -> str:
     # hex, not base64url: a token starting with "-" (1 in 64 did) reads as an option to
     # `budgetnode --token TOKEN`, and the operator's next command fails
@@ -360,7 +363,16 @@ class Connection:
             handler = (
                 getattr(self, "_on_" + str(msg.get("t")), None)
                 if msg.get("t")
-                in ("call", "get_record", "status", "audit", "subscribe", "unsubscribe")
+                in (
+                    "call",
+                    "get_record",
+                    "status",
+                    "audit",
+                    "subscribe",
+                    "unsubscribe",
+                    "budgets",
+                    "lineage",
+                )
                 else None
             )
             if handler is None:
@@ -414,6 +426,16 @@ class Connection:
         if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
             raise InvalidInput("audit takes since: unix seconds")
         return self.node.admissions.audit.read(agent, since)
+
+    async def _on_budgets(self, msg, rid):
+        """Every budget, card and wallet the node's agents hold (at most MAX_BUDGETS_LISTED)."""
+        return [v.to_dict() for v in self.node.budgets.all_held()[:MAX_BUDGETS_LISTED]]
+
+    async def _on_lineage(self, msg, rid):
+        h = msg.get("hash")
+        if not isinstance(h, str):
+            raise InvalidInput("lineage takes a hash (a record's action id)")
+        return self.node.budgets.lineage(from_text("action", h))
 
     async def _on_subscribe(self, msg, rid):
         if not self.server.hub.supported:

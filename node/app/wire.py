@@ -12,6 +12,8 @@ client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent 
                    starts, or None; peers, ops pending and warrants come with the first page)
                  {"id": int, "t": "audit", "agent"?: str, "since"?: int (unix s)}
                    (the node's audit log: refusals, deferrals, outcomes; newest 1,000)
+                 {"id": int, "t": "budgets"}   (the budgets the node's agents hold, as maps)
+                 {"id": int, "t": "lineage", "hash": str}   (a record's steps back to its mint)
                  {"id": int, "t": "subscribe"}
                  {"id": int, "t": "unsubscribe", "sub": int}
 node -> client   {"id": int, "result": value}
@@ -30,15 +32,9 @@ from dataclasses import fields as dc_fields
 from typing import Any
 
 from ..agent_api import RESULT_TYPES
+from ..core.budget import InsufficientRU
 from ..core.encoding import decode, encode
-from ..core.errors import (
-    BudgetError,
-    InvalidChain,
-    MalformedInput,
-    Shortfall,
-    TooLarge,
-    error_class,
-)
+from ..core.errors import BudgetError, InvalidChain, MalformedInput, TooLarge, error_class
 
 # re-exported: the app socket's server and client name these errors through this module
 from ..core.errors import Busy as Busy
@@ -129,12 +125,19 @@ def request_id(msg: dict[str, Any]) -> int | None:
 # -- errors
 def error_to_wire(e: BudgetError) -> dict[str, Any]:
     fields: dict[str, object]
-    if isinstance(e, Shortfall):
-        fields = e.fields()
+    if isinstance(e, InsufficientRU):
+        fields = {
+            "need_mru": e.need_mru,
+            "have_mru": e.have_mru,
+            "resets_at": e.resets_at,
+            "retry_after_s": e.retry_after_s,
+        }
     elif isinstance(e, InvalidChain):
         fields = {"reason": e.reason, "seq": e.seq, "detail": e.detail}
     else:
-        fields = {}
+        fields = {k: getattr(e, k) for k in e.FIELDS}
+    if getattr(e, "attempts", None):  # refine: every budget it tried
+        fields["attempts"] = e.attempts  # type: ignore[attr-defined]
     return {"code": e.code, "message": e.message[:4096], "fields": fields}
 
 
@@ -147,15 +150,8 @@ def error_from_wire(d) -> BudgetError:
     f: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
     cls = error_class(code)
     try:
-        if cls is not None and issubclass(cls, Shortfall):
-            limit = f.get("limit", "")
-            return cls(
-                f["need_mru"],
-                f["have_mru"],
-                f["resets_at"],
-                f["retry_after_s"],
-                limit if isinstance(limit, str) else "",
-            )
+        if cls is InsufficientRU:
+            return InsufficientRU(f["need_mru"], f["have_mru"], f["resets_at"], f["retry_after_s"])
         if cls is InvalidChain:
             chain_error = InvalidChain(f["reason"], f["seq"], f["detail"])
             chain_error.message = message
@@ -163,10 +159,14 @@ def error_from_wire(d) -> BudgetError:
             return chain_error
     except (KeyError, TypeError):
         pass
-    if cls is None or cls is InvalidChain or issubclass(cls, Shortfall):
+    if cls is None or cls in (InsufficientRU, InvalidChain):
         unknown = BudgetError(message)
         unknown.code = code
         return unknown
     e = cls.__new__(cls)
     BudgetError.__init__(e, message)
+    for k in cls.FIELDS:
+        setattr(e, k, f.get(k))
+    if isinstance(f.get("attempts"), list):
+        e.attempts = f["attempts"]  # type: ignore[attr-defined]
     return e

@@ -105,6 +105,14 @@ class App:
             )
         )
 
+    @cached_property
+    def _op_zome(self) -> dict[str, str]:
+        return {op: z.name for z in self.integrity for op in z.costs}
+
+    def op_name(self, op: str) -> str:
+        """An op as a budget's schema names it, "zome.fn" (the zome that prices it)."""
+        return f"{self._op_zome.get(op, '?')}.{op}"
+
     def entry_def(self, name: str) -> EntryDef | None:
         return self.entry_defs.get(name)
 

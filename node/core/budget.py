@@ -85,14 +85,14 @@ def admit_grant(
     """What claiming a grant of `amount_mru` in `state`'s window would add; BudgetExceeded
     (nothing is written) if it would add nothing, at the cap, or the window holds its
     `max_grants_per_window` already. A grant that fits partly adds what fits."""
-    end_us = state.window_start_us + dna.window_us
-    when = (ceil_s(end_us), max(0, ceil_s(end_us - ts_us)))
+    end = ceil_s(state.window_start_us + dna.window_us)
     if not grants_fit(claims_in_window + 1, dna):
-        limit = f"max_grants_per_window {dna.max_grants_per_window} reached"
-        raise BudgetExceeded(amount_mru, 0, *when, limit)
+        limit = f"max_grants_per_window {dna.max_grants_per_window} reached; resets at {end}"
+        raise BudgetExceeded(amount_mru, 0, None, "ru", limit)
     granted = claim(state, amount_mru, dna)[1]
     if granted == 0:
-        raise BudgetExceeded(amount_mru, 0, *when, f"cap {fmt_ru(dna.cap_mru)} RU reached")
+        limit = f"cap {fmt_ru(dna.cap_mru)} RU reached; resets at {end}"
+        raise BudgetExceeded(amount_mru, 0, None, "ru", limit)
     return granted
 
 

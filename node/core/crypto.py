@@ -87,7 +87,7 @@ def verify(public: bytes, signature: bytes, data: bytes) -> bool:
 
 # Text forms: a short kind prefix, then unpadded base64url, so an agent id is never
 # mistaken for an action hash in logs or on the command line.
-_PREFIX = {"agent": "ag", "action": "ac", "entry": "en", "dna": "dn", "grant": "gr"}
+_PREFIX = {"agent": "ag", "action": "ac", "entry": "en", "dna": "dn", "grant": "gr", "budget": "bu"}
 
 
 def to_text(kind: str, raw: bytes) -> str:

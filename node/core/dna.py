@@ -33,7 +33,16 @@ RULES: dict[str, type] = {
     "max_future_us": int,
     "membrane": str,
     "max_grants_per_window": int,
+    "resources": dict,
+    "max_ledger_actions_per_window": int,
 }
+# a resource's name: "ru" always, and others the governance of a network adds
+MAX_RESOURCES = 16
+DEFAULT_MINT_LIMIT_MRU = 10_000 * 1000
+
+
+def _default_resources() -> dict[str, dict[str, int]]:
+    return {"ru": {"mint_limit": DEFAULT_MINT_LIMIT_MRU}}
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,10 @@ class Dna:
     # grants one agent's chain may claim in one window; None: no limit (a network made before
     # the rule, whose DNA does not name it: its hash, and so its identity, stays what it was)
     max_grants_per_window: int | None = 3
+    # what budgets hold (integer units; "ru" in milli-RU), each with the most a steward may
+    # mint of it in one of its windows
+    resources: dict[str, dict[str, int]] = field(default_factory=_default_resources)
+    max_ledger_actions_per_window: int = 256  # mint, fund, card, accept, revoke, hold, ...
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -74,6 +87,26 @@ class Dna:
             raise InvalidInput(
                 f"unknown membrane {self.membrane!r}; a membrane is one of {', '.join(MEMBRANES)}"
             )
+        r = self.resources
+        if (
+            not isinstance(r, dict)
+            or "ru" not in r
+            or len(r) > MAX_RESOURCES
+            or not all(
+                isinstance(k, str)
+                and 0 < len(k) <= 64
+                and isinstance(v, dict)
+                and set(v) == {"mint_limit"}
+                and type(v["mint_limit"]) is int
+                and 0 <= v["mint_limit"] < 1 << 53
+                for k, v in r.items()
+            )
+        ):
+            raise InvalidInput(
+                'resources: a map of at most 16 names (with "ru") to {"mint_limit": units}'
+            )
+        if not 1 <= self.max_ledger_actions_per_window <= 1 << 20:
+            raise InvalidInput("max_ledger_actions_per_window: 1 to 2^20")
 
     @classmethod
     def rules(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,6 +151,8 @@ class Dna:
             "max_future_us": self.max_future_us,
             "integrity": self.integrity,
             "membrane": self.membrane,
+            "resources": {k: dict(v) for k, v in sorted(self.resources.items())},
+            "max_ledger_actions_per_window": self.max_ledger_actions_per_window,
         }
         if self.max_grants_per_window is not None:
             d["max_grants_per_window"] = self.max_grants_per_window
@@ -141,6 +176,8 @@ class Dna:
             integrity=d["integrity"],
             membrane=d["membrane"],
             max_grants_per_window=d.get("max_grants_per_window"),
+            resources={k: dict(v) for k, v in d["resources"].items()},
+            max_ledger_actions_per_window=d["max_ledger_actions_per_window"],
         )
 
     def encoded(self) -> bytes:

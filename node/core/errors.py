@@ -16,6 +16,9 @@ from .money import MRU_PER_RU, fmt_ru
 
 class BudgetError(Exception):
     code = "E_REFUSED"
+    # attributes that travel with the error over the app socket (plain data), so a remote
+    # caller reads the same fields as an in-process one
+    FIELDS: tuple[str, ...] = ()
 
     def __init__(self, message: str = ""):
         super().__init__(message)
@@ -101,53 +104,29 @@ class KeystoreInsecure(BudgetError):
     code = "E_KEYSTORE_INSECURE"
 
 
-class Shortfall(BudgetError):
-    """A refusal for lack of RU (or of room under a cap or limit): what was needed, what there
-    was, and when the window resets. `limit` names a cap or rule that refused, if one did."""
+class InsufficientRU(BudgetError):
+    code = "E_INSUFFICIENT_RU"
 
-    abstract = True  # never raised itself: its subclasses name the budget that fell short
-
-    def __init__(
-        self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int, limit: str = ""
-    ):
+    def __init__(self, need_mru: int, have_mru: int, resets_at: int, retry_after_s: int):
         self.need_mru, self.have_mru = need_mru, have_mru
         self.need = need_mru / MRU_PER_RU
         self.have = have_mru / MRU_PER_RU
         self.resets_at = resets_at
         self.retry_after_s = retry_after_s
-        self.limit = limit
-        within = f" ({limit})" if limit else ""
         super().__init__(
-            f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU{within}. "
+            f"need {fmt_ru(need_mru, up=True)} RU, have {fmt_ru(have_mru)} RU. "
             f"Budget resets at {resets_at}"
         )
 
-    def fields(self) -> dict[str, object]:
-        out: dict[str, object] = {
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "message": self.message,
             "need_mru": self.need_mru,
             "have_mru": self.have_mru,
             "resets_at": self.resets_at,
             "retry_after_s": self.retry_after_s,
         }
-        if self.limit:
-            out["limit"] = self.limit
-        return out
-
-    def to_dict(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message, **self.fields()}
-
-
-class InsufficientRU(Shortfall):
-    """The ambient allowance (the window's RU plus grants) does not cover the write."""
-
-    code = "E_INSUFFICIENT_RU"
-
-
-class BudgetExceeded(Shortfall):
-    """A cap or limit refuses: a grant that would add nothing (the grantee is at the cap) or
-    one past the DNA's `max_grants_per_window`. `have` is the room left under it."""
-
-    code = "E_BUDGET_EXCEEDED"
 
 
 class DeferQueueFull(BudgetError):
@@ -156,6 +135,83 @@ class DeferQueueFull(BudgetError):
     REFUSE_DEFER_QUEUE_LIMIT)."""
 
     code = "E_DEFER_QUEUE_FULL"
+
+
+def _units(resource: str, units: int, up: bool = False) -> str:
+    return f"{fmt_ru(units, up)} RU" if resource == "ru" else f"{units} {resource}"
+
+
+def _amount(resource: str, units: int) -> float | int:
+    return units / MRU_PER_RU if resource == "ru" else units
+
+
+class BudgetExceeded(BudgetError):
+    """An explicit budget, card, hold or limit lacks the amount: `.need .have` (RU in RU),
+    `.budget` (its id, or None for a limit), `.resource`."""
+
+    code = "E_BUDGET_EXCEEDED"
+    FIELDS = ("need_units", "have_units", "budget", "resource")
+
+    def __init__(self, need: int, have: int, budget: str | None, resource: str, why: str = ""):
+        self.need_units, self.have_units, self.budget, self.resource = need, have, budget, resource
+        where = f" in budget {budget}" if budget else ""
+        super().__init__(
+            f"need {_units(resource, need, up=True)}, have {_units(resource, have)}{where}"
+            + (f" ({why})" if why else "")
+        )
+
+    @property
+    def need(self) -> float | int:
+        return _amount(self.resource, self.need_units)
+
+    @property
+    def have(self) -> float | int:
+        return _amount(self.resource, self.have_units)
+
+
+class Unsolvable(BudgetError):
+    """The spend would leave a resource below the budget's `min_reserve`: `.shortfall` per
+    resource (RU in RU)."""
+
+    code = "E_UNSOLVABLE"
+    FIELDS = ("shortfall_units", "budget")
+
+    def __init__(self, shortfall_units: dict[str, int], budget: str, what: str = "the spend"):
+        self.shortfall_units, self.budget = dict(shortfall_units), budget
+        short = ", ".join(_units(k, v, up=True) for k, v in sorted(self.shortfall_units.items()))
+        super().__init__(f"{what} would leave budget {budget} {short} below its min_reserve")
+
+    @property
+    def shortfall(self) -> dict[str, float | int]:
+        return {k: _amount(k, v) for k, v in self.shortfall_units.items()}
+
+
+class NotNarrowing(BudgetError):
+    code = "E_NOT_NARROWING"
+
+
+class BudgetVoid(BudgetError):
+    code = "E_BUDGET_VOID"
+
+
+class UnknownBudget(BudgetError):
+    code = "E_UNKNOWN_BUDGET"
+
+
+class UnknownTarget(BudgetError):
+    code = "E_UNKNOWN_TARGET"
+
+
+class ExistsDifferent(BudgetError):
+    code = "E_EXISTS_DIFFERENT"
+
+
+class AlreadyResolved(BudgetError):
+    code = "E_ALREADY_RESOLVED"
+
+
+class HoldExpired(BudgetError):
+    code = "E_HOLD_EXPIRED"
 
 
 class InviteUsed(NotAuthorized):

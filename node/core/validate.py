@@ -8,14 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import budget
+from . import budget, ledger
 from .action import Signed, grant_hash
 from .app import App, EntryDef
 from .budget import BudgetState
 from .crypto import blake2b_256, verify
 from .dna import Dna
 from .encoding import PlainMap, decode, encode
-from .errors import BudgetError, InsufficientRU, InvalidChain
+from .errors import BudgetError, InsufficientRU, InvalidChain, InvalidInput
+from .ledger import LEDGER0, Ledger
 from .witness import check_invite, check_witness
 
 MAX_CHAIN = 10_000_000
@@ -31,6 +32,9 @@ class ChainState:
     ts: int
     budget: BudgetState
     claimed: frozenset[bytes]  # grant hashes already claimed on this chain
+    # the budgets this chain holds (core/ledger.py); None where only one step is known (a
+    # step anchor), so ledger rules are left to those holding the whole chain
+    ledger: Ledger | None = LEDGER0
     window_claims: int = 0  # grants claimed in the current window (dna.max_grants_per_window)
 
 
@@ -94,7 +98,10 @@ def validate_next(
     entry: bytes | None = None,
     verify_sig: bool = True,
     now_us: int | None = None,
+    ledger_errors: bool = False,
 ) -> ChainState:
+    """`ledger_errors`: a ledger rule's refusal is raised as its BudgetError (the author's
+    pre-flight), not as InvalidChain."""
     a = s.action
     seq, author, ts, typ = _header(a, cs.seq + 1)
     if author != cs.author:
@@ -114,6 +121,7 @@ def validate_next(
     if not isinstance(rec, dict):
         raise InvalidChain("not_paid", seq, f"{typ} action carries no BudgetState")
     claimed = cs.claimed
+    paid = rec.get("pay") is not None
     if typ == "create":
         et = _get(a, "entry_type", str, seq)
         eh = _get(a, "entry", bytes, seq)
@@ -146,8 +154,14 @@ def validate_next(
         if gh in claimed:
             raise InvalidChain("grant_claimed_twice", seq)
         claimed = claimed | {gh}
+    elif typ == "ledger":
+        expected_cost = 0
+        if rec.get("op") != "ledger" or paid:
+            raise InvalidChain("not_paid", seq, "a ledger action is recorded as op ledger")
     else:
         raise InvalidChain("unknown_action_type", seq, typ)
+    if paid and typ not in ("create", "charge"):
+        raise InvalidChain("not_paid", seq, "only writes are paid by a budget")
 
     start = cs.budget
     w = a.get("witness")
@@ -164,9 +178,50 @@ def validate_next(
             raise InvalidChain("timestamp_before_window", seq)
         start = budget.open_window(cs.budget, at, dna)
     new_budget = _derive(
-        start, cs.budget, rec, expected_cost, ts, dna, seq, amount if typ == "claim" else None
+        start,
+        cs.budget,
+        rec,
+        expected_cost,
+        ts,
+        dna,
+        seq,
+        amount if typ == "claim" else None,
+        paid,
     )
-    return ChainState(author, seq, s.hash, ts, new_budget, claimed, window_claims)
+    led = cs.ledger
+    if led is not None and (paid or typ == "ledger" or led.call is not None):
+        try:
+            led = _ledger_step(led, a, rec, typ, paid, expected_cost, s.hash, new_budget, dna, app)
+        except BudgetError as e:
+            if ledger_errors:
+                raise
+            raise InvalidChain(ledger.to_reason(e), seq, str(e)) from None
+    return ChainState(author, seq, s.hash, ts, new_budget, claimed, led, window_claims)
+
+
+def _ledger_step(
+    led: Ledger,
+    a: PlainMap,
+    rec: PlainMap,
+    typ: str,
+    paid: bool,
+    cost: int,
+    h: bytes,
+    b: BudgetState,
+    dna: Dna,
+    app: App,
+) -> Ledger:
+    """The chain's ledger after one action: a ledger action applied, a paid write paid, and
+    any other action closing the refine call in progress."""
+    author, ts, seq = a["author"], a["ts"], a["seq"]
+    if typ == "ledger":
+        return ledger.apply(led, a, author, seq, ts, h, b.window_start_us, dna).ledger
+    if paid:
+        bid, call = rec.get("pay"), rec.get("call")
+        if not isinstance(bid, bytes) or type(call) is not int or not 0 < call <= seq:
+            raise InvalidInput("a paid write names its budget and call")
+        return ledger.pay(led, bid, call, seq, app.op_name(rec["op"]), ledger.ru(cost), author, ts)
+    return ledger.end_call(led)
 
 
 def _derive(
@@ -178,6 +233,7 @@ def _derive(
     dna: Dna,
     seq: int,
     grant_mru: int | None,
+    paid: bool = False,
 ) -> BudgetState:
     """The budget after one action, from `start` (the previous window, or the one the action's
     witness opened)."""
@@ -192,7 +248,9 @@ def _derive(
             due = budget.due(prev, ts, dna)
             raise InvalidChain("unwitnessed_window" if due else "early_window_reset", seq)
         raise InvalidChain("wrong_window", seq)
-    if grant_mru is None:
+    if paid:  # a budget pays (core/ledger.py): the allowance is untouched
+        derived = start
+    elif grant_mru is None:
         try:
             derived = budget.charge(start, cost, ts, dna)
         except InsufficientRU as e:
@@ -309,5 +367,11 @@ def step_anchor(prev: Signed | None, s: Signed, dna: Dna) -> ChainState | None:
     ):
         return None
     return ChainState(
-        s.author, prev.seq, prev.hash, ts, budget.BudgetState(rec["ws"], rec["rem"], 0), frozenset()
+        s.author,
+        prev.seq,
+        prev.hash,
+        ts,
+        budget.BudgetState(rec["ws"], rec["rem"], 0),
+        frozenset(),
+        None,
     )

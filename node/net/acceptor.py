@@ -76,6 +76,7 @@ class Acceptor:
         news: Callable[[], None],
         task_failed: Callable[[str, Exception], None],
         publish_interval: float,
+        take_offer: Callable[[Any, Signed], Awaitable[bool]] | None = None,
     ) -> None:
         self.node_key = node_key
         self.id = node_key.public
@@ -94,6 +95,7 @@ class Acceptor:
         self.news = news
         self.task_failed = task_failed
         self.publish_interval = publish_interval
+        self.take_offer = take_offer  # node/budgets.py: offers to local agents, as they arrive
         self.chains: dict[bytes, ChainState] = {}  # validated heads of other authors' chains
         self.limbo: dict[bytes, tuple] = {}
         self._showing: set[bytes] = set()  # ops being shown to an author-key authority
@@ -231,6 +233,10 @@ class Acceptor:
         grant = s.action.get("type") == "create" and s.action["entry_type"] == self.app.grant_entry
         if grant and entry is not None:  # (a create is stored with its entry)
             self.spawn(self._claim_if_local, decode(entry)["content"])
+        v = s.action.get("ledger") if s.action.get("type") == "ledger" else None
+        to = v.get("to") if isinstance(v, dict) else None
+        if isinstance(to, bytes) and to in self.cells and self.take_offer is not None:
+            self.spawn(self._take_offer, self.cells[to], s)
 
     async def _refuse(
         self,
@@ -497,6 +503,14 @@ class Acceptor:
             await cell.claim(content["grant"], content["sig"])
         except BudgetError:
             self.metrics["grant_claims_failed"] += 1
+
+    async def _take_offer(self, cell: Any, s: Signed) -> None:
+        """An offer to a local agent that reached this node as data (node/budgets.py)."""
+        assert self.take_offer is not None
+        try:
+            await self.take_offer(cell, s)
+        except BudgetError:
+            self.metrics["offers_refused"] += 1
 
     async def run_limbo(self) -> None:
         while True:

@@ -57,6 +57,7 @@ class RequestHandlers:
         record: Callable[[bytes], tuple[Signed, bytes | None] | None],
         chain_of: Callable[[bytes], list[Signed]],
         witness_service: Any = None,
+        take_offer: Callable[[Any, Signed], Awaitable[bool]] | None = None,
     ) -> None:
         """`agents`: this node's cells (grants are claimed by them); `record(hash)`: an action
         held here, in a chain or alone; `chain_of(agent)`: an own agent's chain;
@@ -77,6 +78,7 @@ class RequestHandlers:
         self.record = record
         self.chain_of = chain_of
         self.witness_service = witness_service
+        self.take_offer = take_offer  # node/budgets.py Budgets.take_offer
         self.last_handler_error = ""
         # request type -> its handler, which gets the typed request protocol.py parsed
         self.table: dict[str, Handler] = {
@@ -90,6 +92,7 @@ class RequestHandlers:
             "warrants": warrant_book.on_warrants,
             "grant": self._on_grant,
             "witness": self._on_witness,
+            "offer": self._on_offer,
         }
         assert self.table.keys() == P.REQUESTS.keys()
 
@@ -227,6 +230,16 @@ class RequestHandlers:
             if s.action.get("type") == "claim" and grant_hash(s.action["grant"]) == gh:
                 return s.action["budget"]["granted"]
         return None
+
+    async def _on_offer(self, peer: bytes, msg: P.OfferRequest) -> Any:
+        """An offer to an agent of this node, accepted by its chain (the ledger checks the
+        offer's signature and rules; its refusals go back with their codes)."""
+        v = msg.offer.action.get("ledger")
+        to = v.get("to") if isinstance(v, dict) else None
+        cell = self.cells.get(to) if isinstance(to, bytes) else None
+        if cell is None or self.take_offer is None:
+            raise UnknownAgent("the offer names no agent of this node")
+        return P.reply(taken=await self.take_offer(cell, msg.offer))
 
     async def _on_witness(self, peer: bytes, msg: P.WitnessRequest) -> Any:
         """The steward's signed clock. Its refusals (an invite used already, E_INVITE_USED, or

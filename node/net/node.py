@@ -54,6 +54,7 @@ from ..verifier import Verifier
 from .dht_store import DhtStore, keep_running, unless_store_busy
 from .acceptor import Acceptor, ask_chain
 from .gossip import Gossiper
+from .offers import OfferCourier
 from .handlers import RequestHandlers
 from .peer_table import PeerTable
 from .publishing import Publisher
@@ -155,6 +156,7 @@ class NetNode(LocalNode):
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
                         nursery.start_soon(keep_running, node.metrics, node.acceptor.run_limbo)
+                        nursery.start_soon(keep_running, node.metrics, node.courier.run)
                         nursery.start_soon(node.verifier.run)  # corruption found stops the node
                         node.bootstrap = tuple(bootstrap)[:16]
                         cached = node.peer_table.load_cache()
@@ -163,6 +165,7 @@ class NetNode(LocalNode):
                         nursery.start_soon(
                             node.peer_table.greet_cached, cached
                         )  # dead ones cost time
+                        await node._take_recovered_offers()
                         try:
                             yield node
                         finally:
@@ -269,6 +272,7 @@ class NetNode(LocalNode):
             news=self._news,
             task_failed=self._task_failed,
             publish_interval=publish_interval,
+            take_offer=self.budgets.take_offer,
         )
         self.chains = self.acceptor.chains
         self.limbo = self.acceptor.limbo
@@ -289,6 +293,12 @@ class NetNode(LocalNode):
             task_failed=self._task_failed,
         )
         self.warrants_by_hash = self.warrant_book.warrants_by_hash
+        self.courier = OfferCourier(
+            host_of=self.agent_hosts.get,
+            request=self._request,
+            metrics=self.metrics,
+            interval=publish_interval,
+        )
         self.handlers = RequestHandlers(
             node_key=key,
             dna=self.dna,
@@ -304,6 +314,7 @@ class NetNode(LocalNode):
             record=self._record,
             chain_of=self.store.chain,
             witness_service=self.witness_service,
+            take_offer=self.budgets.take_offer,
         )
         self._handlers = self.handlers.table  # tests swap a handler in it
         for cell in self.cells.values():
@@ -578,6 +589,18 @@ class NetNode(LocalNode):
         cs = self.chains.get(grantee)
         if cs is not None:
             admission.claim_at(cs, amount_mru, self.now_us(), self.dna)
+
+    def ledgers(self):
+        """Its own agents' ledgers, then those of the chains it holds for the network (a
+        budget's balance is answered by any node holding its holder's chain)."""
+        yield from super().ledgers()
+        for author, cs in list(self.chains.items()):
+            if cs.ledger is not None:
+                yield author, cs.ledger
+
+    async def send_offer(self, to: bytes, s: Signed) -> None:
+        """Hand an offer to the node hosting its recipient (node/net/offers.py)."""
+        await self.courier.send(to, s)
 
     # -- observability
     def warrants(self) -> list[Warrant]:

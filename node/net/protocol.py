@@ -236,6 +236,19 @@ class GrantRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferRequest:
+    """A ledger offer (core/ledger.py: a mint, fund, card, settle, revoke or return) to an
+    agent of the receiving node, whose chain accepts it."""
+
+    offer: Signed
+
+    @classmethod
+    def parse(cls, m: PlainMap) -> OfferRequest:
+        need_map(m, "an offer request", frozenset({"offer"}))
+        return cls(action_pair(m["offer"], "an offer"))
+
+
+@dataclass(frozen=True, slots=True)
 class WitnessRequest:
     """A steward's signed clock for `agent`'s action after `prev` (None: its genesis, which
     `invite`, issued by the answering steward, admits)."""
@@ -280,6 +293,7 @@ Request: TypeAlias = (
     | WarrantsRequest
     | GrantRequest
     | WitnessRequest
+    | OfferRequest
 )
 REQUESTS: dict[str, Callable[[PlainMap], Request]] = {
     "dna": DnaRequest.parse,
@@ -292,6 +306,7 @@ REQUESTS: dict[str, Callable[[PlainMap], Request]] = {
     "warrants": WarrantsRequest.parse,
     "grant": GrantRequest.parse,
     "witness": WitnessRequest.parse,
+    "offer": OfferRequest.parse,
 }
 
 
@@ -427,6 +442,18 @@ class GrantReply:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferReply:
+    taken: bool  # False: the agent's chain had accepted it before
+
+    @classmethod
+    def parse(cls, m: PlainMap) -> OfferReply:
+        need_map(m, "an offer reply", frozenset({"taken"}))
+        if not isinstance(m["taken"], bool):
+            raise MalformedInput("an offer reply says taken: true or false")
+        return cls(m["taken"])
+
+
+@dataclass(frozen=True, slots=True)
 class WitnessReply:
     """A steward's witness: `by` signed (network, agent, prev, `at`, invite hash); the asker
     checks that with core.witness.check_witness before it uses it."""
@@ -460,6 +487,7 @@ Reply: TypeAlias = (
     | OkReply
     | GrantReply
     | WitnessReply
+    | OfferReply
 )
 REPLIES: dict[str, Callable[[PlainMap], Reply]] = {
     "dna": DnaReply.parse,
@@ -472,6 +500,7 @@ REPLIES: dict[str, Callable[[PlainMap], Reply]] = {
     "warrants": OkReply.parse,
     "grant": GrantReply.parse,
     "witness": WitnessReply.parse,
+    "offer": OfferReply.parse,
 }
 assert REPLIES.keys() == REQUESTS.keys()
 

@@ -14,7 +14,14 @@ from typing import Any
 
 from .transport import TransportFactory
 
-CELL_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "bad_signature", "backdate")
+CELL_MODES = (
+    "skip_preflight",
+    "forge_budget",
+    "wrong_cost",
+    "bad_signature",
+    "backdate",
+    "overspend_budget",  # writes paid by a budget or card past its balance
+)
 # makes agents without invites (sims.rogue.sybil_agent); an open network has nothing to refuse
 IDENTITY_MODES = ("sybil",)
 NODE_MODES = ("fork",)  # the publisher sends twins

@@ -3,7 +3,22 @@
 from node.core.witness import MAX_NOTE
 from typing import Annotated
 
-from zomes.hdk import AgentId, MilliRu, Text, zome_fn
+from node.core.crypto import to_text
+from zomes.hdk import (
+    ActionId,
+    AgentId,
+    Amounts,
+    BudgetId,
+    BudgetSchema,
+    Ids,
+    Instructions,
+    MilliRu,
+    Optional,
+    Seconds,
+    Text,
+    UnixSeconds,
+    zome_fn,
+)
 
 
 @zome_fn("budget", writes=False)
@@ -27,3 +42,114 @@ async def invite(
 ):  # core.witness counts its characters
     """A single-use invite for one new agent (stewards only; `membrane: invite` networks)."""
     return await ctx.invite(note)
+
+
+# -- budgets as authorizers (node/budgets.py runs them; core/ledger.py decides)
+Name = Annotated[str, Text(200)]
+Schema = Annotated[dict | None, BudgetSchema()]
+TaskId = Annotated[str, Text(128, min_bytes=1)]
+
+
+@zome_fn("budget")
+async def mint_budget(
+    ctx,
+    amounts: Annotated[dict, Amounts()],
+    holder: AgentId,
+    name: Name = "",
+    schema: Schema = None,
+):
+    """A root budget from nothing (stewards only, within the DNA's mint_limit a window)."""
+    await ctx.require_agent(holder)
+    return await ctx.budgets.mint(ctx.cell, amounts, holder, name, schema or {})
+
+
+@zome_fn("budget")
+async def fund_budget(
+    ctx,
+    parent: BudgetId,
+    amounts: Annotated[dict, Amounts()],
+    holder: AgentId,
+    name: Name = "",
+    schema: Schema = None,
+):
+    """A child budget for `holder`, paid from `parent` (its schema narrows the parent's)."""
+    await ctx.require_agent(holder)
+    return await ctx.budgets.transfer(ctx.cell, "fund", parent, amounts, holder, name, schema or {})
+
+
+@zome_fn("budget")
+async def delegate_budget(
+    ctx,
+    parent: BudgetId,
+    holder: AgentId,
+    max_spend: Annotated[dict, Amounts(positive=True)],
+    schema: Schema = None,
+    expires_at: Annotated[int | None, Optional(UnixSeconds())] = None,
+    name: Name = "",
+):
+    """A card: `holder` may spend up to `max_spend` of `parent` (escrowed now)."""
+    await ctx.require_agent(holder)
+    schema = dict(schema or {})
+    if expires_at is not None:
+        schema["expires_at"] = expires_at
+    return await ctx.budgets.transfer(ctx.cell, "card", parent, max_spend, holder, name, schema)
+
+
+@zome_fn("budget")
+async def revoke_budget(ctx, budget: BudgetId):
+    return await ctx.budgets.revoke(ctx.cell, budget)
+
+
+@zome_fn("budget")
+async def refine(
+    ctx,
+    instructions: Annotated[list, Instructions()],
+    targets: Annotated[list | None, Optional(Ids("action"))] = None,
+    budgets: Annotated[list | None, Optional(Ids("budget", 16))] = None,
+):
+    """Run `instructions` as one change, paid by the first of `budgets` that may (None: the
+    allowance); all of its writes are stored together or none."""
+    return await ctx.budgets.refine(ctx.cell, list(targets or ()), instructions, budgets)
+
+
+@zome_fn("budget", writes=False)
+async def get_budget(ctx, budget: BudgetId):
+    return ctx.budgets.view(budget)
+
+
+@zome_fn("budget", writes=False)
+async def list_budgets(ctx):
+    return ctx.budgets.held(ctx.cell)
+
+
+@zome_fn("budget", writes=False)
+async def wallet(ctx):
+    w = ctx.cell.state.ledger.wallet
+    return None if w is None else to_text("budget", w)
+
+
+@zome_fn("budget")
+async def commit_spend(
+    ctx,
+    budget: BudgetId,
+    amounts: Annotated[dict, Amounts(positive=True)],
+    task_id: TaskId,
+    timeout_s: Annotated[float, Seconds()] = 600,
+):
+    return await ctx.budgets.commit(ctx.cell, budget, amounts, task_id, timeout_s)
+
+
+@zome_fn("budget")
+async def settle_spend(ctx, task_id: TaskId, amounts: Annotated[dict, Amounts()], payee: AgentId):
+    await ctx.require_agent(payee)
+    return await ctx.budgets.settle(ctx.cell, task_id, amounts, payee)
+
+
+@zome_fn("budget")
+async def cancel_spend(ctx, task_id: TaskId):
+    return await ctx.budgets.cancel(ctx.cell, task_id)
+
+
+@zome_fn("budget", writes=False)
+async def lineage(ctx, record: ActionId):
+    return ctx.budgets.lineage(record)

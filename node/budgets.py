@@ -1,0 +1,422 @@
+"""Budgets as authorizers, as a node runs them for its agents: each verb writes one ledger
+action (core/ledger.py decides whether it may), hands the offers it makes to their recipients
+(here, or over the network: `LocalNode.send_offer`), and reads balances and lineage back from
+the chains.
+
+Offers to an agent of this node are accepted at once; an offer that arrives from the network
+is taken by `take_offer`. A budget voided here revokes the children it funded (a notice to
+each holder), so revocation walks down the tree as signed actions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from types import MappingProxyType
+
+from .agent_api import BudgetView, HoldView, RefineResult
+from .core import ledger as L
+from .core.action import Signed
+from .core.crypto import to_text
+from .core.errors import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetVoid,
+    ExistsDifferent,
+    InvalidInput,
+    NotAuthorized,
+    NotFound,
+    UnknownBudget,
+    UnknownFunction,
+    UnknownTarget,
+    Unsolvable,
+)
+from .core.money import MRU_PER_RU
+
+if TYPE_CHECKING:
+    from .cell import Cell
+
+MAX_LINEAGE = 64
+# refine reports the error of the budget that got furthest: authority, then balance, then
+# solvability
+_STAGE = {BudgetExceeded: 2, Unsolvable: 3}
+
+
+def _show(resource: str, units: int) -> float | int:
+    return units / MRU_PER_RU if resource == "ru" else units
+
+
+def shown(a) -> dict:
+    """Amounts as callers give and read them: RU in RU, other resources in units."""
+    return {k: _show(k, v) for k, v in a.items()}
+
+
+def _bid(b: bytes) -> str:
+    return to_text("budget", b)
+
+
+class Budgets:
+    def __init__(self, node: Any):  # node: the LocalNode (it imports this module)
+        self.node = node
+
+    # -- writing
+    async def _write(self, cell: Cell, body) -> Signed:
+        s = await cell.ledger_action(body)
+        await self._deliver(s)
+        return s
+
+    async def _deliver(self, s: Signed) -> None:
+        to = s.action["ledger"].get("to")
+        if to is None:
+            return
+        cell = self.node.cells.get(to)
+        if cell is not None:
+            await self.take_offer(cell, s)
+        else:
+            await self.node.send_offer(to, s)
+
+    async def take_offer(self, cell: Cell, o: Signed) -> bool:
+        """Accept `o`, an offer made to `cell`'s agent, unless its chain already did; False if
+        it was taken before."""
+        if o.hash in cell.ledger.accepted:
+            return False
+
+        def body(cs, ts):
+            v: dict[str, Any] = {"kind": "accept", "offer": [o.body, o.sig]}
+            ov = o.action["ledger"]
+            tid = ov.get("target")
+            if ov["kind"] == "revoke" and tid not in cs.ledger.children:  # a funder's notice
+                b = cs.ledger.budgets.get(tid)
+                if b is None:
+                    v["returned"] = dict(ov.get("amounts") or {})
+                elif not b.void:
+                    v["returned"] = dict(L.expire_holds(cs.ledger, b, ts)[1].available)
+                v["to"] = o.author
+            elif ov["kind"] == "accept" or ov["kind"] == "revoke":  # a child's return
+                if ov["kind"] == "accept" and ov.get("target") is None:
+                    tid = L.offer_of(ov.get("offer"), o.author).action["ledger"].get("target")
+                elif ov["kind"] == "accept":
+                    tid = ov["target"]
+                child = cs.ledger.children.get(tid)
+                p = cs.ledger.budgets.get(child.parent) if child is not None else None
+                back = dict(ov.get("returned") or {})
+                if p is not None and p.void and p.funder is not None and back:
+                    v.update(returned=back, target=p.id, to=p.funder)
+            return v
+
+        s = await cell.ledger_action(body)
+        await self._deliver(s)
+        ov = o.action["ledger"]
+        if ov["kind"] == "revoke" and ov.get("target") in cell.ledger.budgets:
+            await self._cascade(cell, ov["target"])
+        return True
+
+    async def _cascade(self, cell: Cell, bid: bytes) -> None:
+        """Revoke the open children of a budget made void here."""
+        led = cell.ledger
+        for cid, child in list(led.children.items())[: L.MAX_BUDGETS]:
+            if child.parent == bid and child.state == "open":
+                await self.revoke(cell, cid)
+
+    async def mint(self, cell: Cell, amounts: dict, holder: bytes, name: str, schema: dict) -> str:
+        if cell.key.public not in self.node.dna.stewards:
+            raise NotAuthorized("only a steward listed in the DNA may mint")
+        body = {"kind": "mint", "to": holder, "name": name, "amounts": amounts, "schema": schema}
+        return _bid((await self._write(cell, lambda cs, ts: body)).hash)
+
+    async def transfer(
+        self,
+        cell: Cell,
+        kind: str,
+        parent: bytes,
+        amounts: dict,
+        holder: bytes,
+        name: str,
+        schema: dict,
+    ) -> str:
+        body = {
+            "kind": kind,
+            "parent": parent,
+            "to": holder,
+            "name": name,
+            "amounts": amounts,
+            "schema": schema,
+        }
+        return _bid((await self._write(cell, lambda cs, ts: body)).hash)
+
+    async def revoke(self, cell: Cell, target: bytes) -> str:
+        def body(cs, ts):
+            led = cs.ledger
+            own = led.budgets.get(target)
+            if own is not None:
+                returned = {}
+                if own.funder is not None and not own.void:
+                    returned = dict(L.expire_holds(led, own, ts)[1].available)
+                return {"kind": "revoke", "target": target, "returned": returned, "to": own.funder}
+            child = led.children.get(target)
+            if child is None:
+                raise NotAuthorized(
+                    f"only the holder of {_bid(target)} or whoever funded it may revoke it"
+                )
+            return {
+                "kind": "revoke",
+                "target": target,
+                "amounts": dict(child.amounts),
+                "to": child.holder,
+            }
+
+        s = await self._write(cell, body)
+        if target in cell.ledger.budgets:
+            await self._cascade(cell, target)
+        return to_text("action", s.hash)
+
+    # -- refine: the one verb for change
+    async def refine(
+        self, cell: Cell, targets: list[bytes], instructions: list, budgets: list[bytes] | None
+    ) -> RefineResult:
+        node = self.node
+        calls = []
+        for zome, fn, payload in instructions:
+            zf = node.app.functions.get((zome, fn))
+            if zf is None or zome == "budget":
+                raise UnknownFunction(f"no function {zome}.{fn} to refine with")
+            calls.append((f"{zome}.{fn}", zf, zf.check(payload, node.dna)))
+        for t in targets:
+            if node.store.record(t) is None:
+                raise UnknownTarget(f"no record {to_text('action', t)} to build on")
+        if budgets is None:
+            outputs, spent = await self._run(cell, calls, None)
+            return RefineResult(outputs, "ambient", shown(spent))
+        attempts: list[dict] = []
+        best: tuple[int, BudgetError] | None = None
+        for bid in budgets:
+            try:
+                b = L.spendable(cell.ledger, bid, cell.key.public, cell.now_us())
+                for op, _, _ in calls:
+                    L.authorize(b, op, cell.key.public)
+                outputs, spent = await self._run(cell, calls, bid)
+                return RefineResult(outputs, _bid(bid), shown(spent))
+            except (NotAuthorized, BudgetVoid, UnknownBudget, BudgetExceeded, Unsolvable) as e:
+                attempts.append({"budget": _bid(bid), "code": e.code, "message": e.message})
+                stage = _STAGE.get(type(e), 1)
+                if best is None or stage > best[0]:
+                    best = (stage, e)
+        if best is None:
+            raise InvalidInput("budgets names no budget")
+        err = best[1]
+        err.attempts = attempts  # type: ignore[attr-defined]
+        raise err
+
+    async def _run(self, cell: Cell, calls: list, bid: bytes | None) -> tuple[list, dict]:
+        from .context import ZomeContext
+
+        outputs = []
+        async with cell.batch(bid) as committed:
+            for _, zf, payload in calls:
+                outputs.append(await zf.fn(ZomeContext(self.node, cell), **payload))
+        spent: dict[str, int] = {}
+        for s in committed:
+            rec = s.action["budget"]
+            spent["ru"] = spent.get("ru", 0) + rec["cost"]
+        return outputs, spent
+
+    # -- two-phase spends
+    async def commit(
+        self, cell: Cell, bid: bytes, amounts: dict, task_id: str, timeout_s: float
+    ) -> HoldView:
+        led = cell.ledger
+        h = led.holds.get(task_id)
+        if h is not None:  # a retry: the same hold, in whatever state it is now
+            if h.budget != bid or dict(h.amounts) != {k: v for k, v in amounts.items() if v}:
+                raise ExistsDifferent(f"task {task_id!r} already holds other amounts or a budget")
+            return self.hold_view(cell, task_id)
+
+        def body(cs, ts):
+            return {
+                "kind": "hold",
+                "budget": bid,
+                "amounts": amounts,
+                "task_id": task_id,
+                "expires_us": ts + int(timeout_s * 1_000_000),
+            }
+
+        await self._write(cell, body)
+        return self.hold_view(cell, task_id)
+
+    async def settle(self, cell: Cell, task_id: str, amounts: dict, payee: bytes) -> HoldView:
+        h = self._hold(cell, task_id)
+        body = {
+            "kind": "settle",
+            "task_id": task_id,
+            "budget": h.budget,
+            "amounts": amounts,
+            "to": payee,
+        }
+        await self._write(cell, lambda cs, ts: body)
+        return self.hold_view(cell, task_id)
+
+    async def cancel(self, cell: Cell, task_id: str) -> HoldView:
+        self._hold(cell, task_id)
+        await self._write(cell, lambda cs, ts: {"kind": "cancel", "task_id": task_id})
+        return self.hold_view(cell, task_id)
+
+    def _hold(self, cell: Cell, task_id: str) -> L.Hold:
+        h = cell.ledger.holds.get(task_id)
+        if h is None:
+            raise NotFound(f"no hold with task_id {task_id!r}")
+        return h
+
+    def hold_view(self, cell: Cell, task_id: str) -> HoldView:
+        h = self._hold(cell, task_id)
+        return HoldView(
+            task_id,
+            to_text("action", h.id),
+            _bid(h.budget),
+            h.resolved_at(cell.now_us()),
+            shown(h.amounts),
+            shown(h.settled),
+            None if h.payee is None else to_text("agent", h.payee),
+            None if h.credit is None else to_text("action", h.credit),
+            h.expires_us // 1_000_000,
+        )
+
+    # -- reading
+    def view(self, bid: bytes) -> BudgetView:
+        """A budget as its holder's chain has it, as of now: from this node's own agents or
+        from any chain it holds for the network (each derived from the signed actions)."""
+        now = self.node.now_us()
+        for holder, led in self.node.ledgers():
+            b = led.budgets.get(bid)
+            if b is not None:
+                return _view(holder, led, b, now)
+        for _, led in self.node.ledgers():  # funded from a chain here, not (yet) taken
+            child = led.children.get(bid)
+            if child is not None:
+                raise UnknownBudget(
+                    f"budget {_bid(bid)} was offered to {to_text('agent', child.holder)}, whose "
+                    f"chain has not accepted it yet (as far as this node knows)"
+                )
+        raise UnknownBudget(f"no budget {_bid(bid)} is known to this node")
+
+    def held(self, cell: Cell) -> list[BudgetView]:
+        led = cell.ledger
+        now = cell.now_us()
+        return [_view(cell.key.public, led, b, now) for b in led.budgets.values()]
+
+    def all_held(self) -> list[BudgetView]:
+        return [v for cell in self.node.cells.values() for v in self.held(cell)]
+
+    # -- lineage
+    def lineage(self, h: bytes) -> list[dict]:
+        steps: list[dict] = []
+        found = self._record(h)
+        while len(steps) < MAX_LINEAGE:
+            step, origin = self._step(found)
+            steps.append(step)
+            if origin is None:
+                return steps
+            found = self._record(origin)
+        raise InvalidInput(f"lineage longer than {MAX_LINEAGE} steps")
+
+    def _record(self, h: bytes) -> Signed:
+        found = self.node.store.record(h)
+        if found is None:
+            raise NotFound(f"no record {to_text('action', h)} on this node")
+        return found[0]
+
+    def _step(self, s: Signed) -> tuple[dict, bytes | None]:
+        """One lineage step of `s` and the action its value came from (None: a mint)."""
+        a = s.action
+        base = {"hash": to_text("action", s.hash), "signer": to_text("agent", a["author"])}
+        rec = a.get("budget") or {}
+        if a.get("type") in ("create", "charge"):
+            bid = rec.get("pay")
+            if bid is None:
+                raise NotFound("this record was paid by its author's allowance, not a budget")
+            op = self.node.app.op_name(rec["op"])
+            return {
+                **base,
+                "kind": "refine",
+                "budget": _bid(bid),
+                "amounts": shown({"ru": rec["cost"]}),
+                "rule": f"ops allows {op}",
+            }, bid
+        v = a.get("ledger") or {}
+        kind = v.get("kind")
+        if kind == "mint":
+            return {
+                **base,
+                "kind": "mint",
+                "budget": _bid(s.hash),
+                "amounts": shown(v["amounts"]),
+                "rule": "a steward mints within the DNA's mint_limit",
+            }, None
+        if kind in ("fund", "card"):
+            rule = "can_fund" if kind == "fund" else "can_delegate"
+            return {
+                **base,
+                "kind": kind,
+                "budget": _bid(v["parent"]),
+                "amounts": shown(v["amounts"]),
+                "rule": f"the parent's {rule}",
+            }, v["parent"]
+        if kind == "settle":
+            return {
+                **base,
+                "kind": "settle",
+                "budget": _bid(v["budget"]),
+                "amounts": shown(v["amounts"]),
+                "rule": f"hold {v['task_id']}",
+            }, v["budget"]
+        if kind == "hold":
+            return {
+                **base,
+                "kind": "hold",
+                "budget": _bid(v["budget"]),
+                "amounts": shown(v["amounts"]),
+                "rule": "a pending hold",
+            }, v["budget"]
+        if kind == "accept":
+            o = Signed.from_wire(v["offer"][0], v["offer"][1])
+            return {
+                **base,
+                "kind": "accept",
+                "budget": _bid(o.hash),
+                "amounts": {},
+                "rule": "an offer made to this agent",
+            }, o.hash
+        raise NotFound(f"a {kind} moves no value to trace")
+
+
+def _view(holder: bytes, led: L.Ledger, b: L.Budget, now_us: int) -> BudgetView:
+    b = L.expire_holds(led, b, now_us)[1]
+    reserved: dict = {}
+    for c in led.children.values():
+        if c.parent == b.id and c.kind == "card" and c.state != "returned":
+            reserved = dict(L.add(MappingProxyType(reserved), c.amounts))
+    resources = sorted(set(b.funded) | set(b.available) | set(b.spent) | set(reserved) | {"ru"})
+    balances = {
+        r: {
+            "available": _show(r, b.available.get(r, 0)),
+            "reserved": _show(r, reserved.get(r, 0)),
+            "pending": _show(r, b.pending.get(r, 0)),
+            "spent": _show(r, b.spent.get(r, 0)),
+            "funded": _show(r, b.funded.get(r, 0)),
+        }
+        for r in resources
+    }
+    expired = b.schema.expires_at is not None and now_us >= b.schema.expires_at * 1_000_000
+    schema = b.schema.plain()
+    for k in ("max_per_call", "min_reserve", "funding_target"):
+        schema[k] = shown(schema[k])
+    return BudgetView(
+        _bid(b.id),
+        b.name,
+        b.kind,
+        to_text("agent", holder),
+        None if b.parent is None else _bid(b.parent),
+        schema,
+        b.void or expired,
+        b.stage(),
+        balances,
+    )

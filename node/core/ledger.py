@@ -1,0 +1,799 @@
+"""The budget ledger one chain keeps: pure functions over signed actions, re-derived by every
+validator exactly as the author's node derives them (docs/ARCHITECTURE.md, "Budgets").
+
+Each budget is spent by exactly one chain, its holder's, so every balance check is local to
+that chain. Value moves between chains as an *offer* (a signed `ledger` action naming its
+recipient in `to`: a mint, fund, card, settle, revoke or return) that the recipient's chain
+*accepts* once, by embedding it; so no chain ever credits itself, and a transfer that was never
+accepted is value in transit, counted by neither side.
+
+Ledger actions are `{"type": "ledger", "ledger": {"kind": ..., ...}, "budget": <allowance
+record, cost 0>}`; a write paid by a budget records `pay` (the budget id) and `call` (the seq of
+the first action of its refine call) in its allowance record instead of charging the allowance.
+Refusals are the BudgetErrors an author's pre-flight raises; a validator turns them into
+InvalidChain `ledger_<code>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from .action import MAX_ACTION_BYTES, Signed
+from .crypto import to_text, verify
+from .dna import Dna
+from .errors import (
+    AlreadyResolved,
+    BudgetError,
+    BudgetExceeded,
+    BudgetVoid,
+    ExistsDifferent,
+    HoldExpired,
+    InvalidInput,
+    NotAuthorized,
+    NotNarrowing,
+    UnknownBudget,
+    Unsolvable,
+)
+
+MAX_AMOUNT = 1 << 53
+MAX_OPS = 32
+MAX_NAME = 200
+MAX_TASK_ID = 128
+MAX_BUDGETS = 4096  # held by one chain
+MAX_HOLDS = 4096  # pending holds on one chain
+KINDS = ("mint", "fund", "card", "accept", "revoke", "hold", "settle", "cancel")
+Amounts: TypeAlias = "MappingProxyType[str, int]"  # resource -> units (milli-RU for "ru")
+EMPTY: Amounts = MappingProxyType({})
+Plain: TypeAlias = dict[str, Any]
+
+
+def _none() -> Any:
+    """A field defaulting to no amounts (a mapping proxy is unhashable, so not a default)."""
+    return field(default_factory=lambda: EMPTY)
+
+
+# -- amounts
+def amounts(v: Any, dna: Dna, what: str, positive: bool = False) -> Amounts:
+    """A map of resource -> integer units, each a resource the DNA lists."""
+    if not isinstance(v, dict) or len(v) > len(dna.resources):
+        raise InvalidInput(f"{what} is a map of resource names to amounts")
+    out = {}
+    for k, x in v.items():
+        if k not in dna.resources:
+            raise InvalidInput(
+                f"{what}: unknown resource {k!r} (the DNA lists {list(dna.resources)})"
+            )
+        if type(x) is not int or not 0 <= x <= MAX_AMOUNT or (positive and x == 0):
+            raise InvalidInput(f"{what}: {k} must be a whole number of units, 0 to 2^53")
+        if x:
+            out[k] = x
+    if positive and not out:
+        raise InvalidInput(f"{what} moves nothing")
+    return MappingProxyType(dict(sorted(out.items())))
+
+
+def add(a: Amounts, b: Amounts, sign: int = 1) -> Amounts:
+    out = dict(a)
+    for k, x in b.items():
+        out[k] = out.get(k, 0) + sign * x
+    return MappingProxyType({k: x for k, x in sorted(out.items()) if x})
+
+
+def covers(have: Amounts, need: Amounts) -> str | None:
+    """The first resource `have` lacks for `need`, or None."""
+    for k, x in need.items():
+        if have.get(k, 0) < x:
+            return k
+    return None
+
+
+def fmt(resource: str, units: int, up: bool = False) -> str:
+    from .money import fmt_ru
+
+    return f"{fmt_ru(units, up)} RU" if resource == "ru" else f"{units} {resource}"
+
+
+# -- schemas
+@dataclass(frozen=True)
+class Schema:
+    """A budget's constitution: what it may pay for and how."""
+
+    ops: tuple[str, ...] = ("*",)
+    max_per_call: Amounts = _none()
+    min_reserve: Amounts = _none()
+    can_fund: bool = False
+    can_delegate: bool = False
+    expires_at: int | None = None  # unix seconds
+    funding_target: Amounts = _none()
+
+    @classmethod
+    def parse(cls, v: Any, dna: Dna) -> Schema:
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise InvalidInput("a schema is a map")
+        bad = set(v) - set(SCHEMA_KEYS)
+        if bad:
+            raise InvalidInput(f"unknown schema field(s) {sorted(bad)}; fields: {SCHEMA_KEYS}")
+        ops = v.get("ops", ["*"])
+        if (
+            not isinstance(ops, (list, tuple))
+            or not 1 <= len(ops) <= MAX_OPS
+            or not all(isinstance(p, str) and _pattern_ok(p) for p in ops)
+        ):
+            raise InvalidInput('schema ops: 1-32 patterns "zome.fn", "zome.*" or "*"')
+        exp = v.get("expires_at")
+        if exp is not None and (type(exp) is not int or not 0 < exp < MAX_AMOUNT):
+            raise InvalidInput("schema expires_at: unix seconds or None")
+        for k in ("can_fund", "can_delegate"):
+            if not isinstance(v.get(k, False), bool):
+                raise InvalidInput(f"schema {k}: true or false")
+        return cls(
+            tuple(sorted(set(ops))),
+            amounts(v.get("max_per_call", {}), dna, "schema max_per_call"),
+            amounts(v.get("min_reserve", {}), dna, "schema min_reserve"),
+            v.get("can_fund", False),
+            v.get("can_delegate", False),
+            exp,
+            amounts(v.get("funding_target", {}), dna, "schema funding_target"),
+        )
+
+    def plain(self) -> Plain:
+        return {
+            "ops": list(self.ops),
+            "max_per_call": dict(self.max_per_call),
+            "min_reserve": dict(self.min_reserve),
+            "can_fund": self.can_fund,
+            "can_delegate": self.can_delegate,
+            "expires_at": self.expires_at,
+            "funding_target": dict(self.funding_target),
+        }
+
+    def permits(self, op: str) -> str | None:
+        """The pattern that allows `op` ("zome.fn"), or None."""
+        zome = op.split(".", 1)[0]
+        for p in self.ops:
+            if p == "*" or p == op or p == f"{zome}.*":
+                return p
+        return None
+
+    def narrowing_fault(self, parent: Schema) -> str | None:
+        """Why this schema is not a narrowing of `parent`'s, or None."""
+        for p in self.ops:
+            if not _covered(p, parent.ops):
+                return f"ops {p!r} is not within the parent's {list(parent.ops)}"
+        for k, x in parent.max_per_call.items():
+            if self.max_per_call.get(k, MAX_AMOUNT + 1) > x:
+                return f"max_per_call {k} must be at most the parent's {x}"
+        if parent.expires_at is not None and (
+            self.expires_at is None or self.expires_at > parent.expires_at
+        ):
+            return f"expires_at must be at most the parent's {parent.expires_at}"
+        if self.can_fund and not parent.can_fund:
+            return "can_fund needs a parent that can fund"
+        if self.can_delegate and not parent.can_delegate:
+            return "can_delegate needs a parent that can delegate"
+        return None
+
+
+SCHEMA_KEYS = (
+    "ops",
+    "max_per_call",
+    "min_reserve",
+    "can_fund",
+    "can_delegate",
+    "expires_at",
+    "funding_target",
+)
+
+
+def _pattern_ok(p: str) -> bool:
+    if p == "*":
+        return True
+    zome, dot, fn = p.partition(".")
+    return (
+        bool(dot and zome and fn)
+        and len(p) <= 128
+        and "*" not in zome
+        and ("*" not in fn or fn == "*")
+    )
+
+
+def _covered(p: str, parent_ops: tuple[str, ...]) -> bool:
+    if "*" in parent_ops or p in parent_ops:
+        return True
+    return p != "*" and not p.endswith(".*") and p.split(".", 1)[0] + ".*" in parent_ops
+
+
+# -- what one chain holds
+@dataclass(frozen=True)
+class Budget:
+    id: bytes
+    kind: str  # "budget", "card" or "wallet"
+    name: str
+    parent: bytes | None
+    funder: bytes | None  # the agent that funded or delegated it (None: minted or a wallet)
+    schema: Schema
+    funded: Amounts  # everything it received (a card: its limit)
+    available: Amounts
+    pending: Amounts = _none()  # in holds not yet resolved
+    spent: Amounts = _none()  # paid for writes
+    out: Amounts = _none()  # moved to children, cards, payees and back to a funder
+    void: bool = False
+    created_at: int = 0  # unix seconds of the offer
+
+    def stage(self) -> str:
+        target = self.schema.funding_target
+        if not self.funded:
+            return "planning"
+        if target and covers(self.funded, target) is not None:
+            return "partial"
+        return "funded"
+
+
+@dataclass(frozen=True)
+class Child:
+    """A budget or card this chain funded or delegated (its holder's chain spends it)."""
+
+    holder: bytes
+    parent: bytes
+    kind: str
+    amounts: Amounts  # moved (a card: its limit)
+    state: str = "open"  # open, revoked (asked back), returned
+    returned: Amounts = _none()  # given back so far (never more than `amounts`)
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: bytes  # the hold action's hash
+    task_id: str
+    budget: bytes
+    amounts: Amounts
+    expires_us: int
+    state: str = "pending"  # pending, settled, cancelled, expired
+    settled: Amounts = _none()
+    payee: bytes | None = None
+    credit: bytes | None = None  # the settle action: the payee's credit
+
+    def resolved_at(self, ts: int) -> str:
+        """Its state as of `ts`: a pending hold past its timeout has expired."""
+        return "expired" if self.state == "pending" and ts >= self.expires_us else self.state
+
+
+@dataclass(frozen=True)
+class Ledger:
+    budgets: MappingProxyType[bytes, Budget] = _none()
+    children: MappingProxyType[bytes, Child] = _none()
+    holds: MappingProxyType[str, Hold] = _none()
+    accepted: frozenset[bytes] = frozenset()  # offers taken (their hashes)
+    wallet: bytes | None = None
+    window: int = -1  # the allowance window the two counters below are for
+    actions: int = 0  # ledger actions in that window
+    minted: Amounts = _none()  # minted in that window
+    call: tuple[int, bytes, Amounts] | None = (
+        None  # (first seq, budget id, total so far) of the refine in progress
+    )
+
+    def with_budget(self, b: Budget) -> Ledger:
+        return replace(self, budgets=_put(self.budgets, b.id, b))
+
+
+LEDGER0 = Ledger()
+
+
+def _put(m: MappingProxyType[Any, Any], k: Any, v: Any) -> MappingProxyType[Any, Any]:
+    d = dict(m)
+    d[k] = v
+    return MappingProxyType(d)
+
+
+def _id(bid: bytes) -> str:
+    return to_text("budget", bid)
+
+
+def _text(v: Any, what: str, max_len: int, min_len: int = 0) -> str:
+    if not isinstance(v, str) or not min_len <= len(v) <= max_len:
+        raise InvalidInput(f"{what}: text of {min_len}-{max_len} characters")
+    return v
+
+
+def _key(v: Any, what: str) -> bytes:
+    if not isinstance(v, bytes) or len(v) != 32:
+        raise InvalidInput(f"{what}: a 32-byte id")
+    return v
+
+
+# -- the checks every spend passes (the order is the one refine reports)
+def spendable(led: Ledger, bid: bytes, author: bytes, ts_us: int) -> Budget:
+    """The budget `bid` as its holder may spend it at `ts_us`: its holds expired as of then."""
+    b = led.budgets.get(bid)
+    if b is None:
+        raise UnknownBudget(f"budget {to_text('budget', bid)} is not held by this agent")
+    if b.void:
+        raise BudgetVoid(f"budget {to_text('budget', bid)} was revoked")
+    if b.schema.expires_at is not None and ts_us >= b.schema.expires_at * 1_000_000:
+        raise BudgetVoid(f"budget {to_text('budget', bid)} expired at {b.schema.expires_at}")
+    return expire_holds(led, b, ts_us)[1]
+
+
+def expire_holds(led: Ledger, b: Budget, ts_us: int) -> tuple[Ledger, Budget]:
+    """Holds on `b` past their timeout give their amounts back (expiry is a resolution)."""
+    back: Amounts = EMPTY
+    holds = dict(led.holds)
+    for t, h in led.holds.items():
+        if h.budget == b.id and h.state == "pending" and ts_us >= h.expires_us:
+            back = add(back, h.amounts)
+            holds[t] = replace(h, state="expired")
+    if not back:
+        return led, b
+    b = replace(b, available=add(b.available, back), pending=add(b.pending, back, -1))
+    return replace(led, holds=MappingProxyType(holds)).with_budget(b), b
+
+
+def debit(b: Budget, need: Amounts, what: str) -> Budget:
+    """`b` after `need` leaves its available balance: BudgetExceeded past the balance,
+    Unsolvable below the reserve."""
+    short = covers(b.available, need)
+    if short is not None:
+        raise BudgetExceeded(need.get(short, 0), b.available.get(short, 0), _id(b.id), short)
+    after = add(b.available, need, -1)
+    shortfall = {
+        k: r - after.get(k, 0) for k, r in b.schema.min_reserve.items() if after.get(k, 0) < r
+    }
+    if shortfall:
+        raise Unsolvable(shortfall, _id(b.id), what)
+    return replace(b, available=after)
+
+
+def authorize(b: Budget, op: str, author: bytes) -> str:
+    rule = b.schema.permits(op)
+    if rule is None:
+        raise NotAuthorized(
+            f"budget {to_text('budget', b.id)} does not allow {op} (ops {list(b.schema.ops)})"
+        )
+    return rule
+
+
+# -- paying for writes
+def pay(
+    led: Ledger, bid: bytes, call: int, seq: int, op: str, cost: Amounts, author: bytes, ts: int
+) -> Ledger:
+    """`led` after a write of `op` (a "zome.fn") costing `cost`, paid by budget `bid`, in the
+    refine call that began at seq `call`: authority, then balance and solvability, and the
+    call's summed cost against max_per_call."""
+    if call == seq:
+        running = cost
+    elif led.call is not None and led.call[0] == call and led.call[1] == bid:
+        running = add(led.call[2], cost)
+    else:
+        raise InvalidInput("a paid write names a refine call that is not the one in progress")
+    b = spendable(led, bid, author, ts)
+    led = expire_holds(led, led.budgets[bid], ts)[0]
+    authorize(b, op, author)
+    for k, limit in b.schema.max_per_call.items():
+        if running.get(k, 0) > limit:
+            raise BudgetExceeded(running[k], limit, _id(bid), k, "its max_per_call")
+    b = debit(b, cost, "a write")
+    b = replace(b, spent=add(b.spent, cost))
+    return replace(led.with_budget(b), call=(call, bid, running))
+
+
+def end_call(led: Ledger) -> Ledger:
+    """An action that is not a paid write ends the refine call in progress."""
+    return led if led.call is None else replace(led, call=None)
+
+
+def ru(mru: int) -> Amounts:
+    return MappingProxyType({"ru": mru} if mru else {})
+
+
+# -- ledger actions
+@dataclass(frozen=True)
+class Effect:
+    ledger: Ledger
+    offer_to: bytes | None = None  # the recipient this action offers value or a notice to
+
+
+def apply(
+    led: Ledger, a: Plain, author: bytes, seq: int, ts: int, h: bytes, ws: int, dna: Dna
+) -> Effect:
+    """`led` after the ledger action `a` (its hash `h`) at seq `seq`, time `ts` (us), in the
+    allowance window starting `ws`."""
+    body = a.get("ledger")
+    if not isinstance(body, dict) or body.get("kind") not in KINDS:
+        raise InvalidInput(f"a ledger action is one of {KINDS}")
+    if led.window != ws:
+        led = replace(led, window=ws, actions=0, minted=EMPTY)
+    if led.actions >= dna.max_ledger_actions_per_window:
+        raise BudgetExceeded(
+            1,
+            0,
+            None,
+            "ledger actions",
+            f"at most {dna.max_ledger_actions_per_window} a window (max_ledger_actions_per_window)",
+        )
+    led = replace(led, actions=led.actions + 1, call=None)
+    eff = _APPLY[body["kind"]](led, body, author, ts, h, dna)
+    if body.get("to") != eff.offer_to:
+        # the recipient is bound by the author's signature: re-derived, never trusted
+        raise InvalidInput(f"a {body['kind']} here offers to {eff.offer_to!r}")
+    return eff
+
+
+def _mint(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    if author not in dna.stewards:
+        raise NotAuthorized("only a steward listed in the DNA may mint")
+    amt = amounts(v.get("amounts"), dna, "mint amounts")
+    Schema.parse(v.get("schema"), dna)
+    _text(v.get("name"), "name", MAX_NAME)
+    minted = add(led.minted, amt)
+    for k, x in minted.items():
+        limit = dna.resources[k].get("mint_limit", 0)
+        if x > limit:
+            raise BudgetExceeded(
+                amt[k], max(0, limit - led.minted.get(k, 0)), None, k, "the DNA's mint_limit"
+            )
+    return Effect(replace(led, minted=minted), _key(v.get("to"), "to"))
+
+
+def _transfer(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    """fund (a child budget) and card (a delegation): the value leaves the parent now (a
+    card's limit is escrowed), so no partition can make the parent pay twice."""
+    kind = v["kind"]
+    pid = _key(v.get("parent"), "parent")
+    to = _key(v.get("to"), "to")
+    amt = amounts(v.get("amounts"), dna, f"{kind} amounts")
+    schema = Schema.parse(v.get("schema"), dna)
+    _text(v.get("name"), "name", MAX_NAME)
+    p = spendable(led, pid, author, ts)
+    led = expire_holds(led, led.budgets[pid], ts)[0]
+    if kind == "fund" and not p.schema.can_fund:
+        raise NotAuthorized(f"budget {to_text('budget', pid)} cannot fund (can_fund is false)")
+    if kind == "card" and not p.schema.can_delegate:
+        raise NotAuthorized(
+            f"budget {to_text('budget', pid)} cannot delegate (can_delegate is false)"
+        )
+    if kind == "card" and not amt:
+        raise InvalidInput("a card's max_spend names at least one amount")
+    fault = schema.narrowing_fault(p.schema)
+    if fault is not None:
+        raise NotNarrowing(fault)
+    p = debit(p, amt, f"a {kind}")
+    p = replace(p, out=add(p.out, amt))
+    if len(led.children) >= MAX_BUDGETS:
+        raise InvalidInput(f"a chain keeps at most {MAX_BUDGETS} children")
+    led = replace(led.with_budget(p), children=_put(led.children, h, Child(to, pid, kind, amt)))
+    return Effect(led, to)
+
+
+def _hold(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    bid = _key(v.get("budget"), "budget")
+    task = _text(v.get("task_id"), "task_id", MAX_TASK_ID, 1)
+    amt = amounts(v.get("amounts"), dna, "hold amounts", positive=True)
+    exp = v.get("expires_us")
+    if type(exp) is not int or exp <= ts:
+        raise InvalidInput("a hold's expires_us is after its action")
+    if task in led.holds:
+        raise ExistsDifferent(f"task {task!r} already has a hold on this chain")
+    if sum(1 for x in led.holds.values() if x.state == "pending") >= MAX_HOLDS:
+        raise InvalidInput(f"at most {MAX_HOLDS} holds may be pending")
+    b = spendable(led, bid, author, ts)
+    led = expire_holds(led, led.budgets[bid], ts)[0]
+    b = debit(b, amt, "a hold")
+    b = replace(b, pending=add(b.pending, amt))
+    led = led.with_budget(b)
+    return Effect(replace(led, holds=_put(led.holds, task, Hold(h, task, bid, amt, exp))))
+
+
+def _resolve(led: Ledger, v: Plain, ts: int, settle: bool) -> tuple[Ledger, Hold, Budget]:
+    task = _text(v.get("task_id"), "task_id", MAX_TASK_ID, 1)
+    hold = led.holds.get(task)
+    if hold is None:
+        raise UnknownBudget(f"no hold with task_id {task!r}")
+    state = hold.resolved_at(ts)
+    if state == "expired" and settle:
+        raise HoldExpired(f"hold {task!r} expired at {hold.expires_us // 1_000_000}")
+    if state != "pending":
+        raise AlreadyResolved(f"hold {task!r} is already {state}")
+    b = led.budgets[hold.budget]
+    return led, hold, replace(b, pending=add(b.pending, hold.amounts, -1))
+
+
+def _settle(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    led, hold, b = _resolve(led, v, ts, True)
+    amt = amounts(v.get("amounts"), dna, "settle amounts")
+    if covers(hold.amounts, amt) is not None:
+        k = covers(hold.amounts, amt)
+        assert k is not None
+        raise BudgetExceeded(amt[k], hold.amounts.get(k, 0), _id(hold.budget), k, "the hold")
+    payee = _key(v.get("to"), "to")
+    if v.get("budget") != hold.budget:
+        raise InvalidInput("a settle names the budget of its hold")
+    b = replace(
+        b,
+        available=add(b.available, add(hold.amounts, amt, -1)),
+        out=add(b.out, amt),
+    )
+    hold = replace(hold, state="settled", settled=amt, payee=payee, credit=h)
+    led = replace(led.with_budget(b), holds=_put(led.holds, hold.task_id, hold))
+    return Effect(led, payee)
+
+
+def _cancel(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    led, hold, b = _resolve(led, v, ts, False)
+    b = replace(b, available=add(b.available, hold.amounts))
+    hold = replace(hold, state="cancelled")
+    return Effect(replace(led.with_budget(b), holds=_put(led.holds, hold.task_id, hold)))
+
+
+def _revoke(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    """By the holder of `target`: void it now, and offer what is left back to its funder. By
+    whoever funded or delegated `target`: a notice to its holder (naming what was moved), whose
+    chain voids it when it accepts the notice and returns what is left then."""
+    tid = _key(v.get("target"), "target")
+    own = led.budgets.get(tid)
+    if own is not None:
+        if own.void:
+            raise BudgetVoid(f"budget {_id(tid)} is already void")
+        led, own = expire_holds(led, own, ts)
+        led, returned = _void(led, own)
+        _check(v, "returned", returned)
+        return Effect(led, own.funder if own.funder is not None else None)
+    child = led.children.get(tid)
+    if child is None:
+        raise NotAuthorized(f"only the holder of {_id(tid)} or whoever funded it may revoke it")
+    if child.state != "open":
+        raise BudgetVoid(f"budget {_id(tid)} was already revoked")
+    _check(v, "amounts", child.amounts)
+    led = replace(led, children=_put(led.children, tid, replace(child, state="revoked")))
+    return Effect(led, child.holder)
+
+
+def _void(led: Ledger, b: Budget) -> tuple[Ledger, Amounts]:
+    """`b` made void: what was left is returned to its funder (a budget with none keeps it)."""
+    returned = b.available if b.funder is not None else EMPTY
+    b = replace(b, void=True, available=add(b.available, returned, -1), out=add(b.out, returned))
+    return led.with_budget(b), returned
+
+
+def _check(v: Plain, key: str, derived: Amounts) -> None:
+    """A recorded amount map must be the one re-derived (an absent one is empty)."""
+    if dict(v.get(key) or {}) != dict(derived):
+        raise InvalidInput(f"{key} must be {dict(derived)}, as re-derived")
+
+
+def _accept(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    """Take an offer made to this chain, once: the signed action is embedded, so every
+    validator checks it without fetching the other chain."""
+    o = offer_of(v.get("offer"), author)
+    if o.hash in led.accepted:
+        raise AlreadyResolved(f"offer {to_text('action', o.hash)} was already accepted")
+    led = replace(led, accepted=led.accepted | {o.hash})
+    ov = o.action["ledger"]
+    kind = ov["kind"]
+    tid = ov.get("target")
+    if kind == "accept" or (kind == "revoke" and tid in led.children):
+        led, parent, returned = _take_return(led, ov, o, tid, dna)
+        if not (parent.void and parent.funder is not None and returned):
+            _check(v, "returned", EMPTY)
+            return Effect(led)
+        # into a budget voided here: it goes on up to whoever funded that one
+        _check(v, "returned", returned)
+        if v.get("target") != parent.id:
+            raise InvalidInput("a return passed on names the voided budget as its target")
+        parent = replace(
+            parent, available=add(parent.available, returned, -1), out=add(parent.out, returned)
+        )
+        return Effect(led.with_budget(parent), parent.funder)
+    if kind == "revoke":
+        return _take_notice(led, v, ov, o, ts, dna)
+    _check(v, "returned", EMPTY)
+    amt = amounts(ov.get("amounts"), dna, f"{kind} amounts")
+    created = o.ts // 1_000_000
+    if kind == "settle":
+        if led.wallet is None:
+            wallet_schema = Schema(("*",), can_fund=True, can_delegate=True)
+            w = Budget(
+                h, "wallet", "wallet", None, None, wallet_schema, amt, amt, created_at=created
+            )
+            return Effect(replace(led.with_budget(w), wallet=h))
+        w = led.budgets[led.wallet]
+        return Effect(
+            led.with_budget(replace(w, funded=add(w.funded, amt), available=add(w.available, amt)))
+        )
+    if kind not in ("mint", "fund", "card"):
+        raise InvalidInput(f"a {kind} is not an offer")
+    if kind == "mint" and o.author not in dna.stewards:
+        raise NotAuthorized("a mint is offered by a steward")
+    if len(led.budgets) >= MAX_BUDGETS:
+        raise InvalidInput(f"a chain holds at most {MAX_BUDGETS} budgets")
+    b = Budget(
+        o.hash,
+        "card" if kind == "card" else "budget",
+        _text(ov.get("name"), "name", MAX_NAME),
+        None if kind == "mint" else _key(ov.get("parent"), "parent"),
+        None if kind == "mint" else o.author,
+        Schema.parse(ov.get("schema"), dna),
+        amt,
+        amt,
+        created_at=created,
+    )
+    return Effect(led.with_budget(b))
+
+
+def _take_notice(led: Ledger, v: Plain, ov: Plain, o: Signed, ts: int, dna: Dna) -> Effect:
+    """A funder's revoke notice: the budget is voided here and what is left goes back."""
+    tid = _key(ov.get("target"), "target")
+    b = led.budgets.get(tid)
+    if b is None:  # never accepted here, and now it never will be: all of it goes back
+        moved = amounts(ov.get("amounts"), dna, "revoked amounts")
+        _check(v, "returned", moved)
+        return Effect(replace(led, accepted=led.accepted | {tid}), o.author)
+    if b.funder != o.author:
+        raise NotAuthorized("a revoke notice comes from whoever funded the budget")
+    if b.void:  # voided by its holder first, who returned what was left then
+        _check(v, "returned", EMPTY)
+        return Effect(led)
+    led, b = expire_holds(led, b, ts)
+    led, returned = _void(led, b)
+    _check(v, "returned", returned)
+    return Effect(led, o.author)
+
+
+def _take_return(
+    led: Ledger, ov: Plain, o: Signed, tid: Any, dna: Dna
+) -> tuple[Ledger, Budget, Amounts]:
+    """A child's holder gives back what was left of it (its own revoke, its acceptance of
+    ours, or a return it passes on): into the parent it came from, never more than it got."""
+    if ov["kind"] == "accept" and ov.get("target") is not None:
+        tid = ov["target"]
+    elif ov["kind"] == "accept":
+        notice = offer_of(ov.get("offer"), o.author).action["ledger"]
+        if notice.get("kind") != "revoke":
+            raise InvalidInput("only a revoke's acceptance returns value")
+        tid = notice.get("target")
+    child = led.children.get(tid) if isinstance(tid, bytes) else None
+    if child is None or child.holder != o.author:
+        raise NotAuthorized("a return comes from the holder of a budget this chain funded")
+    returned = amounts(ov.get("returned") or {}, dna, "returned")
+    total = add(child.returned, returned)
+    k = covers(child.amounts, total)
+    if k is not None:
+        raise BudgetExceeded(total[k], child.amounts.get(k, 0), _id(tid), k, "what it received")
+    p = led.budgets[child.parent]
+    p = replace(p, available=add(p.available, returned), out=add(p.out, returned, -1))
+    children = _put(led.children, tid, replace(child, state="returned", returned=total))
+    return replace(led.with_budget(p), children=children), p, returned
+
+
+def offer_of(v: Any, to: bytes) -> Signed:
+    """The signed offer embedded in an accept (body, sig), made to `to`."""
+    if not isinstance(v, list) or len(v) != 2:
+        raise InvalidInput("an accept embeds an offer as [body, sig]")
+    o = Signed.from_wire(v[0], v[1])
+    if len(o.body) > MAX_ACTION_BYTES // 2:
+        raise InvalidInput("an embedded offer is at most half an action")
+    a = o.action
+    ov = a.get("ledger")
+    if (
+        a.get("type") != "ledger"
+        or not isinstance(ov, dict)
+        or ov.get("to") != to
+        or not isinstance(a.get("author"), bytes)
+        or type(a.get("ts")) is not int
+    ):
+        raise InvalidInput("not a ledger offer made to this agent")
+    if not verify(a["author"], o.sig, o.body):
+        raise NotAuthorized("the offer's signature does not verify")
+    return o
+
+
+_APPLY = {
+    "mint": _mint,
+    "fund": _transfer,
+    "card": _transfer,
+    "hold": _hold,
+    "settle": _settle,
+    "cancel": _cancel,
+    "revoke": _revoke,
+    "accept": _accept,
+}
+
+
+def to_reason(e: BudgetError) -> str:
+    """The validation reason a ledger refusal is reported under."""
+    return "malformed" if isinstance(e, InvalidInput) else "ledger_" + e.code[2:].lower()
+
+
+# -- kept with a chain's checkpoint (node/store.py), so a restart does not replay the chain
+def dump(led: Ledger) -> list[Any]:
+    def m(a: Amounts) -> dict[str, int]:
+        return dict(a)
+
+    return [
+        [
+            [
+                b.id,
+                b.kind,
+                b.name,
+                b.parent,
+                b.funder,
+                b.schema.plain(),
+                m(b.funded),
+                m(b.available),
+                m(b.pending),
+                m(b.spent),
+                m(b.out),
+                b.void,
+                b.created_at,
+            ]
+            for b in led.budgets.values()
+        ],
+        [
+            [k, c.holder, c.parent, c.kind, m(c.amounts), c.state, m(c.returned)]
+            for k, c in led.children.items()
+        ],
+        [
+            [
+                h.id,
+                h.task_id,
+                h.budget,
+                m(h.amounts),
+                h.expires_us,
+                h.state,
+                m(h.settled),
+                h.payee,
+                h.credit,
+            ]
+            for h in led.holds.values()
+        ],
+        sorted(led.accepted),
+        led.wallet,
+        led.window,
+        led.actions,
+        m(led.minted),
+        None if led.call is None else [led.call[0], led.call[1], m(led.call[2])],
+    ]
+
+
+def load(v: list[Any]) -> Ledger:
+    """The inverse of `dump`, for what this node itself stored (checked when it was written)."""
+    P = MappingProxyType
+
+    def schema(d: Plain) -> Schema:
+        return Schema(
+            tuple(d["ops"]),
+            P(d["max_per_call"]),
+            P(d["min_reserve"]),
+            d["can_fund"],
+            d["can_delegate"],
+            d["expires_at"],
+            P(d["funding_target"]),
+        )
+
+    budgets = {
+        r[0]: Budget(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            schema(r[5]),
+            P(r[6]),
+            P(r[7]),
+            P(r[8]),
+            P(r[9]),
+            P(r[10]),
+            r[11],
+            r[12],
+        )
+        for r in v[0]
+    }
+    children = {r[0]: Child(r[1], r[2], r[3], P(r[4]), r[5], P(r[6])) for r in v[1]}
+    holds = {r[1]: Hold(r[0], r[1], r[2], P(r[3]), r[4], r[5], P(r[6]), r[7], r[8]) for r in v[2]}
+    call = None if v[8] is None else (v[8][0], v[8][1], P(v[8][2]))
+    return Ledger(
+        P(budgets), P(children), P(holds), frozenset(v[3]), v[4], v[5], v[6], P(v[7]), call
+    )

@@ -1,0 +1,79 @@
+"""Handing ledger offers (core/ledger.py: a mint, fund, card, settle, revoke or return made to
+an agent) to the node that hosts their recipient, whose chain accepts them.
+
+An offer is already safe on its author's chain; this only carries it over. One that cannot be
+handed over now (no known host, no answer) waits here and is tried again each interval, a
+bounded number of times, while the peer exchange learns where agents live. The recipient's
+node also takes an offer it stores as data (Acceptor._stored), and any it finds in its own
+store when it starts (LocalNode._take_recovered_offers).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..core.action import Signed
+from ..core.errors import BudgetError
+
+MAX_WAITING = 4096
+ATTEMPTS = 300  # one an interval: five minutes at the default second
+
+
+class OfferCourier:
+    def __init__(
+        self,
+        *,
+        host_of: Callable[[bytes], bytes | None],
+        request: Callable[..., Awaitable[Any]],
+        metrics: Counter,
+        interval: float,
+    ) -> None:
+        self.host_of = host_of
+        self.request = request
+        self.metrics = metrics
+        self.interval = interval
+        self.waiting: dict[bytes, tuple[bytes, Signed, int]] = {}
+        self._kick = trio.Event()
+
+    async def send(self, to: bytes, s: Signed) -> bool:
+        """Hand `s` to `to`'s node now if it can be reached; else keep it for `run`. True once
+        the recipient's node has it (taken now or before)."""
+        if await self._try(to, s):
+            return True
+        if len(self.waiting) >= MAX_WAITING:
+            self.metrics["offers_dropped"] += 1
+            return False
+        self.waiting.setdefault(s.hash, (to, s, 0))
+        self._kick.set()
+        return False
+
+    async def _try(self, to: bytes, s: Signed) -> bool:
+        host = self.host_of(to)
+        if host is None:
+            return False
+        try:
+            await self.request(host, "offer", offer=[s.body, s.sig])
+        except BudgetError:
+            self.metrics["offers_undelivered"] += 1
+            return False
+        self.metrics["offers_delivered"] += 1
+        return True
+
+    async def run(self) -> None:
+        while True:
+            if not self.waiting:
+                await self._kick.wait()  # nothing waits: nothing to wake for
+            self._kick = trio.Event()
+            await trio.sleep(self.interval)
+            for h, (to, s, tries) in list(self.waiting.items())[:64]:
+                if await self._try(to, s):
+                    self.waiting.pop(h, None)
+                elif tries + 1 >= ATTEMPTS:
+                    self.waiting.pop(h, None)
+                    self.metrics["offers_dropped"] += 1
+                else:
+                    self.waiting[h] = (to, s, tries + 1)
