@@ -80,6 +80,7 @@ class Budgets:
         it was taken before."""
         if o.hash in cell.ledger.accepted:
             return False
+        await self.node.check_offer(o)  # valid on its author's chain, not just signed
 
         def body(cs, ts):
             v: dict[str, Any] = {"kind": "accept", "offer": [o.body, o.sig]}
@@ -182,8 +183,10 @@ class Budgets:
                 raise UnknownFunction(f"no function {zome}.{fn} to refine with")
             calls.append((f"{zome}.{fn}", zf, zf.check(payload, node.dna)))
         for t in targets:
-            if node.store.record(t) is None:
-                raise UnknownTarget(f"no record {to_text('action', t)} to build on")
+            try:
+                node.get_record(to_text("action", t))  # a network node also looks at its ops
+            except NotFound:
+                raise UnknownTarget(f"no record {to_text('action', t)} to build on") from None
         if budgets is None:
             outputs, spent = await self._run(cell, calls, None)
             return RefineResult(outputs, "ambient", shown(spent))
@@ -325,67 +328,42 @@ class Budgets:
         return found[0]
 
     def _step(self, s: Signed) -> tuple[dict, bytes | None]:
-        """One lineage step of `s` and the action its value came from (None: a mint)."""
+        """One lineage step of `s` and the action its value came from (None: a mint). A
+        wallet's value is traced through the first credit it took."""
         a = s.action
-        base = {"hash": to_text("action", s.hash), "signer": to_text("agent", a["author"])}
         rec = a.get("budget") or {}
-        if a.get("type") in ("create", "charge"):
+        v = a.get("ledger") or {}
+        kind = "refine" if a.get("type") in ("create", "charge") else v.get("kind")
+        if kind == "refine":
             bid = rec.get("pay")
             if bid is None:
                 raise NotFound("this record was paid by its author's allowance, not a budget")
             op = self.node.app.op_name(rec["op"])
-            return {
-                **base,
-                "kind": "refine",
-                "budget": _bid(bid),
-                "amounts": shown({"ru": rec["cost"]}),
-                "rule": f"ops allows {op}",
-            }, bid
-        v = a.get("ledger") or {}
-        kind = v.get("kind")
-        if kind == "mint":
-            return {
-                **base,
-                "kind": "mint",
-                "budget": _bid(s.hash),
-                "amounts": shown(v["amounts"]),
-                "rule": "a steward mints within the DNA's mint_limit",
-            }, None
-        if kind in ("fund", "card"):
-            rule = "can_fund" if kind == "fund" else "can_delegate"
-            return {
-                **base,
-                "kind": kind,
-                "budget": _bid(v["parent"]),
-                "amounts": shown(v["amounts"]),
-                "rule": f"the parent's {rule}",
-            }, v["parent"]
-        if kind == "settle":
-            return {
-                **base,
-                "kind": "settle",
-                "budget": _bid(v["budget"]),
-                "amounts": shown(v["amounts"]),
-                "rule": f"hold {v['task_id']}",
-            }, v["budget"]
-        if kind == "hold":
-            return {
-                **base,
-                "kind": "hold",
-                "budget": _bid(v["budget"]),
-                "amounts": shown(v["amounts"]),
-                "rule": "a pending hold",
-            }, v["budget"]
-        if kind == "accept":
+            paid, amounts, rule = bid, {"ru": rec["cost"]}, f"ops allows {op}"
+            origin: bytes | None = bid
+        elif kind == "mint":
+            paid, amounts, rule = s.hash, v["amounts"], "a steward mints within mint_limit"
+            origin = None
+        elif kind in ("fund", "card"):
+            rule = "the parent's " + ("can_fund" if kind == "fund" else "can_delegate")
+            paid, amounts, origin = v["parent"], v["amounts"], v["parent"]
+        elif kind in ("settle", "hold"):
+            rule = f"hold {v['task_id']}"
+            paid, amounts, origin = v["budget"], v["amounts"], v["budget"]
+        elif kind == "accept":
             o = Signed.from_wire(v["offer"][0], v["offer"][1])
-            return {
-                **base,
-                "kind": "accept",
-                "budget": _bid(o.hash),
-                "amounts": {},
-                "rule": "an offer made to this agent",
-            }, o.hash
-        raise NotFound(f"a {kind} moves no value to trace")
+            paid, amounts, rule, origin = o.hash, {}, "an offer made to this agent", o.hash
+        else:
+            raise NotFound(f"a {kind} moves no value to trace")
+        step = {
+            "kind": kind,
+            "hash": to_text("action", s.hash),
+            "budget": _bid(paid),
+            "signer": to_text("agent", a["author"]),
+            "amounts": shown(amounts),
+            "rule": rule,
+        }
+        return step, origin
 
 
 def _view(holder: bytes, led: L.Ledger, b: L.Budget, now_us: int) -> BudgetView:

@@ -60,5 +60,8 @@ class ZomeContext:
     async def allocate(self, grantee: bytes, amount_mru: int):
         return await self._node.allocate(self._cell, grantee, amount_mru)
 
+    async def get_budget(self, budget: bytes):
+        return await self._node.get_budget(to_text("budget", budget))
+
     async def invite(self, note: str) -> str:
         return await self._node.invite(self._cell, note)

@@ -35,6 +35,7 @@ from .core.errors import (
     StoreCorrupted,
     StoreUnusable,
     UnknownAgent,
+    UnknownBudget,
     UnknownFunction,
     WrongNetwork,
 )
@@ -444,6 +445,14 @@ class LocalNode:
         """A budget's view (node/agent_api.py BudgetView), as this node derives it from the
         holder's signed chain."""
         return self.budgets.view(from_text("budget", budget_id))
+
+    async def check_offer(self, o) -> None:
+        """Refuse to accept an offer unless it is an action of a chain this node holds, checked
+        (value from an invalid action, say a Sybil funding from nothing, is never taken)."""
+        if self.store.record(o.hash) is None:
+            raise UnknownBudget(
+                f"the offer {to_text('action', o.hash)} is not on any chain this node holds"
+            )
 
     def ledgers(self):
         """(agent, ledger) of every chain whose budgets this node knows: its own agents'."""

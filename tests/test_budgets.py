@@ -515,3 +515,142 @@ async def test_the_same_surface_over_the_app_socket():
                 steps = await op.lineage(r.outputs[0])
                 assert [s["kind"] for s in steps] == ["refine", "card", "mint"]
             n.cancel_scope.cancel()
+
+
+async def test_an_offer_delivered_twice_is_taken_once():
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        offer = node.store.record(from_text("budget", card))[0]
+        before = bob._cell.state
+        assert await node.budgets.take_offer(bob._cell, offer) is False  # taken already
+        assert bob._cell.state == before
+        with pytest.raises(InvalidInput):  # an offer made to someone else
+            await node.budgets.take_offer(carol._cell, offer)
+        assert carol._cell.ledger.budgets == {}
+
+
+async def test_a_hold_settled_twice_is_an_invalid_chain():
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        await bob.commit_spend(child, {"ru": 20}, task_id="t1")
+        await bob.settle_spend("t1", {"ru": 5}, payee=carol.agent_id)
+        chain, entries = _chain(node, bob)
+        validate_chain(chain, node.dna, node.app, entries)
+        key = bob._cell.key
+
+        def again(a):  # the same settle once more: a second payout from one hold
+            pass
+
+        with pytest.raises(InvalidChain) as e:
+            validate_chain(chain + [_next(chain, again, key)], node.dna, node.app, entries)
+        assert e.value.reason == "ledger_already_resolved"
+
+
+async def test_value_from_an_offer_no_valid_chain_holds_is_never_taken():
+    """A Sybil's 'fund' from a budget it never had is signed and well formed; only the
+    offer's own chain shows it is invalid, so a holder's accept waits for that chain and is
+    refused when it is warranted, and the node never writes the accept at all."""
+    from node.core.validate import validate_next
+
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        sybil = carol._cell
+        forged = Signed.sign(
+            {
+                "type": "ledger",
+                "author": sybil.key.public,
+                "seq": sybil.state.seq + 1,
+                "prev": sybil.state.hash,
+                "ts": sybil.state.ts + 1,
+                "ledger": {
+                    "kind": "fund",
+                    "parent": bytes(32),
+                    "to": bob._cell.key.public,
+                    "name": "free",
+                    "amounts": {"ru": 10**6},
+                    "schema": {},
+                },
+                "budget": {
+                    "op": "ledger",
+                    "cost": 0,
+                    "ws": sybil.state.budget.window_start_us,
+                    "rem": sybil.state.budget.remaining_mru,
+                },
+            },
+            sybil.key,
+        )
+        seq = bob._cell.state.seq
+        with pytest.raises(UnknownBudget):  # on no chain this node holds: never accepted
+            await node.budgets.take_offer(bob._cell, forged)
+        assert bob._cell.state.seq == seq
+        # a modified node writes the accept anyway: validators holding other chains refuse it
+        chain, entries = _chain(node, bob)
+        key = bob._cell.key
+
+        def take(a):
+            a.clear()
+            a.update(
+                type="ledger",
+                author=key.public,
+                seq=chain[-1].seq + 1,
+                prev=chain[-1].hash,
+                ts=chain[-1].ts + 1,
+                ledger={"kind": "accept", "offer": [forged.body, forged.sig]},
+                budget={
+                    "op": "ledger",
+                    "cost": 0,
+                    **{k: chain[-1].action["budget"][k] for k in ("ws", "rem")},
+                },
+            )
+
+        accept = _next(chain, take, key)
+        cs = validate_chain(chain, node.dna, node.app, entries)
+        for known, reason in ((None, "offer_unverified"), (False, "offer_invalid")):
+            with pytest.raises(InvalidChain) as e:
+                validate_next(cs, accept, node.dna, node.app, offers=lambda o, k=known: k)
+            assert e.value.reason == reason
+        real = node.store.record(from_text("budget", card))[0]  # an offer on a chain held
+        assert real.hash in bob._cell.ledger.accepted
+
+
+async def test_stages_and_the_ledger_action_limit_of_the_dna():
+    dna = {"max_ledger_actions_per_window": 6}
+    async with LocalNode.open(clock=Clock(), dna=dna) as node:
+        st = node.steward
+        alice = await node.new_agent()
+        plan = await st.mint_budget(
+            {}, holder=alice.agent_id, name="idea", schema={"funding_target": {"ru": 100}}
+        )
+        part = await st.mint_budget(
+            {"ru": 40}, holder=alice.agent_id, schema={"funding_target": {"ru": 100}}
+        )
+        full = await st.mint_budget(
+            {"ru": 100}, holder=alice.agent_id, schema={"funding_target": {"ru": 100}}
+        )
+        assert [(await alice.get_budget(b)).stage for b in (plan, part, full)] == [
+            "planning",
+            "partial",
+            "funded",
+        ]
+        # the steward wrote 3 mints; alice 3 accepts: a 4th mint is the steward's 4th of 6,
+        # alice's 4th accept; then both run out
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        seq = node.cells[node.dna.stewards[0]].state.seq
+        with pytest.raises(BudgetExceeded, match="max_ledger_actions_per_window"):
+            await st.mint_budget({"ru": 1}, holder=alice.agent_id)
+        assert node.cells[node.dna.stewards[0]].state.seq == seq
+
+
+def test_a_network_made_before_budgets_keeps_its_identity_and_mints_nothing():
+    from node.core.dna import Dna
+    from zomes import APP
+
+    new = Dna.for_app(APP)
+    assert Dna.from_dict(new.to_dict()).hash == new.hash
+    stored = new.to_dict()
+    del stored["resources"], stored["max_ledger_actions_per_window"]
+    old = Dna.from_dict(stored)
+    assert old.to_dict() == stored  # the same hash: the same network as before
+    assert old.before_budgets and old.resources == {"ru": {"mint_limit": 0}}

@@ -368,7 +368,7 @@ async def test_malformed_requests_cost_their_sender_and_back_it_off(clock, autoj
 
 async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(clock, autojump_clock):
     """What this node builds and what it parses are one set of shapes: every request and reply a
-    working cluster exchanges (joins, publishing, gossip, warrants, grants) parses."""
+    working cluster exchanges (joins, publishing, gossip, warrants, grants, offers) parses."""
     async with LocalCluster.open(n=3, clock=lambda: clock[0], transport="memory", rogue=(2,)) as c:
         seen, news = set(), [trio.Event()]
         for n in c.nodes:
@@ -400,6 +400,8 @@ async def test_every_message_a_cluster_sends_parses_with_the_typed_protocol(cloc
         await fetch_dna(c.network.transport, c.nodes[1].transport.listen_addrs()[0])
         s = c.nodes[1].store.chain(from_text("agent", agents[1].agent_id))[-1]
         await c.nodes[0]._request(c.nodes[1].id, "record", hash=s.hash)
+        # an offer: a budget minted on node 0 for node 1's agent
+        await c.nodes[0].steward.mint_budget({"ru": 10}, holder=agents[1].agent_id)
         await c.nodes[0]._request(
             c.nodes[1].id, "chain", author=s.author, **{"from": 0}, limit=P.MAX_OPS_PER_MESSAGE
         )

@@ -32,6 +32,7 @@ def test_plug_gives_the_seams_for_each_mode_and_refuses_unknown_ones():
         "fork",
         "byzantine",
         "backdate",
+        "overspend_budget",
         "sybil",
     }
 

@@ -68,6 +68,9 @@ class Dna:
     # mint of it in one of its windows
     resources: dict[str, dict[str, int]] = field(default_factory=_default_resources)
     max_ledger_actions_per_window: int = 256  # mint, fund, card, accept, revoke, hold, ...
+    # a network made before budgets, whose DNA names neither rule above: its hash (so its
+    # identity) stays what it was, and nothing may be minted on it (mint_limit 0)
+    before_budgets: bool = False
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -151,11 +154,12 @@ class Dna:
             "max_future_us": self.max_future_us,
             "integrity": self.integrity,
             "membrane": self.membrane,
-            "resources": {k: dict(v) for k, v in sorted(self.resources.items())},
-            "max_ledger_actions_per_window": self.max_ledger_actions_per_window,
         }
         if self.max_grants_per_window is not None:
             d["max_grants_per_window"] = self.max_grants_per_window
+        if not self.before_budgets:
+            d["resources"] = {k: dict(v) for k, v in sorted(self.resources.items())}
+            d["max_ledger_actions_per_window"] = self.max_ledger_actions_per_window
         return d
 
     @classmethod
@@ -176,8 +180,14 @@ class Dna:
             integrity=d["integrity"],
             membrane=d["membrane"],
             max_grants_per_window=d.get("max_grants_per_window"),
-            resources={k: dict(v) for k, v in d["resources"].items()},
-            max_ledger_actions_per_window=d["max_ledger_actions_per_window"],
+            **(
+                {
+                    "resources": {k: dict(v) for k, v in d["resources"].items()},
+                    "max_ledger_actions_per_window": d["max_ledger_actions_per_window"],
+                }
+                if "resources" in d
+                else {"resources": {"ru": {"mint_limit": 0}}, "before_budgets": True}
+            ),
         )
 
     def encoded(self) -> bytes:

@@ -6,6 +6,7 @@ run the same steps on every op they receive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from . import budget, ledger
@@ -99,9 +100,13 @@ def validate_next(
     verify_sig: bool = True,
     now_us: int | None = None,
     ledger_errors: bool = False,
+    offers: Callable[[Signed], bool | None] | None = None,
 ) -> ChainState:
     """`ledger_errors`: a ledger rule's refusal is raised as its BudgetError (the author's
-    pre-flight), not as InvalidChain."""
+    pre-flight), not as InvalidChain. `offers`: whether an offer an `accept` embeds is valid on
+    its author's chain (None: not known yet), for a validator that holds other chains; without
+    it that check is left to those that do (the offer's own signature and rules are checked
+    here)."""
     a = s.action
     seq, author, ts, typ = _header(a, cs.seq + 1)
     if author != cs.author:
@@ -192,6 +197,14 @@ def validate_next(
     if led is not None and (paid or typ == "ledger" or led.call is not None):
         try:
             led = _ledger_step(led, a, rec, typ, paid, expected_cost, s.hash, new_budget, dna, app)
+            if offers is not None and typ == "ledger" and a["ledger"].get("kind") == "accept":
+                known = offers(ledger.offer_of(a["ledger"]["offer"], author))
+                if known is None:
+                    raise InvalidChain("offer_unverified", seq, "the offer's chain is not held yet")
+                if not known:
+                    raise InvalidChain("offer_invalid", seq, "the offer is not valid on its chain")
+        except InvalidChain:
+            raise
         except BudgetError as e:
             if ledger_errors:
                 raise

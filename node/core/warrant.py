@@ -18,13 +18,17 @@ from .errors import BudgetError, MalformedInput
 from .errors import Warranted as Warranted  # re-exported: its old import path
 
 # Reasons that say "not yet", never "invalid": such an action waits, it is not warranted.
-RETRYABLE = frozenset({"future_timestamp"})
+# an accept whose offer's chain is not held yet waits (core/ledger.py); it is checked again
+RETRYABLE = frozenset({"future_timestamp", "offer_unverified"})
 # Reasons that blame whoever handed the action over, not its author: a signature that does not
 # verify, entry bytes that do not hash to what the author signed, an entry left out.
 MESSENGER_FAULTS = frozenset({"bad_signature", "entry_hash_mismatch", "entry_missing"})
 # Refused without a warrant: an uninvited genesis starts no chain, so nothing of its author is
 # held, and a warrant per throwaway identity would let a Sybil flood fill the warrant book.
-REFUSED_ONLY = frozenset({"not_invited"})
+# An accept of an offer its author's chain does not validly hold is refused too: proving it
+# takes that other chain, which a warrant's evidence does not carry (the offer's author is
+# warranted for it by its own authorities).
+REFUSED_ONLY = frozenset({"not_invited", "offer_invalid"})
 
 
 def proves(reason: str) -> bool:

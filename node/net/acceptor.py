@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from ..core import dht, warrant
+from ..core import dht, ledger, warrant
 from ..core.action import Signed, grant_hash
 from ..core.app import App
 from ..core.crypto import SigningKey, verify
@@ -204,11 +204,19 @@ class Acceptor:
                 new = validate_genesis(s, self.dna)
             else:
                 new = validate_next(
-                    cs, s, self.dna, self.app, entry if is_create else None, now_us=self.now_us()
+                    cs,
+                    s,
+                    self.dna,
+                    self.app,
+                    entry if is_create else None,
+                    now_us=self.now_us(),
+                    offers=self.offer_status,
                 )
         except InvalidChain as e:
             if cs is None and e.reason in REFUSED_ONLY:
                 self._admit(s, False)
+            if e.reason == "offer_unverified":
+                self._fetch_offer_chain(s, peer)
             prev = self.dht.action_at(author, seq - 1) if seq > 0 else None
             return await self._refuse(e, s, entry, peer, fetch, prev=prev)
         twin = self.dht.twin_of(s)
@@ -503,6 +511,27 @@ class Acceptor:
             await cell.claim(content["grant"], content["sig"])
         except BudgetError:
             self.metrics["grant_claims_failed"] += 1
+
+    def offer_status(self, o: Signed) -> bool | None:
+        """Whether the offer `o` is an action of a chain this node holds and validated (True),
+        of a chain warranted at or before it (False), or not known here yet (None)."""
+        if self.dht.store.record(o.hash) is not None:
+            return True  # the actions table holds own and validated chains only
+        w = self.warranted.get(o.author)
+        if w is not None and w.body["seq"] <= o.seq:
+            return False
+        return None
+
+    def _fetch_offer_chain(self, s: Signed, peer: bytes | None) -> None:
+        """An accept waits for its offer's chain: fetch it, from the offer's author's node or
+        the one that sent the accept."""
+        try:
+            o = ledger.offer_of(s.action["ledger"]["offer"], s.author)
+        except BudgetError:
+            return
+        host = self.peer_table.agent_hosts.get(o.author) or peer
+        if host is not None and host != self.id:
+            self.spawn_fetch(o.author, host, o.seq)
 
     async def _take_offer(self, cell: Any, s: Signed) -> None:
         """An offer to a local agent that reached this node as data (node/budgets.py)."""

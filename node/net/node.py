@@ -38,6 +38,7 @@ from ..core.errors import (
     InvalidChain,
     InviteUsed,
     NotAuthorized,
+    NotFound,
     PeerUnreachable,
     StoreBusy,
     UnknownAgent,
@@ -524,6 +525,46 @@ class NetNode(LocalNode):
             record_dict(Signed.from_store(b, s), e, self.app)
             for b, s, e in self.dht.records(pub, 0, max(1, min(limit, 100_000)))
         ]
+
+    async def check_offer(self, o: Signed) -> None:
+        """`LocalNode.check_offer`, fetching the offer's chain (from its author's node, then its
+        authorities) if this node does not hold it up to the offer yet."""
+        if self.acceptor.offer_status(o) is None:
+            host = self.agent_hosts.get(o.author)
+            peers = [host] if host is not None else []
+            peers += dht.nearest(o.author, list(self.peers), self.r)
+            for peer in peers[: 1 + self.r]:
+                if peer == self.id:
+                    continue
+                await self.acceptor.fetch_chain(o.author, peer, o.seq)
+                if self.acceptor.offer_status(o) is not None:
+                    break
+        status = self.acceptor.offer_status(o)
+        if status is False:
+            raise NotAuthorized(
+                f"the offer {to_text('action', o.hash)} comes from a chain warranted at or "
+                f"before it"
+            )
+        if status is None:
+            await super().check_offer(o)
+
+    async def get_budget(self, budget_id: str):
+        """A budget, as this node re-derives it from its holder's signed chain: found through
+        the offer that made it (its id is that action's hash: fetched from the network if not
+        held here), then the holder's chain, caught up from its authorities."""
+        bid = from_text("budget", budget_id)
+        try:
+            if self._record(bid) is None:
+                await self.fetch_record(to_text("action", bid))
+            found = self._record(bid)
+            v = found[0].action.get("ledger") if found is not None else None
+            holder = v.get("to") if isinstance(v, dict) else None
+            if isinstance(holder, bytes) and len(holder) == 32:
+                await self.ensure_agent(holder)
+                await self.refresh_agent(holder)
+        except (NotFound, UnknownAgent):
+            pass  # then no node reached knows it: E_UNKNOWN_BUDGET below
+        return await super().get_budget(budget_id)
 
     async def fetch_record(self, action_hash: str) -> dict:
         """A record by hash: from this node, or from the authorities of that hash."""

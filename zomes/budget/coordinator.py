@@ -114,7 +114,8 @@ async def refine(
 
 @zome_fn("budget", writes=False)
 async def get_budget(ctx, budget: BudgetId):
-    return ctx.budgets.view(budget)
+    """As the holder's chain has it (a network node finds and catches up that chain)."""
+    return await ctx.get_budget(budget)
 
 
 @zome_fn("budget", writes=False)
