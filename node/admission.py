@@ -25,6 +25,7 @@ from .context import ZomeContext
 from .core.budget import US
 from .core.errors import (
     BudgetError,
+    Busy,
     InsufficientRU,
     BudgetExceeded,
     InvalidInput,
@@ -36,6 +37,7 @@ from .core.money import MRU_PER_RU
 from .deferral import DeferralQueue, Entry
 
 MAX_LISTENERS = 1024  # in-process subscribers and app servers, together
+MAX_OP = 128  # characters of an operation's name an event keeps
 MAX_TIMER_SLEEP_S = 60.0  # the timer looks at the queue at least this often while it holds work
 
 
@@ -114,11 +116,9 @@ def _fields(payload, allowed: set[str]) -> dict:
 
 
 class Admissions:
-    def __init__(self, node, *, max_deferred_per_agent: int | None = None):
+    def __init__(self, node):
         self.node = node
-        self.queue = DeferralQueue(
-            node.store, *(() if max_deferred_per_agent is None else (max_deferred_per_agent,))
-        )
+        self.queue = DeferralQueue(node.store)  # `up --max-deferred-per-agent` sets its bound
         self.audit = AuditLog(node.store)
         self.refused: Counter = Counter()  # (code, op) -> refusals
         self.spent: Counter = Counter()  # op -> milli-RU the node's agents spent on it
@@ -144,7 +144,7 @@ class Admissions:
     def listen(self, fn: Callable[[dict], None]) -> Callable[[], None]:
         """`fn(event)` for every admission event from now on; returns how to stop."""
         if len(self._listeners) >= MAX_LISTENERS:
-            raise BudgetError(f"at most {MAX_LISTENERS} listeners")
+            raise Busy(f"at most {MAX_LISTENERS} subscribers to a node's admission events")
         self._listeners.append(fn)
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
@@ -162,10 +162,10 @@ class Admissions:
     async def call(self, cell, zome, fn, payload):
         await self.run_due()
         if zome == NODE_ZOME:
-            builtin = self.functions.get(fn) if isinstance(fn, str) else None
-            if builtin is None:
-                raise UnknownFunction(f"no function {zome}.{fn}")
             try:
+                builtin = self.functions.get(fn) if isinstance(fn, str) else None
+                if builtin is None:
+                    raise UnknownFunction(f"no function {zome}.{fn}"[:MAX_OP])
                 return await builtin(cell, payload)
             except BudgetError as e:
                 await self._refusal(cell, _op(zome, fn, payload), e)
@@ -199,6 +199,7 @@ class Admissions:
         return op if known else "other"
 
     async def _refusal(self, cell, op: str, e: BudgetError) -> None:
+        op = op[:MAX_OP]  # a caller names what it likes: the log keeps a bounded name
         self.refused[(e.code, self._label(op))] += 1
         await self._emit({"type": "refusal", **self._context(cell, op, e)})
 

@@ -95,3 +95,14 @@ async def test_the_grafana_dashboard_queries_only_exported_metrics(clock):
         "budgetnode_admission_refusals_total",
         "budgetnode_audit_log_events",
     } <= queried
+
+
+async def test_a_long_made_up_name_is_kept_short_in_the_log(clock):
+    async with LocalNode.open(clock=lambda: clock[0]) as node:
+        alice = await node.new_agent()
+        with pytest.raises(UnknownFunction):
+            await alice.call("z" * 100_000, "f", {})
+        with pytest.raises(UnknownFunction):
+            await alice.call("admission", "y" * 100_000, {})
+        ops = [e["op"] for e in node.admissions.audit.read()]
+        assert len(ops) == 2 and all(len(op) <= 128 for op in ops)
