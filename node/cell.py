@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .core import budget, ledger
+from .core import admission, budget, ledger
 from .core.action import Signed, entry_bytes, grant_hash
 from .core.budget import InsufficientRU
 from .core.app import App
@@ -112,15 +112,42 @@ class Cell:
         self._catch_up()
         return budget.status(self.state.budget, max(self.now_us(), self.state.ts), self.dna)
 
-    # -- the three kinds of budgeted append
-    async def create_entry(self, entry_type: str, content: dict) -> bytes:
+    # -- admission's checks of this chain (node/admission.py orders them; the writes and the
+    # dry run, `check`, share them)
+    def check_writable(self) -> None:
+        """A warranted agent's writes are refused everywhere: E_WARRANTED."""
+        if self.warrant is not None:
+            raise Warranted(
+                f"{self.agent_id} is warranted by the network "
+                f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
+                f"its writes are refused everywhere"
+            )
+
+    def entry_cost(self, entry_type: str, content: dict) -> int:
+        """The op's cost of creating this entry, once its content is valid (E_INVALID_INPUT)."""
         edef = self.app.entry_def(entry_type)
         if edef is None:  # a coordinator asked for a type its app does not define
             raise InvalidInput(f"the app defines no entry type {entry_type!r}")
         edef.validate(content)  # bad input is refused before the budget is even looked at
+        return self.dna.cost(edef.op)
+
+    def preflight(self, cost_mru: int = 0, grant_mru: int | None = None) -> None:
+        """What a write now would meet, written nowhere: E_WARRANTED, else the budget's
+        refusal (InsufficientRU for `cost_mru`, BudgetExceeded for a claim of `grant_mru`)."""
+        self._catch_up()
+        self.check_writable()
+        if grant_mru is not None:
+            admission.claim_at(self.state, grant_mru, self.now_us(), self.dna)
+        else:
+            admission.charge_at(self.state, cost_mru, self.now_us(), self.dna)
+
+    # -- the three kinds of budgeted append
+    async def create_entry(self, entry_type: str, content: dict) -> bytes:
+        cost = self.entry_cost(entry_type, content)
+        edef = self.app.entry_def(entry_type)
+        assert edef is not None  # entry_cost found it
         body = entry_bytes(entry_type, content)
         eh = blake2b_256(body)
-        cost = self.dna.cost(edef.op)
 
         def build(ts, start):
             return (
@@ -160,7 +187,12 @@ class Cell:
         def build(ts, start):
             if gh in self.state.claimed:
                 raise GrantAlreadyClaimed(f"grant {to_text('grant', gh)} was already claimed")
-            b, granted = budget.claim(start, grant["amount"], self.dna)
+            amount = grant["amount"]
+            if isinstance(amount, int) and not isinstance(amount, bool):
+                # a claim that adds nothing, or one past max_grants_per_window, is refused
+                claims = admission.claims_in(self.state, start)
+                budget.admit_grant(start, claims, amount, ts, self.dna)
+            b, granted = budget.claim(start, amount, self.dna)
             result["granted"] = granted
             return (
                 {
@@ -309,14 +341,6 @@ class Cell:
             if self._writing == 0:
                 store.writers -= 1
 
-    def _check_warrant(self) -> None:
-        if self.warrant is not None:
-            raise Warranted(
-                f"{self.agent_id} is warranted by the network "
-                f"({self.warrant.reason} at seq {self.warrant.body['seq']}); "
-                f"its writes are refused everywhere"
-            )
-
     async def _signed(self, cs: ChainState, build, catch_up: bool):
         """(the signed action `build` makes on `cs`, its entry and index, the state after it),
         or None when `catch_up` found the head moved (the caller re-reads and tries again)."""
@@ -348,7 +372,7 @@ class Cell:
         return s, entry, index, self._next_state(cs, s)
 
     async def _append_locked(self, build, store: Store, out: list[Signed] | None) -> bytes:
-        self._check_warrant()
+        self.check_writable()
         for _ in range(CAS_RETRIES):
             cs = self.state
             made = await self._signed(cs, build, True)
@@ -370,7 +394,7 @@ class Cell:
 
     async def _stage(self, build, out: list[Signed] | None) -> bytes:
         """An append inside `batch`: signed and self-validated now, stored when it ends."""
-        self._check_warrant()
+        self.check_writable()
         cs = self._staged_state or self.state
         made = await self._signed(cs, build, False)
         assert made is not None

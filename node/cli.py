@@ -241,15 +241,61 @@ async def _call(args):
         payload = json.loads(args.payload)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"the payload is not JSON: {e}") from None
+    if args.defer and args.check:
+        raise InvalidInput("give --defer or --check, not both")
     if _remote(args):
         from .app.client import connect
 
         async with connect(args.url, token=_token(args), agent=args.agent) as agent:
-            _emit(await agent.call(args.zome, args.fn, payload), args.json)
+            await _call_as(agent, args, payload)
         return
     async with _open(args) as node:
-        agent = await node.agent(args.agent)
-        _emit(await agent.call(args.zome, args.fn, payload), args.json)
+        await _call_as(await node.agent(args.agent), args, payload)
+
+
+async def _call_as(agent, args, payload) -> None:
+    """`--check`: the dry run's Admission, and the refusal it foresees as the exit status;
+    `--defer`: a write refused only for lack of RU is queued (a Deferred is printed)."""
+    if not args.check:
+        _emit(await agent.call(args.zome, args.fn, payload, defer=args.defer), args.json)
+        return
+    adm = await agent.check(args.zome, args.fn, payload)
+    _emit(adm, True)
+    if not adm.ok:
+        e = BudgetError(adm.message)
+        e.code = adm.code
+        raise e
+
+
+def _read_audit(args) -> list[dict]:
+    from .audit import AuditLog
+    from .store import Store
+
+    if not os.path.exists(store_path(args.path)):
+        raise NotFound(f"no node store at {args.path!r}")
+    store = Store(store_path(args.path), args.durability)
+    try:
+        return AuditLog(store).read(args.agent, args.since)
+    finally:
+        store.close()
+
+
+async def _audit(args):
+    """The node's audit log: refusals, deferrals and their outcomes, low-budget alerts."""
+    if _remote(args):
+        from .app.client import NodeClient
+
+        async with NodeClient.connect(args.url, token=_token(args)) as node:
+            events = await node.audit(args.agent, args.since)
+    else:
+        events = _read_audit(args)
+    if args.json:
+        _emit(events, True)
+        return
+    for ev in events:
+        what = ev.get("code") or ev.get("hash") or ("cancelled" if ev.get("cancelled") else "")
+        need = f" need {ev['need']:.2f} have {ev['have']:.2f}" if "need" in ev else ""
+        print(f"{ev['at']} {ev['type']:<13} {ev.get('agent_id')} {ev.get('op', '')} {what}{need}")
 
 
 async def _up(args):
@@ -379,6 +425,13 @@ def _parser(argv) -> argparse.ArgumentParser:
         help="each node hosts at most N agents (its steward counts); past it E_NOT_AUTHORIZED",
     )
     u.add_argument(
+        "--max-deferred-per-agent",
+        type=_positive,
+        metavar="N",
+        help="each agent may queue N writes with defer=True (default 16; a node 1,024); "
+        "past it E_DEFER_QUEUE_FULL",
+    )
+    u.add_argument(
         "--metrics-per-agent",
         action="store_true",
         help="/metrics also lists each agent's budget by agent id (default: aggregates only; "
@@ -437,8 +490,35 @@ def _parser(argv) -> argparse.ArgumentParser:
     c.add_argument(
         "payload", nargs="?", default="{}", help="JSON object of the SDK's parameter names"
     )
+    c.add_argument(
+        "--defer",
+        action="store_true",
+        help="a write refused only for lack of RU waits for the agent's window (a Deferred)",
+    )
+    c.add_argument(
+        "--check",
+        action="store_true",
+        help="a dry run: what the call would meet now (exit 1 with the code it would be "
+        "refused with); writes nothing",
+    )
     c.set_defaults(run=_call)
+    a = with_store(
+        sub.add_parser("audit", help="refusals, deferrals and their outcomes, alerts"), url=True
+    )
+    a.add_argument("--agent", help="only this agent's events")
+    a.add_argument("--since", type=_unix_s, help="only events at or after UNIX_S")
+    a.set_defaults(run=_audit)
     return p
+
+
+def _unix_s(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected unix seconds, got {text!r}")
+    return n
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .core.crypto import to_text
+from .core.errors import NotAuthorized
 from .records import record_dict
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ class ZomeContext:
 
     def records_of_type(self, entry_type: str, limit: int, author: bytes | None = None):
         return self._records(self._node.store.of_type(entry_type, limit, author))
+
+    def require_steward(self, to_do: str) -> None:
+        """Admission's warrant check, then its authority check: a warranted agent is refused
+        E_WARRANTED before E_NOT_AUTHORIZED (node/core/admission.py)."""
+        self._cell.check_writable()
+        if not self.is_steward:
+            raise NotAuthorized(f"only a steward listed in the DNA can {to_do}")
 
     async def require_agent(self, agent: bytes) -> None:
         await self._node.ensure_agent(agent)

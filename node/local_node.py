@@ -10,7 +10,11 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 
+import trio
+
+from .admission import Admissions
 from .agent_api import AgentMethods, AllocationResult, refusals
+from .app.events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .apps import resolve
 from .budgets import Budgets
 from .cell import Cell
@@ -22,6 +26,7 @@ from .core.dna import MRU_PER_RU, Dna
 from .core.encoding import decode, encode
 from .core.errors import (
     BudgetError,
+    BudgetExceeded,
     InvalidChain,
     InvalidInput,
     NotAuthorized,
@@ -70,6 +75,8 @@ class LocalNode:
         self.max_agents: int | None = None  # a cap on this node's own agents (up --max-agents)
         self.witness_service: WitnessService | None = None  # set if a steward's key is here
         self._no_witness_until = 0  # unix us: no steward answered, none is asked before this
+        self.admissions = Admissions(self)  # the deferral queue, the audit log, alerts
+        self._grant_lock = trio.Lock()
         self.budgets = Budgets(self)
         for pub in dna.stewards:
             key = keystore.get(pub)
@@ -233,11 +240,15 @@ class LocalNode:
     ) -> dict | None:
         return None  # a node without a network reaches no other steward
 
-    async def invite(self, steward: Cell, note: str = "") -> str:
+    def invite_service(self, steward: Cell) -> WitnessService:
+        """The witness service that issues `steward`'s invites, or NotAuthorized."""
         ws = self.witness_service
         if ws is None or ws.key.public != steward.key.public:
             raise NotAuthorized("only a steward listed in the DNA can invite agents")
-        return ws.invite(note)
+        return ws
+
+    async def invite(self, steward: Cell, note: str = "") -> str:
+        return self.invite_service(steward).invite(note)
 
     # -- agents
     @property
@@ -330,6 +341,14 @@ class LocalNode:
 
     # -- calls
     async def call(self, cell: Cell, zome: str, fn: str, payload):
+        """An agent's call of a function (the app's, or the node's own: node/admission.py),
+        with due deferred work run first and refusals audited."""
+        return await self.admissions.call(cell, zome, fn, payload)
+
+    async def dispatch(self, cell: Cell, zome, fn, payload, context=ZomeContext):
+        """The app's function, admitted in node/core/admission.py's order: the function, its
+        payload, then what the function checks and writes (`context`: a dry run's stops at
+        each write's pre-flight)."""
         zf = (
             self.app.functions.get((zome, fn))
             if isinstance(zome, str) and isinstance(fn, str)
@@ -339,18 +358,42 @@ class LocalNode:
             raise UnknownFunction(f"no function {zome}.{fn}")
         # every parameter's type and range, declared with the function (zomes.hdk)
         payload = zf.check(payload, self.dna)
-        return await zf.fn(ZomeContext(self, cell), **payload)
+        return await zf.fn(context(self, cell), **payload)
+
+    @asynccontextmanager
+    async def granting(self):
+        """One grant at a time from its pre-flight to its claim, so the pre-flight's verdict
+        holds when the claim is written (ten grants racing to an agent near the cap must not
+        all be recorded and then find it full). No scheduler checkpoint when it is free."""
+        try:
+            self._grant_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._grant_lock.acquire()
+        try:
+            yield
+        finally:
+            self._grant_lock.release()
 
     async def allocate(self, steward: Cell, grantee: bytes, amount_mru: int) -> AllocationResult:
         target = self._cell(grantee)  # before anything is written
-        grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
-        granted = await target.claim(grant, sig)
+        async with self.granting():
+            self.grant_preflight(steward, grantee, amount_mru)
+            grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
+            granted = await target.claim(grant, sig)
+        await self.admissions.run_affordable(target)  # writes it queued may fit now
         return AllocationResult(
             amount_mru / MRU_PER_RU,
             granted / MRU_PER_RU,
             to_text("grant", grant_hash(grant)),
             to_text("action", allocation),
         )
+
+    def grant_preflight(self, steward: Cell, grantee: bytes, amount_mru: int) -> None:
+        """A grant's checks before the steward records anything: the steward may write
+        (E_WARRANTED), and the grantee's claim would add something (else E_BUDGET_EXCEEDED:
+        at the cap, or past max_grants_per_window) and is not warranted."""
+        steward.check_writable()
+        self._cell(grantee).preflight(grant_mru=amount_mru)
 
     async def _record_grant(
         self, steward: Cell, grantee: bytes, amount_mru: int
@@ -384,7 +427,10 @@ class LocalNode:
             c = decode(entry)["content"]
             cell = self.cells.get(c["grant"]["grantee"])
             if cell is not None and grant_hash(c["grant"]) not in cell.state.claimed:
-                await cell.claim(c["grant"], c["sig"])
+                try:
+                    await cell.claim(c["grant"], c["sig"])
+                except BudgetExceeded:
+                    pass  # the window it was recorded for is full (cap, max grants) by now
 
     async def _take_recovered_offers(self) -> None:
         """Offers to local agents stored but not accepted (a crash between the two) are
@@ -472,12 +518,31 @@ class AgentClient(AgentMethods):
 
         return connect(url, token=token, agent=agent, invite=invite, **kw)
 
-    async def call(self, zome: str, fn: str, payload: dict | None = None):
+    async def _call(self, zome: str, fn: str, payload: dict | None):
         try:
             return await self._node.call(self._cell, zome, fn, payload)
         except BudgetError as e:
             refusals(self._node)[e.code] += 1
             raise
+
+    async def subscribe(self, maxlen: int = MAX_QUEUED_EVENTS):
+        """This agent's admission events as they happen, as dicts with a "type": "refusal",
+        "deferred", "deferred_done", "low_budget" (node/admission.py), and "overflow" (`dropped`
+        events were dropped, oldest first, because this consumer lagged). The app socket's
+        `subscribe` gives the same events, beside budget changes and warrants."""
+        q = DropOldestQueue(maxlen)
+        me = self.agent_id
+        stop = self._node.admissions.listen(
+            lambda ev: q.put(ev) if ev.get("agent_id") == me else None
+        )
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            stop()
 
     async def _get_record(self, action_hash: str) -> dict:
         try:

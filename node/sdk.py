@@ -3,6 +3,8 @@
 from .core.budget import BudgetStatus, InsufficientRU
 from .core.errors import (
     BudgetError,
+    BudgetExceeded,
+    DeferQueueFull,
     GrantAlreadyClaimed,
     HeadMoved,
     InvalidInput,
@@ -16,7 +18,7 @@ from .core.errors import (
     UnknownAgent,
     UnknownFunction,
 )
-from .agent_api import AllocationResult
+from .agent_api import Admission, AllocationResult, Deferred
 from .local_node import AgentClient, LocalNode
 
 __all__ = [
@@ -26,6 +28,10 @@ __all__ = [
     "BudgetStatus",
     "BudgetError",
     "InsufficientRU",
+    "BudgetExceeded",
+    "DeferQueueFull",
+    "Admission",
+    "Deferred",
     "NotAuthorized",
     "InviteUsed",
     "NoWitness",

@@ -83,6 +83,8 @@ CREATE TABLE IF NOT EXISTS checkpoints(author BLOB PRIMARY KEY, seq INTEGER NOT 
     used INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims(author BLOB NOT NULL, grant BLOB NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY(author, grant)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS window_claims(author BLOB PRIMARY KEY, ws INTEGER NOT NULL,
+    n INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledgers(author BLOB PRIMARY KEY, seq INTEGER NOT NULL,
     body BLOB NOT NULL) WITHOUT ROWID;
 """
@@ -92,6 +94,9 @@ CREATE TABLE IF NOT EXISTS ledgers(author BLOB PRIMARY KEY, seq INTEGER NOT NULL
 # stored claim action; a legacy chain verified in full gets its rows at its checkpoint's seq),
 # so a checkpoint's `claimed` set is rebuilt without reading the chain. ledgers: the budget
 # ledger (core/ledger.py) of a chain that has one, at its checkpoint's seq.
+# window_claims: how many grants the chain claimed in the window starting at `ws`
+# (dna.max_grants_per_window), written with a checkpoint whose window holds any; a row for an
+# older window reads as none.
 # entries and idx are clustered on their keys (one b-tree each, no rowid table beside an
 # index). A key indexed twice by one action (e.g. a repeated tag) is stored once. Stores
 # created with the earlier schema (rowid tables + idx_kk) open and work unchanged.
@@ -489,6 +494,11 @@ class Store:
             "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
             (cs.author, cs.seq, cs.hash, cs.ts, b.window_start_us, b.remaining_mru, b.used_mru),
         )
+        if cs.window_claims:
+            db.execute(
+                "INSERT OR REPLACE INTO window_claims VALUES (?,?,?)",
+                (cs.author, b.window_start_us, cs.window_claims),
+            )
         led = cs.ledger
         if led is not None and led != LEDGER0:
             db.execute(
@@ -503,21 +513,23 @@ class Store:
 
     def opening(self) -> tuple[dict[bytes, tuple], dict[bytes, list[tuple[bytes, int]]]]:
         """What opening the store reads of every checkpointed chain, in two queries: author ->
-        (checkpoint (seq, hash, ts, ws, rem, used), the action at its seq (hash, body, sig) or
-        None, the head row (seq, hash) or None, the last seq stored), and author -> the grants
-        it claimed, (grant, seq)."""
+        (checkpoint (seq, hash, ts, ws, rem, used, grants claimed in its window), the action at
+        its seq (hash, body, sig) or None, the head row (seq, hash) or None, the last seq
+        stored), and author -> the grants it claimed, (grant, seq)."""
         found = {
             r[0]: (
-                r[1:7],
+                (*r[1:7], r[14] if r[13] == r[4] else 0),
                 r[7:10] if r[7] is not None else None,
                 r[10:12] if r[10] is not None else None,
                 r[12],
             )
             for r in self.db.execute(
                 "SELECT c.author, c.seq, c.hash, c.ts, c.ws, c.rem, c.used, a.hash, a.body, a.sig, "
-                "h.seq, h.hash, (SELECT max(m.seq) FROM actions m WHERE m.author=c.author) "
+                "h.seq, h.hash, (SELECT max(m.seq) FROM actions m WHERE m.author=c.author), "
+                "w.ws, w.n "
                 "FROM checkpoints c LEFT JOIN actions a ON a.author=c.author AND a.seq=c.seq "
-                "LEFT JOIN heads h ON h.author=c.author"
+                "LEFT JOIN heads h ON h.author=c.author "
+                "LEFT JOIN window_claims w ON w.author=c.author"
             )
         }
         claims: dict[bytes, list[tuple[bytes, int]]] = {}
@@ -539,8 +551,18 @@ class Store:
                 "SELECT grant FROM claims WHERE author=? AND seq<=?", (author, seq)
             )
         )
+        w = self.db.execute(
+            "SELECT n FROM window_claims WHERE author=? AND ws=?", (author, ws)
+        ).fetchone()
         return ChainState(
-            author, seq, h, ts, BudgetState(ws, rem, used), claimed, self.ledger_at(author, seq)
+            author,
+            seq,
+            h,
+            ts,
+            BudgetState(ws, rem, used),
+            claimed,
+            self.ledger_at(author, seq),
+            w[0] if w else 0,
         )
 
     def ledgers(self) -> dict[bytes, tuple[int, bytes]]:

@@ -104,9 +104,13 @@ async def app_servers(
 
 
 def _cap(nodes, args) -> None:
-    """`--max-agents N`: each node refuses to create agents past N (E_NOT_AUTHORIZED)."""
+    """`--max-agents N`: each node refuses to create agents past N (E_NOT_AUTHORIZED);
+    `--max-deferred-per-agent N`: each agent may queue N deferred writes (E_DEFER_QUEUE_FULL)."""
     for node in nodes:
         node.max_agents = getattr(args, "max_agents", None)
+        per_agent = getattr(args, "max_deferred_per_agent", None)
+        if per_agent is not None:  # `--max-deferred-per-agent N` (the node's cap stays)
+            node.admissions.queue.per_agent = min(per_agent, node.admissions.queue.per_node)
 
 
 MAX_PORT = 65535

@@ -68,7 +68,7 @@ def _open_state(store, author, found, claims, held, ledgers, dna, app) -> ChainS
         store.try_write(lambda db: Store.put_checkpoint(db, state, claims=True))
         return state
     cp_row, action, head, last = found
-    seq, h, ts, ws, rem, used = cp_row
+    seq, h, ts, ws, rem, used, window_claims = cp_row
     claimed = frozenset(g for g, at in claims.get(author, ()) if at <= seq)
     cp = ChainState(
         author,
@@ -78,6 +78,7 @@ def _open_state(store, author, found, claims, held, ledgers, dna, app) -> ChainS
         BudgetState(ws, rem, used),
         claimed,
         store.ledger_at(author, seq, ledgers),
+        window_claims,
     )
     if head is None and author not in held:
         raise StoreCorrupted(f"chain of {_who(author)}: actions stored without a chain head")

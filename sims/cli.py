@@ -99,6 +99,14 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "window is refused (E_NO_WITNESS)",
     )
     p.add_argument(
+        "--defer",
+        action="store_true",
+        default=None,
+        help="heavy agents write with defer=True: a write refused for lack of RU waits in its "
+        "node's queue for the agent's window or a grant (the report counts deferred, "
+        "deferred_run, deferred_refused)",
+    )
+    p.add_argument(
         "--byzantine",
         type=int,
         metavar="K",
@@ -173,6 +181,7 @@ def config_from_args(args) -> SimConfig:
         "byzantine",
         "membrane",
         "window",
+        "defer",
         "r",
         "gossip_interval",
         "publish_interval",
@@ -244,6 +253,8 @@ def _human(r: dict) -> str:
         f"{r['windows_opened']}, refusals by code {r['refusals_by_code'] or 'none'}; rogue modes "
         f"{','.join(r['rogue_modes']) or 'none'}; sybil agents {r['sybil_agents']} (held by an "
         f"honest node: {r['sybil_accepted']}), backdated actions held {r['backdated_accepted']}",
+        f"  deferred {r['deferred']}: ran {r['deferred_run']}, refused when run "
+        f"{r['deferred_refused']}",
         f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
         f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
     ]

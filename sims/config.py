@@ -111,6 +111,9 @@ class SimConfig:
     # workload
     actions_per_agent_hour: float = 4.0
     grants_per_hour: float = 6.0
+    # heavy honest agents write with defer=True: a write refused for lack of RU waits in its
+    # node's deferral queue for the window (or a grant) instead (off: the workload of before)
+    defer: bool = False
     warmup: float = 120.0  # before the workload starts: nodes join and learn peers
     deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling
@@ -195,6 +198,8 @@ class SimConfig:
             parts.append(f"--membrane {self.membrane}")
         if self.window is not None:
             parts.append(f"--window {self.window:g}s")
+        if self.defer:
+            parts.append("--defer")
         return " ".join(parts)
 
     def replace(self, **kw) -> SimConfig:

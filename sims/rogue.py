@@ -105,9 +105,12 @@ class RogueCell(Cell):
         if "bad_signature" in self.modes:
             object.__setattr__(s, "sig", bytes([s.sig[0] ^ 1]) + s.sig[1:])
         claimed = cs.claimed
+        window_claims = 0 if "witness" in s.action else cs.window_claims
         if s.action["type"] == "claim":  # rogues cheat on budgets only, never on grants
             claimed = claimed | {grant_hash(s.action["grant"])}
-        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed, self._ledger_after(cs, s))
+            window_claims += 1
+        ledger = self._ledger_after(cs, s)
+        return ChainState(s.author, s.seq, s.hash, s.ts, b, claimed, ledger, window_claims)
 
     def _ledger_after(self, cs: ChainState, s: Signed):
         """The ledger as the honest rules derive it; where they refuse, the rogue's books keep

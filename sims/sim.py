@@ -285,6 +285,7 @@ class Simulation:
 
         # observing commits by wrapping the node's method: the simulator's hook, not an API
         node._add_cell = add_cell  # type: ignore[method-assign]
+        node.admissions.listen(lambda ev: self.workload.on_admission(slot, ev))
 
     def _hook_cell(self, slot: Slot, cell) -> None:
         inner = cell.on_commit
@@ -799,6 +800,7 @@ class Simulation:
                     if self.converged and cfg.strict_op_authorities
                     else self._op_authority_gaps(ring, by_id, self.net_warranted)
                 )
+                self.workload.check_deferrals()
                 self.metrics_total: Counter[str] = Counter()
                 for s in self.live():
                     self.metrics_total.update(s.running.metrics)
@@ -927,6 +929,9 @@ def run(cfg: SimConfig, progress=None) -> dict:
         # beyond the fields: what the run did
         "calls": sim.workload.calls,
         "grants": sim.workload.grants,
+        "deferred": sim.workload.deferred,
+        "deferred_run": sim.workload.deferred_run,
+        "deferred_refused": sim.workload.deferred_refused,
         "errors": dict(sorted(sim.workload.errors.items())),
         "network": dict(sorted(st.items())),
         "churn": dict(sim.churn_events),

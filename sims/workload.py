@@ -18,7 +18,9 @@ import random
 
 import trio
 
+from node.agent_api import Deferred
 from node.core.budget import InsufficientRU
+from node.core.encoding import decode
 from node.core.crypto import from_text
 from node.core.errors import BudgetError, NoWitness
 from node.core.warrant import Warranted
@@ -69,6 +71,12 @@ class Workload:
         self.refused: dict[str, int] = {}  # refusals by code: a budget's, a witness's
         self.errors: dict[str, int] = {}
         self.grants = 0
+        self.deferred = 0  # writes queued (defer=True)
+        self.deferred_run = 0  # queued writes that ran when their time came
+        self.deferred_refused = 0  # queued writes refused when they ran
+        # (node slot, queue id) -> [agent, the write's unique content, outcome]: what the
+        # deferral invariant checks the chains against
+        self.deferrals: dict[tuple[int, int], list] = {}
 
     def add_agent(self, slot, agent_id: str) -> SimAgent:
         cfg = self.sim.cfg
@@ -162,8 +170,13 @@ class Workload:
         try:
             cell = node.cells[a.pub]
             self.calls += 1
-            res = await AgentClient(node, cell).call(zome, op, payload)
-            if isinstance(res, str):
+            defer = self.sim.cfg.defer and a.profile == "heavy" and not a.rogue
+            res = await AgentClient(node, cell).call(zome, op, payload, defer=defer)
+            if isinstance(res, Deferred):
+                outcome = f"deferred:{res.id}"
+                self.deferred += 1
+                self.deferrals[(a.slot.index, res.id)] = [a, payload.get("content"), None]
+            elif isinstance(res, str):
                 a.hashes.append(res)
                 if len(a.hashes) > 16:
                     del a.hashes[:8]
@@ -198,6 +211,36 @@ class Workload:
             a.busy = False
         self.sim.net.note(f"{trio.current_time():.6f}|{a.index}|{op}|{outcome}".encode())
 
+    def on_admission(self, slot, ev: dict) -> None:
+        """A node's admission event: the outcome of a queued write."""
+        if ev["type"] != "deferred_done" or ev.get("cancelled"):
+            return
+        known = self.deferrals.get((slot.index, ev["id"]))
+        if ev.get("hash") is not None:
+            self.deferred_run += 1
+            outcome = "ran"
+        else:
+            self.deferred_refused += 1
+            outcome = str(ev.get("code"))
+        if known is not None:
+            if known[2] is not None:
+                self.sim.violation(f"queued write {slot.index}:{ev['id']} ran twice")
+            known[2] = outcome
+
+    def check_deferrals(self) -> None:
+        """Queued work never changed a chain: a write with its own content (add_knowledge's
+        carries a random number) is on its agent's chain once if it ran, else not at all."""
+        for (_, qid), (a, content, outcome) in sorted(self.deferrals.items(), key=_by_id):
+            node = a.slot.node
+            if content is None or node is None or a.rogue:
+                continue
+            found = _contents(node, a.pub).count(content)
+            if found != (1 if outcome == "ran" else 0):
+                self.sim.violation(
+                    f"queued write {a.slot.index}:{qid} ({outcome or 'still queued'}) of "
+                    f"{a.agent_id[:14]} is on its chain {found} times"
+                )
+
     async def _grant(self) -> None:
         steward_slot = self.sim.slots[0]
         node = steward_slot.node
@@ -219,3 +262,20 @@ class Workload:
                 self.sim.violation(f"grant to {a.agent_id[:14]}: unexpected {e!r}")
             outcome = type(e).__name__
         self.sim.net.note(f"{trio.current_time():.6f}|grant|{a.index}|{ru}|{outcome}".encode())
+
+
+def _by_id(item) -> tuple:
+    return item[0]
+
+
+def _contents(node, pub: bytes) -> list:
+    """The `content` field of the entry of every create on `pub`'s chain as `node` holds it
+    (one per action: two actions of one entry count twice)."""
+    entries = node.store.entries_of(pub)
+    out = []
+    for s in node.store.chain(pub):
+        body = entries.get(s.action.get("entry")) if s.action.get("type") == "create" else None
+        entry = decode(body) if body is not None else None
+        if isinstance(entry, dict) and isinstance(entry.get("content"), dict):
+            out.append(entry["content"].get("content"))
+    return out

@@ -13,7 +13,7 @@ from node.core import budget
 from node.core.budget import BudgetState, BudgetStatus, InsufficientRU
 from node.core.crypto import from_text
 from node.core.dna import Dna
-from node.core.errors import BudgetError
+from node.core.errors import BudgetError, BudgetExceeded
 from node.core.validate import validate_chain
 from node.sdk import LocalNode
 from zomes import APP
@@ -212,10 +212,11 @@ class Model:
 
     def __init__(self, dna: Dna, t0: int):
         self.dna, self.ws, self.rem = dna, t0, dna.base_mru
+        self.claims = 0  # grants claimed in the window
 
     def _roll(self, ts):
         if ts - self.ws >= self.dna.window_s * US:
-            self.ws, self.rem = ts, self.dna.base_mru
+            self.ws, self.rem, self.claims = ts, self.dna.base_mru, 0
 
     def peek(self, ts):
         ws, rem = self.ws, self.rem
@@ -232,11 +233,16 @@ class Model:
         self.ws, self.rem = ws, rem - cost
         return True
 
-    def claim(self, amount, ts) -> int:
-        self._roll(ts)
-        new = self.rem if self.rem >= self.dna.cap_mru else min(self.rem + amount, self.dna.cap_mru)
-        granted, self.rem = new - self.rem, new
-        return granted
+    def claim(self, amount, ts) -> int | None:
+        """What the grant adds; None if it is refused (it would add nothing, or the window
+        holds max_grants_per_window claims), which writes nothing and opens no window."""
+        ws, rem = self.peek(ts)
+        claims = self.claims if ws == self.ws else 0
+        new = rem if rem >= self.dna.cap_mru else min(rem + amount, self.dna.cap_mru)
+        if new == rem or claims >= self.dna.max_grants_per_window:
+            return None
+        self.ws, self.rem, self.claims = ws, new, claims + 1
+        return new - rem
 
 
 dnas = st.one_of(
@@ -276,6 +282,7 @@ def test_engine_properties(dna, ops):
     model = Model(dna, T0)
     ts = T0
     charged = granted = 0  # in the current window
+    claims, claims_ws = 0, None  # grants claimed in the window starting at claims_ws
     for kind, arg in ops:
         if kind == "advance":
             if isinstance(arg, tuple):  # land exactly on (or 1 us around) the window's end
@@ -298,9 +305,22 @@ def test_engine_properties(dna, ops):
                 assert state is before
             assert ok == model.charge(arg, ts)
         else:
-            state, g = budget.claim(budget.roll(state, ts, dna), arg, dna)
-            assert g == model.claim(arg, ts)
-            assert 0 <= g <= arg
+            # the engine's claim adds what fits under the cap; admission refuses one that adds
+            # nothing (E_BUDGET_EXCEEDED) and one past max_grants_per_window
+            window = budget.roll(state, ts, dna)
+            expect = model.claim(arg, ts)
+            in_window = claims if claims_ws == window.window_start_us else 0
+            try:
+                admitted = budget.admit_grant(window, in_window, arg, ts, dna)
+            except BudgetExceeded as e:
+                assert expect is None and (e.need_units, e.have_units) == (arg, 0)
+                assert state is before
+                g = 0
+            else:
+                state, g = budget.claim(window, arg, dna)
+                claims, claims_ws = in_window + 1, window.window_start_us
+                assert g == admitted == expect
+                assert 0 < g <= arg
         # (c) a window only ever resets once a full window has passed, at the event's time
         if state.window_start_us != before.window_start_us:
             assert state.window_start_us - before.window_start_us >= dna.window_us
@@ -392,11 +412,21 @@ async def _drive_node(ops):
             ts = max(now[0], last_ts)
             length = len(node.store.chain(pub))
             if kind == "allocate":
-                g = await steward.allocate_budget(alice.agent_id, float(arg))
                 expect = model.claim(int(round(float(arg) * 1000)), ts)
-                assert g.granted_ru == expect / 1000
-                assert g.requested_ru == float(arg)
-                wrote = True
+                steward_length = len(node.store.chain(node.steward._cell.key.public))
+                try:
+                    g = await steward.allocate_budget(alice.agent_id, float(arg))
+                except BudgetExceeded as e:
+                    event("a grant was refused")
+                    assert expect is None
+                    assert e.have_units == 0 and e.need_units == int(round(float(arg) * 1000))
+                    # nothing written: neither the steward's record nor the claim
+                    assert len(node.store.chain(node.steward._cell.key.public)) == steward_length
+                    wrote = False
+                else:
+                    assert expect is not None and g.granted_ru == expect / 1000
+                    assert g.requested_ru == float(arg)
+                    wrote = True
             else:
                 if kind == "recall":
                     count = min(arg, understandings)

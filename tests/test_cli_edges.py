@@ -6,7 +6,10 @@ would run it, minus the interpreter start."""
 import hashlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
+import tempfile
 
 import pytest
 
@@ -140,6 +143,26 @@ ROWS = [
     ("nemesis", "nemesis --minutes 0", "E_INVALID_INPUT", 2),
     ("nemesis", "nemesis --rate fast", "E_INVALID_INPUT", 2),
     ("nemesis", "nemesis --settle -5", "E_INVALID_INPUT", 2),
+    ("up", "up --max-deferred-per-agent 0", "E_INVALID_INPUT", 2),
+    (
+        "call",
+        "call --path {store} --agent {steward} --defer --check rose_forest add_knowledge",
+        "E_INVALID_INPUT",
+        1,
+    ),
+    ("call", "call --path {store} --agent {steward} --check nozome nofn", "E_UNKNOWN_FUNCTION", 1),
+    (
+        "call",
+        "call --path {store} --agent {steward} --defer rose_forest add_knowledge {{}}",
+        "E_INVALID_INPUT",
+        1,
+    ),
+    ("audit", "audit", "E_INVALID_INPUT", 1),
+    ("audit", "audit --path {new}", "E_NOT_FOUND", 1),
+    ("audit", "audit --path {store} --url ws://127.0.0.1:1/agent", "E_INVALID_INPUT", 1),
+    ("audit", "audit --url ws://127.0.0.1:1/agent --token t", "E_NODE_UNREACHABLE", 1),
+    ("audit", "audit --path {store} --since yesterday", "E_INVALID_INPUT", 2),
+    ("audit", "audit --path {store} --agent nobody", "E_INVALID_INPUT", 1),
 ]
 
 
@@ -155,10 +178,29 @@ def _snapshot(root):
             p = os.path.join(d, name)
             if os.path.isdir(p):
                 out[p] = ("dir", os.stat(p).st_mode)
+            elif name == "chain.db":  # its data, but the audit log, which records refusals
+                out[p] = (_store_data(p), os.stat(p).st_mode)
             else:
                 with open(p, "rb") as f:
                     out[p] = (hashlib.sha256(f.read()).hexdigest(), os.stat(p).st_mode)
     return out
+
+
+def _store_data(path) -> str:
+    with tempfile.TemporaryDirectory() as tmp:  # a copy: the store may be read-only, in WAL
+        for suffix in ("", "-wal"):
+            if os.path.exists(path + suffix):
+                shutil.copyfile(path + suffix, os.path.join(tmp, "c.db" + suffix))
+        db = sqlite3.connect(os.path.join(tmp, "c.db"))
+        try:
+            rows = [
+                line
+                for line in db.iterdump()
+                if '"audit"' not in line and "'audit'" not in line and "sqlite_sequence" not in line
+            ]
+        finally:
+            db.close()
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def _read_only(src, dst):

@@ -11,7 +11,14 @@ from node.core.action import grant_body
 from node.core.crypto import SigningKey, from_text
 from node.core.encoding import encode
 from node.core.validate import validate_chain
-from node.sdk import GrantAlreadyClaimed, HeadMoved, InsufficientRU, LocalNode, NotAuthorized
+from node.sdk import (
+    BudgetExceeded,
+    GrantAlreadyClaimed,
+    HeadMoved,
+    InsufficientRU,
+    LocalNode,
+    NotAuthorized,
+)
 from zomes import APP
 
 US = 1_000_000
@@ -251,8 +258,8 @@ async def test_allocation_is_capped_at_200_ru():
         assert g.requested_ru == 150.0 and g.granted_ru == 100.0
         s = await alice.budget_status()
         assert s.remaining_ru == 200.0 and s.used_ru == 0.0
-        g = await steward.allocate_budget(alice.agent_id, 50)
-        assert g.granted_ru == 0.0
+        with pytest.raises(BudgetExceeded):  # it would add nothing: refused, not written
+            await steward.allocate_budget(alice.agent_id, 50)
         assert (await alice.budget_status()).remaining_ru == 200.0
         await alice.add_knowledge(content="x")
         g = await steward.allocate_budget(alice.agent_id, 50)
@@ -275,15 +282,18 @@ async def test_concurrent_allocations_never_push_past_the_cap():
     async with LocalNode.open(clock=clk) as node:
         alice = await node.new_agent()
         steward = node.steward
+        steward_pub = node.dna.stewards[0]
+        length = len(node.store.chain(steward_pub))
         ok, refused = await race(
             [(i, lambda: steward.allocate_budget(alice.agent_id, 50)) for i in range(10)]
         )
-        assert not refused, refused
+        # two fill the cap; the other eight would add nothing: refused, and nothing written
+        assert all(isinstance(e, BudgetExceeded) for _, e in refused) and len(refused) == 8
         assert sum(g.granted_ru for _, g in ok) == 100.0
-        assert len({g.grant for _, g in ok}) == 10
+        assert len({g.grant for _, g in ok}) == 2
         cs = validated(node, alice)
-        assert cs.budget.remaining_mru == 200_000 and len(cs.claimed) == 10
-        steward_pub = node.dna.stewards[0]
+        assert cs.budget.remaining_mru == 200_000 and len(cs.claimed) == 2
+        assert len(node.store.chain(steward_pub)) == length + 2  # no grant left unclaimed
         validate_chain(
             node.store.chain(steward_pub), node.dna, APP, node.store.entries_of(steward_pub)
         )

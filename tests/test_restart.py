@@ -14,20 +14,25 @@ import pytest
 import trio
 
 from node import verifier
-from node.core.crypto import from_text
+from node.core.crypto import from_text, to_text
 from node.core.validate import validate_chain
 from node.sdk import LocalCluster, LocalNode, StoreCorrupted
 from node.verifier import verify_path
+
+
+EDGE_END = to_text("action", bytes(32))
 
 
 async def test_a_restart_with_thousands_unpublished_drains_them(clock, autojump_clock, tmp_path):
     """A node restarted with more unpublished actions than one publish may carry sends them in
     batches its peers accept, until none is left, and its authorities hold the whole chain."""
     paths = [str(tmp_path / f"n{i}") for i in range(4)]
-    async with LocalNode.open(path=paths[0], clock=lambda: clock[0]) as offline:
+    many = {"max_grants_per_window": 1000}
+    async with LocalNode.open(path=paths[0], clock=lambda: clock[0], dna=many) as offline:
         alice = await offline.new_agent()
-        for _ in range(1500):  # a grant recorded and claimed: two actions, free
-            await offline.steward.allocate_budget(alice.agent_id, 1)
+        for _ in range(500):  # a grant recorded and claimed, and spent: three actions
+            await offline.steward.allocate_budget(alice.agent_id, 3)
+            await alice.link_edge(EDGE_END, EDGE_END, "r")
         steward = offline.steward.agent_id
     pubs = [from_text("agent", a) for a in (alice.agent_id, steward)]
     async with LocalCluster.open(clock=lambda: clock[0], transport="memory", n=4, paths=paths) as c:

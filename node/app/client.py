@@ -7,6 +7,8 @@ typed errors, rebuilt from the wire by their code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 from contextlib import asynccontextmanager
 
@@ -152,6 +154,15 @@ class _Remote:
         out.pop("next", None)
         return out
 
+    async def audit(self, agent: str | None = None, since: int | None = None) -> list[dict]:
+        """The node's audit log (refusals, deferrals and their outcomes, low-budget alerts):
+        its newest 1,000 events (of `agent`, at or after `since`, unix s), oldest first."""
+        fields: dict[str, Any] = {"agent": agent, "since": since}
+        out = await self._session.request("audit", **fields)
+        if not isinstance(out, list) or not all(isinstance(e, dict) for e in out):
+            raise MalformedReply("the node sent an audit log that is not a list of events")
+        return out
+
     async def status_pages(self):
         """The node's status one page of agents at a time (the node decides the page size)."""
         start = 0
@@ -185,8 +196,10 @@ class _Remote:
 
     async def subscribe(self, maxlen: int = MAX_QUEUED_EVENTS):
         """Events as dicts with a "type": "budget" (this agent's whole BudgetStatus, first as it
-        is now, then after each change), "warrant" (any warrant the node learns) and
-        "overflow" (`dropped` events were dropped, oldest first, because this consumer lagged)."""
+        is now, then after each change), "warrant" (any warrant the node learns), this agent's
+        (an operator's: every agent's) "refusal", "deferred", "deferred_done" and "low_budget"
+        (node/admission.py), and "overflow" (`dropped` events were dropped, oldest first,
+        because this consumer lagged)."""
         s = self._session
         rid = s.new_id()
         q = s.subs[rid] = DropOldestQueue(maxlen)
@@ -209,7 +222,7 @@ class RemoteAgentClient(_Remote, AgentMethods):
     def __repr__(self) -> str:
         return f"RemoteAgentClient({self.agent_id})"
 
-    async def call(self, zome: str, fn: str, payload: dict | None = None):
+    async def _call(self, zome: str, fn: str, payload: dict | None):
         return await self._session.request("call", zome=zome, fn=fn, payload=to_wire(payload))
 
     async def _get_record(self, action_hash: str) -> dict:

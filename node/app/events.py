@@ -1,4 +1,6 @@
-"""Subscriptions: an agent's budget changes and the node's warrants, pushed as they happen.
+"""Subscriptions: an agent's budget changes and the node's warrants, pushed as they happen,
+and its admission events (refusals, deferrals and their outcomes, low-budget alerts: pushed by
+node/admission.py as they happen).
 
 One hub per node waits on the node's change event (`NetNode.wait_changed()`, set on every local
 commit, validated foreign action, publish and warrant); after each change it compares every
@@ -22,6 +24,8 @@ from collections import deque
 from itertools import islice
 
 import trio
+
+from ..core.crypto import to_text
 
 log = logging.getLogger("budgetnode.app")
 
@@ -79,6 +83,7 @@ def warrant_event(w) -> dict:
 class Subscriber:
     def __init__(self, agent_pub: bytes | None, maxlen: int = MAX_QUEUED_EVENTS):
         self.agent_pub = agent_pub
+        self.agent_id = None if agent_pub is None else to_text("agent", agent_pub)
         self.queue = DropOldestQueue(maxlen)
         self.last_budget: tuple | None = None
 
@@ -90,10 +95,13 @@ class EventHub:
         self._seen = len(getattr(node, "warrants_by_hash", {}))  # warrants already pushed
         self.dropped = 0
         self.scan_errors = 0
+        self._unlisten = None  # while anyone subscribes: stops admission events
 
     def subscribe(self, agent_pub: bytes | None) -> Subscriber:
         """A new subscriber; its first event is its agent's budget as it is now."""
         sub = Subscriber(agent_pub)
+        if not self.subscribers and hasattr(self.node, "admissions"):
+            self._unlisten = self.node.admissions.listen(self._on_admission)
         self.subscribers.add(sub)
         self._push_budget(sub)
         return sub
@@ -103,6 +111,16 @@ class EventHub:
             self.subscribers.discard(sub)
             self.dropped += sub.queue.dropped
             sub.queue.close()
+            if not self.subscribers and self._unlisten is not None:
+                self._unlisten()
+                self._unlisten = None
+
+    def _on_admission(self, ev: dict) -> None:
+        """A refusal, deferral, deferred outcome or low-budget alert (node/admission.py): to
+        its agent's subscribers, and to operators' (subscribed with no agent)."""
+        for sub in self.subscribers:
+            if sub.agent_pub is None or sub.agent_id == ev.get("agent_id"):
+                sub.queue.put(ev)
 
     @property
     def supported(self) -> bool:

@@ -56,6 +56,17 @@ _OWN = {
     "app_subscribers",
     "app_events_queued",
     "app_events_dropped",
+    "ru_base",
+    "ru_cap",
+    "window_seconds",
+    "max_grants_per_window",
+    "ru_spent",
+    "deferred",
+    "deferral_overflows",
+    "deferred_run",
+    "deferred_refused",
+    "admission_refusals",
+    "audit_log_events",
 }
 
 
@@ -97,6 +108,8 @@ class NodeCollector:
         for code, n in sorted(refusals(node).items()):
             ref.add_metric([code], n)
         yield ref
+
+        yield from _admission(node)
 
         counters = getattr(node, "metrics", None)
         if counters is not None:
@@ -145,6 +158,53 @@ class NodeCollector:
                 "subscription events dropped (slow consumers; oldest first)",
                 value=s.hub.dropped_total(),
             )
+
+
+def _admission(node):
+    """The limits, use against them by operation, the deferral queue, refusals by code and
+    operation, the audit log (node/admission.py; seed 004's observability requirements)."""
+    dna, adm = node.dna, node.admissions
+    yield GaugeMetricFamily(P + "ru_base", "RU each agent gets a window", value=dna.base_mru / 1000)
+    yield GaugeMetricFamily(
+        P + "ru_cap", "RU an agent may hold with grants", value=dna.cap_mru / 1000
+    )
+    yield GaugeMetricFamily(
+        P + "window_seconds", "how long a budget window lasts", value=dna.window_s
+    )
+    yield GaugeMetricFamily(
+        P + "max_grants_per_window",
+        "grants one agent may claim in a window (0: no limit)",
+        value=dna.max_grants_per_window or 0,
+    )
+    spent = CounterMetricFamily(
+        P + "ru_spent", "RU the node's agents spent, by operation (zome.fn)", labels=["op"]
+    )
+    for op, mru in sorted(adm.spent.items()):
+        spent.add_metric([op], mru / 1000)
+    yield spent
+    yield GaugeMetricFamily(P + "deferred", "writes queued for their window", value=len(adm.queue))
+    yield CounterMetricFamily(
+        P + "deferral_overflows",
+        "writes refused E_DEFER_QUEUE_FULL (the queue was full)",
+        value=adm.queue.overflows,
+    )
+    yield CounterMetricFamily(P + "deferred_run", "queued writes that ran", value=adm.deferred_run)
+    yield CounterMetricFamily(
+        P + "deferred_refused",
+        "queued writes refused when they ran (dropped)",
+        value=adm.deferred_refused,
+    )
+    ref = CounterMetricFamily(
+        P + "admission_refusals",
+        "calls refused, by code and operation (zome.fn; other: not a known function)",
+        labels=["code", "op"],
+    )
+    for (code, op), n in sorted(adm.refused.items()):
+        ref.add_metric([code, op], n)
+    yield ref
+    yield GaugeMetricFamily(
+        P + "audit_log_events", "events kept in the audit log", value=len(adm.audit)
+    )
 
 
 def _per_agent(statuses):

@@ -367,6 +367,7 @@ class Connection:
                     "call",
                     "get_record",
                     "status",
+                    "audit",
                     "subscribe",
                     "unsubscribe",
                     "budgets",
@@ -416,6 +417,15 @@ class Connection:
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise InvalidInput("status takes from: the index of the first agent (0 or more)")
         return node_status(self.node, start)
+
+    async def _on_audit(self, msg, rid):
+        """The node's audit log (node/audit.py), newest PAGE events, oldest first."""
+        agent, since = msg.get("agent"), msg.get("since")
+        if agent is not None and not isinstance(agent, str):
+            raise InvalidInput("audit takes agent: an agent id")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise InvalidInput("audit takes since: unix seconds")
+        return self.node.admissions.audit.read(agent, since)
 
     async def _on_budgets(self, msg, rid):
         """Every budget, card and wallet the node's agents hold (at most MAX_BUDGETS_LISTED)."""

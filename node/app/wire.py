@@ -10,6 +10,8 @@ client -> node   {"id": int, "t": "hello", "token": str, "agent": "new" | agent 
                  {"id": int, "t": "status", "from": int (optional: the first agent, 0 default)}
                    (the reply holds up to STATUS_PAGE agents and "next": where the next page
                    starts, or None; peers, ops pending and warrants come with the first page)
+                 {"id": int, "t": "audit", "agent"?: str, "since"?: int (unix s)}
+                   (the node's audit log: refusals, deferrals, outcomes; newest 1,000)
                  {"id": int, "t": "budgets"}   (the budgets the node's agents hold, as maps)
                  {"id": int, "t": "lineage", "hash": str}   (a record's steps back to its mint)
                  {"id": int, "t": "subscribe"}

@@ -12,6 +12,7 @@ from .dna import Dna
 
 # InsufficientRU is raised here and defined with every refusal; it and fmt_ru are re-exported
 # (explicitly: `as`), as this was their import path
+from .errors import BudgetExceeded
 from .errors import InsufficientRU as InsufficientRU
 from .money import MRU_PER_RU
 from .money import fmt_ru as fmt_ru
@@ -71,6 +72,28 @@ def claim(state: BudgetState, amount_mru: int, dna: Dna) -> tuple[BudgetState, i
     """Add a grant, never above the cap; returns the new state and what was actually granted."""
     after = min(state.remaining_mru + amount_mru, max(dna.cap_mru, state.remaining_mru))
     return BudgetState(state.window_start_us, after, state.used_mru), after - state.remaining_mru
+
+
+def grants_fit(claims_in_window: int, dna: Dna) -> bool:
+    """Whether one window may hold this many claimed grants (`dna.max_grants_per_window`)."""
+    return dna.max_grants_per_window is None or claims_in_window <= dna.max_grants_per_window
+
+
+def admit_grant(
+    state: BudgetState, claims_in_window: int, amount_mru: int, ts_us: int, dna: Dna
+) -> int:
+    """What claiming a grant of `amount_mru` in `state`'s window would add; BudgetExceeded
+    (nothing is written) if it would add nothing, at the cap, or the window holds its
+    `max_grants_per_window` already. A grant that fits partly adds what fits."""
+    end = ceil_s(state.window_start_us + dna.window_us)
+    if not grants_fit(claims_in_window + 1, dna):
+        limit = f"max_grants_per_window {dna.max_grants_per_window} reached; resets at {end}"
+        raise BudgetExceeded(amount_mru, 0, None, "ru", limit)
+    granted = claim(state, amount_mru, dna)[1]
+    if granted == 0:
+        limit = f"cap {fmt_ru(dna.cap_mru)} RU reached; resets at {end}"
+        raise BudgetExceeded(amount_mru, 0, None, "ru", limit)
+    return granted
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ RULES: dict[str, type] = {
     "max_results": int,
     "max_future_us": int,
     "membrane": str,
+    "max_grants_per_window": int,
     "resources": dict,
     "max_ledger_actions_per_window": int,
 }
@@ -60,6 +61,9 @@ class Dna:
     # "open": anyone may start an agent (unsuited to untrusted agents: each new agent brings a
     # fresh allowance); "invite": a genesis must carry a steward's single-use invite
     membrane: str = "open"
+    # grants one agent's chain may claim in one window; None: no limit (a network made before
+    # the rule, whose DNA does not name it: its hash, and so its identity, stays what it was)
+    max_grants_per_window: int | None = 3
     # what budgets hold (integer units; "ru" in milli-RU), each with the most a steward may
     # mint of it in one of its windows
     resources: dict[str, dict[str, int]] = field(default_factory=_default_resources)
@@ -80,6 +84,8 @@ class Dna:
         )
 
     def __post_init__(self) -> None:
+        if self.max_grants_per_window is not None and self.max_grants_per_window < 1:
+            raise InvalidInput("max_grants_per_window is at least 1")
         if self.membrane not in MEMBRANES:
             raise InvalidInput(
                 f"unknown membrane {self.membrane!r}; a membrane is one of {', '.join(MEMBRANES)}"
@@ -149,6 +155,8 @@ class Dna:
             "integrity": self.integrity,
             "membrane": self.membrane,
         }
+        if self.max_grants_per_window is not None:
+            d["max_grants_per_window"] = self.max_grants_per_window
         if not self.before_budgets:
             d["resources"] = {k: dict(v) for k, v in sorted(self.resources.items())}
             d["max_ledger_actions_per_window"] = self.max_ledger_actions_per_window
@@ -171,6 +179,7 @@ class Dna:
             max_future_us=d["max_future_us"],
             integrity=d["integrity"],
             membrane=d["membrane"],
+            max_grants_per_window=d.get("max_grants_per_window"),
             **(
                 {
                     "resources": {k: dict(v) for k, v in d["resources"].items()},

@@ -129,6 +129,14 @@ class InsufficientRU(BudgetError):
         }
 
 
+class DeferQueueFull(BudgetError):
+    """A write asked to wait for its budget (`defer=True`), and the deferral queue (the agent's
+    share or the node's) is full: nothing was queued or written (seed 004's
+    REFUSE_DEFER_QUEUE_LIMIT)."""
+
+    code = "E_DEFER_QUEUE_FULL"
+
+
 def _units(resource: str, units: int, up: bool = False) -> str:
     return f"{fmt_ru(units, up)} RU" if resource == "ru" else f"{units} {resource}"
 
@@ -308,6 +316,8 @@ def error_class(code: str) -> type[BudgetError] | None:
 def _registry() -> dict[str, type[BudgetError]]:
     out: dict[str, type[BudgetError]] = {}
     for c in [c for c in globals().values() if isinstance(c, type) and issubclass(c, BudgetError)]:
+        if c.__dict__.get("abstract"):
+            continue
         if out.setdefault(c.code, c) is not c:
             raise RuntimeError(f"two error classes share the code {c.code}")
     return out

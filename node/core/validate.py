@@ -36,6 +36,7 @@ class ChainState:
     # the budgets this chain holds (core/ledger.py); None where only one step is known (a
     # step anchor), so ledger rules are left to those holding the whole chain
     ledger: Ledger | None = LEDGER0
+    window_claims: int = 0  # grants claimed in the current window (dna.max_grants_per_window)
 
 
 def _get(action: PlainMap, key: str, typ: type, seq: int | None) -> Any:
@@ -169,6 +170,11 @@ def validate_next(
 
     start = cs.budget
     w = a.get("witness")
+    window_claims = 0 if w is not None else cs.window_claims
+    if typ == "claim":
+        window_claims += 1
+        if not budget.grants_fit(window_claims, dna):
+            raise InvalidChain("too_many_grants", seq, f"past {dna.max_grants_per_window}")
     if w is not None:
         _, at = check_witness(w, dna, author, cs.hash, None, seq)
         if not budget.due(cs.budget, at, dna):
@@ -203,7 +209,7 @@ def validate_next(
             if ledger_errors:
                 raise
             raise InvalidChain(ledger.to_reason(e), seq, str(e)) from None
-    return ChainState(author, seq, s.hash, ts, new_budget, claimed, led)
+    return ChainState(author, seq, s.hash, ts, new_budget, claimed, led, window_claims)
 
 
 def _ledger_step(

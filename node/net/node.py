@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..core import budget, dht
+from ..core import admission, budget, dht
 from ..core.action import Signed, grant_hash
 from ..core.crypto import SigningKey, from_text, to_text
 from ..core.encoding import decode, encode
@@ -42,6 +42,7 @@ from ..core.errors import (
     PeerUnreachable,
     StoreBusy,
     UnknownAgent,
+    Warranted,
     error_class,
 )
 from ..core.witness import check_witness, invite_hash
@@ -152,6 +153,7 @@ class NetNode(LocalNode):
                     node.peer_table.attach(transport)
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
+                        node.admissions.resume()  # a queue kept from before: its timer runs
                         nursery.start_soon(keep_running, node.metrics, node.publisher.run)
                         nursery.start_soon(keep_running, node.metrics, node.gossiper.run)
                         nursery.start_soon(keep_running, node.metrics, node.acceptor.run_limbo)
@@ -598,14 +600,16 @@ class NetNode(LocalNode):
         if grantee in self.cells:
             return await super().allocate(steward, grantee, amount_mru)
         await self.ensure_agent(grantee)  # before anything is written
-        grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
-        granted = None
-        host = self.agent_hosts.get(grantee)
-        if host is not None:
-            try:
-                granted = (await self._request(host, "grant", grant=grant, sig=sig)).granted
-            except BudgetError:
-                granted = None  # the grantee's node claims it when the record reaches it
+        async with self.granting():
+            self.grant_preflight(steward, grantee, amount_mru)
+            grant, sig, allocation = await self._record_grant(steward, grantee, amount_mru)
+            granted = None
+            host = self.agent_hosts.get(grantee)
+            if host is not None:
+                try:
+                    granted = (await self._request(host, "grant", grant=grant, sig=sig)).granted
+                except BudgetError:
+                    granted = None  # the grantee's node claims it when the record reaches it
         return AllocationResult(
             amount_mru / MRU_PER_RU,
             None if granted is None else granted / MRU_PER_RU,
@@ -613,6 +617,19 @@ class NetNode(LocalNode):
             to_text("action", allocation),
             claimed=granted is not None,
         )
+
+    def grant_preflight(self, steward, grantee: bytes, amount_mru: int) -> None:
+        """As LocalNode's; a grantee on another node is judged from its chain as this node
+        holds it (it may be behind: the grantee's node then refuses the claim, and the grant
+        recorded waits unclaimed)."""
+        if grantee in self.cells:
+            return super().grant_preflight(steward, grantee, amount_mru)
+        steward.check_writable()
+        if grantee in self.warranted:
+            raise Warranted(f"{to_text('agent', grantee)} is warranted: it claims nothing")
+        cs = self.chains.get(grantee)
+        if cs is not None:
+            admission.claim_at(cs, amount_mru, self.now_us(), self.dna)
 
     def ledgers(self):
         """Its own agents' ledgers, then those of the chains it holds for the network (a

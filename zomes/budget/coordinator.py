@@ -1,6 +1,5 @@
 """budget functions: budget_status (free) and allocate_budget (stewards only)."""
 
-from node.core.errors import NotAuthorized
 from node.core.witness import MAX_NOTE
 from typing import Annotated
 
@@ -29,9 +28,11 @@ async def budget_status(ctx):
 
 @zome_fn("budget")
 async def allocate_budget(ctx, agent_id: AgentId, ru: MilliRu):
-    # ru arrives in milli-RU, checked against the DNA's cap (zomes.hdk.Ru)
-    if not ctx.is_steward:
-        raise NotAuthorized("only a steward listed in the DNA can allocate RU")
+    # ru arrives in milli-RU, checked against the DNA's cap (zomes.hdk.Ru); the checks run in
+    # admission's order (node/core/admission.py): the target, then the steward's warrant and
+    # authority, then (in ctx.allocate) the grantee's room
+    await ctx.require_agent(agent_id)
+    ctx.require_steward("allocate RU")
     return await ctx.allocate(agent_id, ru)
 
 
