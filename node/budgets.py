@@ -190,13 +190,15 @@ class Budgets:
         if budgets is None:
             outputs, spent = await self._run(cell, calls, None)
             return RefineResult(outputs, "ambient", shown(spent))
+        cell.check_writable()  # a warranted agent is refused as such, whatever its budgets
         attempts: list[dict] = []
         best: tuple[int, BudgetError] | None = None
         for bid in budgets:
             try:
-                b = L.spendable(cell.ledger, bid, cell.key.public, cell.now_us())
+                b = L.held(cell.ledger, bid)
                 for op, _, _ in calls:
                     L.authorize(b, op, cell.key.public)
+                L.check_open(b, cell.now_us())
                 outputs, spent = await self._run(cell, calls, bid)
                 return RefineResult(outputs, _bid(bid), shown(spent))
             except (NotAuthorized, BudgetVoid, UnknownBudget, BudgetExceeded, Unsolvable) as e:

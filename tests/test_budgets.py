@@ -654,3 +654,56 @@ def test_a_network_made_before_budgets_keeps_its_identity_and_mints_nothing():
     old = Dna.from_dict(stored)
     assert old.to_dict() == stored  # the same hash: the same network as before
     assert old.before_budgets and old.resources == {"ru": {"mint_limit": 0}}
+
+
+async def test_budget_precedence_each_conflicting_pair_gets_the_first_checks_code():
+    """core/admission.py's order, for the explicit budgets' codes: target, warrant,
+    authority, void, balance, solvency (each pair: both checks fail, the first one's code)."""
+    from types import SimpleNamespace
+
+    from node.core.admission import rank
+    from node.core.errors import Warranted
+
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        link = {**LINK, "payload": {"from_hash": "ac" + "A" * 43, "to_hash": "ac" + "A" * 43,
+                                    "relation": "r"}}
+        poor = await alice.fund_budget(root, {"ru": 11}, holder=bob.agent_id,
+                                       schema={"ops": ["memory.*"], "min_reserve": {"ru": 10}})
+        await alice.revoke_budget(poor)  # void, and its schema does not allow link_edge
+        cases = []
+        # authority + void: a void budget whose schema does not allow the op
+        with pytest.raises(NotAuthorized):
+            await bob.refine(instructions=[link], budgets=[poor])
+        cases.append(("E_NOT_AUTHORIZED", "E_BUDGET_VOID"))
+        # void + balance: a void budget too poor for the write
+        with pytest.raises(BudgetVoid):
+            await bob.refine(instructions=[TRIPLE, TRIPLE, TRIPLE, TRIPLE], budgets=[poor])
+        cases.append(("E_BUDGET_VOID", "E_BUDGET_EXCEEDED"))
+        # balance + solvency: more than the balance is also below the reserve
+        tight = await alice.fund_budget(root, {"ru": 2}, holder=bob.agent_id,
+                                        schema={"min_reserve": {"ru": 1}})
+        with pytest.raises(BudgetExceeded):
+            await bob.refine(instructions=[TRIPLE], budgets=tight)
+        cases.append(("E_BUDGET_EXCEEDED", "E_UNSOLVABLE"))
+        # authority + void on a fund: a void parent that cannot fund
+        with pytest.raises(NotAuthorized):
+            await bob.fund_budget(poor, {"ru": 1}, holder=carol.agent_id)
+        # authority + balance: a card narrower than allowed and more than the parent has
+        with pytest.raises(NotAuthorized):
+            await bob.delegate_budget(child, holder=carol.agent_id, max_spend={"ru": 10**6})
+        cases.append(("E_NOT_AUTHORIZED", "E_BUDGET_EXCEEDED"))
+        # two budgets failing at the authority stage (unknown, void): the first presented
+        with pytest.raises(UnknownBudget) as e:
+            await bob.refine(instructions=[TRIPLE], budgets=["bu" + "A" * 43, poor])
+        assert [a["code"] for a in e.value.attempts] == ["E_UNKNOWN_BUDGET", "E_BUDGET_VOID"]
+        # warrant + void + authority: a warranted agent is refused as such
+        bob._cell.warrant = SimpleNamespace(reason="over_spend", body={"seq": 1})
+        with pytest.raises(Warranted):
+            await bob.refine(instructions=[link], budgets=[poor])
+        cases.append(("E_WARRANTED", "E_NOT_AUTHORIZED"))
+        with pytest.raises(Warranted):
+            await bob.commit_spend(poor, {"ru": 1}, task_id="w")
+        cases.append(("E_WARRANTED", "E_BUDGET_VOID"))
+        for first, second in cases:
+            assert rank(first) < rank(second)

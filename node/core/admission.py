@@ -7,8 +7,8 @@ the function and its payload (LocalNode.call), then the function's own target an
 checks, then the chain's (Cell.check_writable, then the budget: `charge_at`/`claim_at` here).
 
 The table is data: docs/SDK.md prints it, tests/test_admission.py checks a conflicting pair of
-every two checks that can both fail today, and codes this node does not raise yet (the explicit
-budgets' E_BUDGET_VOID, E_UNSOLVABLE, E_UNKNOWN_BUDGET, E_UNKNOWN_TARGET) hold their places.
+every two checks that can both fail, the explicit budgets' codes included
+(tests/test_budgets.py, test_budget_precedence_*).
 """
 
 from __future__ import annotations
@@ -37,16 +37,22 @@ PRECEDENCE: tuple[Check, ...] = (
     ),
     Check(
         "target",
-        ("E_UNKNOWN_AGENT", "E_UNKNOWN_BUDGET", "E_UNKNOWN_TARGET"),
-        "every agent (budget, target) the call names is known",
+        ("E_UNKNOWN_AGENT", "E_UNKNOWN_BUDGET", "E_UNKNOWN_TARGET", "E_EXISTS_DIFFERENT"),
+        "every agent (budget, target, hold) the call names is known; a task_id reused names the "
+        "same hold",
     ),
     Check("warrant", ("E_WARRANTED",), "the caller is not warranted (nor a grant's grantee)"),
     Check(
         "authority",
-        ("E_NOT_AUTHORIZED",),
-        "the caller may do this (a steward's function, a grant for it)",
+        ("E_NOT_AUTHORIZED", "E_NOT_NARROWING"),
+        "the caller may do this (a steward's function, a grant for it, a budget whose schema "
+        "allows the op, can_fund or can_delegate; a child's schema within its parent's)",
     ),
-    Check("void", ("E_BUDGET_VOID",), "the budget paying is not void or expired"),
+    Check(
+        "void",
+        ("E_BUDGET_VOID", "E_HOLD_EXPIRED", "E_ALREADY_RESOLVED"),
+        "the budget paying is not void or expired; a hold is still pending",
+    ),
     Check(
         "balance",
         ("E_INSUFFICIENT_RU", "E_NO_WITNESS", "E_BUDGET_EXCEEDED"),

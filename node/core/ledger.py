@@ -306,16 +306,26 @@ def _key(v: Any, what: str) -> bytes:
 
 
 # -- the checks every spend passes (the order is the one refine reports)
-def spendable(led: Ledger, bid: bytes, author: bytes, ts_us: int) -> Budget:
-    """The budget `bid` as its holder may spend it at `ts_us`: its holds expired as of then."""
+def held(led: Ledger, bid: bytes) -> Budget:
+    """The budget `bid` this chain holds (the order of the checks: core/admission.py)."""
     b = led.budgets.get(bid)
     if b is None:
         raise UnknownBudget(f"budget {to_text('budget', bid)} is not held by this agent")
+    return b
+
+
+def check_open(b: Budget, ts_us: int) -> None:
+    """BudgetVoid if `b` was revoked or has expired by `ts_us`."""
     if b.void:
-        raise BudgetVoid(f"budget {to_text('budget', bid)} was revoked")
+        raise BudgetVoid(f"budget {to_text('budget', b.id)} was revoked")
     if b.schema.expires_at is not None and ts_us >= b.schema.expires_at * 1_000_000:
-        raise BudgetVoid(f"budget {to_text('budget', bid)} expired at {b.schema.expires_at}")
-    return expire_holds(led, b, ts_us)[1]
+        raise BudgetVoid(f"budget {to_text('budget', b.id)} expired at {b.schema.expires_at}")
+
+
+def _spend_from(led: Ledger, b: Budget, ts_us: int) -> tuple[Ledger, Budget]:
+    """`b` open at `ts_us`, with its holds expired as of then."""
+    check_open(b, ts_us)
+    return expire_holds(led, b, ts_us)
 
 
 def expire_holds(led: Ledger, b: Budget, ts_us: int) -> tuple[Ledger, Budget]:
@@ -369,9 +379,9 @@ def pay(
         running = add(led.call[2], cost)
     else:
         raise InvalidInput("a paid write names a refine call that is not the one in progress")
-    b = spendable(led, bid, author, ts)
-    led = expire_holds(led, led.budgets[bid], ts)[0]
+    b = held(led, bid)
     authorize(b, op, author)
+    led, b = _spend_from(led, b, ts)
     for k, limit in b.schema.max_per_call.items():
         if running.get(k, 0) > limit:
             raise BudgetExceeded(running[k], limit, _id(bid), k, "its max_per_call")
@@ -447,8 +457,7 @@ def _transfer(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna)
     amt = amounts(v.get("amounts"), dna, f"{kind} amounts")
     schema = Schema.parse(v.get("schema"), dna)
     _text(v.get("name"), "name", MAX_NAME)
-    p = spendable(led, pid, author, ts)
-    led = expire_holds(led, led.budgets[pid], ts)[0]
+    p = held(led, pid)
     if kind == "fund" and not p.schema.can_fund:
         raise NotAuthorized(f"budget {to_text('budget', pid)} cannot fund (can_fund is false)")
     if kind == "card" and not p.schema.can_delegate:
@@ -460,6 +469,7 @@ def _transfer(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna)
     fault = schema.narrowing_fault(p.schema)
     if fault is not None:
         raise NotNarrowing(fault)
+    led, p = _spend_from(led, p, ts)
     p = debit(p, amt, f"a {kind}")
     p = replace(p, out=add(p.out, amt))
     if len(led.children) >= MAX_BUDGETS:
@@ -479,8 +489,7 @@ def _hold(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> 
         raise ExistsDifferent(f"task {task!r} already has a hold on this chain")
     if sum(1 for x in led.holds.values() if x.state == "pending") >= MAX_HOLDS:
         raise InvalidInput(f"at most {MAX_HOLDS} holds may be pending")
-    b = spendable(led, bid, author, ts)
-    led = expire_holds(led, led.budgets[bid], ts)[0]
+    led, b = _spend_from(led, held(led, bid), ts)
     b = debit(b, amt, "a hold")
     b = replace(b, pending=add(b.pending, amt))
     led = led.with_budget(b)
