@@ -33,6 +33,7 @@ from .core.errors import (
     UnknownAgent,
     UnknownFunction,
 )
+from .core import ledger
 from .core.money import MRU_PER_RU
 from .deferral import DeferralQueue, Entry
 
@@ -45,9 +46,10 @@ class Admitted(Exception):
     """A dry run reached its write and the write's pre-flight passed: the call would be
     admitted, at `cost_mru`. (Not a BudgetError: nothing was refused.)"""
 
-    def __init__(self, cost_mru: int):
+    def __init__(self, cost_mru: int, op: str | None = None):
         super().__init__(cost_mru)
         self.cost_mru = cost_mru
+        self.op = op  # the DNA op the write is charged as
 
 
 class NoDryRun(Exception):
@@ -91,6 +93,22 @@ class DryContext(ZomeContext):
         raise Admitted(0)
 
 
+class PaidDryContext(DryContext):
+    """A dry run of a write paid by an explicit budget: its cost, without the allowance's
+    pre-flight (the budget's rules are checked by `Admissions.budget_admission`)."""
+
+    async def create(self, entry_type: str, content: dict) -> str:
+        cost = self._cell.entry_cost(entry_type, content)
+        self._cell.check_writable()
+        edef = self._node.app.entry_def(entry_type)
+        raise Admitted(cost, edef.op)
+
+    async def charge_results(self, op: str, count: int) -> None:
+        if count:
+            self._cell.check_writable()
+            raise Admitted(self._node.dna.cost(op, count), op)
+
+
 def _op(zome: str, fn: str, payload) -> str:
     """What a refusal names: the app's function a deferral was asked for, else the call."""
     if fn == "defer" and isinstance(payload, dict):
@@ -113,6 +131,10 @@ def _fields(payload, allowed: set[str]) -> dict:
     if not isinstance(payload, dict) or not set(payload) <= allowed:
         raise InvalidInput(f"takes a map with keys {sorted(allowed)}")
     return payload
+
+
+# refine reports the budget that got furthest: authority, then balance, then solvability
+_REFINE_STAGE = {"E_BUDGET_EXCEEDED": 2, "E_UNSOLVABLE": 3}
 
 
 class Admissions:
@@ -259,12 +281,54 @@ class Admissions:
 
     async def _check(self, cell, payload) -> Admission:
         p = _fields(payload, {"zome", "fn", "payload", "budgets"})
-        if p.get("budgets") is not None:
-            raise InvalidInput("explicit budgets are not part of this node yet: budgets=None")
         zome, fn = p.get("zome"), p.get("fn")
         if zome == NODE_ZOME:
             raise InvalidInput("check takes a function of the app")
+        if p.get("budgets") is not None:
+            return await self.budget_admission(cell, zome, fn, p.get("payload"), p["budgets"])
         return await self.admission(cell, zome, fn, p.get("payload"))
+
+    async def budget_admission(self, cell, zome, fn, payload, budgets) -> Admission:
+        """`check` of a call refine would pay with `budgets` (one id or a list): the code of
+        the budget that got furthest, as refine reports it, or ok with the first that pays."""
+        from zomes.hdk import Ids
+
+        ids = Ids("budget", 16).check("budgets", budgets, self.node.dna)
+        if not ids:
+            raise InvalidInput("budgets names no budget")
+        op = fn
+        try:
+            await self.node.dispatch(cell, zome, fn, payload, PaidDryContext)
+            cost = 0
+        except Admitted as a:
+            cost, op = a.cost_mru, a.op or fn
+        except NoDryRun as e:
+            raise InvalidInput(str(e)) from None
+        except BudgetError as e:
+            return Admission(False, e.code, 0, 0, 0, 0, e.message)
+        cs = cell.state
+        best: BudgetError | None = None
+        for bid in ids:
+            try:
+                led = ledger.pay(
+                    cell.ledger,
+                    bid,
+                    cs.seq + 1,
+                    cs.seq + 1,
+                    self.node.app.op_name(op),
+                    ledger.ru(cost),
+                    cell.key.public,
+                    max(cell.now_us(), cs.ts),
+                )
+            except BudgetError as e:
+                if best is None or _REFINE_STAGE.get(e.code, 1) > _REFINE_STAGE.get(best.code, 1):
+                    best = e
+                continue
+            have = led.budgets[bid].available.get("ru", 0) + cost
+            return Admission(True, None, cost, have, 0, 0)
+        assert best is not None  # ids is not empty: each one refused
+        have = getattr(best, "have_units", 0) if isinstance(best, BudgetExceeded) else 0
+        return Admission(False, best.code, cost, have, 0, 0, best.message)
 
     async def _has_budget(self, cell, payload) -> bool:
         p = _fields(payload, {"op", "count"})

@@ -707,3 +707,21 @@ async def test_budget_precedence_each_conflicting_pair_gets_the_first_checks_cod
         cases.append(("E_WARRANTED", "E_BUDGET_VOID"))
         for first, second in cases:
             assert rank(first) < rank(second)
+
+
+async def test_check_with_budgets_foresees_refine_and_writes_nothing():
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        small = await alice.delegate_budget(root, holder=bob.agent_id, max_spend={"ru": 2})
+        seq = bob._cell.state.seq
+        payload = TRIPLE["payload"]
+        ok = await bob.check("memory", "transmit_understanding", payload, budgets=[card])
+        assert ok.ok and ok.code is None and ok.need == 3.0 and ok.have == 30.0
+        over = await bob.check("memory", "transmit_understanding", payload, budgets=small)
+        assert (over.ok, over.code, over.need, over.have) == (False, "E_BUDGET_EXCEEDED", 3.0, 2.0)
+        with pytest.raises(BudgetExceeded):  # what the real call meets
+            await bob.refine(instructions=[TRIPLE], budgets=small)
+        denied = await bob.check("rose_forest", "add_knowledge", {"content": "x"}, budgets=[card])
+        assert denied.code == "E_NOT_AUTHORIZED"
+        assert bob._cell.state.seq == seq
+        assert ru(await bob.get_budget(card)) == 30.0
