@@ -119,8 +119,9 @@ class Run:
             i = self.rng.randrange(len(self.procs))
             length = self.rng.uniform(*FAULT_LEN_S)
             if trio.current_time() + length > until:
-                return
+                break
             await self.inject(kind, i, length)
+        await trio.sleep_until(until)  # the writes go on for the whole phase, faults or none
 
     async def inject(self, kind: str, i: int, length: float) -> None:
         p = self.procs[i]
