@@ -136,6 +136,8 @@ def test_a_warrant_on_an_honest_agent_a_store_error_a_crash_or_no_convergence_fa
     h, held, views = _healthy()
     warrants = {2: [{"agent_id": _agent(0), "kind": "fork", "reason": "x"}]}
     assert _judge(h, held, views, warrants=warrants)["failed"] == ["honest_warranted"]
+    on_a_node = {1: [{"agent_id": to_text("agent", NODES[3]), "kind": "peer", "reason": "x"}]}
+    assert _judge(h, held, views, warrants=on_a_node)["honest_warranted"] == 1
     assert _judge(h, held, views, errors={1: "E_STORE_CORRUPTED: x"})["failed"] == ["store_errors"]
     assert _judge(h, held, views, converged=False)["failed"] == ["converged"]
     h.crashes.append({"node": 1, "exit": 1, "stderr_tail": "Traceback"})
