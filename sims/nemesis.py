@@ -32,6 +32,7 @@ from node.core.crypto import to_text
 from node.core.dna import Dna
 from node.core.encoding import decode
 from node.core.errors import BudgetError
+from node.errgroups import unwrap_single_errors
 from node.store import Store, store_path
 from node.verifier import open_states, verify_path
 
@@ -84,7 +85,7 @@ class Run:
         await self.procs[0].start([])
         for i, p in enumerate(self.procs[1:], 1):
             await p.start(self.bootstrap_for(i))
-        say(f"{len(self.procs)} nodes up on {self.lan.net}.0/24 (run {self.lan.run})")
+        say(f"{len(self.procs)} nodes up")
 
     async def wait_until(self, what: str, timeout: float, check) -> bool:
         """Poll `check()` (async, bool) until true or `timeout` passes: these are real processes
@@ -118,8 +119,9 @@ class Run:
             i = self.rng.randrange(len(self.procs))
             length = self.rng.uniform(*FAULT_LEN_S)
             if trio.current_time() + length > until:
-                return
+                break
             await self.inject(kind, i, length)
+        await trio.sleep_until(until)  # the writes go on for the whole phase, faults or none
 
     async def inject(self, kind: str, i: int, length: float) -> None:
         p = self.procs[i]
@@ -245,6 +247,7 @@ async def run(cfg: Config) -> dict:
     out = cfg.out or tempfile.mkdtemp(prefix="budgetnode-nemesis-")
     os.makedirs(out, exist_ok=True)
     lan = netns.Lan()
+    say(f"run {lan.run}: hosts on {lan.net}.0/24")
     run_ = None
     try:
         run_ = Run(cfg, lan, out)
@@ -394,19 +397,26 @@ async def _run_cli(args) -> int:
         out=args.out,
     )
     report = None
-    # SIGTERM and SIGHUP stop the run as Ctrl-C does: cancelled, so everything is torn down
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
+    try:
+        # SIGTERM and SIGHUP stop the run as Ctrl-C does: cancelled, so everything is torn down
+        with (
+            unwrap_single_errors(),
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as sigs,
+        ):
+            async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                async for sig in signals:
-                    say(f"stopping on {signal.Signals(sig).name}: removing the nodes and hosts")
-                    nursery.cancel_scope.cancel()
-                    return
+                async def stop_on_signal() -> None:
+                    async for sig in sigs:
+                        say(f"stopping on {signal.Signals(sig).name}: removing the nodes and hosts")
+                        nursery.cancel_scope.cancel()
+                        return
 
-            nursery.start_soon(stop_on_signal)
-            report = await run(cfg)
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(stop_on_signal)
+                report = await run(cfg)
+                nursery.cancel_scope.cancel()
+    except NodeFailed as e:  # a node that would not start (again): the run cannot be judged
+        say(f"the run stopped: {e} (seed {cfg.seed}; --out DIR keeps each node's up.err)")
+        return 1
     if report is None:
         return 143
     if args.json:

@@ -184,12 +184,8 @@ def judge(
         for x in history.refusals
         if x.code == "E_INSUFFICIENT_RU" and final_used[x.agent] + write_mru <= base_mru
     ]
-    honest = [
-        {"node": i, **w}
-        for i, ws in sorted(warrants.items())
-        for w in ws
-        if w.get("agent_id") in ours
-    ]
+    # every agent and node of the run is honest: any warrant at all is a wrong one
+    honest = [{"node": i, **w} for i, ws in sorted(warrants.items()) for w in ws]
     lat = [visible_at[a.hash] - a.acked for a in history.acks if a.hash in visible_at]
     report = {
         "acked_writes": len(history.acks),

@@ -116,7 +116,7 @@ class NodeProc:
                 await self.proc.wait()
                 raise NodeFailed(
                     f"node {self.host} exited ({self.proc.returncode}) while starting: "
-                    f"{_tail(os.path.join(self.directory, 'up.err'))}"
+                    f"{_last_line(os.path.join(self.directory, 'up.err'))}"
                 )
             self.info = json.loads(line)["nodes"][0]
             await trio.Path(self.directory, "up.out").write_bytes(line)
@@ -176,6 +176,11 @@ def _log(directory: str, header: str) -> int:
     fd = os.open(os.path.join(directory, "up.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.write(fd, (header + "\n").encode())
     return fd
+
+
+def _last_line(path: str) -> str:
+    """The node's last word on stderr (a refusal is one line: `CODE: message`)."""
+    return (_tail(path).splitlines() or ["(no output)"])[-1]
 
 
 def _tail(path: str, n: int = 400) -> str:

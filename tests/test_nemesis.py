@@ -5,6 +5,7 @@ skipped, saying so, only where they are missing."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -135,6 +136,8 @@ def test_a_warrant_on_an_honest_agent_a_store_error_a_crash_or_no_convergence_fa
     h, held, views = _healthy()
     warrants = {2: [{"agent_id": _agent(0), "kind": "fork", "reason": "x"}]}
     assert _judge(h, held, views, warrants=warrants)["failed"] == ["honest_warranted"]
+    on_a_node = {1: [{"agent_id": to_text("agent", NODES[3]), "kind": "peer", "reason": "x"}]}
+    assert _judge(h, held, views, warrants=on_a_node)["honest_warranted"] == 1
     assert _judge(h, held, views, errors={1: "E_STORE_CORRUPTED: x"})["failed"] == ["store_errors"]
     assert _judge(h, held, views, converged=False)["failed"] == ["converged"]
     h.crashes.append({"node": 1, "exit": 1, "stderr_tail": "Traceback"})
@@ -242,7 +245,6 @@ def test_a_short_nemesis_run_on_three_hosts_holds_every_verdict(tmp_path):
 async def test_sigterm_mid_run_removes_every_process_and_host():
     """A run stopped by SIGTERM (as a CI runner or systemd stops it) tears down as Ctrl-C does:
     exit 143, its node processes gone, its namespaces, veths and bridge removed."""
-    import re
     import signal
 
     import trio
@@ -256,9 +258,9 @@ async def test_sigterm_mid_run_removes_every_process_and_host():
                 chunk = await proc.stderr.receive_some(4096)
                 assert chunk, seen.decode()
                 seen += chunk
-        m = re.search(rb"up on ([0-9.]+)\.0/24 \(run ([0-9a-f]+)\)", seen)
+        m = re.search(rb"run ([0-9a-f]+): hosts on ([0-9.]+)\.0/24", seen)
         assert m, seen.decode()
-        net, run = m.group(1).decode(), m.group(2).decode()
+        run, net = m.group(1).decode(), m.group(2).decode()
         assert _ours(run)
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(60):
@@ -272,3 +274,25 @@ async def test_sigterm_mid_run_removes_every_process_and_host():
         ["pgrep", "-f", "--", pattern], capture_stdout=True, capture_stderr=True, check=False
     )
     assert leftover.returncode == 1, leftover  # 1: no process matched (2 would be an error)
+
+
+@needs_netns
+def test_a_node_that_cannot_start_stops_the_run_naming_its_error(tmp_path):
+    """A node process that exits while starting (here its store is unusable: chain.db is a
+    directory) cannot be judged: exit 1, its own error quoted, and nothing left behind."""
+    out = tmp_path / "run"
+    (out / "node0" / "chain.db").mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "nemesis", "--nodes", "2", "--minutes", "0.1"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("nemesis: the run stopped: node 0 exited (1) while starting")
+    assert "E_STORE_UNUSABLE" in last
+    m = re.search(r"run ([0-9a-f]+): hosts on", done.stderr)
+    assert m, done.stderr
+    assert not _ours(m.group(1))
