@@ -666,10 +666,16 @@ async def test_budget_precedence_each_conflicting_pair_gets_the_first_checks_cod
 
     async with LocalNode.open(clock=Clock()) as node:
         st, alice, bob, carol, root, child, card = await tree(node)
-        link = {**LINK, "payload": {"from_hash": "ac" + "A" * 43, "to_hash": "ac" + "A" * 43,
-                                    "relation": "r"}}
-        poor = await alice.fund_budget(root, {"ru": 11}, holder=bob.agent_id,
-                                       schema={"ops": ["memory.*"], "min_reserve": {"ru": 10}})
+        link = {
+            **LINK,
+            "payload": {"from_hash": "ac" + "A" * 43, "to_hash": "ac" + "A" * 43, "relation": "r"},
+        }
+        poor = await alice.fund_budget(
+            root,
+            {"ru": 11},
+            holder=bob.agent_id,
+            schema={"ops": ["memory.*"], "min_reserve": {"ru": 10}},
+        )
         await alice.revoke_budget(poor)  # void, and its schema does not allow link_edge
         cases = []
         # authority + void: a void budget whose schema does not allow the op
@@ -681,8 +687,9 @@ async def test_budget_precedence_each_conflicting_pair_gets_the_first_checks_cod
             await bob.refine(instructions=[TRIPLE, TRIPLE, TRIPLE, TRIPLE], budgets=[poor])
         cases.append(("E_BUDGET_VOID", "E_BUDGET_EXCEEDED"))
         # balance + solvency: more than the balance is also below the reserve
-        tight = await alice.fund_budget(root, {"ru": 2}, holder=bob.agent_id,
-                                        schema={"min_reserve": {"ru": 1}})
+        tight = await alice.fund_budget(
+            root, {"ru": 2}, holder=bob.agent_id, schema={"min_reserve": {"ru": 1}}
+        )
         with pytest.raises(BudgetExceeded):
             await bob.refine(instructions=[TRIPLE], budgets=tight)
         cases.append(("E_BUDGET_EXCEEDED", "E_UNSOLVABLE"))
