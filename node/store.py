@@ -38,7 +38,7 @@ import trio
 
 from .core import ledger
 from .core.action import Signed, grant_hash
-from .core.encoding import decode_stored, encode
+from .core.encoding import decode_stored
 from .core.ledger import LEDGER0, Ledger
 from .core.budget import BudgetState
 from .core.crypto import to_text
@@ -503,7 +503,7 @@ class Store:
         if led is not None and led != LEDGER0:
             db.execute(
                 "INSERT OR REPLACE INTO ledgers VALUES (?,?,?)",
-                (cs.author, cs.seq, encode(ledger.dump(led))),
+                (cs.author, cs.seq, led.encoded),
             )
         if claims:
             db.executemany(

@@ -17,11 +17,13 @@ InvalidChain `ledger_<code>`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from .action import MAX_ACTION_BYTES, Signed
 from .crypto import to_text, verify
+from .encoding import encode
 from .dna import Dna
 from .errors import (
     AlreadyResolved,
@@ -275,6 +277,12 @@ class Ledger:
     call: tuple[int, bytes, Amounts] | None = (
         None  # (first seq, budget id, total so far) of the refine in progress
     )
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """`dump`, encoded: kept with each checkpoint, and the same object for every action
+        that leaves the ledger as it was (an unpaid write), so encoded once."""
+        return encode(dump(self))
 
     def with_budget(self, b: Budget) -> Ledger:
         return replace(self, budgets=_put(self.budgets, b.id, b))
