@@ -108,6 +108,16 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "fails the run (honest_node_crashes)",
     )
     p.add_argument(
+        "--economy",
+        action="store_true",
+        default=None,
+        help="budgets as authorizers beside the workload: node 0's steward mints, holders fund "
+        "and delegate cards across nodes, agents refine paid by budgets, commit, settle, cancel "
+        "or let holds expire, funders revoke; the ledger's invariants are checked "
+        "(ledger_violations); with --rogue-mode overspend_budget, rogue agents spend past "
+        "their cards",
+    )
+    p.add_argument(
         "--transport",
         choices=("sim", "libp2p"),
         help="sim (default): the seeded simulated network on virtual time; libp2p: the "
@@ -131,6 +141,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "request-timeout",
         "actions-per-agent-hour",
         "grants-per-hour",
+        "economy-per-hour",
         "warmup",
         "deadline",
     ):
@@ -139,7 +150,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             type=int
             if k == "r"
             else parse_duration
-            if k not in ("actions-per-agent-hour", "grants-per-hour")
+            if k not in ("actions-per-agent-hour", "grants-per-hour", "economy-per-hour")
             else float,
             help=argparse.SUPPRESS,
         )
@@ -179,9 +190,11 @@ def config_from_args(args) -> SimConfig:
         "request_timeout",
         "actions_per_agent_hour",
         "grants_per_hour",
+        "economy_per_hour",
         "warmup",
         "deadline",
         "transport",
+        "economy",
     ):
         v = getattr(args, k, None)
         if v is not None:
@@ -244,14 +257,31 @@ def _human(r: dict) -> str:
         f"{r['windows_opened']}, refusals by code {r['refusals_by_code'] or 'none'}; rogue modes "
         f"{','.join(r['rogue_modes']) or 'none'}; sybil agents {r['sybil_agents']} (held by an "
         f"honest node: {r['sybil_accepted']}), backdated actions held {r['backdated_accepted']}",
-        f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
+        f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}"
+        f"; ledger violations: {r['ledger_violations']}",
         f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
     ]
+    e = r.get("economy")
+    if e:
+        b = e["books"]
+        lines.append(f"  economy: {_counts(e['done']) or 'nothing done'}")
+        lines.append(f"    refused: {_counts(e['refused']) or 'none'}")
+        if b:
+            lines.append(
+                f"    books (RU): minted {b['minted']}, held {b['held']}, in transit "
+                f"{b['in_transit']}, sent outside {b['sent_outside']}, taken from outside "
+                f"{b['taken_from_outside']}; holds {_counts(b['holds']) or 'none'}; "
+                f"{b.get('paid_writes', 0)} paid writes traced to a mint"
+            )
     for v in r["invariant_violations"][:20]:
         lines.append(f"  ! {v}")
     if r.get("replay"):
         lines.append(f"  replay: {r['replay']}")
     return "\n".join(lines)
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
 def plot(report: dict, path: str) -> None:

@@ -111,6 +111,10 @@ class SimConfig:
     # workload
     actions_per_agent_hour: float = 4.0
     grants_per_hour: float = 6.0
+    # budgets as authorizers (sims/economy.py): mints, funds, cards, paid refines, holds and
+    # revokes beside the workload, and the ledger's invariants checked (off: as before)
+    economy: bool = False
+    economy_per_hour: float = 120.0  # economy steps an hour, over the whole network
     warmup: float = 120.0  # before the workload starts: nodes join and learn peers
     deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling
@@ -182,6 +186,7 @@ class SimConfig:
             "request_timeout",
             "actions_per_agent_hour",
             "grants_per_hour",
+            "economy_per_hour",
             "warmup",
             "deadline",
         ):
@@ -195,6 +200,8 @@ class SimConfig:
             parts.append(f"--membrane {self.membrane}")
         if self.window is not None:
             parts.append(f"--window {self.window:g}s")
+        if self.economy:
+            parts.append("--economy")
         return " ".join(parts)
 
     def replace(self, **kw) -> SimConfig:
