@@ -10,18 +10,12 @@ from types import MappingProxyType
 import pytest
 
 from node.core import ledger as L
-from node.core.action import Signed
 from node.core.crypto import from_text
 from node.local_node import LocalNode
 from sims.invariants import audit_chain, spending_bound
 from sims.ledger_audit import check_books, replay_ledger
 
-T0 = 1_730_678_400.0
-TRIPLE = {
-    "zome": "memory",
-    "fn": "transmit_understanding",
-    "payload": {"subject": "s", "predicate": "p", "object": "o"},
-}  # 3 RU
+from test_budgets import T0, TRIPLE, _next
 
 
 def chains(node) -> dict:
@@ -49,16 +43,6 @@ async def economy(node, t):
     await alice.revoke_budget(card)
     await bob.revoke_budget(child)
     return alice, bob, carol, root, child, card
-
-
-def _next(chain, edit, key):
-    """The chain's last action, edited and re-signed by its author as the next action."""
-    last = chain[-1]
-    a = copy.deepcopy(last.action)
-    a["seq"], a["prev"], a["ts"] = last.seq + 1, last.hash, last.ts + 1
-    a.pop("witness", None)
-    edit(a)
-    return Signed.sign(a, key)
 
 
 async def test_an_honest_economy_balances_to_what_was_minted():
