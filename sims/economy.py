@@ -324,9 +324,9 @@ class Economy:
         payee = self._elsewhere(a, self._agents(False))
         if payee is None:
             return None
-        return (a, lambda n: self._hold(a, b, payee))
+        return (a, lambda n: self._hold(a, b, payee, n))
 
-    async def _hold(self, a: SimAgent, b, payee: SimAgent) -> None:
+    async def _hold(self, a: SimAgent, b, payee: SimAgent, nursery) -> None:
         """Commit a hold, then (as the agent's work takes its time) settle part of it to
         someone on another node, cancel it, or let it expire and be refused a late settle."""
         h = self._handle(a)
@@ -347,22 +347,41 @@ class Economy:
             self.done["hold_retry"] += 1
             if again.id != hold.id:
                 self.ledger_violation(f"a retried commit_spend {task} made another hold")
-        if plan < 0.45:
-            await trio.sleep(rng.uniform(1, 0.8 * timeout))  # the paid work takes its time
-            await h.settle_spend(task, {"ru": rng.randint(1, ru)}, payee=payee.agent_id)
-            self.done["settle"] += 1
-        elif plan < 0.75:
-            await trio.sleep(rng.uniform(1, 0.8 * timeout))
-            await h.cancel_spend(task)
-            self.done["cancel"] += 1
+        nursery.start_soon(self._resolve, a, task, ru, timeout, plan, payee)
+
+    async def _resolve(self, a: SimAgent, task: str, ru: int, timeout, plan, payee) -> None:
+        """The paid work takes its time (or outlives the hold); then the agent's node (which may
+        have restarted meanwhile) settles or cancels it."""
+        late = plan >= 0.75
+        await trio.sleep(
+            timeout + self.rng.uniform(5, 60) if late else self.rng.uniform(1, 0.8 * timeout)
+        )
+        h = self._handle(a)
+        if h is None:
+            self.done["hold_holder_down"] += 1
+        elif plan < 0.45:
+            amounts = {"ru": self.rng.randint(1, ru)}
+            await self._guard(
+                "settle",
+                a,
+                self._count("settle", h.settle_spend(task, amounts, payee=payee.agent_id)),
+            )
+        elif not late:
+            await self._guard("cancel", a, self._count("cancel", h.cancel_spend(task)))
         else:
-            await trio.sleep(timeout + rng.uniform(5, 60))  # the work outlived the hold
-            try:
-                await h.settle_spend(task, {"ru": 1}, payee=payee.agent_id)
-            except HoldExpired:
-                self.done["late_settle_refused"] += 1
-                return
-            self.ledger_violation(f"hold {task} was settled after its timeout")
+            await self._guard("late_settle", a, self._late_settle(h, task, payee))
+
+    async def _count(self, what: str, step) -> None:
+        await step
+        self.done[what] += 1
+
+    async def _late_settle(self, h, task: str, payee: SimAgent) -> None:
+        try:
+            await h.settle_spend(task, {"ru": 1}, payee=payee.agent_id)
+        except HoldExpired:
+            self.done["late_settle_refused"] += 1
+            return
+        self.ledger_violation(f"hold {task} was settled after its timeout")
 
     def _pick_revoke(self):
         live = [(a, c) for a, c in self.issued if self._handle(a) is not None]

@@ -428,7 +428,7 @@ def check_books(chains: dict, stewards: tuple, now_us: int) -> Findings:
             if to in replays:
                 if h not in replays[to].accepted:
                     t["in_transit"] = _add(t["in_transit"], value)
-                    out.counts["in_transit"] += 1
+                    out.counts["offers_in_transit"] += 1
             else:
                 t["sent_outside"] = _add(t["sent_outside"], value)
                 outside[to] = _add(outside.get(to, {}), value)
