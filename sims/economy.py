@@ -23,9 +23,8 @@ import trio
 
 from node.core.crypto import blake2b_256, from_text, to_text
 from node.core.errors import BudgetError, HoldExpired
-from node.local_node import AgentClient
-
 from node.core.ledger import Budget, dump
+from node.local_node import AgentClient
 
 from .ledger_audit import check_books, replay_ledger, view_problems
 from .workload import WORDS
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from .sim import Simulation
     from .workload import SimAgent
 
-# instruction -> (cost in RU, payload maker)
+# what agents refine with: "zome.fn" -> its cost in RU (the DNA's)
 INSTRUCTIONS = {
     "memory.transmit_understanding": 3,
     "memory.validate_triple": 2,
@@ -68,7 +67,6 @@ class Economy:
         self.refused: Counter[str] = Counter()  # "verb:code" of refusals (expected ones too)
         self.issued: list[tuple[SimAgent, str]] = []  # (funder, child or card id)
         self.tasks = 0
-        self.busy: set[int] = set()
         self._waiters: dict[tuple[bytes, bytes], trio.Event] = {}
         self._next_view_check = 0.0
         self.violations: list[str] = []  # ledger violations seen during the run and after
@@ -191,7 +189,8 @@ class Economy:
 
     # -- the verbs: _pick_<kind>() -> (who acts, what they do given the nursery) or None
     def _pick_mint(self):
-        """node 0's steward (its node's first agent stands for it in the accounting)."""
+        """node 0's steward mints (an agent of node 0 stands for it in _guard, which watches
+        that node)."""
         slot0 = self.sim.slots[0]
         pool = self._agents()
         steward = slot0.node.steward if slot0.node is not None else None

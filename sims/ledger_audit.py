@@ -187,10 +187,11 @@ class Replay:
         if h is None:
             self.problem(f"a {how} of unknown hold {v.get('task_id')!r}")
             return None
+        done = "settled" if how == "settle" else "cancelled"
         if h[3] != "pending":
-            self.problem(f"hold {v.get('task_id')!r} {how}d after it was {h[3]}")
+            self.problem(f"hold {v.get('task_id')!r} {done} after it was {h[3]}")
             return None
-        h[3] = "settled" if how == "settle" else "cancelled"
+        h[3] = done
         b = self.budgets.get(h[0])
         if b is not None:
             b.pending = _add(b.pending, h[1], -1)
