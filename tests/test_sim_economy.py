@@ -112,3 +112,26 @@ def test_the_cli_reports_the_economy_in_text_and_json(capsys):
     assert "--economy" in small().replay_command()
     assert sim_main(argv) == 0
     assert "economy" not in capsys.readouterr().out.split("ledger violations: 0")[1]
+
+
+def test_mixed_economy_seeds_are_rebuilt_by_their_replay_commands():
+    """A failing sweep seed prints a command: with the economy (and an overspender in half the
+    seeds with rogues), it must rebuild the same run; without it, the seed is as before."""
+    import argparse
+    import shlex
+
+    from sims.cli import _configure, config_from_args
+    from sims.mixed import mixed
+
+    modes = set()
+    for seed in range(1, 13):
+        cfg = mixed(seed, economy=True)
+        plain = mixed(seed)
+        assert cfg.economy and not plain.economy
+        assert cfg.replace(economy=False, rogue_modes=plain.rogue_modes) == plain
+        modes.update(cfg.rogue_modes[:1] if cfg.rogue else ())
+        args = _configure(argparse.ArgumentParser()).parse_args(
+            shlex.split(cfg.replay_command())[2:]
+        )
+        assert config_from_args(args) == cfg
+    assert "overspend_budget" in modes
