@@ -364,6 +364,7 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
         "nodes": cfg.nodes,
         "failed": [r["seed"] for r in failed],
         "violations": sum(len(r["invariant_violations"]) for r in rows),
+        "ledger_violations": sum(r["ledger_violations"] for r in rows),
         "not_converged": sum(1 for r in rows if not r["converged"]),
         "writes": sum(r["writes"] for r in rows),
         "refusals": sum(r["refusals"] for r in rows),
