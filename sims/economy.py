@@ -69,6 +69,7 @@ class Economy:
         self.tasks = 0
         self._waiters: dict[tuple[bytes, bytes], trio.Event] = {}
         self._next_view_check = 0.0
+        self._views_seen: dict[tuple[int, bytes], Any] = {}  # (node, holder) -> ledger checked
         self.violations: list[str] = []  # ledger violations seen during the run and after
         self.final: dict = {}
 
@@ -411,8 +412,12 @@ class Economy:
         if now < self._next_view_check:
             return
         self._next_view_check = now + VIEW_CHECK_EVERY_S
+        seen = self._views_seen
         for s in self.sim.honest_live():
-            for _, led in s.running.ledgers():
+            for holder, led in s.running.ledgers():
+                if seen.get((s.index, holder)) is led:
+                    continue  # a ledger is immutable: one already checked is fine still
+                seen[(s.index, holder)] = led
                 for p in view_problems(led)[:1]:
                     self.ledger_violation(f"node {s.index} sees {p}")
 
