@@ -6,6 +6,7 @@
     python -m bench.sim_scale --sweep-seeds 1-5000 --out a.jsonl   # a shard of a long sweep
     python -m bench.sim_scale --sweep-seeds 1-50 --byzantine       # ... with Byzantine nodes too
     python -m bench.sim_scale --sweep-seeds 1-50 --trust           # ... with backdate and sybil
+    python -m bench.sim_scale --sweep-seeds 1-50 --economy         # ... with budgets (issue 16)
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
 A run is a function of its seed alone (not of PYTHONHASHSEED): traces compare across processes.
@@ -65,6 +66,7 @@ def sweep(
     out: str | None,
     byzantine: bool = False,
     trust: bool = False,
+    economy: bool = False,
 ):
     """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
     each result is appended to `out` (JSON lines) as it finishes, so shards can run in
@@ -75,7 +77,7 @@ def sweep(
     for seed in seeds:
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
-        cfg = mixed(seed, nodes, byzantine=byzantine, trust=trust)
+        cfg = mixed(seed, nodes, byzantine=byzantine, trust=trust, economy=economy)
         try:
             r = run(cfg)
             row = {
@@ -99,6 +101,8 @@ def sweep(
                 },
                 "rogue_agents": r["rogue_agents"],
                 "warranted_rogue_agents": r["warranted_rogue_agents"],
+                "ledger_violations": r["ledger_violations"],
+                "economy": r["economy"] and r["economy"]["done"],
                 "wall_seconds": r["wall_seconds"],
                 "replay": cfg.replay_command(),
             }
@@ -163,6 +167,12 @@ def main():
         action="store_true",
         help="the sweep's seeds run an invite network with backdate and sybil nodes (issue 15)",
     )
+    p.add_argument(
+        "--economy",
+        action="store_true",
+        help="the sweep's seeds run the budget economy (sims/economy.py), some with an "
+        "overspend_budget rogue",
+    )
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
@@ -170,7 +180,13 @@ def main():
     if a.sweep or a.sweep_seeds:
         lo, _, hi = (a.sweep_seeds or "1-1000000000").partition("-")
         return sweep(
-            a.sweep, a.sweep_nodes, range(int(lo), int(hi or lo) + 1), a.out, a.byzantine, a.trust
+            a.sweep,
+            a.sweep_nodes,
+            range(int(lo), int(hi or lo) + 1),
+            a.out,
+            a.byzantine,
+            a.trust,
+            a.economy,
         )
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 

@@ -227,9 +227,13 @@ class Cell:
         """A write's BudgetState record: charged to the allowance, or paid by the budget of
         the refine in progress (its first paid write's seq names the call)."""
         if self._pay is not None and self._batch_task is trio.lowlevel.current_task():
+            # the batch's first write starts a call (the chain's `call` may still name the last
+            # refine's, which only the next unpaid action closes); the rest continue it
             cs = self._staged_state or self.state
             led = cs.ledger
-            call = led.call[0] if led is not None and led.call is not None else cs.seq + 1
+            call = cs.seq + 1
+            if self._staged_state is not None and led is not None and led.call is not None:
+                call = led.call[0]
             return {
                 "op": op,
                 "cost": cost,

@@ -116,6 +116,16 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "fails the run (honest_node_crashes)",
     )
     p.add_argument(
+        "--economy",
+        action="store_true",
+        default=None,
+        help="budgets as authorizers beside the workload: node 0's steward mints, holders fund "
+        "and delegate cards across nodes, agents refine paid by budgets, commit, settle, cancel "
+        "or let holds expire, funders revoke; the ledger's invariants are checked "
+        "(ledger_violations); with --rogue-mode overspend_budget, rogue agents spend past "
+        "their cards",
+    )
+    p.add_argument(
         "--transport",
         choices=("sim", "libp2p"),
         help="sim (default): the seeded simulated network on virtual time; libp2p: the "
@@ -139,6 +149,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "request-timeout",
         "actions-per-agent-hour",
         "grants-per-hour",
+        "economy-per-hour",
         "warmup",
         "deadline",
     ):
@@ -147,7 +158,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             type=int
             if k == "r"
             else parse_duration
-            if k not in ("actions-per-agent-hour", "grants-per-hour")
+            if k not in ("actions-per-agent-hour", "grants-per-hour", "economy-per-hour")
             else float,
             help=argparse.SUPPRESS,
         )
@@ -188,9 +199,11 @@ def config_from_args(args) -> SimConfig:
         "request_timeout",
         "actions_per_agent_hour",
         "grants_per_hour",
+        "economy_per_hour",
         "warmup",
         "deadline",
         "transport",
+        "economy",
     ):
         v = getattr(args, k, None)
         if v is not None:
@@ -255,14 +268,31 @@ def _human(r: dict) -> str:
         f"honest node: {r['sybil_accepted']}), backdated actions held {r['backdated_accepted']}",
         f"  deferred {r['deferred']}: ran {r['deferred_run']}, refused when run "
         f"{r['deferred_refused']}",
-        f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}",
+        f"  converged: {r['converged']}; invariant violations: {len(r['invariant_violations'])}"
+        f"; ledger violations: {r['ledger_violations']}",
         f"  trace {r['trace_hash'] or 'none: a real network run is not reproducible'}",
     ]
+    e = r.get("economy")
+    if e:
+        b = e["books"]
+        lines.append(f"  economy: {_counts(e['done']) or 'nothing done'}")
+        lines.append(f"    refused: {_counts(e['refused']) or 'none'}")
+        if b:
+            lines.append(
+                f"    books (RU): minted {b['minted']}, held {b['held']}, in transit "
+                f"{b['in_transit']}, sent outside {b['sent_outside']}, taken from outside "
+                f"{b['taken_from_outside']}; holds {_counts(b['holds']) or 'none'}; "
+                f"{b.get('paid_writes', 0)} paid writes traced to a mint"
+            )
     for v in r["invariant_violations"][:20]:
         lines.append(f"  ! {v}")
     if r.get("replay"):
         lines.append(f"  replay: {r['replay']}")
     return "\n".join(lines)
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
 def plot(report: dict, path: str) -> None:
@@ -345,6 +375,7 @@ def sweep(cfg: SimConfig, seeds: list[int], args, show: bool) -> int:
         "nodes": cfg.nodes,
         "failed": [r["seed"] for r in failed],
         "violations": sum(len(r["invariant_violations"]) for r in rows),
+        "ledger_violations": sum(r["ledger_violations"] for r in rows),
         "not_converged": sum(1 for r in rows if not r["converged"]),
         "writes": sum(r["writes"] for r in rows),
         "refusals": sum(r["refusals"] for r in rows),

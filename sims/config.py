@@ -114,6 +114,10 @@ class SimConfig:
     # heavy honest agents write with defer=True: a write refused for lack of RU waits in its
     # node's deferral queue for the window (or a grant) instead (off: the workload of before)
     defer: bool = False
+    # budgets as authorizers (sims/economy.py): mints, funds, cards, paid refines, holds and
+    # revokes beside the workload, and the ledger's invariants checked (off: as before)
+    economy: bool = False
+    economy_per_hour: float = 120.0  # economy steps an hour, over the whole network
     warmup: float = 120.0  # before the workload starts: nodes join and learn peers
     deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling
@@ -185,6 +189,7 @@ class SimConfig:
             "request_timeout",
             "actions_per_agent_hour",
             "grants_per_hour",
+            "economy_per_hour",
             "warmup",
             "deadline",
         ):
@@ -200,6 +205,8 @@ class SimConfig:
             parts.append(f"--window {self.window:g}s")
         if self.defer:
             parts.append("--defer")
+        if self.economy:
+            parts.append("--economy")
         return " ".join(parts)
 
     def replace(self, **kw) -> SimConfig:

@@ -4,7 +4,11 @@
 arithmetic — deliberately not node.core.validate — so a bug shared by the author's node and
 the validators cannot hide: over-spends, forged or wrong BudgetStates, grants above the cap,
 spend above 100 RU + claimed grants per window, windows opened without a steward's witness (or
-before the last one ended) and uninvited geneses on an invite network are all reported.
+before the last one ended) and uninvited geneses on an invite network are all reported. Ledger
+actions (budgets as authorizers) cost the allowance nothing, and a write paid by a budget
+(`pay`/`call` in its record) records the DNA's cost without charging the allowance: both must
+leave the remaining allowance as it was. Whether the budget could pay is the ledger's question,
+re-derived on its own in sims/ledger_audit.py.
 
 `spending_bound` checks the issue-15 promise against real time, which no chain records: over any
 stretch of an agent's actions, spend is at most the allowance of the windows that much real
@@ -77,8 +81,11 @@ def _genesis(g: dict, author: bytes, dna: Dna) -> tuple[int, str | None]:
 
 
 def _cost(a: dict, rec: dict, dna: Dna) -> tuple[str | None, int] | None:
-    """(op, the DNA's cost) of a create or charge; None for another type."""
+    """(op, the DNA's cost) of a create or charge, ("ledger", 0) for a ledger action; None for
+    another type."""
     typ = a.get("type")
+    if typ == "ledger":
+        return "ledger", 0
     if typ == "create":
         et = a.get("entry_type")
         edef = APP.entry_def(et) if isinstance(et, str) else None
@@ -152,6 +159,10 @@ def audit_chain(actions, dna: Dna, check_sigs: bool = False) -> tuple[list[str],
                     f"{where}: recorded cost {rec.get('cost')} for {rec.get('op')}, "
                     f"the DNA says {cost} for {op}"
                 )
+            if "pay" in rec or "call" in rec:
+                if typ not in ("create", "charge"):
+                    problems.append(f"{where}: a {typ} action names a budget to pay for it")
+                cost = 0  # a budget paid: the allowance is untouched
             b.rem -= cost
             b.spent += cost
             if b.rem < 0:
@@ -203,7 +214,8 @@ def spending_bound(
         if t is None:
             continue
         priced = _cost(a, rec, dna)
-        items.append((t, max(0, priced[1]) if priced else 0, rec.get("ws"), s.seq))
+        paid = "pay" in rec  # paid by a budget, not from the allowance
+        items.append((t, max(0, priced[1]) if priced and not paid else 0, rec.get("ws"), s.seq))
     for i, (ti, _, _, si) in enumerate(items):
         spend = granted = 0
         seen: set = set()

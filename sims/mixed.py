@@ -40,10 +40,13 @@ def mixed(
     warmup: float = 60.0,
     byzantine: bool = False,
     trust: bool = False,
+    economy: bool = False,
 ) -> SimConfig:
     """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: one or two more
     rogue nodes, in the modes backdate and sybil (the first rogue nodes get them, the rest keep
-    the budget modes), on an invite network (or, for some lone backdaters, an open one). Each
+    the budget modes), on an invite network (or, for some lone backdaters, an open one);
+    `economy`: budgets as authorizers beside the workload (sims/economy.py), and, on one seed in
+    two with rogue nodes, the first of them spends past its cards (overspend_budget). Each
     is drawn from a stream of its own after everything else, as is the window, so a seed's
     other faults are the same with them on or off."""
     rng = random.Random(f"{seed}:mixed")
@@ -79,6 +82,10 @@ def mixed(
         cfg.membrane = "open" if new == ("backdate",) and rt.random() < 0.5 else "invite"
         cfg.rogue = rogue = rogue + extra
         cfg.rogue_modes = new + cfg.rogue_modes
+    if economy:
+        cfg.economy = True
+        if rogue and random.Random(f"{seed}:mixed:economy").random() < 0.5:
+            cfg.rogue_modes = ("overspend_budget",) + cfg.rogue_modes
     if byzantine:
         room = nodes - 1 - rogue
         cfg.byzantine = random.Random(f"{seed}:mixed:byzantine").randint(min(1, room), min(2, room))

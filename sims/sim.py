@@ -44,6 +44,7 @@ from node.net import rogue as adversarial
 from .config import START_UNIX, SimConfig
 from .invariants import audit_chain
 from .net import SimClock, SimNetwork
+from .economy import Economy
 from .trust import TrustRoots
 from .workload import Workload
 
@@ -129,6 +130,8 @@ class Simulation:
         self.rng_faults = random.Random(f"{s}:faults")
         self.rng_check = random.Random(f"{s}:check")
         self.workload = Workload(self, random.Random(f"{s}:workload"))
+        # budgets as authorizers (issue 16), from a stream of its own: off, a run is as before
+        self.economy = Economy(self, random.Random(f"{s}:economy")) if cfg.economy else None
         self.trust = TrustRoots(self)
         rng_nodes = random.Random(f"{s}:nodes")
         rogue_idx = (
@@ -302,6 +305,8 @@ class Simulation:
 
     def _committed(self, slot: Slot, s) -> None:
         self.net.note(s.hash)
+        if self.economy is not None:
+            self.economy.committed(s)
         self.trust.committed(s, slot.honest)
         if not slot.honest:
             self.rogue_writes += 1
@@ -646,6 +651,8 @@ class Simulation:
             await trio.sleep(cfg.check_interval)
             self._check()
             now = trio.current_time()
+            if self.economy is not None:
+                self.economy.check_views(now)
             if now >= next_audit:
                 next_audit = now + cfg.audit_every
                 self._audit(cfg.audit_sample, check_sigs=True)
@@ -700,7 +707,7 @@ class Simulation:
                         out.add(n.id)  # the slot's id: it is its node's
                     continue
                 problems, _ = audit_chain(chain, n.dna)
-                if problems:
+                if problems or (self.economy and self.economy.rogue_problems(chain)):
                     out.add(pub)
             for twin in getattr(n, "rogue_twins", {}).values():
                 if any(
@@ -745,6 +752,8 @@ class Simulation:
                 async with trio.open_nursery() as faults:
                     faults.start_soon(self._partitions)
                     faults.start_soon(self._churn, nodes)
+                    if self.economy is not None:
+                        faults.start_soon(self.economy.run, cfg.warmup, cfg.sim_seconds)
                     await self.workload.run(cfg.warmup, cfg.sim_seconds)
                     await trio.sleep_until(cfg.sim_seconds)
                     faults.cancel_scope.cancel()
@@ -770,6 +779,8 @@ class Simulation:
                 self.end_time = trio.current_time()
                 self.cheater_set = self.cheaters()
                 self.audited = self._audit(None, check_sigs=False)
+                if self.economy is not None:
+                    self.economy.final_check()
                 self.bound_checked = self.trust.check_spending_bound()
                 self.cheats_accepted = self.trust.accepted_cheats()
                 ring, by_id, self.net_warranted = self._membership()
@@ -939,6 +950,9 @@ def run(cfg: SimConfig, progress=None) -> dict:
         "node_metrics": {k: sim.metrics_total[k] for k in sorted(sim.metrics_total)},
         "lagging": sim.lag_left[:10],
         "writes_missing_at_op_authorities": sim.op_gaps,
+        # budgets as authorizers (--economy): ledger invariants broken on honest nodes
+        "ledger_violations": len(sim.economy.violations) if sim.economy else 0,
+        "economy": sim.economy.report() if sim.economy else None,
     }
     report["ok"] = report["converged"] and not report["invariant_violations"]
     if not report["ok"]:
