@@ -59,11 +59,13 @@ class Budgets:
     def __init__(self, node: Any):  # node: the LocalNode (it imports this module)
         self.node = node
         self.cascades_left = 0  # children of a voided budget a revoke could not reach
+        self._releasing: set[bytes] = set()  # agents whose expired budgets are being released
 
     # -- writing
     async def _write(self, cell: Cell, body) -> Signed:
         s = await cell.ledger_action(body)
         await self._deliver(s)
+        await self.release_expired(cell)
         return s
 
     async def _deliver(self, s: Signed) -> None:
@@ -112,6 +114,26 @@ class Budgets:
         if ov["kind"] == "revoke" and ov.get("target") in cell.ledger.budgets:
             await self._cascade(cell, ov["target"])
         return True
+
+    async def release_expired(self, cell: Cell) -> None:
+        """A budget or card held here whose expiry has passed can no longer be spent: its
+        holder voids it, and what is left goes back to its funder (after each of the holder's
+        ledger writes and paid refines, and when its node starts)."""
+        if cell.key.public in self._releasing:
+            return  # its own revokes come through here
+        self._releasing.add(cell.key.public)
+        try:
+            now = cell.now_us()
+            for b in list(cell.ledger.budgets.values())[: L.MAX_BUDGETS]:
+                exp = b.schema.expires_at
+                if b.void or b.funder is None or exp is None or now < exp * 1_000_000:
+                    continue
+                try:
+                    await self.revoke(cell, b.id)
+                except BudgetError:  # e.g. the window's ledger actions are spent: next call
+                    self.cascades_left += 1
+        finally:
+            self._releasing.discard(cell.key.public)
 
     async def _cascade(self, cell: Cell, bid: bytes) -> None:
         """Revoke the open children of a budget made void here."""
@@ -204,6 +226,7 @@ class Budgets:
                     L.authorize(b, op, cell.key.public)
                 L.check_open(b, cell.now_us())
                 outputs, spent = await self._run(cell, calls, bid)
+                await self.release_expired(cell)
                 return RefineResult(outputs, _bid(bid), shown(spent))
             except (NotAuthorized, BudgetVoid, UnknownBudget, BudgetExceeded, Unsolvable) as e:
                 attempts.append({"budget": _bid(bid), "code": e.code, "message": e.message})

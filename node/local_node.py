@@ -440,6 +440,7 @@ class LocalNode:
                 found = self.store.record(h)
                 if found is not None:
                     await self.budgets.take_offer(cell, found[0])
+            await self.budgets.release_expired(cell)
 
     async def get_budget(self, budget_id: str):
         """A budget's view (node/agent_api.py BudgetView), as this node derives it from the

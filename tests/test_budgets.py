@@ -732,3 +732,21 @@ async def test_check_with_budgets_foresees_refine_and_writes_nothing():
         assert denied.code == "E_NOT_AUTHORIZED"
         assert bob._cell.state.seq == seq
         assert ru(await bob.get_budget(card)) == 30.0
+
+
+async def test_an_expired_cards_escrow_returns_to_its_parent():
+    clock = Clock()
+    async with LocalNode.open(clock=clock) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        short = await alice.delegate_budget(
+            root, holder=bob.agent_id, max_spend={"ru": 20}, expires_at=int(clock.t) + 60
+        )
+        await bob.refine(instructions=[TRIPLE], budgets=short)
+        assert ru(await alice.get_budget(root), "reserved") == 50.0
+        clock.t += 61
+        with pytest.raises(BudgetVoid, match="expired"):  # refused: nothing written
+            await bob.refine(instructions=[TRIPLE], budgets=short)
+        await bob.refine(instructions=[TRIPLE], budgets=card)  # bob's next budget call
+        v = await alice.get_budget(root)
+        assert (ru(v, "reserved"), ru(v)) == (30.0, 350.0 + 17.0)  # 17 of 20 came back
+        assert (await bob.get_budget(short)).void
