@@ -91,12 +91,6 @@ def covers(have: Amounts, need: Amounts) -> str | None:
     return None
 
 
-def fmt(resource: str, units: int, up: bool = False) -> str:
-    from .money import fmt_ru
-
-    return f"{fmt_ru(units, up)} RU" if resource == "ru" else f"{units} {resource}"
-
-
 # -- schemas
 @dataclass(frozen=True)
 class Schema:
@@ -606,6 +600,8 @@ def _accept(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
         return Effect(led.with_budget(parent), parent.funder)
     if kind == "revoke":
         return _take_notice(led, v, ov, o, ts, dna)
+    if kind not in ("mint", "fund", "card", "settle"):
+        raise InvalidInput(f"a {kind} is not an offer")
     _check(v, "returned", EMPTY)
     amt = amounts(ov.get("amounts"), dna, f"{kind} amounts")
     created = o.ts // 1_000_000
@@ -620,8 +616,6 @@ def _accept(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
         return Effect(
             led.with_budget(replace(w, funded=add(w.funded, amt), available=add(w.available, amt)))
         )
-    if kind not in ("mint", "fund", "card"):
-        raise InvalidInput(f"a {kind} is not an offer")
     if kind == "mint" and o.author not in dna.stewards:
         raise NotAuthorized("a mint is offered by a steward")
     if len(led.budgets) >= MAX_BUDGETS:
