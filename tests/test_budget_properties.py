@@ -11,12 +11,7 @@ from hypothesis import strategies as st
 from node.core.errors import BudgetError
 from node.local_node import LocalNode
 
-T0 = 1_730_678_400.0
-TRIPLE = {
-    "zome": "memory",
-    "fn": "transmit_understanding",
-    "payload": {"subject": "s", "predicate": "p", "object": "o"},
-}  # 3 RU
+from test_budgets import T0, TRIPLE  # a 3 RU write
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 OPS = st.lists(

@@ -297,6 +297,24 @@ def _next(cs_chain, action_edit, key):
     return Signed.sign(a, key)
 
 
+def _as_ledger_action(a: dict, chain: list, key, body: dict) -> None:
+    """`a` made into the ledger action `body` following `chain`'s head (a cheat's frame)."""
+    a.clear()
+    a.update(
+        type="ledger",
+        author=key.public,
+        seq=chain[-1].seq + 1,
+        prev=chain[-1].hash,
+        ts=chain[-1].ts + 1,
+        ledger=body,
+        budget={
+            "op": "ledger",
+            "cost": 0,
+            **{k: chain[-1].action["budget"][k] for k in ("ws", "rem")},
+        },
+    )
+
+
 async def test_cheats_on_the_ledger_are_invalid_chains():
     async with LocalNode.open(clock=Clock()) as node:
         st, alice, bob, carol, root, child, card = await tree(node)
@@ -339,26 +357,8 @@ async def test_cheats_on_the_ledger_are_invalid_chains():
         assert e.value.reason == "ledger_already_resolved"
 
         def self_mint(a):  # bob is no steward: no budget from nothing
-            a.clear()
-            a.update(
-                type="ledger",
-                author=key.public,
-                seq=chain[-1].seq + 1,
-                prev=chain[-1].hash,
-                ts=chain[-1].ts + 1,
-                ledger={
-                    "kind": "mint",
-                    "to": key.public,
-                    "name": "",
-                    "amounts": {"ru": 1},
-                    "schema": {},
-                },
-                budget={
-                    "op": "ledger",
-                    "cost": 0,
-                    **{k: chain[-1].action["budget"][k] for k in ("ws", "rem")},
-                },
-            )
+            mint = {"kind": "mint", "to": key.public, "name": "", "amounts": {"ru": 1}}
+            _as_ledger_action(a, chain, key, {**mint, "schema": {}})
 
         with pytest.raises(InvalidChain) as e:
             validate_chain(chain + [_next(chain, self_mint, key)], node.dna, node.app)
@@ -588,20 +588,7 @@ async def test_value_from_an_offer_no_valid_chain_holds_is_never_taken():
         key = bob._cell.key
 
         def take(a):
-            a.clear()
-            a.update(
-                type="ledger",
-                author=key.public,
-                seq=chain[-1].seq + 1,
-                prev=chain[-1].hash,
-                ts=chain[-1].ts + 1,
-                ledger={"kind": "accept", "offer": [forged.body, forged.sig]},
-                budget={
-                    "op": "ledger",
-                    "cost": 0,
-                    **{k: chain[-1].action["budget"][k] for k in ("ws", "rem")},
-                },
-            )
+            _as_ledger_action(a, chain, key, {"kind": "accept", "offer": [forged.body, forged.sig]})
 
         accept = _next(chain, take, key)
         cs = validate_chain(chain, node.dna, node.app, entries)
