@@ -12,6 +12,7 @@ from node.core.errors import BudgetError
 from node.local_node import LocalNode
 
 from test_budgets import T0, TRIPLE  # a 3 RU write
+
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 OPS = st.lists(
