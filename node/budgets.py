@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import functools
 from types import MappingProxyType
 
 from .agent_api import BudgetView, HoldView, RefineResult
@@ -85,30 +86,7 @@ class Budgets:
             return False
         await self.node.check_offer(o)  # valid on its author's chain, not just signed
 
-        def body(cs, ts):
-            v: dict[str, Any] = {"kind": "accept", "offer": [o.body, o.sig]}
-            ov = o.action["ledger"]
-            tid = ov.get("target")
-            if ov["kind"] == "revoke" and tid not in cs.ledger.children:  # a funder's notice
-                b = cs.ledger.budgets.get(tid)
-                if b is None:
-                    v["returned"] = dict(ov.get("amounts") or {})
-                elif not b.void:
-                    v["returned"] = dict(L.expire_holds(cs.ledger, b, ts)[1].available)
-                v["to"] = o.author
-            elif ov["kind"] == "accept" or ov["kind"] == "revoke":  # a child's return
-                if ov["kind"] == "accept" and ov.get("target") is None:
-                    tid = L.offer_of(ov.get("offer"), o.author).action["ledger"].get("target")
-                elif ov["kind"] == "accept":
-                    tid = ov["target"]
-                child = cs.ledger.children.get(tid)
-                p = cs.ledger.budgets.get(child.parent) if child is not None else None
-                back = dict(ov.get("returned") or {})
-                if p is not None and p.void and p.funder is not None and back:
-                    v.update(returned=back, target=p.id, to=p.funder)
-            return v
-
-        s = await cell.ledger_action(body)
+        s = await cell.ledger_action(lambda led, ts: L.accept_body(led, o, ts))
         await self._deliver(s)
         ov = o.action["ledger"]
         if ov["kind"] == "revoke" and ov.get("target") in cell.ledger.budgets:
@@ -149,7 +127,7 @@ class Budgets:
         if cell.key.public not in self.node.dna.stewards:
             raise NotAuthorized("only a steward listed in the DNA may mint")
         body = {"kind": "mint", "to": holder, "name": name, "amounts": amounts, "schema": schema}
-        return _bid((await self._write(cell, lambda cs, ts: body)).hash)
+        return _bid((await self._write(cell, lambda led, ts: body)).hash)
 
     async def transfer(
         self,
@@ -169,30 +147,11 @@ class Budgets:
             "amounts": amounts,
             "schema": schema,
         }
-        return _bid((await self._write(cell, lambda cs, ts: body)).hash)
+        return _bid((await self._write(cell, lambda led, ts: body)).hash)
 
     async def revoke(self, cell: Cell, target: bytes) -> str:
-        def body(cs, ts):
-            led = cs.ledger
-            own = led.budgets.get(target)
-            if own is not None:
-                returned = {}
-                if own.funder is not None and not own.void:
-                    returned = dict(L.expire_holds(led, own, ts)[1].available)
-                return {"kind": "revoke", "target": target, "returned": returned, "to": own.funder}
-            child = led.children.get(target)
-            if child is None:
-                raise NotAuthorized(
-                    f"only the holder of {_bid(target)} or whoever funded it may revoke it"
-                )
-            return {
-                "kind": "revoke",
-                "target": target,
-                "amounts": dict(child.amounts),
-                "to": child.holder,
-            }
-
-        s = await self._write(cell, body)
+        body = functools.partial(L.revoke_body, target=target)
+        s = await self._write(cell, lambda led, ts: body(led, ts=ts))
         if target in cell.ledger.budgets:
             await self._cascade(cell, target)
         return to_text("action", s.hash)
@@ -263,7 +222,7 @@ class Budgets:
                 raise ExistsDifferent(f"task {task_id!r} already holds other amounts or a budget")
             return self.hold_view(cell, task_id)
 
-        def body(cs, ts):
+        def body(led, ts):
             return {
                 "kind": "hold",
                 "budget": bid,
@@ -284,12 +243,12 @@ class Budgets:
             "amounts": amounts,
             "to": payee,
         }
-        await self._write(cell, lambda cs, ts: body)
+        await self._write(cell, lambda led, ts: body)
         return self.hold_view(cell, task_id)
 
     async def cancel(self, cell: Cell, task_id: str) -> HoldView:
         self._hold(cell, task_id)
-        await self._write(cell, lambda cs, ts: {"kind": "cancel", "task_id": task_id})
+        await self._write(cell, lambda led, ts: {"kind": "cancel", "task_id": task_id})
         return self.hold_view(cell, task_id)
 
     def _hold(self, cell: Cell, task_id: str) -> L.Hold:

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .core import admission, budget, ledger
+from .core import admission, budget
+from .core.ledger import Ledger
 from .core.action import Signed, entry_bytes, grant_hash
 from .core.budget import InsufficientRU
 from .core.app import App
@@ -61,7 +62,7 @@ class Cell:
         self._pay: bytes | None = None
 
     @property
-    def ledger(self) -> ledger.Ledger:
+    def ledger(self) -> Ledger:
         """The budgets this agent's chain holds (an own chain's ledger is always known)."""
         led = self.state.ledger
         assert led is not None
@@ -245,15 +246,16 @@ class Cell:
         b, recorded_cost = self._charge(start, cost, ts)
         return {"op": op, "cost": recorded_cost, "ws": b.window_start_us, "rem": b.remaining_mru}
 
-    async def ledger_action(self, build_body: Callable[[ChainState, int], dict]) -> Signed:
-        """Append a ledger action (core/ledger.py) whose body `build_body(state, ts)` makes from
-        the chain's state at the moment of writing; refusals are the ledger's BudgetErrors,
+    async def ledger_action(self, build_body: Callable[[Ledger, int], dict]) -> Signed:
+        """Append a ledger action (core/ledger.py) whose body `build_body(ledger, ts)` makes
+        from the chain's ledger at the moment of writing; refusals are the ledger's BudgetErrors,
         raised before anything is written. Returns the signed action."""
         out: list[Signed] = []
 
         def build(ts, start):
-            cs = self._staged_state or self.state
-            body = build_body(cs, ts)
+            led = (self._staged_state or self.state).ledger
+            assert led is not None  # an own chain's ledger is always known
+            body = build_body(led, ts)
             to = body.get("to")
             return (
                 {

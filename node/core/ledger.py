@@ -537,6 +537,48 @@ def _take_return(
     return replace(led.with_budget(p), children=children), p, returned
 
 
+# -- what the author's node writes: the bodies of the actions whose amounts the ledger derives
+def revoke_body(led: Ledger, ts: int, target: bytes) -> Plain:
+    """A revoke of `target` at `ts`: by its holder (returning what is left to its funder) or by
+    whoever funded it (a notice naming what was moved)."""
+    own = led.budgets.get(target)
+    if own is not None:
+        returned = EMPTY
+        if own.funder is not None and not own.void:
+            returned = expire_holds(led, own, ts)[1].available
+        return {"kind": "revoke", "target": target, "returned": dict(returned), "to": own.funder}
+    child = led.children.get(target)
+    if child is None:
+        raise NotAuthorized(f"only the holder of {_id(target)} or whoever funded it may revoke it")
+    return {"kind": "revoke", "target": target, "amounts": dict(child.amounts), "to": child.holder}
+
+
+def accept_body(led: Ledger, o: Signed, ts: int) -> Plain:
+    """The accept of offer `o` at `ts`: a funder's revoke notice returns what is left of the
+    budget; a child's return into a budget voided here is passed on up to its funder."""
+    v: Plain = {"kind": "accept", "offer": [o.body, o.sig]}
+    ov = o.action["ledger"]
+    kind, tid = ov["kind"], ov.get("target")
+    if kind == "revoke" and tid not in led.children:  # a funder's notice
+        b = led.budgets.get(tid)
+        if b is None:
+            v["returned"] = dict(ov.get("amounts") or {})
+        elif not b.void:
+            v["returned"] = dict(expire_holds(led, b, ts)[1].available)
+        v["to"] = o.author
+    elif kind in ("accept", "revoke"):  # a child's return
+        if kind == "accept":
+            tid = ov.get("target")
+            if tid is None:
+                tid = offer_of(ov.get("offer"), o.author).action["ledger"].get("target")
+        child = led.children.get(tid)
+        p = led.budgets.get(child.parent) if child is not None else None
+        back = dict(ov.get("returned") or {})
+        if p is not None and p.void and p.funder is not None and back:
+            v.update(returned=back, target=p.id, to=p.funder)
+    return v
+
+
 def offer_of(v: Any, to: bytes) -> Signed:
     """The signed offer embedded in an accept (body, sig), made to `to`."""
     if not isinstance(v, list) or len(v) != 2:
