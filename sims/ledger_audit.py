@@ -117,6 +117,14 @@ class Replay:
                 if b is not None:
                     b.pending = _add(b.pending, h[1], -1)
 
+    def _cancel_holds(self, bid: Any) -> None:
+        """A budget voided: its pending holds are cancelled, their amounts back in it."""
+        b = self.budgets.get(bid)
+        for h in self.holds.values():
+            if h[0] == bid and h[3] == "pending" and b is not None:
+                h[3] = "cancelled"
+                b.pending = _add(b.pending, h[1], -1)
+
     def _debit(
         self, bid: Any, what: str, out: Any = None, spent: Any = None, pend: Any = None
     ) -> Books | None:
@@ -216,6 +224,7 @@ class Replay:
             b = self.budgets[tid]
             if b.void:
                 self.problem(f"budget {_id(tid)} revoked twice by its holder")
+            self._cancel_holds(tid)
             b.void = True
             self._debit(tid, "a return", out=value)
         elif tid in self.children:  # a funder's notice: no value moves
@@ -277,6 +286,7 @@ class Replay:
             if value:
                 self.problem(f"budget {_id(tid)} voided twice, returning {value}")
             return
+        self._cancel_holds(tid)
         b.void = True
         self._debit(tid, "a return", out=value)
 

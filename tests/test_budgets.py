@@ -737,3 +737,14 @@ async def test_an_expired_cards_escrow_returns_to_its_parent():
         v = await alice.get_budget(root)
         assert (ru(v, "reserved"), ru(v)) == (30.0, 350.0 + 17.0)  # 17 of 20 came back
         assert (await bob.get_budget(short)).void
+
+
+async def test_revoking_a_budget_cancels_its_pending_holds_and_returns_them():
+    async with LocalNode.open(clock=Clock()) as node:
+        st, alice, bob, carol, root, child, card = await tree(node)
+        await bob.commit_spend(card, {"ru": 20}, task_id="t")
+        await alice.revoke_budget(card)
+        v = await alice.get_budget(root)
+        assert (ru(v), ru(v, "reserved")) == (400.0, 0.0)  # all 30 came back, the hold's 20 too
+        with pytest.raises(AlreadyResolved):
+            await bob.settle_spend("t", {"ru": 5}, payee=carol.agent_id)

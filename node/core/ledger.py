@@ -421,10 +421,32 @@ def _revoke(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
 
 
 def _void(led: Ledger, b: Budget) -> tuple[Ledger, Amounts]:
-    """`b` made void: what was left is returned to its funder (a budget with none keeps it)."""
+    """`b` made void: its pending holds are cancelled (nothing more is paid from it), and what
+    is left is returned to its funder (a budget with none keeps it)."""
+    led, b = _cancel_holds(led, b)
     returned = b.available if b.funder is not None else EMPTY
     b = replace(b, void=True, available=add(b.available, returned, -1), out=add(b.out, returned))
     return led.with_budget(b), returned
+
+
+def _cancel_holds(led: Ledger, b: Budget) -> tuple[Ledger, Budget]:
+    holds = dict(led.holds)
+    back: Amounts = EMPTY
+    for t, h in led.holds.items():
+        if h.budget == b.id and h.state == "pending":
+            holds[t] = replace(h, state="cancelled")
+            back = add(back, h.amounts)
+    if not back:
+        return led, b
+    b = replace(b, available=add(b.available, back), pending=add(b.pending, back, -1))
+    return replace(led, holds=MappingProxyType(holds)).with_budget(b), b
+
+
+def remainder(led: Ledger, b: Budget, ts: int) -> Amounts:
+    """What voiding `b` at `ts` returns to its funder: all it has not spent or paid out (its
+    holds, expired or still pending, come back with it)."""
+    led, b = expire_holds(led, b, ts)
+    return _cancel_holds(led, b)[1].available
 
 
 def _check(v: Plain, key: str, derived: Amounts) -> None:
@@ -545,7 +567,7 @@ def revoke_body(led: Ledger, ts: int, target: bytes) -> Plain:
     if own is not None:
         returned = EMPTY
         if own.funder is not None and not own.void:
-            returned = expire_holds(led, own, ts)[1].available
+            returned = remainder(led, own, ts)
         return {"kind": "revoke", "target": target, "returned": dict(returned), "to": own.funder}
     child = led.children.get(target)
     if child is None:
@@ -564,7 +586,7 @@ def accept_body(led: Ledger, o: Signed, ts: int) -> Plain:
         if b is None:
             v["returned"] = dict(ov.get("amounts") or {})
         elif not b.void:
-            v["returned"] = dict(expire_holds(led, b, ts)[1].available)
+            v["returned"] = dict(remainder(led, b, ts))
         v["to"] = o.author
     elif kind in ("accept", "revoke"):  # a child's return
         if kind == "accept":
