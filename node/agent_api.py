@@ -128,6 +128,41 @@ class HoldView:
     expires_at: int  # unix seconds
 
 
+@dataclass(frozen=True)
+class ProposalView:
+    """A proposal as its proposer's chain has it (node/core/governance.py)."""
+
+    id: str
+    proposer: str
+    entity_type: str
+    entity_id: str
+    state: str  # open, approved, rejected, deferred, granted
+    score: float | None  # the mean allocation score of its votes, in [0, 1]
+    votes: list  # {voter, decision, score, scores}
+    requested: dict
+    granted: dict  # per resource (RU in RU); empty until granted
+    from_budget: str
+    justification: str
+    evidence: list
+    created_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class EnvelopeView:
+    """The budgets attached to an entity, and the numbers derived from its holder's chain."""
+
+    entity_type: str
+    entity_id: str
+    holder: str
+    budgets: list  # BudgetView
+    priority_score: float | None  # the allocation score of its latest grant
+    market_weight: float  # in [-0.5, 0.5], from the stakes endorsing it
+    roi_score: float | None  # link_edge writes per llm token its budgets spent
+    edges: int
+    llm_tokens_spent: int
+    stakes: dict  # {"for": RU, "against": RU}
+
+
 RESULT_TYPES = {
     "BudgetStatus": BudgetStatus,
     "AllocationResult": AllocationResult,
@@ -136,6 +171,8 @@ RESULT_TYPES = {
     "HoldView": HoldView,
     "Admission": Admission,
     "Deferred": Deferred,
+    "ProposalView": ProposalView,
+    "EnvelopeView": EnvelopeView,
 }
 
 
@@ -353,6 +390,68 @@ class AgentMethods:
         two-phase spend that settles what `use` recorded (to `payee`, default this agent) when
         the block ends, and cancels the hold if the block raises."""
         return _Spend(self, budget, amounts, payee, task_id, timeout_s)
+
+    # -- governance (docs/SDK.md "Governance")
+    async def propose_allocation(
+        self,
+        entity_type: str,
+        entity_id: str,
+        amounts: dict,
+        justification: str,
+        evidence: list,
+        from_budget: str,
+    ) -> str:
+        """Ask that `from_budget` (held by this agent) fund the entity's envelope: the proposal
+        id. `evidence`: at least one existing record's hash."""
+        return await self.call(
+            "governance",
+            "propose_allocation",
+            {
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "amounts": amounts,
+                "justification": justification,
+                "evidence": list(evidence),
+                "from_budget": from_budget,
+            },
+        )
+
+    async def vote(self, proposal_id: str, decision: str, scores: dict) -> str:
+        """approve, reject or defer, with scores evidence/novelty/alignment/community in [0, 1]."""
+        return await self.call(
+            "governance",
+            "vote",
+            {"proposal_id": proposal_id, "decision": decision, "scores": scores},
+        )
+
+    async def endorse(
+        self, entity_type: str, entity_id: str, stake_ru: float, direction: int = 1
+    ) -> str:
+        """Stake RU from the allowance for (+1) or against (-1) an entity's work."""
+        return await self.call(
+            "governance",
+            "endorse",
+            {
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "stake_ru": stake_ru,
+                "direction": direction,
+            },
+        )
+
+    async def get_proposal(self, proposal_id: str) -> ProposalView:
+        return await self.call("governance", "get_proposal", {"proposal_id": proposal_id})
+
+    async def list_proposals(self) -> list[ProposalView]:
+        return await self.call("governance", "list_proposals", {})
+
+    async def get_envelope(self, entity_type: str, entity_id: str) -> EnvelopeView:
+        return await self.call(
+            "governance", "get_envelope", {"entity_type": entity_type, "entity_id": entity_id}
+        )
+
+    async def list_envelopes(self) -> list[EnvelopeView]:
+        return await self.call("governance", "list_envelopes", {})
 
     async def lineage(self, record: str) -> list[dict]:
         """The steps from `record` (an output, transfer or settlement) back to its mint."""

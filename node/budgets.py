@@ -91,6 +91,8 @@ class Budgets:
         ov = o.action["ledger"]
         if ov["kind"] == "revoke" and ov.get("target") in cell.ledger.budgets:
             await self._cascade(cell, ov["target"])
+        if ov["kind"] == "vote":  # it may have brought its proposal to an approving quorum
+            await self.node.governance.grant_approved(cell)
         return True
 
     async def release_expired(self, cell: Cell) -> None:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from .core import admission, budget
+from .core import ledger as ledger_mod
 from .core.ledger import Ledger
 from .core.action import Signed, entry_bytes, grant_hash
 from .core.budget import InsufficientRU
@@ -257,15 +258,17 @@ class Cell:
             assert led is not None  # an own chain's ledger is always known
             body = build_body(led, ts)
             to = body.get("to")
+            # an endorsement's stake is charged here: InsufficientRU before anything is written
+            b, cost = self._charge(start, ledger_mod.allowance_cost(body), ts)
             return (
                 {
                     "type": "ledger",
                     "ledger": body,
                     "budget": {
                         "op": "ledger",
-                        "cost": 0,
-                        "ws": start.window_start_us,
-                        "rem": start.remaining_mru,
+                        "cost": cost,
+                        "ws": b.window_start_us,
+                        "rem": b.remaining_mru,
                     },
                 },
                 None,

@@ -24,6 +24,7 @@ class ZomeContext:
         self.is_steward = self.author in node.dna.stewards
         self.cell = cell
         self.budgets = node.budgets
+        self.governance = node.governance
 
     async def create(self, entry_type: str, content: dict) -> str:
         return to_text("action", await self._cell.create_entry(entry_type, content))

@@ -17,6 +17,7 @@ from .agent_api import AgentMethods, AllocationResult, refusals
 from .app.events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .apps import resolve
 from .budgets import Budgets
+from .governance import Governance
 from .cell import Cell
 from .core.app import App
 from .context import ZomeContext
@@ -78,6 +79,7 @@ class LocalNode:
         self.admissions = Admissions(self)  # the deferral queue, the audit log, alerts
         self._grant_lock = trio.Lock()
         self.budgets = Budgets(self)
+        self.governance = Governance(self)
         for pub in dna.stewards:
             key = keystore.get(pub)
             if key is not None:
@@ -314,6 +316,18 @@ class LocalNode:
         return cell
 
     # -- reads
+    async def refresh_agent(self, pub: bytes) -> None:
+        """Catch up a chain this node does not write (a network node fetches it): a local node
+        holds its own agents' chains only, always current."""
+
+    def record_of(self, h: bytes):
+        """(signed action, entry) of a record this node holds, or None."""
+        return self.store.record(h)
+
+    async def fetch_record(self, action_hash: str) -> dict:
+        """A record by hash (a network node also asks the hash's authorities)."""
+        return self.get_record(action_hash)
+
     def get_record(self, action_hash: str) -> dict:
         found = self.store.record(from_text("action", action_hash))
         if found is None:
@@ -441,6 +455,7 @@ class LocalNode:
                 if found is not None:
                     await self.budgets.take_offer(cell, found[0])
             await self.budgets.release_expired(cell)
+            await self.governance.grant_approved(cell)
 
     async def get_budget(self, budget_id: str):
         """A budget's view (node/agent_api.py BudgetView), as this node derives it from the

@@ -12,7 +12,7 @@ from functools import cached_property
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .crypto import blake2b_256, to_text
+from .crypto import blake2b_256, from_text, to_text
 from .encoding import PlainMap, encode
 from .errors import InvalidInput, WrongNetwork
 
@@ -35,10 +35,25 @@ RULES: dict[str, type] = {
     "max_grants_per_window": int,
     "resources": dict,
     "max_ledger_actions_per_window": int,
+    "governance": dict,
 }
 # a resource's name: "ru" always, and others the governance of a network adds
 MAX_RESOURCES = 16
 DEFAULT_MINT_LIMIT_MRU = 10_000 * 1000
+
+
+# who votes on allocation proposals and how they resolve (node/core/governance.py): voters are
+# "stewards", "agents" or a list of agent keys; the threshold is on the 0-1000 allocation score
+GOVERNANCE0: dict[str, Any] = {
+    "voters": "stewards",
+    "quorum": 1,
+    "threshold_milli": 500,
+    "idle_windows": 7,
+}
+
+
+def _default_governance() -> dict[str, Any]:
+    return dict(GOVERNANCE0)
 
 
 def _default_resources() -> dict[str, dict[str, int]]:
@@ -71,6 +86,7 @@ class Dna:
     # a network made before budgets, whose DNA names neither rule above: its hash (so its
     # identity) stays what it was, and nothing may be minted on it (mint_limit 0)
     before_budgets: bool = False
+    governance: dict[str, Any] = field(default_factory=_default_governance)
 
     @classmethod
     def for_app(cls, app: App, **rules: Any) -> Dna:
@@ -110,6 +126,7 @@ class Dna:
             )
         if not 1 <= self.max_ledger_actions_per_window <= 1 << 20:
             raise InvalidInput("max_ledger_actions_per_window: 1 to 2^20")
+        object.__setattr__(self, "governance", _governance(self.governance))
 
     @classmethod
     def rules(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,6 +177,8 @@ class Dna:
         if not self.before_budgets:
             d["resources"] = {k: dict(v) for k, v in sorted(self.resources.items())}
             d["max_ledger_actions_per_window"] = self.max_ledger_actions_per_window
+        if self.governance != GOVERNANCE0:  # the default is implied, so older hashes stand
+            d["governance"] = dict(self.governance)
         return d
 
     @classmethod
@@ -180,6 +199,7 @@ class Dna:
             integrity=d["integrity"],
             membrane=d["membrane"],
             max_grants_per_window=d.get("max_grants_per_window"),
+            governance=dict(d.get("governance") or GOVERNANCE0),
             **(
                 {
                     "resources": {k: dict(v) for k, v in d["resources"].items()},
@@ -205,5 +225,36 @@ class Dna:
     def window_us(self) -> int:
         return self.window_s * 1_000_000
 
+    def may_vote(self, agent: bytes) -> bool:
+        """Whether `agent` votes on allocation proposals: "stewards" (the default), "agents"
+        (every agent of the network: suited to an invite membrane), or the listed keys."""
+        v = self.governance["voters"]
+        if v == "agents":
+            return True
+        return agent in (self.stewards if v == "stewards" else v)
+
     def cost(self, op: str, count: int = 1) -> int:
         return self.costs[op] * (count if op in self.per_result else 1)
+
+
+def _governance(g: Any) -> dict[str, Any]:
+    """The governance rules, checked, with defaults for what `g` leaves out; voters may be
+    given as agent ids (text), and are kept as keys."""
+    if not isinstance(g, Mapping) or set(g) - set(GOVERNANCE0):
+        raise InvalidInput(f"governance: a map of {', '.join(GOVERNANCE0)}")
+    out = {**GOVERNANCE0, **g}
+    v = out["voters"]
+    if v not in ("stewards", "agents"):
+        if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 256:
+            raise InvalidInput(
+                'governance voters: "stewards", "agents" or a list of 1-256 agent ids'
+            )
+        v = [from_text("agent", x) if isinstance(x, str) else x for x in v]
+        if not all(isinstance(x, bytes) and len(x) == 32 for x in v):
+            raise InvalidInput("governance voters: agent ids")
+        out["voters"] = sorted(set(v))
+    for k, lo, hi in (("quorum", 1, 256), ("threshold_milli", 0, 1000), ("idle_windows", 1, 1000)):
+        x = out[k]
+        if type(x) is not int or not lo <= x <= hi:
+            raise InvalidInput(f"governance {k}: a whole number, {lo} to {hi}")
+    return out

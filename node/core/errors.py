@@ -210,6 +210,16 @@ class AlreadyResolved(BudgetError):
     code = "E_ALREADY_RESOLVED"
 
 
+class NoEvidence(BudgetError):
+    """A proposal cites no record that exists."""
+
+    code = "E_NO_EVIDENCE"
+
+
+class AlreadyVoted(BudgetError):
+    code = "E_ALREADY_VOTED"
+
+
 class HoldExpired(BudgetError):
     code = "E_HOLD_EXPIRED"
 

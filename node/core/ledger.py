@@ -28,6 +28,7 @@ from .action import MAX_ACTION_BYTES, Signed
 from .crypto import to_text, verify
 from .encoding import encode
 from .dna import Dna
+from . import governance as G
 from .errors import (
     AlreadyResolved,
     BudgetError,
@@ -58,7 +59,20 @@ MAX_NAME = 200
 MAX_TASK_ID = 128
 MAX_BUDGETS = 4096  # held by one chain
 MAX_HOLDS = 4096  # pending holds on one chain
-KINDS = ("mint", "fund", "card", "accept", "revoke", "hold", "settle", "cancel")
+KINDS = (
+    "mint",
+    "fund",
+    "card",
+    "accept",
+    "revoke",
+    "hold",
+    "settle",
+    "cancel",
+    "propose",
+    "vote",
+    "endorse",
+)
+MAX_OPS_COUNTED = 64  # distinct ops a budget counts its paid writes of
 
 
 # -- what one chain holds
@@ -77,6 +91,13 @@ class Budget:
     out: Amounts = _none()  # moved to children, cards, payees and back to a funder
     void: bool = False
     created_at: int = 0  # unix seconds of the offer
+    # an envelope's budget (core/governance.py): the entity it was funded for, the proposal
+    # that granted it and that proposal's allocation score (thousandths)
+    entity: G.Entity | None = None
+    proposal: bytes | None = None
+    score: int | None = None
+    ops: MappingProxyType[str, int] = _none()  # paid writes, by op ("zome.fn")
+    last_used: int = 0  # unix seconds of its last spend (0: never)
 
     def stage(self) -> str:
         target = self.schema.funding_target
@@ -129,6 +150,7 @@ class Ledger:
     call: tuple[int, bytes, Amounts] | None = (
         None  # (first seq, budget id, total so far) of the refine in progress
     )
+    gov: G.Gov = G.GOV0  # proposals filed, votes cast, endorsements taken
 
     @cached_property
     def encoded(self) -> bytes:
@@ -246,7 +268,9 @@ def pay(
         if running.get(k, 0) > limit:
             raise BudgetExceeded(running[k], limit, _id(bid), k, "its max_per_call")
     b = debit(b, cost, "a write")
-    b = replace(b, spent=add(b.spent, cost))
+    b = replace(b, spent=add(b.spent, cost), last_used=ts // 1_000_000)
+    if op in b.ops or len(b.ops) < MAX_OPS_COUNTED:
+        b = replace(b, ops=_put(b.ops, op, b.ops.get(op, 0) + 1))
     return replace(led.with_budget(b), call=(call, bid, running))
 
 
@@ -326,15 +350,104 @@ def _transfer(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna)
         )
     if kind == "card" and not amt:
         raise InvalidInput("a card's max_spend names at least one amount")
+    ent = None if v.get("entity") is None else G.entity(v["entity"])
+    if kind == "card" and (ent is not None or v.get("proposal") is not None):
+        raise InvalidInput("a card is for its holder: it names no entity or proposal")
     fault = schema.narrowing_fault(p.schema)
     if fault is not None:
         raise NotNarrowing(fault)
     led, p = _spend_from(led, p, ts)
+    if v.get("proposal") is not None:
+        led = _grant(led, v, ent, to, pid, amt)
+    elif v.get("score") is not None or v.get("market_weight") is not None:
+        raise InvalidInput("only a grant records a score and a market weight")
     p = debit(p, amt, f"a {kind}")
     p = replace(p, out=add(p.out, amt))
     if len(led.children) >= MAX_BUDGETS:
         raise InvalidInput(f"a chain keeps at most {MAX_BUDGETS} children")
     led = replace(led.with_budget(p), children=_put(led.children, h, Child(to, pid, kind, amt)))
+    return Effect(led, to)
+
+
+def _grant(
+    led: Ledger, v: Plain, e: G.Entity | None, to: bytes, parent: bytes, amt: Amounts
+) -> Ledger:
+    """A fund that pays an approved proposal: once, to its entity, from its budget, at most
+    the requested amounts times (1 + the market weight of the endorsements it cites)."""
+    pid = _key(v.get("proposal"), "proposal")
+    if e is None:
+        raise InvalidInput("a grant names the entity it funds")
+    gov = G.grant(led.gov, pid, e, to, parent, amt)
+    p = led.gov.proposals[pid]
+    pro = con = 0
+    for o in endorsements(v, e):
+        _, stake, d = G.endorse(o.action["ledger"])
+        pro, con = (pro + stake, con) if d == 1 else (pro, con + stake)
+    weight = G.market_weight(pro, con)
+    if v.get("market_weight") != weight:
+        raise InvalidInput(f"market_weight must be {weight}, as the cited endorsements give")
+    if v.get("score") != p.score:
+        raise InvalidInput(f"score must be {p.score}, the proposal's")
+    limit = G.grant_limit(p, weight)
+    k = covers(limit, amt)
+    if k is not None:
+        raise BudgetExceeded(amt[k], limit.get(k, 0), None, k, "what the proposal was approved for")
+    return replace(led, gov=gov)
+
+
+def endorsements(v: Plain, e: G.Entity) -> list[Signed]:
+    """The signed endorsements of `e` a grant cites, each once."""
+    cited = v.get("endorsements") or []
+    if not isinstance(cited, list) or len(cited) > G.MAX_CITED:
+        raise InvalidInput(f"a grant cites at most {G.MAX_CITED} endorsements")
+    out: list[Signed] = []
+    for x in cited:
+        o = _embedded(x, "endorsement")
+        ov = o.action["ledger"]
+        if ov.get("kind") != "endorse" or G.entity(ov.get("entity")) != e:
+            raise InvalidInput("a grant cites endorsements of the entity it funds")
+        if any(y.hash == o.hash for y in out):
+            raise InvalidInput("a grant cites each endorsement once")
+        out.append(o)
+    return out
+
+
+def cited(v: Plain, author: bytes) -> list[Signed]:
+    """The signed actions of other chains a ledger action relies on (an accept's offer, a
+    grant's endorsements): a validator holding other chains checks each is valid on its own."""
+    kind = v.get("kind")
+    if kind == "accept":
+        return [offer_of(v.get("offer"), author)]
+    if kind == "fund" and v.get("proposal") is not None:
+        return endorsements(v, G.entity(v.get("entity")))
+    return []
+
+
+def allowance_cost(v: Any) -> int:
+    """What a ledger action charges its author's allowance (milli-RU): an endorsement's stake,
+    a real spend; every other ledger action is free."""
+    if isinstance(v, dict) and v.get("kind") == "endorse":
+        return G.endorse(v)[1]
+    return 0
+
+
+def _propose(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    bid = _key(v.get("from_budget"), "from_budget")
+    b = held(led, bid)
+    check_open(b, ts)
+    amt = amounts(v.get("amounts"), dna, "proposal amounts", positive=True)
+    return Effect(replace(led, gov=G.propose(led.gov, v, h, ts, amt, bid, author)))
+
+
+def _vote(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    return Effect(replace(led, gov=G.vote(led.gov, v, author, dna)), v["to"])
+
+
+def _endorse(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
+    e, _, _ = G.endorse(v)
+    to = _key(v.get("to"), "to")
+    if e[0] == "agent" and to != e[1]:
+        raise InvalidInput("an endorsement of an agent is offered to that agent")
     return Effect(led, to)
 
 
@@ -351,7 +464,7 @@ def _hold(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> 
         raise InvalidInput(f"at most {MAX_HOLDS} holds may be pending")
     led, b = _spend_from(led, held(led, bid), ts)
     b = debit(b, amt, "a hold")
-    b = replace(b, pending=add(b.pending, amt))
+    b = replace(b, pending=add(b.pending, amt), last_used=ts // 1_000_000)
     led = led.with_budget(b)
     return Effect(replace(led, holds=_put(led.holds, task, Hold(h, task, bid, amt, exp))))
 
@@ -480,6 +593,14 @@ def _accept(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
         return Effect(led.with_budget(parent), parent.funder)
     if kind == "revoke":
         return _take_notice(led, v, ov, o, ts, dna)
+    if kind in ("vote", "endorse"):
+        _check(v, "returned", EMPTY)
+        if kind == "vote":
+            return Effect(replace(led, gov=G.tally(led.gov, ov, o.author, o.hash, dna)[0]))
+        e = G.endorse(ov)[0]
+        if e[0] == "agent" and e[1] != author:
+            raise InvalidInput("an endorsement of an agent is taken by that agent")
+        return Effect(replace(led, gov=G.take_endorsement(led.gov, ov, o.hash)))
     if kind not in ("mint", "fund", "card", "settle"):
         raise InvalidInput(f"a {kind} is not an offer")
     _check(v, "returned", EMPTY)
@@ -510,6 +631,9 @@ def _accept(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
         amt,
         amt,
         created_at=created,
+        entity=None if ov.get("entity") is None else G.entity(ov["entity"]),
+        proposal=ov.get("proposal"),
+        score=ov.get("score"),
     )
     return Effect(led.with_budget(b))
 
@@ -603,23 +727,29 @@ def accept_body(led: Ledger, o: Signed, ts: int) -> Plain:
 
 def offer_of(v: Any, to: bytes) -> Signed:
     """The signed offer embedded in an accept (body, sig), made to `to`."""
+    o = _embedded(v, "offer")
+    if o.action["ledger"].get("to") != to:
+        raise InvalidInput("not a ledger offer made to this agent")
+    return o
+
+
+def _embedded(v: Any, what: str) -> Signed:
+    """A signed ledger action of another chain, embedded as [body, sig]: its signature checked."""
     if not isinstance(v, list) or len(v) != 2:
-        raise InvalidInput("an accept embeds an offer as [body, sig]")
+        raise InvalidInput(f"an embedded {what} is [body, sig]")
     o = Signed.from_wire(v[0], v[1])
     if len(o.body) > MAX_ACTION_BYTES // 2:
-        raise InvalidInput("an embedded offer is at most half an action")
+        raise InvalidInput(f"an embedded {what} is at most half an action")
     a = o.action
-    ov = a.get("ledger")
     if (
         a.get("type") != "ledger"
-        or not isinstance(ov, dict)
-        or ov.get("to") != to
+        or not isinstance(a.get("ledger"), dict)
         or not isinstance(a.get("author"), bytes)
         or type(a.get("ts")) is not int
     ):
-        raise InvalidInput("not a ledger offer made to this agent")
+        raise InvalidInput(f"the embedded {what} is not a ledger action")
     if not verify(a["author"], o.sig, o.body):
-        raise NotAuthorized("the offer's signature does not verify")
+        raise NotAuthorized(f"the {what}'s signature does not verify")
     return o
 
 
@@ -632,6 +762,9 @@ _APPLY = {
     "cancel": _cancel,
     "revoke": _revoke,
     "accept": _accept,
+    "propose": _propose,
+    "vote": _vote,
+    "endorse": _endorse,
 }
 
 
@@ -661,6 +794,11 @@ def dump(led: Ledger) -> list[Any]:
                 m(b.out),
                 b.void,
                 b.created_at,
+                None if b.entity is None else list(b.entity),
+                b.proposal,
+                b.score,
+                dict(b.ops),
+                b.last_used,
             ]
             for b in led.budgets.values()
         ],
@@ -688,6 +826,7 @@ def dump(led: Ledger) -> list[Any]:
         led.actions,
         m(led.minted),
         None if led.call is None else [led.call[0], led.call[1], m(led.call[2])],
+        G.dump(led.gov),
     ]
 
 
@@ -721,12 +860,22 @@ def load(v: list[Any]) -> Ledger:
             P(r[10]),
             r[11],
             r[12],
+            *_tail(r[13:]),
         )
         for r in v[0]
     }
     children = {r[0]: Child(r[1], r[2], r[3], P(r[4]), r[5], P(r[6])) for r in v[1]}
     holds = {r[1]: Hold(r[0], r[1], r[2], P(r[3]), r[4], r[5], P(r[6]), r[7], r[8]) for r in v[2]}
     call = None if v[8] is None else (v[8][0], v[8][1], P(v[8][2]))
+    gov = G.load(v[9] if len(v) > 9 else None)
     return Ledger(
-        P(budgets), P(children), P(holds), frozenset(v[3]), v[4], v[5], v[6], P(v[7]), call
+        P(budgets), P(children), P(holds), frozenset(v[3]), v[4], v[5], v[6], P(v[7]), call, gov
     )
+
+
+def _tail(r: list[Any]) -> tuple[Any, ...]:
+    """A budget's envelope fields (absent from a checkpoint written before governance)."""
+    if not r:
+        return (None, None, None, EMPTY, 0)
+    e = None if r[0] is None else (r[0][0], r[0][1])
+    return (e, r[1], r[2], MappingProxyType(r[3]), r[4])

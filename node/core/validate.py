@@ -160,7 +160,10 @@ def validate_next(
             raise InvalidChain("grant_claimed_twice", seq)
         claimed = claimed | {gh}
     elif typ == "ledger":
-        expected_cost = 0
+        try:  # an endorsement's stake is paid from the allowance
+            expected_cost = ledger.allowance_cost(a.get("ledger"))
+        except BudgetError as e:
+            raise InvalidChain("malformed", seq, str(e)) from None
         if rec.get("op") != "ledger" or paid:
             raise InvalidChain("not_paid", seq, "a ledger action is recorded as op ledger")
     else:
@@ -197,12 +200,8 @@ def validate_next(
     if led is not None and (paid or typ == "ledger" or led.call is not None):
         try:
             led = _ledger_step(led, a, rec, typ, paid, expected_cost, s.hash, new_budget, dna, app)
-            if offers is not None and typ == "ledger" and a["ledger"].get("kind") == "accept":
-                known = offers(ledger.offer_of(a["ledger"]["offer"], author))
-                if known is None:
-                    raise InvalidChain("offer_unverified", seq, "the offer's chain is not held yet")
-                if not known:
-                    raise InvalidChain("offer_invalid", seq, "the offer is not valid on its chain")
+            if offers is not None and typ == "ledger":
+                _check_cited(ledger.cited(a["ledger"], author), offers, seq)
         except InvalidChain:
             raise
         except BudgetError as e:
@@ -210,6 +209,16 @@ def validate_next(
                 raise
             raise InvalidChain(ledger.to_reason(e), seq, str(e)) from None
     return ChainState(author, seq, s.hash, ts, new_budget, claimed, led, window_claims)
+
+
+def _check_cited(cited: list[Signed], offers: Callable[[Signed], bool | None], seq: int) -> None:
+    """Each action of another chain this one relies on is valid on its own chain."""
+    for o in cited:
+        known = offers(o)
+        if known is None:
+            raise InvalidChain("offer_unverified", seq, "the offer's chain is not held yet")
+        if not known:
+            raise InvalidChain("offer_invalid", seq, "the offer is not valid on its chain")
 
 
 def _ledger_step(

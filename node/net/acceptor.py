@@ -543,15 +543,18 @@ class Acceptor:
         return None
 
     def _fetch_offer_chain(self, s: Signed, peer: bytes | None) -> None:
-        """An accept waits for its offer's chain: fetch it, from the offer's author's node or
-        the one that sent the accept."""
+        """An accept (or a grant) waits for the chains of the actions it cites: fetch them,
+        from each author's node or the one that sent it."""
         try:
-            o = ledger.offer_of(s.action["ledger"]["offer"], s.author)
+            cited = ledger.cited(s.action["ledger"], s.author)
         except BudgetError:
             return
-        host = self.peer_table.agent_hosts.get(o.author) or peer
-        if host is not None and host != self.id:
-            self.spawn_fetch(o.author, host, o.seq)
+        for o in cited:
+            if self.offer_status(o) is not None:
+                continue
+            host = self.peer_table.agent_hosts.get(o.author) or peer
+            if host is not None and host != self.id:
+                self.spawn_fetch(o.author, host, o.seq)
 
     async def _take_offer(self, cell: Any, s: Signed) -> None:
         """An offer to a local agent that reached this node as data (node/budgets.py)."""

@@ -590,6 +590,10 @@ class NetNode(LocalNode):
     def _record(self, h: bytes) -> tuple[Signed, bytes | None] | None:
         return self.store.record(h) or self.dht.op_record(h)
 
+    def record_of(self, h: bytes) -> tuple[Signed, bytes | None] | None:
+        """Also an op this node holds as an authority, whose chain it may not hold."""
+        return self._record(h)
+
     def get_record(self, action_hash: str) -> dict:
         found = self._record(from_text("action", action_hash))
         if found is None:
