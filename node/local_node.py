@@ -17,7 +17,7 @@ from .agent_api import AgentMethods, AllocationResult, refusals
 from .app.events import MAX_QUEUED_EVENTS, DropOldestQueue
 from .apps import resolve
 from .budgets import Budgets
-from .governance import Governance
+from .governance import Governance, parse_entity
 from .cell import Cell
 from .core.app import App
 from .context import ZomeContext
@@ -456,6 +456,14 @@ class LocalNode:
                     await self.budgets.take_offer(cell, found[0])
             await self.budgets.release_expired(cell)
             await self.governance.grant_approved(cell)
+
+    async def get_proposal(self, proposal_id: str):
+        """A proposal (node/agent_api.py ProposalView), as its proposer's chain has it."""
+        return await self.governance.get_proposal(from_text("action", proposal_id))
+
+    async def get_envelope(self, entity_type: str, entity_id: str):
+        """An entity's envelope (EnvelopeView), derived from its holder's chain."""
+        return await self.governance.get_envelope(parse_entity(entity_type, entity_id))
 
     async def get_budget(self, budget_id: str):
         """A budget's view (node/agent_api.py BudgetView), as this node derives it from the

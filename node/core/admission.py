@@ -37,9 +37,15 @@ PRECEDENCE: tuple[Check, ...] = (
     ),
     Check(
         "target",
-        ("E_UNKNOWN_AGENT", "E_UNKNOWN_BUDGET", "E_UNKNOWN_TARGET", "E_EXISTS_DIFFERENT"),
-        "every agent (budget, target, hold) the call names is known; a task_id reused names the "
-        "same hold",
+        (
+            "E_UNKNOWN_AGENT",
+            "E_UNKNOWN_BUDGET",
+            "E_UNKNOWN_TARGET",
+            "E_EXISTS_DIFFERENT",
+            "E_NO_EVIDENCE",
+        ),
+        "every agent (budget, target, hold, evidence) the call names is known; a task_id reused "
+        "names the same hold",
     ),
     Check("warrant", ("E_WARRANTED",), "the caller is not warranted (nor a grant's grantee)"),
     Check(
@@ -50,8 +56,9 @@ PRECEDENCE: tuple[Check, ...] = (
     ),
     Check(
         "void",
-        ("E_BUDGET_VOID", "E_HOLD_EXPIRED", "E_ALREADY_RESOLVED"),
-        "the budget paying is not void or expired; a hold is still pending",
+        ("E_BUDGET_VOID", "E_HOLD_EXPIRED", "E_ALREADY_RESOLVED", "E_ALREADY_VOTED"),
+        "the budget paying is not void or expired; a hold is still pending; a vote is the "
+        "voter's first on its proposal",
     ),
     Check(
         "balance",
