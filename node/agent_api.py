@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import weakref
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 
 from .core.budget import BudgetStatus
@@ -146,6 +147,9 @@ class ProposalView:
     evidence: list
     created_at: int  # unix seconds
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class EnvelopeView:
@@ -161,6 +165,9 @@ class EnvelopeView:
     edges: int
     llm_tokens_spent: int
     stakes: dict  # {"for": RU, "against": RU}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 RESULT_TYPES = {

@@ -483,6 +483,9 @@ def _parser(argv) -> argparse.ArgumentParser:
     )
     ln.add_argument("hash", help="the record's action id (ac…)")
     ln.set_defaults(run=_lineage)
+    from .cli_governance import add_parsers as add_governance_parsers
+
+    add_governance_parsers(sub, with_store)
     c = with_store(sub.add_parser("call", help="call a zome function as an agent"), url=True)
     c.add_argument("--agent", required=True, help="agent id")
     c.add_argument("zome")

@@ -114,7 +114,7 @@ async def run_single(out=print, path: str | None = None) -> None:
         out("\ndemo ok")
 
 
-async def _budgets(out, c, alice, bob, names) -> None:
+async def _budgets(out, c, alice, bob, names) -> str:
     """The budget tree of the demo: minted on node 0, funded and delegated to bob on node 1,
     spent there, settled, traced back to the mint, and the same on every node."""
     import trio
@@ -183,6 +183,49 @@ async def _budgets(out, c, alice, bob, names) -> None:
         f"  every node sees the card: {b.spent:.2f} spent, {b.available:.2f} of "
         f"{b.funded:.2f} RU left"
     )
+    return root
+
+
+async def _governance(out, c, alice, bob, root: str, evidence: str) -> None:
+    """A proposal filed on node 0 for bob's envelope, a stake that raises its market weight,
+    the steward's vote (the default DNA: stewards vote, quorum 1), the grant, and the same
+    proposal and envelope on every node."""
+    import trio
+
+    steward = c.nodes[0].steward
+    await steward.endorse("agent", bob.agent_id, 4)
+    out("  the steward stakes 4 RU of its allowance endorsing bob: market weight +0.142")
+    pid = await alice.propose_allocation(
+        "agent", bob.agent_id, {"ru": 40}, "bob's triples hold up", [evidence], root
+    )
+    out(
+        f"  alice proposes 40 RU from 'research' for bob's envelope, citing her record: {pid[:14]}…"
+    )
+    await steward.vote(
+        pid, "approve", {"evidence": 0.9, "novelty": 0.6, "alignment": 0.8, "community": 0.7}
+    )
+    with trio.fail_after(30):
+        while (await alice.get_proposal(pid)).state != "granted":
+            await c.wait_changed()
+    await c.await_consistency(timeout=30)
+    views = [await n.get_proposal(pid) for n in c.nodes]
+    _expect(all(v == views[0] for v in views), "every node must derive the same proposal")
+    p = views[0]
+    _expect(p.granted == {"ru": 45.68}, "40 RU x (1 + 0.142) should be granted")
+    out(
+        f"  the steward approves (score {p.score:.3f} >= 0.5): granted {p.granted['ru']:.2f} RU "
+        f"(40 x 1.142), the same on every node"
+    )
+    with trio.fail_after(30):
+        while not (await bob.get_envelope("agent", bob.agent_id)).budgets:
+            await c.wait_changed()
+    await c.await_consistency(timeout=30)
+    envs = [await n.get_envelope("agent", bob.agent_id) for n in c.nodes]
+    _expect(all(e == envs[0] for e in envs), "every node must derive the same envelope")
+    out(
+        f"  bob's envelope: {len(envs[0].budgets)} budget, priority {envs[0].priority_score:.3f},"
+        f" market weight {envs[0].market_weight:+.3f}"
+    )
 
 
 async def run_cluster(out=print, nodes: int = 3) -> None:
@@ -249,7 +292,10 @@ async def run_cluster(out=print, nodes: int = 3) -> None:
         await seen(bob, "after the grant")
 
         out("\n15:30  budgets: a funded team budget, a card, a refine, a two-phase spend")
-        await _budgets(out, c, alice, bob, names)
+        root = await _budgets(out, c, alice, bob, names)
+
+        out("\n15:45  governance: a stake, a proposal on evidence, a vote, a grant")
+        await _governance(out, c, alice, bob, root, k1)
 
         out(f"\n16:00  mallory's node {nodes - 1} lets her over-spend; the validators refuse it")
         for i in range(4):

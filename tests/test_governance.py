@@ -434,3 +434,50 @@ async def test_votes_cast_on_three_nodes_approve_a_proposal_filed_on_a_fourth():
         assert all(e == envs[0] for e in envs) and envs[0].market_weight == 0.25
         assert envs[0].budgets[0].balance(LLM).available == 12_500
         assert all(not n.warrants() for n in c.nodes)
+
+
+def test_the_cli_lists_proposals_votes_and_sorts_envelopes(tmp_path, capsys):
+    import json
+
+    import trio
+
+    from node import cli
+
+    path = str(tmp_path / "n")
+
+    async def build():
+        async with LocalNode.open(path, clock=Clock(), dna=DNA) as node:
+            alice, bob, carol, dave, pool, rec = await town(node)
+            hi = await alice.propose_allocation("agent", bob.agent_id, {"ru": 30}, "a", [rec], pool)
+            lo = await alice.propose_allocation("record", rec, {"ru": 20}, "b", [rec], pool)
+            for p, s in ((hi, GOOD), (lo, FAIR)):
+                await carol.vote(p, "approve", s)
+            await carol.endorse("agent", dave.agent_id, 1)
+            return hi, lo, dave.agent_id, bob.agent_id
+
+    hi, lo, dave, bob = trio.run(build)
+    assert cli.main(["proposals", "--path", path, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted((r["id"], r["state"], len(r["votes"])) for r in rows) == sorted(
+        [(hi, "open", 1), (lo, "open", 1)]
+    )
+    for p, s in ((hi, GOOD), (lo, FAIR)):
+        argv = ["vote", "--path", path, "--agent", dave, p, "approve", "--scores", json.dumps(s)]
+        assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["proposals", "--path", path, "--state", "granted", "--json"]) == 0
+    granted = {r["id"]: r["granted"] for r in json.loads(capsys.readouterr().out)}
+    assert granted == {hi: {"ru": 30.0}, lo: {"ru": 20.0}}
+    assert cli.main(["envelopes", "--path", path, "--sort", "priority", "--json"]) == 0
+    envs = json.loads(capsys.readouterr().out)
+    # by priority: bob's (0.74), the record's (0.67), then dave's (endorsed, never granted)
+    assert [(e["entity_type"], e["priority_score"]) for e in envs] == [
+        ("agent", 0.74),
+        ("record", 0.67),
+        ("agent", None),
+    ]
+    assert envs[0]["entity_id"] == bob and envs[2]["entity_id"] == dave
+    assert envs[2]["market_weight"] == 0.045  # 0.5 x 1 / 11
+    assert cli.main(["envelopes", "--path", path, "--sort", "market"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].startswith(f"agent:{dave}") and len(table) == 4

@@ -187,6 +187,20 @@ class _Remote:
             raise MalformedReply("the node sent an unreadable budget list")
         return out
 
+    async def proposals(self) -> list[dict]:
+        """Every proposal the node's chains hold (`budgetnode proposals`), as ProposalView dicts."""
+        return await self._rows("proposals")
+
+    async def envelopes(self) -> list[dict]:
+        """Every envelope the node's chains hold (`budgetnode envelopes`), as EnvelopeView dicts."""
+        return await self._rows("envelopes")
+
+    async def _rows(self, t: str) -> list[dict]:
+        out = await self._session.request(t)
+        if not isinstance(out, list) or not all(isinstance(b, dict) for b in out):
+            raise MalformedReply(f"the node sent an unreadable {t} list")
+        return out
+
     async def lineage(self, record: str) -> list[dict]:
         """The steps from `record` back to its mint, as the node traces them."""
         out = await self._session.request("lineage", hash=record)

@@ -372,6 +372,8 @@ class Connection:
                     "unsubscribe",
                     "budgets",
                     "lineage",
+                    "proposals",
+                    "envelopes",
                 )
                 else None
             )
@@ -430,6 +432,14 @@ class Connection:
     async def _on_budgets(self, msg, rid):
         """Every budget, card and wallet the node's agents hold (at most MAX_BUDGETS_LISTED)."""
         return [v.to_dict() for v in self.node.budgets.all_held()[:MAX_BUDGETS_LISTED]]
+
+    async def _on_proposals(self, msg, rid):
+        """Every proposal the chains this node holds filed (at most MAX_BUDGETS_LISTED)."""
+        return [v.to_dict() for v in self.node.governance.proposals()[:MAX_BUDGETS_LISTED]]
+
+    async def _on_envelopes(self, msg, rid):
+        """The envelope of every entity with a budget on a chain this node holds."""
+        return [v.to_dict() for v in self.node.governance.envelopes()[:MAX_BUDGETS_LISTED]]
 
     async def _on_lineage(self, msg, rid):
         h = msg.get("hash")
