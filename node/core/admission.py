@@ -58,8 +58,9 @@ PRECEDENCE: tuple[Check, ...] = (
         "balance",
         ("E_INSUFFICIENT_RU", "E_NO_WITNESS", "E_BUDGET_EXCEEDED"),
         "the allowance covers the cost (E_INSUFFICIENT_RU; E_NO_WITNESS when only the next "
-        "window would, and no steward opens it); an explicit budget's balance, the cap and "
-        "max_grants_per_window (E_BUDGET_EXCEEDED)",
+        "window would, and no steward opens it); an explicit budget's balance, the cap, "
+        "max_grants_per_window, and an op priced beyond RU paid by the allowance, which holds "
+        "only RU (E_BUDGET_EXCEEDED)",
     ),
     Check("solvency", ("E_UNSOLVABLE",), "after the spend every resource keeps its reserve"),
     Check(
