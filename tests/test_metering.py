@@ -64,6 +64,12 @@ async def ask(agent, client, budget: str, prompt: str, max_tokens: int = 4000):
     return msg, h.hold
 
 
+def books(node):
+    """The simulator's own replay of every chain of `node` (sims/ledger_audit.py)."""
+    chains = {p: (node.store.chain(p), c.ledger) for p, c in node.cells.items()}
+    return check_books(chains, node.dna.stewards, int(T0 * 1e6), node.dna)
+
+
 def units(view, resource: str, field: str = "available"):
     return getattr(view.balance(resource), field)
 
@@ -247,12 +253,7 @@ async def test_an_op_priced_in_another_resource_is_paid_only_by_a_budget_holding
             "ru": 33_000,
             "storage_gb_hours": 2,
         }
-        found = check_books(
-            {p: (node.store.chain(p), c.ledger) for p, c in node.cells.items()},
-            node.dna.stewards,
-            int(T0 * 1e6),
-            node.dna,
-        )
+        found = books(node)
         assert found.problems == []
 
 
@@ -328,12 +329,7 @@ async def test_an_llm_call_is_metered_by_reserving_then_settling_what_it_used():
         # the validator and the simulator's own replay agree, and the books balance
         chain, entries = _chain(node, alice)
         validate_chain(chain, node.dna, node.app, entries)
-        found = check_books(
-            {p: (node.store.chain(p), c.ledger) for p, c in node.cells.items()},
-            node.dna.stewards,
-            int(T0 * 1e6),
-            node.dna,
-        )
+        found = books(node)
         assert found.problems == []
         assert found.totals["minted"] == {"ru": 100_000, LARGE: 10_000}
         assert found.totals["held"] == found.totals["minted"]  # spent counts as held
