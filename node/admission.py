@@ -46,10 +46,11 @@ class Admitted(Exception):
     """A dry run reached its write and the write's pre-flight passed: the call would be
     admitted, at `cost_mru`. (Not a BudgetError: nothing was refused.)"""
 
-    def __init__(self, cost_mru: int, op: str | None = None):
+    def __init__(self, cost_mru: int, op: str | None = None, count: int = 1):
         super().__init__(cost_mru)
         self.cost_mru = cost_mru
         self.op = op  # the DNA op the write is charged as
+        self.count = count  # results, for a per-result op
 
 
 class NoDryRun(Exception):
@@ -74,14 +75,16 @@ class DryContext(ZomeContext):
 
     async def create(self, entry_type: str, content: dict) -> str:
         cost = self._cell.entry_cost(entry_type, content)
-        self._cell.preflight(cost)
+        edef = self._node.app.entry_def(entry_type)
+        assert edef is not None  # entry_cost found it
+        self._cell.preflight(cost, op=edef.op)
         raise Admitted(cost)
 
     async def charge_results(self, op: str, count: int) -> None:
         if count == 0:
             return  # nothing to pay: the real call writes nothing either
         cost = self._node.dna.cost(op, count)
-        self._cell.preflight(cost)
+        self._cell.preflight(cost, op=op)
         raise Admitted(cost)
 
     async def allocate(self, grantee: bytes, amount_mru: int):
@@ -106,7 +109,7 @@ class PaidDryContext(DryContext):
     async def charge_results(self, op: str, count: int) -> None:
         if count:
             self._cell.check_writable()
-            raise Admitted(self._node.dna.cost(op, count), op)
+            raise Admitted(self._node.dna.cost(op, count), op, count)
 
 
 def _op(zome: str, fn: str, payload) -> str:
@@ -296,12 +299,12 @@ class Admissions:
         ids = Ids("budget", 16).check("budgets", budgets, self.node.dna)
         if not ids:
             raise InvalidInput("budgets names no budget")
-        op = fn
+        op, cost, need = fn, 0, ledger.EMPTY  # a call that writes nothing costs nothing
         try:
             await self.node.dispatch(cell, zome, fn, payload, PaidDryContext)
-            cost = 0
         except Admitted as a:
             cost, op = a.cost_mru, a.op or fn
+            need = ledger.write_cost(cost, op, a.count, self.node.dna)
         except NoDryRun as e:
             raise InvalidInput(str(e)) from None
         except BudgetError as e:
@@ -316,7 +319,7 @@ class Admissions:
                     cs.seq + 1,
                     cs.seq + 1,
                     self.node.app.op_name(op),
-                    ledger.ru(cost),
+                    need,
                     cell.key.public,
                     max(cell.now_us(), cs.ts),
                 )
@@ -344,7 +347,7 @@ class Admissions:
         if count > dna.max_results:
             raise InvalidInput(f"count is at most {dna.max_results}")
         try:
-            cell.preflight(dna.cost(name, count))
+            cell.preflight(dna.cost(name, count), op=name)
         except BudgetError:
             return False
         return True

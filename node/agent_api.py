@@ -377,7 +377,9 @@ class AgentMethods:
             {"budget": budget, "amounts": amounts, "task_id": task_id, "timeout_s": timeout_s},
         )
 
-    async def settle_spend(self, task_id: str, amounts, payee: str) -> HoldView:
+    async def settle_spend(self, task_id: str, amounts, payee: str | None = None) -> HoldView:
+        """`amounts` of the hold paid to `payee`'s wallet, or with no payee used up (spent by
+        the budget); the rest goes back to the budget."""
         return await self.call(
             "budget", "settle_spend", {"task_id": task_id, "amounts": amounts, "payee": payee}
         )
@@ -394,8 +396,9 @@ class AgentMethods:
         timeout_s: float = 600,
     ):
         """`async with agent.spend(budget, {"ru": 20}) as hold: ... hold.use({"ru": 7})`: a
-        two-phase spend that settles what `use` recorded (to `payee`, default this agent) when
-        the block ends, and cancels the hold if the block raises."""
+        two-phase spend that settles what `use` recorded when the block ends (paid to
+        `payee`'s wallet; with no payee, used up: metered work), and cancels the hold if the
+        block raises."""
         return _Spend(self, budget, amounts, payee, task_id, timeout_s)
 
     # -- governance (docs/SDK.md "Governance")
@@ -460,6 +463,14 @@ class AgentMethods:
     async def list_envelopes(self) -> list[EnvelopeView]:
         return await self.call("governance", "list_envelopes", {})
 
+    async def usage(self, budget: str | None = None, since: int | None = None, limit: int = 100):
+        """This agent's usage rows, derived from its chain: `{resource, amount_used, op,
+        timestamp, hash, budget}` (RU in RU; timestamp in unix s), the newest `limit`, oldest
+        first; only `budget`'s, only those at or after `since` (unix s), if given."""
+        return await self.call(
+            "budget", "usage", {"budget": budget, "since": since, "limit": limit}
+        )
+
     async def lineage(self, record: str) -> list[dict]:
         """The steps from `record` (an output, transfer or settlement) back to its mint."""
         return await self.call("budget", "lineage", {"record": record})
@@ -468,7 +479,7 @@ class AgentMethods:
 class _Spend:
     def __init__(self, agent, budget, amounts, payee, task_id, timeout_s):
         self.agent, self.budget, self.amounts = agent, budget, amounts
-        self.payee = payee or agent.agent_id
+        self.payee = payee
         self.task_id = task_id or f"spend-{secrets.token_hex(8)}"
         self.timeout_s = timeout_s
         self.used: dict = {}

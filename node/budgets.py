@@ -33,6 +33,7 @@ from .core.errors import (
     Unsolvable,
 )
 from .core.money import MRU_PER_RU
+from .usage import usage, write_cost
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -207,10 +208,10 @@ class Budgets:
         async with cell.batch(bid) as committed:
             for _, zf, payload in calls:
                 outputs.append(await zf.fn(ZomeContext(self.node, cell), **payload))
-        spent: dict[str, int] = {}
+        spent: dict[str, int] = {"ru": 0} if committed else {}
         for s in committed:
-            rec = s.action["budget"]
-            spent["ru"] = spent.get("ru", 0) + rec["cost"]
+            for k, x in write_cost(s, self.node.dna).items():
+                spent[k] = spent.get(k, 0) + x
         return outputs, spent
 
     # -- two-phase spends
@@ -236,15 +237,15 @@ class Budgets:
         await self._write(cell, body)
         return self.hold_view(cell, task_id)
 
-    async def settle(self, cell: Cell, task_id: str, amounts: dict, payee: bytes) -> HoldView:
+    async def settle(
+        self, cell: Cell, task_id: str, amounts: dict, payee: bytes | None
+    ) -> HoldView:
+        """Resolve a hold: `amounts` paid to `payee`'s wallet, or with no payee used up (spent
+        by the budget: metered work); the rest returns to the budget."""
         h = self._hold(cell, task_id)
-        body = {
-            "kind": "settle",
-            "task_id": task_id,
-            "budget": h.budget,
-            "amounts": amounts,
-            "to": payee,
-        }
+        body = {"kind": "settle", "task_id": task_id, "budget": h.budget, "amounts": amounts}
+        if payee is not None:
+            body["to"] = payee
         await self._write(cell, lambda led, ts: body)
         return self.hold_view(cell, task_id)
 
@@ -299,6 +300,13 @@ class Budgets:
     def all_held(self) -> list[BudgetView]:
         return [v for cell in self.node.cells.values() for v in self.held(cell)]
 
+    def usage(self, cell: Cell, budget: bytes | None, since: int | None, limit: int) -> list[dict]:
+        """`cell`'s agent's usage rows (node/usage.py), from its chain."""
+        node = self.node
+        return usage(
+            node.store, cell.key.public, cell.state.seq, node.dna, node.app, budget, since, limit
+        )
+
     # -- lineage
     def lineage(self, h: bytes) -> list[dict]:
         steps: list[dict] = []
@@ -329,7 +337,7 @@ class Budgets:
             if bid is None:
                 raise NotFound("this record was paid by its author's allowance, not a budget")
             op = self.node.app.op_name(rec["op"])
-            paid, amounts, rule = bid, {"ru": rec["cost"]}, f"ops allows {op}"
+            paid, amounts, rule = bid, dict(write_cost(s, self.node.dna)), f"ops allows {op}"
             origin: bytes | None = bid
         elif kind == "mint":
             paid, amounts, rule = s.hash, v["amounts"], "a steward mints within mint_limit"

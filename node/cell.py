@@ -133,11 +133,16 @@ class Cell:
         edef.validate(content)  # bad input is refused before the budget is even looked at
         return self.dna.cost(edef.op)
 
-    def preflight(self, cost_mru: int = 0, grant_mru: int | None = None) -> None:
+    def preflight(
+        self, cost_mru: int = 0, grant_mru: int | None = None, op: str | None = None
+    ) -> None:
         """What a write now would meet, written nowhere: E_WARRANTED, else the budget's
-        refusal (InsufficientRU for `cost_mru`, BudgetExceeded for a claim of `grant_mru`)."""
+        refusal (InsufficientRU for `cost_mru`, BudgetExceeded for a claim of `grant_mru` or
+        for an `op` costing more than RU)."""
         self._catch_up()
         self.check_writable()
+        if op is not None:
+            admission.allowance_pays(op, self.dna, self.app.op_name(op))
         if grant_mru is not None:
             admission.claim_at(self.state, grant_mru, self.now_us(), self.dna)
         else:
@@ -244,6 +249,7 @@ class Cell:
                 "pay": self._pay,
                 "call": call,
             }
+        admission.allowance_pays(op, self.dna, self.app.op_name(op))
         b, recorded_cost = self._charge(start, cost, ts)
         return {"op": op, "cost": recorded_cost, "ws": b.window_start_us, "rem": b.remaining_mru}
 

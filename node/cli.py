@@ -48,9 +48,37 @@ def _open(args, create: bool = False):
 
 def _rules(args) -> dict | None:
     """The rules `init` was asked to make the network with (None: the defaults, or whatever
-    network the store holds)."""
+    network the store holds): `--dna FILE.toml`, and `--membrane` over it."""
+    rules = {} if getattr(args, "dna", None) is None else _dna_file(args.dna)
     membrane = getattr(args, "membrane", None)
-    return None if membrane is None else {"membrane": membrane}
+    if membrane is not None:
+        if rules.get("membrane", membrane) != membrane:
+            raise InvalidInput(f"--membrane {membrane} and {args.dna}'s {rules['membrane']!r}")
+        rules["membrane"] = membrane
+    return rules or None
+
+
+def _dna_file(path: str) -> dict:
+    """A TOML file of DNA rules (node/core/dna.py RULES), checked as `dna={...}` is."""
+    import tomllib
+
+    from .apps import resolve
+    from .core.dna import Dna
+
+    try:
+        with open(path, "rb") as f:
+            rules = tomllib.load(f)
+    except OSError as e:
+        raise InvalidInput(f"--dna {path}: cannot be read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"--dna {path}: not TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--dna {path}: not UTF-8 text") from None
+    try:
+        Dna.for_app(resolve(None), **Dna.rules(rules))  # each value checked, nothing made yet
+        return rules
+    except InvalidInput as e:
+        raise InvalidInput(f"--dna {path}: {e.message}") from None
 
 
 async def _verify(args):
@@ -447,6 +475,12 @@ def _parser(argv) -> argparse.ArgumentParser:
         choices=("open", "invite"),
         help="who may create agents: open (anyone; the default, unsuited to untrusted agents) "
         "or invite (only holders of a steward's single-use invite)",
+    )
+    i.add_argument(
+        "--dna",
+        metavar="FILE.toml",
+        help="the new network's rules, e.g. resources and resource_costs (any rule of "
+        'docs/SDK.md "Metering"); --membrane overrides the file\'s',
     )
     i.set_defaults(run=_init)
     n = with_store(sub.add_parser("new-agent", help="create an agent on a node"), url=True)

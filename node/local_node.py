@@ -183,8 +183,8 @@ class LocalNode:
     @classmethod
     async def _new_network(cls, path, store, keystore, app, clock, randbytes, cell_type, rules):
         steward = SigningKey.generate(randbytes)
+        dna = Dna.for_app(app, stewards=(steward.public,), **rules)  # bad rules: nothing kept
         keystore.add(steward)
-        dna = Dna.for_app(app, stewards=(steward.public,), **rules)
         node = cls(path, store, keystore, dna, app, clock, randbytes, cell_type)
         # The DNA and the steward's genesis land in one transaction: a crash leaves neither.
         node._add_cell(

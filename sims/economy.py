@@ -424,7 +424,7 @@ class Economy:
     def rogue_problems(self, chain) -> list[str]:
         """A rogue chain's over-spends (what makes an overspend_budget agent a cheater)."""
         stewards = self.sim.dna.stewards if self.sim.dna else ()
-        return replay_ledger(chain, stewards).problems
+        return replay_ledger(chain, stewards, self.sim.dna).problems
 
     def final_check(self) -> None:
         """After convergence, from the chains honest nodes hold: every honest agent's chain
@@ -447,7 +447,7 @@ class Economy:
             cell = owner.running.cells[pub]
             chains[pub] = (owner.running.store.chain(pub)[: cell.state.seq + 1], cell.ledger)
         now_us = int(sim.slots[0].clock() * 1_000_000)
-        found = check_books(chains, stewards, now_us)
+        found = check_books(chains, stewards, now_us, sim.dna)
         for p in found.problems:
             self.ledger_violation(p)
         copies = 0

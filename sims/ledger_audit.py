@@ -2,11 +2,12 @@
 
 `replay_ledger` walks one chain's signed actions with its own arithmetic — deliberately not
 node.core.ledger — and keeps, per budget, what it received and what left it (moved to other
-chains, spent on writes, held pending). It reports what no honest chain may contain: a budget
-or card spending past what it received (over-spent), a spend on a void budget, a hold settled or
-cancelled twice or settled after its timeout, an offer accepted twice or by someone it was not
-made to, a return larger than what was funded. Schema rules (ops, max_per_call, min_reserve,
-expiry) are left to the validator: this checks the money.
+chains, spent on writes or used up by a settle with no payee, held pending). It reports what
+no honest chain may contain: a budget or card spending past what it received (over-spent), a
+spend on a void budget, a hold settled or cancelled twice or settled after its timeout, an
+offer accepted twice or by someone it was not made to, a return larger than what was funded.
+Schema rules (ops, max_per_call, min_reserve, expiry) are left to the validator: this checks
+the money.
 
 `check_books` puts the chains of every honest agent together (node.core.ledger's books beside
 this replay's) and checks, per resource:
@@ -145,7 +146,7 @@ class Replay:
             )
         return b
 
-    def step(self, s: Signed, stewards: tuple) -> None:
+    def step(self, s: Signed, stewards: tuple, dna: Any = None) -> None:
         a: Any = s.action
         self.seq = a.get("seq", self.seq)
         ts = a.get("ts", 0)
@@ -155,7 +156,13 @@ class Replay:
         if a.get("type") in ("create", "charge") and rec.get("pay") is not None:
             cost = rec.get("cost")
             self.paid.append((s.hash, rec["pay"]))
-            self._debit(rec["pay"], "a paid write", spent={"ru": cost if type(cost) is int else 0})
+            spent = {"ru": cost if type(cost) is int else 0}
+            if dna is not None and isinstance(rec.get("op"), str):  # what else the DNA prices
+                count = a.get("count") if a.get("type") == "charge" else 1
+                spent = _add(
+                    spent, dna.resource_cost(rec["op"], count if type(count) is int else 1)
+                )
+            self._debit(rec["pay"], "a paid write", spent=spent)
             return
         v = a.get("ledger")
         if a.get("type") != "ledger" or not isinstance(v, dict):
@@ -212,7 +219,9 @@ class Replay:
         hold, b = got
         if _neg(_add(hold[1], value, -1)) is not None:
             self.problem(f"settle of {value} past its hold of {hold[1]}")
-        if b is not None:
+        if b is not None and v.get("to") is None:  # used up (metered work): spent here
+            b.spent = _add(b.spent, value)
+        elif b is not None:  # paid to another agent's wallet
             b.out = _add(b.out, value)
 
     def _cancel(self, h, v, value, ts, stewards) -> None:
@@ -323,12 +332,13 @@ class Replay:
         return c
 
 
-def replay_ledger(actions: list[Signed], stewards: tuple) -> Replay:
-    """The ledger of one chain (list of Signed from genesis), re-derived on its own."""
+def replay_ledger(actions: list[Signed], stewards: tuple, dna: Any = None) -> Replay:
+    """The ledger of one chain (list of Signed from genesis), re-derived on its own; `dna`
+    prices paid writes in resources beyond RU (its resource_costs; None: RU only)."""
     r = Replay(actions[0].author if actions else b"")
     for s in actions:
         try:
-            r.step(s, stewards)
+            r.step(s, stewards, dna)
         except Exception as e:  # noqa: BLE001 - a malformed action of a rogue chain
             r.problem(f"unreadable ledger action: {e!r}"[:200])
     return r
@@ -393,12 +403,12 @@ class Findings:
             self.problems.append(text)
 
 
-def check_books(chains: dict, stewards: tuple, now_us: int) -> Findings:
+def check_books(chains: dict, stewards: tuple, now_us: int, dna: Any = None) -> Findings:
     """`chains`: {agent: (its actions from genesis, its ledger as node.core.ledger derived it)}
     for every honest agent. Conservation across them (see the module's docstring), each
     budget's books, both derivations side by side, holds, offers and lineage."""
     out = Findings()
-    replays = {pub: replay_ledger(actions, stewards) for pub, (actions, _) in chains.items()}
+    replays = {pub: replay_ledger(a, stewards, dna) for pub, (a, _) in chains.items()}
     t: dict = {
         k: {} for k in ("minted", "held", "in_transit", "sent_outside", "taken_from_outside")
     }

@@ -90,7 +90,9 @@ def test_value_is_conserved_under_any_sequence_of_ledger_operations(ops):
                         tasks.append((me, f"t{i}"))
                     elif kind == "settle" and tasks:
                         owner, task = tasks[which % len(tasks)]
-                        await owner.settle_spend(task, {"ru": amount // 2}, payee=other.agent_id)
+                        # an odd pick pays another agent, an even one is metered use (spent)
+                        payee = other.agent_id if which % 2 else None
+                        await owner.settle_spend(task, {"ru": amount // 2}, payee=payee)
                     elif kind == "cancel" and tasks:
                         owner, task = tasks[which % len(tasks)]
                         await owner.cancel_spend(task)

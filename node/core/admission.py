@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import budget
 from .budget import BudgetState
 from .dna import Dna
+from .errors import BudgetExceeded
 from .validate import ChainState
 
 
@@ -64,8 +65,9 @@ PRECEDENCE: tuple[Check, ...] = (
         "balance",
         ("E_INSUFFICIENT_RU", "E_NO_WITNESS", "E_BUDGET_EXCEEDED"),
         "the allowance covers the cost (E_INSUFFICIENT_RU; E_NO_WITNESS when only the next "
-        "window would, and no steward opens it); an explicit budget's balance, the cap and "
-        "max_grants_per_window (E_BUDGET_EXCEEDED)",
+        "window would, and no steward opens it); an explicit budget's balance, the cap, "
+        "max_grants_per_window, and an op priced beyond RU paid by the allowance, which holds "
+        "only RU (E_BUDGET_EXCEEDED)",
     ),
     Check("solvency", ("E_UNSOLVABLE",), "after the spend every resource keeps its reserve"),
     Check(
@@ -95,6 +97,15 @@ def claims_in(cs: ChainState, window: BudgetState) -> int:
     """Grants `cs`'s chain claimed in `window` (none yet in one about to open)."""
     same = window.window_start_us == cs.budget.window_start_us
     return cs.window_claims if same else 0
+
+
+def allowance_pays(op: str, dna: Dna, name: str) -> None:
+    """BudgetExceeded naming the resource if `op` (`name`: as "zome.fn") costs more than RU
+    (the DNA's resource_costs): the allowance holds only RU, so only a budget holding it pays."""
+    for k, x in dna.resource_cost(op).items():
+        raise BudgetExceeded(
+            x, 0, None, k, f"the allowance holds only RU: refine {name} with a budget holding {k}"
+        )
 
 
 def charge_at(cs: ChainState, cost_mru: int, now_us: int, dna: Dna) -> BudgetState:

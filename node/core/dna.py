@@ -36,6 +36,7 @@ RULES: dict[str, type] = {
     "resources": dict,
     "max_ledger_actions_per_window": int,
     "governance": dict,
+    "resource_costs": dict,
 }
 # a resource's name: "ru" always, and others the governance of a network adds
 MAX_RESOURCES = 16
@@ -83,6 +84,10 @@ class Dna:
     # mint of it in one of its windows
     resources: dict[str, dict[str, int]] = field(default_factory=_default_resources)
     max_ledger_actions_per_window: int = 256  # mint, fund, card, accept, revoke, hold, ...
+    # what an op costs beyond its RU (the app's cost table): op -> {resource: units}, paid only
+    # by a budget holding them (the allowance holds only RU); in the hash only when not empty,
+    # so a network made without it keeps its identity
+    resource_costs: dict[str, dict[str, int]] = field(default_factory=dict)
     # a network made before budgets, whose DNA names neither rule above: its hash (so its
     # identity) stays what it was, and nothing may be minted on it (mint_limit 0)
     before_budgets: bool = False
@@ -127,6 +132,27 @@ class Dna:
         if not 1 <= self.max_ledger_actions_per_window <= 1 << 20:
             raise InvalidInput("max_ledger_actions_per_window: 1 to 2^20")
         object.__setattr__(self, "governance", _governance(self.governance))
+        self._check_resource_costs()
+
+    def _check_resource_costs(self) -> None:
+        rc = self.resource_costs
+        if not isinstance(rc, dict):
+            raise InvalidInput("resource_costs: a map of ops to {resource: units}")
+        for op, c in rc.items():
+            if op not in self.costs:
+                raise InvalidInput(
+                    f"resource_costs: unknown op {op!r} (the cost table has {sorted(self.costs)})"
+                )
+            if not isinstance(c, dict) or not c:
+                raise InvalidInput(f"resource_costs {op}: a map of resources to units")
+            for k, x in c.items():
+                if k == "ru" or k not in self.resources:
+                    raise InvalidInput(
+                        f"resource_costs {op}: {k!r} is not one of the DNA's resources other "
+                        f"than ru {sorted(set(self.resources) - {'ru'})} (RU costs are the app's)"
+                    )
+                if type(x) is not int or not 0 < x < 1 << 53:
+                    raise InvalidInput(f"resource_costs {op}: {k} is a whole number of units > 0")
 
     @classmethod
     def rules(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,7 +166,10 @@ class Dna:
         for k, v in overrides.items():
             if not isinstance(v, RULES[k]) or isinstance(v, bool):
                 raise InvalidInput(f"DNA rule {k!r} is a {RULES[k].__name__}")
-        return dict(overrides)
+        out = dict(overrides)
+        if "resources" in out and "ru" not in out["resources"]:  # "ru" is always there
+            out["resources"] = {**_default_resources(), **out["resources"]}
+        return out
 
     def check_app(self, app: App) -> None:
         """Refuse to run this network with `app` unless its integrity zomes are the ones the
@@ -179,6 +208,10 @@ class Dna:
             d["max_ledger_actions_per_window"] = self.max_ledger_actions_per_window
         if self.governance != GOVERNANCE0:  # the default is implied, so older hashes stand
             d["governance"] = dict(self.governance)
+        if self.resource_costs:
+            d["resource_costs"] = {
+                op: dict(sorted(c.items())) for op, c in sorted(self.resource_costs.items())
+            }
         return d
 
     @classmethod
@@ -200,6 +233,7 @@ class Dna:
             membrane=d["membrane"],
             max_grants_per_window=d.get("max_grants_per_window"),
             governance=dict(d.get("governance") or GOVERNANCE0),
+            resource_costs={op: dict(c) for op, c in d.get("resource_costs", {}).items()},
             **(
                 {
                     "resources": {k: dict(v) for k, v in d["resources"].items()},
@@ -235,6 +269,12 @@ class Dna:
 
     def cost(self, op: str, count: int = 1) -> int:
         return self.costs[op] * (count if op in self.per_result else 1)
+
+    def resource_cost(self, op: str, count: int = 1) -> dict[str, int]:
+        """What `op` costs beyond its RU (`resource_costs`), for `count` results of a
+        per-result op: empty for most ops."""
+        n = count if op in self.per_result else 1
+        return {k: x * n for k, x in sorted(self.resource_costs.get(op, {}).items())}
 
 
 def _governance(g: Any) -> dict[str, Any]:

@@ -283,6 +283,12 @@ def ru(mru: int) -> Amounts:
     return MappingProxyType({"ru": mru} if mru else {})
 
 
+def write_cost(mru: int, op: str, count: int, dna: Dna) -> Amounts:
+    """What a paid write of `op` (as the cost table names it; `count` results of a per-result
+    op) costs its budget: its `mru` and whatever else the DNA's resource_costs names."""
+    return add(ru(mru), MappingProxyType(dna.resource_cost(op, count)))
+
+
 # -- ledger actions
 @dataclass(frozen=True)
 class Effect:
@@ -490,14 +496,16 @@ def _settle(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -
         k = covers(hold.amounts, amt)
         assert k is not None
         raise BudgetExceeded(amt[k], hold.amounts.get(k, 0), _id(hold.budget), k, "the hold")
-    payee = _key(v.get("to"), "to")
+    # no payee: the amounts were used up (metered work), spent by the budget and offered to
+    # no one; a payee: paid to that agent's wallet
+    payee = None if v.get("to") is None else _key(v.get("to"), "to")
     if v.get("budget") != hold.budget:
         raise InvalidInput("a settle names the budget of its hold")
-    b = replace(
-        b,
-        available=add(b.available, add(hold.amounts, amt, -1)),
-        out=add(b.out, amt),
-    )
+    b = replace(b, available=add(b.available, add(hold.amounts, amt, -1)))
+    if payee is None:
+        b = replace(b, spent=add(b.spent, amt), last_used=ts // 1_000_000)
+    else:
+        b = replace(b, out=add(b.out, amt))
     hold = replace(hold, state="settled", settled=amt, payee=payee, credit=h)
     led = replace(led.with_budget(b), holds=_put(led.holds, hold.task_id, hold))
     return Effect(led, payee)

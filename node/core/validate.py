@@ -170,6 +170,9 @@ def validate_next(
         raise InvalidChain("unknown_action_type", seq, typ)
     if paid and typ not in ("create", "charge"):
         raise InvalidChain("not_paid", seq, "only writes are paid by a budget")
+    extra = dna.resource_cost(str(op)) if typ in ("create", "charge") else {}  # op: text here
+    if extra and not paid:  # the allowance holds only RU
+        raise InvalidChain("not_paid", seq, f"{op} also costs {extra}: a budget holding it pays")
 
     start = cs.budget
     w = a.get("witness")
@@ -242,7 +245,9 @@ def _ledger_step(
         bid, call = rec.get("pay"), rec.get("call")
         if not isinstance(bid, bytes) or type(call) is not int or not 0 < call <= seq:
             raise InvalidInput("a paid write names its budget and call")
-        return ledger.pay(led, bid, call, seq, app.op_name(rec["op"]), ledger.ru(cost), author, ts)
+        op = rec["op"]
+        need = ledger.write_cost(cost, op, a["count"] if typ == "charge" else 1, dna)
+        return ledger.pay(led, bid, call, seq, app.op_name(op), need, author, ts)
     return ledger.end_call(led)
 
 

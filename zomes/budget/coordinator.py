@@ -9,7 +9,9 @@ from zomes.hdk import (
     AgentId,
     Amounts,
     BudgetId,
+    Id,
     BudgetSchema,
+    Count,
     Ids,
     Instructions,
     MilliRu,
@@ -141,8 +143,16 @@ async def commit_spend(
 
 
 @zome_fn("budget")
-async def settle_spend(ctx, task_id: TaskId, amounts: Annotated[dict, Amounts()], payee: AgentId):
-    await ctx.require_agent(payee)
+async def settle_spend(
+    ctx,
+    task_id: TaskId,
+    amounts: Annotated[dict, Amounts()],
+    payee: Annotated[bytes | None, Optional(Id("agent"))] = None,
+):
+    """Pay `amounts` of the hold to `payee`'s wallet, or with no payee count them as used
+    (metered work: spent by the budget); the rest returns to the budget."""
+    if payee is not None:
+        await ctx.require_agent(payee)
     return await ctx.budgets.settle(ctx.cell, task_id, amounts, payee)
 
 
@@ -154,3 +164,14 @@ async def cancel_spend(ctx, task_id: TaskId):
 @zome_fn("budget", writes=False)
 async def lineage(ctx, record: ActionId):
     return ctx.budgets.lineage(record)
+
+
+@zome_fn("budget", writes=False)
+async def usage(
+    ctx,
+    budget: Annotated[bytes | None, Optional(Id("budget"))] = None,
+    since: Annotated[int | None, Optional(UnixSeconds())] = None,
+    limit: Count = 100,
+):
+    """This agent's usage rows (node/usage.py), newest `limit`, oldest first."""
+    return ctx.budgets.usage(ctx.cell, budget, since, limit)
