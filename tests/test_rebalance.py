@@ -175,6 +175,8 @@ def test_bad_input_is_refused_with_a_clear_error():
         plan([eb(1, rec(1)), eb(2, rec(1), mw=10)], window=10)
     with pytest.raises(TooLarge, match="at most 4096"):
         plan([eb(n, rec(1)) for n in range(MAX_BUDGETS + 1)], window=10)
+    with pytest.raises(InvalidInput, match="a list of budgets"):
+        plan(iter(good), window=7)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="window"):
         plan(good, window=-1)
     with pytest.raises(InvalidInput, match="EnvelopeBudget"):

@@ -151,8 +151,10 @@ class _Envelope:
 def plan(budgets: Sequence[EnvelopeBudget], window: int, rules: Rules | None = None) -> list[Move]:
     """The moves that rebalance `budgets` at allowance window `window` (module docstring)."""
     rules = Rules() if rules is None else rules
-    if not isinstance(budgets, Sequence) or len(budgets) > MAX_BUDGETS:
-        raise TooLarge(f"a plan takes a list of at most {MAX_BUDGETS} budgets")
+    if not isinstance(budgets, Sequence):
+        raise InvalidInput("a plan takes a list of budgets")
+    if len(budgets) > MAX_BUDGETS:
+        raise TooLarge(f"a plan takes at most {MAX_BUDGETS} budgets")
     _whole(window, "window", 0, MAX_WINDOW)
     if not isinstance(rules, Rules):
         raise InvalidInput("rules is a rebalance.Rules")
@@ -168,8 +170,9 @@ def plan(budgets: Sequence[EnvelopeBudget], window: int, rules: Rules | None = N
         sources += [(b, a, LOW_ROI) for b, a in _over_cap(env, bar, rules)]
     moves: list[Move] = []
     for b, amounts, reason in sorted(sources, key=lambda s: s[0].budget):
-        to = [(e, w) for e, w in rank if e != b.entity][: rules.max_receivers]
-        moves += _split(b.budget, amounts, reason, to)
+        # its own envelope is at most one of the first max_receivers + 1
+        to = [(e, w) for e, w in rank[: rules.max_receivers + 1] if e != b.entity]
+        moves += _split(b.budget, amounts, reason, to[: rules.max_receivers])
     return moves
 
 
