@@ -54,6 +54,7 @@ def test_the_module_list_is_the_package():
     assert {
         "node.core",
         "node.core.validate",
+        "node.core.rebalance",
         "node.local_node",
         "node.net.node",
         "node.app.wire",
