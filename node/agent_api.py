@@ -463,6 +463,12 @@ class AgentMethods:
     async def list_envelopes(self) -> list[EnvelopeView]:
         return await self.call("governance", "list_envelopes", {})
 
+    async def rebalance(self, dry_run: bool = True) -> list[dict]:
+        """The plan for the envelopes this agent funded: moves `{"from", "to", "amounts",
+        "reason"}` (idle, low_roi) to high-ROI envelopes; without `dry_run`, carried out (each
+        move then has `status` and the new `budget`)."""
+        return await self.call("governance", "rebalance", {"dry_run": dry_run})
+
     async def usage(self, budget: str | None = None, since: int | None = None, limit: int = 100):
         """This agent's usage rows, derived from its chain: `{resource, amount_used, op,
         timestamp, hash, budget}` (RU in RU; timestamp in unix s), the newest `limit`, oldest

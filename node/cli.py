@@ -519,7 +519,7 @@ def _parser(argv) -> argparse.ArgumentParser:
     ln.set_defaults(run=_lineage)
     from .cli_governance import add_parsers as add_governance_parsers
 
-    add_governance_parsers(sub, with_store)
+    add_governance_parsers(sub, with_store, sys.modules[__name__])
     c = with_store(sub.add_parser("call", help="call a zome function as an agent"), url=True)
     c.add_argument("--agent", required=True, help="agent id")
     c.add_argument("zome")

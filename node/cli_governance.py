@@ -16,14 +16,8 @@ _SORT_KEY = {
 }
 
 
-def _cli():
-    from . import cli  # the shared plumbing (--path/--url, tokens, JSON output)
-
-    return cli
-
-
 async def _rows(args, what: str) -> list[dict]:
-    cli = _cli()
+    cli = args.cli
     if cli._remote(args):
         from .app.client import NodeClient
 
@@ -39,7 +33,7 @@ async def _proposals(args):
     if args.state:
         rows = [r for r in rows if r["state"] == args.state]
     if args.json:
-        _cli()._emit(rows, True)
+        args.cli._emit(rows, True)
         return
     print(f"{'proposal':<46} {'state':<9} {'score':>5} {'votes':>5}  entity / requested")
     for r in rows:
@@ -74,7 +68,7 @@ async def _envelopes(args):
             args.plot,
         )
     if args.json:
-        _cli()._emit(rows, True)
+        args.cli._emit(rows, True)
         return
     print(f"{'entity':<56} {'priority':>8} {'market':>7} {'roi':>9} {'tokens':>9} {'edges':>6}")
     for r in rows:
@@ -93,7 +87,7 @@ async def _vote(args):
         scores = json.loads(args.scores)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"--scores is not JSON: {e}") from None
-    cli = _cli()
+    cli = args.cli
     payload = {"proposal_id": args.proposal, "decision": args.decision, "scores": scores}
     if cli._remote(args):
         from .app.client import connect
@@ -106,6 +100,31 @@ async def _vote(args):
         cli._emit(await agent.call("governance", "vote", payload), args.json)
 
 
+async def _rebalance(args):
+    cli = args.cli
+    payload = {"dry_run": args.dry_run}
+    if cli._remote(args):
+        if not args.agent:
+            raise InvalidInput("--url needs --agent: whose envelopes to rebalance")
+        from .app.client import connect
+
+        async with connect(args.url, token=cli._token(args), agent=args.agent) as agent:
+            moves = await agent.call("governance", "rebalance", payload)
+    else:
+        async with cli._open(args) as node:
+            agent = await node.agent(args.agent) if args.agent else node.steward
+            if agent is None:
+                raise InvalidInput("this node holds no steward: give --agent")
+            moves = await agent.call("governance", "rebalance", payload)
+    if args.json:
+        cli._emit(moves, True)
+        return
+    for m in moves:
+        status = f"  [{m['status']}]" if "status" in m else ""
+        print(f"{m['reason']:<8} {m['from']} -> {m['to']}  {_amounts(m['amounts'])}{status}")
+    print(f"{len(moves)} move(s){' planned' if args.dry_run else ''}")
+
+
 def _entity(r: dict) -> str:
     return f"{r['entity_type']}:{r['entity_id']}"
 
@@ -114,7 +133,9 @@ def _amounts(a: dict) -> str:
     return ", ".join(f"{v:g} {k.upper() if k == 'ru' else k}" for k, v in a.items())
 
 
-def add_parsers(sub, with_store) -> None:
+def add_parsers(sub, with_store, cli) -> None:
+    """`cli`: the shared plumbing (its `_open`, `_remote`, `_token`, `_emit`), passed in so
+    this module does not import node/cli.py, which imports it."""
     p = with_store(
         sub.add_parser("proposals", help="allocation proposals, their votes, scores and grants"),
         url=True,
@@ -122,7 +143,7 @@ def add_parsers(sub, with_store) -> None:
     p.add_argument(
         "--state", choices=("open", "approved", "rejected", "deferred", "granted"), default=None
     )
-    p.set_defaults(run=_proposals)
+    p.set_defaults(run=_proposals, cli=cli)
     v = with_store(sub.add_parser("vote", help="vote on a proposal as an agent"), url=True)
     v.add_argument("--agent", required=True, help="the voting agent's id")
     v.add_argument("proposal", help="the proposal's id (ac…)")
@@ -132,7 +153,7 @@ def add_parsers(sub, with_store) -> None:
         required=True,
         help='JSON: {"evidence": 0-1, "novelty": 0-1, "alignment": 0-1, "community": 0-1}',
     )
-    v.set_defaults(run=_vote)
+    v.set_defaults(run=_vote, cli=cli)
     e = with_store(
         sub.add_parser(
             "envelopes", help="entities' envelopes: budgets, priority, market weight, ROI"
@@ -141,4 +162,13 @@ def add_parsers(sub, with_store) -> None:
     )
     e.add_argument("--sort", choices=SORTS, default="priority", help="highest first")
     e.add_argument("--plot", metavar="PNG", help="also draw ROI against LLM-token spend")
-    e.set_defaults(run=_envelopes)
+    e.set_defaults(run=_envelopes, cli=cli)
+    r = with_store(
+        sub.add_parser(
+            "rebalance", help="move idle and low-ROI budgets to high-ROI envelopes (a steward)"
+        ),
+        url=True,
+    )
+    r.add_argument("--agent", help="whose funded envelopes (default: the node's steward)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.set_defaults(run=_rebalance, cli=cli)

@@ -15,6 +15,7 @@ from .agent_api import EnvelopeView, ProposalView
 from .budgets import shown
 from .core import governance as G
 from .core import ledger as L
+from .core import rebalance as R
 from .core.action import Signed
 from .core.crypto import from_text, to_text
 from .core.errors import BudgetError, InvalidInput, NoEvidence, NotFound, UnknownAgent
@@ -176,6 +177,104 @@ class Governance:
 
         await self.node.budgets._write(cell, body)
 
+    # -- rebalancing (core/rebalance.py plans; this reads its inputs and carries it out)
+    async def _envelope_budgets(self, cell: Cell) -> list[R.EnvelopeBudget]:
+        """The envelope budgets `cell`'s agent funded, as their holders' chains have them."""
+        now_s = cell.now_us() // 1_000_000
+        out = []
+        for cid, child in list(cell.ledger.children.items())[: R.MAX_BUDGETS]:
+            if child.kind != "fund":
+                continue
+            try:
+                led = await self._ledger(child.holder)
+            except UnknownAgent:
+                continue
+            b = led.budgets.get(cid)
+            e = None if b is None else b.entity
+            if b is None or e is None:
+                continue  # not accepted yet, or no envelope's
+            b = L.expire_holds(led, b, now_s * 1_000_000)[1]
+            pro, con, _ = led.gov.endorsed.get(e, (0, 0, ()))
+            out.append(
+                R.EnvelopeBudget(
+                    budget=cid,
+                    entity=e,
+                    holder=child.holder,
+                    available=dict(b.available),
+                    spent=dict(b.spent),
+                    edges=b.ops.get(EDGE_OP, 0),
+                    last_active_window=min(now_s, b.last_used or b.created_at)
+                    // self.node.dna.window_s,
+                    market_weight_milli=G.market_weight(pro, con),
+                    void=b.void or child.state != "open",
+                )
+            )
+        return out
+
+    async def rebalance(self, cell: Cell, dry_run: bool = True) -> list[dict]:
+        """The plan for the envelopes `cell`'s agent funded; without `dry_run`, carried out as
+        signed actions: each source budget revoked (what is left returns to its parent), then
+        each receiver funded from that parent (a new budget of its envelope), and a low-ROI
+        envelope refunded what it keeps."""
+        dna = self.node.dna
+        budgets = await self._envelope_budgets(cell)
+        window = cell.now_us() // 1_000_000 // dna.window_s
+        rules = R.Rules(idle_windows=dna.governance["idle_windows"])
+        moves = R.plan(budgets, window, rules)
+        shown_moves = [_move_view(m) for m in moves]
+        if dry_run or not moves:
+            return shown_moves
+        by_id = {b.budget: b for b in budgets}
+        done: dict[bytes, bool] = {}
+        for m, view in zip(moves, shown_moves):
+            src = m["from"]
+            if src not in done:
+                done[src] = await self._reclaim(cell, by_id[src], moves)
+            view["status"] = "done" if done[src] else "waiting for the return"
+            if done[src]:
+                parent = cell.ledger.children[src].parent
+                view["budget"] = await self._fund_envelope(cell, parent, m["to"], m["amounts"])
+        return shown_moves
+
+    async def _reclaim(self, cell: Cell, b: R.EnvelopeBudget, moves: list) -> bool:
+        """Revoke `b` and wait (bounded) for what is left of it to return; a low-ROI envelope
+        is refunded what the plan lets it keep. False if the return has not arrived."""
+        import trio
+
+        await self.node.budgets.revoke(cell, b.budget)
+        wait = getattr(self.node, "wait_changed", None)
+        with trio.move_on_after(30):
+            while cell.ledger.children[b.budget].state != "returned" and wait is not None:
+                await wait()
+        child = cell.ledger.children[b.budget]
+        if child.state != "returned":
+            return False
+        given: dict[str, int] = {}
+        for m in moves:
+            if m["from"] == b.budget:
+                for k, x in m["amounts"].items():
+                    given[k] = given.get(k, 0) + x
+        kept = {k: x - given.get(k, 0) for k, x in child.returned.items()}
+        if any(x > 0 for x in kept.values()):
+            await self._fund_envelope(
+                cell, child.parent, b.entity, {k: x for k, x in kept.items() if x > 0}
+            )
+        return True
+
+    async def _fund_envelope(self, cell: Cell, parent: bytes, e: G.Entity, amt: dict) -> str:
+        holder = await self.holder_of(e)
+        body = {
+            "kind": "fund",
+            "parent": parent,
+            "to": holder,
+            "name": "rebalance",
+            "amounts": dict(amt),
+            "schema": {},
+            "entity": list(e),
+        }
+        s = await self.node.budgets._write(cell, lambda led, ts: body)
+        return to_text("budget", s.hash)
+
     # -- reading
     async def get_proposal(self, pid: bytes) -> ProposalView:
         s = await self._record(pid)
@@ -209,6 +308,15 @@ class Governance:
             for e in sorted(seen):
                 out.append(envelope_view(e, holder, led, self.node.budgets))
         return out
+
+
+def _move_view(m: R.Move) -> dict:
+    return {
+        "from": to_text("budget", m["from"]),
+        "to": entity_text(m["to"]),
+        "amounts": shown(m["amounts"]),
+        "reason": m["reason"],
+    }
 
 
 def parse_entity(entity_type: Any, entity_id: Any) -> G.Entity:

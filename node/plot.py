@@ -68,7 +68,10 @@ def plot_envelopes(rows: Sequence[Mapping[str, Any]], path: str) -> Figure:
     if parsed:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
+    try:
+        fig.savefig(path, format="png", dpi=110)
+    except OSError as e:
+        raise InvalidInput(f"cannot write the plot to {path!r}: {e.strerror}") from None
     return fig
 
 

@@ -453,9 +453,9 @@ def test_the_cli_lists_proposals_votes_and_sorts_envelopes(tmp_path, capsys):
             for p, s in ((hi, GOOD), (lo, FAIR)):
                 await carol.vote(p, "approve", s)
             await carol.endorse("agent", dave.agent_id, 1)
-            return hi, lo, dave.agent_id, bob.agent_id
+            return hi, lo, dave.agent_id, bob.agent_id, alice.agent_id
 
-    hi, lo, dave, bob = trio.run(build)
+    hi, lo, dave, bob, alice = trio.run(build)
     assert cli.main(["proposals", "--path", path, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted((r["id"], r["state"], len(r["votes"])) for r in rows) == sorted(
@@ -481,3 +481,79 @@ def test_the_cli_lists_proposals_votes_and_sorts_envelopes(tmp_path, capsys):
     assert cli.main(["envelopes", "--path", path, "--sort", "market"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[1].startswith(f"agent:{dave}") and len(table) == 4
+    png = tmp_path / "roi.png"
+    assert cli.main(["envelopes", "--path", path, "--plot", str(png)]) == 0
+    assert (
+        png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {png}" in capsys.readouterr().out
+    )
+    # alice funded two envelopes, neither idle nor measurable yet: nothing to move
+    argv = ["rebalance", "--path", path, "--agent", alice, "--dry-run", "--json"]
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+async def test_rebalancing_moves_an_idle_envelope_to_the_best_roi_and_conserves_every_unit():
+    clock = Clock()
+    dna = {**DNA, "governance": {"voters": "stewards", "quorum": 1}}
+    async with LocalNode.open(clock=clock, dna=dna) as node:
+        st = node.steward
+        alice, bob, carol, dave = [await node.new_agent() for _ in range(4)]
+        pool = await st.mint_budget(
+            {"ru": 1000, LLM: 1_000_000}, holder=alice.agent_id, schema={"can_fund": True}
+        )
+        rec = await bob.call("memory", "transmit_understanding", TRIPLE)
+
+        async def grant(agent, amounts):
+            pid = await alice.propose_allocation("agent", agent.agent_id, amounts, "j", [rec], pool)
+            await st.vote(pid, "approve", GOOD)
+            return (await agent.get_envelope("agent", agent.agent_id)).budgets[-1].id
+
+        idle = await grant(dave, {"ru": 30, LLM: 50_000})
+        clock.t += 8 * 86_400  # dave's envelope spends nothing for eight windows
+        work = {}
+        for agent, edges in ((bob, 3), (carol, 1)):
+            b = await grant(agent, {"ru": 20, LLM: 20_000})
+            async with agent.spend(b, {LLM: 12_000}) as h:
+                h.use({LLM: 10_000})  # a metered LLM call: consumed
+            for _ in range(edges):
+                await agent.refine(
+                    instructions=[
+                        {"zome": "rose_forest", "fn": "link_edge", "payload": _edge(rec)}
+                    ],
+                    budgets=[b],
+                )
+            work[agent.agent_id] = b
+        env = await alice.get_envelope("agent", bob.agent_id)
+        assert (env.edges, env.llm_tokens_spent, env.roi_score) == (3, 10_000, 3 / 10_000)
+
+        async def total():
+            envs = [await alice.get_envelope("agent", a.agent_id) for a in (bob, carol, dave)]
+            avail = [b.balances for e in envs for b in e.budgets if not b.void]
+            pool_v = (await alice.get_budget(pool)).balances
+            return {
+                r: pool_v[r]["available"] + sum(b[r]["available"] for b in avail if r in b)
+                for r in ("ru", LLM)
+            }
+
+        before = await total()
+        plan = await alice.rebalance(dry_run=True)
+        # carol's ROI (1 edge per 10,000 tokens) is the network's half, so she neither gives
+        # nor receives; dave's idle envelope gives all it has to bob's
+        assert plan == [
+            {
+                "from": idle,
+                "to": f"agent:{bob.agent_id}",
+                "amounts": {"ru": 30.0, LLM: 50_000},
+                "reason": "idle",
+            }
+        ]
+        assert await alice.rebalance(dry_run=True) == plan  # a dry run changes nothing
+        done = await alice.rebalance(dry_run=False)
+        assert [(m["from"], m["status"]) for m in done] == [(idle, "done")]
+        assert (await dave.get_budget(idle)).void
+        moved = await bob.get_budget(done[0]["budget"])
+        assert moved.balance(LLM).available == 50_000 and moved.parent == pool
+        assert await total() == before
+        steps = await bob.lineage(to_text("action", from_text("budget", done[0]["budget"])))
+        assert [s["kind"] for s in steps] == ["fund", "mint"]
+        assert await alice.rebalance(dry_run=True) == []  # nothing idle is left

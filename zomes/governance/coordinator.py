@@ -44,6 +44,16 @@ class Scores(Param):
         return out
 
 
+@dataclass(frozen=True)
+class Flag(Param):
+    """True or False."""
+
+    def check(self, name, value, dna):
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{name} is true or false")
+        return value
+
+
 EntityType = Annotated[str, Choice(G.ENTITY_TYPES)]
 EntityId = Annotated[str, Text(64, min_bytes=1)]  # an agent id, or a record's action hash
 
@@ -106,3 +116,10 @@ async def get_envelope(ctx, entity_type: EntityType, entity_id: EntityId):
 @zome_fn("governance", writes=False)
 async def list_envelopes(ctx):
     return ctx.governance.envelopes()
+
+
+@zome_fn("governance")
+async def rebalance(ctx, dry_run: Annotated[bool, Flag()] = True):
+    """The rebalancing plan for the envelopes the caller funded (moves: from, to, amounts,
+    reason); without dry_run, carried out as signed revokes and funds."""
+    return await ctx.governance.rebalance(ctx.cell, dry_run)
