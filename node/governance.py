@@ -18,7 +18,14 @@ from .core import ledger as L
 from .core import rebalance as R
 from .core.action import Signed
 from .core.crypto import from_text, to_text
-from .core.errors import BudgetError, InvalidInput, NoEvidence, NotFound, UnknownAgent
+from .core.errors import (
+    BudgetError,
+    BudgetExceeded,
+    InvalidInput,
+    NoEvidence,
+    NotFound,
+    UnknownAgent,
+)
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -160,7 +167,11 @@ class Governance:
                 k: max(0, b.available.get(k, 0) - b.schema.min_reserve.get(k, 0))
                 for k in b.available
             }
-            amt = {k: min(x, room.get(k, 0)) for k, x in G.grant_limit(p, weight).items()}
+            limit = G.grant_limit(p, weight)
+            amt = {k: min(x, room.get(k, 0)) for k, x in limit.items()}
+            if not any(amt.values()):  # the proposal stays approved until the budget has some
+                k = next(iter(limit))
+                raise BudgetExceeded(limit[k], 0, to_text("budget", b.id), k, "nothing to grant")
             return {
                 "kind": "fund",
                 "parent": p.from_budget,

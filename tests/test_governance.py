@@ -158,6 +158,16 @@ async def test_reject_and_defer_change_nothing_and_a_grant_is_capped_at_what_the
         await dave.vote(big, "approve", GOOD)
         assert (await alice.get_proposal(big)).granted == {"ru": 500.0}
         assert (await alice.get_budget(pool)).balance("ru").available == 0.0
+        # approved with nothing left to give: it stays approved, nothing is written
+        late = await alice.propose_allocation("agent", bob.agent_id, {"ru": 5}, "j", [rec], pool)
+        await carol.vote(late, "approve", GOOD)
+        n = head(alice)
+        await dave.vote(late, "approve", GOOD)
+        assert head(alice) == n + 1  # the vote's accept, and no grant
+        assert ((await alice.get_proposal(late)).state, node.governance.grants_failed) == (
+            "approved",
+            1,
+        )
 
 
 async def test_refusals_name_their_code_and_write_nothing():
