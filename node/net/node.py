@@ -299,7 +299,9 @@ class NetNode(LocalNode):
             request=self._request,
             metrics=self.metrics,
             interval=publish_interval,
+            store=self.store,
         )
+        self.courier.restore()
         self.handlers = RequestHandlers(
             node_key=key,
             dna=self.dna,
