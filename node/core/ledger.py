@@ -227,6 +227,11 @@ def expire_holds(led: Ledger, b: Budget, ts_us: int) -> tuple[Ledger, Budget]:
 def debit(b: Budget, need: Amounts, what: str) -> Budget:
     """`b` after `need` leaves its available balance: BudgetExceeded past the balance,
     Unsolvable below the reserve."""
+    return replace(b, available=_debited(b, need, what))
+
+
+def _debited(b: Budget, need: Amounts, what: str) -> Amounts:
+    """What `b` has available once `need` leaves it (the checks of `debit`)."""
     short = covers(b.available, need)
     if short is not None:
         raise BudgetExceeded(need.get(short, 0), b.available.get(short, 0), _id(b.id), short)
@@ -236,7 +241,7 @@ def debit(b: Budget, need: Amounts, what: str) -> Budget:
     }
     if shortfall:
         raise Unsolvable(shortfall, _id(b.id), what)
-    return replace(b, available=after)
+    return after
 
 
 def authorize(b: Budget, op: str, author: bytes) -> str:
@@ -267,11 +272,18 @@ def pay(
     for k, limit in b.schema.max_per_call.items():
         if running.get(k, 0) > limit:
             raise BudgetExceeded(running[k], limit, _id(bid), k, "its max_per_call")
-    b = debit(b, cost, "a write")
-    b = replace(b, spent=add(b.spent, cost), last_used=ts // 1_000_000)
-    if op in b.ops or len(b.ops) < MAX_OPS_COUNTED:
-        b = replace(b, ops=_put(b.ops, op, b.ops.get(op, 0) + 1))
-    return replace(led.with_budget(b), call=(call, bid, running))
+    ops = b.ops
+    if op in ops or len(ops) < MAX_OPS_COUNTED:
+        ops = _put(ops, op, ops.get(op, 0) + 1)
+    # one copy of the budget and one of the ledger: this runs for every paid write
+    b = replace(
+        b,
+        available=_debited(b, cost, "a write"),
+        spent=add(b.spent, cost),
+        last_used=ts // 1_000_000,
+        ops=ops,
+    )
+    return replace(led, budgets=_put(led.budgets, bid, b), call=(call, bid, running))
 
 
 def end_call(led: Ledger) -> Ledger:
