@@ -141,7 +141,10 @@ class Relaying:
     async def dial(self, pid: ID, circuit: multiaddr.Multiaddr) -> None:
         """A connection to `pid` through the relay `circuit` names (its peerstore form, without
         the trailing /p2p/<pid>); on return it is in the swarm like any other connection."""
-        full = multiaddr.Multiaddr(f"{circuit}/p2p/{pid}")
+        # py-libp2p stores the circuits it dialled with the target's id on the end; ours lack it
+        full = multiaddr.Multiaddr(
+            str(circuit) if circuit.get_peer_id() == str(pid) else f"{circuit}/p2p/{pid}"
+        )
         relay_ma, _ = self.circuit.parse_circuit_ma(full)
         relay = info_from_p2p_addr(relay_ma)
         if not self.host.get_network().get_connections(relay.peer_id):
