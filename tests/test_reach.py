@@ -94,30 +94,43 @@ async def stop_all(procs) -> None:
 @needs_netns
 async def test_three_nodes_on_one_lan_find_each_other_with_mdns_and_no_bootstrap(tmp_path):
     """Node 0 runs the network's store; nodes 1 and 2 start with new stores, `--mdns` and no
-    bootstrap address: each takes the network from a node it found, joins it through the same
-    hello as a bootstrap address, and a write on any node reaches the others."""
+    bootstrap address (pinned by --dna-hash): each takes the network from a node it found, joins
+    it through the same hello as a bootstrap address, and a write on any node reaches the others.
+    A node of another network on the same LAN finds them too and is refused by that hello."""
     lan = netns.Lan()
     procs: list[NodeProc] = []
     try:
-        for i in range(3):
+        for _ in range(4):
             lan.add_host()
-            procs.append(NodeProc(lan, i, str(tmp_path / f"node{i}")))
+        procs = [NodeProc(lan, i, str(tmp_path / f"node{i}")) for i in range(3)]
+        other = NodeProc(lan, 3, str(tmp_path / "other"))  # a node of another network
         init_store(procs[0].directory)
+        init_store(other.directory)
         await procs[0].start([], ("--mdns",))
         t0 = trio.current_time()
         async with trio.open_nursery() as n:
             for p in procs[1:]:
-                n.start_soon(p.start, [], ("--mdns",))
+                n.start_soon(p.start, [], ("--mdns", "--dna-hash", procs[0].info["dna"]))
+            n.start_soon(other.start, [], ("--mdns",))
+        procs.append(other)
         started = trio.current_time() - t0
 
         async def all_know_each_other():
-            return [(await metrics(p)).get("peers") for p in procs] == [2, 2, 2]
+            return [(await metrics(p)).get("peers") for p in procs[:3]] == [2, 2, 2]
 
         found = await until("every node knows the other two", all_know_each_other)
-        networks = {p.info["dna"] for p in procs}
-        assert len(networks) == 1  # the new stores took node 0's network
-        for p in procs[1:]:
+        assert {p.info["dna"] for p in procs[:3]} == {procs[0].info["dna"]}
+        for p in procs[1:3]:
             assert (await metrics(p)).get("peers_found_joined_total", 0) >= 1  # mDNS, not luck
+
+        # The other network's node found them too, and the hello (the DNA check) kept it out,
+        # on both sides: discovery hands over addresses, it admits no one.
+        async def other_was_refused():
+            return (await metrics(other)).get("join_failures_total", 0) >= 3
+
+        await until("the other network's node tried all three", other_was_refused)
+        assert (await metrics(other)).get("peers") == 0
+        assert [(await metrics(p)).get("peers") for p in procs[:3]] == [2, 2, 2]
 
         h2 = await write(procs[2], "mdns-2")
         seen_0 = await until("node 2's write at node 0", lambda: holds(procs[0], h2))
@@ -140,7 +153,7 @@ async def test_a_node_only_the_relay_can_reach_writes_and_is_reached_through_the
     leads to R (R has a foot on both LANs, and N a host route to R's address on A); C has no
     route to N, N none to C. N runs `--relay R`: it joins through R, and C reaches N through R's
     `/p2p-circuit` address. N's write is held by C, C's write by N, and C dialled N through
-    the relay."""
+    the relay; after the relay restarts, N reserves again and C reaches it again."""
     lan_a, lan_b = netns.Lan(), None
     procs: list[NodeProc] = []
     try:
@@ -173,9 +186,24 @@ async def test_a_node_only_the_relay_can_reach_writes_and_is_reached_through_the
             return m.get("relayed_dials_total", 0) >= 1 and m.get("peers") == 2
 
         await until("C dialled N through the relay", c_dialled_n_through_the_relay)
+
+        # The relay restarts (same store, port and id) and forgets N's reservation and every
+        # circuit: N reserves again, and C reaches N through it again.
+        before = (await metrics(c)).get("relayed_dials_total", 0)
+        assert await relay.stop() == 0
+        t1 = trio.current_time()
+        await relay.start([], ("--relay-service",))
+        h_again = await write(c, "relayed-c-again")
+        await until("C's write at N after the relay restarted", lambda: holds(n, h_again))
+
+        async def dialled_again():
+            return (await metrics(c)).get("relayed_dials_total", 0) > before
+
+        await until("C dialled N through the restarted relay", dialled_again)
+        again = trio.current_time() - t1
         print(
             f"\nrelay: N up in {started:.1f} s; N's write visible at C in {seen:.2f} s, "
-            f"C's at N in {back:.2f} s"
+            f"C's at N in {back:.2f} s; after the relay's restart N reached again in {again:.1f} s"
         )
     finally:
         try:
