@@ -52,6 +52,15 @@ def preflight() -> None:
         raise Unsupported(f"`ip netns` does not work here: {done.stderr.strip()}")
 
 
+def unavailable() -> str | None:
+    """Why namespaces cannot be made here (tests skip with it), or None."""
+    try:
+        preflight()
+    except Unsupported as e:
+        return str(e)
+    return None
+
+
 def _lock_free(path: str) -> bool:
     try:
         fd = os.open(path, os.O_RDWR)

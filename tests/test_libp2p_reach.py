@@ -64,6 +64,26 @@ async def test_a_node_behind_a_relay_is_reached_only_through_it():
             assert await behind.request(third.peer_id, b"yo") == b"C:" + behind.peer_id[:4] + b":yo"
 
 
+async def test_py_libp2p_s_own_dial_skips_circuit_addresses_so_the_transport_dials_them():
+    """Why `Libp2pTransport._dial` routes circuits itself: py-libp2p 0.8.1's swarm drops every
+    `/p2p-circuit` address (`Swarm.dial_peer`), even with a circuit transport on the host. If
+    this starts failing, py-libp2p dials circuits itself and `_dial` may hand them back."""
+    from libp2p.peer.peerinfo import PeerInfo
+
+    async with open_libp2p_transport(seed(6), echo(b"R"), relay_service=True) as relay:
+        via = relay.listen_addrs()[0]
+        async with (
+            open_libp2p_transport(seed(7), echo(b"N"), relay=via) as behind,
+            open_libp2p_transport(seed(8), echo(b"C")) as third,
+        ):
+            await wait_until(behind, lambda: behind.relaying.reserved)
+            pid = behind.host.get_id()
+            circuit = multiaddr.Multiaddr(f"{via}/p2p-circuit")
+            with pytest.raises(Exception, match="relay-only"):
+                await third.host.connect(PeerInfo(pid, [circuit]))
+            assert await third.connect(behind.listen_addrs()[0]) == behind.peer_id
+
+
 async def test_without_a_reservation_the_relay_refuses_the_circuit():
     async with open_libp2p_transport(seed(3), echo(b"R"), relay_service=True) as relay:
         via = relay.listen_addrs()[0]

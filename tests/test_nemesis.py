@@ -183,15 +183,7 @@ def test_without_ip_nemesis_says_why(monkeypatch):
         netns.preflight()
 
 
-def _why_no_netns():
-    try:
-        netns.preflight()
-    except Unsupported as e:
-        return str(e)
-    return None
-
-
-needs_netns = pytest.mark.skipif(_why_no_netns() is not None, reason=f"{_why_no_netns()}")
+needs_netns = pytest.mark.skipif(netns.unavailable() is not None, reason=f"{netns.unavailable()}")
 
 
 def _ours(run):

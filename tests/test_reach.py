@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from node.app.client import connect
-from node.core.errors import NotFound, Unsupported
+from node.core.errors import NotFound
 from sims import netns
 from sims.nemesis_procs import NodeProc
 
@@ -22,15 +22,7 @@ BOUND_S = 60.0  # every wait for a condition; what is measured is printed (pytes
 POLL_S = 0.2
 
 
-def _why_no_netns():
-    try:
-        netns.preflight()
-    except Unsupported as e:
-        return str(e)
-    return None
-
-
-needs_netns = pytest.mark.skipif(_why_no_netns() is not None, reason=f"{_why_no_netns()}")
+needs_netns = pytest.mark.skipif(netns.unavailable() is not None, reason=f"{netns.unavailable()}")
 
 
 def _scrape(url: str) -> dict[str, float]:

@@ -71,11 +71,14 @@ async def mdns_discovery(host, on_found, announce: bool = True) -> AsyncIterator
     mdns = create_mdns_discovery(host.get_network(), host=host)
     peerDiscovery.register_peer_discovered_handler(found)
     try:
-        # Registering probes the LAN for name conflicts (~1.6 s of blocking sends and waits):
-        # in a thread, so the node serves meanwhile.
-        if announce:
-            await _in_thread(mdns.broadcaster.register)
-        yield mdns
+        async with trio.open_nursery() as nursery:
+            if announce:
+                # Registering probes the LAN for name conflicts (~1.6 s of blocking sends and
+                # waits): in a thread, while the node starts and serves (finding others and
+                # joining them needs no announcement of our own)
+                nursery.start_soon(_in_thread, mdns.broadcaster.register)
+            yield mdns
+            nursery.cancel_scope.cancel()
     finally:
         peerDiscovery.unregister_peer_discovered_handler(found)
         with trio.CancelScope(shield=True), trio.move_on_after(MDNS_STOP_S):
