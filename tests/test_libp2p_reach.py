@@ -51,6 +51,7 @@ async def test_a_node_behind_a_relay_is_reached_only_through_it():
             await wait_until(behind, lambda: behind.relaying.reserved)
             pid = behind.host.get_id()
             assert behind.listen_addrs() == [f"{via}/p2p-circuit/p2p/{pid}"]
+            assert behind.metrics["relay_reservations"] == 1
 
             # the third host knows only the circuit address: it dials through the relay, and
             # Noise proves the key at the far end is the node's

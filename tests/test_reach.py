@@ -192,6 +192,7 @@ async def test_a_node_only_the_relay_can_reach_writes_and_is_reached_through_the
             return (await metrics(c)).get("relayed_dials_total", 0) > before
 
         await until("C dialled N through the restarted relay", dialled_again)
+        assert (await metrics(n)).get("relay_reservations_total", 0) >= 2  # it reserved again
         again = trio.current_time() - t1
         print(
             f"\nrelay: N up in {started:.1f} s; N's write visible at C in {seen:.2f} s, "

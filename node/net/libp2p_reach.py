@@ -117,20 +117,20 @@ class Relaying:
     with `via` (a relay's multiaddr) it holds a reservation there and is reached only through
     it, so its advertised address is `<via>/p2p-circuit/p2p/<self>`."""
 
-    def __init__(self, host, *, serve: bool, via: str | None, changed, wait_changed):
+    def __init__(self, host, *, serve: bool, via: str | None, changed, wait_changed, count):
         """`changed()` tells the transport's waiters the reservation moved; `wait_changed()`
-        returns when a connection opened or closed."""
+        returns when a connection opened or closed; `count(name)` adds one to a counter."""
         self.host = host
         self.serve = serve
         self.via = via
         self._changed = changed
         self._wait_changed = wait_changed
+        self._count = count
         self.protocol = CircuitV2Protocol(host, limits=RELAY_LIMITS, allow_hop=serve)
         roles = RelayRole.STOP | (RelayRole.HOP if serve else RelayRole(0))
         # no CLIENT role: it would reserve at every relay it dials through (a dialer needs none)
         self.circuit = CircuitV2Transport(host, self.protocol, RelayConfig(roles=roles))
         self.reserved = False
-        self.reservations = 0  # made or renewed, for diagnostics
         self.relay_id: ID | None = None
         if via is not None:
             self.relay_id = info_from_p2p_addr(multiaddr.Multiaddr(via)).peer_id
@@ -174,8 +174,8 @@ class Relaying:
                 except Exception:  # unreachable, reset, refused: try again after a wait
                     ok = False
                 self.reserved = ok
+                self._count("relay_reservations" if ok else "relay_reservation_failures")
                 if ok:
-                    self.reservations += 1
                     wait = RESERVE_RETRY_S[0]
                     self._changed()
                     while self.host.get_network().get_connections(self.relay_id):

@@ -189,6 +189,9 @@ class Libp2pTransport:
         relayed = self.relaying.advertised() if self.relaying is not None else None
         return relayed if relayed is not None else [str(a) for a in self.host.get_addrs()]
 
+    def count(self, name: str) -> None:
+        self.metrics[name] += 1
+
     def _found(self, pid: ID, addrs: list) -> None:
         """mDNS found a libp2p peer on the LAN: queue it for the node to join (the node's
         hello decides whether it is one of ours, as for a bootstrap address)."""
@@ -252,25 +255,26 @@ class Libp2pTransport:
         """A connection to `pid` from its known addresses: direct ones through the swarm, and
         `/p2p-circuit` ones (which the swarm skips) through the relay they name."""
         known = self._known_addrs(pid)
-        relayed = [a for a in known if is_circuit(a)]
-        if len(relayed) < len(known) or self.relaying is None or not relayed:
+        relay = self.relaying
+        relayed = [a for a in known if is_circuit(a)] if relay is not None else []
+        if not relayed or len(relayed) < len(known):  # a direct address, or nothing to relay
             self.host.get_network().unblock_peer(pid)  # retry policy is the caller's
             try:
                 await self.host.connect(PeerInfo(pid, []))
                 return
             except Exception:
-                if not relayed or self.relaying is None:
+                if not relayed:
                     raise
-        error: Exception | None = None
+        assert relay is not None  # relayed is empty without it
+        error: Exception = PeerUnreachable("no relay answered")
         for circuit in relayed[:4]:  # a peer names few relays; each try is bounded by the caller
             try:
-                await self.relaying.dial(pid, circuit)
+                await relay.dial(pid, circuit)
                 self.metrics["relayed_dials"] += 1
                 return
             except Exception as e:
                 error = e
         self.metrics["relayed_dial_failures"] += 1
-        assert error is not None
         raise error
 
     async def connect(self, addr: str, timeout: float = 10.0) -> bytes:
@@ -482,7 +486,12 @@ async def open_libp2p_transport(
     )
     host.set_stream_handler(t.protocol, t._on_stream)
     relaying = Relaying(
-        host, serve=relay_service, via=relay, changed=t._changed, wait_changed=t.wait_changed
+        host,
+        serve=relay_service,
+        via=relay,
+        changed=t._changed,
+        wait_changed=t.wait_changed,
+        count=t.count,
     )
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
