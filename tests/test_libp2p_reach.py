@@ -112,3 +112,15 @@ def test_a_found_peer_is_joined_at_its_lan_address_not_at_loopback_nor_through_a
     circuit = m(f"/ip4/10.0.0.1/tcp/1/p2p/{pid}/p2p-circuit")
     assert join_address(pid, [circuit]) is None
     assert join_address(pid, [m("/ip4/192.168.1.20/udp/4001")]) is None
+
+
+async def test_a_new_store_that_finds_no_node_of_its_network_on_the_lan_says_what_to_do():
+    """`up --mdns` on a new store takes the network of a node found on the LAN; with none of the
+    pinned network answering (any found here are of other networks) it stops, naming the fix."""
+    from node.net.cluster import libp2p_factory
+    from node.net.node import find_dna
+
+    look = libp2p_factory(mdns=True, announce=False)
+    with pytest.raises(PeerUnreachable, match="budgetnode init --path DIR") as e:
+        await find_dna(look, b"\x07" * 32, timeout=1.0)
+    assert "no node of that network answered on the LAN within 1 s" in str(e.value)
