@@ -425,7 +425,29 @@ def _parser(argv) -> argparse.ArgumentParser:
         "--bootstrap", action="append", default=[], help="a peer's multiaddr (repeatable)"
     )
     u.add_argument("--path", help="data directory (a cluster keeps node0, node1, … inside)")
-    u.add_argument("--dna-hash", help="refuse to join unless the network has this DNA hash")
+    u.add_argument(
+        "--dna-hash",
+        help="refuse to join unless the network has this DNA hash (with --bootstrap or --mdns)",
+    )
+    u.add_argument(
+        "--mdns",
+        action="store_true",
+        help="one node (needs --listen on a LAN address): announce it on the LAN and join the "
+        "budgetnodes found there (libp2p mDNS); a new store takes the network of the first "
+        "that answers",
+    )
+    u.add_argument(
+        "--relay",
+        metavar="MULTIADDR",
+        help="one node others cannot dial: reserve a slot at this relay (a node run with "
+        "--relay-service; its multiaddr ends in /p2p/<id>), join through it, and be reached "
+        "through it (libp2p circuit relay v2)",
+    )
+    u.add_argument(
+        "--relay-service",
+        action="store_true",
+        help="one node: relay for nodes run with --relay (libp2p circuit relay v2 HOP)",
+    )
     u.add_argument(
         "--rogue",
         nargs="?",

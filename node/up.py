@@ -14,10 +14,11 @@ from .core.crypto import from_text, to_text
 from .core.errors import InvalidInput, WrongNetwork
 from .net.cluster import LocalCluster, libp2p_factory
 from .net import rogue as adversarial
-from .net.node import NetNode, fetch_dna
+from .net.node import NetNode, fetch_dna, find_dna
 from .store import store_path
 
 TOKEN_FILE = "app.token"
+MDNS_WAIT_S = 30.0  # `up --mdns` on a new store: how long to look for a network on the LAN
 
 
 def _describe(node, server) -> dict:
@@ -121,13 +122,15 @@ def check_args(args) -> bytes | None:
     written (so a refused start leaves the directory as it was). Returns the pinned DNA hash."""
     if args.nodes < 1:
         raise InvalidInput("--nodes must be at least 1")
-    if args.dna_hash and not args.bootstrap:
+    mdns, relay = getattr(args, "mdns", False), getattr(args, "relay", None)
+    if args.dna_hash and not (args.bootstrap or mdns or relay):
         raise InvalidInput(
-            "--dna-hash pins the network of a --bootstrap peer: give --bootstrap too "
-            "(a node that joins no one runs its store's own network)"
+            "--dna-hash pins the network of a --bootstrap peer (or one found with --mdns): "
+            "give --bootstrap too (a node that joins no one runs its store's own network)"
         )
     pin = from_text("dna", args.dna_hash) if args.dna_hash else None
-    single = bool(args.bootstrap or args.listen)
+    single = bool(args.bootstrap or args.listen or mdns or relay)
+    single = single or getattr(args, "relay_service", False)
     count = 1 if single else args.nodes
     if args.app_port and args.app_port + count - 1 > MAX_PORT:
         raise InvalidInput(f"--app-port {args.app_port} leaves no port for {count} node(s)")
@@ -135,6 +138,21 @@ def check_args(args) -> bytes | None:
         _check_multiaddr("--listen", args.listen, peer=False)
     for addr in args.bootstrap:
         _check_multiaddr("--bootstrap", addr, peer=True)
+    if relay:
+        _check_multiaddr("--relay", relay, peer=True)
+        if "/p2p-circuit" in relay:
+            raise InvalidInput(f"--relay {relay!r} is itself relayed: give the relay's own address")
+    if mdns:
+        # mDNS announces the listen address as it is: a wildcard or loopback one would send
+        # every peer that finds it to an address that is not this node
+        if not args.listen or any(
+            f"/{p}/{a}/" in args.listen
+            for p, a in (("ip4", "0.0.0.0"), ("ip6", "::"), ("ip4", "127.0.0.1"), ("ip6", "::1"))
+        ):
+            raise InvalidInput(
+                "--mdns announces this node's --listen address on the LAN: give --listen "
+                "with the LAN address, e.g. /ip4/192.168.1.20/tcp/4001"
+            )
     if args.path and os.path.isdir(args.path):
         cluster_store = os.path.exists(store_path(os.path.join(args.path, "node0")))
         node_store = os.path.exists(store_path(args.path))
@@ -172,15 +190,23 @@ async def run(args) -> None:
     except ValueError as e:
         raise InvalidInput(str(e)) from None
     pin = check_args(args)
-    if args.bootstrap or args.listen:
-        factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0")
+    mdns, relay = getattr(args, "mdns", False), getattr(args, "relay", None)
+    if args.bootstrap or args.listen or mdns or relay or getattr(args, "relay_service", False):
+        reach = dict(mdns=mdns, relay=relay, relay_service=getattr(args, "relay_service", False))
+        factory = libp2p_factory(args.listen or "/ip4/127.0.0.1/tcp/0", **reach)
+        # a node behind a relay joins through it: the one peer it can surely reach
+        bootstrap = list(dict.fromkeys(([relay] if relay else []) + args.bootstrap))
         dna = None
         # a stat before the node starts: nothing else runs on the event loop yet
-        if args.bootstrap and not (args.path and os.path.exists(store_path(args.path))):  # noqa: ASYNC240
-            dna = await fetch_dna(libp2p_factory(), args.bootstrap[0], pin)
+        if not (args.path and os.path.exists(store_path(args.path))):  # noqa: ASYNC240
+            if bootstrap:
+                dna = await fetch_dna(libp2p_factory(), bootstrap[0], pin)
+            elif mdns:
+                look = libp2p_factory(mdns=True, announce=False)  # it only looks
+                dna = await find_dna(look, pin, MDNS_WAIT_S)
         factory, adversary = adversarial.plug(factory, modes, os.urandom(32))
         async with NetNode.open(
-            factory, path=args.path, bootstrap=args.bootstrap, dna=dna, **adversary
+            factory, path=args.path, bootstrap=bootstrap, dna=dna, **adversary
         ) as node:
             _cap([node], args)
             if pin is not None and node.dna.hash != pin:

@@ -71,8 +71,9 @@ class NodeProc:
         return self.serving and self.running and not self.paused and not self.cut
 
     # -- lifecycle
-    async def start(self, bootstrap: list[str]) -> None:
-        """Start the process and wait (bounded) for the line `up --json` prints once it serves."""
+    async def start(self, bootstrap: list[str], extra: tuple[str, ...] = ()) -> None:
+        """Start the process and wait (bounded) for the line `up --json` prints once it serves.
+        `extra`: more `up` options (`--mdns`, `--relay ADDR`, `--relay-service`)."""
         argv = [
             *self.lan.exec_prefix(self.host),
             sys.executable,
@@ -91,6 +92,7 @@ class NodeProc:
         ]
         for addr in bootstrap[:16]:
             argv += ["--bootstrap", addr]
+        argv += extra
         self.starts += 1
         self.serving = False
         err = _log(

@@ -52,6 +52,15 @@ def preflight() -> None:
         raise Unsupported(f"`ip netns` does not work here: {done.stderr.strip()}")
 
 
+def unavailable() -> str | None:
+    """Why namespaces cannot be made here (tests skip with it), or None."""
+    try:
+        preflight()
+    except Unsupported as e:
+        return str(e)
+    return None
+
+
 def _lock_free(path: str) -> bool:
     try:
         fd = os.open(path, os.O_RDWR)
@@ -136,7 +145,7 @@ class Lan:
                 raise
 
     def ns(self, i: int) -> str:
-        return f"{PREFIX}-{self.run}-{i}"
+        return self.hosts[i] if i < len(self.hosts) else f"{PREFIX}-{self.run}-{i}"
 
     def veth(self, i: int) -> str:
         return f"{PREFIX}v{self.run}{i}"  # the root side: cutting it cuts the host off
@@ -160,6 +169,27 @@ class Lan:
         _ip("link", "set", veth, "master", self.bridge)
         _ip("link", "set", veth, "up")
         return i
+
+    def attach(self, ns: str) -> int:
+        """Give the namespace `ns` (another LAN's host: a router between two LANs) an interface
+        on this LAN too; its address here is `address(i)` for the index returned. The namespace
+        stays its own LAN's to remove (removing it removes this interface too)."""
+        i = len(self.hosts)
+        if i >= 200:
+            raise ValueError("a nemesis LAN holds at most 200 hosts")
+        veth, peer = self.veth(i), f"{PREFIX}p{self.run}{i}"
+        self.hosts.append(ns)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", ns)
+        _ip("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", peer)
+        _ip("-n", ns, "link", "set", peer, "up")
+        _ip("link", "set", veth, "master", self.bridge)
+        _ip("link", "set", veth, "up")
+        return i
+
+    def route(self, i: int, to: str, via: str) -> None:
+        """Host i reaches the single address `to` through `via` (a router on this LAN)."""
+        _ip("-n", self.ns(i), "route", "add", f"{to}/32", "via", via)
 
     def exec_prefix(self, i: int) -> list[str]:
         """The argv prefix that runs a command on host i."""

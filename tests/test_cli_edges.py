@@ -170,6 +170,13 @@ ROWS = [
     ("up", "up --listen " + LISTEN + " --path {file}", "E_STORE_UNUSABLE", 1),
     ("up", "up --listen " + LISTEN + " --path {kdir}", "E_STORE_UNUSABLE", 1),
     ("up", "up --rogue nonsense", "E_INVALID_INPUT", 1),
+    ("up", "up --mdns", "E_INVALID_INPUT", 1),  # mDNS announces --listen: none given
+    ("up", "up --mdns --listen " + LISTEN, "E_INVALID_INPUT", 1),  # loopback: not on the LAN
+    ("up", "up --mdns --listen /ip4/0.0.0.0/tcp/4001", "E_INVALID_INPUT", 1),
+    ("up", "up --relay garbage", "E_INVALID_INPUT", 1),
+    ("up", "up --relay /ip4/127.0.0.1/tcp/1", "E_INVALID_INPUT", 1),
+    ("up", "up --relay " + DEAD_PEER + "/p2p-circuit/p2p/" + DEAD_PEER[-52:], "E_INVALID_INPUT", 1),
+    ("up", "up --relay " + DEAD_PEER + " --path {new}", "E_PEER_UNREACHABLE", 1),
     ("demo", "demo --nodes 1", "E_INVALID_INPUT", 1),
     ("demo", "demo --nodes three", "E_INVALID_INPUT", 2),
     ("demo", "demo --single --path {file}", "E_STORE_UNUSABLE", 1),

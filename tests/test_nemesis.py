@@ -183,20 +183,22 @@ def test_without_ip_nemesis_says_why(monkeypatch):
         netns.preflight()
 
 
-def _why_no_netns():
-    try:
-        netns.preflight()
-    except Unsupported as e:
-        return str(e)
-    return None
-
-
-needs_netns = pytest.mark.skipif(_why_no_netns() is not None, reason=f"{_why_no_netns()}")
+needs_netns = pytest.mark.skipif(netns.unavailable() is not None, reason=f"{netns.unavailable()}")
 
 
 def _ours(run):
-    names = netns._ip("netns", "list").stdout + netns._ip("-o", "link", "show").stdout
-    return run in names
+    """A namespace, bridge or veth of this run is left. Names are matched from their start: a
+    substring test also matched another run's veth (`bnnv` + its run id + a host number can
+    contain this run's id), which made the leftovers test fail while other runs were alive."""
+    names = [line.split()[0] for line in netns._ip("netns", "list").stdout.splitlines() if line]
+    names += [
+        line.split(":")[1].strip().split("@")[0]
+        for line in netns._ip("-o", "link", "show").stdout.splitlines()
+        if line
+    ]
+    p = netns.PREFIX
+    starts = (f"{p}-{run}-", f"{p}b{run}", f"{p}v{run}", f"{p}p{run}")
+    return any(n.startswith(starts) for n in names)
 
 
 @needs_netns

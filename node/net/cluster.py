@@ -21,11 +21,12 @@ if TYPE_CHECKING:
     from .libp2p_transport import Libp2pTransport
 
 
-def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0") -> TransportFactory:
+def libp2p_factory(listen: str = "/ip4/127.0.0.1/tcp/0", **reach) -> TransportFactory:
+    """`reach`: open_libp2p_transport's mdns, announce, relay, relay_service."""
     from .libp2p_transport import open_libp2p_transport  # libp2p costs ~0.7 s to import
 
     def factory(seed: bytes, handler: Handler) -> AbstractAsyncContextManager[Libp2pTransport]:
-        return open_libp2p_transport(seed, handler, listen=(listen,))
+        return open_libp2p_transport(seed, handler, listen=(listen,), **reach)
 
     return factory
 

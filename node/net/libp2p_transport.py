@@ -7,14 +7,15 @@ body is read. Peer ids are raw 32-byte Ed25519 public keys, the same key that si
 node's records; the libp2p peer id inlines that key (identity multihash), and Noise
 proves the remote owns it, so the key handed to the handler is authenticated.
 
-Only this module imports libp2p. See docs/LIBP2P-NOTES.md for the traps the
-choices below avoid (numbers refer to it).
+Only this module and libp2p_reach.py (mDNS discovery, circuit relay v2) import libp2p. See
+docs/LIBP2P-NOTES.md for the traps the choices below avoid (numbers refer to it).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from typing import cast
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,9 @@ from libp2p.stream_muxer.yamux.yamux import (  # noqa: E402
     PROTOCOL_ID as YAMUX_PROTOCOL_ID,
     Yamux,
 )
+from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
+
+from .libp2p_reach import MAX_FOUND, Relaying, is_circuit, join_address, mdns_discovery  # noqa: E402
 
 # Trap 7: libp2p logs a lot (and at ERROR for ordinary refused streams); keep it quiet.
 logging.getLogger("libp2p").setLevel(logging.CRITICAL)
@@ -159,6 +163,12 @@ class Libp2pTransport:
         self._ids: dict[bytes, ID] = {}  # peer key -> libp2p ID (learnt or connected)
         self._closed = False
         self._change = trio.Event()
+        # counters (dials through a relay, peers found on the LAN); NetNode shares its own
+        self.metrics: Counter[str] = Counter()
+        self.relaying: Relaying | None = None  # set by open_libp2p_transport
+        # (peer key, address to join it at) for each peer mDNS found: NetNode joins them
+        self._found_send, self.discovered = trio.open_memory_channel[tuple[bytes, str]](MAX_FOUND)
+        self.discovering = False  # mDNS runs: NetNode reads `discovered`
         host.get_network().register_notifee(_ChangeNotifee(self))
 
     def _changed(self) -> None:
@@ -173,7 +183,27 @@ class Libp2pTransport:
     # ---- addresses and peers -------------------------------------------------
 
     def listen_addrs(self) -> list[str]:
-        return [str(a) for a in self.host.get_addrs()]
+        """Where others dial this node: its own addresses, or, behind a relay (`--relay`), only
+        its address through the relay (its own are not reachable from outside, by definition,
+        and a dial to an address that drops packets costs the dialer its whole timeout)."""
+        relayed = self.relaying.advertised() if self.relaying is not None else None
+        return relayed if relayed is not None else [str(a) for a in self.host.get_addrs()]
+
+    def count(self, name: str) -> None:
+        self.metrics[name] += 1
+
+    def _found(self, pid: ID, addrs: list) -> None:
+        """mDNS found a libp2p peer on the LAN: queue it for the node to join (the node's
+        hello decides whether it is one of ours, as for a bootstrap address)."""
+        key = _key_of(pid)
+        addr = join_address(pid, addrs)
+        if key is None or key == self.peer_id or addr is None or self._closed:
+            return
+        self.metrics["mdns_found"] += 1
+        try:
+            self._found_send.send_nowait((key, addr))
+        except trio.WouldBlock:
+            self.metrics["mdns_found_dropped"] += 1  # it announces again when it restarts
 
     def peers(self) -> list[bytes]:
         out = []
@@ -221,6 +251,32 @@ class Libp2pTransport:
 
     # ---- outbound -----------------------------------------------------------
 
+    async def _dial(self, pid: ID) -> None:
+        """A connection to `pid` from its known addresses: direct ones through the swarm, and
+        `/p2p-circuit` ones (which the swarm skips) through the relay they name."""
+        known = self._known_addrs(pid)
+        relay = self.relaying
+        relayed = [a for a in known if is_circuit(a)] if relay is not None else []
+        if not relayed or len(relayed) < len(known):  # a direct address, or nothing to relay
+            self.host.get_network().unblock_peer(pid)  # retry policy is the caller's
+            try:
+                await self.host.connect(PeerInfo(pid, []))
+                return
+            except Exception:
+                if not relayed:
+                    raise
+        assert relay is not None  # relayed is empty without it
+        error: Exception = PeerUnreachable("no relay answered")
+        for circuit in relayed[:4]:  # a peer names few relays; each try is bounded by the caller
+            try:
+                await relay.dial(pid, circuit)
+                self.metrics["relayed_dials"] += 1
+                return
+            except Exception as e:
+                error = e
+        self.metrics["relayed_dial_failures"] += 1
+        raise error
+
     async def connect(self, addr: str, timeout: float = 10.0) -> bytes:
         """Dial a multiaddr ending in /p2p/<id>; return the remote's proven Ed25519 key."""
         if self._closed:
@@ -237,7 +293,7 @@ class Libp2pTransport:
         self.add_peer_addrs(key, [addr])
         try:
             with trio.fail_after(timeout):
-                await self.host.connect(PeerInfo(info.peer_id, info.addrs))
+                await self._dial(info.peer_id)
         except trio.TooSlowError:
             raise PeerUnreachable(f"connect to {addr} timed out after {timeout}s") from None
         except Exception as e:
@@ -267,8 +323,7 @@ class Libp2pTransport:
                 if not self.host.get_network().get_connections(pid):
                     if not self._known_addrs(pid):
                         raise PeerUnreachable(f"peer {who}: not connected and no known address")
-                    self.host.get_network().unblock_peer(pid)  # retry policy is the caller's
-                    await self.host.connect(PeerInfo(pid, []))
+                    await self._dial(pid)
                 stream = await self.host.new_stream(pid, [self.protocol])
                 await stream.write(_frame(payload))
                 reply = await _read_frame(stream)
@@ -375,8 +430,18 @@ async def open_libp2p_transport(
     max_waiting: int = MAX_WAITING,
     inbound_timeout: float = 30.0,
     dial_timeout: float = 10.0,
+    mdns: bool = False,
+    announce: bool = True,
+    relay: str | None = None,
+    relay_service: bool = False,
 ) -> AsyncIterator[Libp2pTransport]:
     """Run a libp2p host whose identity is the Ed25519 key made from the 32-byte `seed`.
+
+    Every host can dial a peer through a relay (`/p2p-circuit` addresses). `mdns`: announce
+    this host on the LAN (unless not `announce`) and queue the peers found there on
+    `discovered`; `relay` (a relay's
+    multiaddr ending in /p2p/<id>): hold a reservation there and advertise only the address
+    through it; `relay_service`: relay for others (libp2p_reach.RELAY_LIMITS bound it).
 
     Enter it outside any trio.fail_after/move_on_after (trap 6). On exit the host is
     closed explicitly and shielded, so no socket outlives the context (trap 5).
@@ -420,13 +485,35 @@ async def open_libp2p_transport(
         max_waiting=max_waiting,
     )
     host.set_stream_handler(t.protocol, t._on_stream)
+    relaying = Relaying(
+        host,
+        serve=relay_service,
+        via=relay,
+        changed=t._changed,
+        wait_changed=t.wait_changed,
+        count=t.count,
+    )
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
             if listen and not host.get_addrs():  # the library logs a failed bind and goes on
                 raise AddressUnusable(
                     f"cannot listen on {', '.join(listen)} (in use, or not this machine's)"
                 )
-            yield t
+            # trap 6: entered here, outside any fail_after
+            async with background_trio_service(relaying.protocol), trio.open_nursery() as nursery:
+                t.relaying = relaying
+                if relay is not None:
+                    nursery.start_soon(relaying.keep_reservation)
+                try:
+                    if mdns:
+                        async with mdns_discovery(host, t._found, announce):
+                            t.discovering = True
+                            yield t
+                    else:
+                        yield t
+                finally:
+                    t._closed = True
+                    nursery.cancel_scope.cancel()
         finally:
             t._closed = True
             with trio.CancelScope(shield=True):

@@ -67,17 +67,44 @@ ANNOUNCE_FANOUT = 8
 
 async def fetch_dna(transport_factory, addr: str, expect_hash: bytes | None = None):
     """Ask a peer which network it is on (for a node whose store is new)."""
+    async with transport_factory(os.urandom(32), _not_serving) as t:
+        peer = await t.connect(addr)
+        return await _dna_of(t, peer, addr, expect_hash)
+
+
+async def find_dna(transport_factory, expect_hash: bytes | None, timeout: float):
+    """The network of the first node found on the LAN that answers (`up --mdns` on a new
+    store): `transport_factory` makes a transport that discovers (it yields (peer, address) on
+    `discovered`). With `expect_hash`, nodes of other networks are passed over. PeerUnreachable
+    if none answers within `timeout` seconds."""
+    tried = 0
+    async with transport_factory(os.urandom(32), _not_serving) as t:
+        with trio.move_on_after(timeout):
+            async for _peer, addr in t.discovered:
+                tried += 1
+                try:
+                    peer = await t.connect(addr)
+                    return await _dna_of(t, peer, addr, expect_hash)
+                except BudgetError:  # not a budgetnode, unreachable, or another network
+                    continue
+    raise PeerUnreachable(
+        f"no node of {'that' if expect_hash else 'any'} network answered on the LAN within "
+        f"{timeout:.0f} s ({tried} libp2p peer(s) found): start the network's first node on a "
+        f"store that exists (`budgetnode init --path DIR`), or give --bootstrap"
+    )
+
+
+async def _not_serving(peer, raw):
+    return P.error_reply(P.ProtocolError("not serving yet"))
+
+
+async def _dna_of(t, peer: bytes, addr: str, expect_hash: bytes | None):
     from ..core.dna import Dna
 
-    async def refuse(peer, raw):
-        return P.error_reply(P.ProtocolError("not serving yet"))
-
-    async with transport_factory(os.urandom(32), refuse) as t:
-        peer = await t.connect(addr)
-        try:
-            rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
-        except PeerUnreachable as e:  # e.g. a libp2p peer that is not a budgetnode
-            raise type(e)(f"bootstrap peer {addr} did not answer: {e.message}") from None
+    try:
+        rep = P.parse_reply("dna", await t.request(peer, P.request("dna", b""), 10.0))
+    except PeerUnreachable as e:  # e.g. a libp2p peer that is not a budgetnode
+        raise type(e)(f"bootstrap peer {addr} did not answer: {e.message}") from None
     assert isinstance(rep, P.DnaReply)  # parse_reply("dna", ...) parses nothing else
     try:
         dna = Dna.from_dict(decode(rep.dna))
@@ -151,6 +178,8 @@ class NetNode(LocalNode):
                 async with transport_factory(node.node_key.seed, node.handlers.handle) as transport:
                     node.transport = transport
                     node.peer_table.attach(transport)
+                    if hasattr(transport, "metrics"):  # the libp2p transport's counters
+                        transport.metrics = node.metrics
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
                         node.admissions.resume()  # a queue kept from before: its timer runs
@@ -166,6 +195,8 @@ class NetNode(LocalNode):
                         nursery.start_soon(
                             node.peer_table.greet_cached, cached
                         )  # dead ones cost time
+                        if getattr(transport, "discovering", False):  # `up --mdns`
+                            nursery.start_soon(node.peer_table.join_found, transport.discovered)
                         await node._take_recovered_offers()
                         try:
                             yield node

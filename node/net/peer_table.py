@@ -191,6 +191,17 @@ class PeerTable:
             self.last_join_error = str(e)
             return None
 
+    async def join_found(self, found) -> None:
+        """Join each peer the transport found on the LAN (`up --mdns`: `found` yields (peer,
+        address)) exactly as a bootstrap address is joined: our hello checks it is a node of
+        this network (the DNA hash) and swaps peer infos. A peer already in the table, or one
+        this node refuses, is not dialled again; the transport's queue bounds the backlog."""
+        async for peer, addr in found:
+            if peer in self.peers or peer in self.warranted or self.backed_off(peer):
+                continue
+            self.metrics["peers_found_joined"] += 1
+            await self.join(addr)
+
     async def hello(self, peer: bytes, dropped: bool = False) -> None:
         """`dropped`: this node had dropped the peer as dead (it answers again)."""
         fields = {"dropped": True} if dropped else {}
