@@ -403,6 +403,20 @@ async def test_the_same_surface_over_the_app_socket():
 
 
 # -- across real libp2p nodes
+async def _agreed(c, read, timeout=30):
+    """Every node's answer, once they agree: a node that is not an authority of the chain
+    catches it up on reading, and an action citing another chain waits for that chain."""
+    import trio
+
+    await c.await_consistency(timeout=20)
+    with trio.fail_after(timeout):
+        while True:
+            views = [await read(n) for n in c.nodes]
+            if all(v == views[0] for v in views):
+                return views
+            await c.wait_changed()
+
+
 async def test_votes_cast_on_three_nodes_approve_a_proposal_filed_on_a_fourth():
     import trio
 
@@ -431,17 +445,14 @@ async def test_votes_cast_on_three_nodes_approve_a_proposal_filed_on_a_fourth():
         with trio.fail_after(30):
             while (await alice.get_proposal(pid)).state != "granted":
                 await c.wait_changed()
-        await c.await_consistency(timeout=20)
-        views = [await n.get_proposal(pid) for n in c.nodes]
-        assert all(v == views[0] for v in views)
+        views = await _agreed(c, lambda n: n.get_proposal(pid))
         assert views[0].score == (740 + 670 + 740) // 3 / 1000
         assert views[0].granted == {LLM: 10_000 * 1250 // 1000}  # 0.5 x 10 / (10 + 10)
         with trio.fail_after(20):
             while not (await bob.get_envelope("agent", bob.agent_id)).budgets:
                 await c.wait_changed()
-        await c.await_consistency(timeout=20)
-        envs = [await n.get_envelope("agent", bob.agent_id) for n in c.nodes]
-        assert all(e == envs[0] for e in envs) and envs[0].market_weight == 0.25
+        envs = await _agreed(c, lambda n: n.get_envelope("agent", bob.agent_id))
+        assert envs[0].market_weight == 0.25
         assert envs[0].budgets[0].balance(LLM).available == 12_500
         assert all(not n.warrants() for n in c.nodes)
 
