@@ -26,6 +26,8 @@ from node.core.errors import BudgetError, HoldExpired
 from node.core.ledger import Budget, dump
 from node.local_node import AgentClient
 
+from .gov_audit import GovRules
+from .governance import GovWorkload
 from .ledger_audit import check_books, replay_ledger, view_problems
 from .workload import WORDS
 
@@ -72,6 +74,17 @@ class Economy:
         self._views_seen: dict[tuple[int, bytes], Any] = {}  # (node, holder) -> ledger checked
         self.violations: list[str] = []  # ledger violations seen during the run and after
         self.final: dict = {}
+        # governance (issue 18), from a stream of its own: off, an economy run is as before
+        self.gov = (
+            GovWorkload(self, random.Random(f"{sim.cfg.seed}:governance"))
+            if sim.cfg.governance
+            else None
+        )
+
+    def _rules(self) -> tuple[tuple, GovRules | None]:
+        """(the stewards, the governance rules) the DNA declares."""
+        dna = self.sim.dna
+        return (dna.stewards, GovRules.of(dna)) if dna is not None else ((), None)
 
     # -- who
     def _agents(self, honest: bool = True) -> list[SimAgent]:
@@ -131,6 +144,8 @@ class Economy:
         t = start
         async with trio.open_nursery() as n:
             n.start_soon(self._bootstrap, n)
+            if self.gov is not None:
+                n.start_soon(self.gov.run, start, end)
             while rate > 0:
                 t += self.rng.expovariate(rate)
                 if t >= end:
@@ -422,9 +437,9 @@ class Economy:
                     self.ledger_violation(f"node {s.index} sees {p}")
 
     def rogue_problems(self, chain) -> list[str]:
-        """A rogue chain's over-spends (what makes an overspend_budget agent a cheater)."""
-        stewards = self.sim.dna.stewards if self.sim.dna else ()
-        return replay_ledger(chain, stewards).problems
+        """A rogue chain's over-spends and governance cheats (what makes an overspend_budget or
+        a governance rogue agent a cheater)."""
+        return replay_ledger(chain, *self._rules()).problems
 
     def final_check(self) -> None:
         """After convergence, from the chains honest nodes hold: every honest agent's chain
@@ -432,7 +447,7 @@ class Economy:
         (check_books); every copy another honest node holds at the same head derives the same
         ledger; and no chain any honest node holds over-spends."""
         sim = self.sim
-        stewards = sim.dna.stewards if sim.dna else ()
+        stewards, rules = self._rules()
         honest: dict[bytes, SimAgent | None] = {
             a.pub: a for a in sim.workload.agents if not a.rogue
         }
@@ -447,7 +462,7 @@ class Economy:
             cell = owner.running.cells[pub]
             chains[pub] = (owner.running.store.chain(pub)[: cell.state.seq + 1], cell.ledger)
         now_us = int(sim.slots[0].clock() * 1_000_000)
-        found = check_books(chains, stewards, now_us)
+        found = check_books(chains, stewards, now_us, rules)
         for p in found.problems:
             self.ledger_violation(p)
         copies = 0
@@ -463,7 +478,7 @@ class Economy:
                             f"{to_text('agent', author)[:14]} at the same head"
                         )
                 if author not in chains:  # a rogue's valid prefix, or a Byzantine's chain
-                    for p in replay_ledger(n.store.chain(author), stewards).problems[:1]:
+                    for p in replay_ledger(n.store.chain(author), stewards, rules).problems[:1]:
                         self.ledger_violation(f"honest node {s.index} holds {p}")
         t = found.totals
         self.final = {
@@ -479,4 +494,5 @@ class Economy:
             "refused": dict(sorted(self.refused.items())),
             "books": self.final,
             "ledger_violations": self.violations[:20],
+            "governance": self.gov.report() if self.gov is not None else None,
         }

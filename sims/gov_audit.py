@@ -16,7 +16,8 @@ What it reports, per chain:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from node.core.action import Signed
 from node.core.crypto import to_text, verify

@@ -429,7 +429,9 @@ def _compare_gov(out: Findings, who: str, r: Replay, led: Any) -> None:
     if gov is None:
         return
     if set(gov.proposals) != set(g.proposals):
-        out.problem(f"{who}: the ledger has {len(gov.proposals)} proposals, the replay {len(g.proposals)}")
+        out.problem(
+            f"{who}: the ledger has {len(gov.proposals)} proposals, the replay {len(g.proposals)}"
+        )
         return
     for pid, p in gov.proposals.items():
         if p.state != g.state_of(pid) or len(p.votes) != len(g.proposals[pid].votes):
@@ -465,9 +467,7 @@ def check_books(
     budget's books, both derivations side by side (proposals too), holds, offers, lineage, and
     that every endorsement a grant cites by an honest author is on that author's chain."""
     out = Findings()
-    replays = {
-        pub: replay_ledger(actions, stewards, rules) for pub, (actions, _) in chains.items()
-    }
+    replays = {pub: replay_ledger(actions, stewards, rules) for pub, (actions, _) in chains.items()}
     t: dict = {
         k: {} for k in ("minted", "held", "in_transit", "sent_outside", "taken_from_outside")
     }
