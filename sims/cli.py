@@ -305,7 +305,11 @@ def _human(r: dict) -> str:
                 f"{b.get('paid_writes', 0)} paid writes traced to a mint"
             )
         if e.get("governance") is not None:
-            lines.append(f"  governance: {_counts(e['governance']) or 'nothing done'}")
+            g = dict(e["governance"])
+            rogues = g.pop("rogue_warrants", {})
+            lines.append(f"  governance: {_counts(g) or 'nothing done'}")
+            for mode, reasons in rogues.items():
+                lines.append(f"    {mode} agents, by warrant: {_counts(reasons)}")
             if b:
                 lines.append(
                     f"    proposals {b.get('proposals', 0)} (granted "

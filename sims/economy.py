@@ -28,6 +28,7 @@ from node.local_node import AgentClient
 
 from .gov_audit import GovRules
 from .governance import GovWorkload
+from .rogue import GOV_CHEATS
 from .ledger_audit import check_books, replay_ledger, view_problems
 from .workload import WORDS
 
@@ -230,7 +231,10 @@ class Economy:
         return self._pick_transfer("fund", lambda b: b.schema.can_fund, self._agents())
 
     def _pick_card(self):
-        return self._pick_transfer("card", lambda b: b.schema.can_delegate, self._agents(False))
+        # rogue agents get cards too (an overspender spends past them); a governance rogue
+        # cheats on governance alone (sims/governance.py)
+        to = [a for a in self._agents(False) if not set(a.slot.rogue) & set(GOV_CHEATS)]
+        return self._pick_transfer("card", lambda b: b.schema.can_delegate, to)
 
     def _pick_transfer(self, kind: str, may, recipients):
         found = self._holder(lambda b: may(b) and b.available.get("ru", 0) >= 1000)
@@ -480,6 +484,8 @@ class Economy:
                 if author not in chains:  # a rogue's valid prefix, or a Byzantine's chain
                     for p in replay_ledger(n.store.chain(author), stewards, rules).problems[:1]:
                         self.ledger_violation(f"honest node {s.index} holds {p}")
+        if self.gov is not None:
+            self.gov.final_check()
         t = found.totals
         self.final = {
             **{k: {r: v / 1000 if r == "ru" else v for r, v in t[k].items()} for k in t},

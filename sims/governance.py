@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .workload import SimAgent
 
 KINDS = ("propose", "vote", "endorse", "spend")
-WEIGHTS = (2.0, 12.0, 2.0, 3.0)
+WEIGHTS = (5.0, 10.0, 2.0, 3.0)
 PROPOSERS = 3  # honest agents given a pool at the start
 RECORD_AGE_S = 60.0  # a record younger than this may not be at its authorities yet
 MAX_PROPOSALS = 256  # remembered for voting
@@ -52,8 +52,10 @@ class GovWorkload:
         self.done: Counter[str] = Counter()
         self.proposals: list[tuple[SimAgent, str]] = []  # (proposer, proposal id)
         self.voted: set[tuple[bytes, str]] = set()
+        self.votes: Counter[str] = Counter()  # votes cast, by proposal
         self.records: list[tuple[float, SimAgent, str]] = []  # (written at, author, record id)
         self.tasks = 0
+        self.warranted: dict[str, dict[str, int]] = {}  # mode -> warrant reason -> agents
 
     def _cheaters(self, mode: str) -> list[SimAgent]:
         return [a for a in self.econ._agents(False) if mode in a.slot.rogue]
@@ -162,8 +164,11 @@ class GovWorkload:
         ]
         if not open_:
             return None
-        pid = self.rng.choice(open_)[1]
+        # the proposals with the fewest votes cast, so most reach their quorum
+        least = min(self.votes[pid] for _, pid in open_)
+        pid = self.rng.choice([pid for _, pid in open_ if self.votes[pid] == least])
         self.voted.add((a.pub, pid))
+        self.votes[pid] += 1
         return (a, lambda n: self._vote(a, pid))
 
     async def _vote(self, a: SimAgent, pid: str) -> None:
@@ -247,5 +252,24 @@ class GovWorkload:
         await step
         self.done[what] += 1
 
+    def final_check(self) -> None:
+        """After convergence: the reason each live honest node warranted each agent of a
+        governance rogue node for, by mode (an agent that never got to cheat is in none)."""
+        honest = self.sim.honest_live()
+        seen: dict[str, Counter[str]] = {}
+        for s in self.sim.slots:
+            modes = [m for m in s.rogue if m in GOV_CHEATS]
+            if not modes or s.node is None:
+                continue
+            c = seen.setdefault(modes[0], Counter())
+            for pub in s.node.cells:
+                ws = [h.running.warranted.get(pub) for h in honest]
+                reasons = {w.reason for w in ws if w is not None}
+                if ws and None not in ws and len(reasons) == 1:
+                    c[reasons.pop()] += 1
+                else:
+                    c["not warranted everywhere" if any(ws) else "not warranted"] += 1
+        self.warranted = {m: dict(sorted(c.items())) for m, c in sorted(seen.items())}
+
     def report(self) -> dict:
-        return dict(sorted(self.done.items()))
+        return {**dict(sorted(self.done.items())), "rogue_warrants": self.warranted}
