@@ -195,7 +195,8 @@ class GovReplay:
                 continue
             seen.add(o.hash)
             self.cited.append((o.hash, o.author))
-            stake = ov.get("stake") if type(ov.get("stake")) is int else 0
+            x = ov.get("stake")
+            stake = x if isinstance(x, int) and not isinstance(x, bool) else 0
             if ov.get("direction") == 1:
                 pro += stake
             else:

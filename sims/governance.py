@@ -94,7 +94,7 @@ class GovWorkload:
 
     async def _pool(self, a: SimAgent) -> None:
         node = self.sim.slots[0].node
-        if node is None:
+        if node is None or node.steward is None:
             return
         amounts = {"ru": self.rng.choice((300, 600)), TOKENS: self.rng.choice((200_000, 500_000))}
         bid = await node.steward.mint_budget(
@@ -207,7 +207,7 @@ class GovWorkload:
     async def _endorse(self, a: SimAgent, entity, stake, direction: int) -> None:
         h = self.econ._handle(a)
         if h is not None:
-            await h.endorse(*entity, stake, direction)
+            await h.endorse(entity[0], entity[1], stake, direction)
             self.done["endorse"] += 1
 
     def _pick_spend(self):
