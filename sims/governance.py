@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .workload import SimAgent
 
 KINDS = ("propose", "vote", "endorse", "spend")
-WEIGHTS = (5.0, 10.0, 2.0, 3.0)
+WEIGHTS = (3.0, 14.0, 2.0, 3.0)
 PROPOSERS = 3  # honest agents given a pool at the start
 RECORD_AGE_S = 60.0  # a record younger than this may not be at its authorities yet
 MAX_PROPOSALS = 256  # remembered for voting
