@@ -250,3 +250,19 @@ async def test_the_replay_catches_each_governance_cheat():
         assert any(
             "records market weight" in p for p in problems(alice, _forge(before, acell, uncited))
         )
+
+
+def test_the_cli_reports_governance_in_text_and_json(capsys):
+    import json
+
+    from sims.cli import main as sim_main
+
+    argv = ["--seed", "3", "--nodes", "4", "--agents", "8", "--hours", "0.3", "--warmup", "60"]
+    argv += ["--governance", "--rogue", "1", "--rogue-modes", "double_vote"]
+    assert sim_main(argv + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ledger_violations"] == 0 and r["economy"]["governance"]["propose"] > 0
+    assert sim_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "governance: " in out and "proposals " in out and "grants " in out
+    assert "double_vote agents, by warrant: ledger_already_voted" in out
