@@ -30,7 +30,7 @@ from .gov_audit import GovRules
 from .governance import GovWorkload
 from .rogue import GOV_CHEATS
 from .ledger_audit import check_books, replay_ledger, view_problems
-from .workload import WORDS
+from .workload import WORDS, seeded_steps
 
 if TYPE_CHECKING:
     from .sim import Simulation
@@ -141,19 +141,20 @@ class Economy:
 
     # -- the run
     async def run(self, start: float, end: float) -> None:
-        rate = self.sim.cfg.economy_per_hour / 3600.0
-        t = start
+        per_hour = self.sim.cfg.economy_per_hour
         async with trio.open_nursery() as n:
             n.start_soon(self._bootstrap, n)
             if self.gov is not None:
                 n.start_soon(self.gov.run, start, end)
-            while rate > 0:
-                t += self.rng.expovariate(rate)
-                if t >= end:
-                    break
-                await trio.sleep_until(t)
-                kind = self.rng.choices(KINDS, WEIGHTS)[0]
-                n.start_soon(self._act, kind, n)
+            await seeded_steps(
+                self.rng,
+                per_hour,
+                start,
+                end,
+                KINDS,
+                WEIGHTS,
+                lambda k: n.start_soon(self._act, k, n),
+            )
             await trio.sleep_until(end)
             n.cancel_scope.cancel()  # holds and waits still in flight are abandoned
 

@@ -29,7 +29,7 @@ from node.core.crypto import to_text
 
 from .config import TOKENS
 from .rogue import GOV_CHEATS, grant_now
-from .workload import WORDS
+from .workload import WORDS, seeded_steps
 
 if TYPE_CHECKING:
     from .economy import Economy
@@ -65,20 +65,17 @@ class GovWorkload:
 
     # -- the run
     async def run(self, start: float, end: float) -> None:
-        rate = self.sim.cfg.governance_per_hour / 3600.0
-        t = start
+        per_hour = self.sim.cfg.governance_per_hour
+
+        def begin(kind: str) -> None:
+            picked = getattr(self, "_pick_" + kind)()
+            if picked is not None:
+                actor, step = picked
+                n.start_soon(self.econ._guard, kind, actor, step(n))
+
         async with trio.open_nursery() as n:
             n.start_soon(self._bootstrap)
-            while rate > 0:
-                t += self.rng.expovariate(rate)
-                if t >= end:
-                    break
-                await trio.sleep_until(t)
-                kind = self.rng.choices(KINDS, WEIGHTS)[0]
-                picked = getattr(self, "_pick_" + kind)()
-                if picked is not None:
-                    actor, step = picked
-                    n.start_soon(self.econ._guard, kind, actor, step(n))
+            await seeded_steps(self.rng, per_hour, start, end, KINDS, WEIGHTS, begin)
             await trio.sleep_until(end)
             n.cancel_scope.cancel()
 

@@ -21,20 +21,16 @@ from sims.rogue import grant_now
 
 from conftest import START
 from test_budgets import T0, _as_ledger_action, _next
+from test_sim_economy import _same
+from test_sim_economy import small as economy_small
 
 SCORES = {"evidence": 0.9, "novelty": 0.6, "alignment": 0.8, "community": 0.7}
 DNA = {**GOVERNANCE_DNA, "governance": {"voters": "agents", "quorum": 2}}
 
 
 def small(**kw) -> SimConfig:
-    base = dict(seed=1, nodes=5, agents=10, hours=0.4, warmup=60, governance=True)
-    base["economy_per_hour"] = 240
-    base.update(kw)
-    return SimConfig(**base)
-
-
-def _same(r: dict) -> dict:
-    return {k: v for k, v in r.items() if k != "wall_seconds"}
+    """The economy tests' small network, with governance."""
+    return economy_small(governance=True, **kw)
 
 
 def test_a_governance_run_grants_conserves_every_resource_and_is_reproducible():
