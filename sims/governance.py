@@ -142,7 +142,11 @@ class GovWorkload:
             *entity, amounts, f"{w(WORDS)} {w(WORDS)}", [evidence], to_text("budget", b.id)
         )
         self.done["propose"] += 1
-        self.proposals = (self.proposals + [(a, pid)])[-MAX_PROPOSALS:]
+        self.proposals.append((a, pid))
+        if len(self.proposals) > MAX_PROPOSALS:  # the oldest is forgotten, with its votes
+            gone = self.proposals.pop(0)[1]
+            self.voted = {x for x in self.voted if x[1] != gone}
+            self.votes.pop(gone, None)
         if "grant_without_quorum" in a.slot.rogue:
             await grant_now(h, pid)
             self.done["rogue_grant_now"] += 1
