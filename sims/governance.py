@@ -126,7 +126,14 @@ class GovWorkload:
         evidence = await h.call("memory", "transmit_understanding", payload)
         now = trio.current_time()
         self.records = (self.records + [(now, a, evidence)])[-MAX_RECORDS:]
-        old = [(t, x, r) for t, x, r in self.records if now - t >= RECORD_AGE_S and x is not a]
+        # an honest author's record: a rogue holder would take a rogue grant for it, which
+        # honest nodes cannot validate (offer_invalid, no warrant), so the rogue's chain would
+        # stop there for them and its own cheat after it never be seen
+        old = [
+            (t, x, r)
+            for t, x, r in self.records
+            if now - t >= RECORD_AGE_S and x is not a and not x.rogue
+        ]
         if old and rng.random() < 0.4:
             entity = ("record", rng.choice(old)[2])
         else:
