@@ -130,7 +130,7 @@ class SimConfig:
     # on a DNA with a second resource and agents voting; it runs in the economy, so it turns
     # that on too (off: as before)
     governance: bool = False
-    governance_per_hour: float = 120.0
+    governance_per_hour: float = 150.0
     warmup: float = 120.0  # before the workload starts: nodes join and learn peers
     deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling

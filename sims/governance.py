@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from node.core.crypto import to_text
+from node.core.errors import BudgetError
 
 from .config import TOKENS
 from .rogue import GOV_CHEATS, grant_now
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .workload import SimAgent
 
 KINDS = ("propose", "vote", "endorse", "spend")
-WEIGHTS = (3.0, 14.0, 2.0, 3.0)
+WEIGHTS = (3.0, 20.0, 2.0, 3.0)
 PROPOSERS = 3  # honest agents given a pool at the start
 RECORD_AGE_S = 60.0  # a record younger than this may not be at its authorities yet
 MAX_PROPOSALS = 256  # remembered for voting
@@ -188,7 +189,11 @@ class GovWorkload:
         lo, hi = (0.55, 1.0) if decision == "approve" else (0.0, 0.7)
         names = ("evidence", "novelty", "alignment", "community")
         scores = {k: round(rng.uniform(lo, hi), 3) for k in names}
-        await h.vote(pid, decision, scores)
+        try:
+            await h.vote(pid, decision, scores)
+        except BudgetError:  # e.g. the proposal not found yet: it still needs a vote
+            self.votes[pid] -= 1
+            raise
         self.done[f"vote_{decision}"] += 1
         if "double_vote" in a.slot.rogue:  # the second, which its own pre-flight would refuse
             await h.vote(pid, "approve", scores)
