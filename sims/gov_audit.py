@@ -214,3 +214,29 @@ def _entity(e: Any) -> Any:
 
 def _pid(h: Any) -> str:
     return to_text("action", h)[:16] if isinstance(h, bytes) else repr(h)
+
+
+def compare_gov(g: GovReplay, led: Any, who: str, problem: Callable[[str], None], counts) -> None:
+    """The proposals a chain filed, as node.core.governance (`led.gov`) and this replay see
+    them; their numbers added to `counts`."""
+    counts["proposals"] += len(g.proposals)
+    counts["votes"] += len(g.voted)
+    counts["grants"] += g.grants
+    counts["endorsements_taken"] += g.endorsed
+    for pid in g.proposals:
+        counts[f"proposals_{g.state_of(pid)}"] += 1
+    gov = getattr(led, "gov", None)
+    if gov is None:
+        return
+    if set(gov.proposals) != set(g.proposals):
+        problem(
+            f"{who}: the ledger has {len(gov.proposals)} proposals, the replay {len(g.proposals)}"
+        )
+        return
+    for pid, p in gov.proposals.items():
+        mine = g.proposals[pid]
+        if p.state != g.state_of(pid) or len(p.votes) != len(mine.votes):
+            problem(
+                f"{who}: proposal {_pid(pid)} is {p.state} with {len(p.votes)} votes in the "
+                f"ledger, {g.state_of(pid)} with {len(mine.votes)} in the replay"
+            )

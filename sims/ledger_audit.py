@@ -35,26 +35,14 @@ from typing import Any
 from node.core.action import Signed
 from node.core.crypto import to_text
 
-from .gov_audit import GovReplay, GovRules
+from .gov_audit import GovReplay, GovRules, compare_gov
 
 MAX_LINEAGE = 64
 MAX_PROBLEMS = 20  # per check: the first ones tell the story
 VALUE_KINDS = ("mint", "fund", "card", "settle")  # their `amounts` move; revoke/accept: `returned`
 KINDS = {
     k: "_" + k
-    for k in (
-        "mint",
-        "fund",
-        "card",
-        "hold",
-        "settle",
-        "cancel",
-        "revoke",
-        "accept",
-        "propose",
-        "vote",
-        "endorse",
-    )
+    for k in "mint fund card hold settle cancel revoke accept propose vote endorse".split()
 }
 
 
@@ -418,33 +406,6 @@ def lineage_problem(h: bytes, bid: bytes, index: dict, stewards: tuple) -> str |
     return f"longer than {MAX_LINEAGE} steps"
 
 
-def _compare_gov(out: Findings, who: str, r: Replay, led: Any) -> None:
-    """The proposals a chain filed, as node.core.governance and this replay see them."""
-    g = r.gov
-    out.counts["proposals"] += len(g.proposals)
-    out.counts["votes"] += len(g.voted)
-    out.counts["grants"] += g.grants
-    out.counts["endorsements_taken"] += g.endorsed
-    gov = getattr(led, "gov", None)
-    if gov is None:
-        return
-    if set(gov.proposals) != set(g.proposals):
-        out.problem(
-            f"{who}: the ledger has {len(gov.proposals)} proposals, the replay {len(g.proposals)}"
-        )
-        return
-    for pid, p in gov.proposals.items():
-        if p.state != g.state_of(pid) or len(p.votes) != len(g.proposals[pid].votes):
-            out.problem(
-                f"{who}: proposal {_id(pid)} is {p.state} with {len(p.votes)} votes in the "
-                f"ledger, {g.state_of(pid)} with {len(g.proposals[pid].votes)} in the replay"
-            )
-    for state in ("open", "approved", "rejected", "deferred", "granted"):
-        n = sum(1 for pid in g.proposals if g.state_of(pid) == state)
-        if n:
-            out.counts[f"proposals_{state}"] += n
-
-
 @dataclass
 class Findings:
     """What check_books found: the problems, and the economy's totals (per resource)."""
@@ -498,7 +459,7 @@ def check_books(
                 )
             t["held"] = _add(t["held"], b.held())
         t["minted"] = _add(t["minted"], r.minted)
-        _compare_gov(out, who, r, led)
+        compare_gov(r.gov, led, who, out.problem, out.counts)
         out.holds.update(r.hold_states(now_us))
         out.counts["budgets"] += len(r.budgets)
         out.counts["offers"] += len(r.sent)
