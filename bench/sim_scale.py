@@ -7,6 +7,7 @@
     python -m bench.sim_scale --sweep-seeds 1-50 --byzantine       # ... with Byzantine nodes too
     python -m bench.sim_scale --sweep-seeds 1-50 --trust           # ... with backdate and sybil
     python -m bench.sim_scale --sweep-seeds 1-50 --economy         # ... with budgets (issue 16)
+    python -m bench.sim_scale --sweep-seeds 1-50 --governance      # ... and governance (issue 18)
     python -m bench.sim_scale --profile 50    # cProfile one run, top functions by own time
 
 A run is a function of its seed alone (not of PYTHONHASHSEED): traces compare across processes.
@@ -67,6 +68,7 @@ def sweep(
     byzantine: bool = False,
     trust: bool = False,
     economy: bool = False,
+    governance: bool = False,
 ):
     """Mixed-fault seeds (sims/mixed.py) in order until the range or the wall budget runs out;
     each result is appended to `out` (JSON lines) as it finishes, so shards can run in
@@ -77,7 +79,9 @@ def sweep(
     for seed in seeds:
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
-        cfg = mixed(seed, nodes, byzantine=byzantine, trust=trust, economy=economy)
+        cfg = mixed(
+            seed, nodes, byzantine=byzantine, trust=trust, economy=economy, governance=governance
+        )
         try:
             r = run(cfg)
             row = {
@@ -103,6 +107,13 @@ def sweep(
                 "warranted_rogue_agents": r["warranted_rogue_agents"],
                 "ledger_violations": r["ledger_violations"],
                 "economy": r["economy"] and r["economy"]["done"],
+                "governance": r["economy"] and r["economy"]["governance"],
+                "books": r["economy"]
+                and {
+                    k: v
+                    for k, v in r["economy"]["books"].items()
+                    if k.startswith(("proposals", "grants", "votes", "minted", "held"))
+                },
                 "wall_seconds": r["wall_seconds"],
                 "replay": cfg.replay_command(),
             }
@@ -173,6 +184,12 @@ def main():
         help="the sweep's seeds run the budget economy (sims/economy.py), some with an "
         "overspend_budget rogue",
     )
+    p.add_argument(
+        "--governance",
+        action="store_true",
+        help="the sweep's seeds run the economy with governance (sims/governance.py), some "
+        "with a double_vote, grant_without_quorum or overgrant rogue",
+    )
     p.add_argument("--profile", type=int, metavar="NODES")
     a = p.parse_args()
     if a.profile:
@@ -187,6 +204,7 @@ def main():
             a.byzantine,
             a.trust,
             a.economy,
+            a.governance,
         )
     scale(a.nodes, a.hours, a.loss, a.latency, a.jitter, a.agents_per_node)
 

@@ -126,6 +126,17 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "their cards",
     )
     p.add_argument(
+        "--governance",
+        action="store_true",
+        default=None,
+        help="governance beside the economy (which it turns on), on a DNA with a second resource "
+        "(llm_tokens.large) and every agent a voter, quorum 3: pools minted to proposers, "
+        "proposals for agents and records citing evidence, votes from other nodes, endorsements, "
+        "grants, token holds settled from granted envelopes; checked per resource "
+        "(ledger_violations); with --rogue-modes double_vote, grant_without_quorum or overgrant, "
+        "rogue agents cheat on governance",
+    )
+    p.add_argument(
         "--transport",
         choices=("sim", "libp2p"),
         help="sim (default): the seeded simulated network on virtual time; libp2p: the "
@@ -150,6 +161,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "actions-per-agent-hour",
         "grants-per-hour",
         "economy-per-hour",
+        "governance-per-hour",
         "warmup",
         "deadline",
     ):
@@ -158,7 +170,13 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
             type=int
             if k == "r"
             else parse_duration
-            if k not in ("actions-per-agent-hour", "grants-per-hour", "economy-per-hour")
+            if k
+            not in (
+                "actions-per-agent-hour",
+                "grants-per-hour",
+                "economy-per-hour",
+                "governance-per-hour",
+            )
             else float,
             help=argparse.SUPPRESS,
         )
@@ -200,10 +218,12 @@ def config_from_args(args) -> SimConfig:
         "actions_per_agent_hour",
         "grants_per_hour",
         "economy_per_hour",
+        "governance_per_hour",
         "warmup",
         "deadline",
         "transport",
         "economy",
+        "governance",
     ):
         v = getattr(args, k, None)
         if v is not None:
@@ -284,6 +304,21 @@ def _human(r: dict) -> str:
                 f"{b['taken_from_outside']}; holds {_counts(b['holds']) or 'none'}; "
                 f"{b.get('paid_writes', 0)} paid writes traced to a mint"
             )
+        if e.get("governance") is not None:
+            g = dict(e["governance"])
+            rogues = g.pop("rogue_warrants", {})
+            lines.append(f"  governance: {_counts(g) or 'nothing done'}")
+            for mode, reasons in rogues.items():
+                lines.append(f"    {mode} agents, by warrant: {_counts(reasons)}")
+            if b:
+                lines.append(
+                    f"    proposals {b.get('proposals', 0)} (granted "
+                    f"{b.get('proposals_granted', 0)}, approved {b.get('proposals_approved', 0)}, "
+                    f"rejected {b.get('proposals_rejected', 0)}, deferred "
+                    f"{b.get('proposals_deferred', 0)}, open {b.get('proposals_open', 0)}), "
+                    f"votes {b.get('votes', 0)}, grants {b.get('grants', 0)}, endorsements "
+                    f"taken {b.get('endorsements_taken', 0)}"
+                )
     for v in r["invariant_violations"][:20]:
         lines.append(f"  ! {v}")
     if r.get("replay"):

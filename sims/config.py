@@ -24,6 +24,14 @@ from node.net import rogue as adversarial
 
 START_UNIX = 1_730_678_400  # the nodes' clock at simulated time 0 (2024-11-04T00:00:00Z)
 
+# the rules `--governance` adds to the network's DNA (sims/governance.py): a second resource, and
+# every agent a voter, three votes resolving a proposal
+TOKENS = "llm_tokens.large"
+GOVERNANCE_DNA = {
+    "resources": {"ru": {"mint_limit": 10_000_000}, TOKENS: {"mint_limit": 50_000_000}},
+    "governance": {"voters": "agents", "quorum": 3},
+}
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
 
 
@@ -118,6 +126,11 @@ class SimConfig:
     # revokes beside the workload, and the ledger's invariants checked (off: as before)
     economy: bool = False
     economy_per_hour: float = 120.0  # economy steps an hour, over the whole network
+    # governance (sims/governance.py): proposals, votes, endorsements, grants and token spends
+    # on a DNA with a second resource and agents voting; it runs in the economy, so it turns
+    # that on too (off: as before)
+    governance: bool = False
+    governance_per_hour: float = 150.0
     warmup: float = 120.0  # before the workload starts: nodes join and learn peers
     deadline: float = 900.0  # liveness phase: must converge within this (simulated seconds)
     check_interval: float = 1.0  # invariant checks and convergence sampling
@@ -141,6 +154,8 @@ class SimConfig:
             )
         if self.window is not None and (self.window < 1 or self.window != int(self.window)):
             raise ValueError(f"window is a whole number of seconds >= 1, not {self.window!r}")
+        if self.governance:
+            self.economy = True
 
     def dna_rules(self) -> dict:
         """The rules node 0 makes the network with (`dna={...}`)."""
@@ -149,6 +164,8 @@ class SimConfig:
             rules["membrane"] = self.membrane
         if self.window is not None:
             rules["window_s"] = int(self.window)
+        if self.governance:
+            rules.update(GOVERNANCE_DNA)
         return rules
 
     @property
@@ -190,6 +207,7 @@ class SimConfig:
             "actions_per_agent_hour",
             "grants_per_hour",
             "economy_per_hour",
+            "governance_per_hour",
             "warmup",
             "deadline",
         ):
@@ -205,8 +223,10 @@ class SimConfig:
             parts.append(f"--window {self.window:g}s")
         if self.defer:
             parts.append("--defer")
-        if self.economy:
+        if self.economy and not self.governance:
             parts.append("--economy")
+        if self.governance:
+            parts.append("--governance")
         return " ".join(parts)
 
     def replace(self, **kw) -> SimConfig:

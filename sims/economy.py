@@ -26,8 +26,11 @@ from node.core.errors import BudgetError, HoldExpired
 from node.core.ledger import Budget, dump
 from node.local_node import AgentClient
 
+from .gov_audit import GovRules
+from .governance import GovWorkload
+from .rogue import GOV_CHEATS
 from .ledger_audit import check_books, replay_ledger, view_problems
-from .workload import WORDS
+from .workload import WORDS, seeded_steps
 
 if TYPE_CHECKING:
     from .sim import Simulation
@@ -72,6 +75,17 @@ class Economy:
         self._views_seen: dict[tuple[int, bytes], Any] = {}  # (node, holder) -> ledger checked
         self.violations: list[str] = []  # ledger violations seen during the run and after
         self.final: dict = {}
+        # governance (issue 18), from a stream of its own: off, an economy run is as before
+        self.gov = (
+            GovWorkload(self, random.Random(f"{sim.cfg.seed}:governance"))
+            if sim.cfg.governance
+            else None
+        )
+
+    def _rules(self) -> tuple[tuple, GovRules | None]:
+        """(the stewards, the governance rules) the DNA declares."""
+        dna = self.sim.dna
+        return (dna.stewards, GovRules.of(dna)) if dna is not None else ((), None)
 
     # -- who
     def _agents(self, honest: bool = True) -> list[SimAgent]:
@@ -127,17 +141,20 @@ class Economy:
 
     # -- the run
     async def run(self, start: float, end: float) -> None:
-        rate = self.sim.cfg.economy_per_hour / 3600.0
-        t = start
+        per_hour = self.sim.cfg.economy_per_hour
         async with trio.open_nursery() as n:
             n.start_soon(self._bootstrap, n)
-            while rate > 0:
-                t += self.rng.expovariate(rate)
-                if t >= end:
-                    break
-                await trio.sleep_until(t)
-                kind = self.rng.choices(KINDS, WEIGHTS)[0]
-                n.start_soon(self._act, kind, n)
+            if self.gov is not None:
+                n.start_soon(self.gov.run, start, end)
+            await seeded_steps(
+                self.rng,
+                per_hour,
+                start,
+                end,
+                KINDS,
+                WEIGHTS,
+                lambda k: n.start_soon(self._act, k, n),
+            )
             await trio.sleep_until(end)
             n.cancel_scope.cancel()  # holds and waits still in flight are abandoned
 
@@ -215,7 +232,10 @@ class Economy:
         return self._pick_transfer("fund", lambda b: b.schema.can_fund, self._agents())
 
     def _pick_card(self):
-        return self._pick_transfer("card", lambda b: b.schema.can_delegate, self._agents(False))
+        # rogue agents get cards too (an overspender spends past them); a governance rogue
+        # cheats on governance alone (sims/governance.py)
+        to = [a for a in self._agents(False) if not set(a.slot.rogue) & set(GOV_CHEATS)]
+        return self._pick_transfer("card", lambda b: b.schema.can_delegate, to)
 
     def _pick_transfer(self, kind: str, may, recipients):
         found = self._holder(lambda b: may(b) and b.available.get("ru", 0) >= 1000)
@@ -422,9 +442,9 @@ class Economy:
                     self.ledger_violation(f"node {s.index} sees {p}")
 
     def rogue_problems(self, chain) -> list[str]:
-        """A rogue chain's over-spends (what makes an overspend_budget agent a cheater)."""
-        stewards = self.sim.dna.stewards if self.sim.dna else ()
-        return replay_ledger(chain, stewards, self.sim.dna).problems
+        """A rogue chain's over-spends and governance cheats (what makes an overspend_budget or
+        a governance rogue agent a cheater)."""
+        return replay_ledger(chain, *self._rules(), self.sim.dna).problems
 
     def final_check(self) -> None:
         """After convergence, from the chains honest nodes hold: every honest agent's chain
@@ -432,7 +452,7 @@ class Economy:
         (check_books); every copy another honest node holds at the same head derives the same
         ledger; and no chain any honest node holds over-spends."""
         sim = self.sim
-        stewards = sim.dna.stewards if sim.dna else ()
+        stewards, rules = self._rules()
         honest: dict[bytes, SimAgent | None] = {
             a.pub: a for a in sim.workload.agents if not a.rogue
         }
@@ -447,7 +467,7 @@ class Economy:
             cell = owner.running.cells[pub]
             chains[pub] = (owner.running.store.chain(pub)[: cell.state.seq + 1], cell.ledger)
         now_us = int(sim.slots[0].clock() * 1_000_000)
-        found = check_books(chains, stewards, now_us, sim.dna)
+        found = check_books(chains, stewards, now_us, rules, sim.dna)
         for p in found.problems:
             self.ledger_violation(p)
         copies = 0
@@ -463,8 +483,12 @@ class Economy:
                             f"{to_text('agent', author)[:14]} at the same head"
                         )
                 if author not in chains:  # a rogue's valid prefix, or a Byzantine's chain
-                    for p in replay_ledger(n.store.chain(author), stewards).problems[:1]:
+                    for p in replay_ledger(
+                        n.store.chain(author), stewards, rules, sim.dna
+                    ).problems[:1]:
                         self.ledger_violation(f"honest node {s.index} holds {p}")
+        if self.gov is not None:
+            self.gov.final_check()
         t = found.totals
         self.final = {
             **{k: {r: v / 1000 if r == "ru" else v for r, v in t[k].items()} for k in t},
@@ -479,4 +503,5 @@ class Economy:
             "refused": dict(sorted(self.refused.items())),
             "books": self.final,
             "ledger_violations": self.violations[:20],
+            "governance": self.gov.report() if self.gov is not None else None,
         }

@@ -81,11 +81,14 @@ def _genesis(g: dict, author: bytes, dna: Dna) -> tuple[int, str | None]:
 
 
 def _cost(a: dict, rec: dict, dna: Dna) -> tuple[str | None, int] | None:
-    """(op, the DNA's cost) of a create or charge, ("ledger", 0) for a ledger action; None for
-    another type."""
+    """(op, the DNA's cost) of a create or charge, ("ledger", 0) for a ledger action (an
+    endorsement: its stake); None for another type."""
     typ = a.get("type")
     if typ == "ledger":
-        return "ledger", 0
+        # an endorsement's stake is a real spend from the allowance (issue 18)
+        v = a.get("ledger")
+        stake = v.get("stake") if isinstance(v, dict) and v.get("kind") == "endorse" else 0
+        return "ledger", stake if type(stake) is int else -1
     if typ == "create":
         et = a.get("entry_type")
         edef = APP.entry_def(et) if isinstance(et, str) else None

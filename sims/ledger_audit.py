@@ -22,7 +22,9 @@ chains sent them counts as gone, what honest chains accepted from them as come i
 warranted chain's own spending (its overspend included) never enters honest books; each such
 chain may give back at most what it was given. Also: every budget's books balance and nothing
 is negative, both derivations agree, every node holding a chain at the same head derives the
-same ledger, and the lineage of every paid write reaches a steward's mint.
+same ledger, and the lineage of every paid write reaches a steward's mint. Governance (issue 18:
+proposals, votes, endorsements, grants) is replayed beside the money by sims/gov_audit.py; a grant
+is a fund, so its value is in transit until the entity's holder accepts it, like any other.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from typing import Any
 from node.core.action import Signed
 from node.core.crypto import to_text
 
+from .gov_audit import GovReplay, GovRules, compare_gov
+
 MAX_LINEAGE = 64
 MAX_PROBLEMS = 20  # per check: the first ones tell the story
 VALUE_KINDS = ("mint", "fund", "card", "settle")  # their `amounts` move; revoke/accept: `returned`
 KINDS = {
-    k: "_" + k for k in ("mint", "fund", "card", "hold", "settle", "cancel", "revoke", "accept")
+    k: "_" + k
+    for k in "mint fund card hold settle cancel revoke accept propose vote endorse".split()
 }
 
 
@@ -103,6 +108,11 @@ class Replay:
     index: dict = field(default_factory=dict)  # hash -> action: own and embedded offers
     problems: list = field(default_factory=list)
     seq: int = 0
+    rules: GovRules = field(default_factory=GovRules)
+    gov: GovReplay = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gov = GovReplay(self.author, self.rules, self.problem)
 
     def problem(self, text: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -183,10 +193,21 @@ class Replay:
         self.minted = _add(self.minted, value)
 
     def _fund(self, h, v, value, ts, stewards) -> None:
+        if v.get("kind") == "fund" and v.get("proposal") is not None:
+            self.gov.grant(v, value)
         self._debit(v.get("parent"), f"a {v.get('kind')}", out=value)
         self.children[h] = [v.get("to"), v.get("parent"), value, {}]
 
     _card = _fund
+
+    def _propose(self, h, v, value, ts, stewards) -> None:
+        self.gov.propose(h, v, self.budgets)
+
+    def _vote(self, h, v, value, ts, stewards) -> None:
+        self.gov.vote(v)
+
+    def _endorse(self, h, v, value, ts, stewards) -> None:
+        pass  # its stake is charged to the allowance (sims/invariants.py audits that)
 
     def _hold(self, h, v, value, ts, stewards) -> None:
         task = v.get("task_id")
@@ -273,6 +294,10 @@ class Replay:
             self._notice(o, ov, value)
         elif kind in ("revoke", "accept"):
             self._return(o, ov, v, ovalue, value)
+        elif kind == "vote":
+            self.gov.tally(o, ov)
+        elif kind == "endorse":
+            self.gov.endorsed += 1
         else:
             self.problem(f"accepted a {kind!r}, which is not an offer")
 
@@ -332,10 +357,14 @@ class Replay:
         return c
 
 
-def replay_ledger(actions: list[Signed], stewards: tuple, dna: Any = None) -> Replay:
-    """The ledger of one chain (list of Signed from genesis), re-derived on its own; `dna`
-    prices paid writes in resources beyond RU (its resource_costs; None: RU only)."""
-    r = Replay(actions[0].author if actions else b"")
+def replay_ledger(
+    actions: list[Signed], stewards: tuple, rules: GovRules | None = None, dna: Any = None
+) -> Replay:
+    """The ledger of one chain (list of Signed from genesis), re-derived on its own; `rules`:
+    the DNA's governance (None: its defaults, with these stewards voting); `dna` prices paid
+    writes in resources beyond RU (its resource_costs; None: RU only)."""
+    rules = rules if rules is not None else GovRules(tuple(stewards))
+    r = Replay(actions[0].author if actions else b"", rules=rules)
     for s in actions:
         try:
             r.step(s, stewards, dna)
@@ -403,12 +432,17 @@ class Findings:
             self.problems.append(text)
 
 
-def check_books(chains: dict, stewards: tuple, now_us: int, dna: Any = None) -> Findings:
+def check_books(
+    chains: dict, stewards: tuple, now_us: int, rules: GovRules | None = None, dna: Any = None
+) -> Findings:
     """`chains`: {agent: (its actions from genesis, its ledger as node.core.ledger derived it)}
     for every honest agent. Conservation across them (see the module's docstring), each
-    budget's books, both derivations side by side, holds, offers and lineage."""
+    budget's books, both derivations side by side (proposals too), holds, offers, lineage, and
+    that every endorsement a grant cites by an honest author is on that author's chain."""
     out = Findings()
-    replays = {pub: replay_ledger(a, stewards, dna) for pub, (a, _) in chains.items()}
+    replays = {
+        pub: replay_ledger(actions, stewards, rules, dna) for pub, (actions, _) in chains.items()
+    }
     t: dict = {
         k: {} for k in ("minted", "held", "in_transit", "sent_outside", "taken_from_outside")
     }
@@ -439,6 +473,7 @@ def check_books(chains: dict, stewards: tuple, now_us: int, dna: Any = None) -> 
                 )
             t["held"] = _add(t["held"], b.held())
         t["minted"] = _add(t["minted"], r.minted)
+        compare_gov(r.gov, led, who, out.problem, out.counts)
         out.holds.update(r.hold_states(now_us))
         out.counts["budgets"] += len(r.budgets)
         out.counts["offers"] += len(r.sent)
@@ -476,6 +511,9 @@ def check_books(chains: dict, stewards: tuple, now_us: int, dna: Any = None) -> 
                 f"{_add({}, net, -1)} more than it was given"
             )
     for r in replays.values():
+        for eh, author in r.gov.cited:
+            if author in replays and eh not in replays[author].index:
+                out.problem(f"a grant cites endorsement {_id(eh)}, which its author never made")
         for h, bid in r.paid:
             why = lineage_problem(h, bid, index, stewards)
             out.counts["lineages"] += 1

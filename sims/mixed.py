@@ -13,6 +13,7 @@ from .config import Partition, SimConfig
 
 ROGUE_MODES = ("skip_preflight", "forge_budget", "wrong_cost", "fork", "bad_signature")
 TRUST_MODES = ("backdate", "sybil")  # issue 15's attackers, on an invite network
+GOV_MODES = ("double_vote", "grant_without_quorum", "overgrant")  # issue 18's cheats
 WINDOWS = (300, 600, 900)  # seconds: several rolls in a half-hour seed
 
 
@@ -41,12 +42,15 @@ def mixed(
     byzantine: bool = False,
     trust: bool = False,
     economy: bool = False,
+    governance: bool = False,
 ) -> SimConfig:
     """`byzantine`: also one or two nodes that misbehave on the wire; `trust`: one or two more
     rogue nodes, in the modes backdate and sybil (the first rogue nodes get them, the rest keep
     the budget modes), on an invite network (or, for some lone backdaters, an open one);
     `economy`: budgets as authorizers beside the workload (sims/economy.py), and, on one seed in
-    two with rogue nodes, the first of them spends past its cards (overspend_budget). Each
+    two with rogue nodes, the first of them spends past its cards (overspend_budget);
+    `governance`: the economy with governance (sims/governance.py), and on three seeds in four
+    with rogue nodes, the first of them cheats on governance (one of GOV_MODES). Each
     is drawn from a stream of its own after everything else, as is the window, so a seed's
     other faults are the same with them on or off."""
     rng = random.Random(f"{seed}:mixed")
@@ -86,6 +90,11 @@ def mixed(
         cfg.economy = True
         if rogue and random.Random(f"{seed}:mixed:economy").random() < 0.5:
             cfg.rogue_modes = ("overspend_budget",) + cfg.rogue_modes
+    if governance:
+        cfg.economy = cfg.governance = True
+        rg = random.Random(f"{seed}:mixed:governance")
+        if rogue and rg.random() < 0.75:
+            cfg.rogue_modes = (rg.choice(GOV_MODES),) + cfg.rogue_modes
     if byzantine:
         room = nodes - 1 - rogue
         cfg.byzantine = random.Random(f"{seed}:mixed:byzantine").randint(min(1, room), min(2, room))

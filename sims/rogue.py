@@ -10,6 +10,12 @@ plugs into (`NetNode.open(cell_type=..., outgoing=...)`, which `LocalCluster.ope
 - `overspend_budget`: writes paid by a budget or card go on past its balance (the rogue's
   books keep the budget as it was before each refused spend); honest authorities refuse them as
   `ledger_budget_exceeded`.
+- `double_vote`, `grant_without_quorum`, `overgrant` (governance, issue 18): the cell writes the
+  governance action its own rules refuse (its books keep the ledger as it was): a second vote
+  on one proposal (the workload votes twice); a grant of a proposal its chain has not approved
+  (`grant_now` writes one); every grant the node writes asks for `OVERGRANT` times what was
+  requested, above any market weight. Honest authorities refuse them as `ledger_already_voted`,
+  `ledger_not_authorized` and `ledger_budget_exceeded`.
 - `backdate`: the cell's clock runs `BACKDATE_DAYS` behind, and it opens windows on its own
   word (no witness): each write stamped a window after the last window began, as long as that is
   not in the real future, so an agent made days ago backfills every window it never lived
@@ -30,7 +36,7 @@ from typing import Any
 from node.cell import Cell
 from node.core import budget
 from node.core.action import Signed, grant_hash
-from node.core.crypto import SigningKey
+from node.core.crypto import SigningKey, from_text, to_text
 from node.core.dna import Dna
 from node.core.errors import BudgetError
 from node.core.validate import ChainState, validate_next
@@ -38,6 +44,9 @@ from node.local_node import AgentClient
 from node.net.rogue import CELL_MODES, IDENTITY_MODES, NODE_MODES
 
 BACKDATE_DAYS = 10
+OVERGRANT = 2  # x requested: past requested x (1 + 0.5), the most a market weight allows
+# the governance actions each mode writes although its own rules refuse them
+GOV_CHEATS = {"double_vote": "vote", "grant_without_quorum": "grant", "overgrant": "grant"}
 
 
 def _behind(now_us):
@@ -120,9 +129,54 @@ class RogueCell(Cell):
                 cs, s, self.dna, self.app, verify_sig=False, ledger_errors=True
             ).ledger
         except BudgetError:
-            if s.action["type"] == "ledger":
-                raise  # rogues cheat on spending, not on the ledger's own actions
+            if s.action["type"] == "ledger" and not self._cheats_with(s.action["ledger"]):
+                raise  # rogues cheat on spending, not on the ledger's other actions
             return cs.ledger
+
+    def _cheats_with(self, v: dict) -> bool:
+        kind = "grant" if v.get("kind") == "fund" and v.get("proposal") is not None else v["kind"]
+        return any(GOV_CHEATS[m] == kind for m in self.modes if m in GOV_CHEATS)
+
+    async def ledger_action(self, build_body):
+        """An `overgrant` cell's grants ask for OVERGRANT times the proposal's request."""
+        if "overgrant" not in self.modes:
+            return await super().ledger_action(build_body)
+
+        def inflated(led, ts):
+            v = build_body(led, ts)
+            p = led.gov.proposals.get(v.get("proposal")) if v.get("kind") == "fund" else None
+            if p is not None:
+                v["amounts"] = {k: OVERGRANT * x for k, x in p.amounts.items()}
+            return v
+
+        return await super().ledger_action(inflated)
+
+
+async def grant_now(agent: AgentClient, proposal_id: str) -> str:
+    """A `grant_without_quorum` agent pays its proposal `proposal_id` at once, whatever its
+    chain tallied (what Governance.grant_approved does only for an approved one)."""
+    cell = agent._cell
+    if "grant_without_quorum" not in getattr(type(cell), "modes", ()):
+        raise ValueError("grant_now needs an agent of a node in rogue mode 'grant_without_quorum'")
+    p = cell.ledger.gov.proposals[from_text("action", proposal_id)]
+
+    def body(led, ts):
+        return {
+            "kind": "fund",
+            "parent": p.from_budget,
+            "to": p.holder,
+            "name": "grant",
+            "amounts": dict(p.amounts),
+            "schema": {},
+            "entity": list(p.entity),
+            "proposal": p.id,
+            "score": p.score,
+            "market_weight": 0,
+            "endorsements": [],
+        }
+
+    s = await agent._node.budgets._write(cell, body)
+    return to_text("action", s.hash)
 
 
 def fork_outgoing(node, by_peer: dict) -> dict:

@@ -50,6 +50,19 @@ WORDS = (
 )
 
 
+async def seeded_steps(rng, per_hour: float, start: float, end: float, kinds, weights, begin):
+    """From `start` to `end` (simulated s), at Poisson arrivals `per_hour`: a kind drawn by
+    `weights` from `rng`, handed to `begin(kind)`, which starts the step and returns."""
+    rate = per_hour / 3600.0
+    t = start
+    while rate > 0:
+        t += rng.expovariate(rate)
+        if t >= end:
+            break
+        await trio.sleep_until(t)
+        begin(rng.choices(kinds, weights)[0])
+
+
 class SimAgent:
     __slots__ = ("index", "slot", "agent_id", "pub", "profile", "rate", "busy", "hashes", "rogue")
 

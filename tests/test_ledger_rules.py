@@ -268,3 +268,28 @@ def test_every_refusal_changes_nothing(alice):
             apply(led, ALICE, body)
     assert L.dump(led) == before
     assert L.load(L.dump(led)) == led
+
+
+@pytest.mark.parametrize("decision", [None, "maybe", 1])
+def test_a_vote_taken_without_a_valid_decision_is_refused(alice, decision):
+    """The vote a proposer's chain embeds is checked as its voter's chain checks it: a
+    hostile proposer embedding one without a decision gets a refusal, not a KeyError."""
+    led, root = alice
+    proposal = {
+        "kind": "propose",
+        "entity": ["agent", BOB.public],
+        "holder": BOB.public,
+        "amounts": {"ru": 5_000},
+        "justification": "j",
+        "evidence": [b"e" * 32],
+        "from_budget": root,
+    }
+    led = apply(led, ALICE, proposal, h=b"p" * 32)
+    scores = {"evidence": 900, "novelty": 900, "alignment": 900, "community": 900}
+    vote = {"kind": "vote", "proposal": b"p" * 32, "scores": scores, "to": ALICE.public}
+    if decision is not None:
+        vote["decision"] = decision
+    with pytest.raises(InvalidInput, match="decision"):
+        accept(led, ALICE, offer(STEWARD, vote))
+    approved = accept(led, ALICE, offer(STEWARD, {**vote, "decision": "approve"}))
+    assert approved.gov.proposals[b"p" * 32].state == "approved"

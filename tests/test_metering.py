@@ -67,7 +67,7 @@ async def ask(agent, client, budget: str, prompt: str, max_tokens: int = 4000):
 def books(node):
     """The simulator's own replay of every chain of `node` (sims/ledger_audit.py)."""
     chains = {p: (node.store.chain(p), c.ledger) for p, c in node.cells.items()}
-    return check_books(chains, node.dna.stewards, int(T0 * 1e6), node.dna)
+    return check_books(chains, node.dna.stewards, int(T0 * 1e6), dna=node.dna)
 
 
 def units(view, resource: str, field: str = "available"):

@@ -33,6 +33,9 @@ def test_plug_gives_the_seams_for_each_mode_and_refuses_unknown_ones():
         "byzantine",
         "backdate",
         "overspend_budget",
+        "double_vote",
+        "grant_without_quorum",
+        "overgrant",
         "sybil",
     }
 

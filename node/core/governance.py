@@ -166,6 +166,9 @@ def tally(gov: Gov, v: Plain, voter: bytes, h: bytes, dna: Dna) -> tuple[Gov, Pr
     resolved it."""
     if not dna.may_vote(voter):
         raise NotAuthorized("only a voter the DNA names may vote")
+    # checked as the voter's chain checks it: the embedded vote is the proposer's to choose
+    if v.get("decision") not in DECISIONS:
+        raise InvalidInput(f"a decision is one of {', '.join(DECISIONS)}")
     p = gov.proposals.get(_key(v.get("proposal"), "proposal"))
     if p is None:
         raise InvalidInput("a vote taken here is on a proposal this chain filed")

@@ -21,6 +21,11 @@ CELL_MODES = (
     "bad_signature",
     "backdate",
     "overspend_budget",  # writes paid by a budget or card past its balance
+    # governance (issue 18): a second vote on one proposal; a grant before the proposer's chain
+    # tallied an approving quorum; a grant above what the proposal was approved for
+    "double_vote",
+    "grant_without_quorum",
+    "overgrant",
 )
 # makes agents without invites (sims.rogue.sybil_agent); an open network has nothing to refuse
 IDENTITY_MODES = ("sybil",)
