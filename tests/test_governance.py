@@ -173,6 +173,7 @@ async def test_reject_and_defer_change_nothing_and_a_grant_is_capped_at_what_the
 async def test_refusals_name_their_code_and_write_nothing():
     async with LocalNode.open(clock=Clock(), dna=DNA) as node:
         alice, bob, carol, dave, pool, rec = await town(node)
+        team = await alice.fund_budget(pool, {"ru": 5}, holder=bob.agent_id)
         n = head(alice)
         with pytest.raises(NoEvidence):
             await alice.propose_allocation("agent", bob.agent_id, {"ru": 1}, "j", [], pool)
@@ -185,6 +186,8 @@ async def test_refusals_name_their_code_and_write_nothing():
             await alice.propose_allocation("agent", bob.agent_id, {}, "j", [rec], pool)
         with pytest.raises(UnknownBudget):  # bob holds no such budget
             await bob.propose_allocation("agent", bob.agent_id, {"ru": 1}, "j", [rec], pool)
+        with pytest.raises(NotAuthorized):  # it cannot fund, so it could never be granted
+            await bob.propose_allocation("agent", bob.agent_id, {"ru": 1}, "j", [rec], team)
         assert head(alice) == n
         pid = await alice.propose_allocation("record", rec, {"ru": 5}, "j", [rec], pool)
         n = head(carol)

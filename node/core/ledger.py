@@ -452,6 +452,8 @@ def allowance_cost(v: Any) -> int:
 def _propose(led: Ledger, v: Plain, author: bytes, ts: int, h: bytes, dna: Dna) -> Effect:
     bid = _key(v.get("from_budget"), "from_budget")
     b = held(led, bid)
+    if not b.schema.can_fund:  # its grant would be a fund: refused now, not once approved
+        raise NotAuthorized(f"budget {_id(bid)} cannot fund (can_fund is false)")
     check_open(b, ts)
     amt = amounts(v.get("amounts"), dna, "proposal amounts", positive=True)
     return Effect(replace(led, gov=G.propose(led.gov, v, h, ts, amt, bid, author)))
