@@ -97,6 +97,12 @@ def clean_leftovers() -> list[str]:
 
 
 def _remove_run(run: str) -> None:
+    # the root sides of the run's veth pairs first: deleting one removes its pair at once,
+    # whereas a deleted namespace's devices go away later, in the kernel's own time
+    for line in _ip("-o", "link", "show").stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if name.startswith((f"{PREFIX}v{run}", f"{PREFIX}p{run}")):
+            _ip("link", "del", name, check=False)
     for line in _ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         if name.startswith(f"{PREFIX}-{run}-"):
