@@ -13,8 +13,9 @@ the first action of its refine call) in its allowance record instead of charging
 Refusals are the BudgetErrors an author's pre-flight raises; a validator turns them into
 InvalidChain `ledger_<code>`.
 
-(Over 600 lines: one rule per kind of ledger action, each reading and writing the same
-`Ledger` through the same private helpers; amounts and schemas live in core/schema.py.)
+(About 900 lines: one rule per kind of ledger action, each reading and writing the same
+`Ledger` through the same private helpers, and its checkpoint form; amounts and schemas live in
+core/schema.py, governance's numbers and tallies in core/governance.py.)
 """
 
 from __future__ import annotations
